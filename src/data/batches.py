@@ -1,0 +1,92 @@
+"""Batches cut from whole tensors by index: no per-sample work, no worker processes.
+
+`EpochBatches` decides which indices form each batch on this rank in a given epoch;
+`TensorBatchLoader` gathers those rows from the tensors. Lightning accepts any sized iterable
+as a dataloader and calls `loader.sampler.set_epoch(epoch)` before each training epoch, so the
+shuffle order is a pure function of (seed, epoch): it is the same after a resume.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+
+class EpochBatches:
+    """Index batches for one rank.
+
+    Shuffled (training): a fresh permutation of all samples each epoch, dealt round-robin to the
+    ranks and cut to the same length on every rank, so all ranks take the same number of steps.
+    Not shuffled (evaluation): ranks get disjoint strided shards covering every sample exactly once.
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        shuffle: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _rank_size(self) -> int:
+        if self.shuffle:
+            return self.num_samples // self.world_size
+        return len(range(self.rank, self.num_samples, self.world_size))
+
+    def __len__(self) -> int:
+        size = self._rank_size()
+        return size // self.batch_size if self.drop_last else math.ceil(size / self.batch_size)
+
+    def indices(self) -> torch.Tensor:
+        """This rank's indices for the current epoch, in order."""
+        if self.shuffle:
+            # SeedSequence mixes (seed, epoch) properly: seed 0/epoch 1 and seed 1/epoch 0 differ.
+            epoch_seed = int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+            order = torch.randperm(self.num_samples, generator=torch.Generator().manual_seed(epoch_seed))
+            return order[self.rank :: self.world_size][: self._rank_size()]
+        return torch.arange(self.rank, self.num_samples, self.world_size)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        batches = self.indices().split(self.batch_size)
+        return iter(batches[: len(self)])
+
+
+class TensorBatchLoader:
+    """Yields `(tensor_0[idx], tensor_1[idx], ...)` for each index batch of `sampler`."""
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], sampler: EpochBatches) -> None:
+        if any(len(t) != sampler.num_samples for t in tensors):
+            raise ValueError("all tensors must have sampler.num_samples rows")
+        self.tensors = tensors
+        self.sampler = sampler  # the attribute name Lightning looks for to call set_epoch
+        self.batch_sampler = None  # Lightning reads this beside `sampler`; batching is the sampler's job here
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        for idx in self.sampler:
+            if idx.device != self.tensors[0].device:
+                idx = idx.to(self.tensors[0].device)
+            yield tuple(t[idx] for t in self.tensors)

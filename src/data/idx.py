@@ -1,0 +1,61 @@
+"""Read MNIST's IDX files (plain or gzip) into uint8 tensors, with errors that name the file."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# IDX magic: two zero bytes, a type code (0x08 = unsigned byte), then the number of dimensions.
+_UBYTE = 0x08
+
+
+class IdxFormatError(ValueError):
+    """A file that should be IDX is truncated, corrupt or of the wrong kind."""
+
+
+def read_idx_bytes(path: Path) -> bytes:
+    """Return the decompressed content of `path` (a `.gz` suffix means gzip)."""
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                return f.read()
+        return path.read_bytes()
+    except (OSError, EOFError, zlib.error) as err:
+        # gzip raises BadGzipFile (an OSError) or EOFError for a truncated archive.
+        raise IdxFormatError(
+            f"{path}: cannot read this file ({err}). It is corrupt or truncated: "
+            "delete it and download or copy it again."
+        ) from err
+
+
+def parse_idx(data: bytes, path: Path, expected_ndim: int) -> torch.Tensor:
+    """Parse IDX `data` (read from `path`, used in messages) into a uint8 tensor of `expected_ndim` dims."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise IdxFormatError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'}).")
+    type_code, ndim = data[2], data[3]
+    if type_code != _UBYTE or ndim != expected_ndim:
+        raise IdxFormatError(
+            f"{path}: wrong IDX kind (type 0x{type_code:02x}, {ndim} dims); "
+            f"expected unsigned bytes with {expected_ndim} dims. Is this the right file?"
+        )
+    header_len = 4 + 4 * ndim
+    if len(data) < header_len:
+        raise IdxFormatError(f"{path}: truncated in the header ({len(data)} bytes).")
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    expected_len = header_len + int(np.prod(shape))
+    if len(data) != expected_len:
+        what = "truncated" if len(data) < expected_len else "longer than its header says"
+        raise IdxFormatError(
+            f"{path}: {what}: header declares shape {shape} ({expected_len} bytes) "
+            f"but the content has {len(data)} bytes. Download or copy it again."
+        )
+    array = np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(shape)
+    return torch.from_numpy(array.copy())
+
+
+def read_idx(path: Path, expected_ndim: int) -> torch.Tensor:
+    return parse_idx(read_idx_bytes(path), path, expected_ndim)

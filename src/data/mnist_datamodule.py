@@ -1,0 +1,99 @@
+"""MNIST as whole normalized tensors: train/val carved from the 60k train set, test = the official 10k."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+
+from src.data.batches import EpochBatches, TensorBatchLoader
+from src.data.mnist_files import ensure_mnist_files, load_split
+from src.errors import UserInputError
+
+
+class MNISTDataModule(pl.LightningDataModule):
+    def __init__(
+        self,
+        data_dir: str,
+        download: bool = True,
+        batch_size: int = 256,
+        eval_batch_size: int = 1000,
+        val_size: int = 5000,
+        split_seed: int = 0,
+        shuffle_seed: int = 0,
+        mean: float = 0.1307,
+        std: float = 0.3081,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
+            if value < 1:
+                raise UserInputError(f"{key}={value} is invalid: it must be a positive integer.")
+        if val_size < 1:
+            raise UserInputError(
+                f"data.val_size={val_size} is invalid: it must be >= 1 (validation picks the best checkpoint)."
+            )
+        if std <= 0:
+            raise UserInputError(f"data.std={std} is invalid: it must be > 0.")
+        self.save_hyperparameters()
+        self.data_dir = Path(data_dir)
+        self.train_set: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.val_set: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.test_set: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def prepare_data(self) -> None:
+        ensure_mnist_files(self.data_dir, download=self.hparams.download)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 N×28×28 -> float32 N×1×28×28, scaled to [0, 1] then standardized."""
+        return ((images.float() / 255.0 - self.hparams.mean) / self.hparams.std).unsqueeze(1)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            self._setup_train_val()
+        if stage in (None, "test", "predict") and self.test_set is None:
+            images, labels = load_split(self.data_dir, "test")
+            self.test_set = (self.normalize(images), labels)
+
+    def _setup_train_val(self) -> None:
+        images, labels = load_split(self.data_dir, "train")
+        val_size = self.hparams.val_size
+        if val_size >= len(images):
+            raise UserInputError(
+                f"data.val_size={val_size} is invalid: the train file has only {len(images)} images "
+                "and training needs some of them. Use a smaller data.val_size."
+            )
+        # A fixed split seed keeps the validation set identical across runs with different `seed`s,
+        # so a sweep compares models on the same images.
+        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.hparams.split_seed))
+        val_idx, train_idx = order[:val_size], order[val_size:]
+        normalized = self.normalize(images)
+        self.train_set = (normalized[train_idx], labels[train_idx])
+        self.val_set = (normalized[val_idx], labels[val_idx])
+
+    def _rank_and_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+
+    def _loader(self, tensors, batch_size: int, shuffle: bool) -> TensorBatchLoader:
+        rank, world_size = self._rank_and_world()
+        sampler = EpochBatches(
+            num_samples=len(tensors[0]),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            seed=self.hparams.shuffle_seed,
+            rank=rank,
+            world_size=world_size,
+            drop_last=shuffle and self.hparams.drop_last,
+        )
+        return TensorBatchLoader(tensors, sampler)
+
+    def train_dataloader(self) -> TensorBatchLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> TensorBatchLoader:
+        return self._loader(self.val_set, self.hparams.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> TensorBatchLoader:
+        return self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)

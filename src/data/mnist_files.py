@@ -1,0 +1,92 @@
+"""Find MNIST's four IDX files in torchvision's layout, downloading them only when needed and allowed."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from src.data.idx import IdxFormatError, read_idx
+from src.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+# split -> (images file, labels file), as named by the original distribution and torchvision.
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+ALL_FILE_NAMES = [name for pair in MNIST_FILES.values() for name in pair]
+
+
+class MNISTDataError(UserInputError):
+    """The MNIST files are missing, unreadable or inconsistent."""
+
+
+def raw_dir(data_dir: str | Path) -> Path:
+    return Path(data_dir).expanduser() / "MNIST" / "raw"
+
+
+def find_file(folder: Path, name: str) -> Path | None:
+    """The plain file if present, else its `.gz`; None when neither exists."""
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def missing_files(data_dir: str | Path) -> list[str]:
+    folder = raw_dir(data_dir)
+    return [name for name in ALL_FILE_NAMES if find_file(folder, name) is None]
+
+
+def ensure_mnist_files(data_dir: str | Path, download: bool) -> None:
+    """Make sure the four files exist under `data_dir/MNIST/raw`; touch the network only if some are missing."""
+    missing = missing_files(data_dir)
+    if not missing:
+        return
+    reason = "downloading is disabled (data.download=false)"
+    if download:
+        log.info("Downloading MNIST into %s", raw_dir(data_dir))
+        try:
+            from torchvision.datasets import MNIST
+
+            MNIST(root=str(Path(data_dir).expanduser()), train=True, download=True)
+        except Exception as err:  # any network/HTTP/checksum failure: the message below says what to do
+            reason = f"the download failed ({type(err).__name__}: {err})"
+        missing = missing_files(data_dir)
+        if not missing:
+            return
+    folder = raw_dir(data_dir)
+    raise MNISTDataError(
+        f"MNIST files are missing in {folder} and {reason}.\n"
+        f"  Missing: {', '.join(missing)}\n"
+        f"  To work offline, put these four files (plain or .gz) into {folder}/:\n"
+        + "".join(f"    {name}[.gz]\n" for name in ALL_FILE_NAMES)
+        + "  or point data.data_dir=<dir> at a folder that has MNIST/raw/ with them."
+    )
+
+
+def load_split(data_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read one split as (uint8 images N×28×28, int64 labels N), checking that the two files agree."""
+    folder = raw_dir(data_dir)
+    images_name, labels_name = MNIST_FILES[split]
+    images_path, labels_path = find_file(folder, images_name), find_file(folder, labels_name)
+    if images_path is None or labels_path is None:
+        ensure_mnist_files(data_dir, download=False)  # raises with the full explanation
+    try:
+        images = read_idx(images_path, expected_ndim=3)
+        labels = read_idx(labels_path, expected_ndim=1)
+    except IdxFormatError as err:
+        raise MNISTDataError(str(err)) from err
+    if images.shape[1:] != (28, 28):
+        raise MNISTDataError(f"{images_path}: images are {tuple(images.shape[1:])}, expected 28×28.")
+    if len(images) != len(labels):
+        raise MNISTDataError(
+            f"{images_path} has {len(images)} images but {labels_path} has {len(labels)} labels; "
+            "the two files must come from the same split."
+        )
+    if len(labels) and int(labels.max()) > 9:
+        raise MNISTDataError(f"{labels_path}: labels must be digits 0-9, found {int(labels.max())}.")
+    return images, labels.long()

@@ -1,0 +1,81 @@
+"""What every MNIST classifier shares: loss, accuracy metrics, best-val tracking, optimizer and scheduler."""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from src.errors import UserInputError
+from src.models.optim import build_optimizer, build_scheduler
+
+NUM_CLASSES = 10
+
+
+class DigitClassifier(pl.LightningModule):
+    """Subclasses build `self.net` (images N×1×28×28 -> logits N×10) and pass their sizes as plain values.
+
+    All constructor arguments must be plain values (numbers, strings, lists, dicts): they are saved in
+    checkpoints, which then load with `torch.load(weights_only=True)`.
+    """
+
+    net: torch.nn.Module
+
+    def __init__(self, optimizer: dict, scheduler: dict | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()  # collects the subclass's arguments too
+        for split in ("train", "val", "test"):
+            setattr(self, f"{split}_loss", MeanMetric())
+            setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro"))
+        self.val_acc_best = MaxMetric()
+        self.val_acc_best.persistent(True)  # stored in the state dict, so it survives a resume
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+        images, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        loss_metric, acc_metric = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
+        loss_metric(loss.detach())
+        acc_metric(logits.detach(), labels)
+        # Metric objects are logged per epoch and computed once there: no host sync per step.
+        self.log(f"{split}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=split != "test")
+        self.log(f"{split}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            return  # a couple of batches of an untrained model must not count as the best
+        self.val_acc_best(self.val_acc.compute())
+        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def configure_optimizers(self):
+        optimizer = build_optimizer(self.parameters(), self.hparams.optimizer)
+        total_steps = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total_steps):
+            if (self.hparams.scheduler or {}).get("name", "none") != "none":
+                raise UserInputError("model.scheduler needs a finite run: set trainer.max_epochs or max_steps.")
+            total_steps = 0
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler, int(total_steps))
+        if scheduler is None:
+            return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A plain string, so tools can rebuild the right class from a checkpoint alone.
+        checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"

@@ -1,0 +1,68 @@
+"""Optimizer and LR scheduler from plain config dicts (names, not objects, so checkpoints stay plain)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from src.errors import UserInputError
+
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("none", "onecycle", "cosine")
+
+
+def build_optimizer(params: Iterable[torch.nn.Parameter], config: dict) -> torch.optim.Optimizer:
+    """config: {name, lr, weight_decay, momentum (sgd), nesterov (sgd), betas (adam/adamw)}."""
+    name = str(config.get("name", "adam")).lower()
+    lr = config.get("lr")
+    if not isinstance(lr, (int, float)) or lr <= 0:
+        raise UserInputError(f"model.optimizer.lr={lr} is invalid: it must be a number > 0 (e.g. 1e-3).")
+    weight_decay = config.get("weight_decay", 0.0)
+    if name in ("adam", "adamw"):
+        optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        betas = tuple(config.get("betas", (0.9, 0.999)))
+        return optimizer_class(params, lr=lr, weight_decay=weight_decay, betas=betas)
+    if name == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=lr,
+            weight_decay=weight_decay,
+            momentum=config.get("momentum", 0.9),
+            nesterov=config.get("nesterov", True),
+        )
+    raise UserInputError(f"model.optimizer.name={name} is unknown: choose one of {', '.join(OPTIMIZERS)}.")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total_steps: int) -> dict | None:
+    """A Lightning `lr_scheduler` dict stepping every batch, or None for a constant LR.
+
+    config: {name: none|onecycle|cosine, pct_start (onecycle), warmup_steps (cosine), min_lr (cosine)}.
+    """
+    name = str((config or {}).get("name", "none")).lower()
+    if name == "none":
+        return None
+    if total_steps < 1:
+        raise UserInputError(f"model.scheduler.name={name} needs at least one training step.")
+    base_lr = optimizer.param_groups[0]["lr"]
+    if name == "onecycle":
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=base_lr,
+            total_steps=total_steps,
+            pct_start=config.get("pct_start", 0.25),
+            div_factor=config.get("div_factor", 25.0),
+            final_div_factor=config.get("final_div_factor", 1e4),
+        )
+    elif name == "cosine":
+        warmup = min(int(config.get("warmup_steps", 0)), total_steps - 1)
+        min_lr = config.get("min_lr", 0.0)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup, eta_min=min_lr)
+        if warmup > 0:
+            ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=warmup)
+            scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+        else:
+            scheduler = cosine
+    else:
+        raise UserInputError(f"model.scheduler.name={name} is unknown: choose one of {', '.join(SCHEDULERS)}.")
+    return {"scheduler": scheduler, "interval": "step"}

@@ -1,0 +1,45 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import DictConfig
+
+from src import CONFIG_DIR, PROJECT_ROOT
+from src.data.mnist_files import missing_files
+from tests.idx_writer import write_synthetic_mnist
+
+REAL_DATA_DIR = PROJECT_ROOT / "data"
+HAS_REAL_MNIST = not missing_files(REAL_DATA_DIR)
+# CI stages real MNIST and sets this, so a staging mistake fails the real-data tests instead of skipping them.
+REAL_DATA_REQUIRED = bool(os.environ.get("MNIST_REQUIRE_REAL_DATA"))
+
+
+@pytest.fixture(scope="session")
+def synthetic_data_dir(tmp_path_factory) -> Path:
+    """400 train + 100 test images in MNIST's own IDX format (gzip), under <dir>/MNIST/raw/."""
+    return write_synthetic_mnist(tmp_path_factory.mktemp("synthetic_mnist"))
+
+
+def compose_config(overrides: list[str], config_name: str = "train") -> DictConfig:
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def tiny_run_overrides(data_dir: Path, output_dir: Path) -> list[str]:
+    """A run over the synthetic data that takes seconds: small batches, one short epoch, on CPU."""
+    return [
+        f"data.data_dir={data_dir}",
+        "data.download=false",
+        "data.batch_size=32",
+        "data.eval_batch_size=50",
+        "data.val_size=80",
+        f"paths.output_dir={output_dir}",
+        "trainer=cpu",
+        "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=1",
+        "callbacks.progress_bar=null",
+        "++trainer.enable_progress_bar=false",
+    ]

@@ -1,0 +1,94 @@
+"""Every option of every config group composes, and what it describes can be built."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from hydra.utils import instantiate
+
+from src import CONFIG_DIR
+from src.models.classifier import DigitClassifier
+from src.utils.instantiate import instantiate_entries
+from tests.conftest import compose_config
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def test_every_group_has_its_documented_options():
+    assert {"mlp", "cnn"} <= set(options("model"))
+    assert {"default", "cpu", "gpu"} <= set(options("trainer"))
+    assert {"tensorboard", "csv"} <= set(options("logger"))
+    assert {"default", "early_stopping"} <= set(options("callbacks"))
+
+
+@pytest.mark.parametrize("option", options("model"))
+def test_model_options_build_plain_hyperparameters(tmp_path, option):
+    cfg = compose_config([f"model={option}", f"paths.output_dir={tmp_path}"])
+    model = instantiate(cfg.model, _convert_="all")
+    assert isinstance(model, DigitClassifier)
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+    assert type(model.hparams["optimizer"]) is dict  # plain values, never DictConfig
+    torch.save(dict(model.hparams), tmp_path / "hparams.pt")
+    torch.load(tmp_path / "hparams.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("option", options("data"))
+def test_data_options_build(tmp_path, option, synthetic_data_dir):
+    cfg = compose_config([f"data={option}", f"data.data_dir={synthetic_data_dir}", f"paths.output_dir={tmp_path}"])
+    assert isinstance(instantiate(cfg.data), pl.LightningDataModule)
+
+
+@pytest.mark.parametrize("group", ["callbacks", "logger"])
+def test_callback_and_logger_options_build(tmp_path, group):
+    for option in options(group):
+        cfg = compose_config([f"{group}={option}", f"paths.output_dir={tmp_path}"])
+        objects = instantiate_entries(cfg[group], group)
+        assert objects and all(isinstance(o, (pl.Callback, pl.loggers.Logger)) for o in objects)
+
+
+def test_early_stopping_combines_with_the_default_callbacks(tmp_path):
+    cfg = compose_config(["callbacks=[default,early_stopping]", f"paths.output_dir={tmp_path}"])
+    names = {type(c).__name__ for c in instantiate_entries(cfg.callbacks, "callbacks")}
+    assert {"ModelCheckpoint", "LearningRateMonitor", "EarlyStopping"} <= names
+
+
+@pytest.mark.parametrize("option", options("trainer"))
+def test_trainer_options_build(tmp_path, option):
+    cfg = compose_config([f"trainer={option}", f"paths.output_dir={tmp_path}"])
+    if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
+        assert cfg.trainer.devices == 1  # composes; building it needs a GPU
+        return
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    assert isinstance(trainer, pl.Trainer)
+
+
+@pytest.mark.parametrize("option", options("experiment"))
+def test_experiments_compose_and_build(tmp_path, option, synthetic_data_dir):
+    cfg = compose_config([f"experiment={option}", f"paths.output_dir={tmp_path}", f"data.data_dir={synthetic_data_dir}"])
+    instantiate(cfg.model, _convert_="all")
+    instantiate(cfg.data)
+    instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+
+
+def test_trainer_arguments_can_be_added_from_the_command_line(tmp_path):
+    cfg = compose_config(["++trainer.gradient_clip_val=0.5", f"paths.output_dir={tmp_path}"])
+    assert cfg.trainer.gradient_clip_val == 0.5
+
+
+def test_default_paths_point_into_the_project(tmp_path):
+    from src import PROJECT_ROOT
+
+    cfg = compose_config([f"paths.output_dir={tmp_path}"])
+    assert cfg.data.data_dir == str(PROJECT_ROOT / "data")
+    assert cfg.paths.log_dir == str(PROJECT_ROOT / "outputs")
+
+
+def test_an_entry_without_target_is_an_error_not_skipped(tmp_path):
+    from src.errors import UserInputError
+
+    cfg = compose_config(["+callbacks.broken.monitor=val/acc", f"paths.output_dir={tmp_path}"])
+    with pytest.raises(UserInputError, match="callbacks.broken has no _target_"):
+        instantiate_entries(cfg.callbacks, "callbacks")

@@ -1,0 +1,126 @@
+"""MNISTDataModule: splits, tensors, normalization, shuffling and rank sharding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from src.data import mnist_datamodule
+from src.data.batches import EpochBatches, TensorBatchLoader
+from src.data.mnist_datamodule import MNISTDataModule
+from src.data.mnist_files import load_split
+from src.errors import UserInputError
+
+
+def make_datamodule(data_dir, **kwargs) -> MNISTDataModule:
+    options = dict(data_dir=str(data_dir), download=False, batch_size=32, eval_batch_size=50, val_size=80)
+    datamodule = MNISTDataModule(**{**options, **kwargs})
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
+
+
+def all_batches(loader) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = zip(*loader)
+    return torch.cat(images), torch.cat(labels)
+
+
+def test_splits_partition_train_and_test_is_the_official_file(synthetic_data_dir):
+    datamodule = make_datamodule(synthetic_data_dir)
+    train_images, train_labels = datamodule.train_set
+    val_images, val_labels = datamodule.val_set
+    assert (len(train_images), len(val_images)) == (320, 80)
+
+    raw_images, raw_labels = load_split(synthetic_data_dir, "train")
+    normalized = datamodule.normalize(raw_images)
+    # Every train-file image lands in exactly one of train/val (the synthetic images are all distinct).
+    rows = {row.numpy().tobytes() for row in normalized}
+    train_rows = [row.numpy().tobytes() for row in train_images]
+    val_rows = [row.numpy().tobytes() for row in val_images]
+    assert not set(train_rows) & set(val_rows)
+    assert set(train_rows) | set(val_rows) == rows
+
+    test_images, test_labels = datamodule.test_set
+    file_images, file_labels = load_split(synthetic_data_dir, "test")
+    assert torch.equal(test_labels, file_labels)
+    assert torch.equal(test_images, datamodule.normalize(file_images))
+
+
+def test_tensors_have_expected_shapes_dtypes_and_normalization(synthetic_data_dir):
+    datamodule = make_datamodule(synthetic_data_dir)
+    images, labels = next(iter(datamodule.train_dataloader()))
+    assert images.shape == (32, 1, 28, 28) and images.dtype == torch.float32
+    assert labels.shape == (32,) and labels.dtype == torch.int64
+    mean, std = 0.1307, 0.3081
+    black, white = datamodule.normalize(torch.tensor([[[0, 255]]], dtype=torch.uint8)).flatten().tolist()
+    assert black == pytest.approx(-mean / std) and white == pytest.approx((1 - mean) / std)
+    assert images.min() >= black - 1e-6 and images.max() <= white + 1e-6
+
+
+def test_validation_split_depends_on_split_seed_only(synthetic_data_dir):
+    first = make_datamodule(synthetic_data_dir, shuffle_seed=1)
+    second = make_datamodule(synthetic_data_dir, shuffle_seed=2)
+    other = make_datamodule(synthetic_data_dir, split_seed=7)
+    assert torch.equal(first.val_set[1], second.val_set[1]) and torch.equal(first.val_set[0], second.val_set[0])
+    assert not torch.equal(first.val_set[0], other.val_set[0])
+
+
+def test_each_split_is_loaded_once(synthetic_data_dir, monkeypatch):
+    calls = []
+    real_load = mnist_datamodule.load_split
+    monkeypatch.setattr(mnist_datamodule, "load_split", lambda d, s: calls.append(s) or real_load(d, s))
+    datamodule = make_datamodule(synthetic_data_dir)
+    for stage in ("fit", "validate", "test", None):
+        datamodule.setup(stage)
+    assert sorted(calls) == ["test", "train"]
+
+
+def test_training_order_is_seeded_and_changes_every_epoch(synthetic_data_dir):
+    loader = make_datamodule(synthetic_data_dir, shuffle_seed=3).train_dataloader()
+    twin = make_datamodule(synthetic_data_dir, shuffle_seed=3).train_dataloader()
+    other_seed = make_datamodule(synthetic_data_dir, shuffle_seed=4).train_dataloader()
+    epoch0 = all_batches(loader)[1]
+    assert torch.equal(epoch0, all_batches(twin)[1])
+    assert not torch.equal(epoch0, all_batches(other_seed)[1])
+    loader.sampler.set_epoch(1)
+    epoch1 = all_batches(loader)[1]
+    assert not torch.equal(epoch0, epoch1)
+    assert torch.equal(epoch0.sort().values, epoch1.sort().values)  # same samples, new order
+    loader.sampler.set_epoch(0)
+    assert torch.equal(all_batches(loader)[1], epoch0)  # a function of (seed, epoch): resumable
+
+
+def test_eval_loaders_cover_every_sample_once_in_order(synthetic_data_dir):
+    datamodule = make_datamodule(synthetic_data_dir)
+    images, labels = all_batches(datamodule.test_dataloader())
+    assert torch.equal(images, datamodule.test_set[0]) and torch.equal(labels, datamodule.test_set[1])
+    assert len(datamodule.val_dataloader()) == 2  # 80 samples, batches of 50
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_get_disjoint_shards(world_size):
+    n = 103
+    train = [list(EpochBatches(n, 8, shuffle=True, seed=5, rank=r, world_size=world_size)) for r in range(world_size)]
+    train_idx = [torch.cat(batches) for batches in train]
+    assert len({len(batches) for batches in train}) == 1  # equal step counts keep DDP ranks in lockstep
+    flat = torch.cat(train_idx)
+    assert len(flat.unique()) == len(flat) == (n // world_size) * world_size
+    evaluation = [torch.cat(list(EpochBatches(n, 8, shuffle=False, rank=r, world_size=world_size))) for r in range(world_size)]
+    assert sorted(torch.cat(evaluation).tolist()) == list(range(n))  # each sample counted exactly once
+
+
+def test_drop_last_and_batch_count():
+    assert len(EpochBatches(100, 32, shuffle=True)) == 4
+    assert len(EpochBatches(100, 32, shuffle=True, drop_last=True)) == 3
+    assert [len(b) for b in EpochBatches(100, 32, shuffle=True, drop_last=True)] == [32, 32, 32]
+    loader = TensorBatchLoader((torch.arange(100),), EpochBatches(100, 32, shuffle=False))
+    assert [len(b[0]) for b in loader] == [32, 32, 32, 4]
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [({"batch_size": 0}, "data.batch_size"), ({"val_size": 0}, "data.val_size"), ({"val_size": 400}, "data.val_size")],
+)
+def test_bad_sizes_are_clear_errors(synthetic_data_dir, kwargs, key):
+    with pytest.raises(UserInputError, match=key):
+        make_datamodule(synthetic_data_dir, **kwargs)

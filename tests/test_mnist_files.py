@@ -1,0 +1,128 @@
+"""Finding, downloading (or not) and validating the four MNIST IDX files."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from src.data.idx import IdxFormatError, read_idx
+from src.data.mnist_files import ALL_FILE_NAMES, MNISTDataError, ensure_mnist_files, load_split, raw_dir
+from tests.idx_writer import idx_bytes, write_idx, write_synthetic_mnist
+
+
+@pytest.fixture
+def data_dir(tmp_path):
+    return write_synthetic_mnist(tmp_path / "data", train_count=50, test_count=20)
+
+
+@pytest.fixture
+def no_download(monkeypatch):
+    """Fail the test if torchvision's downloader is reached."""
+    import torchvision.datasets
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("the network must not be touched")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", forbidden)
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_read_idx_plain_and_gzip(tmp_path, suffix):
+    array = np.arange(2 * 28 * 28, dtype=np.uint8).reshape(2, 28, 28)
+    path = write_idx(tmp_path / f"images{suffix}", array)
+    tensor = read_idx(path, expected_ndim=3)
+    assert tensor.dtype == torch.uint8
+    assert torch.equal(tensor, torch.from_numpy(array))
+
+
+def test_present_files_never_touch_the_network(data_dir, no_download):
+    ensure_mnist_files(data_dir, download=True)  # files present: download=True must not matter
+    images, labels = load_split(data_dir, "train")
+    assert images.shape == (50, 28, 28) and labels.shape == (50,)
+
+
+def test_plain_files_take_precedence_and_mixing_is_fine(data_dir, no_download):
+    raw = raw_dir(data_dir)
+    gz = raw / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(gz) as f:
+        (raw / "t10k-images-idx3-ubyte").write_bytes(f.read())
+    gz.unlink()
+    images, labels = load_split(data_dir, "test")
+    assert len(images) == len(labels) == 20
+
+
+@pytest.mark.parametrize("download", [False, True])
+def test_missing_files_explain_what_to_place_where(tmp_path, monkeypatch, download):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    with pytest.raises(MNISTDataError) as info:
+        ensure_mnist_files(tmp_path, download=download)
+    message = str(info.value)
+    assert str(raw_dir(tmp_path)) in message
+    assert all(name in message for name in ALL_FILE_NAMES)
+    assert ("download failed" in message) if download else ("data.download=false" in message)
+
+
+def test_download_is_used_when_files_are_missing(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    calls = []
+
+    def fake_download(root, train, download):
+        calls.append(root)
+        write_synthetic_mnist(tmp_path, train_count=20, test_count=10, gz=False)
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", fake_download)
+    ensure_mnist_files(tmp_path, download=True)
+    assert calls == [str(tmp_path)]
+    assert len(load_split(tmp_path, "test")[0]) == 10
+
+
+def test_truncated_gzip_names_the_file(data_dir):
+    path = raw_dir(data_dir) / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-200])
+    with pytest.raises(MNISTDataError, match="train-images-idx3-ubyte.gz"):
+        load_split(data_dir, "train")
+
+
+def test_truncated_plain_file_names_the_file_and_sizes(data_dir):
+    raw = raw_dir(data_dir)
+    (raw / "train-images-idx3-ubyte.gz").unlink()
+    array = np.zeros((50, 28, 28), dtype=np.uint8)
+    (raw / "train-images-idx3-ubyte").write_bytes(idx_bytes(array)[:-10])
+    with pytest.raises(MNISTDataError, match=r"train-images-idx3-ubyte: truncated"):
+        load_split(data_dir, "train")
+
+
+def test_wrong_magic_number_is_rejected(tmp_path):
+    path = tmp_path / "labels"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(100))
+    with pytest.raises(IdxFormatError, match="bad magic number"):
+        read_idx(path, expected_ndim=1)
+
+
+def test_swapped_files_are_rejected(data_dir):
+    raw = raw_dir(data_dir)
+    shutil.copy(raw / "train-labels-idx1-ubyte.gz", raw / "train-images-idx3-ubyte.gz")
+    with pytest.raises(MNISTDataError, match="wrong IDX kind"):
+        load_split(data_dir, "train")
+
+
+def test_image_and_label_counts_must_agree(data_dir):
+    write_idx(raw_dir(data_dir) / "train-labels-idx1-ubyte.gz", np.zeros(49, dtype=np.uint8))
+    with pytest.raises(MNISTDataError, match="50 images but .* 49 labels"):
+        load_split(data_dir, "train")
+
+
+def test_labels_outside_0_to_9_are_rejected(data_dir):
+    write_idx(raw_dir(data_dir) / "t10k-labels-idx1-ubyte.gz", np.full(20, 10, dtype=np.uint8))
+    with pytest.raises(MNISTDataError, match="t10k-labels-idx1-ubyte.gz: labels must be digits 0-9"):
+        load_split(data_dir, "test")

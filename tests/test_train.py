@@ -1,0 +1,114 @@
+"""Training end to end through the Hydra config: run dir contents, checkpoints, TensorBoard, entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from src import PROJECT_ROOT
+from src.train import train
+from tests.conftest import HAS_REAL_MNIST, REAL_DATA_DIR, REAL_DATA_REQUIRED, compose_config, tiny_run_overrides
+
+
+def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    return {tag: [e.value for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_train_writes_a_complete_run_dir(tmp_path, synthetic_data_dir, model):
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), f"model={model}", "trainer.max_epochs=2"])
+    metrics = train(cfg)
+
+    assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+    assert metrics["epochs"] == 2
+    assert 0.0 <= metrics["test/acc"] <= 1.0 and metrics["test/loss"] > 0
+    # The synthetic digits are easy: a model that trained at all beats chance (0.1) by far.
+    assert metrics["val/acc_best"] > 0.5 and metrics["test/acc"] > 0.5
+
+    best = Path(metrics["best_model_path"])
+    assert best.parent == tmp_path / "checkpoints" and best.exists()
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+    assert metrics["tested_checkpoint"] == str(best)  # the best checkpoint, not the last weights, was tested
+    assert (tmp_path / "config.yaml").exists()
+
+    scalars = tensorboard_scalars(tmp_path)
+    for tag in ("train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best", "test/acc", "test/loss"):
+        assert tag in scalars, f"{tag} missing from TensorBoard"
+    assert len(scalars["val/acc"]) == 2  # once per epoch; the sanity check is not logged
+    assert scalars["test/acc"][-1] == pytest.approx(metrics["test/acc"])
+    assert scalars["val/acc_best"][-1] == pytest.approx(max(scalars["val/acc"]))
+    assert any(tag.startswith("lr-") for tag in scalars)
+
+
+def test_checkpoints_hold_only_plain_values(tmp_path, synthetic_data_dir):
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp"])
+    metrics = train(cfg)
+    for path in (Path(metrics["best_model_path"]), tmp_path / "checkpoints" / "last.ckpt"):
+        checkpoint = torch.load(path, weights_only=True)  # raises on any pickled object
+        assert checkpoint["model_class"] == "src.models.mlp.MLP"
+        assert checkpoint["hyper_parameters"]["optimizer"]["name"] == "adam"
+        assert "val_acc_best.max_value" in checkpoint["state_dict"]
+
+
+def test_test_only_from_a_checkpoint_reproduces_the_metrics(tmp_path, synthetic_data_dir):
+    trained = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), "model=mlp"]))
+    tested = train(
+        compose_config(
+            [*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), "model=mlp", "train=false",
+             f"ckpt_path={trained['best_model_path']}"]
+        )
+    )
+    assert tested["test/acc"] == pytest.approx(trained["test/acc"])
+    assert tested["test/loss"] == pytest.approx(trained["test/loss"])
+
+
+def run_entry_point(*overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "src.train", *overrides],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_entry_point_respects_hydra_run_dir(tmp_path, synthetic_data_dir):
+    run_dir = tmp_path / "my-run"
+    result = run_entry_point(
+        "experiment=quickcheck", f"hydra.run.dir={run_dir}", f"data.data_dir={synthetic_data_dir}",
+        "data.download=false", "data.val_size=80", "data.batch_size=32",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("metrics.json", "config.yaml", "quickcheck.log", ".hydra/config.yaml", "checkpoints/last.ckpt"):
+        assert (run_dir / name).exists(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    log_text = (run_dir / "quickcheck.log").read_text()
+    assert "test accuracy" in log_text and f"tensorboard --logdir {run_dir}" in log_text
+
+
+def test_missing_data_offline_is_one_clear_error(tmp_path):
+    result = run_entry_point(f"hydra.run.dir={tmp_path / 'run'}", f"data.data_dir={tmp_path / 'empty'}", "data.download=false")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "MNIST files are missing" in output and "train-images-idx3-ubyte" in output
+    assert "Traceback" not in output
+
+
+@pytest.mark.real_data
+@pytest.mark.skipif(not (HAS_REAL_MNIST or REAL_DATA_REQUIRED), reason=f"real MNIST not found in {REAL_DATA_DIR}/MNIST/raw")
+def test_cnn_one_epoch_on_real_mnist(tmp_path):
+    cfg = compose_config(
+        ["model=cnn", "trainer=cpu", "trainer.max_epochs=1", "data.download=false",
+         f"paths.output_dir={tmp_path}"]
+    )
+    metrics = train(cfg)
+    assert metrics["test/acc"] >= 0.985, metrics
