@@ -37,8 +37,8 @@ def train(cfg: DictConfig) -> dict:
 
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
-    datamodule = instantiate(cfg.data)
-    # _convert_="all": the model receives plain dicts/lists, which is what its checkpoint stores.
+    # _convert_="all": plain dicts/lists reach the constructors, which is what checkpoints then store.
+    datamodule = instantiate(cfg.data, _convert_="all")
     model = instantiate(cfg.model, _convert_="all")
     callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_entries(cfg.get("logger"), "logger")

@@ -1,0 +1,61 @@
+"""Rebuild a classifier from one of our checkpoints, loading only tensors and plain values."""
+
+from __future__ import annotations
+
+import importlib
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from src.errors import UserInputError
+from src.models.classifier import DigitClassifier
+
+
+class CheckpointError(UserInputError):
+    """A checkpoint path that is missing, unreadable, or not one of this project's checkpoints."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict, read with `weights_only=True` (no arbitrary code can run)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={path}: no such file. Checkpoints are in <run dir>/checkpoints/.")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise CheckpointError(
+            f"ckpt_path={path}: cannot be read as a checkpoint ({str(err).splitlines()[0]}). "
+            "It is truncated, corrupt, or holds pickled objects; use another checkpoint, e.g. <run dir>/checkpoints/last.ckpt."
+        ) from err
+    if not isinstance(checkpoint, dict) or not {"model_class", "state_dict", "hyper_parameters"} <= checkpoint.keys():
+        raise CheckpointError(
+            f"ckpt_path={path}: not a checkpoint of this project (it lacks model_class/state_dict/hyper_parameters). "
+            "Use a .ckpt written by `python -m src.train`."
+        )
+    return checkpoint
+
+
+def model_class(class_path: str) -> type[DigitClassifier]:
+    module_name, _, class_name = class_path.rpartition(".")
+    if not module_name.startswith("src.models."):
+        raise CheckpointError(f"checkpoint names model class {class_path!r}, which is not one of src.models.")
+    cls = getattr(importlib.import_module(module_name), class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, DigitClassifier)):
+        raise CheckpointError(f"checkpoint names model class {class_path!r}, which does not exist in this version.")
+    return cls
+
+
+def load_classifier(path: str | Path) -> tuple[DigitClassifier, dict]:
+    """(model in eval mode on CPU, the raw checkpoint dict) from a checkpoint written by training."""
+    checkpoint = read_checkpoint(path)
+    model = model_class(checkpoint["model_class"])(**checkpoint["hyper_parameters"])
+    model.load_state_dict(checkpoint["state_dict"])
+    return model.eval(), checkpoint
+
+
+def normalization(checkpoint: dict) -> tuple[float, float]:
+    """The (mean, std) the model was trained with, stored with the datamodule's hyperparameters."""
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    return float(data.get("mean", 0.1307)), float(data.get("std", 0.3081))
