@@ -7,6 +7,20 @@ from omegaconf import OmegaConf
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
+
+def job_dirname(job_num: int, override_dirname: str, max_length: int = 120) -> str:
+    """A sweep job's folder name: its number and overrides, without path separators, kept short
+    enough for file systems (a hash keeps truncated names unique)."""
+    import hashlib
+
+    name = f"{job_num}_{override_dirname}".replace("/", "-") if override_dirname else str(job_num)
+    if len(name) > max_length:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[: max_length - 9]}~{digest}"
+    return name
+
+
 # `${project_root:}` in conf/paths: data/ and outputs/ live beside conf/, wherever the command is run from.
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    OmegaConf.register_new_resolver("job_dirname", job_dirname)

@@ -8,7 +8,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torchmetrics import MaxMetric, MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from src.errors import UserInputError
 from src.models.optim import build_optimizer, build_scheduler
@@ -33,11 +33,16 @@ class DigitClassifier(pl.LightningModule):
             setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro"))
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # stored in the state dict, so it survives a resume
+        self.val_confusion = MulticlassConfusionMatrix(num_classes=NUM_CLASSES)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes=NUM_CLASSES)
+        # The latest computed confusion matrix per split (rows: true digit), for figure callbacks.
+        self.confusion: dict[str, torch.Tensor] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
 
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> torch.Tensor:
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits) of one batch, with the split's metrics updated and logged per epoch."""
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
@@ -47,22 +52,40 @@ class DigitClassifier(pl.LightningModule):
         # Metric objects are logged per epoch and computed once there: no host sync per step.
         self.log(f"{split}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=split != "test")
         self.log(f"{split}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True)
-        return loss
+        return loss, logits.detach()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self._step(batch, "train")[0]
 
-    def validation_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "val")
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
+        """Returns the logits, so callbacks (figures) can see predictions without recomputing them."""
+        logits = self._step(batch, "val")[1]
+        self.val_confusion.update(logits, batch[1])
+        return logits
 
-    def test_step(self, batch, batch_idx: int) -> None:
-        self._step(batch, "test")
+    def test_step(self, batch, batch_idx: int) -> torch.Tensor:
+        logits = self._step(batch, "test")[1]
+        self.test_confusion.update(logits, batch[1])
+        return logits
+
+    def _finish_confusion(self, split: str) -> torch.Tensor:
+        metric = getattr(self, f"{split}_confusion")
+        self.confusion[split] = metric.compute().cpu()  # synchronized across ranks
+        metric.reset()
+        return self.confusion[split]
 
     def on_validation_epoch_end(self) -> None:
+        self._finish_confusion("val")
         if self.trainer.sanity_checking:
             return  # a couple of batches of an untrained model must not count as the best
         self.val_acc_best(self.val_acc.compute())
         self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+
+    def on_test_epoch_end(self) -> None:
+        confusion = self._finish_confusion("test")
+        per_class = confusion.diag() / confusion.sum(dim=1).clamp(min=1)
+        for digit, accuracy in enumerate(per_class.tolist()):
+            self.log(f"test/acc_class/{digit}", accuracy)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.parameters(), self.hparams.optimizer)

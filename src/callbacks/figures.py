@@ -1,0 +1,94 @@
+"""Pictures of what the model does: validation samples and confusion matrix at a modest cadence,
+learning curves after fitting, test confusion matrix and worst mistakes after testing.
+
+Each figure goes to TensorBoard (Images tab) and, at the end, to a PNG in the run dir."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from pytorch_lightning.loggers import TensorBoardLogger
+
+from src.plots.confusion import confusion_matrix_figure
+from src.plots.curves import learning_curves_figure
+from src.plots.digit_sheet import digit_sheet
+
+
+class DiagnosticFigures(pl.Callback):
+    def __init__(self, output_dir: str, every_n_epochs: int = 2, num_samples: int = 32, num_mistakes: int = 32) -> None:
+        self.output_dir = Path(output_dir)
+        self.every_n_epochs = every_n_epochs
+        self.num_samples = num_samples
+        self.num_mistakes = num_mistakes
+        self.history: list[dict[str, float]] = []
+        self._val_samples: tuple[torch.Tensor, ...] | None = None
+        self._mistakes: tuple[torch.Tensor, ...] | None = None  # images, labels, predictions, losses
+
+    def _val_figures_due(self, trainer: pl.Trainer) -> bool:
+        epoch = trainer.current_epoch + 1
+        return not trainer.sanity_checking and (epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0 and self._val_figures_due(trainer):
+            images, labels = batch
+            n = self.num_samples
+            self._val_samples = (images[:n].cpu(), labels[:n].cpu(), outputs[:n].argmax(1).cpu())
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if not self._val_figures_due(trainer) or not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        if "val" in pl_module.confusion:
+            self._log(trainer, "val/confusion_matrix", confusion_matrix_figure(pl_module.confusion["val"], "validation"), step)
+        if self._val_samples is not None:
+            images, labels, predictions = self._val_samples
+            wrong = (predictions != labels).tolist()
+            captions = [f"{p}" + (f" (true {t})" if w else "") for p, t, w in zip(predictions.tolist(), labels.tolist(), wrong)]
+            title = f"validation samples, epoch {trainer.current_epoch}: prediction (true label if wrong)"
+            self._log(trainer, "val/samples", digit_sheet(images, captions, wrong, title), step)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        metrics = trainer.callback_metrics  # here both this epoch's train and val metrics are final
+        row = {"epoch": trainer.current_epoch}
+        row.update({k: float(metrics[k]) for k in ("train/loss", "train/acc", "val/loss", "val/acc") if k in metrics})
+        self.history.append(row)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.history and trainer.is_global_zero:
+            self._log(trainer, "learning_curves", learning_curves_figure(self.history), trainer.global_step, "learning_curves.png")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        images, labels = batch
+        losses = F.cross_entropy(outputs, labels, reduction="none")
+        wrong = outputs.argmax(1) != labels
+        candidates = (images[wrong].cpu(), labels[wrong].cpu(), outputs[wrong].softmax(1).cpu(), losses[wrong].cpu())
+        if self._mistakes is not None:
+            candidates = tuple(torch.cat(pair) for pair in zip(self._mistakes, candidates))
+        keep = candidates[3].argsort(descending=True)[: self.num_mistakes]  # the most confident mistakes
+        self._mistakes = tuple(t[keep] for t in candidates)
+
+    def on_test_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        step = trainer.global_step
+        if "test" in pl_module.confusion:
+            figure = confusion_matrix_figure(pl_module.confusion["test"], "official 10k test set")
+            self._log(trainer, "test/confusion_matrix", figure, step, "confusion_matrix.png")
+        if self._mistakes is not None and len(self._mistakes[0]):
+            images, labels, probs, _ = self._mistakes
+            predicted = probs.argmax(1)
+            captions = [f"{p} ({probs[i, p]:.0%}), true {t}" for i, (p, t) in enumerate(zip(predicted.tolist(), labels.tolist()))]
+            title = "worst test mistakes: prediction (confidence), true label"
+            self._log(trainer, "test/misclassified", digit_sheet(images, captions, [True] * len(captions), title), step, "misclassified.png")
+        self._mistakes = None
+
+    def _log(self, trainer: pl.Trainer, tag: str, figure, step: int, png_name: str | None = None) -> None:
+        if png_name:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            figure.savefig(self.output_dir / png_name, dpi=110)
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_figure(tag, figure, global_step=step, close=False)

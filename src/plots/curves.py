@@ -1,0 +1,30 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from matplotlib.figure import Figure
+
+
+def learning_curves_figure(history: Sequence[dict[str, float]]) -> Figure:
+    """Loss and accuracy per epoch, train vs validation. `history`: one dict per epoch with keys
+    `epoch`, `train/loss`, `val/loss`, `train/acc`, `val/acc` (missing keys are skipped)."""
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    loss_ax, acc_ax = figure.subplots(1, 2)
+    epochs = [row["epoch"] for row in history]
+    for ax, metric in ((loss_ax, "loss"), (acc_ax, "acc")):
+        for split, style in (("train", "o-"), ("val", "s-")):
+            key = f"{split}/{metric}"
+            points = [(e, row[key]) for e, row in zip(epochs, history) if key in row]
+            if points:
+                ax.plot(*zip(*points), style, label=split)
+        ax.set_xlabel("epoch")
+        ax.set_title("cross-entropy loss" if metric == "loss" else "accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    loss_ax.set_yscale("log")
+    val_points = [(row["epoch"], row["val/acc"]) for row in history if "val/acc" in row]
+    if val_points:
+        best_epoch, best_acc = max(val_points, key=lambda point: point[1])
+        acc_ax.annotate(f"best val {best_acc:.2%}", (best_epoch, best_acc),
+                        textcoords="offset points", xytext=(-60, -25), arrowprops={"arrowstyle": "->"})
+    return figure

@@ -1,0 +1,56 @@
+"""One HParams session per run, with the same hyperparameter and metric keys in every run, so a sweep
+is a sortable table in TensorBoard's HParams tab."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+# The metric columns of the HParams table; their values are the scalars logged under these tags.
+HPARAM_METRICS = ("val/acc_best", "test/acc", "test/loss")
+_SHARED_MODEL_KEYS = ("_target_", "optimizer", "scheduler", "dropout", "batch_norm")
+
+
+def run_hparams(cfg: DictConfig, num_parameters: int) -> dict[str, str | float | int | bool]:
+    """Flat, plain values under a fixed set of keys, whatever the model: architecture-specific sizes
+    are folded into one `model/arch` string so MLP and CNN runs share the same columns."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    optimizer = model.get("optimizer") or {}
+    scheduler = model.get("scheduler") or {}
+    augment = OmegaConf.to_container(cfg.data, resolve=True).get("augment") or {}
+    arch = ", ".join(f"{k}={v}" for k, v in sorted(model.items()) if k not in _SHARED_MODEL_KEYS)
+    return {
+        "model": model["_target_"].rsplit(".", 1)[-1],
+        "model/arch": arch,
+        "model/parameters": num_parameters,
+        "model/dropout": float(model.get("dropout", 0.0)),
+        "model/batch_norm": bool(model.get("batch_norm", False)),
+        "optimizer/name": str(optimizer.get("name", "adam")),
+        "optimizer/lr": float(optimizer.get("lr", 0.0)),
+        "optimizer/weight_decay": float(optimizer.get("weight_decay", 0.0)),
+        "scheduler": str(scheduler.get("name", "none")),
+        "data/batch_size": int(cfg.data.batch_size),
+        "data/augment": _describe_augment(augment),
+        "trainer/max_epochs": int(cfg.trainer.max_epochs),
+        "trainer/precision": str(cfg.trainer.get("precision", "32-true")),
+        "seed": int(cfg.seed) if cfg.get("seed") is not None else -1,
+    }
+
+
+def _describe_augment(augment: dict) -> str:
+    if not augment or not augment.get("enabled", False):
+        return "off"
+    return ", ".join(f"{k}={v}" for k, v in sorted(augment.items()) if k != "enabled")
+
+
+def log_hparams_session(loggers, hparams: dict) -> None:
+    """Write the HParams session into each TensorBoard logger's run. Metric values are not written
+    here: TensorBoard reads them from the scalars already logged under the HPARAM_METRICS tags."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            writer = logger.experiment._get_file_writer()
+            for summary in hparams_summaries(hparams, {key: 0.0 for key in HPARAM_METRICS}):
+                writer.add_summary(summary)
+            writer.flush()

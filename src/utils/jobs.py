@@ -1,0 +1,28 @@
+"""What a run needs to know about the Hydra job it runs in (single run or one job of a sweep)."""
+
+from __future__ import annotations
+
+import os
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+
+def in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def parallel_jobs() -> int:
+    """How many jobs of this sweep run at the same time on this machine (joblib's n_jobs; else 1)."""
+    if not HydraConfig.initialized():
+        return 1
+    n_jobs = HydraConfig.get().launcher.get("n_jobs")
+    if n_jobs is None:
+        return 1
+    cpus = os.cpu_count() or 1
+    return cpus if n_jobs < 0 else min(n_jobs, cpus)
+
+
+def threads_per_job() -> int:
+    """Split the CPU cores between parallel jobs: two jobs with all cores each just fight for them."""
+    return max(1, (os.cpu_count() or 1) // parallel_jobs())

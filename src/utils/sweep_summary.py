@@ -1,0 +1,95 @@
+"""At the end of a multirun: one table of every job (overrides, metrics, wall time, status) as CSV and
+Markdown, a comparison plot, all written into the sweep dir and printed.
+
+A failed job does not stop the sweep (src/train.py records it and carries on); the multirun exits
+non-zero only when every job failed, so a sweep with a few diverging settings still counts as a result.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("job", "varied", "status", "val/acc_best", "test/acc", "wall_seconds", "error", "overrides")
+
+
+def collect_jobs(sweep_dir: Path) -> list[dict]:
+    """One row per job dir (a folder with .hydra/overrides.yaml), in job-number order."""
+    rows = []
+    for overrides_file in sweep_dir.glob("*/.hydra/overrides.yaml"):
+        job_dir = overrides_file.parent.parent
+        metrics_file = job_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        rows.append(
+            {
+                "job": job_dir.name,
+                "overrides": list(OmegaConf.load(overrides_file)),
+                "status": metrics.get("status", "did not finish"),
+                "val/acc_best": metrics.get("val/acc_best"),
+                "test/acc": metrics.get("test/acc"),
+                "wall_seconds": metrics.get("wall_seconds"),
+                "error": metrics.get("error", ""),
+            }
+        )
+    rows.sort(key=lambda row: (int(row["job"].split("_", 1)[0]) if row["job"].split("_", 1)[0].isdigit() else 0, row["job"]))
+    _mark_varied(rows)
+    return rows
+
+
+def _mark_varied(rows: list[dict]) -> None:
+    """`varied`: the overrides that differ between jobs (what the sweep compares); `overrides`: all of them."""
+    settings = [dict(o.split("=", 1) if "=" in o else (o, "") for o in row["overrides"]) for row in rows]
+    keys = {key for setting in settings for key in setting}
+    varied = sorted(key for key in keys if len({setting.get(key) for setting in settings}) > 1)
+    for row, setting in zip(rows, settings):
+        row["varied"] = " ".join(f"{k}={setting[k]}" for k in varied if k in setting) or " ".join(row["overrides"])
+        row["overrides"] = " ".join(row["overrides"])
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """The table for reading: every column but the full override list (that one is in the CSV)."""
+    columns = COLUMNS[:-1]
+    header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return header + "".join("| " + " | ".join(_cell(row[c]) for c in columns) + " |\n" for row in rows)
+
+
+def write_summary(sweep_dir: Path) -> list[dict]:
+    rows = collect_jobs(sweep_dir)
+    with open(sweep_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    (sweep_dir / "summary.md").write_text(markdown_table(rows))
+    if rows:
+        from src.plots.sweep import sweep_figure
+
+        sweep_figure(rows).savefig(sweep_dir / "summary.png", dpi=110)
+    return rows
+
+
+class SweepSummary(Callback):
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        rows = write_summary(sweep_dir)
+        failed = [row for row in rows if row["status"] != "ok"]
+        log.info(
+            "Sweep summary: %d ok, %d failed (%s/summary.{csv,md,png}):\n%s",
+            len(rows) - len(failed), len(failed), sweep_dir, markdown_table(rows),
+        )
+        log.info("TensorBoard for the whole sweep: tensorboard --logdir %s", sweep_dir)
+        if rows and len(failed) == len(rows):
+            log.error("Every job of the sweep failed; see the error column above.")
+            raise SystemExit(1)

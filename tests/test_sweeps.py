@@ -1,0 +1,140 @@
+"""Multiruns: readable job dirs, TensorBoard scalars/HParams/images per job, the sweep summary, failures,
+and the joblib / submitit launchers. Each test runs `python -m src.train -m ...` in a subprocess."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from src import CONFIG_DIR, PROJECT_ROOT, job_dirname
+from src.utils.hparams import HPARAM_METRICS, run_hparams
+from tests.conftest import compose_config
+
+
+def multirun(sweep_dir: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable, "-m", "src.train", "-m", f"hydra.sweep.dir={sweep_dir}", f"data.data_dir={data_dir}",
+        "data.download=false", "data.val_size=80", "data.batch_size=32", "trainer.max_epochs=1",
+        "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", *overrides,
+    ]
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def summary_rows(sweep_dir: Path) -> list[dict]:
+    with open(sweep_dir / "summary.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def read_events(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def hparams_session(accumulator) -> tuple[set[str], set[str]]:
+    """(hyperparameter names, metric tags) of the run's HParams session."""
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    content = accumulator.PluginTagToContent("hparams")
+    experiment = HParamsPluginData.FromString(content["_hparams_/experiment"]).experiment
+    start = HParamsPluginData.FromString(content["_hparams_/session_start_info"]).session_start_info
+    return set(start.hparams), {info.name.tag for info in experiment.metric_infos}
+
+
+def test_two_job_sweep_is_comparable_in_tensorboard(tmp_path, synthetic_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    result = multirun(sweep_dir, synthetic_data_dir, "model=mlp,cnn")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    job_dirs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
+    assert [p.name.split("_", 1)[0] for p in job_dirs] == ["0", "1"]
+    assert "model=mlp" in job_dirs[0].name and "model=cnn" in job_dirs[1].name
+
+    sessions = []
+    for job_dir in job_dirs:
+        events = read_events(job_dir)
+        scalars = set(events.Tags()["scalars"])
+        assert {"train/loss", "val/acc", "val/acc_best", "test/acc", "test/loss", "test/acc_class/7"} <= scalars
+        hparam_names, metric_tags = hparams_session(events)
+        assert metric_tags == set(HPARAM_METRICS) and metric_tags <= scalars  # every metric has a value
+        assert {"model", "optimizer/lr", "data/batch_size", "seed"} <= hparam_names
+        sessions.append(hparam_names)
+        assert {"test/confusion_matrix", "val/confusion_matrix", "val/samples"} <= set(events.Tags()["images"])
+        assert (job_dir / "confusion_matrix.png").exists() and (job_dir / "learning_curves.png").exists()
+    assert sessions[0] == sessions[1]  # the same columns in every run: one sortable HParams table
+
+    rows = summary_rows(sweep_dir)
+    assert [row["status"] for row in rows] == ["ok", "ok"]
+    assert [row["varied"] for row in rows] == ["model=mlp", "model=cnn"]
+    assert all(float(row["test/acc"]) > 0 and float(row["wall_seconds"]) > 0 for row in rows)
+    assert (sweep_dir / "summary.md").exists() and (sweep_dir / "summary.png").exists()
+    assert "Sweep summary: 2 ok, 0 failed" in result.stdout + result.stderr
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path, synthetic_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    result = multirun(sweep_dir, synthetic_data_dir, "model=mlp", "model.optimizer.lr=-1,0.003")
+    assert result.returncode == 0, result.stderr[-3000:]
+    failed, ok = summary_rows(sweep_dir)
+    assert failed["status"] == "failed" and "model.optimizer.lr=-1" in failed["error"]
+    assert ok["status"] == "ok" and float(ok["test/acc"]) > 0.5
+    assert "failed" in (sweep_dir / "summary.md").read_text()
+
+
+def test_a_sweep_where_every_job_fails_exits_non_zero(tmp_path, synthetic_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    result = multirun(sweep_dir, synthetic_data_dir, "model=mlp", "model.optimizer.lr=-1,-2")
+    assert result.returncode != 0
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["failed", "failed"]
+    assert "Every job of the sweep failed" in result.stdout + result.stderr
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synthetic_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    result = multirun(sweep_dir, synthetic_data_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp", "seed=1,2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok", "ok"]
+    threads = max(1, (os.cpu_count() or 1) // min(2, os.cpu_count() or 1))
+    for log_file in sweep_dir.glob("*/train.log"):
+        assert f"using {threads} CPU threads" in log_file.read_text()
+
+
+def test_submitit_local_launcher(tmp_path, synthetic_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    result = multirun(sweep_dir, synthetic_data_dir, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model=mlp")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok"]
+
+
+def test_sweep_and_launcher_configs_compose():
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        sweep = compose("train", overrides=["sweep=arch_lr"], return_hydra_config=True)
+        slurm = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    assert sweep.hydra.mode.name == "MULTIRUN"
+    assert dict(sweep.hydra.sweeper.params) == {"model": "mlp,cnn", "model.optimizer.lr": "1e-3,3e-3"}
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.tasks_per_node == 1
+
+
+def test_hparams_have_the_same_keys_for_every_model(tmp_path):
+    keys = []
+    for model in ("mlp", "cnn"):
+        params = run_hparams(compose_config([f"model={model}", f"paths.output_dir={tmp_path}"]), num_parameters=1)
+        assert all(isinstance(v, (str, int, float, bool)) for v in params.values())
+        keys.append(set(params))
+    assert keys[0] == keys[1]
+
+
+def test_job_dirnames_are_flat_short_and_unique():
+    assert job_dirname(3, "model=cnn,model.optimizer.lr=0.003") == "3_model=cnn,model.optimizer.lr=0.003"
+    assert "/" not in job_dirname(0, "experiment=a/b")
+    long_a, long_b = job_dirname(1, "x=" + "a" * 300), job_dirname(1, "x=" + "a" * 299 + "b")
+    assert len(long_a) <= 120 and long_a != long_b
