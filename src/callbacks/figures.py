@@ -56,6 +56,12 @@ class DiagnosticFigures(pl.Callback):
         row.update({k: float(metrics[k]) for k in ("train/loss", "train/acc", "val/loss", "val/acc") if k in metrics})
         self.history.append(row)
 
+    def state_dict(self) -> dict:
+        return {"history": self.history}  # plain floats: the learning curves survive a resume
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.history and trainer.is_global_zero:
             self._log(trainer, "learning_curves", learning_curves_figure(self.history), trainer.global_step, "learning_curves.png")

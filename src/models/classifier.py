@@ -12,6 +12,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from src.errors import UserInputError
 from src.models.optim import build_optimizer, build_scheduler
+from src.utils.rng import capture_rng_states, restore_rng_states
 
 NUM_CLASSES = 10
 
@@ -47,7 +48,8 @@ class DigitClassifier(pl.LightningModule):
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
         loss_metric, acc_metric = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
-        loss_metric(loss.detach())
+        # Weighted by batch size: the epoch loss is the per-image mean, however the data was batched.
+        loss_metric.update(loss.detach(), weight=len(labels))
         acc_metric(logits.detach(), labels)
         # Metric objects are logged per epoch and computed once there: no host sync per step.
         self.log(f"{split}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=split != "test")
@@ -102,3 +104,8 @@ class DigitClassifier(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # A plain string, so tools can rebuild the right class from a checkpoint alone.
         checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["rng_states"] = capture_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng_states" in checkpoint:
+            restore_rng_states(checkpoint["rng_states"])  # so a resumed run continues exactly

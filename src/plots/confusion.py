@@ -25,8 +25,9 @@ def confusion_matrix_figure(confusion: torch.Tensor, title: str) -> Figure:
                 ax.text(predicted, true, str(count), ha="center", va="center", fontsize=7,
                         color="tab:green" if on_diagonal else "black", fontweight="bold" if on_diagonal else None)
     ax.set_xticks(range(size))
-    ax.set_yticks(range(size))
+    per_class = counts.diag().float() / counts.sum(dim=1).clamp(min=1)
+    ax.set_yticks(range(size), [f"{digit}  ({acc:.1%})" for digit, acc in enumerate(per_class.tolist())])
     ax.set_xlabel("predicted digit")
-    ax.set_ylabel("true digit")
-    ax.set_title(f"{title} — accuracy {accuracy:.2%} on {counts.sum().item()} images")
+    ax.set_ylabel("true digit  (its accuracy)")
+    ax.set_title(f"{title}: {accuracy:.2%} of {counts.sum().item()} correct")
     return figure

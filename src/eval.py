@@ -1,0 +1,57 @@
+"""Evaluate a checkpoint on the official 10k MNIST test set, rebuilding the model from the checkpoint alone.
+
+    python -m src.eval ckpt_path=outputs/<date>/<time>/checkpoints/epoch004.ckpt
+
+Writes metrics.json (test/acc, test/loss, per-class accuracy), confusion_matrix.png and misclassified.png
+into its own run dir, and logs them to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import time
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from src import CONFIG_DIR
+from src.errors import UserInputError
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    started = time.perf_counter()
+    from hydra.utils import instantiate
+
+    from src.models.loading import load_classifier, normalization
+    from src.utils.run import build_trainer, finish_run, start_run
+
+    if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
+        raise UserInputError("ckpt_path is required: python -m src.eval ckpt_path=<run dir>/checkpoints/<name>.ckpt")
+    model, checkpoint = load_classifier(cfg.ckpt_path)  # first, so a bad path fails before any other work
+    output_dir = start_run(cfg)
+    mean, std = normalization(checkpoint)  # preprocess exactly as in training, whatever data.* says
+    datamodule = instantiate(cfg.data, _convert_="all", mean=mean, std=std)
+    trainer, loggers = build_trainer(cfg)
+    (results,) = trainer.test(model, datamodule=datamodule)
+
+    metrics = {
+        "status": "ok",
+        "checkpoint": str(cfg.ckpt_path),
+        "model_class": checkpoint["model_class"],
+        "checkpoint_epoch": checkpoint.get("epoch"),
+        **{key: float(value) for key, value in results.items()},
+        "wall_seconds": round(time.perf_counter() - started, 2),
+    }
+    finish_run(metrics, output_dir, loggers)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    from src.utils.run import run_reporting_failures
+
+    metrics = run_reporting_failures(evaluate, cfg)
+    return metrics.get("test/acc") if metrics else None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""What every entry point (train, eval) does around its own work: show and save the config, seed, build
+the trainer, write metrics.json and a summary, and turn failures into one clear message."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from src.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+
+def start_run(cfg: DictConfig) -> Path:
+    """Print and save the config, split CPU threads between parallel sweep jobs, seed everything."""
+    import pytorch_lightning as pl
+    import torch
+
+    from src.utils.config_io import print_config_tree, save_config
+    from src.utils.jobs import parallel_jobs, threads_per_job
+
+    output_dir = Path(cfg.paths.output_dir)
+    print_config_tree(cfg)
+    save_config(cfg, output_dir)
+    if parallel_jobs() > 1:
+        torch.set_num_threads(threads_per_job())
+        log.info("%d sweep jobs run in parallel: using %d CPU threads", parallel_jobs(), threads_per_job())
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    return output_dir
+
+
+def build_trainer(cfg: DictConfig):
+    """(Trainer, loggers) from the `trainer`, `callbacks` and `logger` groups."""
+    from hydra.utils import instantiate
+
+    from src.utils.instantiate import instantiate_entries
+
+    callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks")
+    loggers = instantiate_entries(cfg.get("logger"), "logger")
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False), loggers
+
+
+def finish_run(metrics: dict, output_dir: Path, loggers: list) -> None:
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    lines = ["", "=" * 60]
+    if "test/acc" in metrics:
+        lines.append(f"test accuracy : {metrics['test/acc']:.2%}  (official 10k MNIST test set)")
+        lines.append(f"test loss     : {metrics['test/loss']:.4f}")
+    if "val/acc_best" in metrics:
+        lines.append(f"best val acc  : {metrics['val/acc_best']:.2%}")
+    lines.append(f"run dir       : {output_dir}")
+    if metrics.get("best_model_path"):
+        lines.append(f"checkpoint    : {metrics['best_model_path']}")
+    if any(isinstance(logger, TensorBoardLogger) for logger in loggers):
+        lines.append(f"tensorboard   : tensorboard --logdir {output_dir}")
+    lines.append("=" * 60)
+    log.info("\n".join(lines))
+
+
+def run_reporting_failures(work: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | None:
+    """Run `work(cfg)`. A UserInputError becomes one logged line and exit status 1. In a sweep, any failure
+    is recorded in the job's metrics.json and the sweep goes on (one diverging lr must not cost the rest)."""
+    from src.utils.jobs import in_multirun
+
+    started = time.perf_counter()
+    try:
+        return work(cfg)
+    except Exception as err:
+        if not in_multirun():
+            if isinstance(err, UserInputError):
+                log.error("%s", err)
+                sys.exit(1)
+            raise
+        if isinstance(err, UserInputError):
+            log.error("This job failed: %s", err)
+        else:
+            log.exception("This job failed")
+        message = str(err).splitlines()[0] if str(err) else ""
+        failure = {"status": "failed", "error": f"{type(err).__name__}: {message}",
+                   "wall_seconds": round(time.perf_counter() - started, 2)}
+        output_dir = Path(cfg.paths.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(failure, indent=2) + "\n")
+        return None

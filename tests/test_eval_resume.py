@@ -1,0 +1,131 @@
+"""src.eval reproduces training's test metrics; resuming is exact; bad checkpoints are clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from src import PROJECT_ROOT
+from src.eval import evaluate
+from src.models.loading import CheckpointError, load_classifier
+from src.train import train
+from tests.conftest import compose_config, tiny_run_overrides
+
+
+class StopAfterEpoch(pl.Callback):
+    """Ends fitting after `epoch`, as an interruption would (but cleanly)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, synthetic_data_dir) -> Path:
+    run_dir = tmp_path_factory.mktemp("trained")
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, run_dir), "model=mlp"]))
+    return run_dir
+
+
+def test_eval_reproduces_the_metrics_training_reported(tmp_path, trained_run, synthetic_data_dir):
+    trained = json.loads((trained_run / "metrics.json").read_text())
+    # A different eval batch size must not matter: the loss is a per-image mean.
+    cfg = compose_config(
+        [*tiny_run_overrides(synthetic_data_dir, tmp_path), f"ckpt_path={trained['best_model_path']}", "data.eval_batch_size=7"],
+        config_name="eval",
+    )
+    evaluated = evaluate(cfg)
+    assert evaluated["test/acc"] == trained["test/acc"]
+    assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
+    assert {f"test/acc_class/{d}" for d in range(10)} <= evaluated.keys()
+    for name in ("metrics.json", "confusion_matrix.png", "config.yaml"):
+        assert (tmp_path / name).exists(), name
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_checkpoints_load_weights_only(trained_run):
+    model, checkpoint = load_classifier(trained_run / "checkpoints" / "last.ckpt")
+    assert type(model).__name__ == "MLP" and not model.training
+    assert "rng_states" in checkpoint and checkpoint["epoch"] == 0
+
+
+def test_resume_is_exact(tmp_path, synthetic_data_dir):
+    """2 epochs straight == 1 epoch, stop, resume from last.ckpt for the 2nd: same weights and metrics."""
+    common = ["model=mlp", "trainer.max_epochs=2", "model.dropout=0.3"]
+    straight = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "straight"), *common]))
+
+    stop = [f"+callbacks.stop._target_={__name__}.StopAfterEpoch", "+callbacks.stop.epoch=0"]
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "first"), *common, *stop]))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["epoch"] == 0
+    # Resuming continues in the same run dir (what `python -m src.train ckpt_path=...` does by default),
+    # so the best-checkpoint tracking carries on too.
+    resumed = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "first"), *common, f"ckpt_path={last}"]))
+
+    assert resumed["resumed_from"] == str(last) and resumed["epochs"] == straight["epochs"] == 2
+    for key in ("val/acc_best", "test/acc", "test/loss"):
+        assert resumed[key] == straight[key], key
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (tmp_path / "straight", tmp_path / "first")]
+    for name, tensor in weights[0]["state_dict"].items():
+        assert torch.equal(tensor, weights[1]["state_dict"][name]), name
+    assert weights[0]["optimizer_states"][0]["state"][0]["exp_avg"].equal(weights[1]["optimizer_states"][0]["state"][0]["exp_avg"])
+
+
+def test_bad_checkpoints_are_clear_errors(tmp_path, trained_run):
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_classifier(tmp_path / "missing.ckpt")
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((trained_run / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="truncated"):
+        load_classifier(truncated)
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="not a checkpoint of this project"):
+        load_classifier(foreign)
+    text = tmp_path / "notes.ckpt"
+    text.write_text("hello")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_classifier(text)
+
+
+@pytest.mark.parametrize("entry_point", ["src.eval", "src.train"])
+def test_entry_points_reject_a_truncated_checkpoint_in_one_line(tmp_path, trained_run, entry_point):
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes((trained_run / "checkpoints" / "last.ckpt").read_bytes()[:5000])
+    result = subprocess.run(
+        [sys.executable, "-m", entry_point, f"ckpt_path={truncated}", f"hydra.run.dir={tmp_path / 'run'}", "data.download=false"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert f"ckpt_path={truncated}" in output and "Traceback" not in output
+
+
+def test_resuming_continues_in_the_checkpoints_run_dir(trained_run):
+    from src import resume_run_dir
+
+    last = str(trained_run / "checkpoints" / "last.ckpt")
+    (trained_run / ".hydra").mkdir(exist_ok=True)  # what Hydra leaves in every run dir
+    assert resume_run_dir(last, True, "/new") == str(trained_run)
+    assert resume_run_dir(last, False, "/new") == "/new"  # testing a checkpoint never writes into its run
+    assert resume_run_dir(None, True, "/new") == "/new"
+
+
+def test_resuming_with_another_model_config_names_the_original_overrides(tmp_path, trained_run, synthetic_data_dir):
+    from src.errors import UserInputError
+
+    (trained_run / ".hydra").mkdir(exist_ok=True)
+    (trained_run / ".hydra" / "overrides.yaml").write_text("- model=mlp\n- trainer.max_epochs=1\n")
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=cnn",
+                          f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"])
+    with pytest.raises(UserInputError, match="repeat the original run's overrides: python -m src.train model=mlp trainer.max_epochs=1"):
+        train(cfg)
