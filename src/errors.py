@@ -1,8 +1,25 @@
-"""Errors caused by the user's input (config, files, checkpoints).
-
-The entry points print these as one message and exit non-zero, without a traceback.
-"""
+"""Expected failures. The entry points print their message as one line and exit with `exit_code`, without a
+traceback (set HYDRA_FULL_ERROR=1 to see it); in a sweep the job is recorded as failed and the sweep goes on."""
 
 
-class UserInputError(RuntimeError):
+class ReportedError(RuntimeError):
+    exit_code = 1
+    status = "failed"  # what a sweep summary calls the job
+
+
+class UserInputError(ReportedError):
     """Bad config value, missing or malformed file: something the user can fix."""
+
+
+class TrainingDiverged(ReportedError):
+    """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(ReportedError):
+    """Stopped by SIGTERM or Ctrl-C after saving a resumable checkpoint."""
+
+    status = "interrupted"
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -19,9 +19,8 @@ from src.errors import UserInputError
 
 def evaluate(cfg: DictConfig) -> dict:
     started = time.perf_counter()
-    from hydra.utils import instantiate
-
     from src.models.loading import load_classifier, normalization
+    from src.utils.instantiate import build
     from src.utils.run import build_trainer, finish_run, start_run
 
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
@@ -29,7 +28,7 @@ def evaluate(cfg: DictConfig) -> dict:
     model, checkpoint = load_classifier(cfg.ckpt_path)  # first, so a bad path fails before any other work
     output_dir = start_run(cfg)
     mean, std = normalization(checkpoint)  # preprocess exactly as in training, whatever data.* says
-    datamodule = instantiate(cfg.data, _convert_="all", mean=mean, std=std)
+    datamodule = build(cfg.data, _convert_="all", mean=mean, std=std)
     trainer, loggers = build_trainer(cfg)
     (results,) = trainer.test(model, datamodule=datamodule)
 

@@ -23,15 +23,17 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict:
     """Fit and/or test as `cfg` says; returns the metrics also written to `<run dir>/metrics.json`."""
     started_run = time.perf_counter()
-    from hydra.utils import instantiate
-
     from src.utils.hparams import log_hparams_session, run_hparams
+    from src.utils.instantiate import build
     from src.utils.run import build_trainer, finish_run, start_run
 
+    from src.utils.validate import validate_train_config
+
+    validate_train_config(cfg)
     output_dir = start_run(cfg)
     # _convert_="all": plain dicts/lists reach the constructors, which is what checkpoints then store.
-    datamodule = instantiate(cfg.data, _convert_="all")
-    model = instantiate(cfg.model, _convert_="all")
+    datamodule = build(cfg.data, _convert_="all")
+    model = build(cfg.model, _convert_="all")
     trainer, loggers = build_trainer(cfg)
 
     metrics: dict = {"status": "ok"}
@@ -42,7 +44,7 @@ def train(cfg: DictConfig) -> dict:
             metrics["resumed_from"] = str(ckpt_path)
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
         started = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        fit_or_report_interruption(trainer, model, datamodule, ckpt_path)
         metrics["fit_seconds"] = round(time.perf_counter() - started, 2)
         metrics["epochs"] = trainer.current_epoch
         if "val/acc_best" in trainer.callback_metrics:
@@ -60,11 +62,40 @@ def train(cfg: DictConfig) -> dict:
         metrics.update({key: float(value) for key, value in results.items()})
         metrics["tested_checkpoint"] = ckpt_path or None
 
-    num_parameters = sum(p.numel() for p in model.parameters())
-    log_hparams_session(loggers, run_hparams(cfg, num_parameters))
+    if trainer.is_global_zero:
+        log_hparams_session(loggers, run_hparams(cfg, sum(p.numel() for p in model.parameters())))
     metrics["wall_seconds"] = round(time.perf_counter() - started_run, 2)
     finish_run(metrics, output_dir, loggers)
     return metrics
+
+
+def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None) -> None:
+    """trainer.fit; after SIGTERM or Ctrl-C (a checkpoint was saved at a batch boundary), say how to resume."""
+    from src.callbacks.safety import INTERRUPTIONS, ResumableCheckpoint
+    from src.errors import TrainingInterrupted
+
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except INTERRUPTIONS as stop:
+        by_ctrl_c = "Ctrl-C" in str(stop)
+        saved = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
+        where = f"{saved[0].dirpath}/{saved[0].filename}{saved[0].FILE_EXTENSION}" if saved else None
+        raise TrainingInterrupted(
+            f"Training stopped by {'Ctrl-C' if by_ctrl_c else 'SIGTERM'} at epoch {trainer.current_epoch}, "
+            f"step {trainer.global_step}. "
+            + (f"Saved {where}; resume with: python -m src.train {original_overrides()} ckpt_path={where}" if where
+               else "No checkpoint callback was configured, so nothing was saved."),
+            exit_code=130 if by_ctrl_c else 143,
+        ) from stop
+
+
+def original_overrides() -> str:
+    """This run's command-line overrides, minus ckpt_path: what a resume must repeat."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return "<the same overrides>"
+    return " ".join(o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path="))
 
 
 def check_resumable(ckpt_path: str, model) -> None:

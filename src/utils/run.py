@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig
 
-from src.errors import UserInputError
+from src.errors import ReportedError
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +28,9 @@ def start_run(cfg: DictConfig) -> Path:
     from src.utils.jobs import parallel_jobs, threads_per_job
 
     output_dir = Path(cfg.paths.output_dir)
-    print_config_tree(cfg)
-    save_config(cfg, output_dir)
+    if is_rank_zero():  # DDP relaunches this script once per extra process
+        print_config_tree(cfg)
+        save_config(cfg, output_dir)
     if parallel_jobs() > 1:
         torch.set_num_threads(threads_per_job())
         log.info("%d sweep jobs run in parallel: using %d CPU threads", parallel_jobs(), threads_per_job())
@@ -38,18 +41,24 @@ def start_run(cfg: DictConfig) -> Path:
 
 def build_trainer(cfg: DictConfig):
     """(Trainer, loggers) from the `trainer`, `callbacks` and `logger` groups."""
-    from hydra.utils import instantiate
-
-    from src.utils.instantiate import instantiate_entries
+    from src.utils.instantiate import build, instantiate_entries
 
     callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_entries(cfg.get("logger"), "logger")
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False), loggers
+    return build(cfg.trainer, callbacks=callbacks, logger=loggers or False), loggers
+
+
+def is_rank_zero() -> bool:
+    from pytorch_lightning.utilities import rank_zero_only
+
+    return rank_zero_only.rank == 0
 
 
 def finish_run(metrics: dict, output_dir: Path, loggers: list) -> None:
     from pytorch_lightning.loggers import TensorBoardLogger
 
+    if not is_rank_zero():
+        return
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     lines = ["", "=" * 60]
     if "test/acc" in metrics:
@@ -66,26 +75,28 @@ def finish_run(metrics: dict, output_dir: Path, loggers: list) -> None:
     log.info("\n".join(lines))
 
 
-def run_reporting_failures(work: Callable[[DictConfig], dict], cfg: DictConfig) -> dict | None:
-    """Run `work(cfg)`. A UserInputError becomes one logged line and exit status 1. In a sweep, any failure
-    is recorded in the job's metrics.json and the sweep goes on (one diverging lr must not cost the rest)."""
+def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -> Any | None:
+    """Run `work(cfg)`. A ReportedError becomes one logged line and its exit code (the traceback only with
+    HYDRA_FULL_ERROR=1). In a sweep, any failure is recorded in the job's metrics.json and the sweep goes on
+    (one diverging lr must not cost the rest)."""
     from src.utils.jobs import in_multirun
 
     started = time.perf_counter()
     try:
         return work(cfg)
     except Exception as err:
+        reported = isinstance(err, ReportedError)
         if not in_multirun():
-            if isinstance(err, UserInputError):
+            if reported and os.environ.get("HYDRA_FULL_ERROR") != "1":
                 log.error("%s", err)
-                sys.exit(1)
+                sys.exit(err.exit_code)
             raise
-        if isinstance(err, UserInputError):
+        if reported:
             log.error("This job failed: %s", err)
         else:
             log.exception("This job failed")
         message = str(err).splitlines()[0] if str(err) else ""
-        failure = {"status": "failed", "error": f"{type(err).__name__}: {message}",
+        failure = {"status": err.status if reported else "failed", "error": f"{type(err).__name__}: {message}",
                    "wall_seconds": round(time.perf_counter() - started, 2)}
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,77 @@
+"""Stopping safely: on SIGTERM (what SLURM sends before pre-emption) or Ctrl-C, training stops at the next
+batch boundary and last.ckpt is saved; on a NaN/inf loss it stops at once and last.ckpt is left alone."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+from src.errors import TrainingDiverged
+
+log = logging.getLogger(__name__)
+
+
+class StopRequested(Exception):
+    """Raised at a batch boundary after Ctrl-C, like Lightning's SIGTERMException after SIGTERM."""
+
+
+INTERRUPTIONS = (SIGTERMException, StopRequested)
+
+
+class ResumableCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that also saves when training is interrupted, and only then: after any other
+    exception (say a NaN loss) the weights may be broken and the previous checkpoint must stay."""
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, INTERRUPTIONS):
+            super().on_exception(trainer, pl_module, exception)
+
+
+class GracefulStop(pl.Callback):
+    """The first Ctrl-C asks training to stop after the current batch (a consistent, resumable state);
+    a second Ctrl-C aborts at once."""
+
+    def __init__(self) -> None:
+        self._requested = False
+        self._previous_handler = None
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._requested = False
+        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+            self._previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+
+    def _request_stop(self, signum, frame) -> None:
+        log.warning("Ctrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to abort at once).")
+        self._requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._requested:
+            raise StopRequested("Ctrl-C")
+
+    def teardown(self, trainer, pl_module, stage: str) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+
+class DivergenceGuard(pl.Callback):
+    """Stops on the first non-finite training loss with advice, instead of training on NaNs for hours.
+    Checking costs one device sync per step: free on a CPU, a few microseconds on a GPU."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is not None and not torch.isfinite(loss):
+            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+            configured = (pl_module.hparams.get("optimizer") or {}).get("lr", lr)
+            raise TrainingDiverged(
+                f"Training diverged at epoch {trainer.current_epoch}, step {trainer.global_step}: the loss is "
+                f"{loss.item()} (learning rate {lr:.3g} at that step). Lower the learning rate, e.g. "
+                f"model.optimizer.lr={configured / 3:.2g} (now {configured:.3g}). The last good checkpoint was kept."
+            )

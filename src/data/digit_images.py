@@ -1,0 +1,179 @@
+"""Turn a user's digit image (any size, mode or polarity) into a 28×28 input prepared the way MNIST was.
+
+MNIST digits are light ink on a black background, cropped to the ink, scaled to fit a 20×20 box
+(keeping the aspect ratio, anti-aliased) and placed in a 28×28 field so that their centre of mass
+sits at the centre. A model trained on MNIST expects exactly that, so user images get the same steps,
+after what MNIST's clean scans did not need: transparency and polarity resolved, the paper shade removed,
+and pen strokes too thin to survive the shrink to 20×20 widened.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from src.errors import UserInputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+FIELD_SIZE = 28
+BOX_SIZE = 20
+# Measured on MNIST: in pixel-index coordinates the mean centre of mass is (14.0, 14.0).
+FIELD_CENTRE = 14.0
+# Ink fainter than this (fraction of the full contrast) is noise: paper texture, JPEG ringing.
+NOISE_LEVEL = 0.15
+# An image whose brightest ink differs from the paper by less than this has no digit on it.
+MIN_CONTRAST = 0.1
+# Stroke widths in the 20×20 box as `stroke_width` measures them on MNIST: 1st percentile and median.
+THIN_STROKE = 1.0
+MNIST_STROKE = 1.8
+BLANK = "no digit found: the image is blank (nothing stands out from the background)"
+
+
+class DigitImageError(UserInputError):
+    """One input file that is not a readable image, or has no digit on it."""
+
+
+def read_grayscale(path: str | Path) -> np.ndarray:
+    """The image as H×W float32 in [0, 1], transparent parts replaced by the paper colour."""
+    try:
+        with Image.open(path) as opened:
+            # Phone photos are often stored sideways, with a tag that says how to turn them upright.
+            image = ImageOps.exif_transpose(opened)
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DigitImageError(f"not a readable image ({reason})") from err
+    if image.mode in ("P", "PA"):
+        image = image.convert("RGBA")  # a palette may hold a transparent entry
+    alpha = None
+    if "A" in image.getbands():
+        alpha = np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0
+    gray = luminance(image)
+    if alpha is None or alpha.min() == 1.0:
+        return gray
+    paper = paper_behind_transparency(gray, alpha)
+    return alpha * gray + (1.0 - alpha) * paper
+
+
+def luminance(image: Image.Image) -> np.ndarray:
+    if image.mode.startswith("I"):  # 16/32-bit greyscale: convert("L") would clip instead of scale
+        values = np.asarray(image, dtype=np.float32)
+        full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+        return np.clip(values / full_scale, 0.0, 1.0)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
+def border(array: np.ndarray) -> np.ndarray:
+    """The outermost ring of pixels: in a photo of one digit, that is paper."""
+    if min(array.shape) <= 2:
+        return array.ravel()
+    return np.concatenate([array[0], array[-1], array[1:-1, 0], array[1:-1, -1]])
+
+
+def paper_behind_transparency(gray: np.ndarray, alpha: np.ndarray) -> float:
+    edge_gray, edge_alpha = border(gray), border(alpha)
+    opaque_edge = edge_alpha > 0.5
+    if opaque_edge.mean() > 0.5:  # the image has its own opaque paper: transparent holes show that
+        return float(np.median(edge_gray[opaque_edge]))
+    if alpha.sum() == 0:
+        return 0.0  # fully transparent: blank, reported later
+    # Ink on a transparent sheet: the paper is whatever contrasts with the ink.
+    ink = float((gray * alpha).sum() / alpha.sum())
+    return 1.0 if ink < 0.5 else 0.0
+
+
+def light_ink_on_black(gray: np.ndarray) -> np.ndarray:
+    """Ink as 0 (paper) .. 1 (full ink), whatever the polarity and paper shade of the input."""
+    paper, darkest, brightest = float(np.median(border(gray))), float(gray.min()), float(gray.max())
+    if brightest - darkest < MIN_CONTRAST:
+        raise DigitImageError(BLANK)
+    # Paper nearer the bright end means dark ink on light paper: invert, as MNIST digits are light on black.
+    # Relative to the image's own range, so grey paper in a dim photo is still recognised as paper.
+    if paper - darkest > brightest - paper:
+        gray, paper, brightest = 1.0 - gray, 1.0 - paper, 1.0 - darkest
+    contrast = brightest - paper
+    if contrast < MIN_CONTRAST:
+        raise DigitImageError(BLANK)
+    ink = np.clip((gray - paper) / contrast, 0.0, 1.0)  # paper -> 0, the strongest stroke -> 1, like MNIST
+    ink[ink < NOISE_LEVEL] = 0.0
+    return ink
+
+
+def crop_to_ink(ink: np.ndarray) -> np.ndarray:
+    rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
+    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def stroke_width(ink: np.ndarray) -> float:
+    """Mean stroke width in pixels: twice the ink area over the ink's outline length."""
+    mask = np.pad(ink > 0.5, 1)
+    outline = np.count_nonzero(mask[1:] != mask[:-1]) + np.count_nonzero(mask[:, 1:] != mask[:, :-1])
+    return 2 * np.count_nonzero(mask) / outline if outline else 0.0
+
+
+def widen(ink: np.ndarray, pixels: int) -> np.ndarray:
+    """Grey dilation by a square: every stroke (and the array) gets `pixels` wider and taller."""
+    for axis in (0, 1):
+        grown = np.moveaxis(np.pad(ink, [(pixels, pixels) if a == axis else (0, 0) for a in (0, 1)]), axis, 0)
+        covered = 1  # each row of `grown` is the max over `covered` neighbours; doubling takes log(pixels) steps
+        while covered < pixels + 1:
+            step = min(covered, pixels + 1 - covered)
+            grown = np.maximum(grown[:-step], grown[step:])
+            covered += step
+        ink = np.moveaxis(grown, 0, axis)
+    return ink
+
+
+def widen_thin_strokes(ink: np.ndarray, box: int = BOX_SIZE) -> np.ndarray:
+    """Widen strokes that scaling to the box would make thinner than (almost) any MNIST digit's.
+
+    A pen line in a large photo would otherwise shrink to a faint half-pixel trace the model never saw."""
+    scale = box / max(ink.shape)
+    width = stroke_width(ink)
+    if width * scale >= THIN_STROKE:
+        return ink
+    return widen(ink, round(MNIST_STROKE / scale - width))
+
+
+def fit_in_box(ink: np.ndarray, box: int = BOX_SIZE) -> np.ndarray:
+    """Scale so the longer side is `box` pixels, keeping the aspect ratio; anti-aliased."""
+    height, width = ink.shape
+    scale = box / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    # Pillow's resampling widens its filter when shrinking, so thin strokes average instead of vanishing.
+    resized = Image.fromarray(ink.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
+    return np.clip(np.asarray(resized, dtype=np.float32), 0.0, 1.0)
+
+
+def centre_of_mass(ink: np.ndarray) -> tuple[float, float]:
+    total = float(ink.sum())
+    rows, cols = np.arange(ink.shape[0]), np.arange(ink.shape[1])
+    return float(ink.sum(axis=1) @ rows) / total, float(ink.sum(axis=0) @ cols) / total
+
+
+def place_by_centre_of_mass(patch: np.ndarray, size: int = FIELD_SIZE) -> np.ndarray:
+    """Paste `patch` into a size×size black field so its centre of mass lands on the field's centre."""
+    com_row, com_col = centre_of_mass(patch)
+    # Whole-pixel shifts, clamped so the patch always fits (only lopsided shapes ever need the clamp).
+    top = int(np.clip(round(FIELD_CENTRE - com_row), 0, size - patch.shape[0]))
+    left = int(np.clip(round(FIELD_CENTRE - com_col), 0, size - patch.shape[1]))
+    field = np.zeros((size, size), dtype=np.float32)
+    field[top : top + patch.shape[0], left : left + patch.shape[1]] = patch
+    return field
+
+
+def mnist_style(gray: np.ndarray) -> np.ndarray:
+    """A grayscale image of one digit -> 28×28 float32 in [0, 1], light digit on black, MNIST layout."""
+    ink = light_ink_on_black(gray)
+    patch = fit_in_box(widen_thin_strokes(crop_to_ink(ink)))
+    if patch.max() <= 0:
+        raise DigitImageError("no digit found: the ink is too small to survive scaling to 20×20")
+    return place_by_centre_of_mass(patch)
+
+
+def digit_tensor(path: str | Path, mean: float, std: float) -> torch.Tensor:
+    """One image file -> a 1×28×28 tensor normalized like the training data."""
+    field = torch.from_numpy(mnist_style(read_grayscale(path)))
+    return ((field - mean) / std).unsqueeze(0)

@@ -1,0 +1,154 @@
+"""Classify your own digit images with a checkpoint written by `python -m src.train`.
+
+    python -m src.predict ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt inputs=my_digits/
+    python -m src.predict ckpt_path=... 'inputs=photos/*.jpg' output=predictions.json save_preview=true
+
+Each image is prepared the way MNIST was made (src/data/digit_images.py), so photos of dark ink on
+paper, digits anywhere in a large frame, or transparent PNGs all reach the model as MNIST-like 28×28.
+Heavy imports (torch, Lightning) happen inside `predict`, so `--help` and `--cfg job` stay fast.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from src import CONFIG_DIR
+from src.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+LOW_CONFIDENCE = 0.5  # below this the table and the preview flag a prediction as doubtful
+BATCH_SIZE = 256
+
+
+def find_inputs(inputs) -> list[Path]:
+    """The files that `inputs` names: a file, a folder (its image files), a glob, or a list of these."""
+    from src.data.digit_images import IMAGE_SUFFIXES
+
+    entries = list(inputs) if isinstance(inputs, (list, tuple, ListConfig)) else [inputs]
+    found: list[Path] = []
+    for entry in entries:
+        text = str(entry)
+        path = Path(text).expanduser()
+        if path.is_dir():
+            files = sorted(
+                p for p in path.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not files:
+                raise UserInputError(f"inputs={text}: this folder holds no image files ({' '.join(IMAGE_SUFFIXES)}).")
+        elif path.is_file():
+            files = [path]
+        elif any(char in text for char in "*?["):
+            files = sorted(Path(name) for name in glob.glob(str(path), recursive=True) if Path(name).is_file())
+            if not files:
+                raise UserInputError(f"inputs={text}: no file matches this pattern.")
+        else:
+            raise UserInputError(f"inputs={text}: no such file or folder (give an image, a folder or a glob).")
+        found.extend(files)
+    if not found:
+        raise UserInputError("inputs is empty: give an image, a folder or a glob.")
+    return list(dict.fromkeys(found))  # a file named twice is classified once
+
+
+def prediction_table(predictions: list[dict], top_k: int) -> str:
+    width = max(len("file"), *(len(p["path"]) for p in predictions))
+    lines = [f"{'file':<{width}}  digit  confidence  top-{top_k}"]
+    for p in predictions:
+        ranked = sorted(range(len(p["probs"])), key=lambda digit: -p["probs"][digit])[:top_k]
+        top = "  ".join(f"{digit} ({p['probs'][digit]:.2f})" for digit in ranked)
+        doubt = "  <- low confidence" if p["confidence"] < LOW_CONFIDENCE else ""
+        lines.append(f"{p['path']:<{width}}  {p['digit']:>5}  {p['confidence']:>10.2f}  {top}{doubt}")
+    return "\n".join(lines)
+
+
+def check_config(cfg: DictConfig) -> None:
+    for key, example in (("ckpt_path", "outputs/<date>/<time>/checkpoints/last.ckpt"), ("inputs", "my_digits/")):
+        if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, ""):
+            raise UserInputError(f"{key} is required, e.g. `python -m src.predict {key}={example} ...`.")
+    if not isinstance(cfg.top_k, int) or not 1 <= cfg.top_k <= 10:
+        raise UserInputError(f"top_k={cfg.top_k} is invalid: it must be a whole number from 1 to 10.")
+
+
+def predict(cfg: DictConfig) -> list[dict]:
+    """Classify every input image; returns one dict per classified image (path, digit, confidence, probs)."""
+    import torch
+
+    from src.data.digit_images import DigitImageError, digit_tensor
+    from src.models.loading import load_classifier, normalization
+
+    check_config(cfg)
+    paths = find_inputs(cfg.inputs)
+    model, checkpoint = load_classifier(str(cfg.ckpt_path))
+    mean, std = normalization(checkpoint)  # exactly the training preprocessing
+
+    images, classified = [], []
+    for path in paths:
+        try:
+            images.append(digit_tensor(path, mean, std))
+            classified.append(path)
+        except DigitImageError as err:
+            log.warning("skipped %s: %s", path, err)
+    if not classified:
+        raise UserInputError(f"none of the {len(paths)} input file(s) could be classified (see the reasons above).")
+
+    batch = torch.stack(images)
+    with torch.inference_mode():
+        probs = torch.cat([model(chunk).softmax(dim=1) for chunk in batch.split(BATCH_SIZE)])
+    predictions = [
+        {
+            "path": str(path),
+            "digit": int(row.argmax()),
+            "confidence": round(float(row.max()), 6),
+            "probs": [round(float(value), 6) for value in row],
+        }
+        for path, row in zip(classified, probs)
+    ]
+
+    output_dir = Path(cfg.paths.output_dir)
+    lines = ["", prediction_table(predictions, cfg.top_k), ""]
+    lines.append(f"classified    : {len(predictions)} of {len(paths)} file(s) with {cfg.ckpt_path}")
+    if cfg.output:
+        json_path = Path(cfg.output).expanduser().resolve()
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(predictions, indent=2) + "\n")
+        lines.append(f"predictions   : {json_path}")
+    if cfg.save_preview:
+        lines.append(f"preview       : {save_preview(batch, predictions, output_dir)}")
+    lines.append(f"run dir       : {output_dir}")
+    log.info("\n".join(lines))
+    return predictions
+
+
+def save_preview(batch, predictions: list[dict], output_dir: Path) -> Path:
+    """<run dir>/predictions.png: each input as the model saw it (28×28), captioned with its prediction."""
+    from src.plots.digit_sheet import digit_sheet
+
+    captions = [f"{_short(Path(p['path']).name)}\n{p['digit']} ({p['confidence']:.2f})" for p in predictions]
+    flagged = [p["confidence"] < LOW_CONFIDENCE for p in predictions]
+    figure = digit_sheet(batch, captions, flagged, title=f"predictions (red: confidence < {LOW_CONFIDENCE})")
+    path = output_dir / "predictions.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def _short(name: str, limit: int = 16) -> str:
+    return name if len(name) <= limit else name[: limit - 1].rstrip("._-") + "…"
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
+def main(cfg: DictConfig) -> None:
+    from src.utils.run import run_reporting_failures
+
+    run_reporting_failures(predict, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,139 @@
+"""Batched training augmentation: what it keeps, what it changes, when it runs, and its config errors."""
+
+from __future__ import annotations
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from src.data.augment import DEFAULT_AUGMENT, BatchAugment, augment_settings
+from src.data.mnist_datamodule import MNISTDataModule
+from src.errors import UserInputError
+from src.models.mlp import MLP
+from tests.idx_writer import synthetic_digits
+
+BACKGROUND = -0.1307 / 0.3081
+EVERYTHING_ON = {"enabled": True, "elastic_alpha": 34.0, "erasing_p": 0.5}
+
+
+def digit_batch(count: int = 64) -> torch.Tensor:
+    images, _ = synthetic_digits(count, seed=3)
+    return ((torch.from_numpy(images).float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
+
+
+def test_keeps_shape_dtype_device_and_batch_order():
+    # Each image is a flat field whose value is its label: the centre pixel always reads from the
+    # interior under small affine/elastic moves, so it still names the label after augmentation.
+    labels = torch.arange(40) % 10
+    images = (1.0 + labels.float()).view(-1, 1, 1, 1).expand(-1, 1, 28, 28).contiguous()
+    augmented = BatchAugment({"enabled": True, "elastic_alpha": 34.0}, BACKGROUND)(images)
+    assert augmented.shape == images.shape and augmented.dtype == images.dtype and augmented.device == images.device
+    assert torch.allclose(augmented[:, 0, 14, 14], 1.0 + labels.float(), atol=1e-5)
+    assert (augmented != images).flatten(1).any(1).all()  # the borders moved in every image
+
+
+def test_disabled_is_exactly_the_identity():
+    images = digit_batch()
+    assert BatchAugment(None, BACKGROUND)(images) is images
+    assert BatchAugment({**EVERYTHING_ON, "enabled": False}, BACKGROUND)(images) is images
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{"enabled": True}, {"enabled": True, "degrees": 0, "translate": 0, "scale": [1, 1], "elastic_alpha": 10.0},
+     {"enabled": True, "degrees": 0, "translate": 0, "scale": [1, 1], "erasing_p": 1.0}],
+    ids=["affine", "elastic", "erasing"],
+)
+def test_enabled_changes_every_image(settings):
+    images = digit_batch()
+    augmented = BatchAugment(settings, BACKGROUND)(images)
+    assert (augmented - images).abs().flatten(1).amax(1).min() > 0.1
+
+
+def test_uncovered_and_erased_pixels_get_the_background_value():
+    blank = torch.full((16, 1, 28, 28), BACKGROUND)
+    strong = {**EVERYTHING_ON, "degrees": 45, "translate": 0.3, "scale": [0.5, 1.5], "erasing_p": 1.0}
+    assert torch.equal(BatchAugment(strong, BACKGROUND)(blank), blank)
+    # Zooming out a bright image uncovers its edges: they must read as background, not 0.
+    white = torch.full((16, 1, 28, 28), 2.0)
+    shrunk = BatchAugment({"enabled": True, "degrees": 0, "translate": 0, "scale": [0.5, 0.5]}, BACKGROUND)(white)
+    assert torch.allclose(shrunk[:, :, 0, :], torch.tensor(BACKGROUND)) and torch.allclose(shrunk[:, :, 14, 14], torch.tensor(2.0))
+
+
+@pytest.mark.parametrize("settings", [{"enabled": True}, EVERYTHING_ON], ids=["affine", "everything"])
+def test_reproducible_under_a_fixed_seed(settings):
+    images, augment = digit_batch(), BatchAugment(settings, BACKGROUND)
+    pl.seed_everything(7)
+    first = augment(images)
+    pl.seed_everything(7)
+    assert torch.equal(augment(images), first)
+    pl.seed_everything(8)
+    assert not torch.equal(augment(images), first)
+
+
+class BatchRecorder(pl.Callback):
+    """Keeps the batches the model's steps receive, i.e. after `on_after_batch_transfer`."""
+
+    def __init__(self) -> None:
+        self.batches: dict[str, list] = {"train": [], "val": [], "test": []}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.batches["train"].append(tuple(t.clone() for t in batch))
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.batches["val"].append(tuple(t.clone() for t in batch))
+
+    def on_test_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        self.batches["test"].append(tuple(t.clone() for t in batch))
+
+
+def test_only_training_batches_are_augmented(synthetic_data_dir):
+    options = dict(data_dir=str(synthetic_data_dir), download=False, batch_size=32, eval_batch_size=50, val_size=80)
+    datamodule = MNISTDataModule(**options, augment=EVERYTHING_ON)
+    plain = MNISTDataModule(**options)
+    plain.setup()
+    recorder = BatchRecorder()
+    trainer = pl.Trainer(
+        accelerator="cpu", max_epochs=1, limit_train_batches=3, callbacks=[recorder], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    model = MLP(optimizer={"name": "adam", "lr": 1e-3}, hidden_sizes=[16])
+    trainer.fit(model, datamodule=datamodule)
+    trainer.test(model, datamodule=datamodule)
+
+    expected_train = list(plain.train_dataloader())[:3]
+    assert len(recorder.batches["train"]) == 3
+    for (images, labels), (plain_images, plain_labels) in zip(recorder.batches["train"], expected_train):
+        assert torch.equal(labels, plain_labels) and not torch.equal(images, plain_images)
+    # Sanity check (2 batches) + one validation epoch (2 batches), all untouched; test untouched too.
+    expected_val = list(plain.val_dataloader())
+    assert len(recorder.batches["val"]) == 2 * len(expected_val)
+    for (images, labels), (plain_images, plain_labels) in zip(recorder.batches["val"], expected_val * 2):
+        assert torch.equal(images, plain_images) and torch.equal(labels, plain_labels)
+    for (images, _), (plain_images, _) in zip(recorder.batches["test"], plain.test_dataloader(), strict=True):
+        assert torch.equal(images, plain_images)
+
+
+def test_hyperparameters_stay_plain_values(synthetic_data_dir, tmp_path):
+    datamodule = MNISTDataModule(str(synthetic_data_dir), download=False, augment={"enabled": True, "degrees": 5})
+    assert datamodule.hparams.augment == {**DEFAULT_AUGMENT, "enabled": True, "degrees": 5.0}
+    torch.save(dict(datamodule.hparams), tmp_path / "hparams.pt")
+    assert torch.load(tmp_path / "hparams.pt", weights_only=True)["augment"]["degrees"] == 5.0
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("degrees", -1), ("translate", -0.1), ("translate", 1.5), ("scale", [1.1, 0.9]), ("scale", [0, 1]),
+     ("scale", 1.0), ("scale", [0.9]), ("elastic_alpha", -1), ("elastic_sigma", 0), ("erasing_p", 1.5),
+     ("erasing_p", -0.1), ("erasing_area", [0.1, 1.5]), ("enabled", "yes"), ("degrees", "ten")],
+)
+def test_bad_values_are_clear_errors(synthetic_data_dir, key, value):
+    with pytest.raises(UserInputError, match=rf"data\.augment\.{key}=.* is invalid: it must be"):
+        augment_settings({key: value})
+    with pytest.raises(UserInputError, match=rf"data\.augment\.{key}="):
+        MNISTDataModule(str(synthetic_data_dir), download=False, augment={key: value})
+
+
+def test_unknown_key_is_a_clear_error():
+    with pytest.raises(UserInputError, match=r"data\.augment has unknown keys \['degree'\].*'degrees'"):
+        augment_settings({"degree": 10})

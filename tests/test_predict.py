@@ -1,0 +1,291 @@
+"""`python -m src.predict`: user images prepared like MNIST, then classified by checkpoints trained here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from src import PROJECT_ROOT
+from src.data.digit_images import (
+    THIN_STROKE, DigitImageError, centre_of_mass, mnist_style, read_grayscale, stroke_width,
+)
+from src.errors import UserInputError
+from src.predict import find_inputs, predict
+from src.train import train
+from tests.conftest import HAS_REAL_MNIST, REAL_DATA_DIR, REAL_DATA_REQUIRED, compose_config, tiny_run_overrides
+from tests.digit_drawing import draw_six, save, transparent_sticker, user_photo
+
+needs_real_mnist = pytest.mark.skipif(
+    not (HAS_REAL_MNIST or REAL_DATA_REQUIRED), reason=f"real MNIST not found in {REAL_DATA_DIR}/MNIST/raw"
+)
+
+
+def prepared(image: Image.Image, folder: Path, name: str = "digit.png") -> np.ndarray:
+    return mnist_style(read_grayscale(save(image, folder / name)))
+
+
+def ink_box(field: np.ndarray) -> tuple[int, int]:
+    rows, cols = np.nonzero(field.any(axis=1))[0], np.nonzero(field.any(axis=0))[0]
+    return rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+
+
+# --- Preprocessing: no model needed ---
+
+
+def test_a_digit_anywhere_in_a_large_frame_gets_the_mnist_layout(tmp_path):
+    field = prepared(draw_six(), tmp_path)  # a tall 6, about 71×163 px, near the right edge of 300×200
+    assert field.shape == (28, 28) and field.dtype == np.float32
+    assert field.min() == 0.0 and 0.95 <= field.max() <= 1.0
+    height, width = ink_box(field)
+    assert height == 20  # the longer side fills the 20×20 box ...
+    assert abs(width - 20 * 71 / 163) <= 1.5  # ... and the aspect ratio is kept
+    row, col = centre_of_mass(field)
+    assert abs(row - 14) <= 1 and abs(col - 14) <= 1
+
+
+def test_both_polarities_and_dim_grey_paper_give_the_same_input(tmp_path):
+    light_on_dark = prepared(draw_six(paper=0, ink=255), tmp_path, "a.png")
+    dark_on_light = prepared(draw_six(paper=255, ink=0), tmp_path, "b.png")
+    dim_photo = prepared(draw_six(paper=110, ink=30), tmp_path, "c.png")  # grey paper, under 0.5 brightness
+    np.testing.assert_allclose(dark_on_light, light_on_dark, atol=1e-5)
+    np.testing.assert_allclose(dim_photo, light_on_dark, atol=1e-4)
+
+
+@pytest.mark.parametrize("pen", [2, 6])
+def test_thin_pen_strokes_are_widened_like_mnist_strokes(tmp_path, pen):
+    # A 2 px pen line on a 163 px tall digit would shrink to a faint 0.2 px trace in the 20×20 box.
+    field = prepared(draw_six(stroke=pen), tmp_path)
+    assert THIN_STROKE <= stroke_width(field) <= 3 and field.max() == pytest.approx(1.0, abs=0.05)
+
+
+def test_transparent_background_counts_as_paper(tmp_path):
+    expected = prepared(draw_six(), tmp_path, "plain.png")
+    alpha = draw_six()
+    black = Image.new("L", alpha.size, 0)
+    rgba = Image.merge("RGBA", (black, black, black, alpha))  # black everywhere: only alpha shows the six
+    np.testing.assert_allclose(prepared(rgba, tmp_path, "rgba.png"), expected, atol=1e-5)
+    np.testing.assert_allclose(prepared(Image.merge("LA", (black, alpha)), tmp_path, "la.png"), expected, atol=1e-5)
+    palette = draw_six(paper=0, ink=1).convert("P")  # index 0: transparent white paper, index 1: black ink
+    palette.putpalette([255, 255, 255, 0, 0, 0])
+    palette.info["transparency"] = 0
+    np.testing.assert_allclose(prepared(palette, tmp_path, "p.png"), expected, atol=1e-5)
+
+
+def test_sixteen_bit_and_sideways_stored_images_are_read_as_shown(tmp_path):
+    upright = draw_six()
+    expected = read_grayscale(save(upright, tmp_path / "upright.png"))
+    sixteen_bit = Image.fromarray(np.asarray(upright, dtype=np.uint16) * 200)  # ink 51000 of 65535, not clipped
+    read_back = read_grayscale(save(sixteen_bit, tmp_path / "16bit.png"))
+    np.testing.assert_allclose(read_back, expected * 51000 / 65535, atol=1e-4)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: "turn 90° clockwise to display", as phones store portrait photos
+    sideways = save(upright.transpose(Image.Transpose.ROTATE_90), tmp_path / "phone.png", exif=exif)
+    np.testing.assert_array_equal(read_grayscale(sideways), expected)
+
+
+def noisy_white(size: tuple[int, int] = (64, 48)) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(0).integers(245, 256, size[::-1]).astype(np.uint8))
+
+
+@pytest.mark.parametrize(
+    "name, image",
+    [
+        ("white.png", Image.new("L", (50, 40), 255)),
+        ("grey.jpg", Image.new("RGB", (50, 40), (128, 128, 128))),
+        ("paper_grain.png", noisy_white()),
+        ("transparent.png", Image.new("RGBA", (50, 40), (0, 0, 0, 0))),
+    ],
+)
+def test_a_blank_image_is_a_clear_error(tmp_path, name, image):
+    with pytest.raises(DigitImageError, match="no digit found"):
+        prepared(image, tmp_path, name)
+
+
+def test_non_images_are_a_clear_error(tmp_path):
+    (tmp_path / "notes.png").write_text("not an image")
+    save(draw_six(), tmp_path / "whole.png")
+    (tmp_path / "truncated.png").write_bytes((tmp_path / "whole.png").read_bytes()[:200])
+    for name in ("notes.png", "truncated.png", "missing.png"):
+        with pytest.raises(DigitImageError, match="not a readable image"):
+            read_grayscale(tmp_path / name)
+
+
+def test_inputs_can_be_a_file_a_folder_a_glob_or_a_list(tmp_path):
+    for name in ("b.png", "a.JPG", "c.bmp", ".hidden.png", "notes.txt"):
+        (tmp_path / name).touch()
+    (tmp_path / "sub").mkdir()
+    assert find_inputs(str(tmp_path)) == [tmp_path / "a.JPG", tmp_path / "b.png", tmp_path / "c.bmp"]
+    assert find_inputs(f"{tmp_path}/*.png") == [tmp_path / "b.png"]
+    assert find_inputs(str(tmp_path / "notes.txt")) == [tmp_path / "notes.txt"]  # named explicitly: tried, reported
+    assert find_inputs([str(tmp_path / "b.png"), f"{tmp_path}/b*"]) == [tmp_path / "b.png"]
+    for inputs, message in [
+        (str(tmp_path / "nope.png"), "no such file or folder"),
+        (f"{tmp_path}/*.gif", "no file matches"),
+        (str(tmp_path / "sub"), "holds no image files"),
+    ]:
+        with pytest.raises(UserInputError, match=message):
+            find_inputs(inputs)
+
+
+# --- Predicting with a model trained on the synthetic fixture data (seconds; any model will do) ---
+
+
+@pytest.fixture(scope="session")
+def synthetic_checkpoint(tmp_path_factory, synthetic_data_dir) -> Path:
+    run_dir = tmp_path_factory.mktemp("synthetic_run")
+    overrides = [*tiny_run_overrides(synthetic_data_dir, run_dir), "model=mlp", "model.hidden_sizes=[32]", "test=false"]
+    return Path(train(compose_config(overrides))["best_model_path"])
+
+
+def predict_config(ckpt_path: Path, inputs: Path | str, output_dir: Path, *overrides: str):
+    return compose_config(
+        [f"ckpt_path='{ckpt_path}'", f"inputs='{inputs}'", f"paths.output_dir='{output_dir}'", *overrides], "predict"
+    )
+
+
+def test_unreadable_and_blank_files_are_reported_and_skipped(tmp_path, synthetic_checkpoint, caplog):
+    folder = tmp_path / "images"
+    save(draw_six(), folder / "six.png")
+    save(Image.new("L", (30, 30), 255), folder / "blank.png")
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    predictions = predict(predict_config(synthetic_checkpoint, folder, tmp_path / "run"))
+    assert [Path(p["path"]).name for p in predictions] == ["six.png"]
+    skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
+    assert len(skipped) == 2
+    assert any("blank.png: no digit found" in line for line in skipped)
+    assert any("broken.jpg: not a readable image" in line for line in skipped)
+
+    (folder / "six.png").unlink()
+    with pytest.raises(UserInputError, match="none of the 2 input file"):
+        predict(predict_config(synthetic_checkpoint, folder, tmp_path / "run"))
+
+
+def test_json_output_and_preview_sheet(tmp_path, synthetic_checkpoint):
+    save(draw_six(), tmp_path / "six.png")
+    save(draw_six(paper=255, ink=0), tmp_path / "six_on_paper.jpg")
+    json_path = tmp_path / "out" / "predictions.json"
+    cfg = predict_config(synthetic_checkpoint, f"{tmp_path}/six*", tmp_path / "run",
+                         f"output='{json_path}'", "save_preview=true")
+    predictions = predict(cfg)
+
+    written = json.loads(json_path.read_text())
+    assert written == predictions and len(written) == 2
+    for entry in written:
+        assert set(entry) == {"path", "digit", "confidence", "probs"}
+        assert len(entry["probs"]) == 10 and sum(entry["probs"]) == pytest.approx(1.0, abs=1e-4)
+        assert entry["digit"] == int(np.argmax(entry["probs"])) and entry["confidence"] == max(entry["probs"])
+    # The same drawing in either polarity (and through JPEG) is nearly the same input to the model.
+    assert written[0]["probs"] == pytest.approx(written[1]["probs"], abs=0.02), [e["probs"] for e in written]
+
+    with Image.open(tmp_path / "run" / "predictions.png") as preview:
+        assert preview.format == "PNG" and preview.width > 100
+
+
+def run_predict(*overrides: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("HYDRA_FULL_ERROR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "src.predict", *overrides],
+        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+
+
+def test_entry_point_prints_a_table_and_reports_skipped_files(tmp_path, synthetic_checkpoint):
+    save(draw_six(), tmp_path / "six.png")
+    (tmp_path / "notes.png").write_text("not an image")
+    result = run_predict(f"ckpt_path={synthetic_checkpoint}", f"inputs={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}",
+                         "save_preview=true")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "digit  confidence  top-3" in output and f"{tmp_path / 'six.png'}" in output
+    assert f"skipped {tmp_path / 'notes.png'}: not a readable image" in output
+    assert f"preview       : {tmp_path / 'run' / 'predictions.png'}" in output
+    assert (tmp_path / "run" / "predict.log").exists()
+
+
+def test_a_bad_checkpoint_is_one_clear_error(tmp_path):
+    save(draw_six(), tmp_path / "six.png")
+    result = run_predict(f"ckpt_path={tmp_path / 'model.ckpt'}", f"inputs={tmp_path / 'six.png'}",
+                         f"hydra.run.dir={tmp_path / 'run'}")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert f"ckpt_path={tmp_path / 'model.ckpt'}: no such file" in output and "Traceback" not in output
+
+    (tmp_path / "model.ckpt").write_text("garbage")
+    with pytest.raises(UserInputError, match="cannot be read as a checkpoint"):
+        predict(predict_config(tmp_path / "model.ckpt", tmp_path / "six.png", tmp_path / "run"))
+
+
+def test_required_values_and_top_k_are_checked(tmp_path, synthetic_checkpoint):
+    with pytest.raises(UserInputError, match="ckpt_path is required"):
+        predict(compose_config([f"paths.output_dir={tmp_path}", "inputs=x.png"], "predict"))
+    with pytest.raises(UserInputError, match="top_k=0 is invalid"):
+        predict(predict_config(synthetic_checkpoint, tmp_path, tmp_path, "top_k=0"))
+
+
+# --- Real MNIST: a model trained here must recognise real digits dressed up as user photos ---
+
+
+@pytest.fixture(scope="session")
+def mnist_checkpoint(tmp_path_factory) -> Path:
+    """A small MLP, one epoch on real MNIST (about 95% accurate), trained once per session."""
+    overrides = [
+        "model=mlp", "model.hidden_sizes=[256]", "trainer=cpu", "trainer.max_epochs=1", "data.download=false",
+        "test=false", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false",
+        f"paths.output_dir={tmp_path_factory.mktemp('mnist_run')}",
+    ]
+    return Path(train(compose_config(overrides))["best_model_path"])
+
+
+def confident_test_digits(ckpt_path: Path) -> dict[int, np.ndarray]:
+    """Per digit, the official test image (of the first 2000) that the model reads right most confidently."""
+    from src.data.mnist_files import load_split
+    from src.models.loading import load_classifier, normalization
+
+    model, checkpoint = load_classifier(ckpt_path)
+    mean, std = normalization(checkpoint)
+    images, labels = load_split(REAL_DATA_DIR, "test")
+    images, labels = images[:2000], labels[:2000]
+    with torch.inference_mode():
+        probs = model(((images.float() / 255 - mean) / std).unsqueeze(1)).softmax(dim=1)
+    # Prototypical digits: the test is about preprocessing, not about this small model's borderline cases.
+    score = torch.where(probs.argmax(dim=1) == labels, probs.max(dim=1).values, torch.zeros(()))
+    return {digit: images[torch.where(labels == digit, score, -1.0).argmax()].numpy() for digit in range(10)}
+
+
+@pytest.mark.real_data
+@needs_real_mnist
+def test_real_digits_as_user_photos_are_recognised(tmp_path, mnist_checkpoint):
+    folder = tmp_path / "photos"
+    for digit, image in confident_test_digits(mnist_checkpoint).items():
+        save(user_photo(image), folder / f"{digit}_ink_on_paper.png")
+        save(user_photo(image, dark_on_light=False, at=(80, 30)), folder / f"{digit}_chalk_on_board.png")
+        save(user_photo(image, at=(5, 30)), folder / f"{digit}_photo.jpg", quality=80)
+        dim = user_photo(image, paper=110, ink=30, scale=6, canvas=(400, 300), at=(200, 100))
+        save(dim, folder / f"{digit}_dim.png")
+        save(user_photo(image, scale=1, canvas=(40, 50), at=(6, 10)), folder / f"{digit}_tiny.bmp")
+        save(transparent_sticker(image), folder / f"{digit}_sticker.png")
+    predictions = predict(predict_config(mnist_checkpoint, folder, tmp_path / "run"))
+    assert len(predictions) == 60
+    wrong = [(Path(p["path"]).name, p["digit"]) for p in predictions if p["digit"] != int(Path(p["path"]).name[0])]
+    assert not wrong, f"misread: {wrong}"
+
+
+@pytest.mark.real_data
+@needs_real_mnist
+def test_mnist_digits_come_out_of_preprocessing_almost_unchanged():
+    from src.data.mnist_files import load_split
+
+    images, _ = load_split(REAL_DATA_DIR, "test")
+    originals = images[:200].numpy().astype(np.float32) / 255
+    # MNIST was made this way, so redoing it changes little (a pixel shift at most, some resampling blur).
+    differences = [np.abs(mnist_style(image) - image).mean() for image in originals]
+    assert np.mean(differences) < 0.02

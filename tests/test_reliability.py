@@ -1,0 +1,210 @@
+"""Bad input -> one clear message, non-zero exit, nothing damaged; determinism; SIGTERM/Ctrl-C + resume;
+atomic checkpoint writes; DDP on 2 CPU processes."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from src import PROJECT_ROOT
+from src.train import train
+from src.utils.run import run_reporting_failures
+from tests.conftest import compose_config, tiny_run_overrides
+from tests.idx_writer import idx_bytes, write_idx, write_synthetic_mnist
+
+
+@pytest.fixture(scope="module")
+def good_checkpoint(tmp_path_factory, synthetic_data_dir) -> Path:
+    run_dir = tmp_path_factory.mktemp("good")
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, run_dir), "model=mlp"]))
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def break_file(data_dir: Path, how: str) -> None:
+    raw = data_dir / "MNIST" / "raw"
+    if how == "missing":
+        shutil.rmtree(raw)
+    elif how == "truncated":
+        path = raw / "train-images-idx3-ubyte.gz"
+        path.write_bytes(path.read_bytes()[:-300])
+    elif how == "wrong magic":
+        (raw / "t10k-labels-idx1-ubyte.gz").unlink()
+        (raw / "t10k-labels-idx1-ubyte").write_bytes(b"PK\x03\x04" + bytes(200))
+    elif how == "counts disagree":
+        write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(399, dtype=np.uint8))
+    elif how == "label out of range":
+        write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.full(100, 11, dtype=np.uint8))
+
+
+CONFIG_CASES = {
+    "lr zero": (["model.optimizer.lr=0"], "model.optimizer.lr=0 is invalid: it must be a number > 0"),
+    "lr negative": (["model.optimizer.lr=-0.1"], "model.optimizer.lr=-0.1 is invalid"),
+    "unknown optimizer": (["model.optimizer.name=rmsprop"], "model.optimizer.name=rmsprop is unknown: choose one of adam, adamw, sgd"),
+    "unknown scheduler": (["model.scheduler.name=step"], "model.scheduler.name=step is unknown: choose one of none, onecycle, cosine"),
+    "batch size zero": (["data.batch_size=0"], "data.batch_size=0 is invalid"),
+    "val size negative": (["data.val_size=-5"], "data.val_size=-5 is invalid"),
+    "val size >= train size": (["data.val_size=400"], "data.val_size=400 is invalid: the train file has only 400 images"),
+    "max_epochs zero": (["trainer.max_epochs=0"], "trainer.max_epochs=0 is invalid: it must be an integer >= 1"),
+    "diverging lr": (
+        ["model.batch_norm=false", "model.optimizer.name=sgd", "model.optimizer.lr=1e30", "model.scheduler.name=none"],
+        "Training diverged at epoch 0",
+    ),
+}
+DATA_CASES = {
+    "missing": "MNIST files are missing",
+    "truncated": "train-images-idx3-ubyte.gz: cannot read this file",
+    "wrong magic": "t10k-labels-idx1-ubyte: not an IDX file (bad magic number",
+    "counts disagree": "has 400 images but",
+    "label out of range": "t10k-labels-idx1-ubyte.gz: labels must be digits 0-9, found 11",
+}
+CHECKPOINT_CASES = {
+    "missing": ("missing.ckpt", "no such file"),
+    "truncated": ("truncated.ckpt", "cannot be read as a checkpoint"),
+    "foreign": ("foreign.ckpt", "not a checkpoint of this project"),
+}
+
+
+def expect_clean_failure(cfg, caplog, message: str, checkpoint: Path) -> None:
+    before = checkpoint.read_bytes()
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exited:
+        run_reporting_failures(train, cfg)
+    assert exited.value.code == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and message in errors[0], errors
+    assert checkpoint.read_bytes() == before  # the good checkpoint beside it is untouched
+
+
+def prepared_run(tmp_path: Path, good_checkpoint: Path) -> tuple[Path, Path]:
+    """A data dir to break and a run dir that already holds a good last.ckpt."""
+    data_dir = write_synthetic_mnist(tmp_path / "data")
+    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir(parents=True)
+    shutil.copy(good_checkpoint, checkpoint)
+    return data_dir, checkpoint
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES)
+def test_bad_config_values(tmp_path, caplog, good_checkpoint, case):
+    overrides, message = CONFIG_CASES[case]
+    data_dir, checkpoint = prepared_run(tmp_path, good_checkpoint)
+    cfg = compose_config([*tiny_run_overrides(data_dir, tmp_path / "run"), "model=mlp", *overrides])
+    expect_clean_failure(cfg, caplog, message, checkpoint)
+
+
+@pytest.mark.parametrize("case", DATA_CASES)
+def test_bad_data_files(tmp_path, caplog, good_checkpoint, case):
+    data_dir, checkpoint = prepared_run(tmp_path, good_checkpoint)
+    break_file(data_dir, case)
+    cfg = compose_config([*tiny_run_overrides(data_dir, tmp_path / "run"), "model=mlp"])
+    expect_clean_failure(cfg, caplog, DATA_CASES[case], checkpoint)
+
+
+@pytest.mark.parametrize("case", CHECKPOINT_CASES)
+def test_bad_checkpoint_paths(tmp_path, caplog, good_checkpoint, case):
+    name, message = CHECKPOINT_CASES[case]
+    data_dir, checkpoint = prepared_run(tmp_path, good_checkpoint)
+    bad = tmp_path / name
+    if case == "truncated":
+        bad.write_bytes(good_checkpoint.read_bytes()[:4000])
+    elif case == "foreign":
+        torch.save({"state_dict": {"w": torch.zeros(2)}}, bad)
+    cfg = compose_config([*tiny_run_overrides(data_dir, tmp_path / "run"), "model=mlp", f"ckpt_path={bad}"])
+    expect_clean_failure(cfg, caplog, message, checkpoint)
+
+
+def test_unknown_config_option_lists_the_choices(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "src.train", "model=resnet", f"hydra.run.dir={tmp_path}"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert "Could not find 'model/resnet'" in result.stderr and "cnn" in result.stderr and "mlp" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_same_seed_gives_bit_identical_runs(tmp_path, synthetic_data_dir):
+    runs = []
+    for name in ("a", "b"):
+        overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path / name), "model=cnn", "trainer.deterministic=true"]
+        metrics = train(compose_config(overrides))
+        weights = torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        runs.append((metrics, weights))
+    for key in ("val/acc_best", "test/acc", "test/loss"):
+        assert runs[0][0][key] == runs[1][0][key]
+    assert all(torch.equal(runs[0][1][name], runs[1][1][name]) for name in runs[0][1])
+
+
+@pytest.mark.parametrize("signum, exit_code, by", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_interrupt_saves_a_resumable_checkpoint(tmp_path, synthetic_data_dir, signum, exit_code, by):
+    run_dir = tmp_path / "run"
+    common = [f"data.data_dir={synthetic_data_dir}", "data.download=false", "data.val_size=80", "data.batch_size=4",
+              "model=mlp", "model.scheduler.name=none", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false"]
+    command = [sys.executable, "-m", "src.train", f"hydra.run.dir={run_dir}", *common]
+    process = subprocess.Popen([*command, "trainer.max_epochs=1000"], cwd=PROJECT_ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)  # wait until training is under way (the first epoch's checkpoint exists)
+    time.sleep(0.5)
+    process.send_signal(signum)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == exit_code, output[-3000:]
+    assert f"Training stopped by {by}" in output and "resume with: python -m src.train" in output
+    assert "Traceback" not in output
+    stopped_at = torch.load(last, weights_only=True)
+    assert stopped_at["global_step"] > 0
+
+    resumed = subprocess.run([*command, "trainer.max_epochs=" + str(stopped_at["epoch"] + 2), f"ckpt_path={last}"],
+                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["resumed_from"] == str(last)
+    assert torch.load(last, weights_only=True)["global_step"] > stopped_at["global_step"]
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, good_checkpoint, monkeypatch):
+    """A crash while writing a checkpoint leaves the previous file intact (Lightning writes through an
+    fsspec transaction: a temporary file moved into place only when complete)."""
+    from fsspec.implementations.local import LocalFileOpener
+    from lightning_fabric.utilities.cloud_io import _atomic_save
+
+    target = tmp_path / "last.ckpt"
+    shutil.copy(good_checkpoint, target)
+    before = target.read_bytes()
+    real_write = LocalFileOpener.write
+
+    def crash_halfway(self, data):
+        real_write(self, data[: len(data) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(LocalFileOpener, "write", crash_halfway)
+    with pytest.raises(OSError):
+        _atomic_save({"state_dict": {"w": torch.ones(1000)}}, target)
+    assert target.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir):
+    run_dir = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "src.train", "trainer=ddp_cpu", f"hydra.run.dir={run_dir}", f"data.data_dir={synthetic_data_dir}",
+         "data.download=false", "data.val_size=80", "data.batch_size=32", "model=mlp", "trainer.max_epochs=2",
+         "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false"],
+        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test/images"] == 100  # each test image counted exactly once across the 2 ranks
+    assert metrics["test/acc"] > 0.5
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]  # the relaunched rank made no run dir of its own
+    assert len(list((run_dir / "checkpoints").glob("*.ckpt"))) == 2  # best + last, written once
