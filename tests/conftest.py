@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from src import CONFIG_DIR, PROJECT_ROOT
 from src.data.mnist_files import missing_files
-from tests.idx_writer import write_synthetic_mnist
+from src.data.synthetic import write_synthetic_mnist
 
 REAL_DATA_DIR = PROJECT_ROOT / "data"
 HAS_REAL_MNIST = not missing_files(REAL_DATA_DIR)

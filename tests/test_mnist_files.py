@@ -11,7 +11,8 @@ import torch
 
 from src.data.idx import IdxFormatError, read_idx
 from src.data.mnist_files import ALL_FILE_NAMES, MNISTDataError, ensure_mnist_files, load_split, raw_dir
-from tests.idx_writer import idx_bytes, write_idx, write_synthetic_mnist
+from src.data.idx import idx_bytes, write_idx
+from src.data.synthetic import write_synthetic_mnist
 
 
 @pytest.fixture

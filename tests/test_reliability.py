@@ -21,7 +21,8 @@ from src import PROJECT_ROOT
 from src.train import train
 from src.utils.run import run_reporting_failures
 from tests.conftest import compose_config, tiny_run_overrides
-from tests.idx_writer import idx_bytes, write_idx, write_synthetic_mnist
+from src.data.idx import idx_bytes, write_idx
+from src.data.synthetic import write_synthetic_mnist
 
 
 @pytest.fixture(scope="module")

@@ -59,3 +59,22 @@ def parse_idx(data: bytes, path: Path, expected_ndim: int) -> torch.Tensor:
 
 def read_idx(path: Path, expected_ndim: int) -> torch.Tensor:
     return parse_idx(read_idx_bytes(path), path, expected_ndim)
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """The IDX encoding of a uint8 array (header: magic, then one big-endian size per dimension)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, _UBYTE, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray) -> Path:
+    """Write `array` as an IDX file, gzip-compressed when the name ends in .gz (like the MNIST originals)."""
+    data = idx_bytes(array)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+    return path

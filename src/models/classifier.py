@@ -11,11 +11,9 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from src.errors import UserInputError
+from src.models.networks import NUM_CLASSES
 from src.models.optim import build_optimizer, build_scheduler
 from src.utils.rng import capture_rng_states, restore_rng_states
-
-NUM_CLASSES = 10
-
 
 class DigitClassifier(pl.LightningModule):
     """Subclasses build `self.net` (images N×1×28×28 -> logits N×10) and pass their sizes as plain values.
@@ -26,7 +24,9 @@ class DigitClassifier(pl.LightningModule):
 
     net: torch.nn.Module
 
-    def __init__(self, optimizer: dict, scheduler: dict | None = None) -> None:
+    def __init__(
+        self, optimizer: dict, scheduler: dict | None = None, compile: bool = False, channels_last: bool = False
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()  # collects the subclass's arguments too
         for split in ("train", "val", "test"):
@@ -39,8 +39,17 @@ class DigitClassifier(pl.LightningModule):
         # The latest computed confusion matrix per split (rows: true digit), for figure callbacks.
         self.confusion: dict[str, torch.Tensor] = {}
 
+    def setup(self, stage: str) -> None:
+        if self.hparams.channels_last:  # NHWC: faster convolutions on tensor-core GPUs
+            self.to(memory_format=torch.channels_last)
+        if self.hparams.compile and "_compiled_net" not in self.__dict__:
+            # Kept outside the module tree, so state_dict keys (and checkpoints) are the same compiled or not.
+            self.__dict__["_compiled_net"] = torch.compile(self.net)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        if self.hparams.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return self.__dict__.get("_compiled_net", self.net)(images)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits) of one batch, with the split's metrics updated and logged per epoch."""

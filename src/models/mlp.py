@@ -1,12 +1,11 @@
 from __future__ import annotations
 
-from torch import nn
-
-from src.models.classifier import NUM_CLASSES, DigitClassifier
+from src.models.classifier import DigitClassifier
+from src.models.networks import mlp_network
 
 
 class MLP(DigitClassifier):
-    """Fully connected: flatten, then Linear -> [BatchNorm] -> ReLU -> Dropout per hidden layer."""
+    """Fully connected network (src/models/networks.py): one hidden layer per entry of `hidden_sizes`."""
 
     def __init__(
         self,
@@ -15,15 +14,8 @@ class MLP(DigitClassifier):
         hidden_sizes: list[int] = (1024, 1024),
         dropout: float = 0.2,
         batch_norm: bool = True,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
-        super().__init__(optimizer, scheduler)
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = 28 * 28
-        for size in hidden_sizes:
-            layers.append(nn.Linear(width, size, bias=not batch_norm))
-            if batch_norm:
-                layers.append(nn.BatchNorm1d(size))
-            layers += [nn.ReLU(inplace=True), nn.Dropout(dropout)]
-            width = size
-        layers.append(nn.Linear(width, NUM_CLASSES))
-        self.net = nn.Sequential(*layers)
+        super().__init__(optimizer, scheduler, compile=compile, channels_last=channels_last)
+        self.net = mlp_network(list(hidden_sizes), dropout, batch_norm)

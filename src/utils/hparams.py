@@ -7,7 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # The metric columns of the HParams table; their values are the scalars logged under these tags.
 HPARAM_METRICS = ("val/acc_best", "test/acc", "test/loss")
-_SHARED_MODEL_KEYS = ("_target_", "optimizer", "scheduler", "dropout", "batch_norm")
+_SHARED_MODEL_KEYS = ("_target_", "optimizer", "scheduler", "dropout", "batch_norm", "compile", "channels_last")
 
 
 def run_hparams(cfg: DictConfig, num_parameters: int) -> dict[str, str | float | int | bool]:

@@ -1,0 +1,208 @@
+"""Benchmark, measured side by side in one run on this machine (a benchmark prints figures; tests never time):
+
+  1. data path: this DataModule's train loader vs torchvision's per-sample ToTensor+Normalize DataLoader;
+  2. training the fast recipe in-process: Lightning vs a plain PyTorch loop on the same network, data,
+     optimizer and schedule, interleaved, median ratio;
+  3. whole processes: `python -m src.train experiment=fast` vs a plain PyTorch script doing the same
+     training (start to exit), with test accuracy and peak memory.
+
+    python -m src.bench                  # real MNIST from data/MNIST/raw
+    python -m src.bench --device cuda    # on a GPU machine
+    python -m src.bench --quick          # synthetic data, one repeat: checks that it all runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from src import CONFIG_DIR, PROJECT_ROOT
+
+
+def fast_config(data_dir: Path, device: str, output_dir: Path):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=[
+            "experiment=fast", f"data.data_dir={data_dir}", "data.download=false", f"data.device={device}",
+            f"paths.output_dir={output_dir}",
+        ])
+
+
+def plain_training(data_dir: Path, model_cfg: dict, data_cfg: dict, device: str, seed: int) -> dict:
+    """The same training as the fast recipe, by hand: tensors, a permutation per epoch, no framework."""
+    import torch
+    import torch.nn.functional as F
+
+    from src.data.mnist_files import load_split
+    from src.models.networks import cnn_network
+    from src.models.optim import build_optimizer, build_scheduler
+
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    normalize = lambda x: ((x.float() / 255 - data_cfg["mean"]) / data_cfg["std"]).unsqueeze(1).to(device)  # noqa: E731
+    images, labels = load_split(data_dir, "train")
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(data_cfg["split_seed"]))
+    val_idx, train_idx = order[: data_cfg["val_size"]], order[data_cfg["val_size"]:]
+    x_train, y_train = normalize(images[train_idx]), labels[train_idx].to(device)
+    x_val, y_val = normalize(images[val_idx]), labels[val_idx].to(device)
+    test_images, test_labels = load_split(data_dir, "test")
+    x_test, y_test = normalize(test_images), test_labels.to(device)
+
+    sizes = {k: model_cfg[k] for k in ("channels", "kernel_size", "convs_per_block", "hidden_size", "dropout", "batch_norm")}
+    net = cnn_network(**sizes).to(device)
+    batch_size = data_cfg["batch_size"]
+    optimizer = build_optimizer(net.parameters(), model_cfg["optimizer"])
+    steps = -(-len(x_train) // batch_size)
+    scheduler = build_scheduler(optimizer, model_cfg["scheduler"], steps)["scheduler"]
+    fit_started = time.perf_counter()
+    net.train()
+    for idx in torch.randperm(len(x_train), device=device).split(batch_size):
+        loss = F.cross_entropy(net(x_train[idx]), y_train[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    val_acc = accuracy(net, x_val, y_val)
+    fit_seconds = time.perf_counter() - fit_started
+    return {"fit_seconds": fit_seconds, "val_acc": val_acc, "test_acc": accuracy(net, x_test, y_test),
+            "seconds": time.perf_counter() - started}
+
+
+def accuracy(net, images, labels, batch_size: int = 1000) -> float:
+    import torch
+
+    net.eval()
+    with torch.inference_mode():
+        correct = sum(int((net(x).argmax(1) == y).sum()) for x, y in zip(images.split(batch_size), labels.split(batch_size)))
+    net.train()
+    return correct / len(labels)
+
+
+def lightning_training(cfg) -> float:
+    """Seconds of `trainer.fit` for the fast recipe (one epoch + validation), without logging or checkpoints."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    pl.seed_everything(cfg.seed, verbose=False)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(cfg.model, _convert_="all")
+    trainer = pl.Trainer(accelerator="gpu" if cfg.data.device.startswith("cuda") else "cpu", devices=1, max_epochs=1,
+                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         num_sanity_val_steps=0, use_distributed_sampler=False)
+    datamodule.trainer = trainer
+    datamodule.setup("fit")  # loading is the same work for both loops: time training only
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    return time.perf_counter() - started
+
+
+def data_path(cfg, device: str, max_batches: int) -> tuple[float, float]:
+    """Samples per second: this DataModule's train loader vs a torchvision-style per-sample pipeline."""
+    import torch
+    from hydra.utils import instantiate
+    from PIL import Image
+    from torchvision import transforms
+
+    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule.setup("fit")
+    started, samples = time.perf_counter(), 0
+    for images, _ in datamodule.train_dataloader():
+        samples += len(images.to(device))
+    ours = samples / (time.perf_counter() - started)
+
+    raw, labels = datamodule.train_set[0], datamodule.train_set[1]
+    pixels = ((raw * cfg.data.std + cfg.data.mean) * 255).round().clamp(0, 255).to(torch.uint8).squeeze(1).cpu()
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize((cfg.data.mean,), (cfg.data.std,))])
+
+    class PerSample(torch.utils.data.Dataset):  # what torchvision.datasets.MNIST does per item
+        def __len__(self):
+            return len(pixels)
+
+        def __getitem__(self, i):
+            return transform(Image.fromarray(pixels[i].numpy(), mode="L")), int(labels[i])
+
+    loader = torch.utils.data.DataLoader(PerSample(), batch_size=cfg.data.batch_size, shuffle=True, num_workers=0)
+    started, samples = time.perf_counter(), 0
+    for index, (images, _) in enumerate(loader):
+        samples += len(images.to(device))
+        if index + 1 >= max_batches:
+            break
+    return ours, samples / (time.perf_counter() - started)
+
+
+def whole_process(command: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak resident memory in MiB) of one child process, start to exit."""
+    started = time.perf_counter()
+    child = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{child.stderr.read()[-2000:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per loop (median reported)")
+    parser.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / "data")
+    parser.add_argument("--quick", action="store_true", help="synthetic data, one repeat: a smoke test")
+    parser.add_argument("--plain-process", action="store_true", help=argparse.SUPPRESS)  # the plain script of item 3
+    args = parser.parse_args()
+    if args.plain_process:
+        config = json.loads(os.environ["BENCH_PLAIN_CONFIG"])
+        print(json.dumps(plain_training(args.data_dir, config["model"], config["data"], args.device, config["seed"])))
+        return
+
+    from omegaconf import OmegaConf
+
+    work = Path(tempfile.mkdtemp(prefix="mnist-bench-"))
+    if args.quick:
+        from src.data.synthetic import write_synthetic_mnist
+
+        args.data_dir, args.repeats = write_synthetic_mnist(work / "data", train_count=6000, test_count=1000), 1
+    cfg = fast_config(args.data_dir, args.device, work / "run")
+    rows = []
+
+    ours, per_sample = data_path(cfg, args.device, max_batches=5 if args.quick else 40)
+    rows.append(("1. data path, samples/s", f"{ours:,.0f}", f"{per_sample:,.0f} (torchvision per-sample)", f"{ours / per_sample:.0f}×"))
+
+    plain_cfg = {"model": OmegaConf.to_container(cfg.model, resolve=True),
+                 "data": OmegaConf.to_container(cfg.data, resolve=True), "seed": cfg.seed}
+    lightning_times, plain_times = [], []
+    for _ in range(args.repeats):  # interleaved, so drifting machine load hits both alike
+        lightning_times.append(lightning_training(cfg))
+        plain_times.append(plain_training(args.data_dir, plain_cfg["model"], plain_cfg["data"], args.device, cfg.seed)["fit_seconds"])
+    ratio = statistics.median(lt / pt for lt, pt in zip(lightning_times, plain_times))
+    rows.append(("2. fast recipe fit (1 epoch + val), s", f"{statistics.median(lightning_times):.2f}",
+                 f"{statistics.median(plain_times):.2f} (plain loop)", f"{ratio:.2f}×"))
+
+    train_cmd = [sys.executable, "-m", "src.train", "experiment=fast", f"data.data_dir={args.data_dir}", "data.download=false",
+                 f"data.device={args.device}", f"hydra.run.dir={work / 'process'}"]
+    plain_cmd = [sys.executable, "-m", "src.bench", "--plain-process", f"--data-dir={args.data_dir}", f"--device={args.device}"]
+    os.environ["BENCH_PLAIN_CONFIG"] = json.dumps(plain_cfg)
+    train_wall, train_rss = whole_process(train_cmd)
+    plain_wall, plain_rss = whole_process(plain_cmd)
+    metrics = json.loads((work / "process" / "metrics.json").read_text())
+    rows.append(("3. whole process, start to exit, s", f"{train_wall:.1f}", f"{plain_wall:.1f} (plain script)", f"{train_wall / plain_wall:.2f}×"))
+    reached = "yes" if metrics["test/acc"] >= 0.99 else "NO"
+    rows.append(("   test accuracy / >= 99%?", f"{metrics['test/acc']:.2%}", reached, ""))
+    rows.append(("   peak memory (RSS), MiB", f"{train_rss:.0f}", f"{plain_rss:.0f} (plain script)", ""))
+
+    print(f"\nmnist-lightning-hydra benchmark: device={args.device}, data={args.data_dir}, repeats={args.repeats}")
+    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    print("  ".join(h.ljust(w) for h, w in zip(("measure", "this framework", "baseline", "ratio"), widths)))
+    for row in rows:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)))
+
+
+if __name__ == "__main__":
+    main()

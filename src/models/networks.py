@@ -1,0 +1,63 @@
+"""The architectures as plain torch modules (images N×1×28×28 -> logits N×10), free of Lightning, so a
+plain PyTorch loop (src/bench.py) can train exactly the same network."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from src.errors import UserInputError
+
+NUM_CLASSES = 10
+
+
+def mlp_network(hidden_sizes: list[int], dropout: float, batch_norm: bool) -> nn.Sequential:
+    """Flatten, then Linear -> [BatchNorm] -> ReLU -> Dropout per hidden layer."""
+    layers: list[nn.Module] = [nn.Flatten()]
+    width = 28 * 28
+    for size in hidden_sizes:
+        layers.append(nn.Linear(width, size, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(size))
+        layers += [nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        width = size
+    layers.append(nn.Linear(width, NUM_CLASSES))
+    return nn.Sequential(*layers)
+
+
+def conv_block(in_channels: int, out_channels: int, kernel_size: int, batch_norm: bool, convs: int = 1) -> nn.Sequential:
+    """`convs` × (Conv -> [BatchNorm] -> ReLU), then a 2×2 max-pool: each block halves the resolution (28 -> 14 -> 7 -> 3)."""
+    layers: list[nn.Module] = []
+    for index in range(convs):
+        layers += [
+            nn.Conv2d(in_channels if index == 0 else out_channels, out_channels, kernel_size,
+                      padding=kernel_size // 2, bias=not batch_norm),
+            nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity(),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers, nn.MaxPool2d(2))
+
+
+def cnn_network(
+    channels: list[int], kernel_size: int | list[int], convs_per_block: int, hidden_size: int, dropout: float, batch_norm: bool
+) -> nn.Sequential:
+    """Conv blocks pooling from the first one on (most convolutions run at 14×14 and below: fast on a CPU),
+    then a hidden fully connected layer."""
+    kernel_sizes = [kernel_size] * len(channels) if isinstance(kernel_size, int) else list(kernel_size)
+    if len(kernel_sizes) != len(channels):
+        raise UserInputError(
+            f"model.kernel_size={kernel_size} is invalid: give one size, or one per entry of model.channels={channels}."
+        )
+    blocks, in_channels, side = [], 1, 28
+    for out_channels, size in zip(channels, kernel_sizes):
+        blocks.append(conv_block(in_channels, out_channels, size, batch_norm, convs_per_block))
+        in_channels, side = out_channels, side // 2
+    return nn.Sequential(
+        *blocks,
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(in_channels * side * side, hidden_size, bias=not batch_norm),
+        nn.BatchNorm1d(hidden_size) if batch_norm else nn.Identity(),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(hidden_size, NUM_CLASSES),
+    )

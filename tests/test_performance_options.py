@@ -1,0 +1,47 @@
+"""The speed switches users expect each train correctly (correctness only: speed is measured by src.bench)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from src import PROJECT_ROOT
+from src.models.loading import load_classifier
+from src.train import train
+from tests.conftest import compose_config, tiny_run_overrides
+
+
+@pytest.mark.parametrize(
+    "switches",
+    [
+        ["trainer.precision=bf16-mixed"],  # autocast to bfloat16; on a GPU this is the fast path
+        ["model.channels_last=true"],
+        ["model.compile=true"],
+    ],
+    ids=["bf16-mixed", "channels_last", "compile"],
+)
+def test_speed_switches_train_and_checkpoint_normally(tmp_path, synthetic_data_dir, switches):
+    metrics = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=cnn", *switches]))
+    assert metrics["status"] == "ok" and metrics["test/acc"] > 0.5
+    # Checkpoints look the same with or without the switches: an uncompiled model loads them.
+    model, _ = load_classifier(metrics["best_model_path"])
+    assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_recipes_compose_with_the_promised_settings(tmp_path):
+    fast = compose_config(["experiment=fast", f"paths.output_dir={tmp_path}"])
+    assert fast.trainer.max_epochs == 1 and not fast.data.augment.enabled
+    assert fast.model.channels == [24, 32] and fast.model.kernel_size == [5, 3]
+    best = compose_config(["experiment=best", f"paths.output_dir={tmp_path}"])
+    assert best.data.augment.enabled and best.callbacks.model_checkpoint.monitor == "val/acc"  # chosen by validation
+
+
+def test_bench_quick_runs_and_prints_the_table():
+    result = subprocess.run([sys.executable, "-m", "src.bench", "--quick"], cwd=PROJECT_ROOT,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for row in ("1. data path, samples/s", "2. fast recipe fit", "3. whole process", "peak memory"):
+        assert row in result.stdout
