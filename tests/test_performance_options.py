@@ -34,7 +34,7 @@ def test_speed_switches_train_and_checkpoint_normally(tmp_path, synthetic_data_d
 def test_recipes_compose_with_the_promised_settings(tmp_path):
     fast = compose_config(["experiment=fast", f"paths.output_dir={tmp_path}"])
     assert fast.trainer.max_epochs == 1 and not fast.data.augment.enabled
-    assert fast.model.channels == [24, 32] and fast.model.kernel_size == [5, 3]
+    assert fast.model.channels == [32, 48] and fast.model.kernel_size == [5, 3]
     best = compose_config(["experiment=best", f"paths.output_dir={tmp_path}"])
     assert best.data.augment.enabled and best.callbacks.model_checkpoint.monitor == "val/acc"  # chosen by validation
 
