@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,12 @@ def tiny_run_overrides(data_dir: Path, output_dir: Path) -> list[str]:
         "callbacks.progress_bar=null",
         "++trainer.enable_progress_bar=false",
     ]
+
+
+def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    """`python -m <module> <args>` from the project root, as a user would run it. HYDRA_FULL_ERROR is
+    removed so the one-line error messages under test are what the user sees by default."""
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT_ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -3,19 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 
-from src import PROJECT_ROOT
 from src.eval import evaluate
 from src.models.loading import CheckpointError, load_classifier
 from src.train import train
-from tests.conftest import compose_config, tiny_run_overrides
+from tests.conftest import compose_config, run_module, tiny_run_overrides
 
 
 class StopAfterEpoch(pl.Callback):
@@ -101,10 +98,7 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, trained_run):
 def test_entry_points_reject_a_truncated_checkpoint_in_one_line(tmp_path, trained_run, entry_point):
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes((trained_run / "checkpoints" / "last.ckpt").read_bytes()[:5000])
-    result = subprocess.run(
-        [sys.executable, "-m", entry_point, f"ckpt_path={truncated}", f"hydra.run.dir={tmp_path / 'run'}", "data.download=false"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
-    )
+    result = run_module(entry_point, f"ckpt_path={truncated}", f"hydra.run.dir={tmp_path / 'run'}", "data.download=false")
     output = result.stdout + result.stderr
     assert result.returncode == 1
     assert f"ckpt_path={truncated}" in output and "Traceback" not in output

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from src import PROJECT_ROOT
 from src.models.loading import load_classifier
 from src.train import train
-from tests.conftest import compose_config, tiny_run_overrides
+from tests.conftest import compose_config, run_module, tiny_run_overrides
 
 
 @pytest.mark.parametrize(
@@ -40,8 +37,7 @@ def test_recipes_compose_with_the_promised_settings(tmp_path):
 
 
 def test_bench_quick_runs_and_prints_the_table():
-    result = subprocess.run([sys.executable, "-m", "src.bench", "--quick"], cwd=PROJECT_ROOT,
-                            capture_output=True, text=True, timeout=600)
+    result = run_module("src.bench", "--quick", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("1. data path, samples/s", "2. fast recipe fit", "3. whole process", "peak memory"):
         assert row in result.stdout

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from src import PROJECT_ROOT
 from src.data.digit_images import (
     THIN_STROKE, DigitImageError, centre_of_mass, mnist_style, read_grayscale, stroke_width,
 )
 from src.errors import UserInputError
 from src.predict import find_inputs, predict
 from src.train import train
-from tests.conftest import HAS_REAL_MNIST, REAL_DATA_DIR, REAL_DATA_REQUIRED, compose_config, tiny_run_overrides
+from tests.conftest import HAS_REAL_MNIST, REAL_DATA_DIR, REAL_DATA_REQUIRED, compose_config, tiny_run_overrides, run_module
 from tests.digit_drawing import draw_six, save, transparent_sticker, user_photo
 
 needs_real_mnist = pytest.mark.skipif(
@@ -190,12 +187,7 @@ def test_json_output_and_preview_sheet(tmp_path, synthetic_checkpoint):
 
 
 def run_predict(*overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "src.predict", *overrides],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=120,
-    )
+    return run_module("src.predict", *overrides, timeout=120)
 
 
 def test_entry_point_prints_a_table_and_reports_skipped_files(tmp_path, synthetic_checkpoint):

@@ -20,8 +20,8 @@ import torch
 from src import PROJECT_ROOT
 from src.train import train
 from src.utils.run import run_reporting_failures
-from tests.conftest import compose_config, tiny_run_overrides
-from src.data.idx import idx_bytes, write_idx
+from tests.conftest import compose_config, run_module, tiny_run_overrides
+from src.data.idx import write_idx
 from src.data.synthetic import write_synthetic_mnist
 
 
@@ -125,8 +125,7 @@ def test_bad_checkpoint_paths(tmp_path, caplog, good_checkpoint, case):
 
 
 def test_unknown_config_option_lists_the_choices(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "src.train", "model=resnet", f"hydra.run.dir={tmp_path}"],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    result = run_module("src.train", "model=resnet", f"hydra.run.dir={tmp_path}", timeout=120)
     assert result.returncode == 1
     assert "Could not find 'model/resnet'" in result.stderr and "cnn" in result.stderr and "mlp" in result.stderr
     assert "Traceback" not in result.stderr
@@ -150,7 +149,8 @@ def test_interrupt_saves_a_resumable_checkpoint(tmp_path, synthetic_data_dir, si
     common = [f"data.data_dir={synthetic_data_dir}", "data.download=false", "data.val_size=80", "data.batch_size=4",
               "model=mlp", "model.scheduler.name=none", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false"]
     command = [sys.executable, "-m", "src.train", f"hydra.run.dir={run_dir}", *common]
-    process = subprocess.Popen([*command, "trainer.max_epochs=1000"], cwd=PROJECT_ROOT,
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    process = subprocess.Popen([*command, "trainer.max_epochs=1000"], cwd=PROJECT_ROOT, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 120
@@ -165,8 +165,7 @@ def test_interrupt_saves_a_resumable_checkpoint(tmp_path, synthetic_data_dir, si
     stopped_at = torch.load(last, weights_only=True)
     assert stopped_at["global_step"] > 0
 
-    resumed = subprocess.run([*command, "trainer.max_epochs=" + str(stopped_at["epoch"] + 2), f"ckpt_path={last}"],
-                             cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    resumed = run_module("src.train", *command[3:], f"trainer.max_epochs={stopped_at['epoch'] + 2}", f"ckpt_path={last}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "ok" and metrics["resumed_from"] == str(last)
@@ -197,11 +196,10 @@ def test_checkpoint_writes_are_atomic(tmp_path, good_checkpoint, monkeypatch):
 
 def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "ddp"
-    result = subprocess.run(
-        [sys.executable, "-m", "src.train", "trainer=ddp_cpu", f"hydra.run.dir={run_dir}", f"data.data_dir={synthetic_data_dir}",
-         "data.download=false", "data.val_size=80", "data.batch_size=32", "model=mlp", "trainer.max_epochs=2",
-         "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false"],
-        cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300,
+    result = run_module(
+        "src.train", "trainer=ddp_cpu", f"hydra.run.dir={run_dir}", f"data.data_dir={synthetic_data_dir}",
+        "data.download=false", "data.val_size=80", "data.batch_size=32", "model=mlp", "trainer.max_epochs=2",
+        "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -209,3 +207,13 @@ def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir):
     assert metrics["test/acc"] > 0.5
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"]  # the relaunched rank made no run dir of its own
     assert len(list((run_dir / "checkpoints").glob("*.ckpt"))) == 2  # best + last, written once
+
+
+def test_ddp_inside_a_multirun_is_refused_with_advice(tmp_path, synthetic_data_dir):
+    result = run_module(
+        "src.train", "-m", "trainer=ddp_cpu", f"hydra.sweep.dir={tmp_path}", f"data.data_dir={synthetic_data_dir}",
+        "data.download=false", "data.val_size=80", "model=mlp", "seed=1,2",
+    )
+    assert result.returncode == 1  # every job refused, so the sweep fails as a whole
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.count("cannot run inside a Hydra multirun") == 2 and "ddp_spawn" in summary

@@ -6,25 +6,21 @@ from __future__ import annotations
 import csv
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-import pytest
 from hydra import compose, initialize_config_dir
 
-from src import CONFIG_DIR, PROJECT_ROOT, job_dirname
+from src import CONFIG_DIR, job_dirname
 from src.utils.hparams import HPARAM_METRICS, run_hparams
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_module
 
 
 def multirun(sweep_dir: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    command = [
-        sys.executable, "-m", "src.train", "-m", f"hydra.sweep.dir={sweep_dir}", f"data.data_dir={data_dir}",
+    return run_module(
+        "src.train", "-m", f"hydra.sweep.dir={sweep_dir}", f"data.data_dir={data_dir}",
         "data.download=false", "data.val_size=80", "data.batch_size=32", "trainer.max_epochs=1",
-        "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", *overrides,
-    ]
-    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    return subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600)
+        "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", *overrides, timeout=600,
+    )
 
 
 def summary_rows(sweep_dir: Path) -> list[dict]:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from src import PROJECT_ROOT
 from src.train import train
-from tests.conftest import HAS_REAL_MNIST, REAL_DATA_DIR, REAL_DATA_REQUIRED, compose_config, tiny_run_overrides
+from tests.conftest import HAS_REAL_MNIST, REAL_DATA_DIR, REAL_DATA_REQUIRED, compose_config, run_module, tiny_run_overrides
 
 
 def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -72,18 +68,9 @@ def test_test_only_from_a_checkpoint_reproduces_the_metrics(tmp_path, synthetic_
     assert tested["test/loss"] == pytest.approx(trained["test/loss"])
 
 
-def run_entry_point(*overrides: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("HYDRA_FULL_ERROR", None)
-    return subprocess.run(
-        [sys.executable, "-m", "src.train", *overrides],
-        cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
-
-
 def test_entry_point_respects_hydra_run_dir(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "my-run"
-    result = run_entry_point(
+    result = run_module("src.train", 
         "experiment=quickcheck", f"hydra.run.dir={run_dir}", f"data.data_dir={synthetic_data_dir}",
         "data.download=false", "data.val_size=80", "data.batch_size=32",
     )
@@ -96,7 +83,7 @@ def test_entry_point_respects_hydra_run_dir(tmp_path, synthetic_data_dir):
 
 
 def test_missing_data_offline_is_one_clear_error(tmp_path):
-    result = run_entry_point(f"hydra.run.dir={tmp_path / 'run'}", f"data.data_dir={tmp_path / 'empty'}", "data.download=false")
+    result = run_module("src.train", f"hydra.run.dir={tmp_path / 'run'}", f"data.data_dir={tmp_path / 'empty'}", "data.download=false")
     output = result.stdout + result.stderr
     assert result.returncode == 1
     assert "MNIST files are missing" in output and "train-images-idx3-ubyte" in output
