@@ -26,10 +26,9 @@ def train(cfg: DictConfig) -> dict:
     from src.utils.hparams import log_hparams_session, run_hparams
     from src.utils.instantiate import build
     from src.utils.run import build_trainer, finish_run, start_run
-
     from src.utils.validate import validate_train_config
 
-    validate_train_config(cfg)
+    validate_train_config(cfg)  # before any work: a bad value fails in a second, not after loading data
     output_dir = start_run(cfg)
     # _convert_="all": plain dicts/lists reach the constructors, which is what checkpoints then store.
     datamodule = build(cfg.data, _convert_="all")

@@ -3,6 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 
 def learning_curves_figure(history: Sequence[dict[str, float]]) -> Figure:
@@ -18,6 +19,7 @@ def learning_curves_figure(history: Sequence[dict[str, float]]) -> Figure:
             if points:
                 ax.plot(*zip(*points), style, label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title("cross-entropy loss" if metric == "loss" else "accuracy")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -24,7 +24,7 @@ def sweep_figure(rows: list[dict]) -> Figure:
     ax.invert_yaxis()
     ax.set_xlabel("accuracy")
     ax.set_title("sweep: best validation and test accuracy per job")
-    ax.legend(loc="lower right")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never over a bar's label
     return figure
 
 
