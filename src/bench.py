@@ -65,7 +65,7 @@ def plain_training(data_dir: Path, model_cfg: dict, data_cfg: dict, device: str,
     fit_started = time.perf_counter()
     net.train()
     for idx in torch.randperm(len(x_train), device=device).split(batch_size):
-        loss = F.cross_entropy(net(x_train[idx]), y_train[idx])
+        loss = F.cross_entropy(net(x_train[idx]), y_train[idx], label_smoothing=model_cfg.get("label_smoothing", 0.0))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

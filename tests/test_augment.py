@@ -8,9 +8,9 @@ import torch
 
 from src.data.augment import DEFAULT_AUGMENT, BatchAugment, augment_settings
 from src.data.mnist_datamodule import MNISTDataModule
+from src.data.synthetic import synthetic_digits
 from src.errors import UserInputError
 from src.models.mlp import MLP
-from src.data.synthetic import synthetic_digits
 
 BACKGROUND = -0.1307 / 0.3081
 EVERYTHING_ON = {"enabled": True, "elastic_alpha": 34.0, "erasing_p": 0.5}

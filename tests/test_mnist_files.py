@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from src.data.idx import IdxFormatError, read_idx
+from src.data.idx import IdxFormatError, idx_bytes, read_idx, write_idx
 from src.data.mnist_files import ALL_FILE_NAMES, MNISTDataError, ensure_mnist_files, load_split, raw_dir
-from src.data.idx import idx_bytes, write_idx
 from src.data.synthetic import write_synthetic_mnist
 
 

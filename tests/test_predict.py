@@ -12,12 +12,17 @@ import torch
 from PIL import Image
 
 from src.data.digit_images import (
-    THIN_STROKE, DigitImageError, centre_of_mass, mnist_style, read_grayscale, stroke_width,
+    THIN_STROKE,
+    DigitImageError,
+    centre_of_mass,
+    mnist_style,
+    read_grayscale,
+    stroke_width,
 )
 from src.errors import UserInputError
 from src.predict import find_inputs, predict
 from src.train import train
-from tests.conftest import HAS_REAL_MNIST, REAL_DATA_DIR, REAL_DATA_REQUIRED, compose_config, tiny_run_overrides, run_module
+from tests.conftest import HAS_REAL_MNIST, REAL_DATA_DIR, REAL_DATA_REQUIRED, compose_config, run_module, tiny_run_overrides
 from tests.digit_drawing import draw_six, save, transparent_sticker, user_photo
 
 needs_real_mnist = pytest.mark.skipif(

@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from src import PROJECT_ROOT
+from src.data.idx import write_idx
+from src.data.synthetic import write_synthetic_mnist
 from src.train import train
 from src.utils.run import run_reporting_failures
 from tests.conftest import compose_config, run_module, tiny_run_overrides
-from src.data.idx import write_idx
-from src.data.synthetic import write_synthetic_mnist
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +57,7 @@ CONFIG_CASES = {
     "val size negative": (["data.val_size=-5"], "data.val_size=-5 is invalid"),
     "val size >= train size": (["data.val_size=400"], "data.val_size=400 is invalid: the train file has only 400 images"),
     "max_epochs zero": (["trainer.max_epochs=0"], "trainer.max_epochs=0 is invalid: it must be an integer >= 1"),
+    "label smoothing 1": (["model.label_smoothing=1.0"], "model.label_smoothing=1.0 is invalid: it must be a number in [0, 1)"),
     "diverging lr": (
         ["model.batch_norm=false", "model.optimizer.name=sgd", "model.optimizer.lr=1e30", "model.scheduler.name=none"],
         "Training diverged at epoch 0",

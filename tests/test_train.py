@@ -99,3 +99,21 @@ def test_cnn_one_epoch_on_real_mnist(tmp_path):
     )
     metrics = train(cfg)
     assert metrics["test/acc"] >= 0.985, metrics
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+def test_label_smoothing_applies_to_the_training_loss_only():
+    import torch.nn.functional as F
+
+    from src.models.mlp import MLP
+
+    torch.manual_seed(0)
+    model = MLP({"name": "adam", "lr": 1e-3}, hidden_sizes=[16], label_smoothing=0.2).eval()
+    images, labels = torch.randn(8, 1, 28, 28), torch.arange(8)
+    with torch.no_grad():
+        logits = model(images)
+        train_loss, _ = model._step((images, labels), "train")
+        val_loss, _ = model._step((images, labels), "val")
+    torch.testing.assert_close(train_loss, F.cross_entropy(logits, labels, label_smoothing=0.2))
+    torch.testing.assert_close(val_loss, F.cross_entropy(logits, labels))
+    assert abs(float(train_loss - val_loss)) > 1e-3  # the two are told apart

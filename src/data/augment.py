@@ -20,9 +20,9 @@ from src.errors import UserInputError
 
 DEFAULT_AUGMENT = {
     "enabled": False,
-    "degrees": 10.0,
-    "translate": 0.1,
-    "scale": [0.9, 1.1],
+    "degrees": 8.0,
+    "translate": 0.08,
+    "scale": [0.92, 1.08],
     "elastic_alpha": 0.0,
     "elastic_sigma": 4.0,
     "erasing_p": 0.0,

@@ -15,6 +15,7 @@ from src.models.networks import NUM_CLASSES
 from src.models.optim import build_optimizer, build_scheduler
 from src.utils.rng import capture_rng_states, restore_rng_states
 
+
 class DigitClassifier(pl.LightningModule):
     """Subclasses build `self.net` (images N×1×28×28 -> logits N×10) and pass their sizes as plain values.
 
@@ -25,7 +26,12 @@ class DigitClassifier(pl.LightningModule):
     net: torch.nn.Module
 
     def __init__(
-        self, optimizer: dict, scheduler: dict | None = None, compile: bool = False, channels_last: bool = False
+        self,
+        optimizer: dict,
+        scheduler: dict | None = None,
+        label_smoothing: float = 0.0,
+        compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # collects the subclass's arguments too
@@ -55,7 +61,9 @@ class DigitClassifier(pl.LightningModule):
         """(loss, logits) of one batch, with the split's metrics updated and logged per epoch."""
         images, labels = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
+        # Smoothing regularizes training only: val/test losses stay plain cross-entropy, comparable across runs.
+        smoothing = self.hparams.label_smoothing if split == "train" else 0.0
+        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
         loss_metric, acc_metric = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
         # Weighted by batch size: the epoch loss is the per-image mean, however the data was batched.
         loss_metric.update(loss.detach(), weight=len(labels))

@@ -17,8 +17,11 @@ class CNN(DigitClassifier):
         hidden_size: int = 256,
         dropout: float = 0.25,
         batch_norm: bool = True,
+        label_smoothing: float = 0.0,
         compile: bool = False,
         channels_last: bool = False,
     ) -> None:
-        super().__init__(optimizer, scheduler, compile=compile, channels_last=channels_last)
+        super().__init__(
+            optimizer, scheduler, label_smoothing=label_smoothing, compile=compile, channels_last=channels_last
+        )
         self.net = cnn_network(list(channels), kernel_size, convs_per_block, hidden_size, dropout, batch_norm)

@@ -14,8 +14,11 @@ class MLP(DigitClassifier):
         hidden_sizes: list[int] = (1024, 1024),
         dropout: float = 0.2,
         batch_norm: bool = True,
+        label_smoothing: float = 0.0,
         compile: bool = False,
         channels_last: bool = False,
     ) -> None:
-        super().__init__(optimizer, scheduler, compile=compile, channels_last=channels_last)
+        super().__init__(
+            optimizer, scheduler, label_smoothing=label_smoothing, compile=compile, channels_last=channels_last
+        )
         self.net = mlp_network(list(hidden_sizes), dropout, batch_norm)

@@ -7,7 +7,9 @@ from omegaconf import DictConfig, OmegaConf
 
 # The metric columns of the HParams table; their values are the scalars logged under these tags.
 HPARAM_METRICS = ("val/acc_best", "test/acc", "test/loss")
-_SHARED_MODEL_KEYS = ("_target_", "optimizer", "scheduler", "dropout", "batch_norm", "compile", "channels_last")
+_SHARED_MODEL_KEYS = (
+    "_target_", "optimizer", "scheduler", "dropout", "batch_norm", "label_smoothing", "compile", "channels_last",
+)
 
 
 def run_hparams(cfg: DictConfig, num_parameters: int) -> dict[str, str | float | int | bool]:
@@ -24,6 +26,7 @@ def run_hparams(cfg: DictConfig, num_parameters: int) -> dict[str, str | float |
         "model/parameters": num_parameters,
         "model/dropout": float(model.get("dropout", 0.0)),
         "model/batch_norm": bool(model.get("batch_norm", False)),
+        "model/label_smoothing": float(model.get("label_smoothing", 0.0)),
         "optimizer/name": str(optimizer.get("name", "adam")),
         "optimizer/lr": float(optimizer.get("lr", 0.0)),
         "optimizer/weight_decay": float(optimizer.get("weight_decay", 0.0)),
