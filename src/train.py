@@ -39,7 +39,7 @@ def train(cfg: DictConfig) -> dict:
     ckpt_path = cfg.get("ckpt_path")
     if cfg.get("train"):
         if ckpt_path:
-            check_resumable(ckpt_path, model)
+            check_resumable(ckpt_path, model, trainer.callbacks)
             metrics["resumed_from"] = str(ckpt_path)
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
         started = time.perf_counter()
@@ -97,25 +97,31 @@ def original_overrides() -> str:
     return " ".join(o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path="))
 
 
-def check_resumable(ckpt_path: str, model) -> None:
-    """Fail before any work if the checkpoint is unreadable or was trained with another model config,
-    naming the overrides of the run that wrote it (they must be repeated to resume)."""
+def check_resumable(ckpt_path: str, model, callbacks: list) -> None:
+    """Fail before any work if the checkpoint is unreadable, was trained with another model config, or holds
+    averaged weights this run would not average on, naming the overrides of the run that wrote it (they
+    must be repeated to resume)."""
     from pathlib import Path
 
     from omegaconf import OmegaConf
+    from pytorch_lightning.callbacks import WeightAveraging
 
     from src.errors import UserInputError
     from src.models.loading import read_checkpoint
 
     checkpoint = read_checkpoint(ckpt_path)
     this_class = f"{type(model).__module__}.{type(model).__qualname__}"
-    if checkpoint["model_class"] == this_class and checkpoint["hyper_parameters"] == dict(model.hparams):
+    if checkpoint["model_class"] != this_class or checkpoint["hyper_parameters"] != dict(model.hparams):
+        trained_with = f"a different model config ({checkpoint['model_class']}, {checkpoint['hyper_parameters']})"
+    elif "current_model_state" in checkpoint and not any(isinstance(cb, WeightAveraging) for cb in callbacks):
+        # Without the callback, the averaged weights would silently replace the raw ones and averaging would stop.
+        trained_with = "weight averaging (callbacks.ema), which this run lacks"
+    else:
         return
     overrides_file = Path(ckpt_path).expanduser().resolve().parent.parent / ".hydra" / "overrides.yaml"
     original = " ".join(o for o in OmegaConf.load(overrides_file) if not o.startswith("ckpt_path=")) if overrides_file.exists() else "?"
     raise UserInputError(
-        f"ckpt_path={ckpt_path} was trained with a different model config ({checkpoint['model_class']}, "
-        f"{checkpoint['hyper_parameters']}). To resume, repeat the original run's overrides: "
+        f"ckpt_path={ckpt_path} was trained with {trained_with}. To resume, repeat the original run's overrides: "
         f"python -m src.train {original} ckpt_path={ckpt_path}"
     )
 

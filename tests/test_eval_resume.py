@@ -55,9 +55,10 @@ def test_checkpoints_load_weights_only(trained_run):
     assert "rng_states" in checkpoint and checkpoint["epoch"] == 0
 
 
-def test_resume_is_exact(tmp_path, synthetic_data_dir):
+@pytest.mark.parametrize("averaging", [[], ["callbacks=[default,ema]", "callbacks.ema.decay=0.9"]], ids=["plain", "ema"])
+def test_resume_is_exact(tmp_path, synthetic_data_dir, averaging):
     """2 epochs straight == 1 epoch, stop, resume from last.ckpt for the 2nd: same weights and metrics."""
-    common = ["model=mlp", "trainer.max_epochs=2", "model.dropout=0.3"]
+    common = ["model=mlp", "trainer.max_epochs=2", "model.dropout=0.3", *averaging]
     straight = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "straight"), *common]))
 
     stop = [f"+callbacks.stop._target_={__name__}.StopAfterEpoch", "+callbacks.stop.epoch=0"]
@@ -72,8 +73,9 @@ def test_resume_is_exact(tmp_path, synthetic_data_dir):
     for key in ("val/acc_best", "test/acc", "test/loss"):
         assert resumed[key] == straight[key], key
     weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (tmp_path / "straight", tmp_path / "first")]
-    for name, tensor in weights[0]["state_dict"].items():
-        assert torch.equal(tensor, weights[1]["state_dict"][name]), name
+    for state in ("state_dict", "current_model_state") if averaging else ("state_dict",):  # averaged and raw
+        for name, tensor in weights[0][state].items():
+            assert torch.equal(tensor, weights[1][state][name]), (state, name)
     assert weights[0]["optimizer_states"][0]["state"][0]["exp_avg"].equal(weights[1]["optimizer_states"][0]["state"][0]["exp_avg"])
 
 
@@ -122,4 +124,19 @@ def test_resuming_with_another_model_config_names_the_original_overrides(tmp_pat
     cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=cnn",
                           f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"])
     with pytest.raises(UserInputError, match="repeat the original run's overrides: python -m src.train model=mlp trainer.max_epochs=1"):
+        train(cfg)
+
+
+def test_resuming_averaged_weights_without_averaging_is_refused(tmp_path, trained_run, synthetic_data_dir):
+    from src.errors import UserInputError
+
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["current_model_state"] = checkpoint["state_dict"]  # what callbacks.ema saves beside the average
+    averaged = tmp_path / "checkpoints" / "last.ckpt"
+    averaged.parent.mkdir()
+    torch.save(checkpoint, averaged)
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / ".hydra" / "overrides.yaml").write_text("- model=mlp\n- callbacks=[default,ema]\n")
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "run"), "model=mlp", f"ckpt_path={averaged}"])
+    with pytest.raises(UserInputError, match=r"weight averaging \(callbacks.ema\).*python -m src.train model=mlp callbacks=\[default,ema\]"):
         train(cfg)

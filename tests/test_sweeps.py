@@ -120,13 +120,14 @@ def test_sweep_and_launcher_configs_compose():
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.tasks_per_node == 1
 
 
-def test_hparams_have_the_same_keys_for_every_model(tmp_path):
+def test_hparams_have_the_same_keys_in_every_run(tmp_path):
     keys = []
-    for model in ("mlp", "cnn"):
-        params = run_hparams(compose_config([f"model={model}", f"paths.output_dir={tmp_path}"]), num_parameters=1)
+    for choice in ("model=mlp", "model=cnn", "callbacks=[default,ema]"):
+        params = run_hparams(compose_config([choice, f"paths.output_dir={tmp_path}"]), num_parameters=1)
         assert all(isinstance(v, (str, int, float, bool)) for v in params.values())
+        assert params["callbacks/ema_decay"] == (0.999 if "ema" in choice else 0.0)
         keys.append(set(params))
-    assert keys[0] == keys[1]
+    assert keys[0] == keys[1] == keys[2]
 
 
 def test_job_dirnames_are_flat_short_and_unique():

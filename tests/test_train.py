@@ -117,3 +117,18 @@ def test_label_smoothing_applies_to_the_training_loss_only():
     torch.testing.assert_close(train_loss, F.cross_entropy(logits, labels, label_smoothing=0.2))
     torch.testing.assert_close(val_loss, F.cross_entropy(logits, labels))
     assert abs(float(train_loss - val_loss)) > 1e-3  # the two are told apart
+
+
+def test_ema_weights_are_the_ones_validated_saved_and_tested(tmp_path, synthetic_data_dir):
+    ema = ["model=mlp", "callbacks=[default,ema]", "callbacks.ema.decay=0.9", "trainer.max_epochs=2"]
+    trained = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *ema]))
+    checkpoint = torch.load(trained["best_model_path"], weights_only=True)
+    averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]  # raw weights: kept to resume
+    assert any(not torch.equal(averaged[key], raw[key]) for key in raw if key.startswith("net."))
+
+    # A test-only pass of the checkpoint, without the callback, uses its state_dict: the averaged weights.
+    # The same metrics show that the test after fit used them too, not the raw weights saved beside them.
+    tested = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), "model=mlp", "train=false",
+                                   f"ckpt_path={trained['best_model_path']}"]))
+    assert tested["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-6)
+    assert tested["test/acc"] == pytest.approx(trained["test/acc"])

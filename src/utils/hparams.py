@@ -31,6 +31,7 @@ def run_hparams(cfg: DictConfig, num_parameters: int) -> dict[str, str | float |
         "optimizer/lr": float(optimizer.get("lr", 0.0)),
         "optimizer/weight_decay": float(optimizer.get("weight_decay", 0.0)),
         "scheduler": str(scheduler.get("name", "none")),
+        "callbacks/ema_decay": float(OmegaConf.select(cfg, "callbacks.ema.decay") or 0.0),  # 0 = off
         "data/batch_size": int(cfg.data.batch_size),
         "data/augment": _describe_augment(augment),
         "trainer/max_epochs": int(cfg.trainer.max_epochs),
