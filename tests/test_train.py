@@ -119,7 +119,7 @@ def test_label_smoothing_applies_to_the_training_loss_only():
     assert abs(float(train_loss - val_loss)) > 1e-3  # the two are told apart
 
 
-def test_ema_weights_are_the_ones_validated_saved_and_tested(tmp_path, synthetic_data_dir):
+def test_ema_weights_are_the_ones_saved_and_tested(tmp_path, synthetic_data_dir):
     ema = ["model=mlp", "callbacks=[default,ema]", "callbacks.ema.decay=0.9", "trainer.max_epochs=2"]
     trained = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *ema]))
     checkpoint = torch.load(trained["best_model_path"], weights_only=True)
