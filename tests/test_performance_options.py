@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from src.models.cnn import CNN
 from src.models.loading import load_classifier
 from src.train import train
 from tests.conftest import compose_config, run_module, tiny_run_overrides
@@ -27,12 +28,26 @@ def test_speed_switches_train_and_checkpoint_normally(tmp_path, synthetic_data_d
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+def test_channels_last_changes_the_layout_not_the_function():
+    settings = {"optimizer": {"name": "adam", "lr": 1e-3}, "kernel_size": [5, 3, 3]}
+    plain, nhwc = CNN(**settings), CNN(**settings, channels_last=True)
+    nhwc.load_state_dict(plain.state_dict())
+    nhwc.setup("fit")
+    conv_weight = nhwc.net[1][0].weight  # 32 input channels: the first conv has 1, where both layouts coincide
+    assert conv_weight.is_contiguous(memory_format=torch.channels_last) and not conv_weight.is_contiguous()
+    images = torch.randn(8, 1, 28, 28)
+    plain.eval()
+    nhwc.eval()
+    torch.testing.assert_close(nhwc(images), plain(images), rtol=1e-4, atol=1e-4)
+
+
 def test_recipes_compose_with_the_promised_settings(tmp_path):
     fast = compose_config(["experiment=fast", f"paths.output_dir={tmp_path}"])
     assert fast.trainer.max_epochs == 1 and not fast.data.augment.enabled
     assert fast.model.channels == [32, 48] and fast.model.kernel_size == [5, 3]
     best = compose_config(["experiment=best", f"paths.output_dir={tmp_path}"])
     assert best.data.augment.enabled and best.callbacks.model_checkpoint.monitor == "val/acc"  # chosen by validation
+    assert fast.model.channels_last and best.model.channels_last  # the faster layout on CPUs as well as GPUs
 
 
 def test_bench_quick_runs_and_prints_the_table():
