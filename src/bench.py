@@ -58,9 +58,8 @@ def plain_training(data_dir: Path, model_cfg: dict, data_cfg: dict, device: str,
 
     sizes = {k: model_cfg[k] for k in ("channels", "kernel_size", "convs_per_block", "hidden_size", "dropout", "batch_norm")}
     net = cnn_network(**sizes).to(device)
-    if model_cfg.get("channels_last"):  # as DigitClassifier does: NHWC weights, and the batches follow them
+    if model_cfg.get("channels_last"):  # as DigitClassifier does; 1-channel images are already NHWC as they are
         net = net.to(memory_format=torch.channels_last)
-        x_train, x_val, x_test = (x.contiguous(memory_format=torch.channels_last) for x in (x_train, x_val, x_test))
     batch_size = data_cfg["batch_size"]
     optimizer = build_optimizer(net.parameters(), model_cfg["optimizer"])
     steps = -(-len(x_train) // batch_size)
