@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from pytorch_lightning.utilities.model_summary import ModelSummary
 
 from src.models.cnn import CNN
 from src.models.loading import load_classifier
+from src.models.mlp import MLP
 from src.train import train
 from tests.conftest import compose_config, run_module, tiny_run_overrides
 
@@ -39,6 +41,15 @@ def test_channels_last_changes_the_layout_not_the_function():
     plain.eval()
     nhwc.eval()
     torch.testing.assert_close(nhwc(images), plain(images), rtol=1e-4, atol=1e-4)
+
+
+def test_model_summary_counts_layer_sizes_and_flops_of_one_image():
+    adam = {"name": "adam", "lr": 1e-3}
+    mlp = ModelSummary(MLP(optimizer=adam, hidden_sizes=[1024, 1024]), max_depth=2)
+    assert mlp.total_flops == 2 * (784 * 1024 + 1024 * 1024 + 1024 * 10)  # a multiply and an add per weight
+    assert mlp.in_sizes[mlp.layer_names.index("net")] == [1, 1, 28, 28]
+    assert ModelSummary(CNN(optimizer=adam)).total_flops > 0
+    assert CNN(optimizer=adam, compile=True).example_input_array is None  # no summary-only compilation
 
 
 def test_recipes_compose_with_the_promised_settings(tmp_path):

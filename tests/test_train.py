@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.optim.swa_utils import AveragedModel
 
+from src.callbacks.weight_averaging import ema_with_warmup
 from src.train import train
 from tests.conftest import HAS_REAL_MNIST, REAL_DATA_DIR, REAL_DATA_REQUIRED, compose_config, run_module, tiny_run_overrides
 
@@ -132,3 +134,19 @@ def test_ema_weights_are_the_ones_saved_and_tested(tmp_path, synthetic_data_dir)
                                    f"ckpt_path={trained['best_model_path']}"]))
     assert tested["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-6)
     assert tested["test/acc"] == pytest.approx(trained["test/acc"])
+
+
+def test_ema_decay_warms_up_so_the_average_follows_early_training():
+    update = ema_with_warmup(0.999)
+    average, current = torch.zeros(3), torch.ones(3)
+    torch.testing.assert_close(update(average, current, torch.tensor(1)), torch.full((3,), 1 - 2 / 11))
+    torch.testing.assert_close(update(average, current, torch.tensor(100_000)), torch.full((3,), 0.001))
+
+    # A weight that moves 1.0 per step: after 200 steps the warmed-up average sits near the recent values,
+    # where a fixed 0.999 would still be mostly the initial weight (about 20).
+    network = torch.nn.Linear(1, 1, bias=False)
+    averaged = AveragedModel(network, avg_fn=update)
+    for step in range(1, 201):
+        network.weight.data.fill_(step)
+        averaged.update_parameters(network)
+    assert 170 < averaged.module.weight.item() < 200

@@ -3,15 +3,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytorch_lightning as pl
-from pytorch_lightning.callbacks import EMAWeightAveraging
+import torch
+from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 
 from src.errors import UserInputError
 
 
-class WeightEMA(EMAWeightAveraging):
-    """Lightning's EMA callback with a range check on `decay` and two fixes:
+def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """EMA update whose decay grows as min(decay, (1 + n) / (10 + n)) with the number n of updates so far.
+
+    With a fixed 0.999 the average would still be 65% initial weights after one MNIST epoch (430 steps), and
+    early validations would score near chance; warmed up, it follows the last ~50 steps by then and reaches
+    the full `decay` after ~9,000 steps.
+    """
+
+    @torch.no_grad()
+    def update(average: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
+        n = torch.as_tensor(num_averaged, dtype=torch.float32, device=average.device)  # a tensor: no host sync
+        step_decay = torch.clamp((1 + n) / (10 + n), max=decay)
+        return average + (current - average) * (1 - step_decay)
+
+    return update
+
+
+class WeightEMA(WeightAveraging):
+    """EMA of the weights (and batch-norm statistics), updated after every optimizer step; a range check on
+    `decay`, a warm-up of the decay (`ema_with_warmup`) and two fixes to Lightning's weight averaging:
 
     - the average lives on the training device: Lightning builds it in `setup`, before the model is moved to
       the GPU, which would copy every weight to the host after every step;
@@ -25,7 +46,7 @@ class WeightEMA(EMAWeightAveraging):
                 f"callbacks.ema.decay={decay} is invalid: it must be a number in (0, 1), e.g. 0.999 "
                 "(an average over about 1/(1-decay) = 1000 steps)."
             )
-        super().__init__(decay=decay)
+        super().__init__(avg_fn=ema_with_warmup(decay))
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._average_model is not None:

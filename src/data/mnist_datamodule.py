@@ -83,8 +83,9 @@ class MNISTDataModule(pl.LightningDataModule):
         return torch.device(setting)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        # Training only: validation, test, the sanity check and predict see the images as they are.
-        if self.trainer is not None and self.trainer.training:
+        # Training batches only: validation, test, the sanity check, predict and the model summary's example
+        # input (a bare tensor, not an (images, labels) pair) see the images as they are.
+        if self.trainer is not None and self.trainer.training and isinstance(batch, (tuple, list)):
             images, labels = batch
             return self.batch_augment(images), labels
         return batch

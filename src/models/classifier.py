@@ -44,6 +44,11 @@ class DigitClassifier(pl.LightningModule):
         self.test_confusion = MulticlassConfusionMatrix(num_classes=NUM_CLASSES)
         # The latest computed confusion matrix per split (rows: true digit), for figure callbacks.
         self.confusion: dict[str, torch.Tensor] = {}
+        # One image: the model summary then shows each layer's input/output sizes and the FLOPs per image.
+        # Not when compiled: the summary would compile a graph for a 1-image batch, and dynamo would then
+        # recompile the training graph with a dynamic batch size.
+        if not compile:
+            self.example_input_array = torch.zeros(1, 1, 28, 28)
 
     def setup(self, stage: str) -> None:
         if self.hparams.channels_last:  # NHWC: faster convolutions on tensor-core GPUs and with oneDNN on CPUs
