@@ -11,7 +11,7 @@ from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from src.errors import UserInputError
-from src.models.networks import NUM_CLASSES
+from src.models.networks import IMAGE_SIDE, NUM_CLASSES
 from src.models.optim import build_optimizer, build_scheduler
 from src.utils.rng import capture_rng_states, restore_rng_states
 
@@ -48,7 +48,7 @@ class DigitClassifier(pl.LightningModule):
         # Not when compiled: the summary would compile a graph for a 1-image batch, and dynamo would then
         # recompile the training graph with a dynamic batch size.
         if not compile:
-            self.example_input_array = torch.zeros(1, 1, 28, 28)
+            self.example_input_array = torch.zeros(1, 1, IMAGE_SIDE, IMAGE_SIDE)
 
     def setup(self, stage: str) -> None:
         if self.hparams.channels_last:  # NHWC: faster convolutions on tensor-core GPUs and with oneDNN on CPUs

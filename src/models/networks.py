@@ -8,12 +8,13 @@ from torch import nn
 from src.errors import UserInputError
 
 NUM_CLASSES = 10
+IMAGE_SIDE = 28  # input images are N×1×IMAGE_SIDE×IMAGE_SIDE
 
 
 def mlp_network(hidden_sizes: list[int], dropout: float, batch_norm: bool) -> nn.Sequential:
     """Flatten, then Linear -> [BatchNorm] -> ReLU -> Dropout per hidden layer."""
     layers: list[nn.Module] = [nn.Flatten()]
-    width = 28 * 28
+    width = IMAGE_SIDE * IMAGE_SIDE
     for size in hidden_sizes:
         layers.append(nn.Linear(width, size, bias=not batch_norm))
         if batch_norm:
@@ -47,7 +48,7 @@ def cnn_network(
         raise UserInputError(
             f"model.kernel_size={kernel_size} is invalid: give one size, or one per entry of model.channels={channels}."
         )
-    blocks, in_channels, side = [], 1, 28
+    blocks, in_channels, side = [], 1, IMAGE_SIDE
     for out_channels, size in zip(channels, kernel_sizes):
         blocks.append(conv_block(in_channels, out_channels, size, batch_norm, convs_per_block))
         in_channels, side = out_channels, side // 2
