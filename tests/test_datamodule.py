@@ -91,6 +91,32 @@ def test_training_order_is_seeded_and_changes_every_epoch(synthetic_data_dir):
     assert torch.equal(all_batches(loader)[1], epoch0)  # a function of (seed, epoch): resumable
 
 
+def test_a_restored_loader_continues_its_epoch_after_the_batches_already_trained_on(synthetic_data_dir):
+    datamodule = make_datamodule(synthetic_data_dir, shuffle_seed=3)
+    loader = datamodule.train_dataloader()
+    loader.sampler.set_epoch(1)
+    whole_epoch = list(loader)
+    batches = iter(loader)
+    trained_on = [next(batches) for _ in range(3)]
+    state = loader.state_dict()
+    assert state == {"epoch": 1, "batches": 3}
+
+    restored = datamodule.train_dataloader()  # what a resumed run builds, before Lightning restores it
+    restored.load_state_dict(state)
+    restored.sampler.set_epoch(1)
+    rest = list(restored)
+    assert len(rest) == len(whole_epoch) - 3
+    for got, expected in zip(trained_on + rest, whole_epoch, strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert restored.state_dict() == {"epoch": 1, "batches": len(whole_epoch)}
+    assert len(list(restored)) == len(whole_epoch)  # the skip applies to the resumed epoch only
+
+    other_epoch = datamodule.train_dataloader()
+    other_epoch.load_state_dict(state)
+    other_epoch.sampler.set_epoch(2)  # a checkpoint of a finished epoch: the next one starts from its start
+    assert len(list(other_epoch)) == len(whole_epoch)
+
+
 def test_eval_loaders_cover_every_sample_once_in_order(synthetic_data_dir):
     datamodule = make_datamodule(synthetic_data_dir)
     images, labels = all_batches(datamodule.test_dataloader())

@@ -9,6 +9,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from src.callbacks.safety import StopRequested
+from src.errors import TrainingInterrupted
 from src.eval import evaluate
 from src.models.loading import CheckpointError, load_classifier
 from src.train import train
@@ -77,6 +79,46 @@ def test_resume_is_exact(tmp_path, synthetic_data_dir, averaging):
         for name, tensor in weights[0][state].items():
             assert torch.equal(tensor, weights[1][state][name]), (state, name)
     assert weights[0]["optimizer_states"][0]["state"][0]["exp_avg"].equal(weights[1]["optimizer_states"][0]["state"][0]["exp_avg"])
+
+
+class InterruptAtStep(pl.Callback):
+    """Stops training after optimizer step `step`, as Ctrl-C would (a checkpoint is saved at that batch)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            raise StopRequested("Ctrl-C")
+
+
+# With OneCycle, Lightning builds the train loader before restoring its loops (for the total step count),
+# and only the datamodule's state can restore it; without a scheduler, Lightning restores the loader too.
+@pytest.mark.parametrize("options", [[], ["model.scheduler.name=none"], ["callbacks=[default,ema]", "callbacks.ema.decay=0.9"]],
+                         ids=["onecycle", "no-scheduler", "ema"])
+def test_resume_from_the_middle_of_an_epoch_is_exact(tmp_path, synthetic_data_dir, options):
+    """2 epochs straight == stopped by Ctrl-C after 3 of epoch 1's 10 batches, resumed, stopped again 3 batches
+    later and resumed again: same weights. The second stop checks that the position counts from the epoch's start."""
+    common = ["model=mlp", "trainer.max_epochs=2", "model.dropout=0.3", *options]
+    straight = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "straight"), *common]))
+
+    run = [*tiny_run_overrides(synthetic_data_dir, tmp_path / "first"), *common]
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    for resume, step in ((None, 13), (last, 16)):  # 10 batches of 32 per epoch: steps 13 and 16 are in epoch 1
+        stop = [f"+callbacks.stop._target_={__name__}.InterruptAtStep", f"+callbacks.stop.step={step}"]
+        with pytest.raises(TrainingInterrupted):
+            train(compose_config([*run, *stop, *([f"ckpt_path={resume}"] if resume else [])]))
+        stopped = torch.load(last, weights_only=True)
+        assert (stopped["epoch"], stopped["global_step"]) == (1, step)
+    resumed = train(compose_config([*run, f"ckpt_path={last}"]))
+
+    for key in ("val/acc_best", "test/acc", "test/loss"):
+        assert resumed[key] == straight[key], key
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (tmp_path / "straight", tmp_path / "first")]
+    assert weights[0]["global_step"] == weights[1]["global_step"] == 20
+    for state in ("state_dict", "current_model_state") if "current_model_state" in weights[0] else ("state_dict",):
+        for name, tensor in weights[0][state].items():
+            assert torch.equal(tensor, weights[1][state][name]), (state, name)
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path, trained_run):

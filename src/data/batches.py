@@ -3,7 +3,9 @@
 `EpochBatches` decides which indices form each batch on this rank in a given epoch;
 `TensorBatchLoader` gathers those rows from the tensors. Lightning accepts any sized iterable
 as a dataloader and calls `loader.sampler.set_epoch(epoch)` before each training epoch, so the
-shuffle order is a pure function of (seed, epoch): it is the same after a resume.
+shuffle order is a pure function of (seed, epoch): it is the same after a resume. The loader's
+`state_dict` says how far into its epoch it got, so a run resumed from a mid-epoch checkpoint
+continues with the next batch of that epoch.
 """
 
 from __future__ import annotations
@@ -84,10 +86,25 @@ class TensorBatchLoader:
         self.tensors = tensors
         self.sampler = sampler  # the attribute name Lightning looks for to call set_epoch
         self.batch_sampler = None  # Lightning reads this beside `sampler`; batching is the sampler's job here
+        self.position = {"epoch": sampler.epoch, "batches": 0}  # batches handed out so far in that epoch
+        self._resume_position: dict | None = None
 
     def __len__(self) -> int:
         return len(self.sampler)
 
+    def state_dict(self) -> dict:
+        return dict(self.position)
+
+    def load_state_dict(self, state: dict) -> None:
+        """Skip the batches `state` counts in the next iteration, if that iteration is of `state`'s epoch."""
+        self._resume_position = dict(state)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        for idx in self.sampler.batches(self.tensors[0].device):
+        # A generator: nothing below runs until the first batch is asked for, which Lightning does only
+        # after `set_epoch`, so the epoch compared here is the one being iterated.
+        resume, self._resume_position = self._resume_position, None
+        start = resume["batches"] if resume is not None and resume["epoch"] == self.sampler.epoch else 0
+        self.position = {"epoch": self.sampler.epoch, "batches": start}
+        for idx in self.sampler.batches(self.tensors[0].device)[start:]:
+            self.position["batches"] += 1
             yield tuple(t[idx] for t in self.tensors)

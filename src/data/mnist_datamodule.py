@@ -52,6 +52,8 @@ class MNISTDataModule(pl.LightningDataModule):
         self.train_set: tuple[torch.Tensor, torch.Tensor] | None = None
         self.val_set: tuple[torch.Tensor, torch.Tensor] | None = None
         self.test_set: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._train_loader: TensorBatchLoader | None = None
+        self._train_position: dict | None = None  # from a checkpoint, for the next train loader built
 
     def prepare_data(self) -> None:
         ensure_mnist_files(self.data_dir, download=self.hparams.download)
@@ -124,7 +126,20 @@ class MNISTDataModule(pl.LightningDataModule):
         return TensorBatchLoader(tensors, sampler)
 
     def train_dataloader(self) -> TensorBatchLoader:
-        return self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+        self._train_loader = self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+        if self._train_position is not None:
+            self._train_loader.load_state_dict(self._train_position)
+            self._train_position = None
+        return self._train_loader
+
+    # The position in the training epoch travels in the datamodule's checkpoint state, not only in the
+    # loader's: Lightning restores loader states only into a loader built after its loops are restored,
+    # and `estimated_stepping_batches` (OneCycle's total steps) builds it before that (Lightning issue #20550).
+    def state_dict(self) -> dict:
+        return {"train_position": self._train_loader.state_dict()} if self._train_loader is not None else {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._train_position = state_dict.get("train_position")
 
     def val_dataloader(self) -> TensorBatchLoader:
         return self._loader(self.val_set, self.hparams.eval_batch_size, shuffle=False)
