@@ -101,9 +101,10 @@ def test_a_restored_loader_continues_its_epoch_after_the_batches_already_trained
     state = loader.state_dict()
     assert state == {"epoch": 1, "batches": 3}
 
-    restored = datamodule.train_dataloader()  # what a resumed run builds, before Lightning restores it
-    restored.load_state_dict(state)
-    restored.sampler.set_epoch(1)
+    resumed = make_datamodule(synthetic_data_dir, shuffle_seed=3)
+    resumed.load_state_dict(datamodule.state_dict())  # what a checkpoint carries from run to run
+    restored = resumed.train_dataloader()
+    restored.sampler.set_epoch(1)  # what Lightning does before asking for the first batch
     rest = list(restored)
     assert len(rest) == len(whole_epoch) - 3
     for got, expected in zip(trained_on + rest, whole_epoch, strict=True):
