@@ -114,6 +114,50 @@ def test_only_training_batches_are_augmented(synthetic_data_dir):
         assert torch.equal(images, plain_images)
 
 
+def fit_recording_train_batches(datamodule: MNISTDataModule, **trainer_options) -> BatchRecorder:
+    recorder = BatchRecorder()
+    trainer = pl.Trainer(
+        accelerator="cpu", limit_train_batches=2, limit_val_batches=0, callbacks=[recorder], logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, **trainer_options,
+    )
+    trainer.fit(MLP(optimizer={"name": "adam", "lr": 1e-3}, hidden_sizes=[16]), datamodule=datamodule)
+    return recorder
+
+
+def test_the_clean_last_epochs_train_on_the_images_as_they_are(synthetic_data_dir):
+    datamodule = MNISTDataModule(
+        str(synthetic_data_dir), download=False, batch_size=32, val_size=80,
+        augment={**EVERYTHING_ON, "clean_last_epochs": 2},
+    )
+    recorder = fit_recording_train_batches(datamodule, max_epochs=5)
+    train_images = datamodule.train_set[0].flatten(1)
+
+    def unchanged(images: torch.Tensor) -> torch.Tensor:
+        """Per image: is it exactly one of the training images?"""
+        return (images.flatten(1)[:, None] == train_images[None]).all(-1).any(-1)
+
+    per_epoch = [recorder.batches["train"][i : i + 2] for i in range(0, 10, 2)]
+    assert len(recorder.batches["train"]) == 10
+    for epoch, batches in enumerate(per_epoch):
+        clean = [bool(unchanged(images).all()) for images, _ in batches]
+        augmented_any = [bool(unchanged(images).any()) for images, _ in batches]
+        assert clean == [epoch >= 3] * 2 and augmented_any == [epoch >= 3] * 2, f"epoch {epoch}"
+
+
+@pytest.mark.parametrize(
+    "trainer_options, message",
+    [({"max_epochs": 2}, r"clean_last_epochs=2 is invalid with trainer\.max_epochs=2: it must be smaller"),
+     ({"max_epochs": None, "max_steps": 4}, r"clean_last_epochs=2 needs trainer\.max_epochs")],
+    ids=["as-many-as-max-epochs", "max-steps-only"],
+)
+def test_clean_last_epochs_without_an_augmented_epoch_is_a_clear_error(synthetic_data_dir, trainer_options, message):
+    datamodule = MNISTDataModule(
+        str(synthetic_data_dir), download=False, val_size=80, augment={"enabled": True, "clean_last_epochs": 2}
+    )
+    with pytest.raises(UserInputError, match=message):
+        fit_recording_train_batches(datamodule, **trainer_options)
+
+
 def test_hyperparameters_stay_plain_values(synthetic_data_dir, tmp_path):
     datamodule = MNISTDataModule(str(synthetic_data_dir), download=False, augment={"enabled": True, "degrees": 5})
     assert datamodule.hparams.augment == {**DEFAULT_AUGMENT, "enabled": True, "degrees": 5.0}
@@ -125,7 +169,8 @@ def test_hyperparameters_stay_plain_values(synthetic_data_dir, tmp_path):
     "key, value",
     [("degrees", -1), ("translate", -0.1), ("translate", 1.5), ("scale", [1.1, 0.9]), ("scale", [0, 1]),
      ("scale", 1.0), ("scale", [0.9]), ("elastic_alpha", -1), ("elastic_sigma", 0), ("erasing_p", 1.5),
-     ("erasing_p", -0.1), ("erasing_area", [0.1, 1.5]), ("enabled", "yes"), ("degrees", "ten")],
+     ("erasing_p", -0.1), ("erasing_area", [0.1, 1.5]), ("enabled", "yes"), ("degrees", "ten"),
+     ("clean_last_epochs", -1), ("clean_last_epochs", 1.5)],
 )
 def test_bad_values_are_clear_errors(synthetic_data_dir, key, value):
     with pytest.raises(UserInputError, match=rf"data\.augment\.{key}=.* is invalid: it must be"):

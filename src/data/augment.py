@@ -27,6 +27,7 @@ DEFAULT_AUGMENT = {
     "elastic_sigma": 4.0,
     "erasing_p": 0.0,
     "erasing_area": [0.02, 0.2],
+    "clean_last_epochs": 0,
 }
 # Erased rectangles get a log-uniform aspect ratio in this range (torchvision's RandomErasing default).
 ERASING_ASPECT_RANGE = (0.3, 3.3)
@@ -55,6 +56,12 @@ def _range(key: str, value, high: float | None = None) -> list[float]:
     return [low, high_value]
 
 
+def _count(key: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise UserInputError(f"data.augment.{key}={value!r} is invalid: it must be a whole number >= 0.")
+    return value
+
+
 def augment_settings(augment: Mapping | None) -> dict:
     """Validate `data.augment` and fill in defaults; returns plain values (safe to store in checkpoints)."""
     given = dict(augment or {})
@@ -73,6 +80,7 @@ def augment_settings(augment: Mapping | None) -> dict:
         "elastic_sigma": _number("elastic_sigma", merged["elastic_sigma"], low=0, low_open=True),
         "erasing_p": _number("erasing_p", merged["erasing_p"], low=0, high=1),
         "erasing_area": _range("erasing_area", merged["erasing_area"], high=1),
+        "clean_last_epochs": _count("clean_last_epochs", merged["clean_last_epochs"]),
     }
 
 

@@ -63,6 +63,8 @@ class MNISTDataModule(pl.LightningDataModule):
         return ((images.float() / 255.0 - self.hparams.mean) / self.hparams.std).unsqueeze(1)
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "fit" and self.trainer is not None:
+            self._check_clean_epochs()  # before the data is read, so a bad setting fails at once
         if stage in (None, "fit", "validate") and self.train_set is None:
             self._setup_train_val()
         # The test files are read when fitting too: a broken one must fail now, not after hours of training.
@@ -88,9 +90,31 @@ class MNISTDataModule(pl.LightningDataModule):
         # Training batches only: validation, test, the sanity check, predict and the model summary's example
         # input (a bare tensor, not an (images, labels) pair) see the images as they are.
         if self.trainer is not None and self.trainer.training and isinstance(batch, (tuple, list)):
+            if self._in_clean_epochs():
+                return batch
             images, labels = batch
             return self.batch_augment(images), labels
         return batch
+
+    def _in_clean_epochs(self) -> bool:
+        """The last `augment.clean_last_epochs` epochs train on the images as they are (like the test set)."""
+        clean = self.hparams.augment["clean_last_epochs"]
+        return clean > 0 and self.trainer.current_epoch >= self.trainer.max_epochs - clean
+
+    def _check_clean_epochs(self) -> None:
+        clean, max_epochs = self.hparams.augment["clean_last_epochs"], self.trainer.max_epochs
+        if clean == 0 or not self.hparams.augment["enabled"]:
+            return
+        if max_epochs is None or max_epochs < 0:
+            raise UserInputError(
+                f"data.augment.clean_last_epochs={clean} needs trainer.max_epochs (it counts back from the last "
+                "epoch): set trainer.max_epochs, or data.augment.clean_last_epochs=0."
+            )
+        if clean >= max_epochs:
+            raise UserInputError(
+                f"data.augment.clean_last_epochs={clean} is invalid with trainer.max_epochs={max_epochs}: it must be "
+                "smaller, or no epoch is augmented (to train without augmentation, set data.augment.enabled=false)."
+            )
 
     def _setup_train_val(self) -> None:
         images, labels = load_split(self.data_dir, "train")
