@@ -20,19 +20,41 @@ def job_dirname(job_num: int, override_dirname: str, max_length: int = 120) -> s
     return name
 
 
-def resume_run_dir(ckpt_path: str | None, training: bool, new_run_dir: str) -> str:
-    """Resuming training from <run dir>/checkpoints/x.ckpt continues in that run dir, so TensorBoard
-    curves, best-checkpoint tracking and the log continue where they stopped; otherwise a new run dir."""
+def resumed_job_dir(ckpt_path: str | None, training: bool) -> Path | None:
+    """The run (or sweep job) folder a training resume from <folder>/checkpoints/x.ckpt continues in, so
+    TensorBoard curves, best-checkpoint tracking and the log go on where they stopped; None otherwise."""
     if ckpt_path and training:
         checkpoint = Path(str(ckpt_path)).expanduser().resolve()
-        run_dir = checkpoint.parent.parent
-        if checkpoint.parent.name == "checkpoints" and (run_dir / ".hydra").is_dir():
-            return str(run_dir)
-    return new_run_dir
+        job_dir = checkpoint.parent.parent
+        if checkpoint.parent.name == "checkpoints" and (job_dir / ".hydra").is_dir():
+            return job_dir
+    return None
+
+
+def resume_run_dir(ckpt_path: str | None, training: bool, new_run_dir: str) -> str:
+    job_dir = resumed_job_dir(ckpt_path, training)
+    return str(job_dir) if job_dir else new_run_dir
+
+
+def _resumed_sweep_job(ckpt_path: str | None, training: bool) -> Path | None:
+    """A resumed job of an earlier sweep (its folder's parent holds Hydra's multirun.yaml)."""
+    job_dir = resumed_job_dir(ckpt_path, training)
+    return job_dir if job_dir and (job_dir.parent / "multirun.yaml").is_file() else None
+
+
+def resume_sweep_dir(ckpt_path: str | None, training: bool, new_sweep_dir: str) -> str:
+    job_dir = _resumed_sweep_job(ckpt_path, training)
+    return str(job_dir.parent) if job_dir else new_sweep_dir
+
+
+def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, override_dirname: str) -> str:
+    job_dir = _resumed_sweep_job(ckpt_path, training)
+    return job_dir.name if job_dir else job_dirname(job_num, override_dirname)
 
 
 # `${project_root:}` in conf/paths: data/ and outputs/ live beside conf/, wherever the command is run from.
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
-    OmegaConf.register_new_resolver("job_dirname", job_dirname)
     OmegaConf.register_new_resolver("resume_run_dir", resume_run_dir)
+    OmegaConf.register_new_resolver("resume_sweep_dir", resume_sweep_dir)
+    OmegaConf.register_new_resolver("resume_job_subdir", resume_job_subdir)

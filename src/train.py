@@ -10,6 +10,7 @@ Heavy imports (torch, Lightning) happen inside `train`, so `--help` and `--cfg j
 from __future__ import annotations
 
 import logging
+import re
 import time
 
 import hydra
@@ -32,11 +33,18 @@ def train(cfg: DictConfig) -> dict:
     output_dir = start_run(cfg)
     # _convert_="all": plain dicts/lists reach the constructors, which is what checkpoints then store.
     datamodule = build(cfg.data, _convert_="all")
-    model = build(cfg.model, _convert_="all")
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and not cfg.get("train"):
+        from src.models.loading import classifier_like, read_checkpoint
+
+        # Testing a checkpoint: rebuild its own network (class and sizes), whatever `model` says in this run.
+        model = classifier_like(read_checkpoint(ckpt_path))
+        log.info("Testing %s as saved in %s", type(model).__name__, ckpt_path)
+    else:
+        model = build(cfg.model, _convert_="all")
     trainer, loggers = build_trainer(cfg)
 
     metrics: dict = {"status": "ok"}
-    ckpt_path = cfg.get("ckpt_path")
     if cfg.get("train"):
         if ckpt_path:
             check_resumable(ckpt_path, model, trainer.callbacks)
@@ -82,7 +90,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         raise TrainingInterrupted(
             f"Training stopped by {'Ctrl-C' if by_ctrl_c else 'SIGTERM'} at epoch {trainer.current_epoch}, "
             f"step {trainer.global_step}. "
-            + (f"Saved {where}; resume with: python -m src.train {original_overrides()} ckpt_path={where}" if where
+            + (f"Saved {where}; resume with: python -m src.train {original_overrides()} {ckpt_override(where)}" if where
                else "No checkpoint callback was configured, so nothing was saved."),
             exit_code=130 if by_ctrl_c else 143,
         ) from stop
@@ -95,6 +103,14 @@ def original_overrides() -> str:
     if not HydraConfig.initialized():
         return "<the same overrides>"
     return " ".join(o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path="))
+
+
+def ckpt_override(path: str) -> str:
+    """`ckpt_path=<path>` as a shell word. A sweep job's folder name holds `=` and `,`, which Hydra's override
+    grammar reads as syntax unless the value is quoted."""
+    if re.fullmatch(r"[\w./~+-]+", str(path)):
+        return f"ckpt_path={path}"
+    return f"'ckpt_path=\"{path}\"'"
 
 
 def check_resumable(ckpt_path: str, model, callbacks: list) -> None:
@@ -122,7 +138,7 @@ def check_resumable(ckpt_path: str, model, callbacks: list) -> None:
     original = " ".join(o for o in OmegaConf.load(overrides_file) if not o.startswith("ckpt_path=")) if overrides_file.exists() else "?"
     raise UserInputError(
         f"ckpt_path={ckpt_path} was trained with {trained_with}. To resume, repeat the original run's overrides: "
-        f"python -m src.train {original} ckpt_path={ckpt_path}"
+        f"python -m src.train {original} {ckpt_override(ckpt_path)}"
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -146,6 +147,32 @@ def test_entry_points_reject_a_truncated_checkpoint_in_one_line(tmp_path, traine
     output = result.stdout + result.stderr
     assert result.returncode == 1
     assert f"ckpt_path={truncated}" in output and "Traceback" not in output
+
+
+def test_resuming_with_another_schedule_length_is_refused_before_training(tmp_path, trained_run, synthetic_data_dir):
+    last = trained_run / "checkpoints" / "last.ckpt"
+    before = last.read_bytes()
+    assert torch.load(last, weights_only=True)["schedule_steps"] == 10  # 320 training images / batch 32, 1 epoch
+    result = run_module(
+        "src.train", *tiny_run_overrides(synthetic_data_dir, tmp_path / "run"), "model=mlp", "trainer.max_epochs=2",
+        f"ckpt_path={last}",
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert "onecycle learning-rate schedule of 10 steps; this run would take 20" in output
+    assert last.read_bytes() == before
+
+
+@pytest.mark.parametrize("path", ["outputs/2026-11-24/13-27-54/checkpoints/last.ckpt",
+                                  "outputs/multirun/2026-11-24/13-27-54/1_model=cnn,seed=2/checkpoints/last.ckpt"])
+def test_the_printed_resume_override_reads_back_as_the_path(path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from src.train import ckpt_override
+
+    (word,) = shlex.split(ckpt_override(path))  # what the shell hands to Hydra
+    override = OverridesParser.create().parse_override(word)
+    assert override.key_or_group == "ckpt_path" and override.value() == path
 
 
 def test_resuming_continues_in_the_checkpoints_run_dir(trained_run):

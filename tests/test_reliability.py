@@ -20,6 +20,7 @@ import torch
 from src import PROJECT_ROOT
 from src.data.idx import write_idx
 from src.data.synthetic import write_synthetic_mnist
+from src.errors import UserInputError
 from src.train import train
 from src.utils.run import run_reporting_failures
 from tests.conftest import compose_config, run_module, tiny_run_overrides
@@ -219,3 +220,19 @@ def test_ddp_inside_a_multirun_is_refused_with_advice(tmp_path, synthetic_data_d
     assert result.returncode == 1  # every job refused, so the sweep fails as a whole
     summary = (tmp_path / "summary.md").read_text()
     assert summary.count("cannot run inside a Hydra multirun") == 2 and "ddp_spawn" in summary
+
+
+def test_ddp_in_a_sweep_is_allowed_inside_a_slurm_task(monkeypatch, tmp_path):
+    """hydra/launcher=slurm runs every job as SLURM tasks, which are the DDP processes: nothing is relaunched."""
+    from src.utils import jobs
+    from src.utils.validate import validate_train_config
+
+    monkeypatch.setattr(jobs, "in_multirun", lambda: True)
+    cfg = compose_config(["trainer=ddp_cpu", f"paths.output_dir={tmp_path}"])
+    for name in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(UserInputError, match="cannot run inside a Hydra multirun"):
+        validate_train_config(cfg)
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_JOB_NAME", "mnist")
+    validate_train_config(cfg)

@@ -4,6 +4,7 @@ and the joblib / submitit launchers. Each test runs `python -m src.train -m ...`
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -100,7 +101,9 @@ def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synt
     assert result.returncode == 0, result.stderr[-3000:]
     assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok", "ok"]
     threads = max(1, (os.cpu_count() or 1) // min(2, os.cpu_count() or 1))
-    for log_file in sweep_dir.glob("*/train.log"):
+    logs = sorted(sweep_dir.glob("*/train.log"))
+    assert len(logs) == 2
+    for log_file in logs:
         assert f"using {threads} CPU threads" in log_file.read_text()
 
 
@@ -135,3 +138,28 @@ def test_job_dirnames_are_flat_short_and_unique():
     assert "/" not in job_dirname(0, "experiment=a/b")
     long_a, long_b = job_dirname(1, "x=" + "a" * 300), job_dirname(1, "x=" + "a" * 299 + "b")
     assert len(long_a) <= 120 and long_a != long_b
+
+
+def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    # No scheduler, so the resume may also extend the run (a OneCycle schedule's length is fixed).
+    plain_lr = "model.scheduler.name=none"
+    assert multirun(sweep_dir, synthetic_data_dir, "model=mlp", plain_lr, "seed=1,2").returncode == 0
+    job_dir = next(sweep_dir.glob("1_*"))
+    first_events = set((job_dir / "tensorboard").rglob("events*"))
+
+    # What a resubmission after pre-emption does: the same overrides plus ckpt_path, no sweep folder given.
+    result = run_module(
+        "src.train", "-m", f"paths.log_dir={tmp_path / 'outputs'}", f"data.data_dir={synthetic_data_dir}",
+        "data.download=false", "data.val_size=80", "data.batch_size=32", "trainer.max_epochs=2",
+        "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", "model=mlp", plain_lr, "seed=2",
+        f"ckpt_path='{job_dir / 'checkpoints' / 'last.ckpt'}'", timeout=600,  # quoted: the folder name has = and ,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert not (tmp_path / "outputs").exists()  # no new sweep folder
+    metrics = json.loads((job_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["resumed_from"].startswith(str(job_dir))
+    assert "dirpath has changed" not in output  # so the best checkpoint's score carried over
+    assert first_events < set((job_dir / "tensorboard").rglob("events*"))  # curves continue in the same run
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok", "ok"]  # both jobs still summarized

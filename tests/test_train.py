@@ -48,6 +48,14 @@ def test_train_writes_a_complete_run_dir(tmp_path, synthetic_data_dir, model):
     assert any(tag.startswith("lr-") for tag in scalars)
 
 
+@pytest.mark.parametrize("no_logger", ["~logger", "logger=[]"])
+def test_a_run_without_any_logger_trains_and_tests(tmp_path, synthetic_data_dir, no_logger):
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", no_logger])
+    metrics = train(cfg)
+    assert metrics["test/acc"] > 0.5 and Path(metrics["best_model_path"]).exists()
+    assert not (tmp_path / "tensorboard").exists()
+
+
 def test_checkpoints_hold_only_plain_values(tmp_path, synthetic_data_dir):
     cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp"])
     metrics = train(cfg)
@@ -68,6 +76,22 @@ def test_test_only_from_a_checkpoint_reproduces_the_metrics(tmp_path, synthetic_
     )
     assert tested["test/acc"] == pytest.approx(trained["test/acc"])
     assert tested["test/loss"] == pytest.approx(trained["test/loss"])
+
+
+def test_test_only_rebuilds_the_checkpoints_own_network_and_names_a_bad_file(tmp_path, synthetic_data_dir):
+    trained = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), "model=mlp"]))
+    # No model=mlp here: the checkpoint says what it is.
+    test_only = [*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), "train=false"]
+    tested = train(compose_config([*test_only, f"ckpt_path={trained['best_model_path']}"]))
+    assert tested["test/acc"] == pytest.approx(trained["test/acc"])
+
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(Path(trained["best_model_path"]).read_bytes()[:1000])
+    for bad, message in ((tmp_path / "missing.ckpt", "no such file"), (truncated, "cannot be read as a checkpoint")):
+        result = run_module("src.train", *test_only, f"ckpt_path={bad}")
+        output = result.stdout + result.stderr
+        assert result.returncode == 1 and message in output, output[-2000:]
+        assert "Traceback" not in output
 
 
 def test_entry_point_respects_hydra_run_dir(tmp_path, synthetic_data_dir):

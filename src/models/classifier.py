@@ -122,13 +122,30 @@ class DigitClassifier(pl.LightningModule):
         scheduler = build_scheduler(optimizer, self.hparams.scheduler, int(total_steps))
         if scheduler is None:
             return optimizer
+        self._check_resumed_schedule_length(int(total_steps))
+        self.schedule_steps = int(total_steps)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _check_resumed_schedule_length(self, total_steps: int) -> None:
+        """A resumed schedule continues from its saved state, whose length was fixed when training began:
+        with another length, OneCycle fails mid-run and a cosine would silently climb back up."""
+        saved = getattr(self, "_resumed_schedule_steps", None)
+        if saved is not None and saved != total_steps:
+            name = self.hparams.scheduler["name"]
+            raise UserInputError(
+                f"The checkpoint was trained with a {name} learning-rate schedule of {saved} steps; this run would "
+                f"take {total_steps} (trainer.max_epochs, data.batch_size or data.val_size changed). A schedule's "
+                "length is fixed when training starts: resume with the original values, or start a new run."
+            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # A plain string, so tools can rebuild the right class from a checkpoint alone.
         checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["rng_states"] = capture_rng_states()
+        if getattr(self, "schedule_steps", None) is not None:
+            checkpoint["schedule_steps"] = self.schedule_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"])  # so a resumed run continues exactly
+        self._resumed_schedule_steps = checkpoint.get("schedule_steps")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from src.models.classifier import DigitClassifier
 from src.models.networks import cnn_network
 
@@ -11,7 +13,7 @@ class CNN(DigitClassifier):
         self,
         optimizer: dict,
         scheduler: dict | None = None,
-        channels: list[int] = (32, 64, 128),
+        channels: Sequence[int] = (32, 64, 128),
         kernel_size: int | list[int] = 3,
         convs_per_block: int = 1,
         hidden_size: int = 256,

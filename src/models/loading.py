@@ -45,10 +45,15 @@ def model_class(class_path: str) -> type[DigitClassifier]:
     return cls
 
 
+def classifier_like(checkpoint: dict) -> DigitClassifier:
+    """A new classifier of the checkpoint's class and hyperparameters; its weights are not loaded."""
+    return model_class(checkpoint["model_class"])(**checkpoint["hyper_parameters"])
+
+
 def load_classifier(path: str | Path) -> tuple[DigitClassifier, dict]:
     """(model in eval mode on CPU, the raw checkpoint dict) from a checkpoint written by training."""
     checkpoint = read_checkpoint(path)
-    model = model_class(checkpoint["model_class"])(**checkpoint["hyper_parameters"])
+    model = classifier_like(checkpoint)
     model.load_state_dict(checkpoint["state_dict"])
     return model.eval(), checkpoint
 

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from src.models.classifier import DigitClassifier
 from src.models.networks import mlp_network
 
@@ -11,7 +13,7 @@ class MLP(DigitClassifier):
         self,
         optimizer: dict,
         scheduler: dict | None = None,
-        hidden_sizes: list[int] = (1024, 1024),
+        hidden_sizes: Sequence[int] = (1024, 1024),
         dropout: float = 0.2,
         batch_norm: bool = True,
         label_smoothing: float = 0.0,

@@ -41,10 +41,16 @@ def start_run(cfg: DictConfig) -> Path:
 
 def build_trainer(cfg: DictConfig):
     """(Trainer, loggers) from the `trainer`, `callbacks` and `logger` groups."""
+    from pytorch_lightning.callbacks import LearningRateMonitor
+
     from src.utils.instantiate import build, instantiate_entries
 
     callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_entries(cfg.get("logger"), "logger")
+    if not loggers and any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
+        # Lightning refuses a learning-rate monitor without a logger; with none, there is nowhere to log to.
+        log.info("No logger configured (logger=[]): the learning rate is not logged.")
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     return build(cfg.trainer, callbacks=callbacks, logger=loggers or False), loggers
 
 

@@ -24,8 +24,15 @@ def validate_train_config(cfg: DictConfig) -> None:
     if not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or max_epochs < 1:
         raise UserInputError(f"trainer.max_epochs={max_epochs} is invalid: it must be an integer >= 1.")
     strategy = str(cfg.trainer.get("strategy", "auto"))
-    if in_multirun() and strategy.startswith("ddp") and not strategy.startswith("ddp_spawn"):
+    if in_multirun() and strategy.startswith("ddp") and not strategy.startswith("ddp_spawn") and not _in_slurm_task():
         raise UserInputError(
             f"trainer.strategy={strategy} cannot run inside a Hydra multirun: Lightning would relaunch the whole "
             "sweep in every process. Use trainer.strategy=ddp_spawn in sweeps, or hydra/launcher=slurm for clusters."
         )
+
+
+def _in_slurm_task() -> bool:
+    """Inside a SLURM task (hydra/launcher=slurm), SLURM starts every DDP process itself: Lightning relaunches nothing."""
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment.detect()
