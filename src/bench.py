@@ -179,8 +179,9 @@ def main() -> None:
     rows = []
 
     # 3 first, while this process is still small (see whole_process).
+    accelerator = "gpu" if args.device.startswith("cuda") else "cpu"  # as in item 2: the device asked for, not auto
     train_cmd = [sys.executable, "-m", "src.train", "experiment=fast", f"data.data_dir={args.data_dir}", "data.download=false",
-                 f"data.device={args.device}", f"hydra.run.dir={work / 'process'}"]
+                 f"data.device={args.device}", f"trainer.accelerator={accelerator}", f"hydra.run.dir={work / 'process'}"]
     plain_cmd = [sys.executable, "-m", "src.bench", "--plain-process", f"--data-dir={args.data_dir}", f"--device={args.device}"]
     os.environ["BENCH_PLAIN_CONFIG"] = json.dumps(plain_cfg)
     train_wall, train_rss = whole_process(train_cmd, work / "train.log")

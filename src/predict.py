@@ -13,6 +13,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import os
 from pathlib import Path
 
 import hydra
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 
 LOW_CONFIDENCE = 0.5  # below this the table and the preview flag a prediction as doubtful
 BATCH_SIZE = 256
+MAX_PREVIEW_IMAGES = 256  # 32 rows of 8: about 5,800 pixels tall
 
 
 def find_inputs(inputs) -> list[Path]:
@@ -72,8 +74,10 @@ def check_config(cfg: DictConfig) -> None:
     for key, example in (("ckpt_path", "outputs/<date>/<time>/checkpoints/last.ckpt"), ("inputs", "my_digits/")):
         if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, ""):
             raise UserInputError(f"{key} is required, e.g. `python -m src.predict {key}={example} ...`.")
-    if not isinstance(cfg.top_k, int) or not 1 <= cfg.top_k <= 10:
+    if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or not 1 <= cfg.top_k <= 10:
         raise UserInputError(f"top_k={cfg.top_k} is invalid: it must be a whole number from 1 to 10.")
+    if cfg.output and Path(cfg.output).expanduser().is_dir():
+        raise UserInputError(f"output={cfg.output} is a folder: give a file name, e.g. output={Path(cfg.output) / 'predictions.json'}.")
 
 
 def predict(cfg: DictConfig) -> list[dict]:
@@ -116,8 +120,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     lines.append(f"classified    : {len(predictions)} of {len(paths)} file(s) with {cfg.ckpt_path}")
     if cfg.output:
         json_path = Path(cfg.output).expanduser().resolve()
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(predictions, indent=2) + "\n")
+        write_json_atomically(json_path, predictions)
         lines.append(f"predictions   : {json_path}")
     if cfg.save_preview:
         lines.append(f"preview       : {save_preview(batch, predictions, output_dir)}")
@@ -126,13 +129,29 @@ def predict(cfg: DictConfig) -> list[dict]:
     return predictions
 
 
+def write_json_atomically(path: Path, data) -> None:
+    """A complete new file or none: an earlier file at `path` survives any failure to write this one."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(data, indent=2) + "\n")
+        os.replace(partial, path)
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise UserInputError(f"output={path}: cannot be written ({err.strerror or err}). Choose another path.") from err
+
+
 def save_preview(batch, predictions: list[dict], output_dir: Path) -> Path:
     """<run dir>/predictions.png: each input as the model saw it (28×28), captioned with its prediction."""
     from src.plots.digit_sheet import digit_sheet
 
+    title = f"predictions (red: confidence < {LOW_CONFIDENCE})"
+    if len(predictions) > MAX_PREVIEW_IMAGES:  # a taller figure would pass the PNG size limit; the JSON has all
+        batch, predictions = batch[:MAX_PREVIEW_IMAGES], predictions[:MAX_PREVIEW_IMAGES]
+        title += f", the first {MAX_PREVIEW_IMAGES} images"
     captions = [f"{_short(Path(p['path']).name)}\n{p['digit']} ({p['confidence']:.2f})" for p in predictions]
     flagged = [p["confidence"] < LOW_CONFIDENCE for p in predictions]
-    figure = digit_sheet(batch, captions, flagged, title=f"predictions (red: confidence < {LOW_CONFIDENCE})")
+    figure = digit_sheet(batch, captions, flagged, title=title)
     path = output_dir / "predictions.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)

@@ -100,3 +100,12 @@ def test_an_entry_without_target_is_an_error_not_skipped(tmp_path):
     cfg = compose_config(["+callbacks.broken.monitor=val/acc", f"paths.output_dir={tmp_path}"])
     with pytest.raises(UserInputError, match="callbacks.broken has no _target_"):
         instantiate_entries(cfg.callbacks, "callbacks")
+
+
+@pytest.mark.parametrize("override", ["callbacks.figures.every_n_epochs=0", "callbacks.figures.num_mistakes=-1"])
+def test_a_bad_figures_setting_fails_when_the_callbacks_are_built(tmp_path, override):
+    from src.errors import UserInputError
+
+    cfg = compose_config([override, f"paths.output_dir={tmp_path}"])
+    with pytest.raises(UserInputError, match=rf"{override.split('=')[0]}=-?\d+ is invalid: it must be a whole number >="):
+        instantiate_entries(cfg.callbacks, "callbacks")

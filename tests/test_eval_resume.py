@@ -49,6 +49,7 @@ def test_eval_reproduces_the_metrics_training_reported(tmp_path, trained_run, sy
     assert {f"test/acc_class/{d}" for d in range(10)} <= evaluated.keys()
     for name in ("metrics.json", "confusion_matrix.png", "config.yaml"):
         assert (tmp_path / name).exists(), name
+    assert (tmp_path / "misclassified.png").exists() == (evaluated["test/acc"] < 1)  # only when there are mistakes
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 

@@ -224,8 +224,47 @@ def test_a_bad_checkpoint_is_one_clear_error(tmp_path):
 def test_required_values_and_top_k_are_checked(tmp_path, synthetic_checkpoint):
     with pytest.raises(UserInputError, match="ckpt_path is required"):
         predict(compose_config([f"paths.output_dir={tmp_path}", "inputs=x.png"], "predict"))
-    with pytest.raises(UserInputError, match="top_k=0 is invalid"):
-        predict(predict_config(synthetic_checkpoint, tmp_path, tmp_path, "top_k=0"))
+    for bad in ("0", "true"):
+        with pytest.raises(UserInputError, match=f"top_k={bad.capitalize() if bad == 'true' else bad} is invalid"):
+            predict(predict_config(synthetic_checkpoint, tmp_path, tmp_path, f"top_k={bad}"))
+
+
+def test_an_unwritable_output_is_one_clear_error_and_keeps_the_earlier_file(tmp_path, synthetic_checkpoint, monkeypatch):
+    save(draw_six(), tmp_path / "six.png")
+    with pytest.raises(UserInputError, match="is a folder: give a file name"):
+        predict(predict_config(synthetic_checkpoint, tmp_path / "six.png", tmp_path / "run", f"output='{tmp_path}'"))
+
+    json_path = tmp_path / "predictions.json"
+    json_path.write_text("[]\n")
+    real_write_text = Path.write_text
+
+    def disk_full(self, *args, **kwargs):
+        real_write_text(self, "[{\"path\": ")  # half a file, then the failure
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(UserInputError, match=r"output=.*predictions\.json: cannot be written \(No space left on device\)"):
+        predict(predict_config(synthetic_checkpoint, tmp_path / "six.png", tmp_path / "run", f"output='{json_path}'"))
+    monkeypatch.undo()
+    assert json_path.read_text() == "[]\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.json", "six.png"]  # no partial file left
+
+
+def test_the_preview_of_many_images_shows_the_first_ones(tmp_path, synthetic_checkpoint, monkeypatch):
+    """A preview of every image could pass the PNG size limit (thousands of images); the JSON keeps them all."""
+    import src.predict
+
+    for index in range(10):  # two rows of eight
+        save(draw_six(), tmp_path / "images" / f"six{index}.png")
+    heights = []
+    for cap in (256, 8):  # 8: one row
+        monkeypatch.setattr(src.predict, "MAX_PREVIEW_IMAGES", cap)
+        predictions = predict(predict_config(synthetic_checkpoint, tmp_path / "images", tmp_path / f"run{cap}",
+                                             "save_preview=true"))
+        assert len(predictions) == 10
+        with Image.open(tmp_path / f"run{cap}" / "predictions.png") as preview:
+            heights.append(preview.height)
+    assert heights[1] < 0.75 * heights[0]
 
 
 # --- Real MNIST: a model trained here must recognise real digits dressed up as user photos ---

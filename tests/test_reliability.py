@@ -166,7 +166,8 @@ def test_interrupt_saves_a_resumable_checkpoint(tmp_path, synthetic_data_dir, si
     assert f"Training stopped by {by}" in output and "resume with: python -m src.train" in output
     assert "Traceback" not in output
     stopped_at = torch.load(last, weights_only=True)
-    assert stopped_at["global_step"] > 0
+    # Saved at the step the message names, not merely the end-of-epoch checkpoint the loop above waited for.
+    assert f"step {stopped_at['global_step']}." in output
 
     resumed = run_module("src.train", *command[3:], f"trainer.max_epochs={stopped_at['epoch'] + 2}", f"ckpt_path={last}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -175,12 +176,19 @@ def test_interrupt_saves_a_resumable_checkpoint(tmp_path, synthetic_data_dir, si
     assert torch.load(last, weights_only=True)["global_step"] > stopped_at["global_step"]
 
 
-def test_checkpoint_writes_are_atomic(tmp_path, good_checkpoint, monkeypatch):
-    """A crash while writing a checkpoint leaves the previous file intact (Lightning writes through an
-    fsspec transaction: a temporary file moved into place only when complete)."""
+def test_checkpoint_writes_are_atomic(tmp_path, synthetic_data_dir, good_checkpoint, monkeypatch):
+    """A crash while the trainer writes a checkpoint leaves the previous file intact (Lightning writes through
+    an fsspec transaction: a temporary file moved into place only when complete)."""
+    import pytorch_lightning as pl
     from fsspec.implementations.local import LocalFileOpener
-    from lightning_fabric.utilities.cloud_io import _atomic_save
 
+    from src.data.mnist_datamodule import MNISTDataModule
+    from src.models.mlp import MLP
+
+    trainer = pl.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(MLP(optimizer={"name": "adam", "lr": 1e-3}, hidden_sizes=[16]),
+                datamodule=MNISTDataModule(str(synthetic_data_dir), download=False, val_size=80))
     target = tmp_path / "last.ckpt"
     shutil.copy(good_checkpoint, target)
     before = target.read_bytes()
@@ -191,8 +199,8 @@ def test_checkpoint_writes_are_atomic(tmp_path, good_checkpoint, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(LocalFileOpener, "write", crash_halfway)
-    with pytest.raises(OSError):
-        _atomic_save({"state_dict": {"w": torch.ones(1000)}}, target)
+    with pytest.raises(OSError, match="disk full"):
+        trainer.save_checkpoint(target)  # the path every checkpoint of a run takes
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
