@@ -51,3 +51,22 @@ def test_unknown_scheduler_lists_the_choices():
     optimizer = build_optimizer(params(), {"name": "sgd", "lr": 0.1})
     with pytest.raises(UserInputError, match="choose one of none, onecycle, cosine"):
         build_scheduler(optimizer, {"name": "step"}, total_steps=10)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+def test_biases_and_batch_norm_can_be_exempt_from_weight_decay(name):
+    from src.models.networks import cnn_network
+
+    net = cnn_network([8, 16], 3, 1, 32, 0.0, True)
+    matrices = {id(p) for p in net.parameters() if p.ndim > 1}
+    config = {"name": name, "lr": 0.01, "weight_decay": 0.05, "decay_norm_and_bias": False}
+    groups = build_optimizer(net.parameters(), config).param_groups
+    assert [group["weight_decay"] for group in groups] == [0.05, 0.0]
+    assert {id(p) for p in groups[0]["params"]} == matrices
+    assert len(groups[0]["params"]) + len(groups[1]["params"]) == len(list(net.parameters()))
+    assert all(p.ndim == 1 for p in groups[1]["params"]) and groups[1]["params"]  # biases, BN scales and shifts
+
+    (everything,) = build_optimizer(net.parameters(), {**config, "decay_norm_and_bias": True}).param_groups
+    assert everything["weight_decay"] == 0.05 and len(everything["params"]) == len(list(net.parameters()))
+    with pytest.raises(UserInputError, match="decay_norm_and_bias='no' is invalid"):
+        build_optimizer(net.parameters(), {**config, "decay_norm_and_bias": "no"})

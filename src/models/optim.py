@@ -19,6 +19,10 @@ def check_optimizer_config(config: dict) -> None:
     name = str(config.get("name", "adam")).lower()
     if name not in OPTIMIZERS:
         raise UserInputError(f"model.optimizer.name={name} is unknown: choose one of {', '.join(OPTIMIZERS)}.")
+    if not isinstance(config.get("decay_norm_and_bias", True), bool):
+        raise UserInputError(
+            f"model.optimizer.decay_norm_and_bias={config['decay_norm_and_bias']!r} is invalid: it must be true or false."
+        )
 
 
 def check_scheduler_config(config: dict | None) -> None:
@@ -28,10 +32,18 @@ def check_scheduler_config(config: dict | None) -> None:
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], config: dict) -> torch.optim.Optimizer:
-    """config: {name, lr, weight_decay, momentum (sgd), nesterov (sgd), betas (adam/adamw)}."""
+    """config: {name, lr, weight_decay, decay_norm_and_bias, momentum (sgd), nesterov (sgd), betas (adam/adamw)}.
+
+    decay_norm_and_bias=false exempts every parameter with fewer than 2 dimensions (biases, batch-norm scales and
+    shifts) from weight decay, which then only shrinks the weight matrices and convolution kernels.
+    """
     check_optimizer_config(config)
     name, lr = str(config.get("name", "adam")).lower(), config["lr"]
     weight_decay = config.get("weight_decay", 0.0)
+    if not config.get("decay_norm_and_bias", True):
+        params = list(params)
+        params = [{"params": [p for p in params if p.ndim > 1]},
+                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if name in ("adam", "adamw"):
         optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
         betas = tuple(config.get("betas", (0.9, 0.999)))
