@@ -244,3 +244,33 @@ def test_ddp_in_a_sweep_is_allowed_inside_a_slurm_task(monkeypatch, tmp_path):
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_JOB_NAME", "mnist")
     validate_train_config(cfg)
+
+
+def test_divergence_guard_reads_each_loss_one_step_later_and_before_any_save():
+    """Reading the loss at once would make the host wait for the GPU every step; the guard reads it at the next
+    step instead, and at once before a checkpoint is written, so no checkpoint ever holds weights after a NaN."""
+    from types import SimpleNamespace
+
+    from src.callbacks.safety import DivergenceGuard
+    from src.errors import TrainingDiverged
+
+    optimizer = SimpleNamespace(param_groups=[{"lr": 0.5}])
+    trainer = SimpleNamespace(optimizers=[optimizer], current_epoch=3, global_step=0)
+    module = SimpleNamespace(hparams={"optimizer": {"lr": 0.6}})
+    guard = DivergenceGuard()
+
+    def step(loss: float) -> None:
+        trainer.global_step += 1
+        guard.on_train_batch_end(trainer, module, {"loss": torch.tensor(loss)}, None, 0)
+
+    step(2.3)
+    step(float("nan"))  # not read yet
+    with pytest.raises(TrainingDiverged, match=r"epoch 3, step 2: the loss is nan \(learning rate 0\.5 .*model\.optimizer\.lr=0\.2 \(now 0\.6\)"):
+        step(2.1)
+
+    step(float("inf"))
+    with pytest.raises(TrainingDiverged, match="step 4: the loss is inf"):
+        guard.on_save_checkpoint(trainer, module, {})
+    guard.on_save_checkpoint(trainer, module, {})  # reported once; nothing pending now
+    step(1.0)
+    guard.on_train_end(trainer, module)  # a finite pending loss passes

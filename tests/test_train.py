@@ -174,3 +174,16 @@ def test_ema_decay_warms_up_so_the_average_follows_early_training():
         network.weight.data.fill_(step)
         averaged.update_parameters(network)
     assert 170 < averaged.module.weight.item() < 200
+
+
+def test_epoch_loss_and_accuracy_are_per_image_over_uneven_batches():
+    from src.models.mlp import MLP
+
+    model = MLP(optimizer={"name": "adam", "lr": 1e-3}, hidden_sizes=[16], dropout=0.0, batch_norm=False).eval()
+    generator = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(n, 1, 28, 28, generator=generator), torch.randint(0, 10, (n,), generator=generator)) for n in (3, 1)]
+    with torch.no_grad():
+        losses = [float(model._step(batch, "train")[0]) for batch in batches]
+        correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
+    assert float(model.train_loss.compute()) == pytest.approx((3 * losses[0] + losses[1]) / 4)  # not the mean of the 2
+    assert float(model.train_acc.compute()) == pytest.approx(correct / 4)

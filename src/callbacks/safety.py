@@ -1,5 +1,5 @@
 """Stopping safely: on SIGTERM (what SLURM sends before pre-emption) or Ctrl-C, training stops at the next
-batch boundary and last.ckpt is saved; on a NaN/inf loss it stops at once and last.ckpt is left alone."""
+batch boundary and last.ckpt is saved; on a NaN/inf loss it stops (one step later at most) and last.ckpt is left alone."""
 
 from __future__ import annotations
 
@@ -63,15 +63,49 @@ class GracefulStop(pl.Callback):
 
 class DivergenceGuard(pl.Callback):
     """Stops on the first non-finite training loss with advice, instead of training on NaNs for hours.
-    Checking costs one device sync per step: free on a CPU, a few microseconds on a GPU."""
+
+    Each step's loss is checked one step later: reading it at once would make the host wait for the GPU
+    every step, so the GPU would sit idle while the next step is queued. So one more step may run on a bad
+    loss, but nothing is saved from it: a pending check runs before every checkpoint, validation and the end
+    of training.
+    """
+
+    def __init__(self) -> None:
+        self._pending: tuple | None = None  # (loss copied to the host, copy-done event or None, epoch, step, lr)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._check_pending(pl_module)
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        if loss is not None and not torch.isfinite(loss):
-            lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        if loss is None:
+            return
+        loss = loss.detach()
+        done = None
+        if loss.is_cuda:
+            loss = loss.to("cpu", non_blocking=True)  # into pinned memory; `done` says when it has arrived
+            done = torch.cuda.Event()
+            done.record()
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        self._pending = (loss, done, trainer.current_epoch, trainer.global_step, lr)
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self._check_pending(pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._check_pending(pl_module)
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        self._check_pending(pl_module)  # raising here stops the save before anything is written
+
+    def _check_pending(self, pl_module) -> None:
+        if self._pending is None:
+            return
+        (loss, done, epoch, step, lr), self._pending = self._pending, None
+        if done is not None:
+            done.synchronize()  # waits for that step only, not for the work queued since
+        if not torch.isfinite(loss):
             configured = (pl_module.hparams.get("optimizer") or {}).get("lr", lr)
             raise TrainingDiverged(
-                f"Training diverged at epoch {trainer.current_epoch}, step {trainer.global_step}: the loss is "
-                f"{loss.item()} (learning rate {lr:.3g} at that step). Lower the learning rate, e.g. "
-                f"model.optimizer.lr={configured / 3:.2g} (now {configured:.3g}). The last good checkpoint was kept."
+                f"Training diverged at epoch {epoch}, step {step}: the loss is {loss.item()} (learning rate "
+                f"{lr:.3g} at that step). Lower the learning rate, e.g. model.optimizer.lr={configured / 3:.2g} "
+                f"(now {configured:.3g}). The last good checkpoint was kept."
             )

@@ -35,13 +35,15 @@ class DigitClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # collects the subclass's arguments too
+        # Without torchmetrics' input checks: each reads a value back from the GPU (NaN check, unique labels),
+        # and a host sync per step stalls the GPU. Labels come from the IDX reader, which checks them already.
         for split in ("train", "val", "test"):
-            setattr(self, f"{split}_loss", MeanMetric())
-            setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro"))
+            setattr(self, f"{split}_loss", MeanMetric(nan_strategy="disable"))
+            setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro", validate_args=False))
         self.val_acc_best = MaxMetric()
         self.val_acc_best.persistent(True)  # stored in the state dict, so it survives a resume
-        self.val_confusion = MulticlassConfusionMatrix(num_classes=NUM_CLASSES)
-        self.test_confusion = MulticlassConfusionMatrix(num_classes=NUM_CLASSES)
+        self.val_confusion = MulticlassConfusionMatrix(num_classes=NUM_CLASSES, validate_args=False)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes=NUM_CLASSES, validate_args=False)
         # The latest computed confusion matrix per split (rows: true digit), for figure callbacks.
         self.confusion: dict[str, torch.Tensor] = {}
         # One image: the model summary then shows each layer's input/output sizes and the FLOPs per image.
@@ -70,8 +72,9 @@ class DigitClassifier(pl.LightningModule):
         smoothing = self.hparams.label_smoothing if split == "train" else 0.0
         loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
         loss_metric, acc_metric = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
-        # Weighted by batch size: the epoch loss is the per-image mean, however the data was batched.
-        loss_metric.update(loss.detach(), weight=len(labels))
+        # One value per image, so the epoch loss is the per-image mean however the data was batched (not
+        # `weight=`: with nan_strategy="disable", torchmetrics <= 1.9 replaces the weights by ones).
+        loss_metric.update(loss.detach().expand(len(labels)))
         acc_metric(logits.detach(), labels)
         # Metric objects are logged per epoch and computed once there: no host sync per step.
         self.log(f"{split}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=split != "test")
