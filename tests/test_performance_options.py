@@ -64,5 +64,5 @@ def test_recipes_compose_with_the_promised_settings(tmp_path):
 def test_bench_quick_runs_and_prints_the_table():
     result = run_module("src.bench", "--quick", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    for row in ("1. data path, samples/s", "2. fast recipe fit", "3. whole process", "peak memory"):
+    for row in ("1. data path, samples/s", "2. fast recipe fit", "2b. tiny CNN, batch 32", "3. whole process", "peak memory"):
         assert row in result.stdout

@@ -65,24 +65,44 @@ class DigitClassifier(pl.LightningModule):
         return self.__dict__.get("_compiled_net", self.net)(images)
 
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """(loss, logits) of one batch, with the split's metrics updated and logged per epoch."""
+        """(loss, logits) of one batch, with the split's metrics updated (they are logged once per epoch)."""
         images, labels = batch
         logits = self(images)
         # Smoothing regularizes training only: val/test losses stay plain cross-entropy, comparable across runs.
         smoothing = self.hparams.label_smoothing if split == "train" else 0.0
         loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
-        loss_metric, acc_metric = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
         # One value per image, so the epoch loss is the per-image mean however the data was batched (not
         # `weight=`: with nan_strategy="disable", torchmetrics <= 1.9 replaces the weights by ones).
-        loss_metric.update(loss.detach().expand(len(labels)))
-        acc_metric(logits.detach(), labels)
-        # Metric objects are logged per epoch and computed once there: no host sync per step.
-        self.log(f"{split}/loss", loss_metric, on_step=False, on_epoch=True, prog_bar=split != "test")
-        self.log(f"{split}/acc", acc_metric, on_step=False, on_epoch=True, prog_bar=True)
+        getattr(self, f"{split}_loss").update(loss.detach().expand(len(labels)))
+        getattr(self, f"{split}_acc").update(logits.detach(), labels)
         return loss, logits.detach()
+
+    def _log_epoch_metrics(self, split: str) -> None:
+        """Log the split's loss and accuracy over the epoch (synchronized across ranks), then start afresh.
+
+        Once per epoch, not per step: `self.log` of a metric object costs Lightning ~0.35 ms of Python per call
+        (it walks the metric's state every time), as much as the rest of a small CNN's training step on a GPU.
+        """
+        loss, acc = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
+        if not loss.update_called:
+            return  # already logged this epoch
+        on_epoch = {"on_step": False, "on_epoch": True}  # the defaults of `on_train_batch_end` are the opposite
+        self.log(f"{split}/loss", loss.compute(), prog_bar=split != "test", **on_epoch)
+        self.log(f"{split}/acc", acc.compute(), prog_bar=True, **on_epoch)
+        loss.reset()
+        acc.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self._step(batch, "train")[0]
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        # After the epoch's last batch rather than in `on_train_epoch_end`, which Lightning calls on callbacks
+        # (the figures, say) before the module: they see this epoch's training metrics, as validation does.
+        if self.trainer.is_last_batch:
+            self._log_epoch_metrics("train")
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch_metrics("train")  # an epoch cut short by trainer.max_steps has no last batch
 
     def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         """Returns the logits, so callbacks (figures) can see predictions without recomputing them."""
@@ -103,12 +123,13 @@ class DigitClassifier(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._finish_confusion("val")
-        if self.trainer.sanity_checking:
-            return  # a couple of batches of an untrained model must not count as the best
-        self.val_acc_best(self.val_acc.compute())
-        self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        if not self.trainer.sanity_checking:  # a couple of batches of an untrained model must not count as the best
+            self.val_acc_best(self.val_acc.compute())
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+        self._log_epoch_metrics("val")
 
     def on_test_epoch_end(self) -> None:
+        self._log_epoch_metrics("test")
         confusion = self._finish_confusion("test")
         self.log("test/images", float(confusion.sum()))  # each test image counted once, on any number of ranks
         per_class = confusion.diag() / confusion.sum(dim=1).clamp(min=1)
