@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from torch.optim.swa_utils import AveragedModel
 
@@ -176,40 +177,35 @@ def test_ema_decay_warms_up_so_the_average_follows_early_training():
     assert 170 < averaged.module.weight.item() < 200
 
 
-class EpochEndRecorder:
-    """What a callback's `on_train_epoch_end` sees of this epoch's training metrics."""
+def train_metrics_seen_by_callbacks() -> tuple[list[dict[str, float]], pl.Callback]:
+    """(what a callback's `on_train_epoch_end` sees of this epoch's training metrics, that callback)."""
+    seen: list[dict[str, float]] = []
 
-    def __init__(self) -> None:
-        import pytorch_lightning as pl
+    class Recorder(pl.Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            seen.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
 
-        class Recorder(pl.Callback):
-            def on_train_epoch_end(inner, trainer, pl_module) -> None:
-                self.seen.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")})
-
-        self.seen: list[dict[str, float]] = []
-        self.callback = Recorder()
+    return seen, Recorder()
 
 
 @pytest.mark.parametrize("stop", [{"max_epochs": 2}, {"max_steps": 3}], ids=["whole epochs", "max_steps mid-epoch"])
 def test_training_metrics_are_logged_once_per_epoch_before_callbacks_read_them(synthetic_data_dir, stop):
     """Logged after each epoch's last batch (not per step, which costs Lightning's Python time; not in the
     module's on_train_epoch_end, which runs after the callbacks'), and for an epoch cut short by max_steps."""
-    import pytorch_lightning as pl
-
     from src.data.mnist_datamodule import MNISTDataModule
     from src.models.mlp import MLP
 
-    recorder = EpochEndRecorder()
+    seen, recorder = train_metrics_seen_by_callbacks()
     model = MLP(optimizer={"name": "adam", "lr": 1e-3}, hidden_sizes=[16])
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, callbacks=[recorder.callback], **stop)
+                         enable_model_summary=False, callbacks=[recorder], **stop)
     trainer.fit(model, datamodule=MNISTDataModule(str(synthetic_data_dir), download=False, val_size=80, batch_size=32))
 
     final = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
     assert set(final) == {"train/loss", "train/acc"} and final["train/loss"] > 0
     if "max_epochs" in stop:
-        assert len(recorder.seen) == 2 and recorder.seen[-1] == final  # this epoch's values, not the last epoch's
-        assert recorder.seen[0] != recorder.seen[1]
+        assert len(seen) == 2 and seen[-1] == final  # this epoch's values, not the previous epoch's
+        assert seen[0] != seen[1]
     assert not model.train_loss.update_called  # reset for the next epoch
 
 
