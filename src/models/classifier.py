@@ -87,9 +87,11 @@ class DigitClassifier(pl.LightningModule):
         loss, acc = getattr(self, f"{split}_loss"), getattr(self, f"{split}_acc")
         if not loss.update_called:
             return  # already logged this epoch
-        on_epoch = {"on_step": False, "on_epoch": True}  # the defaults of `on_train_batch_end` are the opposite
-        self.log(f"{split}/loss", loss.compute(), prog_bar=split != "test", **on_epoch)
-        self.log(f"{split}/acc", acc.compute(), prog_bar=True, **on_epoch)
+        # on_step/on_epoch: the defaults of `on_train_batch_end` are the opposite. sync_dist: compute() has
+        # synchronized the value already; saying so keeps Lightning from warning in DDP (it averages equal values).
+        options = {"on_step": False, "on_epoch": True, "sync_dist": True}
+        self.log(f"{split}/loss", loss.compute(), prog_bar=split != "test", **options)
+        self.log(f"{split}/acc", acc.compute(), prog_bar=True, **options)
         loss.reset()
         acc.reset()
 
@@ -126,16 +128,17 @@ class DigitClassifier(pl.LightningModule):
         self._finish_confusion("val")
         if not self.trainer.sanity_checking:  # a couple of batches of an untrained model must not count as the best
             self.val_acc_best(self.val_acc.compute())
-            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True)
+            self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
         self._log_epoch_metrics("val")
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")
         confusion = self._finish_confusion("test")
-        self.log("test/images", float(confusion.sum()))  # each test image counted once, on any number of ranks
+        # Each test image counted once, on any number of ranks. sync_dist as above: the matrix is synchronized already.
+        self.log("test/images", float(confusion.sum()), sync_dist=True)
         per_class = confusion.diag() / confusion.sum(dim=1).clamp(min=1)
         for digit, accuracy in enumerate(per_class.tolist()):
-            self.log(f"test/acc_class/{digit}", accuracy)
+            self.log(f"test/acc_class/{digit}", accuracy, sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.parameters(), self.hparams.optimizer)
