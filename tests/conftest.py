@@ -19,6 +19,21 @@ HAS_REAL_MNIST = not missing_files(REAL_DATA_DIR)
 REAL_DATA_REQUIRED = bool(os.environ.get("MNIST_REQUIRE_REAL_DATA"))
 
 
+def hydra_run_dirs() -> set[Path]:
+    outputs = PROJECT_ROOT / "outputs"
+    return set(outputs.glob("*/*")) | set(outputs.glob("multirun/*/*"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def project_outputs_untouched():
+    """Tests write under tmp_path only. A run folder that appears in the project's outputs/ during the session
+    is a `python -m src.*` call that forgot hydra.run.dir, and it would clutter the user's own runs."""
+    before = hydra_run_dirs()
+    yield
+    added = sorted(str(path.relative_to(PROJECT_ROOT)) for path in hydra_run_dirs() - before)
+    assert not added, f"tests created run folders in the project's outputs/: {added}"
+
+
 @pytest.fixture(scope="session")
 def synthetic_data_dir(tmp_path_factory) -> Path:
     """400 train + 100 test images in MNIST's own IDX format (gzip), under <dir>/MNIST/raw/."""

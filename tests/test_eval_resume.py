@@ -156,7 +156,7 @@ def test_resuming_with_another_schedule_length_is_refused_before_training(tmp_pa
     assert torch.load(last, weights_only=True)["schedule_steps"] == 10  # 320 training images / batch 32, 1 epoch
     result = run_module(
         "src.train", *tiny_run_overrides(synthetic_data_dir, tmp_path / "run"), "model=mlp", "trainer.max_epochs=2",
-        f"ckpt_path={last}",
+        f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'run'}",
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output, output[-3000:]

@@ -89,7 +89,7 @@ def test_test_only_rebuilds_the_checkpoints_own_network_and_names_a_bad_file(tmp
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(Path(trained["best_model_path"]).read_bytes()[:1000])
     for bad, message in ((tmp_path / "missing.ckpt", "no such file"), (truncated, "cannot be read as a checkpoint")):
-        result = run_module("src.train", *test_only, f"ckpt_path={bad}")
+        result = run_module("src.train", *test_only, f"ckpt_path={bad}", f"hydra.run.dir={tmp_path / 'b'}")
         output = result.stdout + result.stderr
         assert result.returncode == 1 and message in output, output[-2000:]
         assert "Traceback" not in output
