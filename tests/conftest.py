@@ -17,6 +17,9 @@ REAL_DATA_DIR = PROJECT_ROOT / "data"
 HAS_REAL_MNIST = not missing_files(REAL_DATA_DIR)
 # CI stages real MNIST and sets this, so a staging mistake fails the real-data tests instead of skipping them.
 REAL_DATA_REQUIRED = bool(os.environ.get("MNIST_REQUIRE_REAL_DATA"))
+needs_real_mnist = pytest.mark.skipif(
+    not (HAS_REAL_MNIST or REAL_DATA_REQUIRED), reason=f"real MNIST not found in {REAL_DATA_DIR}/MNIST/raw"
+)
 
 
 def hydra_run_dirs() -> set[Path]:

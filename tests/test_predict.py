@@ -22,12 +22,9 @@ from src.data.digit_images import (
 from src.errors import UserInputError
 from src.predict import find_inputs, predict
 from src.train import train
-from tests.conftest import HAS_REAL_MNIST, REAL_DATA_DIR, REAL_DATA_REQUIRED, compose_config, run_module, tiny_run_overrides
+from tests.conftest import REAL_DATA_DIR, compose_config, needs_real_mnist, run_module, tiny_run_overrides
 from tests.digit_drawing import draw_six, save, transparent_sticker, user_photo
 
-needs_real_mnist = pytest.mark.skipif(
-    not (HAS_REAL_MNIST or REAL_DATA_REQUIRED), reason=f"real MNIST not found in {REAL_DATA_DIR}/MNIST/raw"
-)
 
 
 def prepared(image: Image.Image, folder: Path, name: str = "digit.png") -> np.ndarray:

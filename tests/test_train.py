@@ -12,7 +12,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from src.callbacks.weight_averaging import ema_with_warmup
 from src.train import train
-from tests.conftest import HAS_REAL_MNIST, REAL_DATA_DIR, REAL_DATA_REQUIRED, compose_config, run_module, tiny_run_overrides
+from tests.conftest import compose_config, needs_real_mnist, run_module, tiny_run_overrides
 
 
 def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
@@ -118,7 +118,7 @@ def test_missing_data_offline_is_one_clear_error(tmp_path):
 
 
 @pytest.mark.real_data
-@pytest.mark.skipif(not (HAS_REAL_MNIST or REAL_DATA_REQUIRED), reason=f"real MNIST not found in {REAL_DATA_DIR}/MNIST/raw")
+@needs_real_mnist
 def test_cnn_one_epoch_on_real_mnist(tmp_path):
     cfg = compose_config(
         ["model=cnn", "trainer=cpu", "trainer.max_epochs=1", "data.download=false",
@@ -126,6 +126,14 @@ def test_cnn_one_epoch_on_real_mnist(tmp_path):
     )
     metrics = train(cfg)
     assert metrics["test/acc"] >= 0.985, metrics
+
+
+@pytest.mark.real_data
+@needs_real_mnist
+def test_the_fast_recipe_reaches_99_percent_on_real_mnist(tmp_path):
+    """experiment=fast's promise: >= 99% on the official test set after one epoch (its default seed)."""
+    metrics = train(compose_config(["experiment=fast", "trainer=cpu", "data.download=false", f"paths.output_dir={tmp_path}"]))
+    assert metrics["test/acc"] >= 0.99, metrics
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
