@@ -26,7 +26,6 @@ from tests.conftest import REAL_DATA_DIR, compose_config, needs_real_mnist, run_
 from tests.digit_drawing import draw_six, save, transparent_sticker, user_photo
 
 
-
 def prepared(image: Image.Image, folder: Path, name: str = "digit.png") -> np.ndarray:
     return mnist_style(read_grayscale(save(image, folder / name)))
 
