@@ -16,6 +16,7 @@ class CNN(DigitClassifier):
         channels: Sequence[int] = (32, 64, 128),
         kernel_size: int | list[int] = 3,
         convs_per_block: int = 1,
+        pool: bool = True,
         hidden_size: int = 256,
         dropout: float = 0.25,
         batch_norm: bool = True,
@@ -26,4 +27,4 @@ class CNN(DigitClassifier):
         super().__init__(
             optimizer, scheduler, label_smoothing=label_smoothing, compile=compile, channels_last=channels_last
         )
-        self.net = cnn_network(list(channels), kernel_size, convs_per_block, hidden_size, dropout, batch_norm)
+        self.net = cnn_network(list(channels), kernel_size, convs_per_block, hidden_size, dropout, batch_norm, pool)

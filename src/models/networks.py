@@ -25,24 +25,31 @@ def mlp_network(hidden_sizes: list[int], dropout: float, batch_norm: bool) -> nn
     return nn.Sequential(*layers)
 
 
-def conv_block(in_channels: int, out_channels: int, kernel_size: int, batch_norm: bool, convs: int = 1) -> nn.Sequential:
-    """`convs` × (Conv -> [BatchNorm] -> ReLU), then a 2×2 max-pool: each block halves the resolution (28 -> 14 -> 7 -> 3)."""
+def conv_block(
+    in_channels: int, out_channels: int, kernel_size: int, batch_norm: bool, convs: int = 1, pool: bool = True
+) -> nn.Sequential:
+    """`convs` × (Conv -> [BatchNorm] -> ReLU). Pooled: padded convs, then a 2×2 max-pool that halves the
+    resolution (28 -> 14 -> 7 -> 3). Unpooled: unpadded convs, each shrinking the image by kernel_size - 1."""
     layers: list[nn.Module] = []
     for index in range(convs):
         layers += [
             nn.Conv2d(in_channels if index == 0 else out_channels, out_channels, kernel_size,
-                      padding=kernel_size // 2, bias=not batch_norm),
+                      padding=kernel_size // 2 if pool else 0, bias=not batch_norm),
             nn.BatchNorm2d(out_channels) if batch_norm else nn.Identity(),
             nn.ReLU(inplace=True),
         ]
-    return nn.Sequential(*layers, nn.MaxPool2d(2))
+    if pool:
+        layers.append(nn.MaxPool2d(2))
+    return nn.Sequential(*layers)
 
 
 def cnn_network(
-    channels: list[int], kernel_size: int | list[int], convs_per_block: int, hidden_size: int, dropout: float, batch_norm: bool
+    channels: list[int], kernel_size: int | list[int], convs_per_block: int, hidden_size: int, dropout: float,
+    batch_norm: bool, pool: bool = True,
 ) -> nn.Sequential:
-    """Conv blocks pooling from the first one on (most convolutions run at 14×14 and below: fast on a CPU),
-    then a hidden fully connected layer."""
+    """Conv blocks, then a hidden fully connected layer. Pooled (the default), from the first block on: most
+    convolutions run at 14×14 and below, fast on a CPU. Unpooled (An et al. 2020, "no pooling layers"):
+    unpadded convolutions shrink the image instead, at several times the arithmetic."""
     kernel_sizes = [kernel_size] * len(channels) if isinstance(kernel_size, int) else list(kernel_size)
     if len(kernel_sizes) != len(channels):
         raise UserInputError(
@@ -50,8 +57,13 @@ def cnn_network(
         )
     blocks, in_channels, side = [], 1, IMAGE_SIDE
     for out_channels, size in zip(channels, kernel_sizes):
-        blocks.append(conv_block(in_channels, out_channels, size, batch_norm, convs_per_block))
-        in_channels, side = out_channels, side // 2
+        blocks.append(conv_block(in_channels, out_channels, size, batch_norm, convs_per_block, pool))
+        in_channels, side = out_channels, side // 2 if pool else side - convs_per_block * (size - 1)
+        if side < 1:
+            raise UserInputError(
+                f"model.channels={channels} with model.kernel_size={kernel_size} shrinks the 28×28 image to nothing"
+                f" (model.pool={pool}): use fewer blocks or smaller kernels."
+            )
     return nn.Sequential(
         *blocks,
         nn.Flatten(),

@@ -1,0 +1,49 @@
+"""The CNN's shapes, pooled and unpooled, and its messages for sizes that cannot work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from src.errors import UserInputError
+from src.models.loading import load_classifier
+from src.models.networks import cnn_network
+from src.train import train
+from tests.conftest import compose_config, tiny_run_overrides
+
+
+def feature_sides(net: nn.Sequential) -> list[int]:
+    """The image side after each conv block."""
+    sides, x = [], torch.zeros(2, 1, 28, 28)
+    for block in net:
+        x = block(x)
+        if isinstance(block, nn.Sequential):
+            sides.append(x.shape[-1])
+    return sides
+
+
+def test_pooled_blocks_halve_the_image_and_unpooled_ones_shrink_it_by_the_kernel():
+    pooled = cnn_network([8, 16, 32], [5, 3, 3], 1, 32, 0.0, True)
+    unpooled = cnn_network([8, 16, 24, 32, 40], 5, 1, 32, 0.0, True, pool=False)
+    assert feature_sides(pooled) == [14, 7, 3]
+    assert feature_sides(unpooled) == [24, 20, 16, 12, 8]  # An et al. 2020's M5: 5×5 convs, no padding
+    assert not any(isinstance(layer, nn.MaxPool2d) for layer in unpooled.modules())
+    assert unpooled(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    two_convs = cnn_network([8, 16], 3, 2, 32, 0.0, True, pool=False)
+    assert feature_sides(two_convs) == [24, 20]  # each of the two convs per block takes 2 pixels
+
+
+def test_sizes_that_cannot_work_are_named():
+    with pytest.raises(UserInputError, match=r"model.kernel_size=\[5, 3\] is invalid: give one size, or one per entry"):
+        cnn_network([8, 16, 32], [5, 3], 1, 32, 0.0, True)
+    with pytest.raises(UserInputError, match=r"shrinks the 28×28 image to nothing \(model.pool=False\): use fewer blocks"):
+        cnn_network([8] * 7, 5, 1, 32, 0.0, True, pool=False)
+
+
+def test_an_unpooled_cnn_trains_from_the_command_line_settings(tmp_path, synthetic_data_dir):
+    overrides = ["model=cnn", "model.pool=false", "model.channels=[4,8]", "model.kernel_size=5", "model.hidden_size=16"]
+    metrics = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), *overrides]))
+    assert metrics["status"] == "ok" and metrics["test/acc"] > 0.5
+    model, _ = load_classifier(metrics["best_model_path"])  # the checkpoint rebuilds the unpooled network
+    assert feature_sides(model.net) == [24, 20] and model.hparams.pool is False
