@@ -37,8 +37,10 @@ def test_pooled_blocks_halve_the_image_and_unpooled_ones_shrink_it_by_the_kernel
 def test_sizes_that_cannot_work_are_named():
     with pytest.raises(UserInputError, match=r"model.kernel_size=\[5, 3\] is invalid: give one size, or one per entry"):
         cnn_network([8, 16, 32], [5, 3], 1, 32, 0.0, True)
-    with pytest.raises(UserInputError, match=r"shrinks the 28×28 image to nothing \(model.pool=False\): use fewer blocks"):
+    with pytest.raises(UserInputError, match=r"to nothing \(model.pool=false\): use fewer blocks or smaller kernels\.$"):
         cnn_network([8] * 7, 5, 1, 32, 0.0, True, pool=False)
+    with pytest.raises(UserInputError, match=r"model.channels=\[8, 8, 8, 8, 8\] .* \(model.pool=true\): use fewer blocks\.$"):
+        cnn_network([8] * 5, 3, 1, 32, 0.0, True)  # 28 -> 14 -> 7 -> 3 -> 1 -> 0
 
 
 def test_an_unpooled_cnn_trains_from_the_command_line_settings(tmp_path, synthetic_data_dir):

@@ -62,7 +62,7 @@ def cnn_network(
         if side < 1:
             raise UserInputError(
                 f"model.channels={channels} with model.kernel_size={kernel_size} shrinks the 28×28 image to nothing"
-                f" (model.pool={pool}): use fewer blocks or smaller kernels."
+                f" (model.pool={str(pool).lower()}): use fewer blocks{'' if pool else ' or smaller kernels'}."
             )
     return nn.Sequential(
         *blocks,
