@@ -13,6 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from src import CONFIG_DIR, job_dirname
 from src.utils.hparams import HPARAM_METRICS, run_hparams
+from src.utils.sweep_summary import markdown_table
 from tests.conftest import compose_config, run_module
 
 
@@ -112,6 +113,12 @@ def test_submitit_local_launcher(tmp_path, synthetic_data_dir):
     result = multirun(sweep_dir, synthetic_data_dir, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "model=mlp")
     assert result.returncode == 0, result.stderr[-3000:]
     assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok"]
+
+
+def test_summary_table_shows_accuracies_to_four_places_and_seconds_to_two():
+    row = {"job": "0_model=mlp", "varied": "model=mlp", "status": "ok", "val/acc_best": 0.965, "test/acc": 0.96981,
+           "wall_seconds": 13.7, "error": None, "overrides": "model=mlp"}
+    assert markdown_table([row]).splitlines()[-1] == "| 0_model=mlp | model=mlp | ok | 0.9650 | 0.9698 | 13.70 |  |"
 
 
 def test_sweep_and_launcher_configs_compose():

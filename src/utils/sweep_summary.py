@@ -53,9 +53,10 @@ def _mark_varied(rows: list[dict]) -> None:
         row["overrides"] = " ".join(row["overrides"])
 
 
-def _cell(value) -> str:
+def _cell(value, column: str) -> str:
     if isinstance(value, float):
-        return f"{value:.4f}"
+        # Seconds to the hundredth; accuracies to four places (one test image is 0.0001).
+        return f"{value:.2f}" if column.endswith("seconds") else f"{value:.4f}"
     return "" if value is None else str(value).replace("|", "\\|").replace("\n", " ")
 
 
@@ -63,7 +64,7 @@ def markdown_table(rows: list[dict]) -> str:
     """The table for reading: every column but the full override list (that one is in the CSV)."""
     columns = COLUMNS[:-1]
     header = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
-    return header + "".join("| " + " | ".join(_cell(row[c]) for c in columns) + " |\n" for row in rows)
+    return header + "".join("| " + " | ".join(_cell(row[c], c) for c in columns) + " |\n" for row in rows)
 
 
 def write_summary(sweep_dir: Path) -> list[dict]:
