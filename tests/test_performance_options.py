@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from pytorch_lightning.utilities.model_summary import ModelSummary
@@ -10,7 +15,7 @@ from src.models.cnn import CNN
 from src.models.loading import load_classifier
 from src.models.mlp import MLP
 from src.train import train
-from tests.conftest import compose_config, run_module, tiny_run_overrides
+from tests.conftest import PROJECT_ROOT, compose_config, run_module, tiny_run_overrides
 
 
 @pytest.mark.parametrize(
@@ -66,3 +71,13 @@ def test_bench_quick_runs_and_prints_the_table():
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("1. data path, samples/s", "2. fast recipe fit", "2b. tiny CNN, batch 32", "3. whole process", "peak memory"):
         assert row in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script would run its 8 minutes")
+def test_gpu_figures_script_stops_with_one_clear_message_without_a_gpu(tmp_path):
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # this venv's python
+    out = tmp_path / "figures"
+    result = subprocess.run(["bash", str(PROJECT_ROOT / ".ci" / "gpu-figures"), str(out)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stderr.strip() == "gpu-figures: no CUDA device here"
+    assert not out.exists()  # nothing run, nothing written

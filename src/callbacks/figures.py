@@ -78,7 +78,7 @@ class DiagnosticFigures(pl.Callback):
         candidates = (images[wrong].cpu(), labels[wrong].cpu(), outputs[wrong].softmax(1).cpu(), losses[wrong].cpu())
         if self._mistakes is not None:
             candidates = tuple(torch.cat(pair) for pair in zip(self._mistakes, candidates))
-        keep = candidates[3].argsort(descending=True)[: self.num_mistakes]  # the most confident mistakes
+        keep = candidates[3].argsort(descending=True)[: self.num_mistakes]  # the worst: least probability on the true label
         self._mistakes = tuple(t[keep] for t in candidates)
 
     def on_test_end(self, trainer, pl_module) -> None:

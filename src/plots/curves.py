@@ -19,7 +19,10 @@ def learning_curves_figure(history: Sequence[dict[str, float]]) -> Figure:
             if points:
                 ax.plot(*zip(*points), style, label=split)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) == 1:
+            ax.set_xticks(epochs)  # the locator would otherwise label one point's padding with fractions
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title("cross-entropy loss" if metric == "loss" else "accuracy")
         ax.grid(alpha=0.3)
         ax.legend()

@@ -1,0 +1,34 @@
+"""The figures' content, checked on the matplotlib objects rather than on pixels."""
+
+import torch
+
+from src.plots.confusion import confusion_matrix_figure
+from src.plots.curves import learning_curves_figure
+
+
+def _row(epoch: int, val_acc: float) -> dict[str, float]:
+    return {"epoch": epoch, "train/loss": 0.5, "train/acc": 0.9, "val/loss": 0.4, "val/acc": val_acc}
+
+
+def test_learning_curves_label_epochs_with_whole_numbers_even_for_one_epoch():
+    for history in ([_row(0, 0.97)], [_row(e, 0.9 + e / 100) for e in range(7)]):
+        for ax in learning_curves_figure(history).axes:
+            ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+            assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_learning_curves_point_at_the_best_validation_epoch():
+    history = [_row(0, 0.95), _row(1, 0.99), _row(2, 0.98)]
+    acc_ax = learning_curves_figure(history).axes[1]
+    (note,) = acc_ax.texts
+    assert note.get_text() == "best val 99.00%" and tuple(note.xy) == (1, 0.99)
+
+
+def test_confusion_matrix_title_and_row_labels_give_overall_and_per_digit_accuracy():
+    confusion = torch.zeros(10, 10, dtype=torch.long)
+    confusion.fill_diagonal_(9)
+    confusion[3, 5] = 1  # one 3 taken for a 5: 90 of 91 right, the 3s at 90%
+    ax = confusion_matrix_figure(confusion, "test").axes[0]
+    assert ax.get_title() == "test: 98.90% of 91 correct"
+    labels = [label.get_text() for label in ax.get_yticklabels()]
+    assert labels[3] == "3  (90.0%)" and labels[5] == "5  (100.0%)"
