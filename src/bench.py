@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -209,9 +210,24 @@ def main() -> None:
         print(json.dumps(plain_training(args.data_dir, config["model"], config["data"], args.device, config["seed"])))
         return
 
+    work = Path(tempfile.mkdtemp(prefix="mnist-bench-"))
+    try:
+        rows = measure(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # runs, checkpoints, logs: a failure's log tail is in its error
+
+    data = "synthetic (--quick)" if args.quick else args.data_dir
+    print(f"\nmnist-lightning-hydra benchmark: device={args.device}, data={data}, repeats={args.repeats}")
+    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
+    print("  ".join(h.ljust(w) for h, w in zip(("measure", "this framework", "baseline", "ratio"), widths)))
+    for row in rows:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)))
+
+
+def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, str]]:
+    """The table's rows; every run writes under `work`."""
     from omegaconf import OmegaConf
 
-    work = Path(tempfile.mkdtemp(prefix="mnist-bench-"))
     if args.quick:
         from src.data.synthetic import write_synthetic_mnist
 
@@ -248,12 +264,7 @@ def main() -> None:
     rows.append(("3. whole process, start to exit, s", f"{train_wall:.1f}", f"{plain_wall:.1f} (plain script)", f"{train_wall / plain_wall:.2f}×"))
     rows.append(("   test accuracy (>= 99%?)", f"{train_acc:.2%} ({'yes' if train_acc >= 0.99 else 'NO'})", f"{plain_acc:.2%} (plain script)", ""))
     rows.append(("   peak memory (RSS), MiB", f"{train_rss:.0f}", f"{plain_rss:.0f} (plain script)", ""))
-
-    print(f"\nmnist-lightning-hydra benchmark: device={args.device}, data={args.data_dir}, repeats={args.repeats}")
-    widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
-    print("  ".join(h.ljust(w) for h, w in zip(("measure", "this framework", "baseline", "ratio"), widths)))
-    for row in rows:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths)))
+    return rows
 
 
 if __name__ == "__main__":

@@ -26,32 +26,42 @@ def train(cfg: DictConfig) -> dict:
     started_run = time.perf_counter()
     from src.utils.hparams import log_hparams_session, run_hparams
     from src.utils.instantiate import build
-    from src.utils.run import build_trainer, finish_run, start_run
+    from src.utils.config_io import save_config
+    from src.utils.run import build_trainer, finish_run, is_rank_zero, start_run
     from src.utils.validate import validate_train_config
 
     validate_train_config(cfg)  # before any work: a bad value fails in a second, not after loading data
-    output_dir = start_run(cfg)
-    # _convert_="all": plain dicts/lists reach the constructors, which is what checkpoints then store.
-    datamodule = build(cfg.data, _convert_="all")
     ckpt_path = cfg.get("ckpt_path")
+    resuming = bool(ckpt_path and cfg.get("train"))
+    output_dir = start_run(cfg, save=not resuming)  # a resume continues in the checkpoint's run folder
+    model_config = cfg.model
     if ckpt_path and not cfg.get("train"):
-        from src.models.loading import classifier_like, read_checkpoint
+        from src.models.loading import classifier_like, normalization, read_checkpoint
 
-        # Testing a checkpoint: rebuild its own network (class and sizes), whatever `model` says in this run.
-        model = classifier_like(read_checkpoint(ckpt_path))
+        # Testing a checkpoint: rebuild its own network (class and sizes) and preprocessing, whatever `model` and
+        # `data.mean/std` say in this run.
+        checkpoint = read_checkpoint(ckpt_path)
+        model = classifier_like(checkpoint)
+        model_config = {"_target_": checkpoint["model_class"], **checkpoint["hyper_parameters"]}
+        mean, std = normalization(checkpoint)
         log.info("Testing %s as saved in %s", type(model).__name__, ckpt_path)
+        datamodule = build(cfg.data, _convert_="all", mean=mean, std=std)
     else:
         model = build(cfg.model, _convert_="all")
+        # _convert_="all": plain dicts/lists reach the constructors, which is what checkpoints then store.
+        datamodule = build(cfg.data, _convert_="all")
     trainer, loggers = build_trainer(cfg)
 
     metrics: dict = {"status": "ok"}
     if cfg.get("train"):
-        if ckpt_path:
+        if resuming:
             check_resumable(ckpt_path, model, trainer.callbacks)
             metrics["resumed_from"] = str(ckpt_path)
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
         started = time.perf_counter()
         fit_or_report_interruption(trainer, model, datamodule, ckpt_path)
+        if resuming and is_rank_zero():
+            save_config(cfg, output_dir)  # only now: a refused or failed resume leaves the original's in place
         metrics["fit_seconds"] = round(time.perf_counter() - started, 2)
         metrics["epochs"] = trainer.current_epoch
         if "val/acc_best" in trainer.callback_metrics:
@@ -70,7 +80,7 @@ def train(cfg: DictConfig) -> dict:
         metrics["tested_checkpoint"] = ckpt_path or None
 
     if trainer.is_global_zero:
-        log_hparams_session(loggers, run_hparams(cfg, sum(p.numel() for p in model.parameters())))
+        log_hparams_session(loggers, run_hparams(cfg, sum(p.numel() for p in model.parameters()), model_config))
     metrics["wall_seconds"] = round(time.perf_counter() - started_run, 2)
     finish_run(metrics, output_dir, loggers)
     return metrics

@@ -210,3 +210,28 @@ def test_resuming_averaged_weights_without_averaging_is_refused(tmp_path, traine
     cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "run"), "model=mlp", f"ckpt_path={averaged}"])
     with pytest.raises(UserInputError, match=r"weight averaging \(callbacks.ema\).*python -m src.train model=mlp callbacks=\[default,ema\]"):
         train(cfg)
+
+
+def test_a_refused_resume_from_the_command_line_leaves_the_run_folder_as_it_was(tmp_path, synthetic_data_dir):
+    # As a user resumes: no hydra.run.dir, so Hydra and the run write into the checkpoint's own run folder.
+    run_dir = tmp_path / "run"
+    settings = [f"data.data_dir={synthetic_data_dir}", "data.download=false", "data.batch_size=32", "data.val_size=80",
+                "trainer=cpu", "trainer.max_epochs=1", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false"]
+    first = run_module("src.train", *settings, "model=mlp", f"hydra.run.dir={run_dir}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    files_before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file() and path.suffix != ".log"}
+
+    last = run_dir / "checkpoints" / "last.ckpt"
+    refused = run_module("src.train", *settings, "model=cnn", f"ckpt_path={last}")
+    output = refused.stdout + refused.stderr
+    assert refused.returncode == 1 and "Traceback" not in output, output[-3000:]
+    # It names the overrides the checkpoint was trained with, not the ones just typed.
+    assert f"repeat the original run's overrides: python -m src.train {' '.join(settings)} model=mlp ckpt_path={last}" in output
+    assert {path: path.read_bytes() for path in files_before} == files_before
+    (attempt,) = (run_dir / ".hydra").glob("resumed-*")  # Hydra's record of the attempt, beside the original's
+    assert "model=cnn" in (attempt / "overrides.yaml").read_text()
+
+    # Refused later, once fitting has begun: the OneCycle schedule was laid out for one epoch.
+    refused = run_module("src.train", *settings, "model=mlp", "trainer.max_epochs=2", f"ckpt_path={last}")
+    assert refused.returncode == 1 and "learning-rate schedule of 10 steps" in refused.stdout + refused.stderr
+    assert {path: path.read_bytes() for path in files_before} == files_before

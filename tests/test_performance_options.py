@@ -66,11 +66,13 @@ def test_recipes_compose_with_the_promised_settings(tmp_path):
     assert fast.model.channels_last and best.model.channels_last  # the faster layout on CPUs as well as GPUs
 
 
-def test_bench_quick_runs_and_prints_the_table():
+def test_bench_quick_runs_prints_the_table_and_leaves_no_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the benchmark's runs go
     result = run_module("src.bench", "--quick", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     for row in ("1. data path, samples/s", "2. fast recipe fit", "2b. tiny CNN, batch 32", "3. whole process", "peak memory"):
         assert row in result.stdout
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script would run its 8 minutes")

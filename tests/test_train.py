@@ -23,6 +23,18 @@ def tensorboard_scalars(run_dir: Path) -> dict[str, list[float]]:
     return {tag: [e.value for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]}
 
 
+def hparams_values(run_dir: Path) -> dict[str, object]:
+    """The run's row in TensorBoard's HParams tab."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = HParamsPluginData.FromString(content).session_start_info
+    return {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
+
+
 @pytest.mark.parametrize("model", ["mlp", "cnn"])
 def test_train_writes_a_complete_run_dir(tmp_path, synthetic_data_dir, model):
     cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), f"model={model}", "trainer.max_epochs=2"])
@@ -80,11 +92,14 @@ def test_test_only_from_a_checkpoint_reproduces_the_metrics(tmp_path, synthetic_
 
 
 def test_test_only_rebuilds_the_checkpoints_own_network_and_names_a_bad_file(tmp_path, synthetic_data_dir):
-    trained = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), "model=mlp"]))
-    # No model=mlp here: the checkpoint says what it is.
+    trained = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), "model=mlp",
+                                    "data.mean=0.5", "data.std=0.6"]))
+    # No model=mlp or data.mean/std here: the checkpoint says what it is and how its inputs were normalized.
     test_only = [*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), "train=false"]
     tested = train(compose_config([*test_only, f"ckpt_path={trained['best_model_path']}"]))
     assert tested["test/acc"] == pytest.approx(trained["test/acc"])
+    assert tested["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
+    assert hparams_values(tmp_path / "b")["model"] == "MLP"  # the HParams row describes the model tested
 
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes(Path(trained["best_model_path"]).read_bytes()[:1000])

@@ -12,10 +12,12 @@ _SHARED_MODEL_KEYS = (
 )
 
 
-def run_hparams(cfg: DictConfig, num_parameters: int) -> dict[str, str | float | int | bool]:
+def run_hparams(cfg: DictConfig, num_parameters: int, model: DictConfig | dict | None = None) -> dict[str, str | float | int | bool]:
     """Flat, plain values under a fixed set of keys, whatever the model: architecture-specific sizes
-    are folded into one `model/arch` string so MLP and CNN runs share the same columns."""
-    model = OmegaConf.to_container(cfg.model, resolve=True)
+    are folded into one `model/arch` string so MLP and CNN runs share the same columns. `model`: the
+    model's settings when they are not `cfg.model` (a checkpoint's, when one is tested)."""
+    model = cfg.model if model is None else model
+    model = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else dict(model)
     optimizer = model.get("optimizer") or {}
     scheduler = model.get("scheduler") or {}
     augment = OmegaConf.to_container(cfg.data, resolve=True).get("augment") or {}

@@ -19,8 +19,8 @@ from src.errors import ReportedError
 log = logging.getLogger(__name__)
 
 
-def start_run(cfg: DictConfig) -> Path:
-    """Print and save the config, split CPU threads between parallel sweep jobs, seed everything."""
+def start_run(cfg: DictConfig, save: bool = True) -> Path:
+    """Print and (with `save`) save the config, split CPU threads between parallel sweep jobs, seed everything."""
     import pytorch_lightning as pl
     import torch
 
@@ -30,7 +30,8 @@ def start_run(cfg: DictConfig) -> Path:
     output_dir = Path(cfg.paths.output_dir)
     if is_rank_zero():  # DDP relaunches this script once per extra process
         print_config_tree(cfg)
-        save_config(cfg, output_dir)
+        if save:
+            save_config(cfg, output_dir)
     if parallel_jobs() > 1:
         torch.set_num_threads(threads_per_job())
         log.info("%d sweep jobs run in parallel: using %d CPU threads", parallel_jobs(), threads_per_job())
@@ -104,7 +105,11 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         message = str(err).splitlines()[0] if str(err) else ""
         failure = {"status": err.status if reported else "failed", "error": f"{type(err).__name__}: {message}",
                    "wall_seconds": round(time.perf_counter() - started, 2)}
-        output_dir = Path(cfg.paths.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "metrics.json").write_text(json.dumps(failure, indent=2) + "\n")
+        metrics_file = Path(cfg.paths.output_dir) / "metrics.json"
+        if metrics_file.exists() and json.loads(metrics_file.read_text()).get("status") == "ok":
+            # A failed resume of a finished job (wrong overrides, say) must not erase the job's result.
+            log.error("%s keeps the job's finished result; this attempt's failure is in the log only.", metrics_file)
+            return None
+        metrics_file.parent.mkdir(parents=True, exist_ok=True)
+        metrics_file.write_text(json.dumps(failure, indent=2) + "\n")
         return None
