@@ -1,5 +1,6 @@
 """Expected failures. The entry points print their message as one line and exit with `exit_code`, without a
-traceback (set HYDRA_FULL_ERROR=1 to see it); in a sweep the job is recorded as failed and the sweep goes on."""
+traceback (set HYDRA_FULL_ERROR=1 to see it); in a sweep the job is recorded as failed and the sweep goes on
+(except after ResumeRefused)."""
 
 
 class ReportedError(RuntimeError):
@@ -9,6 +10,11 @@ class ReportedError(RuntimeError):
 
 class UserInputError(ReportedError):
     """Bad config value, missing or malformed file: something the user can fix."""
+
+
+class ResumeRefused(UserInputError):
+    """This command cannot continue that checkpoint (another model, schedule length or averaging). It stops even a
+    sweep: a resubmission with the wrong overrides must fail loudly and leave the job's folder as it was."""
 
 
 class TrainingDiverged(ReportedError):

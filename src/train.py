@@ -12,11 +12,12 @@ from __future__ import annotations
 import logging
 import re
 import time
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-from src import CONFIG_DIR
+from src import CONFIG_DIR, resumed_job_dir
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,9 @@ def train(cfg: DictConfig) -> dict:
     validate_train_config(cfg)  # before any work: a bad value fails in a second, not after loading data
     ckpt_path = cfg.get("ckpt_path")
     resuming = bool(ckpt_path and cfg.get("train"))
-    output_dir = start_run(cfg, save=not resuming)  # a resume continues in the checkpoint's run folder
+    # A resume in the checkpoint's own run folder saves config.yaml only after its fit: a refused one changes nothing.
+    resuming_in_place = resuming and resumed_job_dir(ckpt_path, True) == Path(cfg.paths.output_dir).resolve()
+    output_dir = start_run(cfg, save=not resuming_in_place)
     model_config = cfg.model
     if ckpt_path and not cfg.get("train"):
         from src.models.loading import classifier_like, normalization, read_checkpoint
@@ -60,8 +63,8 @@ def train(cfg: DictConfig) -> dict:
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
         started = time.perf_counter()
         fit_or_report_interruption(trainer, model, datamodule, ckpt_path)
-        if resuming and is_rank_zero():
-            save_config(cfg, output_dir)  # only now: a refused or failed resume leaves the original's in place
+        if resuming_in_place and is_rank_zero():
+            save_config(cfg, output_dir)
         metrics["fit_seconds"] = round(time.perf_counter() - started, 2)
         metrics["epochs"] = trainer.current_epoch
         if "val/acc_best" in trainer.callback_metrics:
@@ -127,12 +130,10 @@ def check_resumable(ckpt_path: str, model, callbacks: list) -> None:
     """Fail before any work if the checkpoint is unreadable, was trained with another model config, or holds
     averaged weights this run would not average on, naming the overrides of the run that wrote it (they
     must be repeated to resume)."""
-    from pathlib import Path
-
     from omegaconf import OmegaConf
     from pytorch_lightning.callbacks import WeightAveraging
 
-    from src.errors import UserInputError
+    from src.errors import ResumeRefused
     from src.models.loading import read_checkpoint
 
     checkpoint = read_checkpoint(ckpt_path)
@@ -146,7 +147,7 @@ def check_resumable(ckpt_path: str, model, callbacks: list) -> None:
         return
     overrides_file = Path(ckpt_path).expanduser().resolve().parent.parent / ".hydra" / "overrides.yaml"
     original = " ".join(o for o in OmegaConf.load(overrides_file) if not o.startswith("ckpt_path=")) if overrides_file.exists() else "?"
-    raise UserInputError(
+    raise ResumeRefused(
         f"ckpt_path={ckpt_path} was trained with {trained_with}. To resume, repeat the original run's overrides: "
         f"python -m src.train {original} {ckpt_override(ckpt_path)}"
     )

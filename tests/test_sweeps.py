@@ -171,7 +171,7 @@ def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_dat
     assert first_events < set((job_dir / "tensorboard").rglob("events*"))  # curves continue in the same run
     assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok", "ok"]  # both jobs still summarized
 
-    # A resubmission with the wrong model is refused, and the job's finished result stays as it was.
+    # A resubmission with the wrong model fails loudly, and the job's finished result stays as it was.
     finished = (job_dir / "metrics.json").read_text()
     refused = run_module(
         "src.train", "-m", f"data.data_dir={synthetic_data_dir}", "data.download=false", "data.val_size=80",
@@ -179,5 +179,5 @@ def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_dat
         f"ckpt_path='{job_dir / 'checkpoints' / 'last.ckpt'}'", timeout=600,
     )
     output = refused.stdout + refused.stderr
-    assert "trained with a different model config" in output and "keeps the job's finished result" in output
+    assert refused.returncode == 1 and "trained with a different model config" in output, output[-3000:]
     assert (job_dir / "metrics.json").read_text() == finished

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from src.errors import UserInputError
+from src.errors import ResumeRefused, UserInputError
 from src.models.networks import IMAGE_SIDE, NUM_CLASSES
 from src.models.optim import build_optimizer, build_scheduler
 from src.utils.rng import capture_rng_states, restore_rng_states
@@ -160,7 +160,7 @@ class DigitClassifier(pl.LightningModule):
         saved = getattr(self, "_resumed_schedule_steps", None)
         if saved is not None and saved != total_steps:
             name = self.hparams.scheduler["name"]
-            raise UserInputError(
+            raise ResumeRefused(
                 f"The checkpoint was trained with a {name} learning-rate schedule of {saved} steps; this run would "
                 f"take {total_steps} (trainer.max_epochs, data.batch_size or data.val_size changed). A schedule's "
                 "length is fixed when training starts: resume with the original values, or start a new run."

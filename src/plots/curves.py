@@ -19,7 +19,7 @@ def learning_curves_figure(history: Sequence[dict[str, float]]) -> Figure:
             if points:
                 ax.plot(*zip(*points), style, label=split)
         ax.set_xlabel("epoch")
-        if len(epochs) == 1:
+        if len(set(epochs)) == 1:
             ax.set_xticks(epochs)  # the locator would otherwise label one point's padding with fractions
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))

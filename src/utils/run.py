@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from src.errors import ReportedError
+from src.errors import ReportedError, ResumeRefused
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,8 @@ def finish_run(metrics: dict, output_dir: Path, loggers: list) -> None:
 
 def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -> Any | None:
     """Run `work(cfg)`. A ReportedError becomes one logged line and its exit code (the traceback only with
-    HYDRA_FULL_ERROR=1). In a sweep, any failure is recorded in the job's metrics.json and the sweep goes on
-    (one diverging lr must not cost the rest)."""
+    HYDRA_FULL_ERROR=1). In a sweep, any other failure is recorded in the job's metrics.json and the sweep goes
+    on (one diverging lr must not cost the rest); a refused resume stops it, with the job's folder untouched."""
     from src.utils.jobs import in_multirun
 
     started = time.perf_counter()
@@ -93,7 +93,7 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         return work(cfg)
     except Exception as err:
         reported = isinstance(err, ReportedError)
-        if not in_multirun():
+        if not in_multirun() or isinstance(err, ResumeRefused):
             if reported and os.environ.get("HYDRA_FULL_ERROR") != "1":
                 log.error("%s", err)
                 sys.exit(err.exit_code)
@@ -105,11 +105,7 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         message = str(err).splitlines()[0] if str(err) else ""
         failure = {"status": err.status if reported else "failed", "error": f"{type(err).__name__}: {message}",
                    "wall_seconds": round(time.perf_counter() - started, 2)}
-        metrics_file = Path(cfg.paths.output_dir) / "metrics.json"
-        if metrics_file.exists() and json.loads(metrics_file.read_text()).get("status") == "ok":
-            # A failed resume of a finished job (wrong overrides, say) must not erase the job's result.
-            log.error("%s keeps the job's finished result; this attempt's failure is in the log only.", metrics_file)
-            return None
-        metrics_file.parent.mkdir(parents=True, exist_ok=True)
-        metrics_file.write_text(json.dumps(failure, indent=2) + "\n")
+        output_dir = Path(cfg.paths.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "metrics.json").write_text(json.dumps(failure, indent=2) + "\n")
         return None
