@@ -36,11 +36,12 @@ def resume_run_dir(ckpt_path: str | None, training: bool, new_run_dir: str) -> s
     return str(job_dir) if job_dir else new_run_dir
 
 
-def resume_output_subdir(ckpt_path: str | None, training: bool, output_dir: str, timestamp: str) -> str:
-    """Where Hydra writes its record of this run (config, overrides) inside the run folder. A resume in the
-    checkpoint's own folder puts it beside the original's, never over it: a refused resume prints those."""
+def resume_subdir(ckpt_path: str | None, training: bool, output_dir: str, timestamp: str, base: str) -> str:
+    """Where a record that a run writes once (Hydra's config and overrides, the CSV log) goes inside the run folder.
+    A resume in the checkpoint's own folder writes its own beside the original's, never over it: a refused resume
+    prints the original overrides, and the first run's metrics.csv would be lost."""
     resumed_here = resumed_job_dir(ckpt_path, training) == Path(output_dir).resolve()
-    return f".hydra/resumed-{timestamp}" if resumed_here else ".hydra"
+    return f"{base}/resumed-{timestamp}" if resumed_here else base
 
 
 def _resumed_sweep_job(ckpt_path: str | None, training: bool) -> Path | None:
@@ -63,6 +64,6 @@ def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overr
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     OmegaConf.register_new_resolver("resume_run_dir", resume_run_dir)
-    OmegaConf.register_new_resolver("resume_output_subdir", resume_output_subdir)
+    OmegaConf.register_new_resolver("resume_subdir", resume_subdir)
     OmegaConf.register_new_resolver("resume_sweep_dir", resume_sweep_dir)
     OmegaConf.register_new_resolver("resume_job_subdir", resume_job_subdir)

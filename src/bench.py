@@ -210,6 +210,12 @@ def main() -> None:
         print(json.dumps(plain_training(args.data_dir, config["model"], config["data"], args.device, config["seed"])))
         return
 
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device}: this machine has no CUDA device torch can use (run on a GPU machine, "
+                         "or without --device for the CPU figures).")
     work = Path(tempfile.mkdtemp(prefix="mnist-bench-"))
     try:
         rows = measure(args, work)

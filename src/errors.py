@@ -1,6 +1,6 @@
 """Expected failures. The entry points print their message as one line and exit with `exit_code`, without a
 traceback (set HYDRA_FULL_ERROR=1 to see it); in a sweep the job is recorded as failed and the sweep goes on
-(except after ResumeRefused)."""
+(except after ResumeRefused or RunInterrupted)."""
 
 
 class ReportedError(RuntimeError):
@@ -21,8 +21,9 @@ class TrainingDiverged(ReportedError):
     """The loss became NaN or infinite."""
 
 
-class TrainingInterrupted(ReportedError):
-    """Stopped by SIGTERM or Ctrl-C after saving a resumable checkpoint."""
+class RunInterrupted(ReportedError):
+    """Stopped by SIGTERM or Ctrl-C: training after saving a resumable checkpoint, testing before writing results.
+    It stops a sweep too: SLURM's SIGTERM and a user's Ctrl-C are meant for the whole process."""
 
     status = "interrupted"
 

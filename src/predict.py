@@ -11,9 +11,7 @@ Heavy imports (torch, Lightning) happen inside `predict`, so `--help` and `--cfg
 from __future__ import annotations
 
 import glob
-import json
 import logging
-import os
 from pathlib import Path
 
 import hydra
@@ -82,12 +80,12 @@ def check_config(cfg: DictConfig) -> None:
 
 def predict(cfg: DictConfig) -> list[dict]:
     """Classify every input image; returns one dict per classified image (path, digit, confidence, probs)."""
+    check_config(cfg)  # before the heavy imports: a missing setting is reported at once
     import torch
 
     from src.data.digit_images import DigitImageError, digit_tensor
     from src.models.loading import load_classifier, normalization
 
-    check_config(cfg)
     paths = find_inputs(cfg.inputs)
     model, checkpoint = load_classifier(str(cfg.ckpt_path))
     mean, std = normalization(checkpoint)  # exactly the training preprocessing
@@ -120,7 +118,7 @@ def predict(cfg: DictConfig) -> list[dict]:
     lines.append(f"classified    : {len(predictions)} of {len(paths)} file(s) with {cfg.ckpt_path}")
     if cfg.output:
         json_path = Path(cfg.output).expanduser().resolve()
-        write_json_atomically(json_path, predictions)
+        write_predictions(json_path, predictions)
         lines.append(f"predictions   : {json_path}")
     if cfg.save_preview:
         lines.append(f"preview       : {save_preview(batch, predictions, output_dir)}")
@@ -129,15 +127,12 @@ def predict(cfg: DictConfig) -> list[dict]:
     return predictions
 
 
-def write_json_atomically(path: Path, data) -> None:
-    """A complete new file or none: an earlier file at `path` survives any failure to write this one."""
-    partial = path.with_name(f".{path.name}.partial")
+def write_predictions(path: Path, predictions: list[dict]) -> None:
+    from src.utils.json_files import write_json_atomically
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(partial, path)
+        write_json_atomically(path, predictions)
     except OSError as err:
-        partial.unlink(missing_ok=True)
         raise UserInputError(f"output={path}: cannot be written ({err.strerror or err}). Choose another path.") from err
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shlex
 import time
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def train(cfg: DictConfig) -> dict:
     from src.utils.hparams import log_hparams_session, run_hparams
     from src.utils.instantiate import build
     from src.utils.config_io import save_config
-    from src.utils.run import build_trainer, finish_run, is_rank_zero, start_run
+    from src.utils.run import build_trainer, finish_run, is_rank_zero, start_run, test_or_report_interruption
     from src.utils.validate import validate_train_config
 
     validate_train_config(cfg)  # before any work: a bad value fails in a second, not after loading data
@@ -67,8 +68,8 @@ def train(cfg: DictConfig) -> dict:
             save_config(cfg, output_dir)
         metrics["fit_seconds"] = round(time.perf_counter() - started, 2)
         metrics["epochs"] = trainer.current_epoch
-        if "val/acc_best" in trainer.callback_metrics:
-            metrics["val/acc_best"] = float(trainer.callback_metrics["val/acc_best"])
+        if model.best_val_acc() is not None:
+            metrics["val/acc_best"] = model.best_val_acc()
         ckpt_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
         metrics["best_model_path"] = ckpt_path or None
         if not ckpt_path:
@@ -77,7 +78,9 @@ def train(cfg: DictConfig) -> dict:
         if not cfg.get("train") and not ckpt_path:
             log.warning("test without train and without ckpt_path: testing an untrained model.")
         started = time.perf_counter()
-        (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path or None)
+        advice = (f"The checkpoints are intact; test this one with: python -m src.eval {ckpt_override(ckpt_path)}"
+                  if ckpt_path else "Run the same command again.")
+        results = test_or_report_interruption(trainer, model, datamodule, ckpt_path or None, advice)
         metrics["test_seconds"] = round(time.perf_counter() - started, 2)
         metrics.update({key: float(value) for key, value in results.items()})
         metrics["tested_checkpoint"] = ckpt_path or None
@@ -92,7 +95,7 @@ def train(cfg: DictConfig) -> dict:
 def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None) -> None:
     """trainer.fit; after SIGTERM or Ctrl-C (a checkpoint was saved at a batch boundary), say how to resume."""
     from src.callbacks.safety import INTERRUPTIONS, ResumableCheckpoint
-    from src.errors import TrainingInterrupted
+    from src.errors import RunInterrupted
 
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -100,7 +103,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         by_ctrl_c = "Ctrl-C" in str(stop)
         saved = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
         where = f"{saved[0].dirpath}/{saved[0].filename}{saved[0].FILE_EXTENSION}" if saved else None
-        raise TrainingInterrupted(
+        raise RunInterrupted(
             f"Training stopped by {'Ctrl-C' if by_ctrl_c else 'SIGTERM'} at epoch {trainer.current_epoch}, "
             f"step {trainer.global_step}. "
             + (f"Saved {where}; resume with: python -m src.train {original_overrides()} {ckpt_override(where)}" if where
@@ -115,7 +118,12 @@ def original_overrides() -> str:
 
     if not HydraConfig.initialized():
         return "<the same overrides>"
-    return " ".join(o for o in HydraConfig.get().overrides.task if not o.startswith("ckpt_path="))
+    return shell_words(HydraConfig.get().overrides.task)
+
+
+def shell_words(overrides) -> str:
+    """Overrides (minus ckpt_path) as a shell would need them typed: `callbacks=[default,ema]` quoted."""
+    return " ".join(shlex.quote(o) for o in overrides if not o.startswith("ckpt_path="))
 
 
 def ckpt_override(path: str) -> str:
@@ -146,7 +154,7 @@ def check_resumable(ckpt_path: str, model, callbacks: list) -> None:
     else:
         return
     overrides_file = Path(ckpt_path).expanduser().resolve().parent.parent / ".hydra" / "overrides.yaml"
-    original = " ".join(o for o in OmegaConf.load(overrides_file) if not o.startswith("ckpt_path=")) if overrides_file.exists() else "?"
+    original = shell_words(OmegaConf.load(overrides_file)) if overrides_file.exists() else "?"
     raise ResumeRefused(
         f"ckpt_path={ckpt_path} was trained with {trained_with}. To resume, repeat the original run's overrides: "
         f"python -m src.train {original} {ckpt_override(ckpt_path)}"

@@ -21,14 +21,17 @@ def digit_batch(count: int = 64) -> torch.Tensor:
     return ((torch.from_numpy(images).float() / 255 - 0.1307) / 0.3081).unsqueeze(1)
 
 
-def test_keeps_shape_dtype_device_and_batch_order():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device"))])
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 0.1)], ids=["float32", "bfloat16"])  # bf16 steps by 1/16 near 10
+def test_keeps_shape_dtype_device_and_batch_order(device, dtype, atol):
     # Each image is a flat field whose value is its label: the centre pixel always reads from the
     # interior under small affine/elastic moves, so it still names the label after augmentation.
-    labels = torch.arange(40) % 10
-    images = (1.0 + labels.float()).view(-1, 1, 1, 1).expand(-1, 1, 28, 28).contiguous()
+    labels = torch.arange(40, device=device) % 10
+    images = (1.0 + labels.to(dtype)).view(-1, 1, 1, 1).expand(-1, 1, 28, 28).contiguous()
     augmented = BatchAugment({"enabled": True, "elastic_alpha": 34.0}, BACKGROUND)(images)
     assert augmented.shape == images.shape and augmented.dtype == images.dtype and augmented.device == images.device
-    assert torch.allclose(augmented[:, 0, 14, 14], 1.0 + labels.float(), atol=1e-5)
+    assert torch.allclose(augmented[:, 0, 14, 14].float(), 1.0 + labels.float(), atol=atol)
     assert (augmented != images).flatten(1).any(1).all()  # the borders moved in every image
 
 

@@ -61,7 +61,7 @@ def test_callback_and_logger_options_build(tmp_path, group):
 def test_early_stopping_combines_with_the_default_callbacks(tmp_path):
     cfg = compose_config(["callbacks=[default,early_stopping]", f"paths.output_dir={tmp_path}"])
     names = {type(c).__name__ for c in instantiate_entries(cfg.callbacks, "callbacks")}
-    assert {"ModelCheckpoint", "LearningRateMonitor", "EarlyStopping"} <= names
+    assert {"RunFolderCheckpoint", "ResumableCheckpoint", "LearningRateMonitor", "EarlyStopping"} <= names
 
 
 @pytest.mark.parametrize("option", options("trainer"))

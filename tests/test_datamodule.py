@@ -91,6 +91,15 @@ def test_training_order_is_seeded_and_changes_every_epoch(synthetic_data_dir):
     assert torch.equal(all_batches(loader)[1], epoch0)  # a function of (seed, epoch): resumable
 
 
+def test_an_unseeded_run_draws_a_shuffle_seed_and_keeps_it_with_the_hyperparameters(synthetic_data_dir):
+    """seed=null (no seed_everything) must train, not crash; the drawn seed is saved, so a resume keeps its order."""
+    datamodule = make_datamodule(synthetic_data_dir, shuffle_seed=None)
+    seed = datamodule.hparams.shuffle_seed
+    assert isinstance(seed, int)
+    twin = make_datamodule(synthetic_data_dir, shuffle_seed=seed)
+    assert torch.equal(all_batches(datamodule.train_dataloader())[1], all_batches(twin.train_dataloader())[1])
+
+
 def test_a_restored_loader_continues_its_epoch_after_the_batches_already_trained_on(synthetic_data_dir):
     datamodule = make_datamodule(synthetic_data_dir, shuffle_seed=3)
     loader = datamodule.train_dataloader()
@@ -147,11 +156,23 @@ def test_drop_last_and_batch_count():
 
 @pytest.mark.parametrize(
     "kwargs, key",
-    [({"batch_size": 0}, "data.batch_size"), ({"val_size": 0}, "data.val_size"), ({"val_size": 400}, "data.val_size")],
+    [({"batch_size": 0}, "data.batch_size"), ({"val_size": 0}, "data.val_size"), ({"val_size": 400}, "data.val_size"),
+     ({"batch_size": 32.0}, "data.batch_size"), ({"eval_batch_size": True}, "data.eval_batch_size"),
+     ({"val_size": 80.5}, "data.val_size"), ({"std": True}, "data.std"), ({"split_seed": None}, "data.split_seed"),
+     ({"download": "no"}, "data.download")],
 )
 def test_bad_sizes_are_clear_errors(synthetic_data_dir, kwargs, key):
     with pytest.raises(UserInputError, match=key):
         make_datamodule(synthetic_data_dir, **kwargs)
+
+
+def test_a_validation_set_smaller_than_the_number_of_processes_is_a_clear_error(synthetic_data_dir):
+    from types import SimpleNamespace
+
+    datamodule = MNISTDataModule(str(synthetic_data_dir), download=False, val_size=1)
+    datamodule.trainer = SimpleNamespace(global_rank=0, world_size=2, max_epochs=1)  # as trainer=ddp_cpu gives each rank
+    with pytest.raises(UserInputError, match="data.val_size=1 is invalid with 2 processes: .* at least 2"):
+        datamodule.setup("fit")
 
 
 def attach_cpu_trainer(datamodule: MNISTDataModule) -> MNISTDataModule:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import os
 import shlex
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -11,7 +15,7 @@ import pytorch_lightning as pl
 import torch
 
 from src.callbacks.safety import StopRequested
-from src.errors import TrainingInterrupted
+from src.errors import RunInterrupted
 from src.eval import evaluate
 from src.models.loading import CheckpointError, load_classifier
 from src.train import train
@@ -94,6 +98,30 @@ class InterruptAtStep(pl.Callback):
             raise StopRequested("Ctrl-C")
 
 
+class SigtermDuringTest(pl.Callback):
+    """Sends this process a real SIGTERM after the first test batch, as SLURM's pre-emption would."""
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("entry_point", ["src.train", "src.eval"])
+def test_sigterm_during_the_test_pass_is_reported_not_taken_for_success(tmp_path, trained_run, synthetic_data_dir, entry_point):
+    """Lightning ends an interrupted test pass with a SystemExit that exits 0: a pre-empted job looked finished."""
+    run_dir = tmp_path / "run"
+    setup = (["model=mlp"] if entry_point == "src.train" else [f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"])
+    result = run_module(entry_point, *tiny_run_overrides(synthetic_data_dir, run_dir), *setup,
+                        f"hydra.run.dir={run_dir}", f"+callbacks.sigterm._target_={__name__}.SigtermDuringTest")
+    output = result.stdout + result.stderr
+    assert result.returncode == 143, output[-3000:]
+    assert "Testing stopped by SIGTERM: no test results were written." in output and "Traceback" not in output
+    assert not (run_dir / "metrics.json").exists()
+    if entry_point == "src.train":  # training had finished: its best checkpoint is named, to be tested on its own
+        (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
+        assert f"test this one with: python -m src.eval ckpt_path={best}" in output
+
+
 # With OneCycle, Lightning builds the train loader before restoring its loops (for the total step count),
 # and only the datamodule's state can restore it; without a scheduler, Lightning restores the loader too.
 @pytest.mark.parametrize("options", [[], ["model.scheduler.name=none"], ["callbacks=[default,ema]", "callbacks.ema.decay=0.9"]],
@@ -108,7 +136,7 @@ def test_resume_from_the_middle_of_an_epoch_is_exact(tmp_path, synthetic_data_di
     last = tmp_path / "first" / "checkpoints" / "last.ckpt"
     for resume, step in ((None, 13), (last, 16)):  # 10 batches of 32 per epoch: steps 13 and 16 are in epoch 1
         stop = [f"+callbacks.stop._target_={__name__}.InterruptAtStep", f"+callbacks.stop.step={step}"]
-        with pytest.raises(TrainingInterrupted):
+        with pytest.raises(RunInterrupted):
             train(compose_config([*run, *stop, *([f"ckpt_path={resume}"] if resume else [])]))
         stopped = torch.load(last, weights_only=True)
         assert (stopped["epoch"], stopped["global_step"]) == (1, step)
@@ -121,6 +149,9 @@ def test_resume_from_the_middle_of_an_epoch_is_exact(tmp_path, synthetic_data_di
     for state in ("state_dict", "current_model_state") if "current_model_state" in weights[0] else ("state_dict",):
         for name, tensor in weights[0][state].items():
             assert torch.equal(tensor, weights[1][state][name]), (state, name)
+    # The learning curves too: epoch 1's training loss and accuracy cover all its batches, not those after a resume.
+    curves = [[state["history"] for name, state in w["callbacks"].items() if "DiagnosticFigures" in name][0] for w in weights]
+    assert curves[0] == curves[1] and len(curves[0]) == 2
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path, trained_run):
@@ -138,6 +169,18 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, trained_run):
     text.write_text("hello")
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_classifier(text)
+
+    # Written by another version of this project: a model module, class or setting this one lacks.
+    ours = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    for model_class, hyper_parameters, message in (
+        ("src.models.resnet.ResNet", ours["hyper_parameters"], "which does not exist in this version"),
+        ("src.models.mlp.ResNet", ours["hyper_parameters"], "which does not exist in this version"),
+        (ours["model_class"], {**ours["hyper_parameters"], "width_mult": 2}, "settings do not fit this version"),
+    ):
+        other = tmp_path / "other_version.ckpt"
+        torch.save({**ours, "model_class": model_class, "hyper_parameters": hyper_parameters}, other)
+        with pytest.raises(CheckpointError, match=message):
+            load_classifier(other)
 
 
 @pytest.mark.parametrize("entry_point", ["src.eval", "src.train"])
@@ -176,6 +219,13 @@ def test_the_printed_resume_override_reads_back_as_the_path(path):
     assert override.key_or_group == "ckpt_path" and override.value() == path
 
 
+def test_printed_overrides_reach_hydra_as_typed():
+    from src.train import shell_words
+
+    overrides = ["callbacks=[default,ema]", "model.channels=[8,16]", "data.data_dir=/tmp/my data", "ckpt_path=x.ckpt", "seed=1"]
+    assert shlex.split(shell_words(overrides)) == [o for o in overrides if not o.startswith("ckpt_path=")]
+
+
 def test_resuming_continues_in_the_checkpoints_run_dir(trained_run):
     from src import resume_run_dir
 
@@ -208,7 +258,7 @@ def test_resuming_averaged_weights_without_averaging_is_refused(tmp_path, traine
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- model=mlp\n- callbacks=[default,ema]\n")
     cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "run"), "model=mlp", f"ckpt_path={averaged}"])
-    with pytest.raises(UserInputError, match=r"weight averaging \(callbacks.ema\).*python -m src.train model=mlp callbacks=\[default,ema\]"):
+    with pytest.raises(UserInputError, match=r"weight averaging \(callbacks.ema\).*python -m src.train model=mlp 'callbacks=\[default,ema\]'"):
         train(cfg)
 
 
@@ -242,3 +292,48 @@ def test_a_refused_resume_from_the_command_line_leaves_the_run_folder_as_it_was(
     refused = run_module("src.train", *settings, "model=mlp", "trainer.max_epochs=2", f"ckpt_path={last}")
     assert refused.returncode == 1 and "learning-rate schedule of 10 steps" in refused.stdout + refused.stderr
     assert unchanged_but_for_the_attempts_record()
+
+
+def test_a_resume_in_the_same_folder_keeps_the_first_runs_csv_log(tmp_path, synthetic_data_dir):
+    """Lightning's CSV logger deletes an existing metrics.csv; the resume writes its rows beside it instead."""
+    run_dir = tmp_path / "run"
+    settings = [f"data.data_dir={synthetic_data_dir}", "data.download=false", "data.batch_size=32", "data.val_size=80",
+                "trainer=cpu", "model=mlp", "model.scheduler.name=none", "logger=[tensorboard,csv]",
+                "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false"]
+    first = run_module("src.train", *settings, "trainer.max_epochs=1", f"hydra.run.dir={run_dir}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    first_log = (run_dir / "csv" / "metrics.csv").read_text()
+    assert "val/acc" in first_log
+    resumed = run_module("src.train", *settings, "trainer.max_epochs=2", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert (run_dir / "csv" / "metrics.csv").read_text() == first_log
+    (resumed_log,) = (run_dir / "csv").glob("resumed-*/metrics.csv")
+    epochs = {row["epoch"] for row in csv.DictReader(resumed_log.open()) if row.get("val/acc")}
+    assert epochs == {"1"}
+
+
+def test_resuming_a_finished_run_in_a_moved_folder_tests_its_own_best_checkpoint(tmp_path, synthetic_data_dir):
+    """A resubmitted job that had finished: nothing left to train, and the run folder has moved since (Lightning
+    keeps the best checkpoint's old path). The best validation accuracy and the test are those of this folder."""
+    common = ["model=mlp", "model.scheduler.name=none"]
+    first = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *common]))
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    again = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), *common, f"ckpt_path={last}"]))
+    assert again["val/acc_best"] == first["val/acc_best"]
+    assert again["best_model_path"] == again["tested_checkpoint"] == str(tmp_path / "b" / "checkpoints" / "epoch000.ckpt")
+    assert again["test/acc"] == first["test/acc"]
+
+
+def test_a_moved_run_folder_keeps_its_best_score_so_a_worse_epoch_cannot_become_the_best(tmp_path):
+    from src.callbacks.checkpoint import RunFolderCheckpoint
+
+    old, new = tmp_path / "a" / "checkpoints", tmp_path / "b" / "checkpoints"
+    new.mkdir(parents=True)
+    (new / "epoch003.ckpt").write_bytes(b"moved")
+    callback = RunFolderCheckpoint(dirpath=str(new), monitor="val/acc", mode="max")
+    callback.load_state_dict({"dirpath": str(old), "best_model_path": str(old / "epoch003.ckpt"), "best_model_score": torch.tensor(0.99),
+                              "best_k_models": {str(old / "epoch003.ckpt"): torch.tensor(0.99)}, "kth_best_model_path": str(old / "epoch003.ckpt"),
+                              "kth_value": torch.tensor(0.99), "last_model_path": ""})
+    assert callback.best_model_path == str(new / "epoch003.ckpt") and float(callback.best_model_score) == pytest.approx(0.99)
+    assert list(callback.best_k_models) == [str(new / "epoch003.ckpt")]

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from src.errors import UserInputError
-from src.models.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
+from src.models.optim import build_optimizer, build_scheduler
+from src.models.optim_config import OPTIMIZERS, SCHEDULERS, check_optimizer_config, check_scheduler_config
 
 
 def params():
@@ -70,3 +71,41 @@ def test_biases_and_batch_norm_can_be_exempt_from_weight_decay(name):
     assert everything["weight_decay"] == 0.05 and len(everything["params"]) == len(list(net.parameters()))
     with pytest.raises(UserInputError, match="decay_norm_and_bias='no' is invalid"):
         build_optimizer(net.parameters(), {**config, "decay_norm_and_bias": "no"})
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"name": "adam", "lr": 1e-3, "weight_decy": 0.1}, "model.optimizer.weight_decy is not a setting of model.optimizer"),
+    ({"name": "adam", "lr": 1e-3, "weight_decay": -1}, "model.optimizer.weight_decay=-1 is invalid: it must be a number >= 0"),
+    ({"name": "adam", "lr": 1e-3, "betas": [0.9]}, "model.optimizer.betas=[0.9] is invalid"),
+    ({"name": "sgd", "lr": 0.1, "momentum": 0}, "set model.optimizer.nesterov=false"),
+    ({"name": "sgd", "lr": 0.1, "nesterov": "yes"}, "model.optimizer.nesterov='yes' is invalid: it must be true or false"),
+])
+def test_bad_optimizer_settings_are_clear_errors(config, message):
+    with pytest.raises(UserInputError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        check_optimizer_config(config)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"name": "onecycle", "pct_start": 1.5}, "model.scheduler.pct_start=1.5 is invalid: it must be a number in \\(0, 1\\)"),
+    ({"name": "cosine", "warmup_steps": -5}, "model.scheduler.warmup_steps=-5 is invalid: it must be a whole number >= 0"),
+    ({"name": "cosine", "min_lr": -0.1}, "model.scheduler.min_lr=-0.1 is invalid"),
+    ({"name": "onecycle", "pct_strat": 0.3}, "model.scheduler.pct_strat is not a setting of model.scheduler"),
+])
+def test_bad_scheduler_settings_are_clear_errors(config, message):
+    with pytest.raises(UserInputError, match=message):
+        check_scheduler_config(config)
+
+
+def test_a_setting_of_another_choice_is_accepted_so_one_config_can_sweep_over_names():
+    """cnn_sgd keeps model=cnn's OneCycle pct_start under its cosine scheduler; adam ignores SGD's momentum."""
+    check_scheduler_config({"name": "cosine", "pct_start": 0.25, "warmup_steps": 200})
+    optimizer = build_optimizer(params(), {"name": "adam", "lr": 1e-3, "momentum": 0.9, "nesterov": True})
+    assert isinstance(optimizer, torch.optim.Adam)
+
+
+def test_a_onecycle_warm_up_of_under_two_steps_is_a_clear_error():
+    """torch's OneCycleLR divides by (warm-up steps - 1): 4 steps at pct_start=0.25 was a ZeroDivisionError."""
+    optimizer = build_optimizer(params(), {"name": "adam", "lr": 0.01})
+    with pytest.raises(UserInputError, match="onecycle needs at least 8 training steps with pct_start=0.25; this run has 4"):
+        build_scheduler(optimizer, {"name": "onecycle", "pct_start": 0.25}, total_steps=4)
+    assert build_scheduler(optimizer, {"name": "onecycle", "pct_start": 0.25}, total_steps=8) is not None

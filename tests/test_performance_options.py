@@ -75,6 +75,13 @@ def test_bench_quick_runs_prints_the_table_and_leaves_no_files(tmp_path, monkeyp
     assert not list(tmp_path.glob("mnist-bench-*"))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the benchmark would run")
+def test_the_benchmark_on_cuda_without_a_gpu_is_one_clear_message():
+    result = run_module("src.bench", "--device", "cuda", "--quick", timeout=120)
+    assert result.returncode == 2 and "--device cuda: this machine has no CUDA device" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script would run its 8 minutes")
 def test_gpu_figures_script_stops_with_one_clear_message_without_a_gpu(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # this venv's python

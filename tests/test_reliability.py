@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from src import PROJECT_ROOT
@@ -57,7 +58,13 @@ CONFIG_CASES = {
     "batch size zero": (["data.batch_size=0"], "data.batch_size=0 is invalid"),
     "val size negative": (["data.val_size=-5"], "data.val_size=-5 is invalid"),
     "val size >= train size": (["data.val_size=400"], "data.val_size=400 is invalid: the train file has only 400 images"),
+    "batch size not whole": (["data.batch_size=32.0"], "data.batch_size=32.0 is invalid: it must be a positive integer"),
+    "val size true": (["data.val_size=true"], "data.val_size=True is invalid: it must be an integer >= 1"),
+    "seed text": (["seed=abc"], "seed=abc is invalid: it must be an integer, or null"),
+    "optimizer setting typo": (["+model.optimizer.weight_decy=0.1"], "model.optimizer.weight_decy is not a setting of model.optimizer"),
+    "warm-up share": (["model.scheduler.pct_start=1.5"], "model.scheduler.pct_start=1.5 is invalid: it must be a number in (0, 1)"),
     "max_epochs zero": (["trainer.max_epochs=0"], "trainer.max_epochs=0 is invalid: it must be an integer >= 1"),
+    "dropout 1.5": (["model.dropout=1.5"], "model.dropout=1.5 is invalid: it must be a number in [0, 1)"),
     "label smoothing 1": (["model.label_smoothing=1.0"], "model.label_smoothing=1.0 is invalid: it must be a number in [0, 1)"),
     "ema decay 1": (["callbacks=[default,ema]", "callbacks.ema.decay=1"], "callbacks.ema.decay=1 is invalid: it must be a number in (0, 1)"),
     "diverging lr": (
@@ -274,3 +281,43 @@ def test_divergence_guard_reads_each_loss_one_step_later_and_before_any_save():
     guard.on_save_checkpoint(trainer, module, {})  # reported once; nothing pending now
     step(1.0)
     guard.on_train_end(trainer, module)  # a finite pending loss passes
+
+
+def test_training_gives_ctrl_c_back_to_the_program_afterwards(tmp_path, synthetic_data_dir):
+    """The graceful-stop handler is for the fit only: afterwards (testing, a notebook) Ctrl-C works as before."""
+    before = signal.getsignal(signal.SIGINT)
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "test=false"]))
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+class CtrlCOnADivergingStep(pl.Callback):
+    """At training step `step` the weights turn NaN (so that step's loss is NaN) and Ctrl-C arrives meanwhile."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        from src.callbacks.safety import GracefulStop
+
+        if trainer.global_step == self.step:
+            with torch.no_grad():
+                next(pl_module.parameters()).fill_(float("nan"))
+            (stop,) = [cb for cb in trainer.callbacks if isinstance(cb, GracefulStop)]
+            stop._request_stop(signal.SIGINT, None)
+
+
+def test_ctrl_c_on_a_diverging_step_keeps_the_last_good_checkpoint(tmp_path, synthetic_data_dir):
+    """The Ctrl-C save must not store the NaN weights over last.ckpt: the run stops as diverged instead."""
+    from src.errors import TrainingDiverged
+
+    overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "model.scheduler.name=none",
+                 "trainer.max_epochs=2", f"+callbacks.nan._target_={__name__}.CtrlCOnADivergingStep", "+callbacks.nan.step=13"]
+    previous_handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(TrainingDiverged, match="Training diverged at epoch 1, step 14"):
+            train(compose_config(overrides))
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)  # the callback stood in for a real Ctrl-C
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 10  # saved after epoch 0, not at the broken step
+    assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())

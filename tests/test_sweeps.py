@@ -13,7 +13,7 @@ from hydra import compose, initialize_config_dir
 
 from src import CONFIG_DIR, job_dirname
 from src.utils.hparams import HPARAM_METRICS, run_hparams
-from src.utils.sweep_summary import markdown_table
+from src.utils.sweep_summary import markdown_table, write_summary
 from tests.conftest import compose_config, run_module
 
 
@@ -96,6 +96,19 @@ def test_a_sweep_where_every_job_fails_exits_non_zero(tmp_path, synthetic_data_d
     assert "Every job of the sweep failed" in result.stdout + result.stderr
 
 
+def test_an_interrupted_job_stops_the_sweep_and_is_recorded(tmp_path, synthetic_data_dir):
+    """Ctrl-C (or SLURM's SIGTERM) is meant for the whole process: the next job must not start."""
+    sweep_dir = tmp_path / "sweep"
+    result = multirun(sweep_dir, synthetic_data_dir, "model=mlp", "seed=1,2",
+                      "+callbacks.stop._target_=tests.test_eval_resume.InterruptAtStep", "+callbacks.stop.step=3")
+    output = result.stdout + result.stderr
+    assert result.returncode == 130, output[-3000:]
+    assert "Training stopped by Ctrl-C at epoch 0, step 3" in output and "Traceback" not in output
+    (job_dir,) = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]
+    assert job_dir.name.startswith("0_") and (job_dir / "checkpoints" / "last.ckpt").is_file()
+    assert json.loads((job_dir / "metrics.json").read_text())["status"] == "interrupted"
+
+
 def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synthetic_data_dir):
     sweep_dir = tmp_path / "sweep"
     result = multirun(sweep_dir, synthetic_data_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp", "seed=1,2")
@@ -119,6 +132,16 @@ def test_summary_table_shows_accuracies_to_four_places_and_seconds_to_two():
     row = {"job": "0_model=mlp", "varied": "model=mlp", "status": "ok", "val/acc_best": 0.965, "test/acc": 0.96981,
            "wall_seconds": 13.7, "error": None, "overrides": "model=mlp"}
     assert markdown_table([row]).splitlines()[-1] == "| 0_model=mlp | model=mlp | ok | 0.9650 | 0.9698 | 13.70 |  |"
+
+
+def test_one_damaged_metrics_file_does_not_cost_the_summary_of_the_others(tmp_path):
+    for job, metrics_text in (("0_seed=1", '{"status": "ok", "val/acc_best": 0.98}'), ("1_seed=2", '{"status": "o')):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job[-1]}\n")
+        (tmp_path / job / "metrics.json").write_text(metrics_text)
+    rows = write_summary(tmp_path)
+    assert [(row["status"], row["val/acc_best"]) for row in rows] == [("ok", 0.98), ("unreadable metrics.json", None)]
+    assert "JSONDecodeError" in rows[1]["error"] and (tmp_path / "summary.md").exists()
 
 
 def test_sweep_and_launcher_configs_compose():

@@ -184,6 +184,52 @@ def test_ema_weights_are_the_ones_saved_and_tested(tmp_path, synthetic_data_dir)
     assert tested["test/acc"] == pytest.approx(trained["test/acc"])
 
 
+def test_validating_every_other_epoch_still_saves_last_every_epoch_and_keeps_curves_honest(tmp_path, synthetic_data_dir):
+    overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "trainer.max_epochs=3",
+                 "trainer.check_val_every_n_epoch=2"]
+    train(compose_config(overrides))
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 30  # the third epoch's end, though it ran no validation
+    (history,) = [state["history"] for name, state in last["callbacks"].items() if "DiagnosticFigures" in name]
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    assert ["val/acc" in row for row in history] == [False, True, False]  # not epoch 1's value repeated
+
+
+class SigtermInSecondValidation(pl.Callback):
+    """Lightning's SIGTERM handling during epoch 1's validation, while the averaged weights are in the module;
+    remembers both sets of weights at that moment."""
+
+    last: SigtermInSecondValidation | None = None  # the instance the run built, for the test to read
+
+    def __init__(self) -> None:
+        SigtermInSecondValidation.last = self
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if trainer.current_epoch == 1 and not trainer.sanity_checking:
+            (ema,) = [cb for cb in trainer.callbacks if type(cb).__name__ == "WeightEMA"]
+            self.averaged = {k: v.clone() for k, v in pl_module.state_dict().items()}
+            self.raw = {k: v.clone() for k, v in ema._average_model.module.state_dict().items()}
+            raise SIGTERMException()
+
+
+def test_an_interruption_during_ema_validation_saves_raw_and_averaged_weights_in_their_places(tmp_path, synthetic_data_dir):
+    from src.errors import RunInterrupted
+
+    ema = ["model=mlp", "callbacks=[default,ema]", "callbacks.ema.decay=0.9", "trainer.max_epochs=3",
+           f"+callbacks.stop._target_={__name__}.SigtermInSecondValidation"]
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), *ema])
+    with pytest.raises(RunInterrupted, match="Training stopped by SIGTERM at epoch 1"):
+        train(cfg)
+    stop = SigtermInSecondValidation.last
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert any(not torch.equal(stop.averaged[k], stop.raw[k]) for k in stop.raw if k.startswith("net."))
+    for key in (k for k in stop.raw if k.startswith("net.")):  # the network's weights, batch-norm statistics too
+        assert torch.equal(checkpoint["state_dict"][key], stop.averaged[key]), key
+        assert torch.equal(checkpoint["current_model_state"][key], stop.raw[key]), key
+
+
 def test_ema_decay_warms_up_so_the_average_follows_early_training():
     update = ema_with_warmup(0.999)
     average, current = torch.zeros(3), torch.ones(3)

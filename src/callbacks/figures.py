@@ -31,6 +31,7 @@ class DiagnosticFigures(pl.Callback):
         self.history: list[dict[str, float]] = []
         self._val_samples: tuple[torch.Tensor, ...] | None = None
         self._mistakes: tuple[torch.Tensor, ...] | None = None  # images, labels, predictions, losses
+        self._validated_epoch: int | None = None  # val/* in callback_metrics are this epoch's, not older ones
 
     def _val_figures_due(self, trainer: pl.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
@@ -43,6 +44,8 @@ class DiagnosticFigures(pl.Callback):
             self._val_samples = (images[:n].cpu(), labels[:n].cpu(), outputs[:n].argmax(1).cpu())
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._validated_epoch = trainer.current_epoch
         if not self._val_figures_due(trainer) or not trainer.is_global_zero:
             return
         step = trainer.global_step
@@ -57,8 +60,10 @@ class DiagnosticFigures(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         metrics = trainer.callback_metrics  # here both this epoch's train and val metrics are final
+        # With trainer.check_val_every_n_epoch > 1 an epoch without validation still holds the last val/* values.
+        keys = ("train/loss", "train/acc") + (("val/loss", "val/acc") if self._validated_epoch == trainer.current_epoch else ())
         row = {"epoch": trainer.current_epoch}
-        row.update({k: float(metrics[k]) for k in ("train/loss", "train/acc", "val/loss", "val/acc") if k in metrics})
+        row.update({k: float(metrics[k]) for k in keys if k in metrics})
         self.history.append(row)
 
     def state_dict(self) -> dict:

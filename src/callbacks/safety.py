@@ -9,9 +9,9 @@ import threading
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from src.callbacks.checkpoint import RunFolderCheckpoint
 from src.errors import TrainingDiverged
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ class StopRequested(Exception):
 INTERRUPTIONS = (SIGTERMException, StopRequested)
 
 
-class ResumableCheckpoint(ModelCheckpoint):
+class ResumableCheckpoint(RunFolderCheckpoint):
     """A ModelCheckpoint that also saves when training is interrupted, and only then: after any other
     exception (say a NaN loss) the weights may be broken and the previous checkpoint must stay."""
 
@@ -52,13 +52,20 @@ class GracefulStop(pl.Callback):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._requested:
+        if self._requested and _loss_is_finite(outputs):
             raise StopRequested("Ctrl-C")
+        # After a NaN/inf loss the weights are broken: saving them would replace a good last.ckpt. The
+        # DivergenceGuard stops at its next check instead, before anything is saved.
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
+
+
+def _loss_is_finite(outputs) -> bool:
+    loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+    return loss is None or bool(torch.isfinite(loss).all())
 
 
 class DivergenceGuard(pl.Callback):
@@ -107,5 +114,5 @@ class DivergenceGuard(pl.Callback):
             raise TrainingDiverged(
                 f"Training diverged at epoch {epoch}, step {step}: the loss is {loss.item()} (learning rate "
                 f"{lr:.3g} at that step). Lower the learning rate, e.g. model.optimizer.lr={configured / 3:.2g} "
-                f"(now {configured:.3g}). The last good checkpoint was kept."
+                f"(now {configured:.3g}). Nothing was saved after that step: last.ckpt, if any, holds the last good state."
             )

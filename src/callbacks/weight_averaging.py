@@ -37,7 +37,9 @@ class WeightEMA(WeightAveraging):
     - the average lives on the training device: Lightning builds it in `setup`, before the model is moved to
       the GPU, which would copy every weight to the host after every step;
     - `trainer.test(ckpt_path=...)` after `fit` tests the averaged weights the checkpoint holds: Lightning's
-      hook would reload the raw weights saved next to them, as it does to resume training.
+      hook would reload the raw weights saved next to them, as it does to resume training;
+    - an interruption during validation, while the averaged weights are in the module, swaps them back before
+      last.ckpt is saved (checkpoint callbacks run last): it would otherwise store the two the wrong way round.
     """
 
     def __init__(self, decay: float = 0.999) -> None:
@@ -47,6 +49,20 @@ class WeightEMA(WeightAveraging):
                 "(an average over about 1/(1-decay) = 1000 steps)."
             )
         super().__init__(avg_fn=ema_with_warmup(decay))
+        self._average_in_module = False
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_epoch_start(trainer, pl_module)
+        self._average_in_module = self._average_model is not None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        super().on_validation_epoch_end(trainer, pl_module)
+        self._average_in_module = False
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._average_in_module:
+            self._swap_models(pl_module)
+            self._average_in_module = False
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._average_model is not None:

@@ -6,6 +6,7 @@ copy per step. Training batches can be augmented on their device (`augment`, see
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -35,14 +36,26 @@ class MNISTDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
-            if value < 1:
+            if not _is_whole(value) or value < 1:
                 raise UserInputError(f"{key}={value} is invalid: it must be a positive integer.")
-        if val_size < 1:
+        if not _is_whole(val_size) or val_size < 1:
             raise UserInputError(
-                f"data.val_size={val_size} is invalid: it must be >= 1 (validation picks the best checkpoint)."
+                f"data.val_size={val_size} is invalid: it must be an integer >= 1 (validation picks the best checkpoint)."
             )
+        if not _is_whole(split_seed):
+            raise UserInputError(f"data.split_seed={split_seed} is invalid: it must be an integer (fixed, so runs share a validation set).")
+        if shuffle_seed is None:  # seed=null, an unseeded run: draw one; it is saved with the hyperparameters
+            shuffle_seed = secrets.randbits(31)
+        elif not _is_whole(shuffle_seed):
+            raise UserInputError(f"data.shuffle_seed={shuffle_seed} is invalid: it must be an integer (it follows `seed`) or null.")
+        for key, value in (("data.mean", mean), ("data.std", std)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise UserInputError(f"{key}={value} is invalid: it must be a number.")
         if std <= 0:
             raise UserInputError(f"data.std={std} is invalid: it must be > 0.")
+        for key, value in (("data.download", download), ("data.drop_last", drop_last)):
+            if not isinstance(value, bool):
+                raise UserInputError(f"{key}={value} is invalid: it must be true or false.")
         check_device_setting(device)
         # Rebinding the argument before save_hyperparameters stores the validated plain dict, defaults filled in.
         augment = augment_settings(augment)
@@ -124,6 +137,12 @@ class MNISTDataModule(pl.LightningDataModule):
                 f"data.val_size={val_size} is invalid: the train file has only {len(images)} images "
                 "and training needs some of them. Use a smaller data.val_size."
             )
+        world_size = self._rank_and_world()[1]
+        if val_size < world_size:
+            raise UserInputError(
+                f"data.val_size={val_size} is invalid with {world_size} processes: each validates its own share, "
+                f"so it must be at least {world_size}."
+            )
         # A fixed split seed keeps the validation set identical across runs with different `seed`s,
         # so a sweep compares models on the same images.
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.hparams.split_seed))
@@ -173,6 +192,10 @@ class MNISTDataModule(pl.LightningDataModule):
 
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
+
+
+def _is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_device_setting(device: str) -> None:

@@ -40,8 +40,11 @@ class DigitClassifier(pl.LightningModule):
         for split in ("train", "val", "test"):
             setattr(self, f"{split}_loss", MeanMetric(nan_strategy="disable"))
             setattr(self, f"{split}_acc", MulticlassAccuracy(num_classes=NUM_CLASSES, average="micro", validate_args=False))
+        # Stored in the state dict, so they survive a resume: the best validation accuracy, and the training
+        # loss and accuracy of an epoch interrupted halfway (end-of-epoch checkpoints hold them already reset).
         self.val_acc_best = MaxMetric()
-        self.val_acc_best.persistent(True)  # stored in the state dict, so it survives a resume
+        for metric in (self.val_acc_best, self.train_loss, self.train_acc):
+            metric.persistent(True)
         self.val_confusion = MulticlassConfusionMatrix(num_classes=NUM_CLASSES, validate_args=False)
         self.test_confusion = MulticlassConfusionMatrix(num_classes=NUM_CLASSES, validate_args=False)
         # The latest computed confusion matrix per split (rows: true digit), for figure callbacks.
@@ -130,6 +133,11 @@ class DigitClassifier(pl.LightningModule):
             self.val_acc_best(self.val_acc.compute())
             self.log("val/acc_best", self.val_acc_best.compute(), prog_bar=True, sync_dist=True)
         self._log_epoch_metrics("val")
+
+    def best_val_acc(self) -> float | None:
+        """The best validation accuracy so far, also when this fit had no epoch left to run (a finished run resumed)."""
+        best = float(self.val_acc_best.max_value)  # -inf before any validation
+        return best if math.isfinite(best) else None
 
     def on_test_epoch_end(self) -> None:
         self._log_epoch_metrics("test")

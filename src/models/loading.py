@@ -39,7 +39,13 @@ def model_class(class_path: str) -> type[DigitClassifier]:
     module_name, _, class_name = class_path.rpartition(".")
     if not module_name.startswith("src.models."):
         raise CheckpointError(f"checkpoint names model class {class_path!r}, which is not one of src.models.")
-    cls = getattr(importlib.import_module(module_name), class_name, None)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name != module_name:  # the module exists but something it imports does not: a real error
+            raise
+        module = None
+    cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, DigitClassifier)):
         raise CheckpointError(f"checkpoint names model class {class_path!r}, which does not exist in this version.")
     return cls
@@ -47,7 +53,14 @@ def model_class(class_path: str) -> type[DigitClassifier]:
 
 def classifier_like(checkpoint: dict) -> DigitClassifier:
     """A new classifier of the checkpoint's class and hyperparameters; its weights are not loaded."""
-    return model_class(checkpoint["model_class"])(**checkpoint["hyper_parameters"])
+    cls = model_class(checkpoint["model_class"])
+    try:
+        return cls(**checkpoint["hyper_parameters"])
+    except TypeError as err:  # a setting this version's class does not take
+        raise CheckpointError(
+            f"checkpoint's {checkpoint['model_class']} settings do not fit this version of it ({err}). "
+            "Use the version of this project that wrote the checkpoint."
+        ) from err
 
 
 def load_classifier(path: str | Path) -> tuple[DigitClassifier, dict]:

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
 
 from src.errors import UserInputError
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "onecycle", "cosine")
-
-
-def check_optimizer_config(config: dict) -> None:
-    lr = config.get("lr")
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not lr > 0:
-        raise UserInputError(f"model.optimizer.lr={lr} is invalid: it must be a number > 0 (e.g. 1e-3).")
-    name = str(config.get("name", "adam")).lower()
-    if name not in OPTIMIZERS:
-        raise UserInputError(f"model.optimizer.name={name} is unknown: choose one of {', '.join(OPTIMIZERS)}.")
-    if not isinstance(config.get("decay_norm_and_bias", True), bool):
-        raise UserInputError(
-            f"model.optimizer.decay_norm_and_bias={config['decay_norm_and_bias']!r} is invalid: it must be true or false."
-        )
-
-
-def check_scheduler_config(config: dict | None) -> None:
-    name = str((config or {}).get("name", "none")).lower()
-    if name not in SCHEDULERS:
-        raise UserInputError(f"model.scheduler.name={name} is unknown: choose one of {', '.join(SCHEDULERS)}.")
+from src.models.optim_config import check_optimizer_config, check_scheduler_config
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], config: dict) -> torch.optim.Optimizer:
@@ -70,11 +50,17 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total
         raise UserInputError(f"model.scheduler.name={name} needs at least one training step.")
     base_lr = optimizer.param_groups[0]["lr"]
     if name == "onecycle":
+        pct_start = config.get("pct_start", 0.25)
+        if pct_start * total_steps < 2:  # torch divides by (warm-up steps - 1)
+            raise UserInputError(
+                f"model.scheduler.name=onecycle needs at least {math.ceil(2 / pct_start)} training steps with "
+                f"pct_start={pct_start}; this run has {total_steps}. Train longer, or set model.scheduler.name=none."
+            )
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,
             max_lr=base_lr,
             total_steps=total_steps,
-            pct_start=config.get("pct_start", 0.25),
+            pct_start=pct_start,
             div_factor=config.get("div_factor", 25.0),
             final_div_factor=config.get("final_div_factor", 1e4),
         )

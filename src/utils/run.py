@@ -3,7 +3,6 @@ the trainer, write metrics.json and a summary, and turn failures into one clear 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -14,7 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from src.errors import ReportedError, ResumeRefused
+from src.errors import ReportedError, ResumeRefused, RunInterrupted
+from src.utils.json_files import write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def finish_run(metrics: dict, output_dir: Path, loggers: list) -> None:
 
     if not is_rank_zero():
         return
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_json_atomically(output_dir / "metrics.json", metrics)
     lines = ["", "=" * 60]
     if "test/acc" in metrics:
         lines.append(f"test accuracy : {metrics['test/acc']:.2%}  (official 10k MNIST test set)")
@@ -85,7 +85,8 @@ def finish_run(metrics: dict, output_dir: Path, loggers: list) -> None:
 def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -> Any | None:
     """Run `work(cfg)`. A ReportedError becomes one logged line and its exit code (the traceback only with
     HYDRA_FULL_ERROR=1). In a sweep, any other failure is recorded in the job's metrics.json and the sweep goes
-    on (one diverging lr must not cost the rest); a refused resume stops it, with the job's folder untouched."""
+    on (one diverging lr must not cost the rest); a refused resume stops it, with the job's folder untouched, and
+    so does an interruption (SIGTERM, Ctrl-C), after recording the job as interrupted."""
     from src.utils.jobs import in_multirun
 
     started = time.perf_counter()
@@ -93,19 +94,30 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         return work(cfg)
     except Exception as err:
         reported = isinstance(err, ReportedError)
-        if not in_multirun() or isinstance(err, ResumeRefused):
-            if reported and os.environ.get("HYDRA_FULL_ERROR") != "1":
-                log.error("%s", err)
-                sys.exit(err.exit_code)
-            raise
-        if reported:
-            log.error("This job failed: %s", err)
-        else:
-            log.exception("This job failed")
-        message = str(err).splitlines()[0] if str(err) else ""
-        failure = {"status": err.status if reported else "failed", "error": f"{type(err).__name__}: {message}",
-                   "wall_seconds": round(time.perf_counter() - started, 2)}
-        output_dir = Path(cfg.paths.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "metrics.json").write_text(json.dumps(failure, indent=2) + "\n")
-        return None
+        if in_multirun() and not isinstance(err, ResumeRefused):
+            message = str(err).splitlines()[0] if str(err) else ""
+            failure = {"status": err.status if reported else "failed", "error": f"{type(err).__name__}: {message}",
+                       "wall_seconds": round(time.perf_counter() - started, 2)}
+            write_json_atomically(Path(cfg.paths.output_dir) / "metrics.json", failure)
+            if not isinstance(err, RunInterrupted):
+                if reported:
+                    log.error("This job failed: %s", err)
+                else:
+                    log.exception("This job failed")
+                return None
+        if reported and os.environ.get("HYDRA_FULL_ERROR") != "1":
+            log.error("%s", err)
+            sys.exit(err.exit_code)
+        raise
+
+
+def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None, advice: str) -> dict:
+    """trainer.test's results. After SIGTERM Lightning ends the test pass with a SystemExit that would exit 0 as if
+    all went well; here it becomes one message, with `advice` on what to run next, and exit code 143."""
+    from src.callbacks.safety import INTERRUPTIONS
+
+    try:
+        (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except INTERRUPTIONS as stop:
+        raise RunInterrupted(f"Testing stopped by SIGTERM: no test results were written. {advice}", exit_code=143) from stop
+    return results

@@ -1,8 +1,9 @@
 """At the end of a multirun: one table of every job (overrides, metrics, wall time, status) as CSV and
 Markdown, a comparison plot, all written into the sweep dir and printed.
 
-A failed job does not stop the sweep (src/train.py records it and carries on); the multirun exits
-non-zero only when every job failed, so a sweep with a few diverging settings still counts as a result.
+A failed job does not stop the sweep (src/utils/run.py records it and carries on; only a refused resume or an
+interruption stops it); the multirun exits non-zero only when every job failed, so a sweep with a few diverging
+settings still counts as a result.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
     rows = []
     for overrides_file in sweep_dir.glob("*/.hydra/overrides.yaml"):
         job_dir = overrides_file.parent.parent
-        metrics_file = job_dir / "metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+        metrics = read_metrics(job_dir / "metrics.json")
         rows.append(
             {
                 "job": job_dir.name,
@@ -41,6 +41,18 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
     rows.sort(key=lambda row: (int(row["job"].split("_", 1)[0]) if row["job"].split("_", 1)[0].isdigit() else 0, row["job"]))
     _mark_varied(rows)
     return rows
+
+
+def read_metrics(path: Path) -> dict:
+    """The job's metrics.json; {} if it never got that far; a row saying so if the file cannot be read (one
+    damaged file must not cost the summary of every other job)."""
+    if not path.exists():
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        return {"status": "unreadable metrics.json", "error": f"{type(err).__name__}: {err}"}
+    return metrics if isinstance(metrics, dict) else {"status": "unreadable metrics.json", "error": "not a JSON object"}
 
 
 def _mark_varied(rows: list[dict]) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserInputError
-from src.models.optim import check_optimizer_config, check_scheduler_config
+from src.models.optim_config import check_optimizer_config, check_scheduler_config
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -20,6 +20,12 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise UserInputError(
             f"model.label_smoothing={smoothing} is invalid: it must be a number in [0, 1) (0 turns it off; 0.1 is usual)."
         )
+    seed = cfg.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise UserInputError(f"seed={seed} is invalid: it must be an integer, or null for an unseeded run.")
+    dropout = model.get("dropout", 0.0)
+    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        raise UserInputError(f"model.dropout={dropout} is invalid: it must be a number in [0, 1) (0 turns it off).")
     max_epochs = cfg.trainer.get("max_epochs")
     if not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or max_epochs < 1:
         raise UserInputError(f"trainer.max_epochs={max_epochs} is invalid: it must be an integer >= 1.")

@@ -1,0 +1,33 @@
+"""Checkpoint callbacks that follow their run folder when it is moved or copied before a resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+
+class RunFolderCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that, resumed in a run folder that was moved or copied, takes the checkpoints recorded
+    in the old folder for the files of the same names in this one. Lightning would keep only the old best path
+    (and test that file, or fail if it is gone) and forget the best score, so a worse epoch could become the best."""
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old_dir = state_dict.get("dirpath")
+        best = state_dict.get("best_model_path")
+        if old_dir and self.dirpath and old_dir != self.dirpath and best and (Path(self.dirpath) / Path(best).name).is_file():
+            state_dict = _moved(state_dict, Path(old_dir), Path(self.dirpath))
+        super().load_state_dict(state_dict)
+
+
+def _moved(state_dict: dict[str, Any], old_dir: Path, new_dir: Path) -> dict[str, Any]:
+    def move(path: str) -> str:
+        return str(new_dir / Path(path).name) if path and Path(path).parent == old_dir else path
+
+    state_dict = dict(state_dict, dirpath=str(new_dir))
+    for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+        if state_dict.get(key):
+            state_dict[key] = move(state_dict[key])
+    state_dict["best_k_models"] = {move(path): score for path, score in (state_dict.get("best_k_models") or {}).items()}
+    return state_dict
