@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -51,10 +50,11 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total
     base_lr = optimizer.param_groups[0]["lr"]
     if name == "onecycle":
         pct_start = config.get("pct_start", 0.25)
-        if pct_start * total_steps < 2:  # torch divides by (warm-up steps - 1)
+        if float(pct_start * total_steps) == 1.0:  # torch divides by (warm-up steps - 1): ZeroDivisionError
             raise UserInputError(
-                f"model.scheduler.name=onecycle needs at least {math.ceil(2 / pct_start)} training steps with "
-                f"pct_start={pct_start}; this run has {total_steps}. Train longer, or set model.scheduler.name=none."
+                f"model.scheduler.name=onecycle with pct_start={pct_start} and {total_steps} training steps warms up "
+                "for exactly one step, which torch's OneCycleLR cannot do. Train longer, change "
+                "model.scheduler.pct_start, or set model.scheduler.name=none."
             )
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer,

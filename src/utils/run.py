@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from src.errors import ReportedError, ResumeRefused, RunInterrupted
+from src.errors import ReportedError, ResumeRefused, RunInterrupted, UserInputError
 from src.utils.json_files import write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,15 @@ def build_trainer(cfg: DictConfig):
 
     from src.utils.instantiate import build, instantiate_entries
 
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserInputError(
+                f"trainer.accelerator={accelerator} (trainer=gpu or trainer=ddp), but torch finds no CUDA GPU here. "
+                "Use the default trainer (it picks the GPU when there is one) or trainer=cpu."
+            )
     callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks")
     loggers = instantiate_entries(cfg.get("logger"), "logger")
     if not loggers and any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
