@@ -35,6 +35,10 @@ def train(cfg: DictConfig) -> dict:
     validate_train_config(cfg)  # before any work: a bad value fails in a second, not after loading data
     ckpt_path = cfg.get("ckpt_path")
     resuming = bool(ckpt_path and cfg.get("train"))
+    if cfg.get("seed") is None:  # an unseeded run: one seed drawn for it, recorded in config.yaml and HParams
+        from src.utils.rng import unseeded_run_seed
+
+        cfg.seed = unseeded_run_seed(ckpt_path if resuming else None)
     # A resume in the checkpoint's own run folder saves config.yaml only after its fit: a refused one changes nothing.
     resuming_in_place = resuming and resumed_job_dir(ckpt_path, True) == Path(cfg.paths.output_dir).resolve()
     output_dir = start_run(cfg, save=not resuming_in_place)
@@ -78,8 +82,8 @@ def train(cfg: DictConfig) -> dict:
         if not cfg.get("train") and not ckpt_path:
             log.warning("test without train and without ckpt_path: testing an untrained model.")
         started = time.perf_counter()
-        advice = (f"The checkpoints are intact; test this one with: python -m src.eval {ckpt_override(ckpt_path)}"
-                  if ckpt_path else "Run the same command again.")
+        advice = (f"The checkpoints are intact; test this one with: python -m src.eval {eval_overrides()}"
+                  f"{ckpt_override(ckpt_path)}" if ckpt_path else "Run the same command again.")
         results = test_or_report_interruption(trainer, model, datamodule, ckpt_path or None, advice)
         metrics["test_seconds"] = round(time.perf_counter() - started, 2)
         metrics.update({key: float(value) for key, value in results.items()})
@@ -119,6 +123,19 @@ def original_overrides() -> str:
     if not HydraConfig.initialized():
         return "<the same overrides>"
     return shell_words(HydraConfig.get().overrides.task)
+
+
+def eval_overrides() -> str:
+    """This run's overrides of settings that src.eval has too, followed by a space: `model` and most callbacks
+    come from the checkpoint or do not exist there, and eval writes a run folder of its own (not paths.output_dir)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    shared_keys = ("data", "paths", "trainer", "logger", "callbacks.progress_bar", "callbacks.figures")
+    shared = [o for o in HydraConfig.get().overrides.task
+              if o.lstrip("+~").startswith(shared_keys) and not o.lstrip("+~").startswith("paths.output_dir")]
+    return shell_words(shared) + " " if shared else ""
 
 
 def shell_words(overrides) -> str:

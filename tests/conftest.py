@@ -65,10 +65,10 @@ def tiny_run_overrides(data_dir: Path, output_dir: Path) -> list[str]:
     ]
 
 
-def run_module(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_module(module: str, *args: str, timeout: int = 300, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -m <module> <args>` from the project root, as a user would run it. HYDRA_FULL_ERROR is
     removed so the one-line error messages under test are what the user sees by default."""
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    env["PYTHONUNBUFFERED"] = "1"
+    env.update(PYTHONUNBUFFERED="1", **(extra_env or {}))
     return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)

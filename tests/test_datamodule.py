@@ -91,8 +91,8 @@ def test_training_order_is_seeded_and_changes_every_epoch(synthetic_data_dir):
     assert torch.equal(all_batches(loader)[1], epoch0)  # a function of (seed, epoch): resumable
 
 
-def test_an_unseeded_run_draws_a_shuffle_seed_and_keeps_it_with_the_hyperparameters(synthetic_data_dir):
-    """seed=null (no seed_everything) must train, not crash; the drawn seed is saved, so a resume keeps its order."""
+def test_an_unseeded_datamodule_draws_a_shuffle_seed_and_keeps_it_with_the_hyperparameters(synthetic_data_dir):
+    """Without a seed (library use) it must still shuffle, not crash; the drawn seed is saved with the hyperparameters."""
     datamodule = make_datamodule(synthetic_data_dir, shuffle_seed=None)
     seed = datamodule.hparams.shuffle_seed
     assert isinstance(seed, int)

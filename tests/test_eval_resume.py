@@ -119,7 +119,10 @@ def test_sigterm_during_the_test_pass_is_reported_not_taken_for_success(tmp_path
     assert not (run_dir / "metrics.json").exists()
     if entry_point == "src.train":  # training had finished: its best checkpoint is named, to be tested on its own
         (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
-        assert f"test this one with: python -m src.eval ckpt_path={best}" in output
+        advice = output.split("test this one with: python -m src.eval ")[1].splitlines()[0]
+        assert advice.endswith(f"ckpt_path={best}") and f"data.data_dir={synthetic_data_dir}" in advice
+        tested = run_module("src.eval", *shlex.split(advice), f"hydra.run.dir={tmp_path / 'eval'}")
+        assert tested.returncode == 0, tested.stderr[-3000:]  # the advice works as printed
 
 
 # With OneCycle, Lightning builds the train loader before restoring its loops (for the total step count),
@@ -323,6 +326,11 @@ def test_resuming_a_finished_run_in_a_moved_folder_tests_its_own_best_checkpoint
     assert again["val/acc_best"] == first["val/acc_best"]
     assert again["best_model_path"] == again["tested_checkpoint"] == str(tmp_path / "b" / "checkpoints" / "epoch000.ckpt")
     assert again["test/acc"] == first["test/acc"]
+    # The best checkpoint's state is filed under ModelCheckpoint's key, as before RunFolderCheckpoint: older
+    # checkpoints resume with their best score and path.
+    keys = torch.load(last, weights_only=True)["callbacks"]
+    assert any(key.startswith("ModelCheckpoint{'monitor': 'val/acc'") for key in keys), list(keys)
+    assert any(key.startswith("ResumableCheckpoint{") for key in keys), list(keys)
 
 
 def test_a_moved_run_folder_keeps_its_best_score_so_a_worse_epoch_cannot_become_the_best(tmp_path):
@@ -337,3 +345,23 @@ def test_a_moved_run_folder_keeps_its_best_score_so_a_worse_epoch_cannot_become_
                               "kth_value": torch.tensor(0.99), "last_model_path": ""})
     assert callback.best_model_path == str(new / "epoch003.ckpt") and float(callback.best_model_score) == pytest.approx(0.99)
     assert list(callback.best_k_models) == [str(new / "epoch003.ckpt")]
+
+
+def test_an_unseeded_run_draws_one_seed_and_a_resume_keeps_it(tmp_path, synthetic_data_dir, monkeypatch):
+    """seed=null: the drawn seed is in config.yaml and the checkpoint, and a resume shuffles with it (not a new
+    draw), so a mid-epoch resume continues the same order; DDP's other processes take rank 0's draw."""
+    from omegaconf import OmegaConf
+
+    from src.utils import rng
+
+    run = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "model.scheduler.name=none", "seed=null"]
+    train(compose_config(run))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    drawn = torch.load(last, weights_only=True)["datamodule_hyper_parameters"]["shuffle_seed"]
+    assert OmegaConf.load(tmp_path / "config.yaml").seed == drawn
+    train(compose_config([*run, "trainer.max_epochs=2", f"ckpt_path={last}"]))
+    assert torch.load(last, weights_only=True)["datamodule_hyper_parameters"]["shuffle_seed"] == drawn
+
+    monkeypatch.setattr("src.utils.run.is_rank_zero", lambda: False)
+    monkeypatch.setenv("PL_GLOBAL_SEED", "1234")
+    assert rng.unseeded_run_seed(None) == 1234

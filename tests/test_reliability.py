@@ -283,6 +283,21 @@ def test_divergence_guard_reads_each_loss_one_step_later_and_before_any_save():
     guard.on_train_end(trainer, module)  # a finite pending loss passes
 
 
+def test_ctrl_c_stops_on_a_nan_loss_when_the_divergence_guard_is_off(tmp_path, synthetic_data_dir):
+    """Without the guard nothing else would ever stop the run: Ctrl-C must (it saves what there is)."""
+    from src.errors import RunInterrupted
+
+    overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "model.scheduler.name=none",
+                 "trainer.max_epochs=2", "callbacks.divergence_guard=null",
+                 f"+callbacks.nan._target_={__name__}.CtrlCOnADivergingStep", "+callbacks.nan.step=13"]
+    previous_handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(RunInterrupted, match="Training stopped by Ctrl-C at epoch 1, step 14"):
+            train(compose_config(overrides))
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+
+
 def test_training_gives_ctrl_c_back_to_the_program_afterwards(tmp_path, synthetic_data_dir):
     """The graceful-stop handler is for the fit only: afterwards (testing, a notebook) Ctrl-C works as before."""
     before = signal.getsignal(signal.SIGINT)

@@ -17,11 +17,11 @@ from src.utils.sweep_summary import markdown_table, write_summary
 from tests.conftest import compose_config, run_module
 
 
-def multirun(sweep_dir: Path, data_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+def multirun(sweep_dir: Path, data_dir: Path, *overrides: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     return run_module(
         "src.train", "-m", f"hydra.sweep.dir={sweep_dir}", f"data.data_dir={data_dir}",
         "data.download=false", "data.val_size=80", "data.batch_size=32", "trainer.max_epochs=1",
-        "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", *overrides, timeout=600,
+        "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", *overrides, timeout=600, extra_env=extra_env,
     )
 
 
@@ -107,6 +107,13 @@ def test_an_interrupted_job_stops_the_sweep_and_is_recorded(tmp_path, synthetic_
     (job_dir,) = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]
     assert job_dir.name.startswith("0_") and (job_dir / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((job_dir / "metrics.json").read_text())["status"] == "interrupted"
+
+    # With HYDRA_FULL_ERROR=1 too (the traceback is shown): an exception would let Hydra start the next job.
+    sweep_dir = tmp_path / "full_error"
+    result = multirun(sweep_dir, synthetic_data_dir, "model=mlp", "seed=1,2", "+callbacks.stop._target_=tests.test_eval_resume.InterruptAtStep",
+                      "+callbacks.stop.step=3", extra_env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode == 130 and "Traceback" in result.stdout + result.stderr
+    assert len([p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]) == 1
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synthetic_data_dir):

@@ -13,6 +13,15 @@ class RunFolderCheckpoint(ModelCheckpoint):
     in the old folder for the files of the same names in this one. Lightning would keep only the old best path
     (and test that file, or fail if it is gone) and forget the best score, so a worse epoch could become the best."""
 
+    @property
+    def state_key(self) -> str:
+        """Lightning files a callback's state in checkpoints under its class name and settings. This class keeps
+        ModelCheckpoint's key, so checkpoints written with a plain ModelCheckpoint resume with their best score."""
+        key = super().state_key
+        if type(self) is RunFolderCheckpoint:  # subclasses (ResumableCheckpoint) keep keys of their own
+            key = ModelCheckpoint.__qualname__ + key[len(RunFolderCheckpoint.__qualname__):]
+        return key
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         old_dir = state_dict.get("dirpath")
         best = state_dict.get("best_model_path")

@@ -52,10 +52,11 @@ class GracefulStop(pl.Callback):
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self._requested and _loss_is_finite(outputs):
-            raise StopRequested("Ctrl-C")
         # After a NaN/inf loss the weights are broken: saving them would replace a good last.ckpt. The
-        # DivergenceGuard stops at its next check instead, before anything is saved.
+        # DivergenceGuard, if there is one, stops at its next check instead, before anything is saved.
+        guarded = any(isinstance(cb, DivergenceGuard) for cb in trainer.callbacks)
+        if self._requested and (_loss_is_finite(outputs) or not guarded):
+            raise StopRequested("Ctrl-C")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         if self._previous_handler is not None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 def write_json_atomically(path: Path, data) -> None:
     """Write a temporary file beside `path`, then move it into place; an earlier `path` survives any failure."""
-    partial = path.with_name(f".{path.name}.partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # DDP's processes may write at once
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial.write_text(json.dumps(data, indent=2) + "\n")

@@ -32,3 +32,22 @@ def restore_rng_states(states: dict) -> None:
     random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def unseeded_run_seed(resumed_checkpoint: str | None) -> int:
+    """The seed of a `seed=null` run, fixed once so that DDP's processes shuffle alike and a resume continues the
+    same order: the resumed checkpoint's, rank 0's draw (which DDP's other processes inherit), or a new draw."""
+    import os
+    import secrets
+
+    from src.utils.run import is_rank_zero
+
+    if resumed_checkpoint:
+        from src.models.loading import read_checkpoint
+
+        saved = (read_checkpoint(resumed_checkpoint).get("datamodule_hyper_parameters") or {}).get("shuffle_seed")
+        if saved is not None:
+            return int(saved)
+    if not is_rank_zero() and "PL_GLOBAL_SEED" in os.environ:
+        return int(os.environ["PL_GLOBAL_SEED"])
+    return secrets.randbits(31)

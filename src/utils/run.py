@@ -92,7 +92,7 @@ def finish_run(metrics: dict, output_dir: Path, loggers: list) -> None:
 
 
 def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -> Any | None:
-    """Run `work(cfg)`. A ReportedError becomes one logged line and its exit code (the traceback only with
+    """Run `work(cfg)`. A ReportedError becomes one logged line and its exit code (with its traceback under
     HYDRA_FULL_ERROR=1). In a sweep, any other failure is recorded in the job's metrics.json and the sweep goes
     on (one diverging lr must not cost the rest); a refused resume stops it, with the job's folder untouched, and
     so does an interruption (SIGTERM, Ctrl-C), after recording the job as interrupted."""
@@ -114,8 +114,11 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
                 else:
                     log.exception("This job failed")
                 return None
-        if reported and os.environ.get("HYDRA_FULL_ERROR") != "1":
-            log.error("%s", err)
+        if reported:  # an exit, not an exception: Hydra would catch one and start a sweep's next job
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                log.exception("%s", err)
+            else:
+                log.error("%s", err)
             sys.exit(err.exit_code)
         raise
 
