@@ -64,8 +64,13 @@ class GracefulStop(pl.Callback):
             self._previous_handler = None
 
 
+def _loss(outputs) -> torch.Tensor | None:
+    """The training step's loss from what Lightning hands `on_train_batch_end`."""
+    return outputs["loss"] if isinstance(outputs, dict) else outputs
+
+
 def _loss_is_finite(outputs) -> bool:
-    loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+    loss = _loss(outputs)
     return loss is None or bool(torch.isfinite(loss).all())
 
 
@@ -83,7 +88,7 @@ class DivergenceGuard(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._check_pending(pl_module)
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = _loss(outputs)
         if loss is None:
             return
         loss = loss.detach()

@@ -15,17 +15,13 @@ def validate_train_config(cfg: DictConfig) -> None:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     check_optimizer_config(model.get("optimizer") or {})
     check_scheduler_config(model.get("scheduler"))
-    smoothing = model.get("label_smoothing", 0.0)
-    if not isinstance(smoothing, (int, float)) or isinstance(smoothing, bool) or not 0 <= smoothing < 1:
-        raise UserInputError(
-            f"model.label_smoothing={smoothing} is invalid: it must be a number in [0, 1) (0 turns it off; 0.1 is usual)."
-        )
+    for key, usual in (("label_smoothing", "; 0.1 is usual"), ("dropout", "")):
+        value = model.get(key, 0.0)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+            raise UserInputError(f"model.{key}={value} is invalid: it must be a number in [0, 1) (0 turns it off{usual}).")
     seed = cfg.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise UserInputError(f"seed={seed} is invalid: it must be an integer, or null for an unseeded run.")
-    dropout = model.get("dropout", 0.0)
-    if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
-        raise UserInputError(f"model.dropout={dropout} is invalid: it must be a number in [0, 1) (0 turns it off).")
     max_epochs = cfg.trainer.get("max_epochs")
     if not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or max_epochs < 1:
         raise UserInputError(f"trainer.max_epochs={max_epochs} is invalid: it must be an integer >= 1.")
