@@ -97,22 +97,33 @@ def train(cfg: DictConfig) -> dict:
 
 
 def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None) -> None:
-    """trainer.fit; after SIGTERM or Ctrl-C (a checkpoint was saved at a batch boundary), say how to resume."""
-    from src.callbacks.safety import INTERRUPTIONS, ResumableCheckpoint
+    """trainer.fit; after SIGTERM or Ctrl-C (a checkpoint was saved at a batch boundary), or a second Ctrl-C (nothing
+    saved then), say how to resume."""
+    from src.callbacks.safety import INTERRUPTIONS, ResumableCheckpoint, aborted_by_ctrl_c
     from src.errors import RunInterrupted
 
+    saved = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
+    where = f"{saved[0].dirpath}/{saved[0].filename}{saved[0].FILE_EXTENSION}" if saved else None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except INTERRUPTIONS as stop:
         by_ctrl_c = "Ctrl-C" in str(stop)
-        saved = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
-        where = f"{saved[0].dirpath}/{saved[0].filename}{saved[0].FILE_EXTENSION}" if saved else None
         raise RunInterrupted(
             f"Training stopped by {'Ctrl-C' if by_ctrl_c else 'SIGTERM'} at epoch {trainer.current_epoch}, "
             f"step {trainer.global_step}. "
             + (f"Saved {where}; resume with: python -m src.train {original_overrides()} {ckpt_override(where)}" if where
                else "No checkpoint callback was configured, so nothing was saved."),
             exit_code=130 if by_ctrl_c else 143,
+        ) from stop
+    except SystemExit as stop:  # a second Ctrl-C (or one before training began): Lightning exits 1 at once
+        if not aborted_by_ctrl_c(stop):
+            raise
+        last = where if where and Path(where).is_file() else ckpt_path  # this run's last save, else its starting point
+        raise RunInterrupted(
+            f"Training aborted by Ctrl-C at epoch {trainer.current_epoch}, step {trainer.global_step}, without saving. "
+            + (f"{last} holds the last saved state; resume with: python -m src.train {original_overrides()} "
+               f"{ckpt_override(last)}" if last else "No checkpoint had been saved yet."),
+            exit_code=130,
         ) from stop
 
 

@@ -8,6 +8,7 @@ import os
 import shlex
 import shutil
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -98,24 +99,33 @@ class InterruptAtStep(pl.Callback):
             raise StopRequested("Ctrl-C")
 
 
-class SigtermDuringTest(pl.Callback):
-    """Sends this process a real SIGTERM after the first test batch, as SLURM's pre-emption would."""
+class SignalDuringTest(pl.Callback):
+    """Sends this process a real signal after the first test batch: SIGTERM, as SLURM's pre-emption would, or
+    SIGINT, as Ctrl-C would."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if batch_idx == 0:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
+            if self.signum == signal.SIGINT:
+                time.sleep(5)  # the KeyboardInterrupt is raised here, when the signal interrupts the sleep
 
 
 @pytest.mark.parametrize("entry_point", ["src.train", "src.eval"])
-def test_sigterm_during_the_test_pass_is_reported_not_taken_for_success(tmp_path, trained_run, synthetic_data_dir, entry_point):
-    """Lightning ends an interrupted test pass with a SystemExit that exits 0: a pre-empted job looked finished."""
+@pytest.mark.parametrize("signum, exit_code, by", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
+def test_an_interrupted_test_pass_is_reported_not_taken_for_success(tmp_path, trained_run, synthetic_data_dir, entry_point,
+                                                                   signum, exit_code, by):
+    """Lightning ends a test pass stopped by SIGTERM with a SystemExit that exits 0 (a pre-empted job looked finished),
+    and one stopped by Ctrl-C with exit code 1, an ordinary failure."""
     run_dir = tmp_path / "run"
     setup = (["model=mlp"] if entry_point == "src.train" else [f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"])
-    result = run_module(entry_point, *tiny_run_overrides(synthetic_data_dir, run_dir), *setup,
-                        f"hydra.run.dir={run_dir}", f"+callbacks.sigterm._target_={__name__}.SigtermDuringTest")
+    result = run_module(entry_point, *tiny_run_overrides(synthetic_data_dir, run_dir), *setup, f"hydra.run.dir={run_dir}",
+                        f"+callbacks.signal._target_={__name__}.SignalDuringTest", f"+callbacks.signal.signum={int(signum)}")
     output = result.stdout + result.stderr
-    assert result.returncode == 143, output[-3000:]
-    assert "Testing stopped by SIGTERM: no test results were written." in output and "Traceback" not in output
+    assert result.returncode == exit_code, output[-3000:]
+    assert f"Testing stopped by {by}: no test results were written." in output and "Traceback" not in output
     assert not (run_dir / "metrics.json").exists()
     if entry_point == "src.train":  # training had finished: its best checkpoint is named, to be tested on its own
         (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -41,6 +43,26 @@ def test_sizes_that_cannot_work_are_named():
         cnn_network([8] * 7, 5, 1, 32, 0.0, True, pool=False)
     with pytest.raises(UserInputError, match=r"model.channels=\[8, 8, 8, 8, 8\] .* \(model.pool=true\): use fewer blocks\.$"):
         cnn_network([8] * 5, 3, 1, 32, 0.0, True)  # 28 -> 14 -> 7 -> 3 -> 1 -> 0
+    # Torch would fail later with its own message, or never: a layer of width 0 trains as a constant.
+    for key, value, arguments in (
+        ("channels", "[8, 0]", ([8, 0], 3, 1, 32)),
+        ("channels", "8", (8, 3, 1, 32)),
+        ("kernel_size", "0", ([8], 0, 1, 32)),
+        ("kernel_size", "[3, 2.5]", ([8, 16], [3, 2.5], 1, 32)),
+        ("convs_per_block", "0", ([8], 3, 0, 32)),
+        ("hidden_size", "0", ([8], 3, 1, 0)),
+        ("hidden_size", "True", ([8], 3, 1, True)),
+    ):
+        with pytest.raises(UserInputError, match="^" + re.escape(f"model.{key}={value} is invalid: ")):
+            cnn_network(*arguments, 0.0, True)
+
+
+def test_even_kernels_work_with_pooling():
+    """A padded even kernel grows the image by one pixel: the fully connected layer must be sized for that."""
+    net = cnn_network([8, 16, 32], 4, 1, 32, 0.0, True)
+    assert feature_sides(net) == [14, 7, 4]  # 28+1 -> 14, 14+1 -> 7, 7+1 -> 4
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert cnn_network([8, 16], [2, 4], 2, 32, 0.0, True)(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_an_unpooled_cnn_trains_from_the_command_line_settings(tmp_path, synthetic_data_dir):

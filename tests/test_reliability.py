@@ -66,6 +66,8 @@ CONFIG_CASES = {
     "max_epochs zero": (["trainer.max_epochs=0"], "trainer.max_epochs=0 is invalid: it must be an integer >= 1"),
     "dropout 1.5": (["model.dropout=1.5"], "model.dropout=1.5 is invalid: it must be a number in [0, 1)"),
     "label smoothing 1": (["model.label_smoothing=1.0"], "model.label_smoothing=1.0 is invalid: it must be a number in [0, 1)"),
+    "layer width zero": (["model.hidden_sizes=[64,0]"], "model.hidden_sizes=[64, 0] is invalid: sizes and counts must be whole numbers >= 1"),
+    "layer list as a number": (["model.hidden_sizes=64"], "model.hidden_sizes=64 is invalid: it must be a list, e.g. model.hidden_sizes=[64,128]"),
     "ema decay 1": (["callbacks=[default,ema]", "callbacks.ema.decay=1"], "callbacks.ema.decay=1 is invalid: it must be a number in (0, 1)"),
     "diverging lr": (
         ["model.batch_norm=false", "model.optimizer.name=sgd", "model.optimizer.lr=1e30", "model.scheduler.name=none"],
@@ -336,3 +338,35 @@ def test_ctrl_c_on_a_diverging_step_keeps_the_last_good_checkpoint(tmp_path, syn
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 10  # saved after epoch 0, not at the broken step
     assert all(torch.isfinite(t).all() for t in last["state_dict"].values() if t.is_floating_point())
+
+
+class DoubleCtrlCAtStep(pl.Callback):
+    """Ctrl-C twice before training step `step`: the first asks for a graceful stop, the second aborts at once."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # the graceful-stop handler runs (at the latest) when the signal interrupts this sleep
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the second one raises KeyboardInterrupt here
+
+
+def test_a_second_ctrl_c_aborts_at_once_with_advice_and_keeps_the_last_checkpoint(tmp_path, synthetic_data_dir):
+    """Lightning answers that KeyboardInterrupt with exit code 1 and leaves Ctrl-C ignored from then on."""
+    from src.errors import RunInterrupted
+
+    overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "model.scheduler.name=none",
+                 "trainer.max_epochs=2", f"+callbacks.ctrl_c._target_={__name__}.DoubleCtrlCAtStep", "+callbacks.ctrl_c.step=13"]
+    previous_handler = signal.getsignal(signal.SIGINT)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    try:
+        with pytest.raises(RunInterrupted, match=f"aborted by Ctrl-C at epoch 1, step 13, without saving. {last} holds") as stop:
+            train(compose_config(overrides))
+        assert stop.value.exit_code == 130
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not left ignored
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    assert torch.load(last, weights_only=True)["global_step"] == 10  # epoch 0's save, untouched

@@ -107,6 +107,7 @@ def test_an_interrupted_job_stops_the_sweep_and_is_recorded(tmp_path, synthetic_
     (job_dir,) = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]
     assert job_dir.name.startswith("0_") and (job_dir / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((job_dir / "metrics.json").read_text())["status"] == "interrupted"
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["interrupted"]  # Hydra's end-of-sweep hook never runs
 
     # With HYDRA_FULL_ERROR=1 too (the traceback is shown): an exception would let Hydra start the next job.
     sweep_dir = tmp_path / "full_error"
@@ -211,3 +212,13 @@ def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_dat
     output = refused.stdout + refused.stderr
     assert refused.returncode == 1 and "trained with a different model config" in output, output[-3000:]
     assert (job_dir / "metrics.json").read_text() == finished
+
+    # A resubmission that fails otherwise (here: no data on this node) is recorded, and the results it replaces kept.
+    failed = run_module(
+        "src.train", "-m", f"data.data_dir={tmp_path / 'no_data'}", "data.download=false", "data.val_size=80",
+        "data.batch_size=32", "trainer.max_epochs=2", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false",
+        "model=mlp", plain_lr, "seed=2", f"ckpt_path='{job_dir / 'checkpoints' / 'last.ckpt'}'", timeout=600,
+    )
+    record = json.loads((job_dir / "metrics.json").read_text())
+    assert failed.returncode == 1 and record["status"] == "failed" and "MNIST files are missing" in record["error"]
+    assert record["earlier_run"] == json.loads(finished)

@@ -24,6 +24,16 @@ class StopRequested(Exception):
 INTERRUPTIONS = (SIGTERMException, StopRequested)
 
 
+def aborted_by_ctrl_c(stop: BaseException) -> bool:
+    """Whether `stop` is Lightning's answer to a Ctrl-C it did not handle gracefully (a second one, or one outside
+    training): sys.exit(1), with Ctrl-C left ignored. Ctrl-C is given back to Python's default handler here."""
+    if not (isinstance(stop, SystemExit) and isinstance(stop.__context__, KeyboardInterrupt)):
+        return False
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    return True
+
+
 class ResumableCheckpoint(RunFolderCheckpoint):
     """A ModelCheckpoint that also saves when training is interrupted, and only then: after any other
     exception (say a NaN loss) the weights may be broken and the previous checkpoint must stay."""

@@ -27,4 +27,4 @@ class CNN(DigitClassifier):
         super().__init__(
             optimizer, scheduler, label_smoothing=label_smoothing, compile=compile, channels_last=channels_last
         )
-        self.net = cnn_network(list(channels), kernel_size, convs_per_block, hidden_size, dropout, batch_norm, pool)
+        self.net = cnn_network(channels, kernel_size, convs_per_block, hidden_size, dropout, batch_norm, pool)

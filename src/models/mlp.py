@@ -23,4 +23,4 @@ class MLP(DigitClassifier):
         super().__init__(
             optimizer, scheduler, label_smoothing=label_smoothing, compile=compile, channels_last=channels_last
         )
-        self.net = mlp_network(list(hidden_sizes), dropout, batch_norm)
+        self.net = mlp_network(hidden_sizes, dropout, batch_norm)

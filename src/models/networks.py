@@ -3,6 +3,8 @@ plain PyTorch loop (src/bench.py) can train exactly the same network."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from src.errors import UserInputError
@@ -11,8 +13,25 @@ NUM_CLASSES = 10
 IMAGE_SIDE = 28  # input images are N×1×IMAGE_SIDE×IMAGE_SIDE
 
 
-def mlp_network(hidden_sizes: list[int], dropout: float, batch_norm: bool) -> nn.Sequential:
+def check_sizes(key: str, value, sizes: list) -> None:
+    """Refuse a layer size or count that is not a whole number >= 1, naming the setting (torch's own message
+    would come later, or never: a layer of width 0 trains as a constant)."""
+    if not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in sizes):
+        raise UserInputError(f"model.{key}={value} is invalid: sizes and counts must be whole numbers >= 1.")
+
+
+def as_size_list(key: str, value) -> list[int]:
+    """A list setting such as model.channels=[32,64], refused as a single number or a string."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise UserInputError(f"model.{key}={value} is invalid: it must be a list, e.g. model.{key}=[64,128].")
+    sizes = list(value)
+    check_sizes(key, value, sizes)
+    return sizes
+
+
+def mlp_network(hidden_sizes: Sequence[int], dropout: float, batch_norm: bool) -> nn.Sequential:
     """Flatten, then Linear -> [BatchNorm] -> ReLU -> Dropout per hidden layer."""
+    hidden_sizes = as_size_list("hidden_sizes", hidden_sizes)
     layers: list[nn.Module] = [nn.Flatten()]
     width = IMAGE_SIDE * IMAGE_SIDE
     for size in hidden_sizes:
@@ -44,13 +63,17 @@ def conv_block(
 
 
 def cnn_network(
-    channels: list[int], kernel_size: int | list[int], convs_per_block: int, hidden_size: int, dropout: float,
+    channels: Sequence[int], kernel_size: int | Sequence[int], convs_per_block: int, hidden_size: int, dropout: float,
     batch_norm: bool, pool: bool = True,
 ) -> nn.Sequential:
     """Conv blocks, then a hidden fully connected layer. Pooled (the default), from the first block on: most
     convolutions run at 14×14 and below, fast on a CPU. Unpooled (An et al. 2020, "no pooling layers"):
     unpadded convolutions shrink the image instead, at several times the arithmetic."""
-    kernel_sizes = [kernel_size] * len(channels) if isinstance(kernel_size, int) else list(kernel_size)
+    channels = as_size_list("channels", channels)
+    check_sizes("convs_per_block", convs_per_block, [convs_per_block])
+    check_sizes("hidden_size", hidden_size, [hidden_size])
+    kernel_sizes = [kernel_size] * len(channels) if isinstance(kernel_size, int) else as_size_list("kernel_size", kernel_size)
+    check_sizes("kernel_size", kernel_size, kernel_sizes)
     if len(kernel_sizes) != len(channels):
         raise UserInputError(
             f"model.kernel_size={kernel_size} is invalid: give one size, or one per entry of model.channels={channels}."
@@ -58,7 +81,9 @@ def cnn_network(
     blocks, in_channels, side = [], 1, IMAGE_SIDE
     for out_channels, size in zip(channels, kernel_sizes):
         blocks.append(conv_block(in_channels, out_channels, size, batch_norm, convs_per_block, pool))
-        in_channels, side = out_channels, side // 2 if pool else side - convs_per_block * (size - 1)
+        # Each conv adds 2 × padding and takes kernel size - 1: an even kernel grows a padded image by one pixel.
+        side += convs_per_block * (2 * (size // 2 if pool else 0) - size + 1)
+        in_channels, side = out_channels, side // 2 if pool else side
         if side < 1:
             raise UserInputError(
                 f"model.channels={channels} with model.kernel_size={kernel_size} shrinks the 28×28 image to nothing"

@@ -107,8 +107,12 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
             message = str(err).splitlines()[0] if str(err) else ""
             failure = {"status": err.status if reported else "failed", "error": f"{type(err).__name__}: {message}",
                        "wall_seconds": round(time.perf_counter() - started, 2)}
-            write_json_atomically(Path(cfg.paths.output_dir) / "metrics.json", failure)
-            if not isinstance(err, RunInterrupted):
+            metrics_file = Path(cfg.paths.output_dir) / "metrics.json"
+            _keep_earlier_results(metrics_file, failure)
+            write_json_atomically(metrics_file, failure)
+            if isinstance(err, RunInterrupted):
+                _summarize_stopped_sweep()
+            else:
                 if reported:
                     log.error("This job failed: %s", err)
                 else:
@@ -123,13 +127,42 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         raise
 
 
+def _keep_earlier_results(metrics_file: Path, failure: dict) -> None:
+    """A resumed job that had finished before keeps that run's results inside its failure record."""
+    from src.utils.sweep_summary import read_metrics
+
+    earlier = read_metrics(metrics_file)
+    if earlier.get("status") == "ok":
+        failure["earlier_run"] = earlier
+
+
+def _summarize_stopped_sweep() -> None:
+    """The sweep's summary of the jobs so far: Hydra's end-of-sweep callback never runs after an interruption."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from src.utils.sweep_summary import write_summary
+
+    sweep_dir = Path(HydraConfig.get().sweep.dir)
+    try:
+        write_summary(sweep_dir)
+    except Exception as err:  # the interruption is the message to report, not this
+        log.warning("Could not write the sweep's summary: %s: %s", type(err).__name__, err)
+        return
+    log.info("The sweep stops here; summary of the jobs so far: %s/summary.{csv,md,png}", sweep_dir)
+
+
 def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None, advice: str) -> dict:
     """trainer.test's results. After SIGTERM Lightning ends the test pass with a SystemExit that would exit 0 as if
-    all went well; here it becomes one message, with `advice` on what to run next, and exit code 143."""
-    from src.callbacks.safety import INTERRUPTIONS
+    all went well, and after Ctrl-C with exit code 1; here each becomes one message, with `advice` on what to run
+    next, and exit code 143 or 130."""
+    from src.callbacks.safety import INTERRUPTIONS, aborted_by_ctrl_c
 
     try:
         (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except INTERRUPTIONS as stop:
         raise RunInterrupted(f"Testing stopped by SIGTERM: no test results were written. {advice}", exit_code=143) from stop
+    except SystemExit as stop:  # Lightning's exit code 1 after Ctrl-C would read as an ordinary failure
+        if not aborted_by_ctrl_c(stop):
+            raise
+        raise RunInterrupted(f"Testing stopped by Ctrl-C: no test results were written. {advice}", exit_code=130) from stop
     return results
