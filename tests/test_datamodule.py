@@ -231,6 +231,19 @@ def test_cuda_without_cuda_is_a_clear_error(synthetic_data_dir, monkeypatch, dev
         MNISTDataModule(str(synthetic_data_dir), download=False, device=device)
 
 
+def test_one_named_gpu_for_every_ddp_process_is_a_clear_error(synthetic_data_dir):
+    """Under DDP, cuda:N would load every process's copy of the data onto GPU N (checked without a GPU here)."""
+    from types import SimpleNamespace
+
+    datamodule = MNISTDataModule(str(synthetic_data_dir), download=False, device="auto")
+    datamodule.hparams.device = "cuda:1"  # the constructor checked it against this machine's (absent) GPUs
+    datamodule.trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(root_device=torch.device("cuda", 0)))
+    with pytest.raises(UserInputError, match=r"data\.device=cuda:1 would put the data of all 2 processes on that one GPU"):
+        datamodule.data_device()
+    datamodule.trainer.world_size = 1
+    assert datamodule.data_device() == torch.device("cuda", 1)  # one process: the named GPU, as asked
+
+
 @pytest.mark.parametrize("device", ["gpu", "cuda:", "cuda:x", "CPU", ""])
 def test_unknown_device_is_a_clear_error(synthetic_data_dir, device):
     with pytest.raises(UserInputError, match=r"data\.device=.* is invalid: it must be auto, cpu, cuda or cuda:N"):

@@ -97,6 +97,11 @@ class MNISTDataModule(pl.LightningDataModule):
         root = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         if setting == "auto" or (setting == "cuda" and root.type == "cuda"):
             return root  # plain `cuda` follows the trainer, so each DDP rank uses its own GPU
+        if setting.startswith("cuda:") and self.trainer is not None and self.trainer.world_size > 1:
+            raise UserInputError(
+                f"data.device={setting} would put the data of all {self.trainer.world_size} processes on that one GPU. "
+                "Use data.device=auto (or cuda): each process then keeps its data on its own GPU."
+            )
         return torch.device(setting)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
