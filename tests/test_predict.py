@@ -57,6 +57,14 @@ def test_both_polarities_and_dim_grey_paper_give_the_same_input(tmp_path):
     np.testing.assert_allclose(dim_photo, light_on_dark, atol=1e-4)
 
 
+def test_a_glare_spot_does_not_decide_the_polarity(tmp_path):
+    """A few bright pixels on grey paper are not the digit: the dark six is (it was a 20×20 white square)."""
+    expected = prepared(draw_six(paper=150, ink=70), tmp_path, "plain.png")
+    with_glare = draw_six(paper=150, ink=70)
+    with_glare.paste(255, (20, 20, 23, 23))  # 9 pixels of 60,000
+    np.testing.assert_allclose(prepared(with_glare, tmp_path, "glare.png"), expected, atol=1e-5)
+
+
 @pytest.mark.parametrize("pen", [2, 6])
 def test_thin_pen_strokes_are_widened_like_mnist_strokes(tmp_path, pen):
     # A 2 px pen line on a 163 px tall digit would shrink to a faint 0.2 px trace in the 20×20 box.
@@ -87,6 +95,15 @@ def test_sixteen_bit_and_sideways_stored_images_are_read_as_shown(tmp_path):
     exif[0x0112] = 6  # orientation: "turn 90° clockwise to display", as phones store portrait photos
     sideways = save(upright.transpose(Image.Transpose.ROTATE_90), tmp_path / "phone.png", exif=exif)
     np.testing.assert_array_equal(read_grayscale(sideways), expected)
+    # Float TIFFs hold 0..1 (convert("L") would clip them to the levels 0 and 1 of 255: a blank image).
+    as_float = Image.fromarray(np.asarray(upright, dtype=np.float32) / 255)
+    np.testing.assert_allclose(read_grayscale(save(as_float, tmp_path / "float.tif")), expected, atol=1e-6)
+
+
+def test_an_image_mode_without_greyscale_is_a_clear_error(tmp_path):
+    lab = save(draw_six().convert("RGB").convert("LAB"), tmp_path / "lab.tif")  # Pillow cannot convert LAB to L
+    with pytest.raises(DigitImageError, match="unsupported image mode LAB"):
+        read_grayscale(lab)
 
 
 def noisy_white(size: tuple[int, int] = (64, 48)) -> Image.Image:
@@ -168,7 +185,7 @@ def test_unreadable_and_blank_files_are_reported_and_skipped(tmp_path, synthetic
 
 def test_json_output_and_preview_sheet(tmp_path, synthetic_checkpoint):
     save(draw_six(), tmp_path / "six.png")
-    save(draw_six(paper=255, ink=0), tmp_path / "six_on_paper.jpg")
+    save(draw_six(paper=255, ink=0), tmp_path / "six_$x_$.jpg")  # `$..$` in a caption: not a formula
     json_path = tmp_path / "out" / "predictions.json"
     cfg = predict_config(synthetic_checkpoint, f"{tmp_path}/six*", tmp_path / "run",
                          f"output='{json_path}'", "save_preview=true")

@@ -66,6 +66,8 @@ CONFIG_CASES = {
     "max_epochs zero": (["trainer.max_epochs=0"], "trainer.max_epochs=0 is invalid: it must be an integer >= 1"),
     "dropout 1.5": (["model.dropout=1.5"], "model.dropout=1.5 is invalid: it must be a number in [0, 1)"),
     "label smoothing 1": (["model.label_smoothing=1.0"], "model.label_smoothing=1.0 is invalid: it must be a number in [0, 1)"),
+    "no full batch": (["data.batch_size=1000", "data.drop_last=true"],
+                      "data.batch_size=1000 with data.drop_last=true leaves no training batch: the training split has 320 images"),
     "layer width zero": (["model.hidden_sizes=[64,0]"], "model.hidden_sizes=[64, 0] is invalid: sizes and counts must be whole numbers >= 1"),
     "layer list as a number": (["model.hidden_sizes=64"], "model.hidden_sizes=64 is invalid: it must be a list, e.g. model.hidden_sizes=[64,128]"),
     "ema decay 1": (["callbacks=[default,ema]", "callbacks.ema.decay=1"], "callbacks.ema.decay=1 is invalid: it must be a number in (0, 1)"),

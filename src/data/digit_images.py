@@ -50,7 +50,10 @@ def read_grayscale(path: str | Path) -> np.ndarray:
     alpha = None
     if "A" in image.getbands():
         alpha = np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0
-    gray = luminance(image)
+    try:
+        gray = luminance(image)
+    except (ValueError, OSError) as err:  # a mode Pillow cannot turn into greyscale (CIELab TIFFs open as LAB)
+        raise DigitImageError(f"unsupported image mode {image.mode} ({err}): save it as PNG or JPEG") from err
     if alpha is None or alpha.min() == 1.0:
         return gray
     paper = paper_behind_transparency(gray, alpha)
@@ -58,9 +61,13 @@ def read_grayscale(path: str | Path) -> np.ndarray:
 
 
 def luminance(image: Image.Image) -> np.ndarray:
-    if image.mode.startswith("I"):  # 16/32-bit greyscale: convert("L") would clip instead of scale
-        values = np.asarray(image, dtype=np.float32)
-        full_scale = 65535.0 if image.mode.startswith("I;16") or values.max() > 255 else 255.0
+    if image.mode.startswith("I") or image.mode == "F":  # 16/32-bit or float greyscale: convert("L") would clip
+        values = np.nan_to_num(np.asarray(image, dtype=np.float32))
+        peak = float(values.max(initial=0.0))
+        if image.mode.startswith("I;16") or peak > 255:
+            full_scale = 65535.0
+        else:  # a float image holds either 0..1 (the usual for float TIFFs) or 0..255
+            full_scale = 1.0 if image.mode == "F" and peak <= 1.0 else 255.0
         return np.clip(values / full_scale, 0.0, 1.0)
     return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
 
@@ -86,14 +93,14 @@ def paper_behind_transparency(gray: np.ndarray, alpha: np.ndarray) -> float:
 
 def light_ink_on_black(gray: np.ndarray) -> np.ndarray:
     """Ink as 0 (paper) .. 1 (full ink), whatever the polarity and paper shade of the input."""
-    paper, darkest, brightest = float(np.median(border(gray))), float(gray.min()), float(gray.max())
-    if brightest - darkest < MIN_CONTRAST:
-        raise DigitImageError(BLANK)
-    # Paper nearer the bright end means dark ink on light paper: invert, as MNIST digits are light on black.
-    # Relative to the image's own range, so grey paper in a dim photo is still recognised as paper.
-    if paper - darkest > brightest - paper:
-        gray, paper, brightest = 1.0 - gray, 1.0 - paper, 1.0 - darkest
-    contrast = brightest - paper
+    paper = float(np.median(border(gray)))
+    # The ink is on the side of the paper shade where more stands out from it: more darker than the paper means dark
+    # ink on light paper, inverted, as MNIST digits are light on black. Not the side the extremes are on: one glare
+    # spot on grey paper in a dim photo would outweigh a whole dark digit.
+    darker, lighter = paper - gray, gray - paper
+    if darker[darker >= MIN_CONTRAST].sum() > lighter[lighter >= MIN_CONTRAST].sum():
+        gray, paper = 1.0 - gray, 1.0 - paper
+    contrast = float(gray.max()) - paper
     if contrast < MIN_CONTRAST:
         raise DigitImageError(BLANK)
     ink = np.clip((gray - paper) / contrast, 0.0, 1.0)  # paper -> 0, the strongest stroke -> 1, like MNIST

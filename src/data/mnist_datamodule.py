@@ -148,6 +148,13 @@ class MNISTDataModule(pl.LightningDataModule):
                 f"data.val_size={val_size} is invalid with {world_size} processes: each validates its own share, "
                 f"so it must be at least {world_size}."
             )
+        train_size, batch_size = len(images) - val_size, self.hparams.batch_size
+        if self.hparams.drop_last and train_size // world_size < batch_size:
+            per_process = f" ({train_size // world_size} per process)" if world_size > 1 else ""
+            raise UserInputError(
+                f"data.batch_size={batch_size} with data.drop_last=true leaves no training batch: the training split "
+                f"has {train_size} images{per_process}. Use a smaller data.batch_size, or data.drop_last=false."
+            )
         # A fixed split seed keeps the validation set identical across runs with different `seed`s,
         # so a sweep compares models on the same images.
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.hparams.split_seed))

@@ -29,11 +29,12 @@ def digit_sheet(
         if index >= len(images):
             continue
         ax.imshow(images[index].numpy(), cmap="gray", vmin=low, vmax=high)
-        ax.set_title(captions[index], fontsize=8, color="tab:red" if flagged[index] else "black")
+        # parse_math=False: captions hold file names, and matplotlib would read `$...$` in one as a formula.
+        ax.set_title(captions[index], fontsize=8, color="tab:red" if flagged[index] else "black", parse_math=False)
         if flagged[index]:
             ax.add_patch(_frame(ax))
     if title:
-        figure.suptitle(title, fontsize=10)
+        figure.suptitle(title, fontsize=10, parse_math=False)
     return figure
 
 
