@@ -99,7 +99,7 @@ def train(cfg: DictConfig) -> dict:
 def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None) -> None:
     """trainer.fit; after SIGTERM or Ctrl-C (a checkpoint was saved at a batch boundary), or a second Ctrl-C (nothing
     saved then), say how to resume."""
-    from src.callbacks.safety import INTERRUPTIONS, ResumableCheckpoint, aborted_by_ctrl_c
+    from src.callbacks.safety import INTERRUPTIONS, GracefulStop, ResumableCheckpoint, aborted_by_ctrl_c
     from src.errors import RunInterrupted
 
     saved = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
@@ -115,7 +115,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
                else "No checkpoint callback was configured, so nothing was saved."),
             exit_code=130 if by_ctrl_c else 143,
         ) from stop
-    except SystemExit as stop:  # a second Ctrl-C (or one before training began): Lightning exits 1 at once
+    except (SystemExit, KeyboardInterrupt) as stop:  # a second Ctrl-C, or one before training began: no save
         if not aborted_by_ctrl_c(stop):
             raise
         last = where if where and Path(where).is_file() else ckpt_path  # this run's last save, else its starting point
@@ -125,6 +125,10 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
                f"{ckpt_override(last)}" if last else "No checkpoint had been saved yet."),
             exit_code=130,
         ) from stop
+    finally:  # after any failure too: in a sweep, a later job's Ctrl-C would otherwise go to this job's handler
+        for callback in trainer.callbacks:
+            if isinstance(callback, GracefulStop):
+                callback.give_back_ctrl_c()
 
 
 def original_overrides() -> str:

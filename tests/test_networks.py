@@ -44,16 +44,19 @@ def test_sizes_that_cannot_work_are_named():
     with pytest.raises(UserInputError, match=r"model.channels=\[8, 8, 8, 8, 8\] .* \(model.pool=true\): use fewer blocks\.$"):
         cnn_network([8] * 5, 3, 1, 32, 0.0, True)  # 28 -> 14 -> 7 -> 3 -> 1 -> 0
     # Torch would fail later with its own message, or never: a layer of width 0 trains as a constant.
-    for key, value, arguments in (
-        ("channels", "[8, 0]", ([8, 0], 3, 1, 32)),
-        ("channels", "8", (8, 3, 1, 32)),
-        ("kernel_size", "0", ([8], 0, 1, 32)),
-        ("kernel_size", "[3, 2.5]", ([8, 16], [3, 2.5], 1, 32)),
-        ("convs_per_block", "0", ([8], 3, 0, 32)),
-        ("hidden_size", "0", ([8], 3, 1, 0)),
-        ("hidden_size", "True", ([8], 3, 1, True)),
+    sizes = "is invalid: sizes and counts must be whole numbers >= 1."
+    for message, arguments in (
+        (f"model.channels=[8, 0] {sizes}", ([8, 0], 3, 1, 32)),
+        ("model.channels=8 is invalid: it must be a list, e.g. model.channels=[64,128].", (8, 3, 1, 32)),
+        (f"model.kernel_size=0 {sizes}", ([8], 0, 1, 32)),
+        ("model.kernel_size=3.0 is invalid: it must be a whole number >= 1, or a list", ([8], 3.0, 1, 32)),
+        ("model.kernel_size=three is invalid: it must be a list, e.g. model.kernel_size=[5,3,3]", ([8], "three", 1, 32)),
+        (f"model.kernel_size=[3, 2.5] {sizes}", ([8, 16], [3, 2.5], 1, 32)),
+        (f"model.convs_per_block=0 {sizes}", ([8], 3, 0, 32)),
+        (f"model.hidden_size=0 {sizes}", ([8], 3, 1, 0)),
+        (f"model.hidden_size=True {sizes}", ([8], 3, 1, True)),
     ):
-        with pytest.raises(UserInputError, match="^" + re.escape(f"model.{key}={value} is invalid: ")):
+        with pytest.raises(UserInputError, match="^" + re.escape(message)):
             cnn_network(*arguments, 0.0, True)
 
 

@@ -21,7 +21,7 @@ import torch
 from src import PROJECT_ROOT
 from src.data.idx import write_idx
 from src.data.synthetic import write_synthetic_mnist
-from src.errors import UserInputError
+from src.errors import RunInterrupted, TrainingDiverged, UserInputError
 from src.train import train
 from src.utils.run import run_reporting_failures
 from tests.conftest import compose_config, run_module, tiny_run_overrides
@@ -263,7 +263,6 @@ def test_divergence_guard_reads_each_loss_one_step_later_and_before_any_save():
     from types import SimpleNamespace
 
     from src.callbacks.safety import DivergenceGuard
-    from src.errors import TrainingDiverged
 
     optimizer = SimpleNamespace(param_groups=[{"lr": 0.5}])
     trainer = SimpleNamespace(optimizers=[optimizer], current_epoch=3, global_step=0)
@@ -289,8 +288,6 @@ def test_divergence_guard_reads_each_loss_one_step_later_and_before_any_save():
 
 def test_ctrl_c_stops_on_a_nan_loss_when_the_divergence_guard_is_off(tmp_path, synthetic_data_dir):
     """Without the guard nothing else would ever stop the run: Ctrl-C must (it saves what there is)."""
-    from src.errors import RunInterrupted
-
     overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "model.scheduler.name=none",
                  "trainer.max_epochs=2", "callbacks.divergence_guard=null",
                  f"+callbacks.nan._target_={__name__}.CtrlCOnADivergingStep", "+callbacks.nan.step=13"]
@@ -306,6 +303,12 @@ def test_training_gives_ctrl_c_back_to_the_program_afterwards(tmp_path, syntheti
     """The graceful-stop handler is for the fit only: afterwards (testing, a notebook) Ctrl-C works as before."""
     before = signal.getsignal(signal.SIGINT)
     train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "test=false"]))
+    assert signal.getsignal(signal.SIGINT) is before
+    # Also after a fit that failed (Lightning then skips the callbacks' teardown): in a sweep, Ctrl-C during a later
+    # job's test pass was taken for a request to stop training, and ignored.
+    diverging = ["model.batch_norm=false", "model.optimizer.name=sgd", "model.optimizer.lr=1e30", "model.scheduler.name=none"]
+    with pytest.raises(TrainingDiverged):
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "diverged"), "model=mlp", *diverging]))
     assert signal.getsignal(signal.SIGINT) is before
 
 
@@ -327,8 +330,6 @@ class CtrlCOnADivergingStep(pl.Callback):
 
 def test_ctrl_c_on_a_diverging_step_keeps_the_last_good_checkpoint(tmp_path, synthetic_data_dir):
     """The Ctrl-C save must not store the NaN weights over last.ckpt: the run stops as diverged instead."""
-    from src.errors import TrainingDiverged
-
     overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "model.scheduler.name=none",
                  "trainer.max_epochs=2", f"+callbacks.nan._target_={__name__}.CtrlCOnADivergingStep", "+callbacks.nan.step=13"]
     previous_handler = signal.getsignal(signal.SIGINT)
@@ -356,10 +357,33 @@ class DoubleCtrlCAtStep(pl.Callback):
             time.sleep(5)  # the second one raises KeyboardInterrupt here
 
 
+class CtrlCWhileStopping(pl.Callback):
+    """Ctrl-C at training step 3, and again while Lightning handles the stop it causes (saving, tearing down)."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.1)  # the graceful-stop handler runs (at the latest) when the signal interrupts this sleep
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)  # the KeyboardInterrupt is raised here, outside Lightning's own Ctrl-C handling
+
+
+def test_a_ctrl_c_while_lightning_handles_a_stop_is_reported_too(tmp_path, synthetic_data_dir):
+    overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "model.scheduler.name=none",
+                 f"+callbacks.again._target_={__name__}.CtrlCWhileStopping"]
+    previous_handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(RunInterrupted, match=r"Training aborted by Ctrl-C at epoch 0, step \d+, without saving") as stop:
+            train(compose_config(overrides))
+        assert stop.value.exit_code == 130
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+
+
 def test_a_second_ctrl_c_aborts_at_once_with_advice_and_keeps_the_last_checkpoint(tmp_path, synthetic_data_dir):
     """Lightning answers that KeyboardInterrupt with exit code 1 and leaves Ctrl-C ignored from then on."""
-    from src.errors import RunInterrupted
-
     overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "model.scheduler.name=none",
                  "trainer.max_epochs=2", f"+callbacks.ctrl_c._target_={__name__}.DoubleCtrlCAtStep", "+callbacks.ctrl_c.step=13"]
     previous_handler = signal.getsignal(signal.SIGINT)

@@ -213,12 +213,14 @@ def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_dat
     assert refused.returncode == 1 and "trained with a different model config" in output, output[-3000:]
     assert (job_dir / "metrics.json").read_text() == finished
 
-    # A resubmission that fails otherwise (here: no data on this node) is recorded, and the results it replaces kept.
-    failed = run_module(
-        "src.train", "-m", f"data.data_dir={tmp_path / 'no_data'}", "data.download=false", "data.val_size=80",
-        "data.batch_size=32", "trainer.max_epochs=2", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false",
-        "model=mlp", plain_lr, "seed=2", f"ckpt_path='{job_dir / 'checkpoints' / 'last.ckpt'}'", timeout=600,
-    )
-    record = json.loads((job_dir / "metrics.json").read_text())
-    assert failed.returncode == 1 and record["status"] == "failed" and "MNIST files are missing" in record["error"]
-    assert record["earlier_run"] == json.loads(finished)
+    # A resubmission that fails otherwise (here: no data on this node) is recorded, and the results it replaces are
+    # kept, also through a second such failure.
+    for _ in range(2):
+        failed = run_module(
+            "src.train", "-m", f"data.data_dir={tmp_path / 'no_data'}", "data.download=false", "data.val_size=80",
+            "data.batch_size=32", "trainer.max_epochs=2", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false",
+            "model=mlp", plain_lr, "seed=2", f"ckpt_path='{job_dir / 'checkpoints' / 'last.ckpt'}'", timeout=600,
+        )
+        record = json.loads((job_dir / "metrics.json").read_text())
+        assert failed.returncode == 1 and record["status"] == "failed" and "MNIST files are missing" in record["error"]
+        assert record["earlier_run"] == json.loads(finished)

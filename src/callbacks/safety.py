@@ -25,9 +25,11 @@ INTERRUPTIONS = (SIGTERMException, StopRequested)
 
 
 def aborted_by_ctrl_c(stop: BaseException) -> bool:
-    """Whether `stop` is Lightning's answer to a Ctrl-C it did not handle gracefully (a second one, or one outside
-    training): sys.exit(1), with Ctrl-C left ignored. Ctrl-C is given back to Python's default handler here."""
-    if not (isinstance(stop, SystemExit) and isinstance(stop.__context__, KeyboardInterrupt)):
+    """Whether `stop` ends a run on a Ctrl-C that was not handled gracefully (a second one, or one outside training):
+    Lightning's sys.exit(1), with Ctrl-C left ignored, or a KeyboardInterrupt that came while Lightning was handling
+    an earlier stop. Ctrl-C is given back to Python's default handler here."""
+    lightning_exit = isinstance(stop, SystemExit) and isinstance(stop.__context__, KeyboardInterrupt)
+    if not (lightning_exit or isinstance(stop, KeyboardInterrupt)):
         return False
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -69,6 +71,12 @@ class GracefulStop(pl.Callback):
             raise StopRequested("Ctrl-C")
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
+        self.give_back_ctrl_c()
+
+    def give_back_ctrl_c(self) -> None:
+        """Reinstate the handler from before the fit. When the fit raises, Lightning skips the callbacks' teardown
+        and puts this callback's handler back itself (its own signal handling restores what it found at the
+        start), so whoever calls trainer.fit must call this afterwards."""
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None

@@ -20,10 +20,10 @@ def check_sizes(key: str, value, sizes: list) -> None:
         raise UserInputError(f"model.{key}={value} is invalid: sizes and counts must be whole numbers >= 1.")
 
 
-def as_size_list(key: str, value) -> list[int]:
+def as_size_list(key: str, value, example: str = "[64,128]") -> list[int]:
     """A list setting such as model.channels=[32,64], refused as a single number or a string."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise UserInputError(f"model.{key}={value} is invalid: it must be a list, e.g. model.{key}=[64,128].")
+        raise UserInputError(f"model.{key}={value} is invalid: it must be a list, e.g. model.{key}={example}.")
     sizes = list(value)
     check_sizes(key, value, sizes)
     return sizes
@@ -72,7 +72,11 @@ def cnn_network(
     channels = as_size_list("channels", channels)
     check_sizes("convs_per_block", convs_per_block, [convs_per_block])
     check_sizes("hidden_size", hidden_size, [hidden_size])
-    kernel_sizes = [kernel_size] * len(channels) if isinstance(kernel_size, int) else as_size_list("kernel_size", kernel_size)
+    if isinstance(kernel_size, float):
+        raise UserInputError(f"model.kernel_size={kernel_size} is invalid: it must be a whole number >= 1, or a list "
+                             "with one per block, e.g. model.kernel_size=[5,3,3].")
+    kernel_sizes = ([kernel_size] * len(channels) if isinstance(kernel_size, int)
+                    else as_size_list("kernel_size", kernel_size, "[5,3,3] (one per block) or 3"))
     check_sizes("kernel_size", kernel_size, kernel_sizes)
     if len(kernel_sizes) != len(channels):
         raise UserInputError(

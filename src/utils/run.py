@@ -132,8 +132,9 @@ def _keep_earlier_results(metrics_file: Path, failure: dict) -> None:
     from src.utils.sweep_summary import read_metrics
 
     earlier = read_metrics(metrics_file)
-    if earlier.get("status") == "ok":
-        failure["earlier_run"] = earlier
+    kept = earlier if earlier.get("status") == "ok" else earlier.get("earlier_run")  # a second failure keeps it too
+    if kept:
+        failure["earlier_run"] = kept
 
 
 def _summarize_stopped_sweep() -> None:
@@ -161,7 +162,7 @@ def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | Non
         (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except INTERRUPTIONS as stop:
         raise RunInterrupted(f"Testing stopped by SIGTERM: no test results were written. {advice}", exit_code=143) from stop
-    except SystemExit as stop:  # Lightning's exit code 1 after Ctrl-C would read as an ordinary failure
+    except (SystemExit, KeyboardInterrupt) as stop:  # Lightning's exit code 1 after Ctrl-C would read as a failure
         if not aborted_by_ctrl_c(stop):
             raise
         raise RunInterrupted(f"Testing stopped by Ctrl-C: no test results were written. {advice}", exit_code=130) from stop
