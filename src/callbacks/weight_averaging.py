@@ -49,7 +49,11 @@ class WeightEMA(WeightAveraging):
                 "(an average over about 1/(1-decay) = 1000 steps)."
             )
         super().__init__(avg_fn=ema_with_warmup(decay))
+        self.decay = decay
         self._average_in_module = False
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "decay": self.decay}  # so a run that only tests the checkpoint can show it
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_validation_epoch_start(trainer, pl_module)

@@ -12,17 +12,19 @@ _SHARED_MODEL_KEYS = (
 )
 
 
-def run_hparams(cfg: DictConfig, num_parameters: int, model: DictConfig | dict | None = None) -> dict[str, str | float | int | bool]:
+def run_hparams(
+    cfg: DictConfig, num_parameters: int, model: DictConfig | dict | None = None, trained: dict | None = None
+) -> dict[str, str | float | int | bool]:
     """Flat, plain values under a fixed set of keys, whatever the model: architecture-specific sizes
-    are folded into one `model/arch` string so MLP and CNN runs share the same columns. `model`: the
-    model's settings when they are not `cfg.model` (a checkpoint's, when one is tested)."""
+    are folded into one `model/arch` string so MLP and CNN runs share the same columns. `model` and `trained`:
+    when a checkpoint is tested, its model settings and `trained_settings`, which replace this run's config."""
     model = cfg.model if model is None else model
     model = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else dict(model)
     optimizer = model.get("optimizer") or {}
     scheduler = model.get("scheduler") or {}
     augment = OmegaConf.to_container(cfg.data, resolve=True).get("augment") or {}
     arch = ", ".join(f"{k}={v}" for k, v in sorted(model.items()) if k not in _SHARED_MODEL_KEYS)
-    return {
+    values = {
         "model": model["_target_"].rsplit(".", 1)[-1],
         "model/arch": arch,
         "model/parameters": num_parameters,
@@ -39,6 +41,26 @@ def run_hparams(cfg: DictConfig, num_parameters: int, model: DictConfig | dict |
         "trainer/max_epochs": int(cfg.trainer.max_epochs),
         "trainer/precision": str(cfg.trainer.get("precision", "32-true")),
         "seed": int(cfg.seed) if cfg.get("seed") is not None else -1,
+    }
+    values.update({key: value for key, value in (trained or {}).items() if value is not None})
+    return values
+
+
+def trained_settings(checkpoint: dict) -> dict:
+    """What a checkpoint records of how it was trained, under run_hparams' keys (None: not recorded). The epochs are
+    those it had trained when saved; -1: weight averaging of an unrecorded decay (a checkpoint of an older version)."""
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    ema_states = [state for key, state in (checkpoint.get("callbacks") or {}).items() if key.startswith("WeightEMA")]
+    if ema_states:
+        ema_decay = float(ema_states[0].get("decay", -1.0))
+    else:
+        ema_decay = -1.0 if "current_model_state" in checkpoint else 0.0
+    return {
+        "data/batch_size": data.get("batch_size"),
+        "data/augment": _describe_augment(data["augment"]) if "augment" in data else None,
+        "trainer/max_epochs": checkpoint["epoch"] + 1 if "epoch" in checkpoint else None,
+        "callbacks/ema_decay": ema_decay,
+        "seed": data.get("shuffle_seed"),
     }
 
 
