@@ -6,12 +6,17 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pytorch_lightning as pl
+import torch
 from hydra import compose, initialize_config_dir
 
-from src import CONFIG_DIR, job_dirname
+from src import CONFIG_DIR, PROJECT_ROOT, job_dirname
 from src.utils.hparams import HPARAM_METRICS, run_hparams
 from src.utils.sweep_summary import markdown_table, write_summary
 from tests.conftest import compose_config, run_module
@@ -115,6 +120,45 @@ def test_an_interrupted_job_stops_the_sweep_and_is_recorded(tmp_path, synthetic_
                       "+callbacks.stop.step=3", extra_env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode == 130 and "Traceback" in result.stdout + result.stderr
     assert len([p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]) == 1
+
+
+class CtrlCToTheProcessGroup(pl.Callback):
+    """At training step `step`, Ctrl-C as a terminal sends it: SIGINT to every process of the group. Only once per
+    sweep: the first job to get there removes the `armed` file."""
+
+    def __init__(self, step: int, armed: str) -> None:
+        self.step, self.armed = step, Path(armed)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and self.armed.exists():
+            self.armed.unlink()
+            os.killpg(os.getpgid(0), signal.SIGINT)
+            time.sleep(0.5)  # the graceful-stop handler runs (at the latest) when the signal interrupts this sleep
+
+
+def test_ctrl_c_stops_parallel_jobs_gracefully_and_skips_the_rest(tmp_path, synthetic_data_dir):
+    """joblib's launcher, left alone, ends its workers at once on Ctrl-C: no checkpoint, no record, no summary."""
+    sweep_dir, armed = tmp_path / "sweep", tmp_path / "armed"
+    armed.touch()
+    command = [sys.executable, "-m", "src.train", "-m", f"hydra.sweep.dir={sweep_dir}", f"data.data_dir={synthetic_data_dir}",
+               "data.download=false", "data.val_size=80", "data.batch_size=16", "model=mlp", "model.scheduler.name=none",
+               "trainer.max_epochs=3", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", "seed=1,2,3",
+               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"+callbacks.ctrl_c._target_={__name__}.CtrlCToTheProcessGroup",
+               "+callbacks.ctrl_c.step=25", f"+callbacks.ctrl_c.armed={armed}"]
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    # A session of its own, so the group's Ctrl-C does not reach pytest.
+    result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
+                            start_new_session=True)
+    output = result.stdout + result.stderr
+    assert result.returncode == 130 and "Traceback" not in output, output[-3000:]
+    assert not armed.exists() and "The sweep was stopped (Ctrl-C)" in output
+    # The two running jobs stopped after a batch and saved it; the third never started.
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["interrupted", "interrupted", "not run"]
+    for job_dir in sorted(sweep_dir.glob("[01]_*")):
+        error = json.loads((job_dir / "metrics.json").read_text())["error"]
+        saved = torch.load(job_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        assert f"step {saved}. Saved" in error, error
+    assert not (sweep_dir / ".stop_requested").exists()
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synthetic_data_dir):

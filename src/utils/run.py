@@ -99,6 +99,10 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
     from src.utils.jobs import in_multirun
 
     started = time.perf_counter()
+    if in_multirun() and _sweep_stopping():
+        write_json_atomically(Path(cfg.paths.output_dir) / "metrics.json", {
+            "status": "not run", "error": "the sweep was stopped (Ctrl-C or SIGTERM) before this job started"})
+        return None
     try:
         return work(cfg)
     except Exception as err:
@@ -111,6 +115,9 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
             _keep_earlier_results(metrics_file, failure)
             write_json_atomically(metrics_file, failure)
             if isinstance(err, RunInterrupted):
+                if not _stop_sweep_from_a_job(err.exit_code):
+                    log.error("%s", err)
+                    return None  # the launching process ends the sweep once its running jobs are done
                 _summarize_stopped_sweep()
             else:
                 if reported:
@@ -135,6 +142,27 @@ def _keep_earlier_results(metrics_file: Path, failure: dict) -> None:
     kept = earlier if earlier.get("status") == "ok" else earlier.get("earlier_run")  # a second failure keeps it too
     if kept:
         failure["earlier_run"] = kept
+
+
+def _sweep_stopping() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    from src.utils.sweep_stop import requested_exit_code
+
+    return requested_exit_code(Path(HydraConfig.get().sweep.dir)) is not None
+
+
+def _stop_sweep_from_a_job(exit_code: int) -> bool:
+    """Stop the sweep after an interrupted job. True: this job runs in the launching process and must end it;
+    False: in a worker of a parallel launcher, which the jobs not yet started are told to skip (src/utils/sweep_stop.py)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from src.utils.sweep_stop import in_launching_process, request_stop
+
+    if in_launching_process():
+        return True
+    request_stop(Path(HydraConfig.get().sweep.dir), exit_code)
+    return False
 
 
 def _summarize_stopped_sweep() -> None:

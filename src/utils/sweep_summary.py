@@ -101,9 +101,17 @@ def _ran_since(job_dir: Path, started: float) -> bool:
 
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from src.utils.sweep_stop import clear_stop_request, leave_interruptions_to_the_jobs
+
         self._started = time.time() - 1  # file times may be rounded down to the second
+        sweep_dir = Path(config.hydra.sweep.dir)
+        clear_stop_request(sweep_dir)  # an earlier, stopped run of this sweep left one behind
+        if "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_", default="")):
+            leave_interruptions_to_the_jobs(sweep_dir)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        from src.utils.sweep_stop import clear_stop_request, requested_exit_code
+
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_summary(sweep_dir)
         failed = [row for row in rows if row["status"] != "ok"]
@@ -112,6 +120,12 @@ class SweepSummary(Callback):
             len(rows) - len(failed), len(failed), sweep_dir, markdown_table(rows),
         )
         log.info("TensorBoard for the whole sweep: tensorboard --logdir %s", sweep_dir)
+        stopped_with = requested_exit_code(sweep_dir)
+        if stopped_with is not None:
+            clear_stop_request(sweep_dir)
+            log.error("The sweep was stopped (%s): resume the interrupted jobs as their messages above say.",
+                      "Ctrl-C" if stopped_with == 130 else "SIGTERM")
+            raise SystemExit(stopped_with)
         # Judged on the jobs this command ran: a resubmitted job that fails must not pass for a success because
         # the sweep's other jobs had finished earlier.
         ran = [row for row in rows if _ran_since(sweep_dir / row["job"], getattr(self, "_started", 0.0))]
