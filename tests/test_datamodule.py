@@ -152,6 +152,20 @@ def test_drop_last_and_batch_count():
     assert [len(b) for b in EpochBatches(100, 32, shuffle=True, drop_last=True)] == [32, 32, 32]
     loader = TensorBatchLoader((torch.arange(100),), EpochBatches(100, 32, shuffle=False))
     assert [len(b[0]) for b in loader] == [32, 32, 32, 4]
+    # A last training batch of one image is left out (batch norm cannot train on one); evaluation keeps it.
+    assert [len(b) for b in EpochBatches(65, 32, shuffle=True)] == [32, 32]
+    assert [len(b) for b in EpochBatches(65, 32, shuffle=False)] == [32, 32, 1]
+    assert [len(b) for b in EpochBatches(1, 32, shuffle=True)] == [1]
+
+
+def test_a_training_split_one_image_over_whole_batches_trains(tmp_path, synthetic_data_dir):
+    """400 - 79 = 321 = 10 × 32 + 1: the last batch of one image crashed batch norm in the MLP, then in the CNN."""
+    from src.train import train
+    from tests.conftest import compose_config, tiny_run_overrides
+
+    for model in ("mlp", "cnn"):
+        overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path / model), f"model={model}", "data.val_size=79"]
+        assert train(compose_config(overrides))["status"] == "ok"
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,8 @@ class EpochBatches:
     """Index batches for one rank.
 
     Shuffled (training): a fresh permutation of all samples each epoch, dealt round-robin to the
-    ranks and cut to the same length on every rank, so all ranks take the same number of steps.
+    ranks and cut to the same length on every rank, so all ranks take the same number of steps. A last
+    batch of a single image is left out (another image each epoch): batch norm cannot train on one.
     Not shuffled (evaluation): ranks get disjoint strided shards covering every sample exactly once.
     """
 
@@ -58,7 +59,9 @@ class EpochBatches:
 
     def __len__(self) -> int:
         size = self._rank_size()
-        return size // self.batch_size if self.drop_last else math.ceil(size / self.batch_size)
+        if self.drop_last or (self.shuffle and size % self.batch_size == 1 and size > 1):
+            return size // self.batch_size
+        return math.ceil(size / self.batch_size)
 
     def indices(self) -> torch.Tensor:
         """This rank's indices for the current epoch, in order."""
