@@ -20,6 +20,27 @@ def job_dirname(job_num: int, override_dirname: str, max_length: int = 120) -> s
     return name
 
 
+def quote_checkpoint_paths(arguments: list[str]) -> list[str]:
+    """Command-line arguments with a `ckpt_path=<path>` that holds `=` quoted for Hydra. A sweep job's folder
+    name does (3_model=cnn,seed=1), and Hydra's override grammar refuses it unquoted with a bare parse error,
+    so a path copied from a run's summary failed."""
+    quoted = []
+    for argument in arguments:
+        key, _, value = argument.partition("=")
+        if key.lstrip("+") == "ckpt_path" and "=" in value and not any(c in value for c in "\"'\\"):
+            argument = f'{key}="{value}"'
+        quoted.append(argument)
+    return quoted
+
+
+def run_command_line(main) -> None:
+    """`main()` of an entry point (a @hydra.main function), with its command line's checkpoint paths quoted."""
+    import sys
+
+    sys.argv[1:] = quote_checkpoint_paths(sys.argv[1:])
+    main()
+
+
 def resumed_job_dir(ckpt_path: str | None, training: bool) -> Path | None:
     """The run (or sweep job) folder a training resume from <folder>/checkpoints/x.ckpt continues in, so
     TensorBoard curves, best-checkpoint tracking and the log go on where they stopped; None otherwise."""

@@ -13,7 +13,7 @@ import time
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from src import CONFIG_DIR
+from src import CONFIG_DIR, run_command_line
 from src.errors import UserInputError
 
 
@@ -53,4 +53,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command_line(main)

@@ -17,7 +17,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from src import CONFIG_DIR
+from src import CONFIG_DIR, run_command_line
 from src.errors import UserInputError
 
 log = logging.getLogger(__name__)
@@ -165,4 +165,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command_line(main)

@@ -18,7 +18,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from src import CONFIG_DIR, resumed_job_dir
+from src import CONFIG_DIR, resumed_job_dir, run_command_line
 
 log = logging.getLogger(__name__)
 
@@ -203,4 +203,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command_line(main)

@@ -196,6 +196,17 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, trained_run):
             load_classifier(other)
 
 
+def test_a_sweep_jobs_checkpoint_path_works_unquoted(tmp_path, trained_run, synthetic_data_dir):
+    """As a run's summary prints it: the folder name's `=` made Hydra refuse the override with a bare parse error."""
+    job_checkpoint = tmp_path / "3_model=mlp,seed=1" / "checkpoints" / "last.ckpt"
+    job_checkpoint.parent.mkdir(parents=True)
+    shutil.copy(trained_run / "checkpoints" / "last.ckpt", job_checkpoint)
+    result = run_module("src.eval", f"ckpt_path={job_checkpoint}", f"hydra.run.dir={tmp_path / 'eval'}",
+                        f"data.data_dir={synthetic_data_dir}", "data.download=false")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["checkpoint"] == str(job_checkpoint)
+
+
 @pytest.mark.parametrize("entry_point", ["src.eval", "src.train"])
 def test_entry_points_reject_a_truncated_checkpoint_in_one_line(tmp_path, trained_run, entry_point):
     truncated = tmp_path / "truncated.ckpt"

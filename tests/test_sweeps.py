@@ -245,6 +245,8 @@ def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_dat
     assert "dirpath has changed" not in output  # so the best checkpoint's score carried over
     assert first_events < set((job_dir / "tensorboard").rglob("events*"))  # curves continue in the same run
     assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok", "ok"]  # both jobs still summarized
+    (earlier_record,) = sweep_dir.glob("multirun-*.yaml")  # the sweep's own, kept beside the resubmission's
+    assert "seed=1,2" in earlier_record.read_text() and "seed=1,2" not in (sweep_dir / "multirun.yaml").read_text()
 
     # A resubmission with the wrong model fails loudly, and the job's finished result stays as it was.
     finished = (job_dir / "metrics.json").read_text()

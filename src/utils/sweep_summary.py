@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -94,6 +95,14 @@ def write_summary(sweep_dir: Path) -> list[dict]:
     return rows
 
 
+def keep_earlier_sweep_record(sweep_dir: Path) -> None:
+    """Hydra is about to write this command's multirun.yaml; a resubmitted job's would replace the sweep's own."""
+    record = sweep_dir / "multirun.yaml"
+    if record.is_file():  # copied, not moved: the resume resolvers (src/__init__.py) look for it until Hydra rewrites it
+        written = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(record.stat().st_mtime))
+        shutil.copy2(record, sweep_dir / f"multirun-{written}.yaml")
+
+
 def _ran_since(job_dir: Path, started: float) -> bool:
     """Whether this command ran the job: its metrics.json or Hydra's record (a resume adds a folder to it) is new."""
     return any(path.exists() and path.stat().st_mtime >= started for path in (job_dir / "metrics.json", job_dir / ".hydra"))
@@ -106,6 +115,7 @@ class SweepSummary(Callback):
         self._started = time.time() - 1  # file times may be rounded down to the second
         sweep_dir = Path(config.hydra.sweep.dir)
         clear_stop_request(sweep_dir)  # an earlier, stopped run of this sweep left one behind
+        keep_earlier_sweep_record(sweep_dir)
         if "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_", default="")):
             leave_interruptions_to_the_jobs(sweep_dir)
 
