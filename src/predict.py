@@ -74,6 +74,8 @@ def check_config(cfg: DictConfig) -> None:
             raise UserInputError(f"{key} is required, e.g. `python -m src.predict {key}={example} ...`.")
     if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or not 1 <= cfg.top_k <= 10:
         raise UserInputError(f"top_k={cfg.top_k} is invalid: it must be a whole number from 1 to 10.")
+    if not isinstance(cfg.save_preview, bool):
+        raise UserInputError(f"save_preview={cfg.save_preview} is invalid: it must be true or false.")
     if cfg.output and Path(cfg.output).expanduser().is_dir():
         raise UserInputError(f"output={cfg.output} is a folder: give a file name, e.g. output={Path(cfg.output) / 'predictions.json'}.")
 

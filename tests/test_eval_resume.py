@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
@@ -182,6 +183,12 @@ def test_bad_checkpoints_are_clear_errors(tmp_path, trained_run):
     text.write_text("hello")
     with pytest.raises(CheckpointError, match="cannot be read"):
         load_classifier(text)
+    pickled = tmp_path / "pickled.ckpt"  # what a checkpoint with objects in its hyperparameters looks like
+    torch.save({**torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True),
+                "hyper_parameters": argparse.Namespace(lr=0.1)}, pickled)
+    with pytest.raises(CheckpointError, match="holds pickled Python objects, which are not loaded here") as refused:
+        load_classifier(pickled)
+    assert "\x1b" not in str(refused.value)  # torch's own message carries terminal colour codes
 
     # Written by another version of this project: a model module, class or setting this one lacks.
     ours = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)

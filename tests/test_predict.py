@@ -240,6 +240,8 @@ def test_required_values_and_top_k_are_checked(tmp_path, synthetic_checkpoint):
     for bad in ("0", "true"):
         with pytest.raises(UserInputError, match=f"top_k={bad.capitalize() if bad == 'true' else bad} is invalid"):
             predict(predict_config(synthetic_checkpoint, tmp_path, tmp_path, f"top_k={bad}"))
+    with pytest.raises(UserInputError, match="save_preview=maybe is invalid: it must be true or false"):
+        predict(predict_config(synthetic_checkpoint, tmp_path, tmp_path, "save_preview=maybe"))
 
 
 def test_an_unwritable_output_is_one_clear_error_and_keeps_the_earlier_file(tmp_path, synthetic_checkpoint, monkeypatch):

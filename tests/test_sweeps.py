@@ -202,6 +202,7 @@ def test_sweep_and_launcher_configs_compose():
         slurm = compose("train", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
     assert sweep.hydra.mode.name == "MULTIRUN"
     assert dict(sweep.hydra.sweeper.params) == {"model": "mlp,cnn", "model.optimizer.lr": "1e-3,3e-3"}
+    assert "sweep" in sweep.hydra.job.config.override_dirname.exclude_keys  # job folders named by what varies
     assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.tasks_per_node == 1
 
 

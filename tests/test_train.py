@@ -127,6 +127,7 @@ def test_entry_point_respects_hydra_run_dir(tmp_path, synthetic_data_dir):
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     log_text = (run_dir / "quickcheck.log").read_text()
     assert "test accuracy" in log_text and f"tensorboard --logdir {run_dir}" in log_text
+    assert "(100 test images)" in log_text  # the synthetic test set: not called the official 10k one
     # The model summary lists each layer, not only the network as one row (the MLP's first linear layer here).
     assert any(" net.1 " in line and "Linear" in line for line in result.stdout.splitlines()), result.stdout[-3000:]
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import pickle
 from pathlib import Path
 
 import torch
@@ -22,6 +23,15 @@ def read_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"ckpt_path={path}: no such file. Checkpoints are in <run dir>/checkpoints/.")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "weights only load failed" not in str(err).lower():
+            raise CheckpointError(f"ckpt_path={path}: cannot be read as a checkpoint ({str(err).splitlines()[0]}). It is "
+                                  "truncated or corrupt; use another checkpoint, e.g. <run dir>/checkpoints/last.ckpt.") from err
+        raise CheckpointError(
+            f"ckpt_path={path}: holds pickled Python objects, which are not loaded here because loading them could run "
+            "code from the file (torch.load(weights_only=True)). This project's checkpoints hold only tensors and plain "
+            "values: use a .ckpt written by `python -m src.train`."
+        ) from err
     except Exception as err:  # arbitrary bytes can make the unpickler raise anything (KeyError, ValueError...)
         raise CheckpointError(
             f"ckpt_path={path}: cannot be read as a checkpoint ({str(err).splitlines()[0]}). "

@@ -78,7 +78,9 @@ def finish_run(metrics: dict, output_dir: Path, loggers: list) -> None:
     write_json_atomically(output_dir / "metrics.json", metrics)
     lines = ["", "=" * 60]
     if "test/acc" in metrics:
-        lines.append(f"test accuracy : {metrics['test/acc']:.2%}  (official 10k MNIST test set)")
+        images = int(metrics.get("test/images", 10_000))  # fewer with trainer.limit_test_batches, or other data
+        tested_on = "official 10k MNIST test set" if images == 10_000 else f"{images} test images"
+        lines.append(f"test accuracy : {metrics['test/acc']:.2%}  ({tested_on})")
         lines.append(f"test loss     : {metrics['test/loss']:.4f}")
     if "val/acc_best" in metrics:
         lines.append(f"best val acc  : {metrics['val/acc_best']:.2%}")
