@@ -120,8 +120,10 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         if not aborted_by_ctrl_c(stop):
             raise
         last = where if where and Path(where).is_file() else ckpt_path  # this run's last save, else its starting point
+        # Nothing to say before the first step, nor in the launching process of ddp_spawn (its trainer never steps).
+        at = f" at epoch {trainer.current_epoch}, step {trainer.global_step}" if trainer.global_step else ""
         raise RunInterrupted(
-            f"Training aborted by Ctrl-C at epoch {trainer.current_epoch}, step {trainer.global_step}, without saving. "
+            f"Training aborted by Ctrl-C{at}, without saving. "
             + (f"{last} holds the last saved state; resume with: python -m src.train {original_overrides()} "
                f"{ckpt_override(last)}" if last else "No checkpoint had been saved yet."),
             exit_code=130,

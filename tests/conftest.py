@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -71,4 +72,10 @@ def run_module(module: str, *args: str, timeout: int = 300, extra_env: dict | No
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
     env.update(PYTHONUNBUFFERED="1", **(extra_env or {}))
     return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=ctrl_c_as_in_a_terminal)
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """For a child process: Ctrl-C (SIGINT) handled as in a terminal. A test run started in the background of
+    a script (CI) ignores it, and children inherit that: Ctrl-C tests would then test nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

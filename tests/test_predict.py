@@ -9,12 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from src.data.digit_images import (
     THIN_STROKE,
     DigitImageError,
     centre_of_mass,
+    light_ink_on_black,
     mnist_style,
     read_grayscale,
     stroke_width,
@@ -63,6 +64,35 @@ def test_a_glare_spot_does_not_decide_the_polarity(tmp_path):
     with_glare = draw_six(paper=150, ink=70)
     with_glare.paste(255, (20, 20, 23, 23))  # 9 pixels of 60,000
     np.testing.assert_allclose(prepared(with_glare, tmp_path, "glare.png"), expected, atol=1e-5)
+
+
+def seven_in_a_big_photo(paper: np.ndarray, ink: int, width: int) -> np.ndarray:
+    """A thin pen "7" drawn across a 1200×900 photo of `paper` (0-255): its ink is a small share of the pixels."""
+    photo = Image.fromarray(paper.astype(np.uint8))
+    ImageDraw.Draw(photo).line([(420, 270), (780, 270), (540, 675)], fill=ink, width=width)
+    return np.asarray(photo, dtype=np.float32) / 255
+
+
+def test_a_thin_stroke_in_a_big_photo_keeps_its_polarity_against_glare_vignette_and_specks():
+    """The pen line is what stands out from the paper, not a glare spot larger than it, the brighter middle of
+    unevenly lit paper, or dark specks on dark paper under light ink."""
+    grey = np.full((900, 1200), 128.0)
+    glare = seven_in_a_big_photo(grey, ink=26, width=3)
+    yy, xx = np.mgrid[:900, :1200]
+    glare[(yy - 145) ** 2 + (xx - 945) ** 2 <= 45 ** 2] = 217 / 255  # a glare spot 90 px across
+    ink = light_ink_on_black(glare)
+    assert ink[270, 600] == 1.0 and ink[145, 945] == 0.0
+
+    distance = np.hypot((yy - 450) / 450, (xx - 600) / 600) / 2 ** 0.5
+    vignette = seven_in_a_big_photo((0.70 + 0.18 * (1 - distance)) * 255, ink=38, width=5)  # brighter in the middle
+    ink = light_ink_on_black(vignette)
+    assert ink[270, 600] == 1.0 and (ink > 0).mean() < 0.01
+
+    specks = seven_in_a_big_photo(np.full((900, 1200), 0.35 * 255), ink=191, width=4)  # light ink on dark paper
+    for row, col in np.random.default_rng(0).integers(0, 880, size=(40, 2)):
+        specks[row : row + 12, col : col + 12] = 0.0
+    ink = light_ink_on_black(specks)
+    assert ink[270, 600] == 1.0 and ink[specks == 0.0].max() == 0.0
 
 
 @pytest.mark.parametrize("pen", [2, 6])

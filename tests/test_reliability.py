@@ -24,7 +24,7 @@ from src.data.synthetic import write_synthetic_mnist
 from src.errors import RunInterrupted, TrainingDiverged, UserInputError
 from src.train import train
 from src.utils.run import run_reporting_failures
-from tests.conftest import compose_config, run_module, tiny_run_overrides
+from tests.conftest import compose_config, ctrl_c_as_in_a_terminal, run_module, tiny_run_overrides
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +164,8 @@ def test_interrupt_saves_a_resumable_checkpoint(tmp_path, synthetic_data_dir, si
               "model=mlp", "model.scheduler.name=none", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false"]
     command = [sys.executable, "-m", "src.train", f"hydra.run.dir={run_dir}", *common]
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
-    process = subprocess.Popen([*command, "trainer.max_epochs=1000"], cwd=PROJECT_ROOT, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    process = subprocess.Popen([*command, "trainer.max_epochs=1000"], cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, preexec_fn=ctrl_c_as_in_a_terminal)
     last = run_dir / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 120
     while not last.exists() and time.monotonic() < deadline and process.poll() is None:
@@ -389,6 +389,7 @@ def test_a_second_ctrl_c_aborts_at_once_with_advice_and_keeps_the_last_checkpoin
     previous_handler = signal.getsignal(signal.SIGINT)
     last = tmp_path / "checkpoints" / "last.ckpt"
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when the tests run in the background
         with pytest.raises(RunInterrupted, match=f"aborted by Ctrl-C at epoch 1, step 13, without saving. {last} holds") as stop:
             train(compose_config(overrides))
         assert stop.value.exit_code == 130
@@ -396,3 +397,15 @@ def test_a_second_ctrl_c_aborts_at_once_with_advice_and_keeps_the_last_checkpoin
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     assert torch.load(last, weights_only=True)["global_step"] == 10  # epoch 0's save, untouched
+
+
+def test_ctrl_c_outside_training_and_testing_is_reported(tmp_path, synthetic_data_dir, caplog):
+    """While imports run or data loads, Ctrl-C is a plain KeyboardInterrupt: a traceback, and in a parallel sweep it
+    crashed the launcher with no record of the job."""
+    def interrupted_early(cfg):
+        raise KeyboardInterrupt
+
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp"])
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exited:
+        run_reporting_failures(interrupted_early, cfg)
+    assert exited.value.code == 130 and "Stopped by Ctrl-C outside training and testing" in caplog.text

@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from src import CONFIG_DIR, PROJECT_ROOT, job_dirname
 from src.utils.hparams import HPARAM_METRICS, run_hparams
 from src.utils.sweep_summary import markdown_table, write_summary
-from tests.conftest import compose_config, run_module
+from tests.conftest import compose_config, ctrl_c_as_in_a_terminal, run_module
 
 
 def multirun(sweep_dir: Path, data_dir: Path, *overrides: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
@@ -80,7 +80,7 @@ def test_two_job_sweep_is_comparable_in_tensorboard(tmp_path, synthetic_data_dir
     assert [row["varied"] for row in rows] == ["model=mlp", "model=cnn"]
     assert all(float(row["test/acc"]) > 0 and float(row["wall_seconds"]) > 0 for row in rows)
     assert (sweep_dir / "summary.md").exists() and (sweep_dir / "summary.png").exists()
-    assert "Sweep summary: 2 ok, 0 failed" in result.stdout + result.stderr
+    assert "Sweep summary: 2 ok (" in result.stdout + result.stderr
 
 
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path, synthetic_data_dir):
@@ -148,7 +148,7 @@ def test_ctrl_c_stops_parallel_jobs_gracefully_and_skips_the_rest(tmp_path, synt
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
     # A session of its own, so the group's Ctrl-C does not reach pytest.
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=ctrl_c_as_in_a_terminal)
     output = result.stdout + result.stderr
     assert result.returncode == 130 and "Traceback" not in output, output[-3000:]
     assert not armed.exists() and "The sweep was stopped (Ctrl-C)" in output
@@ -159,6 +159,16 @@ def test_ctrl_c_stops_parallel_jobs_gracefully_and_skips_the_rest(tmp_path, synt
         saved = torch.load(job_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
         assert f"step {saved}. Saved" in error, error
     assert not (sweep_dir / ".stop_requested").exists()
+
+
+def test_a_stop_request_left_by_another_command_is_ignored(tmp_path):
+    """A launcher killed outright leaves its marker behind: a later resubmission into the folder must still run."""
+    from src.utils.sweep_stop import MARKER, request_stop, requested_exit_code
+
+    (tmp_path / MARKER).write_text("130 999999999")
+    assert requested_exit_code(tmp_path) is None
+    request_stop(tmp_path, 143)
+    assert requested_exit_code(tmp_path) == 143
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synthetic_data_dir):

@@ -94,11 +94,11 @@ def paper_behind_transparency(gray: np.ndarray, alpha: np.ndarray) -> float:
 def light_ink_on_black(gray: np.ndarray) -> np.ndarray:
     """Ink as 0 (paper) .. 1 (full ink), whatever the polarity and paper shade of the input."""
     paper = float(np.median(border(gray)))
-    # The ink is on the side of the paper shade where more stands out from it: more darker than the paper means dark
-    # ink on light paper, inverted, as MNIST digits are light on black. Not the side the extremes are on: one glare
-    # spot on grey paper in a dim photo would outweigh a whole dark digit.
-    darker, lighter = paper - gray, gray - paper
-    if darker[darker >= MIN_CONTRAST].sum() > lighter[lighter >= MIN_CONTRAST].sum():
+    # The ink is on the side of the paper shade where a stroke's worth of pixels stands out further: darker means dark
+    # ink on light paper, inverted, as MNIST digits are light on black. Not where the single extreme pixel is (a glare
+    # spot of a few pixels), nor where the most area is off the paper shade (uneven light around a thin pen line).
+    stroke_pixels = max(1, sum(gray.shape) // 20)
+    if kth_largest(paper - gray, stroke_pixels) > kth_largest(gray - paper, stroke_pixels):
         gray, paper = 1.0 - gray, 1.0 - paper
     contrast = float(gray.max()) - paper
     if contrast < MIN_CONTRAST:
@@ -106,6 +106,12 @@ def light_ink_on_black(gray: np.ndarray) -> np.ndarray:
     ink = np.clip((gray - paper) / contrast, 0.0, 1.0)  # paper -> 0, the strongest stroke -> 1, like MNIST
     ink[ink < NOISE_LEVEL] = 0.0
     return ink
+
+
+def kth_largest(values: np.ndarray, k: int) -> float:
+    flat = values.ravel()
+    k = min(k, flat.size)
+    return float(np.partition(flat, flat.size - k)[flat.size - k])
 
 
 def crop_to_ink(ink: np.ndarray) -> np.ndarray:

@@ -24,9 +24,9 @@ def read_checkpoint(path: str | Path) -> dict:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only load failed" not in str(err).lower():
-            raise CheckpointError(f"ckpt_path={path}: cannot be read as a checkpoint ({str(err).splitlines()[0]}). It is "
-                                  "truncated or corrupt; use another checkpoint, e.g. <run dir>/checkpoints/last.ckpt.") from err
+        if "Unsupported global" not in str(err):  # torch's wording when the file names a Python class or function
+            raise CheckpointError(f"ckpt_path={path}: cannot be read as a checkpoint (not a torch file, or truncated or "
+                                  "corrupt). Use another checkpoint, e.g. <run dir>/checkpoints/last.ckpt.") from err
         raise CheckpointError(
             f"ckpt_path={path}: holds pickled Python objects, which are not loaded here because loading them could run "
             "code from the file (torch.load(weights_only=True)). This project's checkpoints hold only tensors and plain "

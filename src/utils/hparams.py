@@ -65,7 +65,11 @@ def trained_settings(checkpoint: dict) -> dict:
 
 
 def _describe_augment(augment: dict) -> str:
-    if not augment or not augment.get("enabled", False):
+    """The same text for the same settings, whether from a config (degrees: 8) or a checkpoint (degrees: 8.0)."""
+    from src.data.augment import augment_settings
+
+    augment = augment_settings(augment)
+    if not augment["enabled"]:
         return "off"
     return ", ".join(f"{k}={v}" for k, v in sorted(augment.items()) if k != "enabled")
 

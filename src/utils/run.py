@@ -42,7 +42,7 @@ def start_run(cfg: DictConfig, save: bool = True) -> Path:
 
 def build_trainer(cfg: DictConfig):
     """(Trainer, loggers) from the `trainer`, `callbacks` and `logger` groups."""
-    from pytorch_lightning.callbacks import LearningRateMonitor
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary
 
     from src.utils.instantiate import build, instantiate_entries
 
@@ -56,6 +56,8 @@ def build_trainer(cfg: DictConfig):
                 "Use the default trainer (it picks the GPU when there is one) or trainer=cpu."
             )
     callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks")
+    if cfg.trainer.get("enable_model_summary") is False:  # Lightning would still run a configured summary callback
+        callbacks = [cb for cb in callbacks if not isinstance(cb, ModelSummary)]
     loggers = instantiate_entries(cfg.get("logger"), "logger")
     if not loggers and any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
         # Lightning refuses a learning-rate monitor without a logger; with none, there is nowhere to log to.
@@ -102,11 +104,17 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
 
     started = time.perf_counter()
     if in_multirun() and _sweep_stopping():
-        write_json_atomically(Path(cfg.paths.output_dir) / "metrics.json", {
-            "status": "not run", "error": "the sweep was stopped (Ctrl-C or SIGTERM) before this job started"})
+        skipped = {"status": "not run", "error": "the sweep was stopped (Ctrl-C or SIGTERM) before this job started"}
+        metrics_file = Path(cfg.paths.output_dir) / "metrics.json"
+        _keep_earlier_results(metrics_file, skipped)
+        write_json_atomically(metrics_file, skipped)
         return None
     try:
-        return work(cfg)
+        try:
+            return work(cfg)
+        except KeyboardInterrupt as stop:  # outside training and testing, which report their own (imports, data loading)
+            raise RunInterrupted("Stopped by Ctrl-C outside training and testing: nothing was saved at that moment. "
+                                 "Run the same command again.", exit_code=130) from stop
     except Exception as err:
         reported = isinstance(err, ReportedError)
         if in_multirun() and not isinstance(err, ResumeRefused):

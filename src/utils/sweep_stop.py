@@ -16,23 +16,30 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-MARKER = ".stop_requested"  # holds the exit code: 130 (Ctrl-C) or 143 (SIGTERM)
+MARKER = ".stop_requested"  # "<exit code: 130 for Ctrl-C, 143 for SIGTERM> <the launching process's id>"
 _LAUNCHER_PID = "MNIST_SWEEP_LAUNCHER_PID"  # inherited by the job processes
 
 
+def _launcher_pid() -> str:
+    return os.environ.get(_LAUNCHER_PID, str(os.getpid()))
+
+
 def in_launching_process() -> bool:
-    return os.environ.get(_LAUNCHER_PID, str(os.getpid())) == str(os.getpid())
+    return _launcher_pid() == str(os.getpid())
 
 
 def request_stop(sweep_dir: Path, exit_code: int) -> None:
     marker = sweep_dir / MARKER
-    if not marker.exists():
-        marker.write_text(str(exit_code))
+    if requested_exit_code(sweep_dir) is None:
+        marker.write_text(f"{exit_code} {_launcher_pid()}")
 
 
 def requested_exit_code(sweep_dir: Path) -> int | None:
+    """The exit code a stop was requested with by this command; None if none was. A marker that another command
+    left behind (one whose launcher was killed) is ignored, so a later resubmission into the folder still runs."""
     try:
-        return int((sweep_dir / MARKER).read_text())
+        exit_code, launcher = (sweep_dir / MARKER).read_text().split()
+        return int(exit_code) if launcher == _launcher_pid() else None
     except (OSError, ValueError):
         return None
 

@@ -13,6 +13,7 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -124,10 +125,11 @@ class SweepSummary(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         rows = write_summary(sweep_dir)
-        failed = [row for row in rows if row["status"] != "ok"]
+        counts = Counter(row["status"] for row in rows)  # ok, failed, interrupted, not run, ...
         log.info(
-            "Sweep summary: %d ok, %d failed (%s/summary.{csv,md,png}):\n%s",
-            len(rows) - len(failed), len(failed), sweep_dir, markdown_table(rows),
+            "Sweep summary: %s (%s/summary.{csv,md,png}):\n%s",
+            ", ".join(f"{count} {status}" for status, count in counts.most_common()) or "no jobs", sweep_dir,
+            markdown_table(rows),
         )
         log.info("TensorBoard for the whole sweep: tensorboard --logdir %s", sweep_dir)
         stopped_with = requested_exit_code(sweep_dir)
