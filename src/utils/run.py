@@ -99,15 +99,13 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
     """Run `work(cfg)`. A ReportedError becomes one logged line and its exit code (with its traceback under
     HYDRA_FULL_ERROR=1). In a sweep, any other failure is recorded in the job's metrics.json and the sweep goes
     on (one diverging lr must not cost the rest); a refused resume stops it, with the job's folder untouched, and
-    so does an interruption (SIGTERM, Ctrl-C), after recording the job as interrupted."""
+    so does an interruption (SIGTERM, Ctrl-C), after recording the job as interrupted (with parallel jobs, the
+    launching process stops the sweep: src/utils/sweep_stop.py); a job that starts after that is recorded as not run."""
     from src.utils.jobs import in_multirun
 
     started = time.perf_counter()
     if in_multirun() and _sweep_stopping():
-        skipped = {"status": "not run", "error": "the sweep was stopped (Ctrl-C or SIGTERM) before this job started"}
-        metrics_file = Path(cfg.paths.output_dir) / "metrics.json"
-        _keep_earlier_results(metrics_file, skipped)
-        write_json_atomically(metrics_file, skipped)
+        _record_job(cfg, {"status": "not run", "error": "the sweep was stopped (Ctrl-C or SIGTERM) before this job started"})
         return None
     try:
         try:
@@ -119,11 +117,8 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         reported = isinstance(err, ReportedError)
         if in_multirun() and not isinstance(err, ResumeRefused):
             message = str(err).splitlines()[0] if str(err) else ""
-            failure = {"status": err.status if reported else "failed", "error": f"{type(err).__name__}: {message}",
-                       "wall_seconds": round(time.perf_counter() - started, 2)}
-            metrics_file = Path(cfg.paths.output_dir) / "metrics.json"
-            _keep_earlier_results(metrics_file, failure)
-            write_json_atomically(metrics_file, failure)
+            _record_job(cfg, {"status": err.status if reported else "failed", "error": f"{type(err).__name__}: {message}",
+                              "wall_seconds": round(time.perf_counter() - started, 2)})
             if isinstance(err, RunInterrupted):
                 if not _stop_sweep_from_a_job(err.exit_code):
                     log.error("%s", err)
@@ -144,14 +139,17 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         raise
 
 
-def _keep_earlier_results(metrics_file: Path, failure: dict) -> None:
-    """A resumed job that had finished before keeps that run's results inside its failure record."""
+def _record_job(cfg: DictConfig, record: dict) -> None:
+    """The job's metrics.json when it did not finish. A resumed job that had finished before keeps that run's
+    results in it, under `earlier_run`."""
     from src.utils.sweep_summary import read_metrics
 
+    metrics_file = Path(cfg.paths.output_dir) / "metrics.json"
     earlier = read_metrics(metrics_file)
     kept = earlier if earlier.get("status") == "ok" else earlier.get("earlier_run")  # a second failure keeps it too
     if kept:
-        failure["earlier_run"] = kept
+        record["earlier_run"] = kept
+    write_json_atomically(metrics_file, record)
 
 
 def _sweep_stopping() -> bool:
