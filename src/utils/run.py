@@ -102,9 +102,10 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
     so does an interruption (SIGTERM, Ctrl-C), after recording the job as interrupted (with parallel jobs, the
     launching process stops the sweep: src/utils/sweep_stop.py); a job that starts after that is recorded as not run."""
     from src.utils.jobs import in_multirun
+    from src.utils.sweep_stop import stop_sweep_after_interruption, sweep_stopping
 
     started = time.perf_counter()
-    if in_multirun() and _sweep_stopping():
+    if in_multirun() and sweep_stopping():
         _record_job(cfg, {"status": "not run", "error": "the sweep was stopped (Ctrl-C or SIGTERM) before this job started"})
         return None
     try:
@@ -120,10 +121,9 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
             _record_job(cfg, {"status": err.status if reported else "failed", "error": f"{type(err).__name__}: {message}",
                               "wall_seconds": round(time.perf_counter() - started, 2)})
             if isinstance(err, RunInterrupted):
-                if not _stop_sweep_from_a_job(err.exit_code):
+                if not stop_sweep_after_interruption(err.exit_code):
                     log.error("%s", err)
                     return None  # the launching process ends the sweep once its running jobs are done
-                _summarize_stopped_sweep()
             else:
                 if reported:
                     log.error("This job failed: %s", err)
@@ -150,42 +150,6 @@ def _record_job(cfg: DictConfig, record: dict) -> None:
     if kept:
         record["earlier_run"] = kept
     write_json_atomically(metrics_file, record)
-
-
-def _sweep_stopping() -> bool:
-    from hydra.core.hydra_config import HydraConfig
-
-    from src.utils.sweep_stop import requested_exit_code
-
-    return requested_exit_code(Path(HydraConfig.get().sweep.dir)) is not None
-
-
-def _stop_sweep_from_a_job(exit_code: int) -> bool:
-    """Stop the sweep after an interrupted job. True: this job runs in the launching process and must end it;
-    False: in a worker of a parallel launcher, which the jobs not yet started are told to skip (src/utils/sweep_stop.py)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from src.utils.sweep_stop import in_launching_process, request_stop
-
-    if in_launching_process():
-        return True
-    request_stop(Path(HydraConfig.get().sweep.dir), exit_code)
-    return False
-
-
-def _summarize_stopped_sweep() -> None:
-    """The sweep's summary of the jobs so far: Hydra's end-of-sweep callback never runs after an interruption."""
-    from hydra.core.hydra_config import HydraConfig
-
-    from src.utils.sweep_summary import write_summary
-
-    sweep_dir = Path(HydraConfig.get().sweep.dir)
-    try:
-        write_summary(sweep_dir)
-    except Exception as err:  # the interruption is the message to report, not this
-        log.warning("Could not write the sweep's summary: %s: %s", type(err).__name__, err)
-        return
-    log.info("The sweep stops here; summary of the jobs so far: %s/summary.{csv,md,png}", sweep_dir)
 
 
 def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None, advice: str) -> dict:

@@ -66,3 +66,36 @@ def leave_interruptions_to_the_jobs(sweep_dir: Path) -> None:
 
     signal.signal(signal.SIGINT, note)
     signal.signal(signal.SIGTERM, note)
+
+
+# In a job of the sweep:
+
+
+def _job_sweep_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().sweep.dir)
+
+
+def sweep_stopping() -> bool:
+    """Whether this sweep was asked to stop before this job started."""
+    return requested_exit_code(_job_sweep_dir()) is not None
+
+
+def stop_sweep_after_interruption(exit_code: int) -> bool:
+    """After this job was interrupted. True: it runs in the launching process, which must exit now (the summary of
+    the jobs so far is written first: Hydra's end-of-sweep callback never runs then). False: it runs in a worker;
+    the jobs not yet started are told to skip, and the launching process exits once the running ones are done."""
+    sweep_dir = _job_sweep_dir()
+    if not in_launching_process():
+        request_stop(sweep_dir, exit_code)
+        return False
+    from src.utils.sweep_summary import write_summary
+
+    try:
+        write_summary(sweep_dir)
+    except Exception as err:  # the interruption is the message to report, not this
+        log.warning("Could not write the sweep's summary: %s: %s", type(err).__name__, err)
+    else:
+        log.info("The sweep stops here; summary of the jobs so far: %s/summary.{csv,md,png}", sweep_dir)
+    return True
