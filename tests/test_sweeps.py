@@ -123,14 +123,18 @@ def test_an_interrupted_job_stops_the_sweep_and_is_recorded(tmp_path, synthetic_
 
 
 class CtrlCToTheProcessGroup(pl.Callback):
-    """At training step `step`, Ctrl-C as a terminal sends it: SIGINT to every process of the group. Only once per
-    sweep: the first job to get there removes the `armed` file."""
+    """From training step `step` on, once both parallel jobs are training, Ctrl-C as a terminal sends it: SIGINT to
+    every process of the group. Only once per sweep: the first job to get there removes the `armed` file."""
 
     def __init__(self, step: int, armed: str) -> None:
         self.step, self.armed = step, Path(armed)
 
+    def on_train_start(self, trainer, pl_module) -> None:
+        (self.armed.parent / f"training-{os.getpid()}").touch()
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step and self.armed.exists():
+        both_training = len(list(self.armed.parent.glob("training-*"))) >= 2
+        if trainer.global_step >= self.step and both_training and self.armed.exists():
             self.armed.unlink()
             os.killpg(os.getpgid(0), signal.SIGINT)
             time.sleep(0.5)  # the graceful-stop handler runs (at the latest) when the signal interrupts this sleep
