@@ -33,11 +33,19 @@ def quote_checkpoint_paths(arguments: list[str]) -> list[str]:
     return quoted
 
 
+def empty_list_groups(arguments: list[str]) -> list[str]:
+    """`logger=null` and `callbacks=null` as `=[]` (none): Hydra refuses null for these groups of several entries with
+    a traceback, and `logger=null` is how other templates turn logging off."""
+    return [f"{argument[:-len('null')]}[]" if argument in ("logger=null", "callbacks=null") else argument
+            for argument in arguments]
+
+
 def run_command_line(main) -> None:
-    """`main()` of an entry point (a @hydra.main function), with its command line's checkpoint paths quoted."""
+    """`main()` of an entry point (a @hydra.main function), with its command line's checkpoint paths quoted and
+    `logger=null`/`callbacks=null` read as none."""
     import sys
 
-    sys.argv[1:] = quote_checkpoint_paths(sys.argv[1:])
+    sys.argv[1:] = empty_list_groups(quote_checkpoint_paths(sys.argv[1:]))
     main()
 
 

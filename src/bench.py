@@ -205,6 +205,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="synthetic data, one repeat: a smoke test")
     parser.add_argument("--plain-process", action="store_true", help=argparse.SUPPRESS)  # the plain script of item 3
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: it must be 1 or more (the median of that many interleaved runs).")
     if args.plain_process:
         config = json.loads(os.environ["BENCH_PLAIN_CONFIG"])
         print(json.dumps(plain_training(args.data_dir, config["model"], config["data"], args.device, config["seed"])))

@@ -130,7 +130,7 @@ def predict(cfg: DictConfig) -> list[dict]:
 
 
 def write_predictions(path: Path, predictions: list[dict]) -> None:
-    from src.utils.json_files import write_json_atomically
+    from src.utils.atomic_files import write_json_atomically
 
     try:
         write_json_atomically(path, predictions)

@@ -17,7 +17,7 @@ from src.data.synthetic import write_synthetic_mnist
 REAL_DATA_DIR = PROJECT_ROOT / "data"
 HAS_REAL_MNIST = not missing_files(REAL_DATA_DIR)
 # CI stages real MNIST and sets this, so a staging mistake fails the real-data tests instead of skipping them.
-REAL_DATA_REQUIRED = bool(os.environ.get("MNIST_REQUIRE_REAL_DATA"))
+REAL_DATA_REQUIRED = os.environ.get("MNIST_REQUIRE_REAL_DATA", "").strip().lower() in {"1", "true", "yes"}
 needs_real_mnist = pytest.mark.skipif(
     not (HAS_REAL_MNIST or REAL_DATA_REQUIRED), reason=f"real MNIST not found in {REAL_DATA_DIR}/MNIST/raw"
 )

@@ -99,6 +99,16 @@ def test_default_paths_point_into_the_project(tmp_path):
     assert cfg.paths.log_dir == str(PROJECT_ROOT / "outputs")
 
 
+def test_null_logger_and_callbacks_mean_none():
+    """`logger=null` (as other templates spell it) turns logging off instead of ending in Hydra's traceback."""
+    from src import empty_list_groups
+
+    arguments = empty_list_groups(["logger=null", "callbacks=null", "ckpt_path=null", "model=mlp"])
+    assert arguments == ["logger=[]", "callbacks=[]", "ckpt_path=null", "model=mlp"]
+    cfg = compose_config(arguments)
+    assert not cfg.get("logger") and not cfg.get("callbacks") and cfg.ckpt_path is None
+
+
 def test_an_entry_without_target_is_an_error_not_skipped(tmp_path):
     from src.errors import UserInputError
 

@@ -47,12 +47,23 @@ def test_present_files_never_touch_the_network(data_dir, no_download):
 
 def test_plain_files_take_precedence_and_mixing_is_fine(data_dir, no_download):
     raw = raw_dir(data_dir)
-    gz = raw / "t10k-images-idx3-ubyte.gz"
-    with gzip.open(gz) as f:
-        (raw / "t10k-images-idx3-ubyte").write_bytes(f.read())
-    gz.unlink()
-    images, labels = load_split(data_dir, "test")
+    with gzip.open(raw / "t10k-images-idx3-ubyte.gz") as f:
+        plain = bytearray(f.read())
+    plain[16:] = bytes(len(plain) - 16)  # the same header, every pixel 0: not what the .gz holds
+    (raw / "t10k-images-idx3-ubyte").write_bytes(plain)
+    images, labels = load_split(data_dir, "test")  # plain test images beside a .gz of the test labels
     assert len(images) == len(labels) == 20
+    assert images.max() == 0  # the plain file was read, not its .gz beside it
+
+
+@pytest.mark.parametrize("nested", [True, False], ids=["MNIST-raw", "other folder"])
+def test_a_data_dir_naming_the_files_own_folder_gets_the_right_advice(data_dir, tmp_path, no_download, nested):
+    """Pointing data.data_dir at MNIST/raw/ itself must not send the user to MNIST/raw/MNIST/raw/, nor download."""
+    files = raw_dir(data_dir) if nested else shutil.copytree(raw_dir(data_dir), tmp_path / "digits")
+    with pytest.raises(MNISTDataError) as info:
+        ensure_mnist_files(files, download=True)
+    advice = f"Use data.data_dir={data_dir}." if nested else f"Move the files into {files}/MNIST/raw/."
+    assert f"data.data_dir={files} holds the four MNIST files itself" in str(info.value) and advice in str(info.value)
 
 
 @pytest.mark.parametrize("download", [False, True])

@@ -18,18 +18,37 @@ from src.train import train
 from tests.conftest import PROJECT_ROOT, compose_config, run_module, tiny_run_overrides
 
 
+def switch_in_effect(model: CNN) -> dict[str, bool]:
+    """Which speed switches a training step of `model` actually runs with."""
+    return {
+        "bf16-mixed": torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16,
+        "channels_last": model.net[1][0].weight.is_contiguous(memory_format=torch.channels_last),
+        "compile": "_compiled_net" in model.__dict__,
+    }
+
+
 @pytest.mark.parametrize(
-    "switches",
+    "switch, override",
     [
-        ["trainer.precision=bf16-mixed"],  # autocast to bfloat16; on a GPU this is the fast path
-        ["model.channels_last=true"],
-        ["model.compile=true"],
+        ("bf16-mixed", "trainer.precision=bf16-mixed"),  # autocast to bfloat16; on a GPU this is the fast path
+        ("channels_last", "model.channels_last=true"),
+        ("compile", "model.compile=true"),
     ],
-    ids=["bf16-mixed", "channels_last", "compile"],
 )
-def test_speed_switches_train_and_checkpoint_normally(tmp_path, synthetic_data_dir, switches):
-    metrics = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=cnn", *switches]))
+def test_speed_switches_train_and_checkpoint_normally(tmp_path, synthetic_data_dir, monkeypatch, switch, override):
+    seen = []
+    forward = CNN.forward
+
+    def recording_forward(self, images):
+        if self.training:
+            seen.append(switch_in_effect(self))
+        return forward(self, images)
+
+    monkeypatch.setattr(CNN, "forward", recording_forward)
+    metrics = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=cnn", override]))
     assert metrics["status"] == "ok" and metrics["test/acc"] > 0.5
+    assert seen and all(step[switch] for step in seen)  # the switch was on in every training step...
+    assert not any(other for step in seen for name, other in step.items() if name != switch)  # ...and only it
     # Checkpoints look the same with or without the switches: an uncompiled model loads them.
     model, _ = load_classifier(metrics["best_model_path"])
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)

@@ -32,3 +32,10 @@ def test_confusion_matrix_title_and_row_labels_give_overall_and_per_digit_accura
     assert ax.get_title() == "test: 98.90% of 91 correct"
     labels = [label.get_text() for label in ax.get_yticklabels()]
     assert labels[3] == "3  (90.0%)" and labels[5] == "5  (100.0%)"
+
+
+def test_a_digit_without_images_has_no_accuracy_on_the_confusion_matrix():
+    confusion = torch.zeros(10, 10, dtype=torch.long)
+    confusion[1, 1] = 2
+    labels = [label.get_text() for label in confusion_matrix_figure(confusion, "test").axes[0].get_yticklabels()]
+    assert labels[1] == "1  (100.0%)" and labels[0] == "0  (no images)"

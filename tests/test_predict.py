@@ -21,7 +21,7 @@ from src.data.digit_images import (
     stroke_width,
 )
 from src.errors import UserInputError
-from src.predict import find_inputs, predict
+from src.predict import find_inputs, predict, prediction_table, save_preview
 from src.train import train
 from tests.conftest import REAL_DATA_DIR, compose_config, needs_real_mnist, run_module, tiny_run_overrides
 from tests.digit_drawing import draw_six, save, transparent_sticker, user_photo
@@ -232,6 +232,31 @@ def test_json_output_and_preview_sheet(tmp_path, synthetic_checkpoint):
 
     with Image.open(tmp_path / "run" / "predictions.png") as preview:
         assert preview.format == "PNG" and preview.width > 100
+
+
+def test_low_confidence_is_marked_in_the_table_and_in_red_on_the_preview(tmp_path, monkeypatch):
+    import src.plots.digit_sheet
+
+    def guess(path, digit, confidence):
+        probs = [(1 - confidence) / 9] * 10
+        probs[digit] = confidence
+        return {"path": path, "digit": digit, "confidence": confidence, "probs": probs}
+
+    predictions = [guess("sure.png", 3, 0.9), guess("unsure.png", 5, 0.4)]
+    sure_line, unsure_line = prediction_table(predictions, top_k=2).splitlines()[1:]
+    assert sure_line.startswith("sure.png") and "low confidence" not in sure_line
+    assert unsure_line.startswith("unsure.png") and unsure_line.endswith("  <- low confidence")
+
+    sheets = []
+    real_sheet = src.plots.digit_sheet.digit_sheet
+
+    def recording_sheet(images, captions, flagged, **kwargs):
+        sheets.append(list(flagged))
+        return real_sheet(images, captions, flagged, **kwargs)
+
+    monkeypatch.setattr(src.plots.digit_sheet, "digit_sheet", recording_sheet)
+    assert save_preview(torch.zeros(2, 28, 28), predictions, tmp_path).is_file()
+    assert sheets == [[False, True]]
 
 
 def run_predict(*overrides: str) -> subprocess.CompletedProcess:

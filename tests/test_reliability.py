@@ -3,9 +3,11 @@ atomic checkpoint writes; DDP on 2 CPU processes."""
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,6 +46,8 @@ def break_file(data_dir: Path, how: str) -> None:
     elif how == "wrong magic":
         (raw / "t10k-labels-idx1-ubyte.gz").unlink()
         (raw / "t10k-labels-idx1-ubyte").write_bytes(b"PK\x03\x04" + bytes(200))
+    elif how == "gzip under a plain name":
+        (raw / "t10k-labels-idx1-ubyte.gz").rename(raw / "t10k-labels-idx1-ubyte")
     elif how == "counts disagree":
         write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(399, dtype=np.uint8))
     elif how == "label out of range":
@@ -58,9 +62,21 @@ CONFIG_CASES = {
     "batch size zero": (["data.batch_size=0"], "data.batch_size=0 is invalid"),
     "val size negative": (["data.val_size=-5"], "data.val_size=-5 is invalid"),
     "val size >= train size": (["data.val_size=400"], "data.val_size=400 is invalid: the train file has only 400 images"),
+    "one training image left": (["data.val_size=399"], "data.val_size=399 is invalid: the train file has only 400 images "
+                                                       "and training needs at least 2"),
     "batch size not whole": (["data.batch_size=32.0"], "data.batch_size=32.0 is invalid: it must be a positive integer"),
     "val size true": (["data.val_size=true"], "data.val_size=True is invalid: it must be an integer >= 1"),
-    "seed text": (["seed=abc"], "seed=abc is invalid: it must be an integer, or null"),
+    "seed text": (["seed=abc"], "seed=abc is invalid: it must be an integer from 0 to 2**32-1, or null"),
+    "seed negative": (["seed=-1"], "seed=-1 is invalid: it must be an integer from 0 to 2**32-1"),
+    "shuffle seed negative": (["data.shuffle_seed=-1"], "data.shuffle_seed=-1 is invalid: it must be an integer >= 0"),
+    "switch as text": (["model.batch_norm=off"], "model.batch_norm=off is invalid: it must be true or false"),
+    "train as text": (["train=no"], "train=no is invalid: it must be true or false"),
+    "batch of one with batch norm": (["data.batch_size=1"], "data.batch_size=1 cannot train with batch norm"),
+    "model setting typo": (["+model.dropuot=0.1"], "model.dropuot is not a setting of model (src.models.mlp.MLP), a typo? "
+                                                   "Its settings are: optimizer, scheduler, hidden_sizes, dropout"),
+    "data setting typo": (["++data.batchsize=3"], "data.batchsize is not a setting of data"),
+    "callback setting typo": (["+callbacks.model_checkpoint.monitr=val/loss"],
+                              "callbacks.model_checkpoint.monitr is not a setting of callbacks.model_checkpoint"),
     "optimizer setting typo": (["+model.optimizer.weight_decy=0.1"], "model.optimizer.weight_decy is not a setting of model.optimizer"),
     "warm-up share": (["model.scheduler.pct_start=1.5"], "model.scheduler.pct_start=1.5 is invalid: it must be a number in (0, 1)"),
     "max_epochs zero": (["trainer.max_epochs=0"], "trainer.max_epochs=0 is invalid: it must be an integer >= 1"),
@@ -79,13 +95,16 @@ CONFIG_CASES = {
 DATA_CASES = {
     "missing": "MNIST files are missing",
     "truncated": "train-images-idx3-ubyte.gz: cannot read this file",
-    "wrong magic": "t10k-labels-idx1-ubyte: not an IDX file (bad magic number",
+    "wrong magic": "t10k-labels-idx1-ubyte: not an IDX file (bad magic number 504b0304). It is not an MNIST file",
+    "gzip under a plain name": "t10k-labels-idx1-ubyte: a gzip archive under a plain name. Rename it to t10k-labels-idx1-ubyte.gz",
     "counts disagree": "has 400 images but",
     "label out of range": "t10k-labels-idx1-ubyte.gz: labels must be digits 0-9, found 11",
 }
 CHECKPOINT_CASES = {
     "missing": ("missing.ckpt", "no such file"),
     "truncated": ("truncated.ckpt", "cannot be read as a checkpoint"),
+    "empty": ("empty.ckpt", "cannot be read as a checkpoint (not a torch file, or truncated or corrupt: EOFError)"),
+    "text": ("text.ckpt", "cannot be read as a checkpoint (not a torch file, or truncated or corrupt"),
     "foreign": ("foreign.ckpt", "not a checkpoint of this project"),
 }
 
@@ -132,6 +151,10 @@ def test_bad_checkpoint_paths(tmp_path, caplog, good_checkpoint, case):
     bad = tmp_path / name
     if case == "truncated":
         bad.write_bytes(good_checkpoint.read_bytes()[:4000])
+    elif case == "empty":  # what a killed copy can leave
+        bad.touch()
+    elif case == "text":
+        bad.write_text("hello\n")
     elif case == "foreign":
         torch.save({"state_dict": {"w": torch.zeros(2)}}, bad)
     cfg = compose_config([*tiny_run_overrides(data_dir, tmp_path / "run"), "model=mlp", f"ckpt_path={bad}"])
@@ -188,32 +211,84 @@ def test_interrupt_saves_a_resumable_checkpoint(tmp_path, synthetic_data_dir, si
 
 
 def test_checkpoint_writes_are_atomic(tmp_path, synthetic_data_dir, good_checkpoint, monkeypatch):
-    """A crash while the trainer writes a checkpoint leaves the previous file intact (Lightning writes through
-    an fsspec transaction: a temporary file moved into place only when complete)."""
-    import pytorch_lightning as pl
-    from fsspec.implementations.local import LocalFileOpener
+    """A crash while a run writes a checkpoint leaves the previous file intact. The temporary file is written beside
+    the checkpoint, never in $TMPDIR: moved from another filesystem, it would be copied into the target in place."""
+    import tempfile
 
     from src.data.mnist_datamodule import MNISTDataModule
     from src.models.mlp import MLP
+    from src.utils.run import build_trainer
 
-    trainer = pl.Trainer(accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False)
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "run"), "model=mlp", "++trainer.max_steps=1",
+                          "++trainer.limit_val_batches=0", "logger=[]"])
+    trainer, _ = build_trainer(cfg)  # the trainer every run uses
     trainer.fit(MLP(optimizer={"name": "adam", "lr": 1e-3}, hidden_sizes=[16]),
                 datamodule=MNISTDataModule(str(synthetic_data_dir), download=False, val_size=80))
-    target = tmp_path / "last.ckpt"
+    target = tmp_path / "checkpoints" / "last.ckpt"
+
+    def no_temp_dir(*args, **kwargs):
+        raise AssertionError("a checkpoint was written through $TMPDIR")
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_temp_dir)
+    trainer.save_checkpoint(target)  # the path every checkpoint of a run takes
+    assert torch.load(target, weights_only=True)["global_step"] == 1
+
     shutil.copy(good_checkpoint, target)
     before = target.read_bytes()
-    real_write = LocalFileOpener.write
-
-    def crash_halfway(self, data):
-        real_write(self, data[: len(data) // 2])
-        raise OSError("disk full")
-
-    monkeypatch.setattr(LocalFileOpener, "write", crash_halfway)
-    with pytest.raises(OSError, match="disk full"):
-        trainer.save_checkpoint(target)  # the path every checkpoint of a run takes
+    monkeypatch.setattr(torch, "save", half_then_disk_full)
+    with pytest.raises(OSError, match="No space left") as info:
+        trainer.save_checkpoint(target)
+    assert info.value.filename == str(target)  # the file the user knows, not the temporary one
     assert target.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_metrics_files_are_strict_json_even_after_a_nan(tmp_path):
+    from src.utils.atomic_files import write_json_atomically
+
+    path = tmp_path / "metrics.json"
+    write_json_atomically(path, {"test/loss": float("nan"), "curve": [1.0, float("inf")], "test/acc": 0.5})
+
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    assert json.loads(path.read_text(), parse_constant=refuse) == {"test/loss": None, "curve": [1.0, None], "test/acc": 0.5}
+
+
+def half_then_disk_full(obj, file, *args, **kwargs) -> None:
+    """torch.save as on a disk that fills up halfway through the file."""
+    real_save(obj, file, *args, **kwargs)
+    file.seek(file.tell() // 2)
+    file.truncate()
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+real_save = torch.save
+
+
+class DiskFullAfterEpoch(pl.Callback):
+    """From the end of epoch `epoch` on, every checkpoint write finds the disk full halfway through."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.current_epoch >= self.epoch:
+            torch.save = half_then_disk_full
+
+
+def test_a_full_disk_is_one_message_and_keeps_the_last_good_checkpoint(tmp_path, synthetic_data_dir):
+    run_dir = tmp_path / "run"
+    result = run_module("src.train", f"hydra.run.dir={run_dir}", f"data.data_dir={synthetic_data_dir}", "data.download=false",
+                        "data.val_size=80", "data.batch_size=32", "model=mlp", "trainer.max_epochs=3",
+                        "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false",
+                        f"+callbacks.disk_full._target_={__name__}.DiskFullAfterEpoch", "+callbacks.disk_full.epoch=1")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output[-3000:]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert re.search(rf"{run_dir}/checkpoints/(last|epoch001)\.ckpt: no space left on the disk\. Free some space", output)
+    assert torch.load(last, weights_only=True)["epoch"] == 0  # the last good one, whole
+    assert not list(run_dir.rglob("*.partial"))
 
 
 def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir):
@@ -255,6 +330,35 @@ def test_ddp_in_a_sweep_is_allowed_inside_a_slurm_task(monkeypatch, tmp_path):
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_JOB_NAME", "mnist")
     validate_train_config(cfg)
+
+
+@pytest.mark.parametrize("overrides, refused", [
+    (["trainer.accelerator=cpu", "trainer.devices=2"], True),  # Lightning's automatic strategy picks DDP
+    (["trainer.accelerator=cpu", "++trainer.num_nodes=2"], True),
+    (["trainer.accelerator=cpu", "trainer.devices=2", "++trainer.strategy=ddp_spawn"], False),
+    ([], False),
+])
+def test_several_devices_in_a_sweep_are_refused_unless_spawned(monkeypatch, tmp_path, overrides, refused):
+    from src.utils import jobs
+    from src.utils.validate import validate_train_config
+
+    monkeypatch.setattr(jobs, "in_multirun", lambda: True)
+    for name in ("SLURM_NTASKS", "SLURM_JOB_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    cfg = compose_config([*overrides, f"paths.output_dir={tmp_path}"])
+    if refused:
+        with pytest.raises(UserInputError, match="cannot run inside a Hydra multirun: Lightning would relaunch"):
+            validate_train_config(cfg)
+    else:
+        validate_train_config(cfg)
+
+
+def test_choosing_one_callback_option_alone_is_refused_with_the_fix(tmp_path):
+    result = run_module("src.train", "callbacks=early_stopping", f"hydra.run.dir={tmp_path}", timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert "callbacks=early_stopping leaves out the checkpoint callbacks" in output
+    assert "callbacks=[default,early_stopping]" in output
 
 
 def test_divergence_guard_reads_each_loss_one_step_later_and_before_any_save():

@@ -122,12 +122,14 @@ def test_an_interrupted_job_stops_the_sweep_and_is_recorded(tmp_path, synthetic_
     assert len([p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]) == 1
 
 
-class CtrlCToTheProcessGroup(pl.Callback):
-    """From training step `step` on, once both parallel jobs are training, Ctrl-C as a terminal sends it: SIGINT to
-    every process of the group. Only once per sweep: the first job to get there removes the `armed` file."""
+class SignalOnceBothJobsTrain(pl.Callback):
+    """From training step `step` on, once both parallel jobs are training, send `signal_name`: to every process of
+    the group (what Ctrl-C in a terminal does) or to the launching process alone (`kill <pid>`). Only once per sweep:
+    the first job to get there removes the `armed` file."""
 
-    def __init__(self, step: int, armed: str) -> None:
+    def __init__(self, step: int, armed: str, signal_name: str = "SIGINT", launcher_only: bool = False) -> None:
         self.step, self.armed = step, Path(armed)
+        self.signum, self.launcher_only = getattr(signal, signal_name), launcher_only
 
     def on_train_start(self, trainer, pl_module) -> None:
         (self.armed.parent / f"training-{os.getpid()}").touch()
@@ -136,26 +138,35 @@ class CtrlCToTheProcessGroup(pl.Callback):
         both_training = len(list(self.armed.parent.glob("training-*"))) >= 2
         if trainer.global_step >= self.step and both_training and self.armed.exists():
             self.armed.unlink()
-            os.killpg(os.getpgid(0), signal.SIGINT)
+            if self.launcher_only:
+                os.kill(int(os.environ["MNIST_SWEEP_LAUNCHER_PID"]), self.signum)
+            else:
+                os.killpg(os.getpgid(0), self.signum)
             time.sleep(0.5)  # the graceful-stop handler runs (at the latest) when the signal interrupts this sleep
 
 
-def test_ctrl_c_stops_parallel_jobs_gracefully_and_skips_the_rest(tmp_path, synthetic_data_dir):
-    """joblib's launcher, left alone, ends its workers at once on Ctrl-C: no checkpoint, no record, no summary."""
+def parallel_sweep_signalled(tmp_path, synthetic_data_dir, *callback_args: str) -> tuple[Path, Path, str, int]:
+    """Three 3-epoch jobs, two at a time with joblib; the signal comes from SignalOnceBothJobsTrain at step 25."""
     sweep_dir, armed = tmp_path / "sweep", tmp_path / "armed"
     armed.touch()
     command = [sys.executable, "-m", "src.train", "-m", f"hydra.sweep.dir={sweep_dir}", f"data.data_dir={synthetic_data_dir}",
                "data.download=false", "data.val_size=80", "data.batch_size=16", "model=mlp", "model.scheduler.name=none",
                "trainer.max_epochs=3", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", "seed=1,2,3",
-               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"+callbacks.ctrl_c._target_={__name__}.CtrlCToTheProcessGroup",
-               "+callbacks.ctrl_c.step=25", f"+callbacks.ctrl_c.armed={armed}"]
+               "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"+callbacks.signal._target_={__name__}.SignalOnceBothJobsTrain",
+               "+callbacks.signal.step=25", f"+callbacks.signal.armed={armed}", *callback_args]
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
     # A session of its own, so the group's Ctrl-C does not reach pytest.
     result = subprocess.run(command, cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=600,
                             start_new_session=True, preexec_fn=ctrl_c_as_in_a_terminal)
-    output = result.stdout + result.stderr
-    assert result.returncode == 130 and "Traceback" not in output, output[-3000:]
-    assert not armed.exists() and "The sweep was stopped (Ctrl-C)" in output
+    assert not armed.exists(), (result.stdout + result.stderr)[-3000:]
+    return sweep_dir, armed, result.stdout + result.stderr, result.returncode
+
+
+def test_ctrl_c_stops_parallel_jobs_gracefully_and_skips_the_rest(tmp_path, synthetic_data_dir):
+    """joblib's launcher, left alone, ends its workers at once on Ctrl-C: no checkpoint, no record, no summary."""
+    sweep_dir, armed, output, returncode = parallel_sweep_signalled(tmp_path, synthetic_data_dir)
+    assert returncode == 130 and "Traceback" not in output, output[-3000:]
+    assert "The sweep was stopped (Ctrl-C)" in output
     # The two running jobs stopped after a batch and saved it; the third never started.
     assert [row["status"] for row in summary_rows(sweep_dir)] == ["interrupted", "interrupted", "not run"]
     for job_dir in sorted(sweep_dir.glob("[01]_*")):
@@ -163,6 +174,15 @@ def test_ctrl_c_stops_parallel_jobs_gracefully_and_skips_the_rest(tmp_path, synt
         saved = torch.load(job_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
         assert f"step {saved}. Saved" in error, error
     assert not (sweep_dir / ".stop_requested").exists()
+
+
+def test_sigterm_to_the_launcher_alone_lets_running_jobs_finish_and_starts_no_more(tmp_path, synthetic_data_dir):
+    sweep_dir, _, output, returncode = parallel_sweep_signalled(
+        tmp_path, synthetic_data_dir, "+callbacks.signal.signal_name=SIGTERM", "+callbacks.signal.launcher_only=true")
+    assert returncode == 143 and "Traceback" not in output, output[-3000:]
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok", "ok", "not run"]
+    for job_dir in sorted(sweep_dir.glob("[01]_*")):
+        assert json.loads((job_dir / "metrics.json").read_text())["epochs"] == 3
 
 
 def test_a_stop_request_left_by_another_command_is_ignored(tmp_path):

@@ -135,6 +135,23 @@ def test_entry_point_respects_hydra_run_dir(tmp_path, synthetic_data_dir):
     assert any(" net.1 " in line and "Linear" in line for line in result.stdout.splitlines()), result.stdout[-3000:]
 
 
+def test_part_of_the_test_set_is_reported_as_such(tmp_path, synthetic_data_dir, monkeypatch):
+    """Three test images: the figure is not titled the official 10k test set, and digits without a test image get
+    no per-class accuracy (it was 0.0)."""
+    import src.callbacks.figures as figures
+    from src.data.mnist_files import load_split
+
+    titles = []
+    real_figure = figures.confusion_matrix_figure
+    monkeypatch.setattr(figures, "confusion_matrix_figure", lambda confusion, title: titles.append(title) or real_figure(confusion, title))
+    metrics = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp",
+                                    "data.eval_batch_size=3", "++trainer.limit_test_batches=1"]))
+    assert metrics["test/images"] == 3
+    digits = set(load_split(synthetic_data_dir, "test")[1][:3].tolist())
+    assert {key for key in metrics if key.startswith("test/acc_class/")} == {f"test/acc_class/{d}" for d in digits}
+    assert titles[-1] == "test set" and "official 10k test set" not in titles
+
+
 def test_missing_data_offline_is_one_clear_error(tmp_path):
     result = run_module("src.train", f"hydra.run.dir={tmp_path / 'run'}", f"data.data_dir={tmp_path / 'empty'}", "data.download=false")
     output = result.stdout + result.stderr

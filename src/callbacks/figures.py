@@ -91,7 +91,9 @@ class DiagnosticFigures(pl.Callback):
             return
         step = trainer.global_step
         if "test" in pl_module.confusion:
-            figure = confusion_matrix_figure(pl_module.confusion["test"], "official 10k test set")
+            confusion = pl_module.confusion["test"]
+            tested_on = "official 10k test set" if int(confusion.sum()) == 10_000 else "test set"  # or a part of it
+            figure = confusion_matrix_figure(confusion, tested_on)
             self._log(trainer, "test/confusion_matrix", figure, step, "confusion_matrix.png")
         if self._mistakes is not None and len(self._mistakes[0]):
             images, labels, probs, _ = self._mistakes

@@ -24,6 +24,8 @@ def read_idx_bytes(path: Path) -> bytes:
             with gzip.open(path, "rb") as f:
                 return f.read()
         return path.read_bytes()
+    except PermissionError as err:
+        raise IdxFormatError(f"{path}: cannot read this file (permission denied). Make it readable: chmod a+r {path}") from err
     except (OSError, EOFError, zlib.error) as err:
         # gzip raises BadGzipFile (an OSError) or EOFError for a truncated archive.
         raise IdxFormatError(
@@ -34,8 +36,12 @@ def read_idx_bytes(path: Path) -> bytes:
 
 def parse_idx(data: bytes, path: Path, expected_ndim: int) -> torch.Tensor:
     """Parse IDX `data` (read from `path`, used in messages) into a uint8 tensor of `expected_ndim` dims."""
+    if data[:2] == b"\x1f\x8b":
+        raise IdxFormatError(f"{path}: a gzip archive under a plain name. Rename it to {path.name}.gz (it is read as it "
+                             f"is), or decompress it: mv {path} {path}.gz && gunzip {path}.gz")
     if len(data) < 4 or data[0] != 0 or data[1] != 0:
-        raise IdxFormatError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'}).")
+        raise IdxFormatError(f"{path}: not an IDX file (bad magic number {data[:4].hex() or 'empty'}). It is not an MNIST "
+                             "file, or it is damaged: download or copy it again.")
     type_code, ndim = data[2], data[3]
     if type_code != _UBYTE or ndim != expected_ndim:
         raise IdxFormatError(

@@ -46,8 +46,8 @@ class MNISTDataModule(pl.LightningDataModule):
             raise UserInputError(f"data.split_seed={split_seed} is invalid: it must be an integer (fixed, so runs share a validation set).")
         if shuffle_seed is None:  # seed=null, an unseeded run: draw one; it is saved with the hyperparameters
             shuffle_seed = secrets.randbits(31)
-        elif not _is_whole(shuffle_seed):
-            raise UserInputError(f"data.shuffle_seed={shuffle_seed} is invalid: it must be an integer (it follows `seed`) or null.")
+        elif not _is_whole(shuffle_seed) or shuffle_seed < 0:
+            raise UserInputError(f"data.shuffle_seed={shuffle_seed} is invalid: it must be an integer >= 0 (it follows `seed`) or null.")
         for key, value in (("data.mean", mean), ("data.std", std)):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise UserInputError(f"{key}={value} is invalid: it must be a number.")
@@ -137,10 +137,10 @@ class MNISTDataModule(pl.LightningDataModule):
     def _setup_train_val(self) -> None:
         images, labels = load_split(self.data_dir, "train")
         val_size = self.hparams.val_size
-        if val_size >= len(images):
+        if val_size > len(images) - 2:  # a batch of one image cannot train batch norm
             raise UserInputError(
                 f"data.val_size={val_size} is invalid: the train file has only {len(images)} images "
-                "and training needs some of them. Use a smaller data.val_size."
+                "and training needs at least 2 of them. Use a smaller data.val_size."
             )
         world_size = self._rank_and_world()[1]
         if val_size < world_size:

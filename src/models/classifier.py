@@ -144,9 +144,11 @@ class DigitClassifier(pl.LightningModule):
         confusion = self._finish_confusion("test")
         # Each test image counted once, on any number of ranks. sync_dist as above: the matrix is synchronized already.
         self.log("test/images", float(confusion.sum()), sync_dist=True)
-        per_class = confusion.diag() / confusion.sum(dim=1).clamp(min=1)
-        for digit, accuracy in enumerate(per_class.tolist()):
-            self.log(f"test/acc_class/{digit}", accuracy, sync_dist=True)
+        images_per_class = confusion.sum(dim=1)
+        per_class = confusion.diag() / images_per_class.clamp(min=1)
+        for digit, (accuracy, images) in enumerate(zip(per_class.tolist(), images_per_class.tolist())):
+            if images:  # a digit with no test images (part of the test set, other data) has no accuracy
+                self.log(f"test/acc_class/{digit}", accuracy, sync_dist=True)
 
     def configure_optimizers(self):
         optimizer = build_optimizer(self.parameters(), self.hparams.optimizer)

@@ -34,8 +34,8 @@ def read_checkpoint(path: str | Path) -> dict:
         ) from err
     except Exception as err:  # arbitrary bytes can make the unpickler raise anything (KeyError, ValueError...)
         raise CheckpointError(
-            f"ckpt_path={path}: cannot be read as a checkpoint ({str(err).splitlines()[0]}). "
-            "It is truncated, corrupt, or holds pickled objects; use another checkpoint, e.g. <run dir>/checkpoints/last.ckpt."
+            f"ckpt_path={path}: cannot be read as a checkpoint (not a torch file, or truncated or corrupt: {_what(err)}). "
+            "Use another checkpoint, e.g. <run dir>/checkpoints/last.ckpt."
         ) from err
     if not isinstance(checkpoint, dict) or not {"model_class", "state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise CheckpointError(
@@ -45,7 +45,15 @@ def read_checkpoint(path: str | Path) -> dict:
     return checkpoint
 
 
+def _what(err: Exception) -> str:
+    """The exception in a few words: torch's own texts can be empty (EOFError) or a bare key (KeyError: 101)."""
+    text = (str(err).splitlines() or [""])[0]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
 def model_class(class_path: str) -> type[DigitClassifier]:
+    if not isinstance(class_path, str):
+        raise CheckpointError(f"checkpoint names model class {class_path!r}, which is not a class path.")
     module_name, _, class_name = class_path.rpartition(".")
     if not module_name.startswith("src.models."):
         raise CheckpointError(f"checkpoint names model class {class_path!r}, which is not one of src.models.")
@@ -77,7 +85,11 @@ def load_classifier(path: str | Path) -> tuple[DigitClassifier, dict]:
     """(model in eval mode on CPU, the raw checkpoint dict) from a checkpoint written by training."""
     checkpoint = read_checkpoint(path)
     model = classifier_like(checkpoint)
-    model.load_state_dict(checkpoint["state_dict"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as err:  # weights of another shape or name than its settings say
+        raise CheckpointError(f"ckpt_path={path}: its weights do not fit the network its settings describe "
+                              f"({str(err).splitlines()[0]}). It was altered or damaged; use another checkpoint.") from err
     return model.eval(), checkpoint
 
 

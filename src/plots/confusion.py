@@ -25,8 +25,11 @@ def confusion_matrix_figure(confusion: torch.Tensor, title: str) -> Figure:
                 ax.text(predicted, true, str(count), ha="center", va="center", fontsize=7,
                         color="tab:green" if on_diagonal else "black", fontweight="bold" if on_diagonal else None)
     ax.set_xticks(range(size))
-    per_class = counts.diag().float() / counts.sum(dim=1).clamp(min=1)
-    ax.set_yticks(range(size), [f"{digit}  ({acc:.1%})" for digit, acc in enumerate(per_class.tolist())])
+    images = counts.sum(dim=1)
+    per_class = counts.diag().float() / images.clamp(min=1)
+    labels = [f"{digit}  ({acc:.1%})" if n else f"{digit}  (no images)"
+              for digit, (acc, n) in enumerate(zip(per_class.tolist(), images.tolist()))]
+    ax.set_yticks(range(size), labels)
     ax.set_xlabel("predicted digit")
     ax.set_ylabel("true digit  (its accuracy)")
     ax.set_title(f"{title}: {accuracy:.2%} of {counts.sum().item()} correct")

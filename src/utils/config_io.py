@@ -26,7 +26,8 @@ def print_config_tree(cfg: DictConfig) -> None:
 
 def save_config(cfg: DictConfig, output_dir: Path) -> Path:
     """Write the fully resolved config: exactly the values this run used."""
+    from src.utils.atomic_files import write_text_atomically
+
     path = output_dir / "config.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    write_text_atomically(path, OmegaConf.to_yaml(cfg, resolve=True))
     return path

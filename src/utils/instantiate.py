@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+import re
 from typing import Any
 
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig
 
 from src.errors import ReportedError, UserInputError
@@ -18,7 +20,17 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
     except InstantiationException as err:
         if isinstance(err.__cause__, ReportedError):
             raise err.__cause__ from None
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err.__cause__))
+        if isinstance(err.__cause__, TypeError) and unknown:  # a typo in an appended key: +model.dropuot=0.1
+            raise _not_a_setting(node, unknown.group(1)) from err
         raise
+
+
+def _not_a_setting(node: DictConfig, name: str) -> UserInputError:
+    group = node._get_full_key(None) or "the config"
+    settings = [p for p in inspect.signature(get_class(node._target_)).parameters if p not in ("self", "args", "kwargs")]
+    return UserInputError(f"{group}.{name} is not a setting of {group} ({node._target_}), a typo? Its settings are: "
+                          f"{', '.join(settings)}.")
 
 
 def instantiate_entries(group: DictConfig | None, group_name: str) -> list[Any]:

@@ -3,6 +3,7 @@ the trainer, write metrics.json and a summary, and turn failures into one clear 
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -14,7 +15,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from src.errors import ReportedError, ResumeRefused, RunInterrupted, UserInputError
-from src.utils.json_files import write_json_atomically
+from src.utils.atomic_files import write_json_atomically
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ def start_run(cfg: DictConfig, save: bool = True) -> Path:
 def build_trainer(cfg: DictConfig):
     """(Trainer, loggers) from the `trainer`, `callbacks` and `logger` groups."""
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary
+    from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+    from src.utils.checkpoint_io import AtomicCheckpointIO
     from src.utils.instantiate import build, instantiate_entries
 
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
@@ -63,7 +66,10 @@ def build_trainer(cfg: DictConfig):
         # Lightning refuses a learning-rate monitor without a logger; with none, there is nowhere to log to.
         log.info("No logger configured (logger=[]): the learning rate is not logged.")
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-    return build(cfg.trainer, callbacks=callbacks, logger=loggers or False), loggers
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not one a user configured
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    return trainer, loggers
 
 
 def is_rank_zero() -> bool:
@@ -114,7 +120,8 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         except KeyboardInterrupt as stop:  # outside training and testing, which report their own (imports, data loading)
             raise RunInterrupted("Stopped by Ctrl-C outside training and testing: nothing was saved at that moment. "
                                  "Run the same command again.", exit_code=130) from stop
-    except Exception as err:
+    except Exception as failure:
+        err = _disk_problem(failure) or failure
         reported = isinstance(err, ReportedError)
         if in_multirun() and not isinstance(err, ResumeRefused):
             message = str(err).splitlines()[0] if str(err) else ""
@@ -137,6 +144,23 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
                 log.error("%s", err)
             sys.exit(err.exit_code)
         raise
+
+
+_DISK_PROBLEMS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
+
+
+def _disk_problem(err: Exception) -> UserInputError | None:
+    """A full or read-only disk as one message; checkpoints and result files are written whole or not at all."""
+    if not isinstance(err, OSError) or err.errno not in _DISK_PROBLEMS:
+        return None
+    problem = UserInputError(
+        f"{err.filename or 'a file'}: {_DISK_PROBLEMS[err.errno]}. Free some space or fix the folder's permissions, "
+        "or put the run elsewhere (hydra.run.dir=<folder>; hydra.sweep.dir=<folder> for a sweep). Checkpoints and "
+        "metrics.json written before are intact."
+    )
+    problem.__cause__ = err
+    return problem
 
 
 def _record_job(cfg: DictConfig, record: dict) -> None:

@@ -9,6 +9,7 @@ diverging settings still counts as a result.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import shutil
@@ -83,16 +84,21 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_summary(sweep_dir: Path) -> list[dict]:
+    """summary.csv, .md and .png, each replaced whole: a resubmitted job rewrites them."""
+    from src.utils.atomic_files import write_atomically, write_text_atomically
+
     rows = collect_jobs(sweep_dir)
-    with open(sweep_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    (sweep_dir / "summary.md").write_text(markdown_table(rows))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomically(sweep_dir / "summary.csv", table.getvalue())
+    write_text_atomically(sweep_dir / "summary.md", markdown_table(rows))
     if rows:
         from src.plots.sweep import sweep_figure
 
-        sweep_figure(rows).savefig(sweep_dir / "summary.png", dpi=110)
+        figure = sweep_figure(rows)
+        write_atomically(sweep_dir / "summary.png", lambda partial: figure.savefig(partial, format="png", dpi=110))
     return rows
 
 

@@ -3,6 +3,8 @@ by the DataModule's constructor, which runs before any data is read."""
 
 from __future__ import annotations
 
+import os
+
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserInputError
@@ -19,18 +21,81 @@ def validate_train_config(cfg: DictConfig) -> None:
         value = model.get(key, 0.0)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
             raise UserInputError(f"model.{key}={value} is invalid: it must be a number in [0, 1) (0 turns it off{usual}).")
+    for key in ("train", "test"):
+        if key in cfg and not isinstance(cfg[key], bool):
+            raise UserInputError(f"{key}={cfg[key]} is invalid: it must be true or false.")
+    if cfg.get("train") and not _has_best_checkpoint(cfg.get("callbacks")):
+        choice = _choice("callbacks")
+        raise UserInputError(
+            f"callbacks={choice or '[]'} leaves out the checkpoint callbacks: training could neither test its best epoch "
+            f"nor be resumed. Keep the defaults and add to them: callbacks=[default,{choice or '<option>'}]."
+        )
+    for key in ("batch_norm", "pool", "compile", "channels_last"):
+        if key in model and not isinstance(model[key], bool):  # a string such as "off" would count as true
+            raise UserInputError(f"model.{key}={model[key]} is invalid: it must be true or false.")
+    if model.get("batch_norm") and cfg.data.get("batch_size") == 1:
+        raise UserInputError("data.batch_size=1 cannot train with batch norm (it needs 2 or more images per batch). "
+                             "Use data.batch_size>=2, or model.batch_norm=false.")
     seed = cfg.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise UserInputError(f"seed={seed} is invalid: it must be an integer, or null for an unseeded run.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        raise UserInputError(f"seed={seed} is invalid: it must be an integer from 0 to 2**32-1, or null for an unseeded run.")
     max_epochs = cfg.trainer.get("max_epochs")
     if not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or max_epochs < 1:
         raise UserInputError(f"trainer.max_epochs={max_epochs} is invalid: it must be an integer >= 1.")
     strategy = str(cfg.trainer.get("strategy", "auto"))
-    if in_multirun() and strategy.startswith("ddp") and not strategy.startswith("ddp_spawn") and not _in_slurm_task():
+    relaunches = strategy.startswith("ddp") or (strategy == "auto" and _several_processes(cfg.trainer))
+    if in_multirun() and relaunches and not strategy.startswith("ddp_spawn") and not _in_slurm_task():
         raise UserInputError(
-            f"trainer.strategy={strategy} cannot run inside a Hydra multirun: Lightning would relaunch the whole "
-            "sweep in every process. Use trainer.strategy=ddp_spawn in sweeps, or hydra/launcher=slurm for clusters."
+            f"trainer.strategy={strategy} with trainer.devices={cfg.trainer.get('devices', 'auto')} cannot run inside a "
+            "Hydra multirun: Lightning would relaunch the whole sweep in every process. Use trainer.strategy=ddp_spawn "
+            "in sweeps, or hydra/launcher=slurm for clusters."
         )
+
+
+def _has_best_checkpoint(callbacks: DictConfig | None) -> bool:
+    """Whether a checkpoint callback keeps the best epoch by val/acc (the one tested after training)."""
+    from hydra.utils import get_class
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    for entry in (callbacks or {}).values():
+        if isinstance(entry, DictConfig) and entry.get("_target_") and entry.get("monitor") == "val/acc":
+            try:
+                target = get_class(entry._target_)
+            except Exception:  # reported when the callbacks are built
+                continue
+            if issubclass(target, ModelCheckpoint):
+                return True
+    return False
+
+
+def _choice(group: str) -> str | None:
+    """The one option chosen for a config group, e.g. "early_stopping"; None for a list of them or none."""
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        choice = HydraConfig.get().runtime.choices.get(group)
+    except ValueError:  # composed without @hydra.main (tests)
+        return None
+    return choice if isinstance(choice, str) else None
+
+
+def _several_processes(trainer: DictConfig) -> bool:
+    """Whether Lightning's automatic strategy starts more than one process (it picks DDP for several devices)."""
+    import torch
+
+    devices, nodes = trainer.get("devices", "auto"), trainer.get("num_nodes", 1)
+    gpus = torch.cuda.device_count() if str(trainer.get("accelerator", "auto")) in ("auto", "gpu", "cuda") else 0
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        devices = int(devices)
+    if devices == "auto":
+        count = gpus or 1
+    elif devices == -1:  # every GPU; on a CPU, one process per core
+        count = gpus or os.cpu_count() or 1
+    elif isinstance(devices, int):
+        count = devices
+    else:  # a list or a comma-separated string of GPU indices
+        count = len(devices) if not isinstance(devices, str) else len([d for d in devices.split(",") if d.strip()])
+    return count > 1 or (isinstance(nodes, int) and nodes > 1)
 
 
 def _in_slurm_task() -> bool:

@@ -1,0 +1,31 @@
+"""Checkpoint files written whole or not at all, also when $TMPDIR is on another filesystem than the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from src.utils.atomic_files import write_atomically
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's own atomic save writes to a temporary file in $TMPDIR and moves it into place. When $TMPDIR is on
+    another filesystem (a tmpfs /tmp, a cluster node's local disk), that move copies into the target in place, and
+    a full disk then leaves a truncated last.ckpt where a good one was. Here the temporary file sits beside the
+    checkpoint, so the final rename is atomic."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if "://" in str(path):  # a remote URL: Lightning's own way
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options.")
+        write_atomically(Path(path), lambda partial: _save(checkpoint, partial))
+
+
+def _save(checkpoint: dict[str, Any], path: Path) -> None:
+    with open(path, "wb") as file:  # through a Python file, a full disk is an OSError, not torch's bare RuntimeError
+        torch.save(checkpoint, file)
