@@ -235,7 +235,9 @@ def test_checkpoint_writes_are_atomic(tmp_path, synthetic_data_dir, good_checkpo
 
     shutil.copy(good_checkpoint, target)
     before = target.read_bytes()
-    monkeypatch.setattr(torch, "save", half_then_disk_full)
+    from src.utils import checkpoint_io
+
+    monkeypatch.setattr(checkpoint_io, "open", FillingDisk, raising=False)
     with pytest.raises(OSError, match="No space left") as info:
         trainer.save_checkpoint(target)
     assert info.value.filename == str(target)  # the file the user knows, not the temporary one
@@ -255,15 +257,51 @@ def test_metrics_files_are_strict_json_even_after_a_nan(tmp_path):
     assert json.loads(path.read_text(), parse_constant=refuse) == {"test/loss": None, "curve": [1.0, None], "test/acc": 0.5}
 
 
-def half_then_disk_full(obj, file, *args, **kwargs) -> None:
-    """torch.save as on a disk that fills up halfway through the file."""
-    real_save(obj, file, *args, **kwargs)
-    file.seek(file.tell() // 2)
-    file.truncate()
-    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+def test_a_read_only_folder_is_reported_under_the_files_own_name(tmp_path, monkeypatch):
+    """On a read-only filesystem, removing the temporary file fails as well; that must not hide the first error."""
+    from src.utils.atomic_files import write_text_atomically
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(args[0]) if args else None)
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    monkeypatch.setattr(Path, "unlink", read_only)
+    with pytest.raises(OSError) as info:
+        write_text_atomically(tmp_path / "metrics.json", "{}")
+    assert info.value.errno == errno.EROFS and info.value.filename == str(tmp_path / "metrics.json")
 
 
-real_save = torch.save
+def test_a_disk_error_under_a_later_one_is_still_reported_as_one_line():
+    """After a checkpoint fails on a full disk, Lightning's clean-up (the logger's flush) can fail on top of it."""
+    from src.utils.run import _disk_problem
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/a/checkpoints/last.ckpt")
+        except OSError:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # the logger's, without a file name
+    except OSError as failure:
+        problem = _disk_problem(failure)
+    assert str(problem).startswith("/runs/a/checkpoints/last.ckpt: no space left on the disk. Free some space")
+    assert _disk_problem(RuntimeError("unrelated")) is None
+
+
+class FillingDisk:
+    """A file opened on a disk that fills up halfway through the first write: half is written, then ENOSPC."""
+
+    def __init__(self, path, mode: str) -> None:
+        self.file = open(path, mode)
+
+    def write(self, data) -> None:
+        self.file.write(bytes(data)[: len(data) // 2])
+        self.file.flush()
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.file.close()
 
 
 class DiskFullAfterEpoch(pl.Callback):
@@ -274,7 +312,9 @@ class DiskFullAfterEpoch(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if trainer.current_epoch >= self.epoch:
-            torch.save = half_then_disk_full
+            from src.utils import checkpoint_io
+
+            checkpoint_io.open = FillingDisk
 
 
 def test_a_full_disk_is_one_message_and_keeps_the_last_good_checkpoint(tmp_path, synthetic_data_dir):
@@ -291,10 +331,12 @@ def test_a_full_disk_is_one_message_and_keeps_the_last_good_checkpoint(tmp_path,
     assert not list(run_dir.rglob("*.partial"))
 
 
-def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir):
+@pytest.mark.parametrize("strategy, extra", [("ddp", []), ("ddp_spawn", ["callbacks=[default,ema]", "callbacks.ema.decay=0.9"])],
+                         ids=["ddp", "ddp_spawn with weight averaging"])
+def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir, strategy, extra):
     run_dir = tmp_path / "ddp"
     result = run_module(
-        "src.train", "trainer=ddp_cpu", f"hydra.run.dir={run_dir}", f"data.data_dir={synthetic_data_dir}",
+        "src.train", "trainer=ddp_cpu", f"trainer.strategy={strategy}", *extra, f"hydra.run.dir={run_dir}", f"data.data_dir={synthetic_data_dir}",
         "data.download=false", "data.val_size=80", "data.batch_size=32", "model=mlp", "trainer.max_epochs=2",
         "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false",
     )
@@ -353,12 +395,25 @@ def test_several_devices_in_a_sweep_are_refused_unless_spawned(monkeypatch, tmp_
         validate_train_config(cfg)
 
 
-def test_choosing_one_callback_option_alone_is_refused_with_the_fix(tmp_path):
-    result = run_module("src.train", "callbacks=early_stopping", f"hydra.run.dir={tmp_path}", timeout=120)
+@pytest.mark.parametrize("overrides", [
+    ["callbacks.model_checkpoint.monitor=val/loss", "callbacks.model_checkpoint.mode=min"],
+    ["callbacks.model_checkpoint=null"],  # tests the final weights, with a warning
+    ["callbacks=[]"],
+    ["callbacks=[default,early_stopping,ema]"],
+])
+def test_callbacks_without_the_usual_checkpoint_are_allowed_when_chosen_deliberately(tmp_path, overrides):
+    from src.utils.validate import validate_train_config
+
+    validate_train_config(compose_config([*overrides, f"paths.output_dir={tmp_path}"]))
+
+
+@pytest.mark.parametrize("chosen, fixed", [("early_stopping", "early_stopping"), ("[early_stopping,ema]", "early_stopping,ema")])
+def test_callback_options_without_the_defaults_are_refused_with_the_fix(tmp_path, chosen, fixed):
+    result = run_module("src.train", f"callbacks={chosen}", f"hydra.run.dir={tmp_path}", timeout=120)
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output, output[-3000:]
-    assert "callbacks=early_stopping leaves out the checkpoint callbacks" in output
-    assert "callbacks=[default,early_stopping]" in output
+    assert f"callbacks={chosen} leaves out the checkpoint callbacks, which come with `default`" in output
+    assert f"callbacks=[default,{fixed}]" in output
 
 
 def test_divergence_guard_reads_each_loss_one_step_later_and_before_any_save():

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import pytorch_lightning as pl
@@ -18,16 +19,16 @@ def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch
 
     With a fixed 0.999 the average would still be 65% initial weights after one MNIST epoch (430 steps), and
     early validations would score near chance; warmed up, it follows the last ~50 steps by then and reaches
-    the full `decay` after ~9,000 steps.
+    the full `decay` after ~9,000 steps. A partial of a module-level function, not a closure: ddp_spawn pickles it.
     """
+    return functools.partial(_warmed_up_update, decay=decay)
 
-    @torch.no_grad()
-    def update(average: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        n = torch.as_tensor(num_averaged, dtype=torch.float32, device=average.device)  # a tensor: no host sync
-        step_decay = torch.clamp((1 + n) / (10 + n), max=decay)
-        return average + (current - average) * (1 - step_decay)
 
-    return update
+@torch.no_grad()
+def _warmed_up_update(average: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor, decay: float) -> torch.Tensor:
+    n = torch.as_tensor(num_averaged, dtype=torch.float32, device=average.device)  # a tensor: no host sync
+    step_decay = torch.clamp((1 + n) / (10 + n), max=decay)
+    return average + (current - average) * (1 - step_decay)
 
 
 class WeightEMA(WeightAveraging):

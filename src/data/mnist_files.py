@@ -50,7 +50,8 @@ def ensure_mnist_files(data_dir: str | Path, download: bool) -> None:
     if all(find_file(given, name) for name in ALL_FILE_NAMES):  # data.data_dir named the raw folder itself
         above = given.parent.parent if given.parts[-2:] == ("MNIST", "raw") else None
         raise MNISTDataError(
-            f"data.data_dir={data_dir} holds the four MNIST files itself, but it names the folder above MNIST/raw/. "
+            f"data.data_dir={data_dir} holds the four MNIST files itself, but data.data_dir must name the folder above "
+            "MNIST/raw/. "
             + (f"Use data.data_dir={above}." if above else f"Move the files into {raw_dir(data_dir)}/.")
         )
     reason = "downloading is disabled (data.download=false)"

@@ -7,7 +7,7 @@ import math
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torchmetrics import MaxMetric, MeanMetric
+from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from src.errors import ResumeRefused, UserInputError
@@ -56,11 +56,26 @@ class DigitClassifier(pl.LightningModule):
             self.example_input_array = torch.zeros(1, 1, IMAGE_SIDE, IMAGE_SIDE)
 
     def setup(self, stage: str) -> None:
+        self._unshare_state()
         if self.hparams.channels_last:  # NHWC: faster convolutions on tensor-core GPUs and with oneDNN on CPUs
             self.to(memory_format=torch.channels_last)
         if self.hparams.compile and "_compiled_net" not in self.__dict__:
             # Kept outside the module tree, so state_dict keys (and checkpoints) are the same compiled or not.
             self.__dict__["_compiled_net"] = torch.compile(self.net)
+
+    def _unshare_state(self) -> None:
+        """ddp_spawn hands the model to its processes in shared memory. Lightning gives each process its own
+        parameters, but buffers (batch-norm statistics) and metric states stayed shared, so every process counted
+        its test images into one confusion matrix, which the sync then summed again: 200 of 100 images."""
+        for module in self.modules():
+            for name, buffer in module._buffers.items():
+                if buffer is not None and buffer.is_shared():
+                    module._buffers[name] = buffer.clone()
+            if isinstance(module, Metric):
+                for name in module._defaults:
+                    state = getattr(module, name)
+                    if isinstance(state, torch.Tensor) and state.is_shared():
+                        setattr(module, name, state.clone())
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last and images.dim() == 4:

@@ -5,6 +5,7 @@ only within one filesystem, which is why the temporary file never goes to $TMPDI
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -21,7 +22,8 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         write(partial)
         os.replace(partial, path)
     except BaseException as err:
-        partial.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only filesystem this fails too, and must not hide `err`
+            partial.unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno and err.filename in (None, str(partial)):
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise

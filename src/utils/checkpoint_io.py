@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -27,5 +28,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 def _save(checkpoint: dict[str, Any], path: Path) -> None:
-    with open(path, "wb") as file:  # through a Python file, a full disk is an OSError, not torch's bare RuntimeError
-        torch.save(checkpoint, file)
+    # Serialized in memory first: torch's own file writer turns a full disk into a RuntimeError without the file's
+    # name; Python's write raises the OSError (ENOSPC) that the entry points report as one line.
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    with open(path, "wb") as file:
+        file.write(buffer.getbuffer())

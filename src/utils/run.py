@@ -150,12 +150,22 @@ _DISK_PROBLEMS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk
                   errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
 
 
-def _disk_problem(err: Exception) -> UserInputError | None:
-    """A full or read-only disk as one message; checkpoints and result files are written whole or not at all."""
-    if not isinstance(err, OSError) or err.errno not in _DISK_PROBLEMS:
+def _disk_problem(failure: Exception) -> UserInputError | None:
+    """A full or read-only disk as one message; checkpoints and result files are written whole or not at all. The
+    disk error may sit further down the chain: Lightning's clean-up after a failed checkpoint (the logger's last
+    flush) can fail on the same full disk and raise its own error on top."""
+    if isinstance(failure, ReportedError):
         return None
+    chain, seen = [], failure
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    disk_errors = [e for e in chain if isinstance(e, OSError) and e.errno in _DISK_PROBLEMS]
+    if not disk_errors:
+        return None
+    err = next((e for e in disk_errors if e.filename), disk_errors[0])
     problem = UserInputError(
-        f"{err.filename or 'a file'}: {_DISK_PROBLEMS[err.errno]}. Free some space or fix the folder's permissions, "
+        f"{err.filename or 'Writing a file of the run'}: {_DISK_PROBLEMS[err.errno]}. Free some space or fix the folder's permissions, "
         "or put the run elsewhere (hydra.run.dir=<folder>; hydra.sweep.dir=<folder> for a sweep). Checkpoints and "
         "metrics.json written before are intact."
     )

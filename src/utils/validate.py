@@ -24,16 +24,19 @@ def validate_train_config(cfg: DictConfig) -> None:
     for key in ("train", "test"):
         if key in cfg and not isinstance(cfg[key], bool):
             raise UserInputError(f"{key}={cfg[key]} is invalid: it must be true or false.")
-    if cfg.get("train") and not _has_best_checkpoint(cfg.get("callbacks")):
-        choice = _choice("callbacks")
+    callbacks = cfg.get("callbacks") or {}
+    # Callbacks chosen without `default` (callbacks=early_stopping); not callbacks=[] or a checkpoint set to null.
+    if cfg.get("train") and callbacks and "model_checkpoint" not in callbacks and not _has_checkpoint_callback(callbacks):
+        options = [_chosen_option("callbacks")] if _chosen_option("callbacks") else list(callbacks)
+        chosen = options[0] if len(options) == 1 else f"[{','.join(options)}]"
         raise UserInputError(
-            f"callbacks={choice or '[]'} leaves out the checkpoint callbacks: training could neither test its best epoch "
-            f"nor be resumed. Keep the defaults and add to them: callbacks=[default,{choice or '<option>'}]."
+            f"callbacks={chosen} leaves out the checkpoint callbacks, which come with `default`: training could neither "
+            f"test its best epoch nor be resumed. Keep the defaults and add to them: callbacks=[default,{','.join(options)}]."
         )
     for key in ("batch_norm", "pool", "compile", "channels_last"):
         if key in model and not isinstance(model[key], bool):  # a string such as "off" would count as true
             raise UserInputError(f"model.{key}={model[key]} is invalid: it must be true or false.")
-    if model.get("batch_norm") and cfg.data.get("batch_size") == 1:
+    if cfg.get("train") and model.get("batch_norm") and cfg.data.get("batch_size") == 1:
         raise UserInputError("data.batch_size=1 cannot train with batch norm (it needs 2 or more images per batch). "
                              "Use data.batch_size>=2, or model.batch_norm=false.")
     seed = cfg.get("seed")
@@ -47,34 +50,34 @@ def validate_train_config(cfg: DictConfig) -> None:
     if in_multirun() and relaunches and not strategy.startswith("ddp_spawn") and not _in_slurm_task():
         raise UserInputError(
             f"trainer.strategy={strategy} with trainer.devices={cfg.trainer.get('devices', 'auto')} cannot run inside a "
-            "Hydra multirun: Lightning would relaunch the whole sweep in every process. Use trainer.strategy=ddp_spawn "
+            "Hydra multirun: Lightning would relaunch the whole sweep in every process. Use ++trainer.strategy=ddp_spawn "
             "in sweeps, or hydra/launcher=slurm for clusters."
         )
 
 
-def _has_best_checkpoint(callbacks: DictConfig | None) -> bool:
-    """Whether a checkpoint callback keeps the best epoch by val/acc (the one tested after training)."""
+def _has_checkpoint_callback(callbacks: DictConfig | None) -> bool:
     from hydra.utils import get_class
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     for entry in (callbacks or {}).values():
-        if isinstance(entry, DictConfig) and entry.get("_target_") and entry.get("monitor") == "val/acc":
+        if isinstance(entry, DictConfig) and entry.get("_target_"):
             try:
                 target = get_class(entry._target_)
             except Exception:  # reported when the callbacks are built
                 continue
-            if issubclass(target, ModelCheckpoint):
+            if isinstance(target, type) and issubclass(target, ModelCheckpoint):
                 return True
     return False
 
 
-def _choice(group: str) -> str | None:
-    """The one option chosen for a config group, e.g. "early_stopping"; None for a list of them or none."""
+def _chosen_option(group: str) -> str | None:
+    """The option chosen for a config group, e.g. "early_stopping"; None for a list of options (Hydra does not record
+    those), or when composed without @hydra.main (tests)."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
         choice = HydraConfig.get().runtime.choices.get(group)
-    except ValueError:  # composed without @hydra.main (tests)
+    except ValueError:
         return None
     return choice if isinstance(choice, str) else None
 
