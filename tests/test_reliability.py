@@ -286,6 +286,27 @@ def test_a_disk_error_under_a_later_one_is_still_reported_as_one_line():
     assert _disk_problem(RuntimeError("unrelated")) is None
 
 
+def test_a_full_disk_in_tensorboards_thread_is_one_line_not_a_traceback(monkeypatch, caplog, capsys):
+    import threading
+
+    from src.utils.run import _one_line_for_disk_errors_in_threads
+
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
+    _one_line_for_disk_errors_in_threads()
+    _one_line_for_disk_errors_in_threads()  # a second job of an in-process sweep: installed once
+
+    def event_writer():
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    for target in (event_writer, lambda: 1 / 0):
+        thread = threading.Thread(target=target, name="event-writer")
+        thread.start()
+        thread.join()
+    assert [r.getMessage() for r in caplog.records] == ["event-writer could not write: [Errno 28] No space left on device"]
+    stderr = capsys.readouterr().err
+    assert stderr.count("Traceback") == 1 and "ZeroDivisionError" in stderr  # other errors keep Python's report
+
+
 class FillingDisk:
     """A file opened on a disk that fills up halfway through the first write: half is written, then ENOSPC."""
 

@@ -111,6 +111,7 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
     from src.utils.sweep_stop import stop_sweep_after_interruption, sweep_stopping
 
     started = time.perf_counter()
+    _one_line_for_disk_errors_in_threads()
     if in_multirun() and sweep_stopping():
         _record_job(cfg, {"status": "not run", "error": "the sweep was stopped (Ctrl-C or SIGTERM) before this job started"})
         return None
@@ -148,6 +149,25 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
 
 _DISK_PROBLEMS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
                   errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
+
+
+def _one_line_for_disk_errors_in_threads() -> None:
+    """TensorBoard writes its event files from a thread of its own: a full disk there would print a traceback
+    beside the main thread's one-line report. Other errors in threads keep Python's report."""
+    import threading
+
+    python_report = threading.excepthook
+    if getattr(python_report, "reports_disk_errors", False):  # installed by an earlier job of an in-process sweep
+        return
+
+    def report(args) -> None:
+        if isinstance(args.exc_value, OSError) and args.exc_value.errno in _DISK_PROBLEMS:
+            log.warning("%s could not write: %s", args.thread.name if args.thread else "a thread", args.exc_value)
+        else:
+            python_report(args)
+
+    report.reports_disk_errors = True
+    threading.excepthook = report
 
 
 def _disk_problem(failure: Exception) -> UserInputError | None:

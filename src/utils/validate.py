@@ -27,11 +27,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     callbacks = cfg.get("callbacks") or {}
     # Callbacks chosen without `default` (callbacks=early_stopping); not callbacks=[] or a checkpoint set to null.
     if cfg.get("train") and callbacks and "model_checkpoint" not in callbacks and not _has_checkpoint_callback(callbacks):
-        options = [_chosen_option("callbacks")] if _chosen_option("callbacks") else list(callbacks)
-        chosen = options[0] if len(options) == 1 else f"[{','.join(options)}]"
+        chosen = _chosen_callbacks() or f"[{','.join(callbacks)}]"
+        options = chosen[1:-1] if chosen.startswith("[") else chosen
         raise UserInputError(
             f"callbacks={chosen} leaves out the checkpoint callbacks, which come with `default`: training could neither "
-            f"test its best epoch nor be resumed. Keep the defaults and add to them: callbacks=[default,{','.join(options)}]."
+            f"test its best epoch nor be resumed. Keep the defaults and add to them: callbacks=[default,{options}]."
         )
     for key in ("batch_norm", "pool", "compile", "channels_last"):
         if key in model and not isinstance(model[key], bool):  # a string such as "off" would count as true
@@ -70,15 +70,20 @@ def _has_checkpoint_callback(callbacks: DictConfig | None) -> bool:
     return False
 
 
-def _chosen_option(group: str) -> str | None:
-    """The option chosen for a config group, e.g. "early_stopping"; None for a list of options (Hydra does not record
-    those), or when composed without @hydra.main (tests)."""
+def _chosen_callbacks() -> str | None:
+    """The `callbacks` choice as the user gave it ("early_stopping", "[early_stopping,ema]"); None when composed
+    without @hydra.main (tests). Hydra records a single option among its choices, but not a list of them."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
-        choice = HydraConfig.get().runtime.choices.get(group)
+        hydra_config = HydraConfig.get()
     except ValueError:
         return None
+    for override in hydra_config.overrides.task:
+        key, _, value = override.partition("=")
+        if key == "callbacks":
+            return value
+    choice = hydra_config.runtime.choices.get("callbacks")
     return choice if isinstance(choice, str) else None
 
 
