@@ -273,7 +273,7 @@ def test_a_read_only_folder_is_reported_under_the_files_own_name(tmp_path, monke
 
 def test_a_disk_error_under_a_later_one_is_still_reported_as_one_line():
     """After a checkpoint fails on a full disk, Lightning's clean-up (the logger's flush) can fail on top of it."""
-    from src.utils.run import _disk_problem
+    from src.utils.disk_errors import disk_problem
 
     try:
         try:
@@ -281,19 +281,19 @@ def test_a_disk_error_under_a_later_one_is_still_reported_as_one_line():
         except OSError:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # the logger's, without a file name
     except OSError as failure:
-        problem = _disk_problem(failure)
+        problem = disk_problem(failure)
     assert str(problem).startswith("/runs/a/checkpoints/last.ckpt: no space left on the disk. Free some space")
-    assert _disk_problem(RuntimeError("unrelated")) is None
+    assert disk_problem(RuntimeError("unrelated")) is None
 
 
 def test_a_full_disk_in_tensorboards_thread_is_one_line_not_a_traceback(monkeypatch, caplog, capsys):
     import threading
 
-    from src.utils.run import _one_line_for_disk_errors_in_threads
+    from src.utils.disk_errors import one_line_for_disk_errors_in_threads
 
     monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
-    _one_line_for_disk_errors_in_threads()
-    _one_line_for_disk_errors_in_threads()  # a second job of an in-process sweep: installed once
+    one_line_for_disk_errors_in_threads()
+    one_line_for_disk_errors_in_threads()  # a second job of an in-process sweep: installed once
 
     def event_writer():
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))

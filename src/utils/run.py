@@ -3,7 +3,6 @@ the trainer, write metrics.json and a summary, and turn failures into one clear 
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import sys
@@ -107,11 +106,12 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
     on (one diverging lr must not cost the rest); a refused resume stops it, with the job's folder untouched, and
     so does an interruption (SIGTERM, Ctrl-C), after recording the job as interrupted (with parallel jobs, the
     launching process stops the sweep: src/utils/sweep_stop.py); a job that starts after that is recorded as not run."""
+    from src.utils.disk_errors import disk_problem, one_line_for_disk_errors_in_threads
     from src.utils.jobs import in_multirun
     from src.utils.sweep_stop import stop_sweep_after_interruption, sweep_stopping
 
     started = time.perf_counter()
-    _one_line_for_disk_errors_in_threads()
+    one_line_for_disk_errors_in_threads()
     if in_multirun() and sweep_stopping():
         _record_job(cfg, {"status": "not run", "error": "the sweep was stopped (Ctrl-C or SIGTERM) before this job started"})
         return None
@@ -122,7 +122,7 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
             raise RunInterrupted("Stopped by Ctrl-C outside training and testing: nothing was saved at that moment. "
                                  "Run the same command again.", exit_code=130) from stop
     except Exception as failure:
-        err = _disk_problem(failure) or failure
+        err = disk_problem(failure) or failure
         reported = isinstance(err, ReportedError)
         if in_multirun() and not isinstance(err, ResumeRefused):
             message = str(err).splitlines()[0] if str(err) else ""
@@ -145,52 +145,6 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
                 log.error("%s", err)
             sys.exit(err.exit_code)
         raise
-
-
-_DISK_PROBLEMS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
-                  errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
-
-
-def _one_line_for_disk_errors_in_threads() -> None:
-    """TensorBoard writes its event files from a thread of its own: a full disk there would print a traceback
-    beside the main thread's one-line report. Other errors in threads keep Python's report."""
-    import threading
-
-    python_report = threading.excepthook
-    if getattr(python_report, "reports_disk_errors", False):  # installed by an earlier job of an in-process sweep
-        return
-
-    def report(args) -> None:
-        if isinstance(args.exc_value, OSError) and args.exc_value.errno in _DISK_PROBLEMS:
-            log.warning("%s could not write: %s", args.thread.name if args.thread else "a thread", args.exc_value)
-        else:
-            python_report(args)
-
-    report.reports_disk_errors = True
-    threading.excepthook = report
-
-
-def _disk_problem(failure: Exception) -> UserInputError | None:
-    """A full or read-only disk as one message; checkpoints and result files are written whole or not at all. The
-    disk error may sit further down the chain: Lightning's clean-up after a failed checkpoint (the logger's last
-    flush) can fail on the same full disk and raise its own error on top."""
-    if isinstance(failure, ReportedError):
-        return None
-    chain, seen = [], failure
-    while seen is not None and len(chain) < 20:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    disk_errors = [e for e in chain if isinstance(e, OSError) and e.errno in _DISK_PROBLEMS]
-    if not disk_errors:
-        return None
-    err = next((e for e in disk_errors if e.filename), disk_errors[0])
-    problem = UserInputError(
-        f"{err.filename or 'Writing a file of the run'}: {_DISK_PROBLEMS[err.errno]}. Free some space or fix the folder's permissions, "
-        "or put the run elsewhere (hydra.run.dir=<folder>; hydra.sweep.dir=<folder> for a sweep). Checkpoints and "
-        "metrics.json written before are intact."
-    )
-    problem.__cause__ = err
-    return problem
 
 
 def _record_job(cfg: DictConfig, record: dict) -> None:

@@ -1,0 +1,56 @@
+"""A full, read-only or forbidden disk reported as one line: the file, the cause, what to do. Checkpoints and result
+files are written whole or not at all (src/utils/atomic_files.py), so what was written before is intact."""
+
+from __future__ import annotations
+
+import errno
+import logging
+
+from src.errors import ReportedError, UserInputError
+
+log = logging.getLogger(__name__)
+
+_DISK_PROBLEMS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
+                  errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
+
+
+def one_line_for_disk_errors_in_threads() -> None:
+    """TensorBoard writes its event files from a thread of its own: a full disk there would print a traceback
+    beside the main thread's one-line report. Other errors in threads keep Python's report."""
+    import threading
+
+    python_report = threading.excepthook
+    if getattr(python_report, "reports_disk_errors", False):  # installed by an earlier job of an in-process sweep
+        return
+
+    def report(args) -> None:
+        if isinstance(args.exc_value, OSError) and args.exc_value.errno in _DISK_PROBLEMS:
+            log.warning("%s could not write: %s", args.thread.name if args.thread else "a thread", args.exc_value)
+        else:
+            python_report(args)
+
+    report.reports_disk_errors = True
+    threading.excepthook = report
+
+
+def disk_problem(failure: Exception) -> UserInputError | None:
+    """The one-line error for a disk problem in `failure`'s chain; None when there is none. It may sit further down:
+    Lightning's clean-up after a failed checkpoint (the logger's last flush) can fail on the same full disk and raise
+    its own error on top."""
+    if isinstance(failure, ReportedError):
+        return None
+    chain, seen = [], failure
+    while seen is not None and len(chain) < 20:
+        chain.append(seen)
+        seen = seen.__cause__ or seen.__context__
+    disk_errors = [e for e in chain if isinstance(e, OSError) and e.errno in _DISK_PROBLEMS]
+    if not disk_errors:
+        return None
+    err = next((e for e in disk_errors if e.filename), disk_errors[0])
+    problem = UserInputError(
+        f"{err.filename or 'Writing a file of the run'}: {_DISK_PROBLEMS[err.errno]}. Free some space or fix the "
+        "folder's permissions, or put the run elsewhere (hydra.run.dir=<folder>; hydra.sweep.dir=<folder> for a sweep). Checkpoints and "
+        "metrics.json written before are intact."
+    )
+    problem.__cause__ = err
+    return problem
