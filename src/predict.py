@@ -19,6 +19,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from src import CONFIG_DIR, run_command_line
 from src.errors import UserInputError
+from src.utils.setting_checks import is_whole, require_true_or_false
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +73,9 @@ def check_config(cfg: DictConfig) -> None:
     for key, example in (("ckpt_path", "outputs/<date>/<time>/checkpoints/last.ckpt"), ("inputs", "my_digits/")):
         if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, ""):
             raise UserInputError(f"{key} is required, e.g. `python -m src.predict {key}={example} ...`.")
-    if isinstance(cfg.top_k, bool) or not isinstance(cfg.top_k, int) or not 1 <= cfg.top_k <= 10:
+    if not is_whole(cfg.top_k) or not 1 <= cfg.top_k <= 10:
         raise UserInputError(f"top_k={cfg.top_k} is invalid: it must be a whole number from 1 to 10.")
-    if not isinstance(cfg.save_preview, bool):
-        raise UserInputError(f"save_preview={cfg.save_preview} is invalid: it must be true or false.")
+    require_true_or_false("save_preview", cfg.save_preview)
     if cfg.output and Path(cfg.output).expanduser().is_dir():
         raise UserInputError(f"output={cfg.output} is a folder: give a file name, e.g. output={Path(cfg.output) / 'predictions.json'}.")
 

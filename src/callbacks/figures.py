@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from src.errors import UserInputError
+from src.utils.setting_checks import is_whole
 from src.plots.confusion import confusion_matrix_figure
 from src.plots.curves import learning_curves_figure
 from src.plots.digit_sheet import digit_sheet
@@ -22,7 +23,7 @@ class DiagnosticFigures(pl.Callback):
     def __init__(self, output_dir: str, every_n_epochs: int = 2, num_samples: int = 32, num_mistakes: int = 32) -> None:
         for key, value, low in (("every_n_epochs", every_n_epochs, 1), ("num_samples", num_samples, 0),
                                 ("num_mistakes", num_mistakes, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not is_whole(value) or value < low:
                 raise UserInputError(f"callbacks.figures.{key}={value!r} is invalid: it must be a whole number >= {low}.")
         self.output_dir = Path(output_dir)
         self.every_n_epochs = every_n_epochs

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.errors import UserInputError
+from src.utils.setting_checks import is_number, is_whole, require_true_or_false
 
 DEFAULT_AUGMENT = {
     "enabled": False,
@@ -35,7 +36,7 @@ ERASING_ASPECT_RANGE = (0.3, 3.3)
 
 def _number(key: str, value, low: float | None = None, high: float | None = None, low_open: bool = False) -> float:
     name = f"data.augment.{key}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise UserInputError(f"{name}={value!r} is invalid: it must be a number.")
     too_low = low is not None and (value <= low if low_open else value < low)
     if too_low or (high is not None and value > high):
@@ -48,7 +49,7 @@ def _range(key: str, value, high: float | None = None) -> list[float]:
     name = f"data.augment.{key}"
     allowed = f"a pair [low, high] with 0 < low <= high{f' <= {high}' if high is not None else ''}"
     is_pair = not isinstance(value, (str, bytes, Mapping)) and hasattr(value, "__len__") and len(value) == 2
-    if not is_pair or any(isinstance(v, bool) or not isinstance(v, (int, float)) for v in value):
+    if not is_pair or not all(is_number(v) for v in value):
         raise UserInputError(f"{name}={value!r} is invalid: it must be {allowed}.")
     low, high_value = (float(v) for v in value)
     if not 0 < low <= high_value or (high is not None and high_value > high):
@@ -57,7 +58,7 @@ def _range(key: str, value, high: float | None = None) -> list[float]:
 
 
 def _count(key: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not is_whole(value) or value < 0:
         raise UserInputError(f"data.augment.{key}={value!r} is invalid: it must be a whole number >= 0.")
     return value
 
@@ -69,8 +70,7 @@ def augment_settings(augment: Mapping | None) -> dict:
     if unknown:
         raise UserInputError(f"data.augment has unknown keys {unknown}: the allowed keys are {sorted(DEFAULT_AUGMENT)}.")
     merged = {**DEFAULT_AUGMENT, **given}
-    if not isinstance(merged["enabled"], bool):
-        raise UserInputError(f"data.augment.enabled={merged['enabled']!r} is invalid: it must be true or false.")
+    require_true_or_false("data.augment.enabled", merged["enabled"])
     return {
         "enabled": merged["enabled"],
         "degrees": _number("degrees", merged["degrees"], low=0, high=180),

@@ -16,6 +16,7 @@ from src.data.augment import BatchAugment, augment_settings
 from src.data.batches import EpochBatches, TensorBatchLoader
 from src.data.mnist_files import ensure_mnist_files, load_split
 from src.errors import UserInputError
+from src.utils.setting_checks import is_number, is_whole, require_true_or_false
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -36,26 +37,25 @@ class MNISTDataModule(pl.LightningDataModule):
     ) -> None:
         super().__init__()
         for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
-            if not _is_whole(value) or value < 1:
+            if not is_whole(value) or value < 1:
                 raise UserInputError(f"{key}={value} is invalid: it must be a positive integer.")
-        if not _is_whole(val_size) or val_size < 1:
+        if not is_whole(val_size) or val_size < 1:
             raise UserInputError(
                 f"data.val_size={val_size} is invalid: it must be an integer >= 1 (validation picks the best checkpoint)."
             )
-        if not _is_whole(split_seed):
+        if not is_whole(split_seed):
             raise UserInputError(f"data.split_seed={split_seed} is invalid: it must be an integer (fixed, so runs share a validation set).")
         if shuffle_seed is None:  # seed=null, an unseeded run: draw one; it is saved with the hyperparameters
             shuffle_seed = secrets.randbits(31)
-        elif not _is_whole(shuffle_seed) or shuffle_seed < 0:
+        elif not is_whole(shuffle_seed) or shuffle_seed < 0:
             raise UserInputError(f"data.shuffle_seed={shuffle_seed} is invalid: it must be an integer >= 0 (it follows `seed`) or null.")
         for key, value in (("data.mean", mean), ("data.std", std)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not is_number(value):
                 raise UserInputError(f"{key}={value} is invalid: it must be a number.")
         if std <= 0:
             raise UserInputError(f"data.std={std} is invalid: it must be > 0.")
         for key, value in (("data.download", download), ("data.drop_last", drop_last)):
-            if not isinstance(value, bool):
-                raise UserInputError(f"{key}={value} is invalid: it must be true or false.")
+            require_true_or_false(key, value)
         check_device_setting(device)
         # Rebinding the argument before save_hyperparameters stores the validated plain dict, defaults filled in.
         augment = augment_settings(augment)
@@ -204,10 +204,6 @@ class MNISTDataModule(pl.LightningDataModule):
 
 
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
-
-
-def _is_whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_device_setting(device: str) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from src.errors import UserInputError
+from src.utils.setting_checks import is_whole
 
 NUM_CLASSES = 10
 IMAGE_SIDE = 28  # input images are N×1×IMAGE_SIDE×IMAGE_SIDE
@@ -16,7 +17,7 @@ IMAGE_SIDE = 28  # input images are N×1×IMAGE_SIDE×IMAGE_SIDE
 def check_sizes(key: str, value, sizes: list) -> None:
     """Refuse a layer size or count that is not a whole number >= 1, naming the setting (torch's own message
     would come later, or never: a layer of width 0 trains as a constant)."""
-    if not all(isinstance(size, int) and not isinstance(size, bool) and size >= 1 for size in sizes):
+    if not all(is_whole(size) and size >= 1 for size in sizes):
         raise UserInputError(f"model.{key}={value} is invalid: sizes and counts must be whole numbers >= 1.")
 
 

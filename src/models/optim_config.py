@@ -8,15 +8,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from src.errors import UserInputError
+from src.utils.setting_checks import is_number, is_whole
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "onecycle", "cosine")
 OPTIMIZER_KEYS = {"name", "lr", "weight_decay", "decay_norm_and_bias", "betas", "momentum", "nesterov"}
 SCHEDULER_KEYS = {"name", "pct_start", "div_factor", "final_div_factor", "warmup_steps", "min_lr"}
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:
@@ -35,22 +32,22 @@ def _check_known_keys(config: Mapping, known: set[str], group: str) -> None:
 def check_optimizer_config(config: Mapping) -> None:
     _check_known_keys(config, OPTIMIZER_KEYS, "model.optimizer")
     lr = config.get("lr")
-    if not _is_number(lr) or not lr > 0:
+    if not is_number(lr) or not lr > 0:
         raise UserInputError(f"model.optimizer.lr={lr} is invalid: it must be a number > 0 (e.g. 1e-3).")
     name = str(config.get("name", "adam")).lower()
     if name not in OPTIMIZERS:
         raise UserInputError(f"model.optimizer.name={name} is unknown: choose one of {', '.join(OPTIMIZERS)}.")
     decay = config.get("weight_decay", 0.0)
-    _require(_is_number(decay) and decay >= 0, "model.optimizer.weight_decay", decay, "a number >= 0")
+    _require(is_number(decay) and decay >= 0, "model.optimizer.weight_decay", decay, "a number >= 0")
     for key in ("decay_norm_and_bias", "nesterov"):
         if key in config:
             _require(isinstance(config[key], bool), f"model.optimizer.{key}", config[key], "true or false")
     betas = config.get("betas", (0.9, 0.999))
     is_pair = not isinstance(betas, (str, Mapping)) and hasattr(betas, "__len__") and len(betas) == 2
-    _require(is_pair and all(_is_number(b) and 0 <= b < 1 for b in betas), "model.optimizer.betas", betas,
+    _require(is_pair and all(is_number(b) and 0 <= b < 1 for b in betas), "model.optimizer.betas", betas,
              "a pair [beta1, beta2] of numbers in [0, 1)")
     momentum = config.get("momentum", 0.9)
-    _require(_is_number(momentum) and 0 <= momentum < 1, "model.optimizer.momentum", momentum, "a number in [0, 1)")
+    _require(is_number(momentum) and 0 <= momentum < 1, "model.optimizer.momentum", momentum, "a number in [0, 1)")
     if name == "sgd" and config.get("nesterov", True) and momentum == 0:
         raise UserInputError(
             "model.optimizer.momentum=0 is invalid with nesterov=true (the default): "
@@ -65,13 +62,13 @@ def check_scheduler_config(config: Mapping | None) -> None:
     if name not in SCHEDULERS:
         raise UserInputError(f"model.scheduler.name={name} is unknown: choose one of {', '.join(SCHEDULERS)}.")
     pct_start = config.get("pct_start", 0.25)
-    _require(_is_number(pct_start) and 0 < pct_start < 1, "model.scheduler.pct_start", pct_start,
+    _require(is_number(pct_start) and 0 < pct_start < 1, "model.scheduler.pct_start", pct_start,
              "a number in (0, 1): the share of steps spent warming up")
     for key in ("div_factor", "final_div_factor"):
         value = config.get(key, 1.0)
-        _require(_is_number(value) and value > 0, f"model.scheduler.{key}", value, "a number > 0")
+        _require(is_number(value) and value > 0, f"model.scheduler.{key}", value, "a number > 0")
     warmup = config.get("warmup_steps", 0)
-    _require(isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= 0,
+    _require(is_whole(warmup) and warmup >= 0,
              "model.scheduler.warmup_steps", warmup, "a whole number >= 0")
     min_lr = config.get("min_lr", 0.0)
-    _require(_is_number(min_lr) and min_lr >= 0, "model.scheduler.min_lr", min_lr, "a number >= 0")
+    _require(is_number(min_lr) and min_lr >= 0, "model.scheduler.min_lr", min_lr, "a number >= 0")

@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserInputError
 from src.models.optim_config import check_optimizer_config, check_scheduler_config
+from src.utils.setting_checks import is_number, is_whole, require_true_or_false
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -19,11 +20,11 @@ def validate_train_config(cfg: DictConfig) -> None:
     check_scheduler_config(model.get("scheduler"))
     for key, usual in (("label_smoothing", "; 0.1 is usual"), ("dropout", "")):
         value = model.get(key, 0.0)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+        if not is_number(value) or not 0 <= value < 1:
             raise UserInputError(f"model.{key}={value} is invalid: it must be a number in [0, 1) (0 turns it off{usual}).")
     for key in ("train", "test"):
-        if key in cfg and not isinstance(cfg[key], bool):
-            raise UserInputError(f"{key}={cfg[key]} is invalid: it must be true or false.")
+        if key in cfg:
+            require_true_or_false(key, cfg[key])
     callbacks = cfg.get("callbacks") or {}
     # Callbacks chosen without `default` (callbacks=early_stopping); not callbacks=[] or a checkpoint set to null.
     if cfg.get("train") and callbacks and "model_checkpoint" not in callbacks and not _has_checkpoint_callback(callbacks):
@@ -34,16 +35,16 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"test its best epoch nor be resumed. Keep the defaults and add to them: callbacks=[default,{options}]."
         )
     for key in ("batch_norm", "pool", "compile", "channels_last"):
-        if key in model and not isinstance(model[key], bool):  # a string such as "off" would count as true
-            raise UserInputError(f"model.{key}={model[key]} is invalid: it must be true or false.")
+        if key in model:
+            require_true_or_false(f"model.{key}", model[key])
     if cfg.get("train") and model.get("batch_norm") and cfg.data.get("batch_size") == 1:
         raise UserInputError("data.batch_size=1 cannot train with batch norm (it needs 2 or more images per batch). "
                              "Use data.batch_size>=2, or model.batch_norm=false.")
     seed = cfg.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+    if seed is not None and (not is_whole(seed) or not 0 <= seed < 2**32):
         raise UserInputError(f"seed={seed} is invalid: it must be an integer from 0 to 2**32-1, or null for an unseeded run.")
     max_epochs = cfg.trainer.get("max_epochs")
-    if not isinstance(max_epochs, int) or isinstance(max_epochs, bool) or max_epochs < 1:
+    if not is_whole(max_epochs) or max_epochs < 1:
         raise UserInputError(f"trainer.max_epochs={max_epochs} is invalid: it must be an integer >= 1.")
     strategy = str(cfg.trainer.get("strategy", "auto"))
     relaunches = strategy.startswith("ddp") or (strategy == "auto" and _several_processes(cfg.trainer))

@@ -1,0 +1,19 @@
+"""Type checks for settings typed on the command line. YAML reads `true`/`false` as bools and `off` or `yes` as
+strings, which Python would count as true; and Python counts a bool as an int, which no size or count here is."""
+
+from __future__ import annotations
+
+from src.errors import UserInputError
+
+
+def is_whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def require_true_or_false(name: str, value) -> None:
+    if not isinstance(value, bool):
+        raise UserInputError(f"{name}={value} is invalid: it must be true or false.")
