@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from src import CONFIG_DIR, PROJECT_ROOT
@@ -35,7 +36,7 @@ TINY_STEP_OVERRIDES = ["model.channels=[4]", "model.kernel_size=[3]", "model.hid
                        "data.batch_size=32"]
 
 
-def fast_config(data_dir: Path, device: str, output_dir: Path, extra_overrides: list[str] = ()):
+def fast_config(data_dir: Path, device: str, output_dir: Path, extra_overrides: Sequence[str] = ()):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -12,6 +12,7 @@ def plain_training(data_dir: Path, model_cfg: dict, data_cfg: dict, device: str,
     import torch
     import torch.nn.functional as F
 
+    from src.data.batches import validation_split
     from src.data.mnist_files import load_split
     from src.models.networks import cnn_network
     from src.models.optim import build_optimizer, build_scheduler
@@ -20,8 +21,7 @@ def plain_training(data_dir: Path, model_cfg: dict, data_cfg: dict, device: str,
     torch.manual_seed(seed)
     normalize = lambda x: ((x.float() / 255 - data_cfg["mean"]) / data_cfg["std"]).unsqueeze(1).to(device)  # noqa: E731
     images, labels = load_split(data_dir, "train")
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(data_cfg["split_seed"]))
-    val_idx, train_idx = order[: data_cfg["val_size"]], order[data_cfg["val_size"]:]
+    val_idx, train_idx = validation_split(len(images), data_cfg["val_size"], data_cfg["split_seed"])
     x_train, y_train = normalize(images[train_idx]), labels[train_idx].to(device)
     x_val, y_val = normalize(images[val_idx]), labels[val_idx].to(device)
     test_images, test_labels = load_split(data_dir, "test")

@@ -21,11 +21,14 @@ def evaluate(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
         raise UserInputError("ckpt_path is required: python -m src.eval ckpt_path=<run dir>/checkpoints/<name>.ckpt")
-    from src.models.loading import load_classifier, normalization
+    from src.models.checkpoint_file import normalization, read_checkpoint
+
+    checkpoint = read_checkpoint(cfg.ckpt_path)  # first, so a bad path fails before any other work (and imports)
+    from src.models.loading import load_classifier
     from src.utils.instantiate import build
     from src.utils.run import build_trainer, finish_run, start_run, test_or_report_interruption
 
-    model, checkpoint = load_classifier(cfg.ckpt_path)  # first, so a bad path fails before any other work
+    model, checkpoint = load_classifier(cfg.ckpt_path, checkpoint)
     output_dir = start_run(cfg)
     mean, std = normalization(checkpoint)  # preprocess exactly as in training, whatever data.* says
     datamodule = build(cfg.data, _convert_="all", mean=mean, std=std)

@@ -23,6 +23,7 @@ from src.utils.setting_checks import is_whole, require_true_or_false
 
 log = logging.getLogger(__name__)
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")  # what a folder is searched for
 LOW_CONFIDENCE = 0.5  # below this the table and the preview flag a prediction as doubtful
 BATCH_SIZE = 256
 MAX_PREVIEW_IMAGES = 256  # 32 rows of 8: about 5,800 pixels tall
@@ -30,8 +31,6 @@ MAX_PREVIEW_IMAGES = 256  # 32 rows of 8: about 5,800 pixels tall
 
 def find_inputs(inputs) -> list[Path]:
     """The files that `inputs` names: a file, a folder (its image files), a glob, or a list of these."""
-    from src.data.digit_images import IMAGE_SUFFIXES
-
     entries = list(inputs) if isinstance(inputs, (list, tuple, ListConfig)) else [inputs]
     found: list[Path] = []
     for entry in entries:
@@ -76,20 +75,24 @@ def check_config(cfg: DictConfig) -> None:
     if not is_whole(cfg.top_k) or not 1 <= cfg.top_k <= 10:
         raise UserInputError(f"top_k={cfg.top_k} is invalid: it must be a whole number from 1 to 10.")
     require_true_or_false("save_preview", cfg.save_preview)
+    if cfg.output is not None and not isinstance(cfg.output, str):
+        raise UserInputError(f"output={cfg.output} is invalid: it must be a file name, e.g. output=predictions.json, "
+                             "or null for none.")
     if cfg.output and Path(cfg.output).expanduser().is_dir():
         raise UserInputError(f"output={cfg.output} is a folder: give a file name, e.g. output={Path(cfg.output) / 'predictions.json'}.")
 
 
 def predict(cfg: DictConfig) -> list[dict]:
     """Classify every input image; returns one dict per classified image (path, digit, confidence, probs)."""
-    check_config(cfg)  # before the heavy imports: a missing setting is reported at once
+    check_config(cfg)  # before the heavy imports: a mistyped setting or path is reported at once
+    paths = find_inputs(cfg.inputs)
     import torch
 
     from src.data.digit_images import DigitImageError, digit_tensor
-    from src.models.loading import load_classifier, normalization
+    from src.models.checkpoint_file import normalization
+    from src.models.loading import load_network
 
-    paths = find_inputs(cfg.inputs)
-    model, checkpoint = load_classifier(str(cfg.ckpt_path))
+    model, checkpoint = load_network(str(cfg.ckpt_path))
     mean, std = normalization(checkpoint)  # exactly the training preprocessing
 
     images, classified = [], []

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig) -> dict:
     """Fit and/or test as `cfg` says; returns the metrics also written to `<run dir>/metrics.json`."""
     started_run = time.perf_counter()
+    from src.models.checkpoint_file import read_checkpoint
     from src.utils.hparams import log_hparams_session, run_hparams, trained_settings
     from src.utils.instantiate import build
     from src.utils.config_io import save_config
@@ -34,6 +35,7 @@ def train(cfg: DictConfig) -> dict:
 
     validate_train_config(cfg)  # before any work: a bad value fails in a second, not after loading data
     ckpt_path = cfg.get("ckpt_path")
+    checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # a mistyped path too, before the run folder
     resuming = bool(ckpt_path and cfg.get("train"))
     if cfg.get("seed") is None:  # an unseeded run: one seed drawn for it, recorded in config.yaml and HParams
         from src.utils.rng import unseeded_run_seed
@@ -44,11 +46,11 @@ def train(cfg: DictConfig) -> dict:
     output_dir = start_run(cfg, save=not resuming_in_place)
     model_config, trained = cfg.model, None  # what the HParams row describes: this run's config, or the checkpoint's
     if ckpt_path and not cfg.get("train"):
-        from src.models.loading import classifier_like, normalization, read_checkpoint
+        from src.models.checkpoint_file import normalization
+        from src.models.loading import classifier_like
 
         # Testing a checkpoint: rebuild its own network (class and sizes) and preprocessing, whatever `model` and
         # `data.mean/std` say in this run.
-        checkpoint = read_checkpoint(ckpt_path)
         model = classifier_like(checkpoint)
         model_config = {"_target_": checkpoint["model_class"], **checkpoint["hyper_parameters"]}
         trained = trained_settings(checkpoint)
@@ -64,7 +66,8 @@ def train(cfg: DictConfig) -> dict:
     metrics: dict = {"status": "ok"}
     if cfg.get("train"):
         if resuming:
-            check_resumable(ckpt_path, model, trainer.callbacks)
+            check_resumable(ckpt_path, checkpoint, model, trainer.callbacks)
+            checkpoint = None  # not held through the fit: Lightning reads the file itself
             metrics["resumed_from"] = str(ckpt_path)
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
         started = time.perf_counter()
@@ -169,17 +172,15 @@ def ckpt_override(path: str) -> str:
     return f"'ckpt_path=\"{path}\"'"
 
 
-def check_resumable(ckpt_path: str, model, callbacks: list) -> None:
-    """Fail before any work if the checkpoint is unreadable, was trained with another model config, or holds
+def check_resumable(ckpt_path: str, checkpoint: dict, model, callbacks: list) -> None:
+    """Fail before any work if the checkpoint (`ckpt_path`, read) was trained with another model config, or holds
     averaged weights this run would not average on, naming the overrides of the run that wrote it (they
     must be repeated to resume)."""
     from omegaconf import OmegaConf
     from pytorch_lightning.callbacks import WeightAveraging
 
     from src.errors import ResumeRefused
-    from src.models.loading import read_checkpoint
 
-    checkpoint = read_checkpoint(ckpt_path)
     this_class = f"{type(model).__module__}.{type(model).__qualname__}"
     if checkpoint["model_class"] != this_class or checkpoint["hyper_parameters"] != dict(model.hparams):
         trained_with = f"a different model config ({checkpoint['model_class']}, {checkpoint['hyper_parameters']})"

@@ -137,25 +137,25 @@ def test_eval_loaders_cover_every_sample_once_in_order(synthetic_data_dir):
 @pytest.mark.parametrize("world_size", [2, 3])
 def test_ranks_get_disjoint_shards(world_size):
     n = 103
-    train = [list(EpochBatches(n, 8, shuffle=True, seed=5, rank=r, world_size=world_size)) for r in range(world_size)]
+    train = [list(EpochBatches(n, 8, shuffle=True, seed=5, rank=r, world_size=world_size).batches()) for r in range(world_size)]
     train_idx = [torch.cat(batches) for batches in train]
     assert len({len(batches) for batches in train}) == 1  # equal step counts keep DDP ranks in lockstep
     flat = torch.cat(train_idx)
     assert len(flat.unique()) == len(flat) == (n // world_size) * world_size
-    evaluation = [torch.cat(list(EpochBatches(n, 8, shuffle=False, rank=r, world_size=world_size))) for r in range(world_size)]
+    evaluation = [torch.cat(list(EpochBatches(n, 8, shuffle=False, rank=r, world_size=world_size).batches())) for r in range(world_size)]
     assert sorted(torch.cat(evaluation).tolist()) == list(range(n))  # each sample counted exactly once
 
 
 def test_drop_last_and_batch_count():
     assert len(EpochBatches(100, 32, shuffle=True)) == 4
     assert len(EpochBatches(100, 32, shuffle=True, drop_last=True)) == 3
-    assert [len(b) for b in EpochBatches(100, 32, shuffle=True, drop_last=True)] == [32, 32, 32]
+    assert [len(b) for b in EpochBatches(100, 32, shuffle=True, drop_last=True).batches()] == [32, 32, 32]
     loader = TensorBatchLoader((torch.arange(100),), EpochBatches(100, 32, shuffle=False))
     assert [len(b[0]) for b in loader] == [32, 32, 32, 4]
     # A last training batch of one image is left out (batch norm cannot train on one); evaluation keeps it.
-    assert [len(b) for b in EpochBatches(65, 32, shuffle=True)] == [32, 32]
-    assert [len(b) for b in EpochBatches(65, 32, shuffle=False)] == [32, 32, 1]
-    assert [len(b) for b in EpochBatches(1, 32, shuffle=True)] == [1]
+    assert [len(b) for b in EpochBatches(65, 32, shuffle=True).batches()] == [32, 32]
+    assert [len(b) for b in EpochBatches(65, 32, shuffle=False).batches()] == [32, 32, 1]
+    assert [len(b) for b in EpochBatches(1, 32, shuffle=True).batches()] == [1]
 
 
 def test_a_training_split_one_image_over_whole_batches_trains(tmp_path, synthetic_data_dir):

@@ -19,7 +19,8 @@ import torch
 from src.callbacks.safety import StopRequested
 from src.errors import RunInterrupted
 from src.eval import evaluate
-from src.models.loading import CheckpointError, load_classifier
+from src.models.checkpoint_file import CheckpointError
+from src.models.loading import load_classifier
 from src.train import train
 from tests.conftest import compose_config, run_module, tiny_run_overrides
 

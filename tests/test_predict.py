@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from src.data.digit_images import (
     read_grayscale,
     stroke_width,
 )
+from src import PROJECT_ROOT
 from src.errors import UserInputError
 from src.predict import find_inputs, predict, prediction_table, save_preview
 from src.train import train
@@ -276,6 +278,64 @@ def test_entry_point_prints_a_table_and_reports_skipped_files(tmp_path, syntheti
     assert (tmp_path / "run" / "predict.log").exists()
 
 
+@pytest.fixture(scope="session")
+def synthetic_cnn_checkpoint(tmp_path_factory, synthetic_data_dir) -> Path:
+    run_dir = tmp_path_factory.mktemp("synthetic_cnn_run")
+    overrides = [*tiny_run_overrides(synthetic_data_dir, run_dir), "model.channels=[4,8]", "model.kernel_size=[5,3]",
+                 "model.hidden_size=16", "model.channels_last=true", "test=false"]
+    return Path(train(compose_config(overrides))["best_model_path"])
+
+
+@pytest.mark.parametrize("network", ["mlp", "cnn"])
+def test_the_network_alone_computes_what_the_classifier_does(request, network, synthetic_data_dir):
+    from src.models.loading import load_classifier, load_network
+
+    ckpt_path = request.getfixturevalue("synthetic_checkpoint" if network == "mlp" else "synthetic_cnn_checkpoint")
+    classifier, _ = load_classifier(ckpt_path)
+    alone, _ = load_network(ckpt_path)
+    assert isinstance(alone, torch.nn.Sequential) and not alone.training
+    images = torch.randn(20, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.allclose(alone(images), classifier(images), atol=1e-5)
+
+
+def test_a_checkpoint_lacking_a_network_size_gets_the_whole_classifier(tmp_path, synthetic_checkpoint):
+    from src.models.classifier import DigitClassifier
+    from src.models.loading import load_network
+
+    checkpoint = torch.load(synthetic_checkpoint, weights_only=True)
+    del checkpoint["hyper_parameters"]["dropout"]  # as from a version before the setting: the class has a default
+    torch.save(checkpoint, tmp_path / "older.ckpt")
+    model, _ = load_network(tmp_path / "older.ckpt")
+    assert isinstance(model, DigitClassifier) and not model.training
+
+
+def test_predict_imports_torch_only_for_real_inputs_and_lightning_never(tmp_path, synthetic_checkpoint):
+    save(draw_six(), tmp_path / "six.png")
+    script = f"""
+import sys
+from hydra import compose, initialize_config_dir
+from src import CONFIG_DIR
+from src.errors import UserInputError
+from src.predict import predict
+
+def config(inputs):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose("predict", [r"ckpt_path={synthetic_checkpoint}", "inputs=" + inputs, r"paths.output_dir={tmp_path}"])
+
+try:
+    predict(config(r"{tmp_path / 'nothing_here'}"))
+except UserInputError:
+    print("refused, torch imported:", "torch" in sys.modules)
+print("digit:", predict(config(r"{tmp_path / 'six.png'}"))[0]["digit"])
+print("lightning imported:", "pytorch_lightning" in sys.modules or "lightning" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "refused, torch imported: False" in result.stdout  # a mistyped input fails before the slow imports
+    assert "digit:" in result.stdout and "lightning imported: False" in result.stdout
+
+
 def test_a_bad_checkpoint_is_one_clear_error(tmp_path):
     save(draw_six(), tmp_path / "six.png")
     result = run_predict(f"ckpt_path={tmp_path / 'model.ckpt'}", f"inputs={tmp_path / 'six.png'}",
@@ -297,6 +357,8 @@ def test_required_values_and_top_k_are_checked(tmp_path, synthetic_checkpoint):
             predict(predict_config(synthetic_checkpoint, tmp_path, tmp_path, f"top_k={bad}"))
     with pytest.raises(UserInputError, match="save_preview=maybe is invalid: it must be true or false"):
         predict(predict_config(synthetic_checkpoint, tmp_path, tmp_path, "save_preview=maybe"))
+    with pytest.raises(UserInputError, match="output=True is invalid: it must be a file name, e.g. output=predictions.json"):
+        predict(predict_config(synthetic_checkpoint, tmp_path, tmp_path, "output=true"))
 
 
 def test_an_unwritable_output_is_one_clear_error_and_keeps_the_earlier_file(tmp_path, synthetic_checkpoint, monkeypatch):
@@ -354,7 +416,8 @@ def mnist_checkpoint(tmp_path_factory) -> Path:
 def confident_test_digits(ckpt_path: Path) -> dict[int, np.ndarray]:
     """Per digit, the official test image (of the first 2000) that the model reads right most confidently."""
     from src.data.mnist_files import load_split
-    from src.models.loading import load_classifier, normalization
+    from src.models.checkpoint_file import normalization
+    from src.models.loading import load_classifier
 
     model, checkpoint = load_classifier(ckpt_path)
     mean, std = normalization(checkpoint)

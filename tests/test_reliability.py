@@ -86,6 +86,10 @@ CONFIG_CASES = {
                       "data.batch_size=1000 with data.drop_last=true leaves no training batch: the training split has 320 images"),
     "layer width zero": (["model.hidden_sizes=[64,0]"], "model.hidden_sizes=[64, 0] is invalid: sizes and counts must be whole numbers >= 1"),
     "layer list as a number": (["model.hidden_sizes=64"], "model.hidden_sizes=64 is invalid: it must be a list, e.g. model.hidden_sizes=[64,128]"),
+    "ema decay as text": (["callbacks=[default,ema]", "callbacks.ema.decay=abc"], "callbacks.ema.decay=abc is invalid"),
+    "augmentation as a switch": (["data.augment=true"], "data.augment=True is invalid: it is a group of settings. "
+                                                        "Switch augmentation with data.augment.enabled=true"),
+    "no data folder": (["data.data_dir=null"], "data.data_dir=None is invalid: it must be a folder"),
     "ema decay 1": (["callbacks=[default,ema]", "callbacks.ema.decay=1"], "callbacks.ema.decay=1 is invalid: it must be a number in (0, 1)"),
     "diverging lr": (
         ["model.batch_norm=false", "model.optimizer.name=sgd", "model.optimizer.lr=1e30", "model.scheduler.name=none"],
@@ -159,6 +163,7 @@ def test_bad_checkpoint_paths(tmp_path, caplog, good_checkpoint, case):
         torch.save({"state_dict": {"w": torch.zeros(2)}}, bad)
     cfg = compose_config([*tiny_run_overrides(data_dir, tmp_path / "run"), "model=mlp", f"ckpt_path={bad}"])
     expect_clean_failure(cfg, caplog, message, checkpoint)
+    assert not (tmp_path / "run" / "config.yaml").exists()  # refused before the run folder is filled
 
 
 def test_unknown_config_option_lists_the_choices(tmp_path):

@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 
 from src.errors import UserInputError
+from src.utils.setting_checks import is_number
 
 
 def ema_with_warmup(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -33,7 +34,7 @@ def _warmed_up_update(average: torch.Tensor, current: torch.Tensor, num_averaged
 
 class WeightEMA(WeightAveraging):
     """EMA of the weights (and batch-norm statistics), updated after every optimizer step; a range check on
-    `decay`, a warm-up of the decay (`ema_with_warmup`) and two fixes to Lightning's weight averaging:
+    `decay`, a warm-up of the decay (`ema_with_warmup`) and three fixes to Lightning's weight averaging:
 
     - the average lives on the training device: Lightning builds it in `setup`, before the model is moved to
       the GPU, which would copy every weight to the host after every step;
@@ -44,7 +45,7 @@ class WeightEMA(WeightAveraging):
     """
 
     def __init__(self, decay: float = 0.999) -> None:
-        if not 0.0 < decay < 1.0:
+        if not is_number(decay) or not 0.0 < decay < 1.0:
             raise UserInputError(
                 f"callbacks.ema.decay={decay} is invalid: it must be a number in (0, 1), e.g. 0.999 "
                 "(an average over about 1/(1-decay) = 1000 steps)."

@@ -65,6 +65,9 @@ def _count(key: str, value) -> int:
 
 def augment_settings(augment: Mapping | None) -> dict:
     """Validate `data.augment` and fill in defaults; returns plain values (safe to store in checkpoints)."""
+    if augment is not None and not isinstance(augment, Mapping):  # data.augment=true: the switch is one level down
+        raise UserInputError(f"data.augment={augment} is invalid: it is a group of settings. Switch augmentation "
+                             "with data.augment.enabled=true or data.augment.enabled=false.")
     given = dict(augment or {})
     unknown = sorted(set(given) - set(DEFAULT_AUGMENT))
     if unknown:

@@ -17,6 +17,13 @@ import numpy as np
 import torch
 
 
+def validation_split(count: int, val_size: int, split_seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation indices, training indices) of a training set of `count` images. A fixed split seed keeps the
+    validation set identical across runs with different `seed`s, so a sweep compares models on the same images."""
+    order = torch.randperm(count, generator=torch.Generator().manual_seed(split_seed))
+    return order[:val_size], order[val_size:]
+
+
 class EpochBatches:
     """Index batches for one rank.
 
@@ -75,9 +82,6 @@ class EpochBatches:
     def batches(self, device: torch.device | None = None) -> tuple[torch.Tensor, ...]:
         """This epoch's index batches, on `device`: one copy for the whole epoch, not one per batch."""
         return self.indices().to(device).split(self.batch_size)[: len(self)]
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        return iter(self.batches())
 
 
 class TensorBatchLoader:

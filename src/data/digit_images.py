@@ -17,7 +17,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from src.errors import UserInputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FIELD_SIZE = 28
 BOX_SIZE = 20
 # Measured on MNIST: in pixel-index coordinates the mean centre of mass is (14.0, 14.0).

@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 
 from src.data.augment import BatchAugment, augment_settings
-from src.data.batches import EpochBatches, TensorBatchLoader
+from src.data.batches import EpochBatches, TensorBatchLoader, validation_split
 from src.data.mnist_files import ensure_mnist_files, load_split
 from src.errors import UserInputError
 from src.utils.setting_checks import is_number, is_whole, require_true_or_false
@@ -28,7 +28,7 @@ class MNISTDataModule(pl.LightningDataModule):
         eval_batch_size: int = 1000,
         val_size: int = 5000,
         split_seed: int = 0,
-        shuffle_seed: int = 0,
+        shuffle_seed: int | None = 0,
         mean: float = 0.1307,
         std: float = 0.3081,
         drop_last: bool = False,
@@ -36,6 +36,9 @@ class MNISTDataModule(pl.LightningDataModule):
         augment: dict | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(data_dir, (str, Path)) or not str(data_dir).strip():
+            raise UserInputError(f"data.data_dir={data_dir} is invalid: it must be a folder, e.g. data.data_dir=data "
+                                 "(the MNIST files are then read from data/MNIST/raw/).")
         for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
             if not is_whole(value) or value < 1:
                 raise UserInputError(f"{key}={value} is invalid: it must be a positive integer.")
@@ -155,10 +158,7 @@ class MNISTDataModule(pl.LightningDataModule):
                 f"data.batch_size={batch_size} with data.drop_last=true leaves no training batch: the training split "
                 f"has {train_size} images{per_process}. Use a smaller data.batch_size, or data.drop_last=false."
             )
-        # A fixed split seed keeps the validation set identical across runs with different `seed`s,
-        # so a sweep compares models on the same images.
-        order = torch.randperm(len(images), generator=torch.Generator().manual_seed(self.hparams.split_seed))
-        val_idx, train_idx = order[:val_size], order[val_size:]
+        val_idx, train_idx = validation_split(len(images), val_size, self.hparams.split_seed)
         normalized = self.normalize(images)
         self.train_set = (normalized[train_idx], labels[train_idx])
         self.val_set = (normalized[val_idx], labels[val_idx])

@@ -1,57 +1,24 @@
-"""Rebuild a classifier from one of our checkpoints, loading only tensors and plain values."""
+"""Rebuild a model from one of our checkpoints: the whole classifier (Lightning), or for inference only its
+network (no Lightning to import)."""
 
 from __future__ import annotations
 
 import importlib
-import pickle
+import inspect
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from src.models.checkpoint_file import CheckpointError, read_checkpoint
 
-from src.errors import UserInputError
-from src.models.classifier import DigitClassifier
+if TYPE_CHECKING:
+    from torch import nn
 
-
-class CheckpointError(UserInputError):
-    """A checkpoint path that is missing, unreadable, or not one of this project's checkpoints."""
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict, read with `weights_only=True` (no arbitrary code can run)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={path}: no such file. Checkpoints are in <run dir>/checkpoints/.")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err):  # torch's wording when the file names a Python class or function
-            raise CheckpointError(f"ckpt_path={path}: cannot be read as a checkpoint (not a torch file, or truncated or "
-                                  "corrupt). Use another checkpoint, e.g. <run dir>/checkpoints/last.ckpt.") from err
-        raise CheckpointError(
-            f"ckpt_path={path}: holds pickled Python objects, which are not loaded here because loading them could run "
-            "code from the file (torch.load(weights_only=True)). This project's checkpoints hold only tensors and plain "
-            "values: use a .ckpt written by `python -m src.train`."
-        ) from err
-    except Exception as err:  # arbitrary bytes can make the unpickler raise anything (KeyError, ValueError...)
-        raise CheckpointError(
-            f"ckpt_path={path}: cannot be read as a checkpoint (not a torch file, or truncated or corrupt: {_what(err)}). "
-            "Use another checkpoint, e.g. <run dir>/checkpoints/last.ckpt."
-        ) from err
-    if not isinstance(checkpoint, dict) or not {"model_class", "state_dict", "hyper_parameters"} <= checkpoint.keys():
-        raise CheckpointError(
-            f"ckpt_path={path}: not a checkpoint of this project (it lacks model_class/state_dict/hyper_parameters). "
-            "Use a .ckpt written by `python -m src.train`."
-        )
-    return checkpoint
-
-
-def _what(err: Exception) -> str:
-    """The exception in a few words: torch's own texts can be empty (EOFError) or a bare key (KeyError: 101)."""
-    text = (str(err).splitlines() or [""])[0]
-    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+    from src.models.classifier import DigitClassifier
 
 
 def model_class(class_path: str) -> type[DigitClassifier]:
+    from src.models.classifier import DigitClassifier
+
     if not isinstance(class_path, str):
         raise CheckpointError(f"checkpoint names model class {class_path!r}, which is not a class path.")
     module_name, _, class_name = class_path.rpartition(".")
@@ -81,19 +48,37 @@ def classifier_like(checkpoint: dict) -> DigitClassifier:
         ) from err
 
 
-def load_classifier(path: str | Path) -> tuple[DigitClassifier, dict]:
-    """(model in eval mode on CPU, the raw checkpoint dict) from a checkpoint written by training."""
-    checkpoint = read_checkpoint(path)
+def load_classifier(path: str | Path, checkpoint: dict | None = None) -> tuple[DigitClassifier, dict]:
+    """(model in eval mode on CPU, the raw checkpoint dict) from a checkpoint written by training; `checkpoint`
+    is that file's content when it has been read already."""
+    checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
     model = classifier_like(checkpoint)
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except (RuntimeError, TypeError, AttributeError) as err:  # weights of another shape or name than its settings say
-        raise CheckpointError(f"ckpt_path={path}: its weights do not fit the network its settings describe "
-                              f"({str(err).splitlines()[0]}). It was altered or damaged; use another checkpoint.") from err
+    _load_weights(model, checkpoint["state_dict"], path)
     return model.eval(), checkpoint
 
 
-def normalization(checkpoint: dict) -> tuple[float, float]:
-    """The (mean, std) the model was trained with, stored with the datamodule's hyperparameters."""
-    data = checkpoint.get("datamodule_hyper_parameters") or {}
-    return float(data.get("mean", 0.1307)), float(data.get("std", 0.3081))
+def load_network(path: str | Path) -> tuple[nn.Module, dict]:
+    """(network in eval mode on CPU, the raw checkpoint dict): the classifier's network alone, which maps images to
+    logits as the classifier does, built without importing Lightning. A class whose network is not among
+    NETWORK_BUILDERS, or a checkpoint that lacks a size, gets the whole classifier instead."""
+    from src.models.networks import NETWORK_BUILDERS
+
+    checkpoint = read_checkpoint(path)
+    build = NETWORK_BUILDERS.get(checkpoint["model_class"])
+    settings = checkpoint["hyper_parameters"]
+    takes = inspect.signature(build).parameters if build else {}
+    if not build or not isinstance(settings, dict) or any(name not in settings for name, p in takes.items() if p.default is p.empty):
+        return load_classifier(path, checkpoint)
+    network = build(**{name: value for name, value in settings.items() if name in takes})
+    prefix = "net."  # the classifier's attribute holding its network
+    _load_weights(network, {key[len(prefix):]: value for key, value in checkpoint["state_dict"].items()
+                            if key.startswith(prefix)}, path)
+    return network.eval(), checkpoint
+
+
+def _load_weights(module: nn.Module, state_dict: dict, path: str | Path) -> None:
+    try:
+        module.load_state_dict(state_dict)
+    except (RuntimeError, TypeError, AttributeError) as err:  # weights of another shape or name than its settings say
+        raise CheckpointError(f"ckpt_path={path}: its weights do not fit the network its settings describe "
+                              f"({str(err).splitlines()[0]}). It was altered or damaged; use another checkpoint.") from err

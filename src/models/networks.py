@@ -104,3 +104,8 @@ def cnn_network(
         nn.Dropout(dropout),
         nn.Linear(hidden_size, NUM_CLASSES),
     )
+
+
+# The network each classifier class builds from its same-named settings, for inference without Lightning
+# (src.models.loading.load_network).
+NETWORK_BUILDERS = {"src.models.cnn.CNN": cnn_network, "src.models.mlp.MLP": mlp_network}

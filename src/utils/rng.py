@@ -43,7 +43,7 @@ def unseeded_run_seed(resumed_checkpoint: str | None) -> int:
     from src.utils.run import is_rank_zero
 
     if resumed_checkpoint:
-        from src.models.loading import read_checkpoint
+        from src.models.checkpoint_file import read_checkpoint
 
         saved = (read_checkpoint(resumed_checkpoint).get("datamodule_hyper_parameters") or {}).get("shuffle_seed")
         if saved is not None:

@@ -1,0 +1,56 @@
+"""Reading one of this project's checkpoint files: only tensors and plain values, no Lightning needed (so the
+paths that only read one, and a mistyped ckpt_path, do not pay for importing it)."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+from src.errors import UserInputError
+
+
+class CheckpointError(UserInputError):
+    """A checkpoint path that is missing, unreadable, or not one of this project's checkpoints."""
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict, read with `weights_only=True` (no arbitrary code can run)."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"ckpt_path={path}: no such file. Checkpoints are in <run dir>/checkpoints/.")
+    import torch  # here, after the cheap check: a mistyped path fails at once
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Unsupported global" not in str(err):  # torch's wording when the file names a Python class or function
+            raise CheckpointError(f"ckpt_path={path}: cannot be read as a checkpoint (not a torch file, or truncated or "
+                                  "corrupt). Use another checkpoint, e.g. <run dir>/checkpoints/last.ckpt.") from err
+        raise CheckpointError(
+            f"ckpt_path={path}: holds pickled Python objects, which are not loaded here because loading them could run "
+            "code from the file (torch.load(weights_only=True)). This project's checkpoints hold only tensors and plain "
+            "values: use a .ckpt written by `python -m src.train`."
+        ) from err
+    except Exception as err:  # arbitrary bytes can make the unpickler raise anything (KeyError, ValueError...)
+        raise CheckpointError(
+            f"ckpt_path={path}: cannot be read as a checkpoint (not a torch file, or truncated or corrupt: {_what(err)}). "
+            "Use another checkpoint, e.g. <run dir>/checkpoints/last.ckpt."
+        ) from err
+    if not isinstance(checkpoint, dict) or not {"model_class", "state_dict", "hyper_parameters"} <= checkpoint.keys():
+        raise CheckpointError(
+            f"ckpt_path={path}: not a checkpoint of this project (it lacks model_class/state_dict/hyper_parameters). "
+            "Use a .ckpt written by `python -m src.train`."
+        )
+    return checkpoint
+
+
+def _what(err: Exception) -> str:
+    """The exception in a few words: torch's own texts can be empty (EOFError) or a bare key (KeyError: 101)."""
+    text = (str(err).splitlines() or [""])[0]
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
+
+
+def normalization(checkpoint: dict) -> tuple[float, float]:
+    """The (mean, std) the model was trained with, stored with the datamodule's hyperparameters."""
+    data = checkpoint.get("datamodule_hyper_parameters") or {}
+    return float(data.get("mean", 0.1307)), float(data.get("std", 0.3081))
