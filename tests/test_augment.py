@@ -53,6 +53,33 @@ def test_enabled_changes_every_image(settings):
     assert (augmented - images).abs().flatten(1).amax(1).min() > 0.1
 
 
+def dot_positions(settings: dict, count: int = 256) -> torch.Tensor:
+    """Where a small round dot 8 pixels right of the centre lands in each of `count` augmented images: N×2 (y, x)
+    relative to the centre, from the centroid of its brightness (resampling blurs a dot but keeps its centroid)."""
+    centre = (28 - 1) / 2
+    rows, cols = torch.meshgrid(torch.arange(28.0), torch.arange(28.0), indexing="ij")
+    dot = torch.exp(-((rows - centre) ** 2 + (cols - centre - 8) ** 2) / 2)
+    torch.manual_seed(0)
+    augmented = BatchAugment({"enabled": True, **settings}, background=0.0)(dot.expand(count, 1, 28, 28).contiguous())
+    weights = augmented[:, 0].clamp(min=0)
+    mass = weights.sum((1, 2))
+    return torch.stack([(weights * rows).sum((1, 2)) / mass - centre, (weights * cols).sum((1, 2)) / mass - centre], 1)
+
+
+def test_the_augmentation_moves_digits_as_far_as_configured_and_no_further():
+    still = {"degrees": 0, "translate": 0.0, "scale": [1.0, 1.0]}
+    turned = dot_positions({**still, "degrees": 10})
+    angles = torch.rad2deg(torch.atan2(turned[:, 0], turned[:, 1])).abs()
+    assert angles.max() <= 10.3 and angles.max() > 8  # up to ±10°, and the range is used
+    assert torch.allclose(turned.norm(dim=1), torch.tensor(8.0), atol=0.1)  # turning keeps the distance
+
+    shifted = dot_positions({**still, "translate": 0.1}) - torch.tensor([0.0, 8.0])
+    assert shifted.abs().max() <= 2.8 + 0.1 and shifted.abs().max() > 2.4  # up to 10% of 28 pixels along each axis
+
+    zoomed = dot_positions({**still, "scale": [0.9, 1.1]}).norm(dim=1)
+    assert zoomed.min() >= 7.2 - 0.1 and zoomed.max() <= 8.8 + 0.1 and zoomed.max() - zoomed.min() > 1.2
+
+
 def test_uncovered_and_erased_pixels_get_the_background_value():
     blank = torch.full((16, 1, 28, 28), BACKGROUND)
     strong = {**EVERYTHING_ON, "degrees": 45, "translate": 0.3, "scale": [0.5, 1.5], "erasing_p": 1.0}

@@ -66,6 +66,22 @@ def test_validation_split_depends_on_split_seed_only(synthetic_data_dir):
     assert not torch.equal(first.val_set[0], other.val_set[0])
 
 
+def test_runs_with_different_seeds_validate_on_the_same_images(synthetic_data_dir, tmp_path):
+    from hydra.utils import instantiate
+
+    from tests.conftest import compose_config
+
+    def validation_images(seed: int) -> torch.Tensor:
+        cfg = compose_config([f"seed={seed}", f"data.data_dir={synthetic_data_dir}", "data.download=false",
+                              "data.val_size=80", f"paths.output_dir={tmp_path}"])
+        datamodule = instantiate(cfg.data, _convert_="all")
+        datamodule.setup("fit")
+        assert datamodule.hparams.shuffle_seed == seed  # the seed does reach the data: it orders the batches
+        return datamodule.val_set[0]
+
+    assert torch.equal(validation_images(1), validation_images(2))
+
+
 def test_each_split_is_loaded_once(synthetic_data_dir, monkeypatch):
     calls = []
     real_load = mnist_datamodule.load_split
@@ -236,6 +252,18 @@ def test_cuda_resident_batches_equal_the_cpu_batches(synthetic_data_dir):
     follows_trainer.trainer = pl.Trainer(accelerator="gpu", devices=1, logger=False, enable_checkpointing=False)
     follows_trainer.setup("fit")
     assert follows_trainer.train_set[0].device == follows_trainer.trainer.strategy.root_device
+
+
+def test_index_batches_are_made_on_the_tensors_device_once_per_epoch(monkeypatch):
+    """A GPU-resident loader indexing with CPU indices would still yield GPU batches, but copy every index batch to
+    the GPU. `meta` tensors stand in for a device other than the CPU."""
+    asked = []
+    real_batches = EpochBatches.batches
+    monkeypatch.setattr(EpochBatches, "batches", lambda self, device=None: asked.append(device) or real_batches(self, device))
+    tensors = (torch.zeros(100, 1, 28, 28, device="meta"), torch.zeros(100, dtype=torch.long, device="meta"))
+    batches = list(TensorBatchLoader(tensors, EpochBatches(100, 32, shuffle=True)))
+    assert asked == [torch.device("meta")] and len(batches) == 4
+    assert all(t.device.type == "meta" for batch in batches for t in batch)
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])

@@ -39,7 +39,8 @@ class StopAfterEpoch(pl.Callback):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, synthetic_data_dir) -> Path:
     run_dir = tmp_path_factory.mktemp("trained")
-    train(compose_config([*tiny_run_overrides(synthetic_data_dir, run_dir), "model=mlp"]))
+    # Not the default normalization: src.eval must take the checkpoint's, whatever data.mean/std say.
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, run_dir), "model=mlp", "data.mean=0.5", "data.std=0.6"]))
     return run_dir
 
 

@@ -105,12 +105,14 @@ def test_truncated_gzip_names_the_file(data_dir):
         load_split(data_dir, "train")
 
 
-def test_truncated_plain_file_names_the_file_and_sizes(data_dir):
+@pytest.mark.parametrize("change, what", [(lambda data: data[:-10], "truncated"),
+                                          (lambda data: data + bytes(10), "longer than its header says")])
+def test_a_plain_file_of_the_wrong_length_names_the_file_and_sizes(data_dir, change, what):
     raw = raw_dir(data_dir)
     (raw / "train-images-idx3-ubyte.gz").unlink()
     array = np.zeros((50, 28, 28), dtype=np.uint8)
-    (raw / "train-images-idx3-ubyte").write_bytes(idx_bytes(array)[:-10])
-    with pytest.raises(MNISTDataError, match=r"train-images-idx3-ubyte: truncated"):
+    (raw / "train-images-idx3-ubyte").write_bytes(change(idx_bytes(array)))
+    with pytest.raises(MNISTDataError, match=rf"train-images-idx3-ubyte: {what}: header declares shape \(50, 28, 28\)"):
         load_split(data_dir, "train")
 
 

@@ -188,7 +188,9 @@ def test_inputs_can_be_a_file_a_folder_a_glob_or_a_list(tmp_path):
 @pytest.fixture(scope="session")
 def synthetic_checkpoint(tmp_path_factory, synthetic_data_dir) -> Path:
     run_dir = tmp_path_factory.mktemp("synthetic_run")
-    overrides = [*tiny_run_overrides(synthetic_data_dir, run_dir), "model=mlp", "model.hidden_sizes=[32]", "test=false"]
+    # Not the default normalization: predict must prepare images with the checkpoint's.
+    overrides = [*tiny_run_overrides(synthetic_data_dir, run_dir), "model=mlp", "model.hidden_sizes=[32]", "test=false",
+                 "data.mean=0.5", "data.std=0.6"]
     return Path(train(compose_config(overrides))["best_model_path"])
 
 
@@ -231,6 +233,13 @@ def test_json_output_and_preview_sheet(tmp_path, synthetic_checkpoint):
         assert entry["digit"] == int(np.argmax(entry["probs"])) and entry["confidence"] == max(entry["probs"])
     # The same drawing in either polarity (and through JPEG) is nearly the same input to the model.
     assert written[0]["probs"] == pytest.approx(written[1]["probs"], abs=0.02), [e["probs"] for e in written]
+    from src.data.digit_images import digit_tensor
+    from src.models.loading import load_classifier
+
+    model, _ = load_classifier(synthetic_checkpoint)
+    with torch.inference_mode():  # prepared with the checkpoint's normalization, the fixture's mean 0.5 and std 0.6
+        expected = model(digit_tensor(Path(written[0]["path"]), 0.5, 0.6).unsqueeze(0)).softmax(dim=1)[0]
+    assert written[0]["probs"] == pytest.approx(expected.tolist(), abs=1e-5)
 
     with Image.open(tmp_path / "run" / "predictions.png") as preview:
         assert preview.format == "PNG" and preview.width > 100

@@ -67,6 +67,7 @@ CONFIG_CASES = {
     "batch size not whole": (["data.batch_size=32.0"], "data.batch_size=32.0 is invalid: it must be a positive integer"),
     "val size true": (["data.val_size=true"], "data.val_size=True is invalid: it must be an integer >= 1"),
     "seed text": (["seed=abc"], "seed=abc is invalid: it must be an integer from 0 to 2**32-1, or null"),
+    "seed too big": (["seed=4294967296"], "seed=4294967296 is invalid: it must be an integer from 0 to 2**32-1"),
     "seed negative": (["seed=-1"], "seed=-1 is invalid: it must be an integer from 0 to 2**32-1"),
     "shuffle seed negative": (["data.shuffle_seed=-1"], "data.shuffle_seed=-1 is invalid: it must be an integer >= 0"),
     "switch as text": (["model.batch_norm=off"], "model.batch_norm=off is invalid: it must be true or false"),

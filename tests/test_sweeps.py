@@ -230,6 +230,18 @@ def test_one_damaged_metrics_file_does_not_cost_the_summary_of_the_others(tmp_pa
     assert "JSONDecodeError" in rows[1]["error"] and (tmp_path / "summary.md").exists()
 
 
+def test_the_summary_lists_jobs_in_number_order_and_marks_what_varies(tmp_path):
+    for number in reversed(range(12)):  # 10 and 11 would sort before 2 as text
+        job = tmp_path / f"{number}_seed={number}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- model=mlp\n- seed={number}\n")
+        (job / "metrics.json").write_text(json.dumps({"status": "ok", "val/acc_best": number / 100}))
+    rows = write_summary(tmp_path)
+    assert [row["job"].split("_")[0] for row in rows] == [str(number) for number in range(12)]
+    assert [row["val/acc_best"] for row in rows] == [number / 100 for number in range(12)]
+    assert rows[11]["varied"] == "seed=11"  # model=mlp is the same in every job
+
+
 def test_sweep_and_launcher_configs_compose():
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         sweep = compose("train", overrides=["sweep=arch_lr"], return_hydra_config=True)
@@ -248,6 +260,19 @@ def test_hparams_have_the_same_keys_in_every_run(tmp_path):
         assert params["callbacks/ema_decay"] == (0.999 if "ema" in choice else 0.0)
         keys.append(set(params))
     assert keys[0] == keys[1] == keys[2]
+
+
+def test_hparams_show_the_runs_own_settings(tmp_path):
+    cfg = compose_config([f"paths.output_dir={tmp_path}", "model=mlp", "model.optimizer.name=sgd", "model.optimizer.lr=0.07",
+                          "model.optimizer.weight_decay=0.002", "model.scheduler.name=cosine", "model.dropout=0.3",
+                          "model.label_smoothing=0.05", "model.batch_norm=false", "data.batch_size=48",
+                          "trainer.max_epochs=7", "++trainer.precision=bf16-mixed", "seed=11"])
+    assert run_hparams(cfg, num_parameters=1234) | {"model/arch": "", "data/augment": ""} == {
+        "model": "MLP", "model/arch": "", "model/parameters": 1234, "model/dropout": 0.3, "model/batch_norm": False,
+        "model/label_smoothing": 0.05, "optimizer/name": "sgd", "optimizer/lr": 0.07, "optimizer/weight_decay": 0.002,
+        "scheduler": "cosine", "callbacks/ema_decay": 0.0, "data/batch_size": 48, "data/augment": "",
+        "trainer/max_epochs": 7, "trainer/precision": "bf16-mixed", "seed": 11,
+    }
 
 
 def test_job_dirnames_are_flat_short_and_unique():
