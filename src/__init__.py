@@ -21,13 +21,14 @@ def job_dirname(job_num: int, override_dirname: str, max_length: int = 120) -> s
 
 
 def quote_checkpoint_paths(arguments: list[str]) -> list[str]:
-    """Command-line arguments with a `ckpt_path=<path>` that holds `=` quoted for Hydra. A sweep job's folder
-    name does (3_model=cnn,seed=1), and Hydra's override grammar refuses it unquoted with a bare parse error,
-    so a path copied from a run's summary failed."""
+    """Command-line arguments with a `ckpt_path=<path>` that holds `=` or a letter outside ASCII quoted for Hydra. A
+    sweep job's folder name holds `=` (3_model=cnn,seed=1), and Hydra's override grammar refuses both unquoted with
+    a bare parse error, so a path copied from a run's summary failed."""
     quoted = []
     for argument in arguments:
         key, _, value = argument.partition("=")
-        if key.lstrip("+") == "ckpt_path" and "=" in value and not any(c in value for c in "\"'\\"):
+        needs_quotes = "=" in value or not value.isascii()
+        if key.lstrip("+") == "ckpt_path" and needs_quotes and not any(c in value for c in "\"'\\"):
             argument = f'{key}="{value}"'
         quoted.append(argument)
     return quoted
@@ -45,6 +46,11 @@ def run_command_line(main) -> None:
     `logger=null`/`callbacks=null` read as none."""
     import sys
 
+    if any(argument.lstrip("+").lower() in ("hydra.job.chdir=true", "hydra.job.chdir=yes") for argument in sys.argv[1:]):
+        # Relative paths given on the command line (ckpt_path, inputs, data.data_dir) would be read inside the new run
+        # folder, and a resume would take its checkpoint's run for a new one and overwrite that run's records.
+        sys.exit("hydra.job.chdir=true is not supported: every run already writes all its files into its own folder "
+                 "(hydra.run.dir), whatever the working directory. Leave it out.")
     sys.argv[1:] = empty_list_groups(quote_checkpoint_paths(sys.argv[1:]))
     main()
 

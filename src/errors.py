@@ -13,7 +13,7 @@ class UserInputError(ReportedError):
 
 
 class ResumeRefused(UserInputError):
-    """This command cannot continue that checkpoint (another model, schedule length or averaging). It stops even a
+    """This command cannot continue that checkpoint (another model, data split, schedule length or averaging). It stops even a
     sweep: a resubmission with the wrong overrides must fail loudly and leave the job's folder as it was."""
 
 

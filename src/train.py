@@ -10,8 +10,6 @@ Heavy imports (torch, Lightning) happen inside `train`, so `--help` and `--cfg j
 from __future__ import annotations
 
 import logging
-import re
-import shlex
 import time
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import hydra
 from omegaconf import DictConfig
 
 from src import CONFIG_DIR, resumed_job_dir, run_command_line
+from src.utils.command_words import ckpt_override, eval_overrides, original_overrides
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +65,9 @@ def train(cfg: DictConfig) -> dict:
     metrics: dict = {"status": "ok"}
     if cfg.get("train"):
         if resuming:
-            check_resumable(ckpt_path, checkpoint, model, trainer.callbacks)
+            from src.utils.resume_check import check_resumable
+
+            check_resumable(ckpt_path, checkpoint, model, datamodule, trainer.callbacks)
             checkpoint = None  # not held through the fit: Lightning reads the file itself
             metrics["resumed_from"] = str(ckpt_path)
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
@@ -81,7 +82,7 @@ def train(cfg: DictConfig) -> dict:
         ckpt_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
         metrics["best_model_path"] = ckpt_path or None
         if not ckpt_path:
-            log.warning("No best checkpoint was saved (checkpointing off?): testing the final weights.")
+            log.warning("No best checkpoint was saved (no validation ran, or checkpointing is off): testing the final weights.")
     if cfg.get("test"):
         if not cfg.get("train") and not ckpt_path:
             log.warning("test without train and without ckpt_path: testing an untrained model.")
@@ -94,7 +95,9 @@ def train(cfg: DictConfig) -> dict:
         metrics["tested_checkpoint"] = ckpt_path or None
 
     if trainer.is_global_zero:
-        log_hparams_session(loggers, run_hparams(cfg, sum(p.numel() for p in model.parameters()), model_config, trained))
+        # The precision Lightning used: it runs 16-mixed as bf16-mixed on a CPU.
+        ran = {"trainer/precision": str(trainer.precision), **(trained or {})}
+        log_hparams_session(loggers, run_hparams(cfg, sum(p.numel() for p in model.parameters()), model_config, ran))
     metrics["wall_seconds"] = round(time.perf_counter() - started_run, 2)
     finish_run(metrics, output_dir, loggers)
     return metrics
@@ -135,66 +138,6 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         for callback in trainer.callbacks:
             if isinstance(callback, GracefulStop):
                 callback.give_back_ctrl_c()
-
-
-def original_overrides() -> str:
-    """This run's command-line overrides, minus ckpt_path: what a resume must repeat."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return "<the same overrides>"
-    return shell_words(HydraConfig.get().overrides.task)
-
-
-def eval_overrides() -> str:
-    """This run's overrides of settings that src.eval has too, followed by a space: `model` and most callbacks
-    come from the checkpoint or do not exist there, and eval writes a run folder of its own (not paths.output_dir)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return ""
-    shared_keys = ("data", "paths", "trainer", "logger", "callbacks.progress_bar", "callbacks.figures")
-    shared = [o for o in HydraConfig.get().overrides.task
-              if o.lstrip("+~").startswith(shared_keys) and not o.lstrip("+~").startswith("paths.output_dir")]
-    return shell_words(shared) + " " if shared else ""
-
-
-def shell_words(overrides) -> str:
-    """Overrides (minus ckpt_path) as a shell would need them typed: `callbacks=[default,ema]` quoted."""
-    return " ".join(shlex.quote(o) for o in overrides if not o.startswith("ckpt_path="))
-
-
-def ckpt_override(path: str) -> str:
-    """`ckpt_path=<path>` as a shell word. A sweep job's folder name holds `=` and `,`, which Hydra's override
-    grammar reads as syntax unless the value is quoted."""
-    if re.fullmatch(r"[\w./~+-]+", str(path)):
-        return f"ckpt_path={path}"
-    return f"'ckpt_path=\"{path}\"'"
-
-
-def check_resumable(ckpt_path: str, checkpoint: dict, model, callbacks: list) -> None:
-    """Fail before any work if the checkpoint (`ckpt_path`, read) was trained with another model config, or holds
-    averaged weights this run would not average on, naming the overrides of the run that wrote it (they
-    must be repeated to resume)."""
-    from omegaconf import OmegaConf
-    from pytorch_lightning.callbacks import WeightAveraging
-
-    from src.errors import ResumeRefused
-
-    this_class = f"{type(model).__module__}.{type(model).__qualname__}"
-    if checkpoint["model_class"] != this_class or checkpoint["hyper_parameters"] != dict(model.hparams):
-        trained_with = f"a different model config ({checkpoint['model_class']}, {checkpoint['hyper_parameters']})"
-    elif "current_model_state" in checkpoint and not any(isinstance(cb, WeightAveraging) for cb in callbacks):
-        # Without the callback, the averaged weights would silently replace the raw ones and averaging would stop.
-        trained_with = "weight averaging (callbacks.ema), which this run lacks"
-    else:
-        return
-    overrides_file = Path(ckpt_path).expanduser().resolve().parent.parent / ".hydra" / "overrides.yaml"
-    original = shell_words(OmegaConf.load(overrides_file)) if overrides_file.exists() else "?"
-    raise ResumeRefused(
-        f"ckpt_path={ckpt_path} was trained with {trained_with}. To resume, repeat the original run's overrides: "
-        f"python -m src.train {original} {ckpt_override(ckpt_path)}"
-    )
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -232,7 +232,7 @@ def test_resuming_with_another_schedule_length_is_refused_before_training(tmp_pa
     assert torch.load(last, weights_only=True)["schedule_steps"] == 10  # 320 training images / batch 32, 1 epoch
     result = run_module(
         "src.train", *tiny_run_overrides(synthetic_data_dir, tmp_path / "run"), "model=mlp", "trainer.max_epochs=2",
-        f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'run'}",
+        "data.mean=0.5", "data.std=0.6", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'run'}",
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "Traceback" not in output, output[-3000:]
@@ -241,19 +241,23 @@ def test_resuming_with_another_schedule_length_is_refused_before_training(tmp_pa
 
 
 @pytest.mark.parametrize("path", ["outputs/2026-11-24/13-27-54/checkpoints/last.ckpt",
-                                  "outputs/multirun/2026-11-24/13-27-54/1_model=cnn,seed=2/checkpoints/last.ckpt"])
+                                  "outputs/multirun/2026-11-24/13-27-54/1_model=cnn,seed=2/checkpoints/last.ckpt",
+                                  "/tmp/Läufe/checkpoints/last.ckpt"])
 def test_the_printed_resume_override_reads_back_as_the_path(path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from src.train import ckpt_override
+    from src import quote_checkpoint_paths
+    from src.utils.command_words import ckpt_override
 
     (word,) = shlex.split(ckpt_override(path))  # what the shell hands to Hydra
     override = OverridesParser.create().parse_override(word)
     assert override.key_or_group == "ckpt_path" and override.value() == path
+    (pasted,) = quote_checkpoint_paths([f"ckpt_path={path}"])  # the path typed or pasted unquoted
+    assert OverridesParser.create().parse_override(pasted).value() == path
 
 
 def test_printed_overrides_reach_hydra_as_typed():
-    from src.train import shell_words
+    from src.utils.command_words import shell_words
 
     overrides = ["callbacks=[default,ema]", "model.channels=[8,16]", "data.data_dir=/tmp/my data", "ckpt_path=x.ckpt", "seed=1"]
     assert shlex.split(shell_words(overrides)) == [o for o in overrides if not o.startswith("ckpt_path=")]
@@ -276,8 +280,38 @@ def test_resuming_with_another_model_config_names_the_original_overrides(tmp_pat
     (trained_run / ".hydra" / "overrides.yaml").write_text("- model=mlp\n- trainer.max_epochs=1\n")
     cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=cnn",
                           f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"])
-    with pytest.raises(UserInputError, match="repeat the original run's overrides: python -m src.train model=mlp trainer.max_epochs=1"):
+    with pytest.raises(UserInputError, match="repeat the overrides of the run that saved it: python -m src.train model=mlp trainer.max_epochs=1"):
         train(cfg)
+
+
+def test_resuming_with_another_validation_split_is_refused(tmp_path, trained_run, synthetic_data_dir):
+    from src.errors import UserInputError
+
+    # trained_run validated on 80 images, normalized with mean 0.5 and std 0.6.
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "data.val_size=96",
+                          "data.mean=0.5", "data.std=0.6", f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"])
+    with pytest.raises(UserInputError, match=r"was trained with other data settings \(data.val_size=80\)"):
+        train(cfg)
+
+
+def test_a_refused_resume_names_the_overrides_of_the_run_that_saved_the_checkpoint(tmp_path):
+    from src.utils.resume_check import overrides_that_wrote
+
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"saved at t=20")
+    records = {}
+    for name, written_at in (("", 0), ("resumed-2026-12-01_10-00-00", 10), ("resumed-2026-12-01_11-00-00", 30)):
+        records[written_at] = tmp_path / ".hydra" / name / "overrides.yaml"
+        records[written_at].parent.mkdir(parents=True, exist_ok=True)
+        records[written_at].write_text("- model=mlp\n")
+        os.utime(records[written_at], (written_at, written_at))
+    os.utime(checkpoint, (20, 20))
+    assert overrides_that_wrote(checkpoint) == records[10]  # the extension that saved it, not the refused attempt at 30
+    os.utime(checkpoint, (5, 5))
+    assert overrides_that_wrote(checkpoint) == records[0]
+    os.utime(records[0], (40, 40))  # a folder copied without its times: no record is older than the checkpoint
+    assert overrides_that_wrote(checkpoint) == records[0]
 
 
 def test_resuming_averaged_weights_without_averaging_is_refused(tmp_path, trained_run, synthetic_data_dir):
@@ -316,7 +350,7 @@ def test_a_refused_resume_from_the_command_line_leaves_the_run_folder_as_it_was(
     output = refused.stdout + refused.stderr
     assert refused.returncode == 1 and "Traceback" not in output, output[-3000:]
     # It names the overrides the checkpoint was trained with, not the ones just typed.
-    assert f"repeat the original run's overrides: python -m src.train {' '.join(settings)} model=mlp ckpt_path={last}" in output
+    assert f"repeat the overrides of the run that saved it: python -m src.train {' '.join(settings)} model=mlp ckpt_path={last}" in output
     assert unchanged_but_for_the_attempts_record()
     (attempt,) = (run_dir / ".hydra").glob("resumed-*")  # Hydra's record of the attempt, beside the original's
     assert "model=cnn" in (attempt / "overrides.yaml").read_text()

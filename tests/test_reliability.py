@@ -91,6 +91,14 @@ CONFIG_CASES = {
     "augmentation as a switch": (["data.augment=true"], "data.augment=True is invalid: it is a group of settings. "
                                                         "Switch augmentation with data.augment.enabled=true"),
     "no data folder": (["data.data_dir=null"], "data.data_dir=None is invalid: it must be a folder"),
+    "no test batches": (["++trainer.limit_test_batches=0"], "trainer.limit_test_batches=0 would test on no images. "
+                                                            "Use test=false to skip testing"),
+    "no devices": (["trainer.devices=0"], "trainer: pytorch_lightning.Trainer refused these settings: `Trainer(devices=0)`"),
+    "validation every 0 epochs": (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 is invalid"),
+    "accumulating 0 batches": (["++trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is invalid"),
+    "log interval as text": (["trainer.log_every_n_steps=abc"], "trainer.log_every_n_steps=abc is invalid: it must be an integer >= 1"),
+    "summary depth as text": (["callbacks.model_summary.max_depth=abc"], "callbacks.model_summary.max_depth=abc is invalid"),
+    "deterministic as text": (["trainer.deterministic=yes"], "trainer.deterministic=yes is invalid: it must be true, false or warn"),
     "ema decay 1": (["callbacks=[default,ema]", "callbacks.ema.decay=1"], "callbacks.ema.decay=1 is invalid: it must be a number in (0, 1)"),
     "diverging lr": (
         ["model.batch_norm=false", "model.optimizer.name=sgd", "model.optimizer.lr=1e30", "model.scheduler.name=none"],
@@ -165,6 +173,23 @@ def test_bad_checkpoint_paths(tmp_path, caplog, good_checkpoint, case):
     cfg = compose_config([*tiny_run_overrides(data_dir, tmp_path / "run"), "model=mlp", f"ckpt_path={bad}"])
     expect_clean_failure(cfg, caplog, message, checkpoint)
     assert not (tmp_path / "run" / "config.yaml").exists()  # refused before the run folder is filled
+
+
+def test_a_recipe_for_another_model_is_named_as_such(tmp_path, synthetic_data_dir):
+    result = run_module("src.train", "experiment=fast", "model=mlp", f"data.data_dir={synthetic_data_dir}",
+                        "data.download=false", f"hydra.run.dir={tmp_path}", timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output
+    assert ("model.channels is not a setting of model (src.models.mlp.MLP): experiment=fast sets it, a recipe for "
+            "model=cnn. Leave out the model override, or the experiment.") in output
+
+
+def test_changing_the_working_directory_is_refused(tmp_path):
+    result = run_module("src.train", "hydra.job.chdir=true", f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == ("hydra.job.chdir=true is not supported: every run already writes all its files "
+                                     "into its own folder (hydra.run.dir), whatever the working directory. Leave it out.")
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_config_option_lists_the_choices(tmp_path):

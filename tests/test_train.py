@@ -73,6 +73,19 @@ def test_a_run_without_any_logger_trains_and_tests(tmp_path, synthetic_data_dir,
     assert not (tmp_path / "tensorboard").exists()
 
 
+def test_trainer_switches_turn_their_callbacks_off(tmp_path, synthetic_data_dir):
+    """Lightning refuses a progress bar or checkpoint callback that its own switch turns off: the switch wins."""
+    overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("callbacks.progress_bar")]
+    metrics = train(compose_config([*overrides, "model=mlp", "++trainer.enable_checkpointing=false"]))
+    assert metrics["test/acc"] > 0.5 and metrics["best_model_path"] is None and metrics["tested_checkpoint"] is None
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_hparams_record_the_precision_lightning_used(tmp_path, synthetic_data_dir):
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "trainer.precision=16-mixed"]))
+    assert hparams_values(tmp_path)["trainer/precision"] == "bf16-mixed"  # Lightning's fallback on a CPU
+
+
 def test_checkpoints_hold_only_plain_values(tmp_path, synthetic_data_dir):
     cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp"])
     metrics = train(cfg)

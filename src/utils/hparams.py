@@ -13,11 +13,12 @@ _SHARED_MODEL_KEYS = (
 
 
 def run_hparams(
-    cfg: DictConfig, num_parameters: int, model: DictConfig | dict | None = None, trained: dict | None = None
+    cfg: DictConfig, num_parameters: int, model: DictConfig | dict | None = None, actual: dict | None = None
 ) -> dict[str, str | float | int | bool]:
     """Flat, plain values under a fixed set of keys, whatever the model: architecture-specific sizes
-    are folded into one `model/arch` string so MLP and CNN runs share the same columns. `model` and `trained`:
-    when a checkpoint is tested, its model settings and `trained_settings`, which replace this run's config."""
+    are folded into one `model/arch` string so MLP and CNN runs share the same columns. `model`: when a checkpoint
+    is tested, its model settings; `actual`: values under these keys that replace the config's (what Lightning ran
+    with; a tested checkpoint's `trained_settings`)."""
     model = cfg.model if model is None else model
     model = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else dict(model)
     optimizer = model.get("optimizer") or {}
@@ -42,7 +43,7 @@ def run_hparams(
         "trainer/precision": str(cfg.trainer.get("precision", "32-true")),
         "seed": int(cfg.seed) if cfg.get("seed") is not None else -1,
     }
-    values.update({key: value for key, value in (trained or {}).items() if value is not None})
+    values.update({key: value for key, value in (actual or {}).items() if value is not None})
     return values
 
 

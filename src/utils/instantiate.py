@@ -13,13 +13,18 @@ from omegaconf import DictConfig
 from src.errors import ReportedError, UserInputError
 
 
-def build(node: DictConfig, **kwargs: Any) -> Any:
-    """hydra.utils.instantiate, but our own clear errors from a constructor reach the user unwrapped."""
+def build(node: DictConfig, refused_by: tuple[type[Exception], ...] = (), **kwargs: Any) -> Any:
+    """hydra.utils.instantiate, but our own clear errors from a constructor reach the user unwrapped, and so do the
+    constructor's own `refused_by` errors, as one line naming the group."""
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
         if isinstance(err.__cause__, ReportedError):
             raise err.__cause__ from None
+        if isinstance(err.__cause__, refused_by):
+            group = node._get_full_key(None) or "the config"
+            reason = " ".join(str(err.__cause__).split())
+            raise UserInputError(f"{group}: {node._target_} refused these settings: {reason}") from err
         unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err.__cause__))
         if isinstance(err.__cause__, TypeError) and unknown:  # a typo in an appended key: +model.dropuot=0.1
             raise _not_a_setting(node, unknown.group(1)) from err
@@ -29,8 +34,34 @@ def build(node: DictConfig, **kwargs: Any) -> Any:
 def _not_a_setting(node: DictConfig, name: str) -> UserInputError:
     group = node._get_full_key(None) or "the config"
     settings = [p for p in inspect.signature(get_class(node._target_)).parameters if p not in ("self", "args", "kwargs")]
+    recipe = _experiment_setting(group, name)
+    if recipe:  # experiment=fast model=mlp: the recipe's CNN sizes land on the MLP
+        experiment, own_option = recipe
+        return UserInputError(f"{group}.{name} is not a setting of {group} ({node._target_}): experiment={experiment} "
+                              f"sets it, a recipe for {f'{group}={own_option}' if own_option else f'another {group}'}. "
+                              f"Leave out the {group} override, or the experiment.")
     return UserInputError(f"{group}.{name} is not a setting of {group} ({node._target_}), a typo? Its settings are: "
                           f"{', '.join(settings)}.")
+
+
+def _experiment_setting(group: str, name: str) -> tuple[str, str | None] | None:
+    """(the chosen experiment, the `group` option it selects) if the experiment's file sets `group.name`; None
+    otherwise, or when composed without @hydra.main."""
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    from src import CONFIG_DIR
+
+    experiment = HydraConfig.get().runtime.choices.get("experiment") if HydraConfig.initialized() else None
+    path = CONFIG_DIR / "experiment" / f"{experiment}.yaml"
+    if not isinstance(experiment, str) or not path.is_file():
+        return None
+    recipe = OmegaConf.load(path)
+    if OmegaConf.select(recipe, f"{group}.{name}", default=None) is None:
+        return None
+    key = f"override /{group}"
+    chosen = [entry[key] for entry in recipe.get("defaults", []) if isinstance(entry, DictConfig) and key in entry]
+    return experiment, chosen[0] if chosen else None
 
 
 def instantiate_entries(group: DictConfig | None, group_name: str) -> list[Any]:

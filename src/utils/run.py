@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -42,7 +43,8 @@ def start_run(cfg: DictConfig, save: bool = True) -> Path:
 
 def build_trainer(cfg: DictConfig):
     """(Trainer, loggers) from the `trainer`, `callbacks` and `logger` groups."""
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelSummary
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
     from pytorch_lightning.plugins.io import TorchCheckpointIO
 
     from src.utils.checkpoint_io import AtomicCheckpointIO
@@ -57,15 +59,22 @@ def build_trainer(cfg: DictConfig):
                 f"trainer.accelerator={accelerator} (trainer=gpu or trainer=ddp), but torch finds no CUDA GPU here. "
                 "Use the default trainer (it picks the GPU when there is one) or trainer=cpu."
             )
+    if cfg.get("test", True) and cfg.trainer.get("limit_test_batches") == 0:
+        raise UserInputError("trainer.limit_test_batches=0 would test on no images. Use test=false to skip testing "
+                             "(python -m src.train), or a limit above 0.")
     callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks")
-    if cfg.trainer.get("enable_model_summary") is False:  # Lightning would still run a configured summary callback
-        callbacks = [cb for cb in callbacks if not isinstance(cb, ModelSummary)]
+    # A trainer switch turned off means the callbacks it governs are not wanted: Lightning would refuse them (progress
+    # bar, checkpoints) or still run them (model summary).
+    for switch, kind in (("enable_model_summary", ModelSummary), ("enable_progress_bar", ProgressBar),
+                         ("enable_checkpointing", ModelCheckpoint)):
+        if cfg.trainer.get(switch) is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, kind)]
     loggers = instantiate_entries(cfg.get("logger"), "logger")
     if not loggers and any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
         # Lightning refuses a learning-rate monitor without a logger; with none, there is nowhere to log to.
         log.info("No logger configured (logger=[]): the learning rate is not logged.")
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, refused_by=(MisconfigurationException, ValueError))
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not one a user configured
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     return trainer, loggers
@@ -95,7 +104,7 @@ def finish_run(metrics: dict, output_dir: Path, loggers: list) -> None:
     if metrics.get("best_model_path"):
         lines.append(f"checkpoint    : {metrics['best_model_path']}")
     if any(isinstance(logger, TensorBoardLogger) for logger in loggers):
-        lines.append(f"tensorboard   : tensorboard --logdir {output_dir}")
+        lines.append(f"tensorboard   : tensorboard --logdir {shlex.quote(str(output_dir))}")
     lines.append("=" * 60)
     log.info("\n".join(lines))
 

@@ -12,6 +12,13 @@ from src.models.optim_config import check_optimizer_config, check_scheduler_conf
 from src.utils.setting_checks import is_number, is_whole, require_true_or_false
 
 
+# Lightning checks these only once training runs (0 divides by zero mid-fit, text fails a comparison): with a
+# traceback, after the data has been read.
+WHOLE_NUMBER_SETTINGS = {"trainer.check_val_every_n_epoch": 1, "trainer.accumulate_grad_batches": 1,
+                         "trainer.log_every_n_steps": 1, "callbacks.model_summary.max_depth": -1,
+                         "callbacks.progress_bar.refresh_rate": 0}
+
+
 def validate_train_config(cfg: DictConfig) -> None:
     from src.utils.jobs import in_multirun
 
@@ -46,6 +53,12 @@ def validate_train_config(cfg: DictConfig) -> None:
     max_epochs = cfg.trainer.get("max_epochs")
     if not is_whole(max_epochs) or max_epochs < 1:
         raise UserInputError(f"trainer.max_epochs={max_epochs} is invalid: it must be an integer >= 1.")
+    for key, low in WHOLE_NUMBER_SETTINGS.items():
+        value = OmegaConf.select(cfg, key, default=None)  # null: Lightning's default, or the callback left out
+        if value is not None and (not is_whole(value) or value < low):
+            raise UserInputError(f"{key}={value} is invalid: it must be an integer >= {low}.")
+    if cfg.trainer.get("deterministic") not in (None, True, False, "warn"):  # Lightning half applies a text switch
+        raise UserInputError(f"trainer.deterministic={cfg.trainer.deterministic} is invalid: it must be true, false or warn.")
     strategy = str(cfg.trainer.get("strategy", "auto"))
     relaunches = strategy.startswith("ddp") or (strategy == "auto" and _several_processes(cfg.trainer))
     if in_multirun() and relaunches and not strategy.startswith("ddp_spawn") and not _in_slurm_task():

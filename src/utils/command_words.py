@@ -1,0 +1,41 @@
+"""Commands printed for the user to run next (resume, test a checkpoint): this run's overrides as shell words."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+
+def original_overrides() -> str:
+    """This run's command-line overrides, minus ckpt_path: what a resume must repeat."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return "<the same overrides>"
+    return shell_words(HydraConfig.get().overrides.task)
+
+
+def eval_overrides() -> str:
+    """This run's overrides of settings that src.eval has too, followed by a space: `model` and most callbacks
+    come from the checkpoint or do not exist there, and eval writes a run folder of its own (not paths.output_dir)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return ""
+    shared_keys = ("data", "paths", "trainer", "logger", "callbacks.progress_bar", "callbacks.figures")
+    shared = [o for o in HydraConfig.get().overrides.task
+              if o.lstrip("+~").startswith(shared_keys) and not o.lstrip("+~").startswith("paths.output_dir")]
+    return shell_words(shared) + " " if shared else ""
+
+
+def shell_words(overrides) -> str:
+    """Overrides (minus ckpt_path) as a shell would need them typed: `callbacks=[default,ema]` quoted."""
+    return " ".join(shlex.quote(o) for o in overrides if not o.startswith("ckpt_path="))
+
+
+def ckpt_override(path: str) -> str:
+    """`ckpt_path=<path>` as a shell word. A sweep job's folder name holds `=` and `,`, which Hydra's override
+    grammar reads as syntax unless the value is quoted."""
+    if re.fullmatch(r"[\w./~+-]+", str(path), re.ASCII):  # Hydra reads other letters only inside quotes
+        return f"ckpt_path={path}"
+    return f"'ckpt_path=\"{path}\"'"

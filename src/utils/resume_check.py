@@ -1,0 +1,55 @@
+"""The checks before a training resume: the checkpoint must fit this run's model, data split and callbacks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from src.utils.command_words import ckpt_override, shell_words
+
+# Data settings a run must keep: which images validate (changed mid-run, the best score so far would have been
+# measured on other images, and images would move between training and validation), and the input normalization.
+FIXED_DATA_KEYS = ("val_size", "split_seed", "mean", "std")
+
+
+def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbacks: list) -> None:
+    """Fail before any work if the checkpoint (`ckpt_path`, read) was trained with another model config, validation
+    split or normalization, or holds averaged weights this run would not average on, naming the overrides of the run
+    that wrote it (they must be repeated to resume)."""
+    from pytorch_lightning.callbacks import WeightAveraging
+
+    from src.errors import ResumeRefused
+
+    this_class = f"{type(model).__module__}.{type(model).__qualname__}"
+    trained_data = checkpoint.get("datamodule_hyper_parameters") or {}
+    data_changes = [f"data.{key}={trained_data[key]}" for key in FIXED_DATA_KEYS
+                     if key in trained_data and trained_data[key] != datamodule.hparams[key]]
+    if checkpoint["model_class"] != this_class or checkpoint["hyper_parameters"] != dict(model.hparams):
+        trained_with = f"a different model config ({checkpoint['model_class']}, {checkpoint['hyper_parameters']})"
+    elif data_changes:
+        trained_with = f"other data settings ({', '.join(data_changes)})"
+    elif "current_model_state" in checkpoint and not any(isinstance(cb, WeightAveraging) for cb in callbacks):
+        # Without the callback, the averaged weights would silently replace the raw ones and averaging would stop.
+        trained_with = "weight averaging (callbacks.ema), which this run lacks"
+    else:
+        return
+    record = overrides_that_wrote(Path(ckpt_path).expanduser().resolve())
+    original = shell_words(OmegaConf.load(record)) if record else "?"
+    raise ResumeRefused(
+        f"ckpt_path={ckpt_path} was trained with {trained_with}. To resume, repeat the overrides of the run that "
+        f"saved it: python -m src.train {original} {ckpt_override(ckpt_path)}"
+    )
+
+
+def overrides_that_wrote(checkpoint: Path) -> Path | None:
+    """Hydra's record of the overrides of the run that saved `checkpoint`: the newest record (the first run's, or a
+    resume's in .hydra/resumed-<time>/) from before the checkpoint was saved (a later one is a resume that was
+    refused or has not saved yet); the first run's when no record is older (a folder copied without its times)."""
+    hydra_dir = checkpoint.parent.parent / ".hydra"
+    records = [record for record in [hydra_dir / "overrides.yaml", *sorted(hydra_dir.glob("resumed-*/overrides.yaml"))]
+               if record.is_file()]
+    earlier = [record for record in records if record.stat().st_mtime <= checkpoint.stat().st_mtime]
+    if earlier:
+        return earlier[-1]
+    return records[0] if records else None
