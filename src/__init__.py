@@ -95,9 +95,15 @@ def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overr
     return job_dir.name if job_dir else job_dirname(job_num, override_dirname)
 
 
+def config_options(group: str) -> str:
+    """The options of a config group (its files in conf/<group>/), for an entry point's --help."""
+    return ", ".join(sorted(path.stem for path in (CONFIG_DIR / group).glob("*.yaml")))
+
+
 # `${project_root:}` in conf/paths: data/ and outputs/ live beside conf/, wherever the command is run from.
 if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    OmegaConf.register_new_resolver("config_options", config_options)
     OmegaConf.register_new_resolver("resume_run_dir", resume_run_dir)
     OmegaConf.register_new_resolver("resume_subdir", resume_subdir)
     OmegaConf.register_new_resolver("resume_sweep_dir", resume_sweep_dir)

@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from src import CONFIG_DIR, PROJECT_ROOT
 from src.models.classifier import DigitClassifier
 from src.utils.instantiate import instantiate_entries
-from tests.conftest import compose_config
+from tests.conftest import compose_config, run_module
 
 
 def options(group: str) -> list[str]:
@@ -87,8 +87,11 @@ def test_experiments_compose_and_build(tmp_path, option, synthetic_data_dir):
 
 
 def test_trainer_arguments_can_be_added_from_the_command_line(tmp_path):
+    from src.utils.run import build_trainer
+
     cfg = compose_config(["++trainer.gradient_clip_val=0.5", f"paths.output_dir={tmp_path}"])
-    assert cfg.trainer.gradient_clip_val == 0.5
+    trainer, _ = build_trainer(cfg)
+    assert trainer.gradient_clip_val == 0.5  # it reaches Lightning's Trainer
 
 
 def test_default_paths_point_into_the_project(tmp_path):
@@ -124,3 +127,14 @@ def test_a_bad_figures_setting_fails_when_the_callbacks_are_built(tmp_path, over
     cfg = compose_config([override, f"paths.output_dir={tmp_path}"])
     with pytest.raises(UserInputError, match=rf"{override.split('=')[0]}=-?\d+ is invalid: it must be a whole number >="):
         instantiate_entries(cfg.callbacks, "callbacks")
+
+
+def test_each_entry_points_help_shows_its_usage_and_only_the_groups_it_takes():
+    helps = {module: run_module(module, "--help", timeout=120) for module in ("src.train", "src.eval", "src.predict")}
+    assert all(result.returncode == 0 for result in helps.values())
+    train_help, eval_help, predict_help = (helps[m].stdout for m in ("src.train", "src.eval", "src.predict"))
+    assert train_help.startswith("python -m src.train [group=option ...]") and "experiment: best, cnn_sgd, fast" in train_help
+    assert eval_help.startswith("python -m src.eval ckpt_path=") and "trainer: cpu, ddp, ddp_cpu, default, gpu" in eval_help
+    assert "model:" not in eval_help and "experiment:" not in eval_help and "sweep:" not in eval_help
+    assert predict_help.startswith("python -m src.predict ckpt_path=") and "group" not in predict_help
+    assert "top_k: 3" in predict_help  # the values to set are listed
