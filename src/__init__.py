@@ -43,10 +43,10 @@ def empty_list_groups(arguments: list[str]) -> list[str]:
 
 def run_command_line(main) -> None:
     """`main()` of an entry point (a @hydra.main function), with its command line's checkpoint paths quoted and
-    `logger=null`/`callbacks=null` read as none."""
+    `logger=null`/`callbacks=null` read as none; `hydra.job.chdir=true` refused."""
     import sys
 
-    if any(argument.lstrip("+").lower() in ("hydra.job.chdir=true", "hydra.job.chdir=yes") for argument in sys.argv[1:]):
+    if "hydra.job.chdir=true" in (argument.lstrip("+").lower() for argument in sys.argv[1:]):
         # Relative paths given on the command line (ckpt_path, inputs, data.data_dir) would be read inside the new run
         # folder, and a resume would take its checkpoint's run for a new one and overwrite that run's records.
         sys.exit("hydra.job.chdir=true is not supported: every run already writes all its files into its own folder "

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.errors import UserInputError
-from src.utils.setting_checks import is_number, is_whole, require_true_or_false
+from src.utils.setting_checks import is_number, is_pair_of_numbers, is_whole, require_true_or_false
 
 DEFAULT_AUGMENT = {
     "enabled": False,
@@ -48,8 +48,7 @@ def _number(key: str, value, low: float | None = None, high: float | None = None
 def _range(key: str, value, high: float | None = None) -> list[float]:
     name = f"data.augment.{key}"
     allowed = f"a pair [low, high] with 0 < low <= high{f' <= {high}' if high is not None else ''}"
-    is_pair = not isinstance(value, (str, bytes, Mapping)) and hasattr(value, "__len__") and len(value) == 2
-    if not is_pair or not all(is_number(v) for v in value):
+    if not is_pair_of_numbers(value):
         raise UserInputError(f"{name}={value!r} is invalid: it must be {allowed}.")
     low, high_value = (float(v) for v in value)
     if not 0 < low <= high_value or (high is not None and high_value > high):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from src.errors import UserInputError
-from src.utils.setting_checks import is_number, is_whole
+from src.utils.setting_checks import is_number, is_pair_of_numbers, is_whole
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "onecycle", "cosine")
@@ -43,8 +43,7 @@ def check_optimizer_config(config: Mapping) -> None:
         if key in config:
             _require(isinstance(config[key], bool), f"model.optimizer.{key}", config[key], "true or false")
     betas = config.get("betas", (0.9, 0.999))
-    is_pair = not isinstance(betas, (str, Mapping)) and hasattr(betas, "__len__") and len(betas) == 2
-    _require(is_pair and all(is_number(b) and 0 <= b < 1 for b in betas), "model.optimizer.betas", betas,
+    _require(is_pair_of_numbers(betas) and all(0 <= b < 1 for b in betas), "model.optimizer.betas", betas,
              "a pair [beta1, beta2] of numbers in [0, 1)")
     momentum = config.get("momentum", 0.9)
     _require(is_number(momentum) and 0 <= momentum < 1, "model.optimizer.momentum", momentum, "a number in [0, 1)")

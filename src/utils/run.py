@@ -44,8 +44,8 @@ def start_run(cfg: DictConfig, save: bool = True) -> Path:
 def build_trainer(cfg: DictConfig):
     """(Trainer, loggers) from the `trainer`, `callbacks` and `logger` groups."""
     from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar
-    from pytorch_lightning.utilities.exceptions import MisconfigurationException
     from pytorch_lightning.plugins.io import TorchCheckpointIO
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
     from src.utils.checkpoint_io import AtomicCheckpointIO
     from src.utils.instantiate import build, instantiate_entries
@@ -74,7 +74,8 @@ def build_trainer(cfg: DictConfig):
         # Lightning refuses a learning-rate monitor without a logger; with none, there is nowhere to log to.
         log.info("No logger configured (logger=[]): the learning rate is not logged.")
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, refused_by=(MisconfigurationException, ValueError))
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                    refused_by=(MisconfigurationException, ValueError))
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not one a user configured
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     return trainer, loggers
