@@ -20,16 +20,23 @@ def job_dirname(job_num: int, override_dirname: str, max_length: int = 120) -> s
     return name
 
 
-def quote_checkpoint_paths(arguments: list[str]) -> list[str]:
-    """Command-line arguments with a `ckpt_path=<path>` that holds `=` or a letter outside ASCII quoted for Hydra. A
-    sweep job's folder name holds `=` (3_model=cnn,seed=1), and Hydra's override grammar refuses both unquoted with
-    a bare parse error, so a path copied from a run's summary failed."""
+# Settings that hold a file or folder path (paths.* too): quoted for Hydra where needed.
+PATH_KEYS = ("ckpt_path", "inputs", "output", "data.data_dir")
+
+
+def quote_paths(arguments: list[str]) -> list[str]:
+    """Command-line arguments with a path (PATH_KEYS, paths.*) that holds `=`, or a letter outside ASCII, quoted for
+    Hydra, whose override grammar refuses both unquoted with a bare parse error. A sweep job's folder name holds `=`
+    (3_model=cnn,seed=1), so a checkpoint path copied from a run's summary failed."""
     quoted = []
     for argument in arguments:
         key, _, value = argument.partition("=")
-        needs_quotes = "=" in value or not value.isascii()
-        if key.lstrip("+") == "ckpt_path" and needs_quotes and not any(c in value for c in "\"'\\"):
-            argument = f'{key}="{value}"'
+        key = key.lstrip("+~")
+        is_path = key in PATH_KEYS or key.startswith("paths.")
+        # Not a list, a value quoted already, or (outside ASCII) a sweep's comma-separated values.
+        plain = not value.startswith("[") and not any(c in value for c in "\"'\\")
+        if is_path and plain and ("=" in value or (not value.isascii() and "," not in value)):
+            argument = f'{argument[: len(argument) - len(value)]}"{value}"'
         quoted.append(argument)
     return quoted
 
@@ -42,16 +49,17 @@ def empty_list_groups(arguments: list[str]) -> list[str]:
 
 
 def run_command_line(main) -> None:
-    """`main()` of an entry point (a @hydra.main function), with its command line's checkpoint paths quoted and
+    """`main()` of an entry point (a @hydra.main function), with its command line's paths quoted and
     `logger=null`/`callbacks=null` read as none; `hydra.job.chdir=true` refused."""
     import sys
 
-    if "hydra.job.chdir=true" in (argument.lstrip("+").lower() for argument in sys.argv[1:]):
+    changes_directory = {"hydra.job.chdir=" + value for value in ("true", "yes", "y", "on", "1")}  # as OmegaConf reads a bool
+    if changes_directory & {argument.lstrip("+").lower() for argument in sys.argv[1:]}:
         # Relative paths given on the command line (ckpt_path, inputs, data.data_dir) would be read inside the new run
         # folder, and a resume would take its checkpoint's run for a new one and overwrite that run's records.
         sys.exit("hydra.job.chdir=true is not supported: every run already writes all its files into its own folder "
                  "(hydra.run.dir), whatever the working directory. Leave it out.")
-    sys.argv[1:] = empty_list_groups(quote_checkpoint_paths(sys.argv[1:]))
+    sys.argv[1:] = empty_list_groups(quote_paths(sys.argv[1:]))
     main()
 
 

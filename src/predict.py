@@ -84,8 +84,11 @@ def check_config(cfg: DictConfig) -> None:
 
 def predict(cfg: DictConfig) -> list[dict]:
     """Classify every input image; returns one dict per classified image (path, digit, confidence, probs)."""
+    from src.models.checkpoint_file import existing_checkpoint
+
     check_config(cfg)  # before the heavy imports: a mistyped setting or path is reported at once
     paths = find_inputs(cfg.inputs)
+    existing_checkpoint(cfg.ckpt_path)
     import torch
 
     from src.data.digit_images import DigitImageError, digit_tensor

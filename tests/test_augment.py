@@ -212,3 +212,11 @@ def test_bad_values_are_clear_errors(synthetic_data_dir, key, value):
 def test_unknown_key_is_a_clear_error():
     with pytest.raises(UserInputError, match=r"data\.augment has unknown keys \['degree'\].*'degrees'"):
         augment_settings({"degree": 10})
+
+
+def test_the_whole_group_set_to_false_turns_augmentation_off_and_true_asks_which_settings():
+    assert augment_settings(False) == {**augment_settings(None), "enabled": False}
+    assert BatchAugment(False, BACKGROUND)(images := digit_batch(4)) is images
+    with pytest.raises(UserInputError, match=r"data\.augment=True is invalid: it is a group of settings\. Switch "
+                                             r"augmentation with data\.augment\.enabled=true"):
+        augment_settings(True)

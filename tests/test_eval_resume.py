@@ -246,14 +246,15 @@ def test_resuming_with_another_schedule_length_is_refused_before_training(tmp_pa
 def test_the_printed_resume_override_reads_back_as_the_path(path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from src import quote_checkpoint_paths
+    from src import quote_paths
     from src.utils.command_words import ckpt_override
 
     (word,) = shlex.split(ckpt_override(path))  # what the shell hands to Hydra
     override = OverridesParser.create().parse_override(word)
     assert override.key_or_group == "ckpt_path" and override.value() == path
-    (pasted,) = quote_checkpoint_paths([f"ckpt_path={path}"])  # the path typed or pasted unquoted
-    assert OverridesParser.create().parse_override(pasted).value() == path
+    for key in ("ckpt_path", "+ckpt_path", "inputs", "data.data_dir", "paths.log_dir"):
+        (pasted,) = quote_paths([f"{key}={path}"])  # the path typed or pasted unquoted
+        assert OverridesParser.create().parse_override(pasted).value() == path, pasted
 
 
 def test_printed_overrides_reach_hydra_as_typed():
@@ -281,6 +282,17 @@ def test_resuming_with_another_model_config_names_the_original_overrides(tmp_pat
     cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=cnn",
                           f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"])
     with pytest.raises(UserInputError, match="repeat the overrides of the run that saved it: python -m src.train model=mlp trainer.max_epochs=1"):
+        train(cfg)
+
+    # A checkpoint saved by a command-line run holds that run's overrides: they win over any record in the folder
+    # (whose file times a copy may have reordered).
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    (tmp_path / "copy" / "checkpoints").mkdir(parents=True)
+    torch.save({**checkpoint, "command_overrides": ["model=mlp", "seed=3"]}, tmp_path / "copy" / "checkpoints" / "last.ckpt")
+    shutil.copytree(trained_run / ".hydra", tmp_path / "copy" / ".hydra")
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "run"), "model=cnn",
+                          f"ckpt_path={tmp_path / 'copy' / 'checkpoints' / 'last.ckpt'}"])
+    with pytest.raises(UserInputError, match="repeat the overrides of the run that saved it: python -m src.train model=mlp seed=3 ckpt"):
         train(cfg)
 
 
@@ -324,7 +336,8 @@ def test_resuming_averaged_weights_without_averaging_is_refused(tmp_path, traine
     torch.save(checkpoint, averaged)
     (tmp_path / ".hydra").mkdir()
     (tmp_path / ".hydra" / "overrides.yaml").write_text("- model=mlp\n- callbacks=[default,ema]\n")
-    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "run"), "model=mlp", f"ckpt_path={averaged}"])
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "run"), "model=mlp", "data.mean=0.5",
+                          "data.std=0.6", f"ckpt_path={averaged}"])
     with pytest.raises(UserInputError, match=r"weight averaging \(callbacks.ema\).*python -m src.train model=mlp 'callbacks=\[default,ema\]'"):
         train(cfg)
 
@@ -346,6 +359,7 @@ def test_a_refused_resume_from_the_command_line_leaves_the_run_folder_as_it_was(
         return added == expected and {path: path.read_bytes() for path in files_before} == files_before
 
     last = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["command_overrides"] == [*settings, "model=mlp"]  # as typed
     refused = run_module("src.train", *settings, "model=cnn", f"ckpt_path={last}")
     output = refused.stdout + refused.stderr
     assert refused.returncode == 1 and "Traceback" not in output, output[-3000:]

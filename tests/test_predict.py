@@ -308,7 +308,7 @@ def test_the_network_alone_computes_what_the_classifier_does(request, network, s
         assert torch.allclose(alone(images), classifier(images), atol=1e-5)
 
 
-def test_a_checkpoint_lacking_a_network_size_gets_the_whole_classifier(tmp_path, synthetic_checkpoint):
+def test_a_checkpoint_lacking_a_network_size_or_with_an_unknown_one_gets_the_whole_classifier(tmp_path, synthetic_checkpoint):
     from src.models.classifier import DigitClassifier
     from src.models.loading import load_network
 
@@ -317,6 +317,20 @@ def test_a_checkpoint_lacking_a_network_size_gets_the_whole_classifier(tmp_path,
     torch.save(checkpoint, tmp_path / "older.ckpt")
     model, _ = load_network(tmp_path / "older.ckpt")
     assert isinstance(model, DigitClassifier) and not model.training
+
+    checkpoint["hyper_parameters"]["activation"] = "gelu"  # as from a newer version: refused, not ignored
+    torch.save(checkpoint, tmp_path / "newer.ckpt")
+    with pytest.raises(UserInputError, match="settings do not fit this version of it"):
+        load_network(tmp_path / "newer.ckpt")
+
+
+def test_the_classifier_settings_known_to_load_network_are_the_classifiers():
+    import inspect
+
+    from src.models.classifier import DigitClassifier
+    from src.models.loading import CLASSIFIER_SETTINGS
+
+    assert set(inspect.signature(DigitClassifier.__init__).parameters) - {"self"} == CLASSIFIER_SETTINGS
 
 
 def test_predict_imports_torch_only_for_real_inputs_and_lightning_never(tmp_path, synthetic_checkpoint):
@@ -328,20 +342,23 @@ from src import CONFIG_DIR
 from src.errors import UserInputError
 from src.predict import predict
 
-def config(inputs):
+def config(inputs, ckpt_path):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        return compose("predict", [r"ckpt_path={synthetic_checkpoint}", "inputs=" + inputs, r"paths.output_dir={tmp_path}"])
+        return compose("predict", ["ckpt_path=" + ckpt_path, "inputs=" + inputs, r"paths.output_dir={tmp_path}"])
 
-try:
-    predict(config(r"{tmp_path / 'nothing_here'}"))
-except UserInputError:
-    print("refused, torch imported:", "torch" in sys.modules)
-print("digit:", predict(config(r"{tmp_path / 'six.png'}"))[0]["digit"])
+for inputs, ckpt_path in ((r"{tmp_path / 'nothing_here'}", r"{synthetic_checkpoint}"),
+                         (r"{tmp_path / 'six.png'}", r"{tmp_path / 'no.ckpt'}")):
+    try:
+        predict(config(inputs, ckpt_path))
+    except UserInputError:
+        print("refused, torch imported:", "torch" in sys.modules)
+print("digit:", predict(config(r"{tmp_path / 'six.png'}", r"{synthetic_checkpoint}"))[0]["digit"])
 print("lightning imported:", "pytorch_lightning" in sys.modules or "lightning" in sys.modules)
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "refused, torch imported: False" in result.stdout  # a mistyped input fails before the slow imports
+    # A mistyped input or checkpoint fails before the slow imports.
+    assert result.stdout.count("refused, torch imported: False") == 2, result.stdout
     assert "digit:" in result.stdout and "lightning imported: False" in result.stdout
 
 

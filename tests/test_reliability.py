@@ -96,7 +96,7 @@ CONFIG_CASES = {
     "no devices": (["trainer.devices=0"], "trainer: pytorch_lightning.Trainer refused these settings: `Trainer(devices=0)`"),
     "validation every 0 epochs": (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 is invalid"),
     "accumulating 0 batches": (["++trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is invalid"),
-    "log interval as text": (["trainer.log_every_n_steps=abc"], "trainer.log_every_n_steps=abc is invalid: it must be an integer >= 1"),
+    "log interval as text": (["trainer.log_every_n_steps=abc"], "trainer.log_every_n_steps=abc is invalid: it must be an integer >= 0"),
     "summary depth as text": (["callbacks.model_summary.max_depth=abc"], "callbacks.model_summary.max_depth=abc is invalid"),
     "deterministic as text": (["trainer.deterministic=yes"], "trainer.deterministic=yes is invalid: it must be true, false or warn"),
     "ema decay 1": (["callbacks=[default,ema]", "callbacks.ema.decay=1"], "callbacks.ema.decay=1 is invalid: it must be a number in (0, 1)"),
@@ -175,6 +175,19 @@ def test_bad_checkpoint_paths(tmp_path, caplog, good_checkpoint, case):
     assert not (tmp_path / "run" / "config.yaml").exists()  # refused before the run folder is filled
 
 
+def test_a_test_limit_that_leaves_no_batch_is_one_line_after_training(tmp_path, synthetic_data_dir, caplog):
+    """Lightning finds out only when testing starts (0.5 of the one test batch of 100 images)."""
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "data.eval_batch_size=100",
+                          "++trainer.limit_test_batches=0.5"])
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exited:
+        run_reporting_failures(train, cfg)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert exited.value.code == 1 and len(errors) == 1
+    assert errors[0].startswith("Testing could not start: You requested to check 0.5 of the `test_dataloader`")
+    assert "The checkpoints are intact; test this one with: python -m src.eval" in errors[0]
+    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
 def test_a_recipe_for_another_model_is_named_as_such(tmp_path, synthetic_data_dir):
     result = run_module("src.train", "experiment=fast", "model=mlp", f"data.data_dir={synthetic_data_dir}",
                         "data.download=false", f"hydra.run.dir={tmp_path}", timeout=120)
@@ -184,8 +197,9 @@ def test_a_recipe_for_another_model_is_named_as_such(tmp_path, synthetic_data_di
             "model=cnn. Leave out the model override, or the experiment.") in output
 
 
-def test_changing_the_working_directory_is_refused(tmp_path):
-    result = run_module("src.train", "hydra.job.chdir=true", f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
+@pytest.mark.parametrize("spelling", ["hydra.job.chdir=true", "++hydra.job.chdir=on", "hydra.job.chdir=1"])
+def test_changing_the_working_directory_is_refused(tmp_path, spelling):
+    result = run_module("src.train", spelling, f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip() == ("hydra.job.chdir=true is not supported: every run already writes all its files "
                                      "into its own folder (hydra.run.dir), whatever the working directory. Leave it out.")

@@ -64,7 +64,9 @@ def _count(key: str, value) -> int:
 
 def augment_settings(augment: Mapping | None) -> dict:
     """Validate `data.augment` and fill in defaults; returns plain values (safe to store in checkpoints)."""
-    if augment is not None and not isinstance(augment, Mapping):  # data.augment=true: the switch is one level down
+    if augment is False:  # data.augment=false: what it says (the switch proper is data.augment.enabled)
+        augment = {"enabled": False}
+    if augment is not None and not isinstance(augment, Mapping):  # data.augment=true: which settings?
         raise UserInputError(f"data.augment={augment} is invalid: it is a group of settings. Switch augmentation "
                              "with data.augment.enabled=true or data.augment.enabled=false.")
     given = dict(augment or {})

@@ -13,11 +13,17 @@ class CheckpointError(UserInputError):
     """A checkpoint path that is missing, unreadable, or not one of this project's checkpoints."""
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """The checkpoint dict, read with `weights_only=True` (no arbitrary code can run)."""
+def existing_checkpoint(path: str | Path) -> Path:
+    """The path, checked to name a file: cheap, so entry points can check it before importing torch."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"ckpt_path={path}: no such file. Checkpoints are in <run dir>/checkpoints/.")
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The checkpoint dict, read with `weights_only=True` (no arbitrary code can run)."""
+    path = existing_checkpoint(path)
     import torch  # here, after the cheap check: a mistyped path fails at once
 
     try:

@@ -13,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from src.errors import ResumeRefused, UserInputError
 from src.models.networks import IMAGE_SIDE, NUM_CLASSES
 from src.models.optim import build_optimizer, build_scheduler
+from src.utils.command_words import command_overrides
 from src.utils.rng import capture_rng_states, restore_rng_states
 
 
@@ -195,6 +196,9 @@ class DigitClassifier(pl.LightningModule):
         # A plain string, so tools can rebuild the right class from a checkpoint alone.
         checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["rng_states"] = capture_rng_states()
+        overrides = command_overrides()
+        if overrides is not None:  # what a refused resume tells the user to repeat (strings only: a plain value)
+            checkpoint["command_overrides"] = overrides
         if getattr(self, "schedule_steps", None) is not None:
             checkpoint["schedule_steps"] = self.schedule_steps
 

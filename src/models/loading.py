@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from src.models.classifier import DigitClassifier
 
 
+# The settings of the classifier base itself, not of its network (a test keeps this in step with its constructor).
+CLASSIFIER_SETTINGS = frozenset({"optimizer", "scheduler", "label_smoothing", "compile", "channels_last"})
+
+
 def model_class(class_path: str) -> type[DigitClassifier]:
     from src.models.classifier import DigitClassifier
 
@@ -60,14 +64,18 @@ def load_classifier(path: str | Path, checkpoint: dict | None = None) -> tuple[D
 def load_network(path: str | Path) -> tuple[nn.Module, dict]:
     """(network in eval mode on CPU, the raw checkpoint dict): the classifier's network alone, which maps images to
     logits as the classifier does, built without importing Lightning. A class whose network is not among
-    NETWORK_BUILDERS, or a checkpoint that lacks a size, gets the whole classifier instead."""
+    NETWORK_BUILDERS, or a checkpoint whose settings differ from what this version's network and classifier take,
+    gets the whole classifier instead (which takes defaults for missing settings and refuses unknown ones)."""
     from src.models.networks import NETWORK_BUILDERS
 
     checkpoint = read_checkpoint(path)
     build = NETWORK_BUILDERS.get(checkpoint["model_class"])
     settings = checkpoint["hyper_parameters"]
-    takes = inspect.signature(build).parameters if build else {}
-    if not build or not isinstance(settings, dict) or any(name not in settings for name, p in takes.items() if p.default is p.empty):
+    if not build or not isinstance(settings, dict):
+        return load_classifier(path, checkpoint)
+    takes = inspect.signature(build).parameters
+    lacking = any(name not in settings for name, p in takes.items() if p.default is p.empty)
+    if lacking or set(settings) - set(takes) - CLASSIFIER_SETTINGS:
         return load_classifier(path, checkpoint)
     network = build(**{name: value for name, value in settings.items() if name in takes})
     prefix = "net."  # the classifier's attribute holding its network

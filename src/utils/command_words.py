@@ -6,13 +6,17 @@ import re
 import shlex
 
 
-def original_overrides() -> str:
-    """This run's command-line overrides, minus ckpt_path: what a resume must repeat."""
+def command_overrides() -> list[str] | None:
+    """This process's command-line overrides (a sweep job's own), as Hydra recorded them; None outside a Hydra run."""
     from hydra.core.hydra_config import HydraConfig
 
-    if not HydraConfig.initialized():
-        return "<the same overrides>"
-    return shell_words(HydraConfig.get().overrides.task)
+    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+
+
+def original_overrides() -> str:
+    """This run's command-line overrides, minus ckpt_path: what a resume must repeat."""
+    overrides = command_overrides()
+    return "<the same overrides>" if overrides is None else shell_words(overrides)
 
 
 def eval_overrides() -> str:

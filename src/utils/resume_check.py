@@ -34,8 +34,11 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
         trained_with = "weight averaging (callbacks.ema), which this run lacks"
     else:
         return
-    record = overrides_that_wrote(Path(ckpt_path).expanduser().resolve())
-    original = shell_words(OmegaConf.load(record)) if record else "?"
+    saved = checkpoint.get("command_overrides")
+    if saved is None:  # saved outside a Hydra run (a ddp_spawn process) or by an older version: Hydra's records
+        record = overrides_that_wrote(Path(ckpt_path).expanduser().resolve())
+        saved = OmegaConf.load(record) if record else None
+    original = shell_words(saved) if saved is not None else "?"
     raise ResumeRefused(
         f"ckpt_path={ckpt_path} was trained with {trained_with}. To resume, repeat the overrides of the run that "
         f"saved it: python -m src.train {original} {ckpt_override(ckpt_path)}"

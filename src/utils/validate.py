@@ -12,10 +12,10 @@ from src.models.optim_config import check_optimizer_config, check_scheduler_conf
 from src.utils.setting_checks import is_number, is_whole, require_true_or_false
 
 
-# Lightning checks these only once training runs (0 divides by zero mid-fit, text fails a comparison): with a
-# traceback, after the data has been read.
+# Lightning checks these only once training runs, with a traceback after the data has been read (text fails a
+# comparison; check_val_every_n_epoch=0 and accumulate_grad_batches=0 divide by zero). 0 turns step logging off.
 WHOLE_NUMBER_SETTINGS = {"trainer.check_val_every_n_epoch": 1, "trainer.accumulate_grad_batches": 1,
-                         "trainer.log_every_n_steps": 1, "callbacks.model_summary.max_depth": -1,
+                         "trainer.log_every_n_steps": 0, "callbacks.model_summary.max_depth": -1,
                          "callbacks.progress_bar.refresh_rate": 0}
 
 
