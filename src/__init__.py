@@ -20,27 +20,6 @@ def job_dirname(job_num: int, override_dirname: str, max_length: int = 120) -> s
     return name
 
 
-# Settings that hold a file or folder path (paths.* too): quoted for Hydra where needed.
-PATH_KEYS = ("ckpt_path", "inputs", "output", "data.data_dir")
-
-
-def quote_paths(arguments: list[str]) -> list[str]:
-    """Command-line arguments with a path (PATH_KEYS, paths.*) that holds `=`, or a letter outside ASCII, quoted for
-    Hydra, whose override grammar refuses both unquoted with a bare parse error. A sweep job's folder name holds `=`
-    (3_model=cnn,seed=1), so a checkpoint path copied from a run's summary failed."""
-    quoted = []
-    for argument in arguments:
-        key, _, value = argument.partition("=")
-        key = key.lstrip("+~")
-        is_path = key in PATH_KEYS or key.startswith("paths.")
-        # Not a list, a value quoted already, or (outside ASCII) a sweep's comma-separated values.
-        plain = not value.startswith("[") and not any(c in value for c in "\"'\\")
-        if is_path and plain and ("=" in value or (not value.isascii() and "," not in value)):
-            argument = f'{argument[: len(argument) - len(value)]}"{value}"'
-        quoted.append(argument)
-    return quoted
-
-
 def empty_list_groups(arguments: list[str]) -> list[str]:
     """`logger=null` and `callbacks=null` as `=[]` (none): Hydra refuses null for these groups of several entries with
     a traceback, and `logger=null` is how other templates turn logging off."""
@@ -52,6 +31,8 @@ def run_command_line(main) -> None:
     """`main()` of an entry point (a @hydra.main function), with its command line's paths quoted and
     `logger=null`/`callbacks=null` read as none; `hydra.job.chdir=true` refused."""
     import sys
+
+    from src.utils.path_overrides import quote_paths
 
     changes_directory = {"hydra.job.chdir=" + value for value in ("true", "yes", "y", "on", "1")}  # as OmegaConf reads a bool
     if changes_directory & {argument.lstrip("+").lower() for argument in sys.argv[1:]}:

@@ -138,3 +138,37 @@ def test_each_entry_points_help_shows_its_usage_and_only_the_groups_it_takes():
     assert "model:" not in eval_help and "experiment:" not in eval_help and "sweep:" not in eval_help
     assert predict_help.startswith("python -m src.predict ckpt_path=") and "group" not in predict_help
     assert "top_k: 3" in predict_help  # the values to set are listed
+
+
+@pytest.mark.parametrize("path", ["/data/Fotos, März/*.png", "/data/Photos (1)/a.png", "/data/Müller's/a.png",
+                                  "~/digits/a.png", "/data/img[0-9].png", '/data/say "hi"/a.png', "/plain/a.png"])
+def test_paths_reach_hydra_as_typed(path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from src.utils.path_overrides import quote_paths
+
+    for key in ("inputs", "+ckpt_path", "data.data_dir", "paths.log_dir", "hydra.run.dir"):
+        (argument,) = quote_paths([f"{key}={path}"])
+        assert OverridesParser.create().parse_override(argument).value() == path, argument
+    if "," not in path:  # in a list, a comma separates paths
+        (argument,) = quote_paths([f"inputs=[{path},/b.png]"])
+        assert OverridesParser.create().parse_override(argument).value() == [path, "/b.png"], argument
+
+
+def test_a_sweep_over_paths_keeps_each_path_whole(tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from src.utils.path_overrides import quote_paths
+
+    jobs = [tmp_path / f"{n}_model=mlp,seed={n}" / "checkpoints" / "last.ckpt" for n in (0, 1)]
+    for job in jobs:
+        job.parent.mkdir(parents=True)
+        job.touch()
+    swept = quote_paths(["-m", f"ckpt_path={jobs[0]},{jobs[1]}", "data.data_dir=/a,/b", "paths.log_dir=${oc.env:HOME}"])
+    parser = OverridesParser.create()
+    # Each job gets `key=<one of the values>`, quoted as typed in the sweep.
+    jobs_values = [[parser.parse_override(f"x={value}").value() for value in sweep.sweep_string_iterator()]
+                   for sweep in parser.parse_overrides(swept[1:3])]
+    assert jobs_values == [[str(job) for job in jobs], ["/a", "/b"]]
+    assert swept[3] == "paths.log_dir=${oc.env:HOME}"  # Hydra's own syntax is left as typed
+    assert quote_paths(["-m", "inputs=choice(a.png,b.png)"]) == ["-m", "inputs=choice(a.png,b.png)"]

@@ -246,7 +246,7 @@ def test_resuming_with_another_schedule_length_is_refused_before_training(tmp_pa
 def test_the_printed_resume_override_reads_back_as_the_path(path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from src import quote_paths
+    from src.utils.path_overrides import quote_paths
     from src.utils.command_words import ckpt_override
 
     (word,) = shlex.split(ckpt_override(path))  # what the shell hands to Hydra

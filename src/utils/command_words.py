@@ -29,6 +29,9 @@ def eval_overrides() -> str:
     shared_keys = ("data", "paths", "trainer", "logger", "callbacks.progress_bar", "callbacks.figures")
     shared = [o for o in HydraConfig.get().overrides.task
               if o.lstrip("+~").startswith(shared_keys) and not o.lstrip("+~").startswith("paths.output_dir")]
+    # A trainer setting an experiment added (experiment=quickcheck's limit_*) is not in eval's config: `++` sets it
+    # whether or not it is there.
+    shared = ["++" + o.lstrip("+") if o.lstrip("+").startswith("trainer.") else o for o in shared]
     return shell_words(shared) + " " if shared else ""
 
 

@@ -182,7 +182,7 @@ def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | Non
         (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except MisconfigurationException as err:  # limit_test_batches=0.05 leaving no batch of the test set, say
         reason = " ".join(str(err).split()).rstrip(".")
-        raise UserInputError(f"Testing could not start: {reason}. {advice}") from err
+        raise UserInputError(f"Testing could not start: {reason}. Nothing was tested; checkpoints written are kept.") from err
     except INTERRUPTIONS as stop:
         raise RunInterrupted(f"Testing stopped by SIGTERM: no test results were written. {advice}", exit_code=143) from stop
     except (SystemExit, KeyboardInterrupt) as stop:  # Lightning's exit code 1 after Ctrl-C would read as a failure

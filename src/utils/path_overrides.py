@@ -1,0 +1,46 @@
+"""Path settings typed on the command line, quoted for Hydra where its override grammar would refuse them with a
+bare parse error: a sweep job's folder name holds `=` and `,` (3_model=cnn,seed=1), and folders are named with
+brackets, apostrophes, `~` or letters outside ASCII."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+PATH_KEYS = ("ckpt_path", "inputs", "output", "data.data_dir", "hydra.run.dir", "hydra.sweep.dir")  # and paths.*
+HYDRA_UNQUOTED = re.compile(r"[A-Za-z0-9_$%*+\-./:?@| ]*")  # the characters Hydra reads in an unquoted value
+SWEEP_FUNCTION = re.compile(r"\w+\(.*\)")  # choice(...), glob(...): Hydra's own syntax, left as typed
+
+
+def quote_paths(arguments: list[str]) -> list[str]:
+    sweeping = any(argument in ("-m", "--multirun") for argument in arguments)
+    return [_quoted_argument(argument, sweeping) for argument in arguments]
+
+
+def _quoted_argument(argument: str, sweeping: bool) -> str:
+    key, equals, value = argument.partition("=")
+    bare_key = key.lstrip("+~")
+    is_path = bare_key in PATH_KEYS or bare_key.startswith("paths.")
+    typed_as_syntax = value[:1] in ("'", '"') or "${" in value or "\\" in value or SWEEP_FUNCTION.fullmatch(value)
+    if not equals or not is_path or typed_as_syntax:
+        return argument
+    if value.startswith("[") and value.endswith("]"):  # a list of paths (predict's inputs)
+        return f"{key}=[{','.join(_quote(path) for path in value[1:-1].split(','))}]"
+    paths = _sweep_values(value) if sweeping else [value]
+    return f"{key}={','.join(_quote(path) for path in paths)}"
+
+
+def _quote(path: str) -> str:
+    return path if HYDRA_UNQUOTED.fullmatch(path) else '"' + path.replace('"', '\\"') + '"'
+
+
+def _sweep_values(value: str) -> list[str]:
+    """The paths of a multirun's comma-separated value: the shortest runs of its parts that each name an existing
+    file or folder (a sweep job's folder name holds commas); every part on its own when that fails."""
+    parts, paths, current = value.split(","), [], None
+    for part in parts:
+        current = part if current is None else f"{current},{part}"
+        if Path(current).expanduser().exists():
+            paths.append(current)
+            current = None
+    return paths if current is None else parts
