@@ -39,7 +39,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.get("seed") is None:  # an unseeded run: one seed drawn for it, recorded in config.yaml and HParams
         from src.utils.rng import unseeded_run_seed
 
-        cfg.seed = unseeded_run_seed(ckpt_path if resuming else None)
+        cfg.seed = unseeded_run_seed(checkpoint if resuming else None)
     # A resume in the checkpoint's own run folder saves config.yaml only after its fit: a refused one changes nothing.
     resuming_in_place = resuming and resumed_job_dir(ckpt_path, True) == Path(cfg.paths.output_dir).resolve()
     output_dir = start_run(cfg, save=not resuming_in_place)

@@ -34,18 +34,17 @@ def restore_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def unseeded_run_seed(resumed_checkpoint: str | None) -> int:
+def unseeded_run_seed(resumed_checkpoint: dict | None) -> int:
     """The seed of a `seed=null` run, fixed once so that DDP's processes shuffle alike and a resume continues the
-    same order: the resumed checkpoint's, rank 0's draw (which DDP's other processes inherit), or a new draw."""
+    same order: the resumed checkpoint's (its content, as read), rank 0's draw (which DDP's other processes
+    inherit), or a new draw."""
     import os
     import secrets
 
     from src.utils.run import is_rank_zero
 
     if resumed_checkpoint:
-        from src.models.checkpoint_file import read_checkpoint
-
-        saved = (read_checkpoint(resumed_checkpoint).get("datamodule_hyper_parameters") or {}).get("shuffle_seed")
+        saved = (resumed_checkpoint.get("datamodule_hyper_parameters") or {}).get("shuffle_seed")
         if saved is not None:
             return int(saved)
     if not is_rank_zero() and "PL_GLOBAL_SEED" in os.environ:
