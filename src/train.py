@@ -107,12 +107,22 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
     """trainer.fit; after SIGTERM or Ctrl-C (a checkpoint was saved at a batch boundary), or a second Ctrl-C (nothing
     saved then), say how to resume."""
     from src.callbacks.safety import INTERRUPTIONS, GracefulStop, ResumableCheckpoint, aborted_by_ctrl_c
-    from src.errors import RunInterrupted
+    from src.errors import RunInterrupted, UserInputError
 
     saved = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
     where = f"{saved[0].dirpath}/{saved[0].filename}{saved[0].FILE_EXTENSION}" if saved else None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except ValueError as err:  # Lightning checks this only once it knows the epoch's length
+        if "val_check_interval" not in str(err):
+            raise
+        batches = trainer.fit_loop.max_batches
+        raise UserInputError(
+            f"trainer.val_check_interval={trainer.val_check_interval} is more than the {batches} training batches of an "
+            f"epoch, so validation would never run; nothing was trained. Use at most {batches}, a fraction of an epoch "
+            "(0.25 validates four times per epoch), or add ++trainer.check_val_every_n_epoch=null to count batches "
+            "across epochs."
+        ) from err
     except INTERRUPTIONS as stop:
         by_ctrl_c = "Ctrl-C" in str(stop)
         raise RunInterrupted(

@@ -94,6 +94,9 @@ CONFIG_CASES = {
     "no test batches": (["++trainer.limit_test_batches=0"], "trainer.limit_test_batches=0 would test on no images. "
                                                             "Use test=false to skip testing"),
     "no devices": (["trainer.devices=0"], "trainer: pytorch_lightning.Trainer refused these settings: `Trainer(devices=0)`"),
+    "validation interval beyond the epoch": (["+trainer.val_check_interval=500"],
+                                             "trainer.val_check_interval=500 is more than the 10 training batches of an "
+                                             "epoch, so validation would never run; nothing was trained. Use at most 10"),
     "validation every 0 epochs": (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 is invalid"),
     "accumulating 0 batches": (["++trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is invalid"),
     "log interval as text": (["trainer.log_every_n_steps=abc"], "trainer.log_every_n_steps=abc is invalid: it must be an integer >= 0"),
