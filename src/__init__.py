@@ -34,6 +34,10 @@ def run_command_line(main) -> None:
 
     from src.utils.path_overrides import quote_paths
 
+    if not CONFIG_DIR.is_dir():  # `pip install .` copies src/ into site-packages, without conf/ beside it
+        sys.exit(f"No configs found: {CONFIG_DIR} does not exist. This project runs from its own folder, where conf/, "
+                 "data/ and outputs/ lie beside src/: install it there with `pip install -e .` and run the commands "
+                 "from that folder.")
     changes_directory = {"hydra.job.chdir=" + value for value in ("true", "yes", "y", "on", "1")}  # as OmegaConf reads a bool
     if changes_directory & {argument.lstrip("+").lower() for argument in sys.argv[1:]}:
         # Relative paths given on the command line (ckpt_path, inputs, data.data_dir) would be read inside the new run

@@ -209,6 +209,19 @@ def test_changing_the_working_directory_is_refused(tmp_path, spelling):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("module", ["src.train", "src.eval", "src.predict"])
+def test_an_installed_copy_without_the_configs_says_how_to_install(tmp_path, module):
+    """What `pip install .` (not -e) leaves: src/ in site-packages with no conf/ beside it."""
+    site_packages = tmp_path / "site-packages"
+    shutil.copytree(PROJECT_ROOT / "src", site_packages / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    result = subprocess.run([sys.executable, "-m", module], cwd=site_packages, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == (
+        f"No configs found: {site_packages / 'conf'} does not exist. This project runs from its own folder, where conf/, "
+        "data/ and outputs/ lie beside src/: install it there with `pip install -e .` and run the commands from that folder.")
+    assert sorted(path.name for path in site_packages.iterdir()) == ["src"]  # no outputs/ written beside it
+
+
 def test_unknown_config_option_lists_the_choices(tmp_path):
     result = run_module("src.train", "model=resnet", f"hydra.run.dir={tmp_path}", timeout=120)
     assert result.returncode == 1
