@@ -146,23 +146,20 @@ def write_predictions(path: Path, predictions: list[dict]) -> None:
 
 def save_preview(batch, predictions: list[dict], output_dir: Path) -> Path:
     """<run dir>/predictions.png: each input as the model saw it (28×28), captioned with its prediction."""
+    from src.plots import short_label
     from src.plots.digit_sheet import digit_sheet
 
     title = f"predictions (red: confidence < {LOW_CONFIDENCE})"
     if len(predictions) > MAX_PREVIEW_IMAGES:  # a taller figure would pass the PNG size limit; the JSON has all
         batch, predictions = batch[:MAX_PREVIEW_IMAGES], predictions[:MAX_PREVIEW_IMAGES]
         title += f", the first {MAX_PREVIEW_IMAGES} images"
-    captions = [f"{_short(Path(p['path']).name)}\n{p['digit']} ({p['confidence']:.2f})" for p in predictions]
+    captions = [f"{short_label(Path(p['path']).name, 16)}\n{p['digit']} ({p['confidence']:.2f})" for p in predictions]
     flagged = [p["confidence"] < LOW_CONFIDENCE for p in predictions]
     figure = digit_sheet(batch, captions, flagged, title=title)
     path = output_dir / "predictions.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     return path
-
-
-def _short(name: str, limit: int = 16) -> str:
-    return name if len(name) <= limit else name[: limit - 1].rstrip("._-") + "…"
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")

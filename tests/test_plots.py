@@ -3,7 +3,9 @@
 import torch
 
 from src.plots.confusion import confusion_matrix_figure
+from src.plots import short_label
 from src.plots.curves import learning_curves_figure
+from src.plots.sweep import sweep_figure
 
 
 def _row(epoch: int, val_acc: float) -> dict[str, float]:
@@ -39,3 +41,13 @@ def test_a_digit_without_images_has_no_accuracy_on_the_confusion_matrix():
     confusion[1, 1] = 2
     labels = [label.get_text() for label in confusion_matrix_figure(confusion, "test").axes[0].get_yticklabels()]
     assert labels[1] == "1  (100.0%)" and labels[0] == "0  (no images)"
+
+
+def test_long_sweep_labels_are_cut_to_fit_and_say_so():
+    rows = [{"job": "0_model=cnn", "varied": "model=cnn", "status": "ok", "val/acc_best": 0.99, "test/acc": 0.98},
+            {"job": "1_x", "varied": "model.optimizer.lr=0.003 model.channels=[32,64,128] data.batch_size=256", "status": "ok",
+             "val/acc_best": 0.97, "test/acc": 0.96}]
+    labels = [label.get_text() for label in sweep_figure(rows).axes[0].get_yticklabels()]
+    assert labels[0] == "0: model=cnn"
+    assert labels[1] == "1: model.optimizer.lr=0.003 model.channels=[32,…"  # 48 characters
+    assert short_label("six_photo_of_a_digit.png", 16) == "six_photo_of_a…"  # no "_" left before the ellipsis

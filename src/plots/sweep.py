@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from matplotlib.figure import Figure
 
+from src.plots import short_label
+
 
 def sweep_figure(rows: list[dict]) -> Figure:
     """Horizontal bars per job: best validation and test accuracy; failed jobs are labelled as such."""
     figure = Figure(figsize=(9, 1.0 + 0.5 * len(rows)), layout="constrained")
     ax = figure.subplots()
-    labels = [_short(f"{row['job'].split('_', 1)[0]}: {row['varied']}") for row in rows]
+    labels = [short_label(f"{row['job'].split('_', 1)[0]}: {row['varied']}", 48) for row in rows]
     positions = range(len(rows))
     for offset, key, color in ((-0.2, "val/acc_best", "tab:blue"), (0.2, "test/acc", "tab:orange")):
         values = [row[key] if row["status"] == "ok" and row[key] is not None else 0.0 for row in rows]
@@ -26,7 +28,3 @@ def sweep_figure(rows: list[dict]) -> Figure:
     ax.set_title("sweep: best validation and test accuracy per job")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never over a bar's label
     return figure
-
-
-def _short(text: str, length: int = 48) -> str:
-    return text if len(text) <= length else text[: length - 1] + "…"
