@@ -14,9 +14,9 @@ import torch
 
 from src.data.augment import BatchAugment, augment_settings
 from src.data.batches import EpochBatches, TensorBatchLoader, validation_split
+from src.data.data_settings import check_data_settings
 from src.data.mnist_files import ensure_mnist_files, load_split
 from src.errors import UserInputError
-from src.utils.setting_checks import is_number, is_whole, require_true_or_false
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -36,30 +36,10 @@ class MNISTDataModule(pl.LightningDataModule):
         augment: dict | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(data_dir, (str, Path)) or not str(data_dir).strip():
-            raise UserInputError(f"data.data_dir={data_dir} is invalid: it must be a folder, e.g. data.data_dir=data "
-                                 "(the MNIST files are then read from data/MNIST/raw/).")
-        for key, value in (("data.batch_size", batch_size), ("data.eval_batch_size", eval_batch_size)):
-            if not is_whole(value) or value < 1:
-                raise UserInputError(f"{key}={value} is invalid: it must be a positive integer.")
-        if not is_whole(val_size) or val_size < 1:
-            raise UserInputError(
-                f"data.val_size={val_size} is invalid: it must be an integer >= 1 (validation picks the best checkpoint)."
-            )
-        if not is_whole(split_seed):
-            raise UserInputError(f"data.split_seed={split_seed} is invalid: it must be an integer (fixed, so runs share a validation set).")
+        check_data_settings(data_dir, download, batch_size, eval_batch_size, val_size, split_seed, shuffle_seed,
+                            mean, std, drop_last, device)
         if shuffle_seed is None:  # seed=null, an unseeded run: draw one; it is saved with the hyperparameters
             shuffle_seed = secrets.randbits(31)
-        elif not is_whole(shuffle_seed) or shuffle_seed < 0:
-            raise UserInputError(f"data.shuffle_seed={shuffle_seed} is invalid: it must be an integer >= 0 (it follows `seed`) or null.")
-        for key, value in (("data.mean", mean), ("data.std", std)):
-            if not is_number(value):
-                raise UserInputError(f"{key}={value} is invalid: it must be a number.")
-        if std <= 0:
-            raise UserInputError(f"data.std={std} is invalid: it must be > 0.")
-        for key, value in (("data.download", download), ("data.drop_last", drop_last)):
-            require_true_or_false(key, value)
-        check_device_setting(device)
         # Rebinding the argument before save_hyperparameters stores the validated plain dict, defaults filled in.
         augment = augment_settings(augment)
         self.save_hyperparameters()
@@ -202,24 +182,3 @@ class MNISTDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> TensorBatchLoader:
         return self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)
 
-
-DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
-
-
-def check_device_setting(device: str) -> None:
-    """Reject a `data.device` that names no device, or a CUDA device this machine does not have."""
-    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or _is_cuda_index(device)):
-        raise UserInputError(f"data.device={device!r} is invalid: it must be {DEVICE_CHOICES}.")
-    if device.startswith("cuda"):
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device.partition(":")[2] or 0)
-        if index >= count:
-            raise UserInputError(
-                f"data.device={device!r} is invalid: this machine has {count} CUDA device(s). "
-                f"Use {DEVICE_CHOICES} (auto follows the trainer's device)."
-            )
-
-
-def _is_cuda_index(device: str) -> bool:
-    prefix, _, index = device.partition(":")
-    return prefix == "cuda" and index.isdigit()
