@@ -1,5 +1,6 @@
 """Config-driven MNIST experiments: PyTorch Lightning + Hydra + TensorBoard."""
 
+import hashlib
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -8,16 +9,35 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
-def job_dirname(job_num: int, override_dirname: str, max_length: int = 120) -> str:
-    """A sweep job's folder name: its number and overrides, without path separators, kept short
-    enough for file systems (a hash keeps truncated names unique)."""
-    import hashlib
+def job_dirname(job_num: int, overrides: list[str], swept: set[str] | frozenset[str] = frozenset(),
+                exclude: list[str] | tuple[str, ...] = (), max_length: int = 120) -> str:
+    """A sweep job's folder name: its number and overrides, as Hydra's override_dirname but with the swept keys
+    first, so a name cut short (with a hash keeping it unique) still says what the job is; no path separators."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    name = f"{job_num}_{override_dirname}".replace("/", "-") if override_dirname else str(job_num)
+    parsed = [override for override in OverridesParser.create().parse_overrides(list(overrides))
+              if override.key_or_group not in exclude]
+    lines = sorted((override.key_or_group not in swept, override.input_line) for override in parsed)
+    name = f"{job_num}_{','.join(line for _, line in lines)}".replace("/", "-") if lines else str(job_num)
     if len(name) > max_length:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
         name = f"{name[: max_length - 9]}~{digest}"
     return name
+
+
+def swept_keys(sweep_dir: str) -> set[str]:
+    """The keys a sweep varies (comma lists and sweep functions on its command line, hydra.sweeper.params), from the
+    multirun.yaml Hydra writes into the sweep folder before the first job starts; none if it cannot be read."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        record = OmegaConf.to_container(OmegaConf.load(Path(sweep_dir) / "multirun.yaml").hydra, resolve=False)
+        lines = list(record["overrides"]["task"])
+        lines += [f"{key}={value}" for key, value in (record["sweeper"].get("params") or {}).items()]
+        return {override.key_or_group for override in OverridesParser.create().parse_overrides(lines)
+                if override.is_sweep_override()}
+    except Exception:  # only the order of the names depends on it
+        return set()
 
 
 def empty_list_groups(arguments: list[str]) -> list[str]:
@@ -87,9 +107,9 @@ def resume_sweep_dir(ckpt_path: str | None, training: bool, new_sweep_dir: str) 
     return str(job_dir.parent) if job_dir else new_sweep_dir
 
 
-def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, override_dirname: str) -> str:
+def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overrides, exclude, sweep_dir: str) -> str:
     job_dir = _resumed_sweep_job(ckpt_path, training)
-    return job_dir.name if job_dir else job_dirname(job_num, override_dirname)
+    return job_dir.name if job_dir else job_dirname(job_num, overrides, swept_keys(sweep_dir), exclude)
 
 
 def config_options(group: str) -> str:

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from src import CONFIG_DIR, PROJECT_ROOT, job_dirname
+from src import CONFIG_DIR, PROJECT_ROOT, job_dirname, swept_keys
 from src.utils.hparams import HPARAM_METRICS, run_hparams
 from src.utils.sweep_summary import markdown_table, write_summary
 from tests.conftest import compose_config, ctrl_c_as_in_a_terminal, run_module
@@ -60,7 +60,9 @@ def test_two_job_sweep_is_comparable_in_tensorboard(tmp_path, synthetic_data_dir
 
     job_dirs = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
     assert [p.name.split("_", 1)[0] for p in job_dirs] == ["0", "1"]
-    assert "model=mlp" in job_dirs[0].name and "model=cnn" in job_dirs[1].name
+    # What varies comes first (Hydra sorts alphabetically), so a name cut to its first 120 characters still says it.
+    assert [p.name for p in job_dirs] == ["0_model=mlp,data.batch_size=32,data.val_size=80,trainer.max_epochs=1",
+                                          "1_model=cnn,data.batch_size=32,data.val_size=80,trainer.max_epochs=1"]
 
     sessions = []
     for job_dir in job_dirs:
@@ -276,10 +278,22 @@ def test_hparams_show_the_runs_own_settings(tmp_path):
 
 
 def test_job_dirnames_are_flat_short_and_unique():
-    assert job_dirname(3, "model=cnn,model.optimizer.lr=0.003") == "3_model=cnn,model.optimizer.lr=0.003"
-    assert "/" not in job_dirname(0, "experiment=a/b")
-    long_a, long_b = job_dirname(1, "x=" + "a" * 300), job_dirname(1, "x=" + "a" * 299 + "b")
+    assert job_dirname(3, ["model.optimizer.lr=0.003", "model=cnn"]) == "3_model.optimizer.lr=0.003,model=cnn"
+    assert "/" not in job_dirname(0, ["experiment=a/b"])
+    long_a, long_b = job_dirname(1, ["x=" + "a" * 300]), job_dirname(1, ["x=" + "a" * 299 + "b"])
     assert len(long_a) <= 120 and long_a != long_b
+
+
+def test_job_dirnames_put_the_swept_keys_first_and_leave_out_the_excluded(tmp_path):
+    (tmp_path / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: [model=mlp, 'seed=range(1,3)', data.val_size=100, ++trainer.limit_train_batches=2]\n"
+        "  sweeper:\n    params:\n      model.optimizer.lr: 0.001,0.003\n      data.batch_size: '64'\n")
+    assert swept_keys(str(tmp_path)) == {"seed", "model.optimizer.lr"}
+    job = ["model=mlp", "seed=2", "data.val_size=100", "++trainer.limit_train_batches=2", "model.optimizer.lr=0.003",
+           "data.data_dir=/x/y", "data.batch_size=64"]
+    assert job_dirname(4, job, swept_keys(str(tmp_path)), exclude=["data.data_dir"]) == (
+        "4_model.optimizer.lr=0.003,seed=2,++trainer.limit_train_batches=2,data.batch_size=64,data.val_size=100,model=mlp")
+    assert swept_keys(str(tmp_path / "elsewhere")) == set()  # no record: Hydra's alphabetical order
 
 
 def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_data_dir):
