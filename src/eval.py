@@ -25,6 +25,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     checkpoint = read_checkpoint(cfg.ckpt_path)  # first, so a bad path fails before any other work (and imports)
     from src.models.loading import load_classifier
+    from src.utils.hparams import log_run_hparams
     from src.utils.instantiate import build
     from src.utils.run import build_trainer, finish_run, start_run, test_or_report_interruption
 
@@ -43,6 +44,7 @@ def evaluate(cfg: DictConfig) -> dict:
         **{key: float(value) for key, value in results.items()},
         "wall_seconds": round(time.perf_counter() - started, 2),
     }
+    log_run_hparams(loggers, cfg, model, trainer, checkpoint)  # a row in the HParams table, as for a training run
     finish_run(metrics, output_dir, loggers)
     return metrics
 

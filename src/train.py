@@ -26,7 +26,7 @@ def train(cfg: DictConfig) -> dict:
     """Fit and/or test as `cfg` says; returns the metrics also written to `<run dir>/metrics.json`."""
     started_run = time.perf_counter()
     from src.models.checkpoint_file import read_checkpoint
-    from src.utils.hparams import log_hparams_session, run_hparams, trained_settings
+    from src.utils.hparams import log_run_hparams
     from src.utils.instantiate import build
     from src.utils.config_io import save_config
     from src.utils.run import build_trainer, finish_run, is_rank_zero, start_run, test_or_report_interruption
@@ -43,7 +43,6 @@ def train(cfg: DictConfig) -> dict:
     # A resume in the checkpoint's own run folder saves config.yaml only after its fit: a refused one changes nothing.
     resuming_in_place = resuming and resumed_job_dir(ckpt_path, True) == Path(cfg.paths.output_dir).resolve()
     output_dir = start_run(cfg, save=not resuming_in_place)
-    model_config, trained = cfg.model, None  # what the HParams row describes: this run's config, or the checkpoint's
     if ckpt_path and not cfg.get("train"):
         from src.models.checkpoint_file import normalization
         from src.models.loading import classifier_like
@@ -51,8 +50,6 @@ def train(cfg: DictConfig) -> dict:
         # Testing a checkpoint: rebuild its own network (class and sizes) and preprocessing, whatever `model` and
         # `data.mean/std` say in this run.
         model = classifier_like(checkpoint)
-        model_config = {"_target_": checkpoint["model_class"], **checkpoint["hyper_parameters"]}
-        trained = trained_settings(checkpoint)
         mean, std = normalization(checkpoint)
         log.info("Testing %s as saved in %s", type(model).__name__, ckpt_path)
         datamodule = build(cfg.data, _convert_="all", mean=mean, std=std)
@@ -94,10 +91,8 @@ def train(cfg: DictConfig) -> dict:
         metrics.update({key: float(value) for key, value in results.items()})
         metrics["tested_checkpoint"] = ckpt_path or None
 
-    if trainer.is_global_zero:
-        # The precision Lightning used: it runs 16-mixed as bf16-mixed on a CPU.
-        ran = {"trainer/precision": str(trainer.precision), **(trained or {})}
-        log_hparams_session(loggers, run_hparams(cfg, sum(p.numel() for p in model.parameters()), model_config, ran))
+    # The HParams row describes this run's config, or for a checkpoint tested alone, the checkpoint's.
+    log_run_hparams(loggers, cfg, model, trainer, None if cfg.get("train") else checkpoint)
     metrics["wall_seconds"] = round(time.perf_counter() - started_run, 2)
     finish_run(metrics, output_dir, loggers)
     return metrics

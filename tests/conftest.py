@@ -79,3 +79,15 @@ def ctrl_c_as_in_a_terminal() -> None:
     """For a child process: Ctrl-C (SIGINT) handled as in a terminal. A test run started in the background of
     a script (CI) ignores it, and children inherit that: Ctrl-C tests would then test nothing."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def hparams_values(run_dir: Path) -> dict[str, object]:
+    """The run's row in TensorBoard's HParams tab."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator.Reload()
+    content = accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    start = HParamsPluginData.FromString(content).session_start_info
+    return {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}

@@ -22,7 +22,7 @@ from src.eval import evaluate
 from src.models.checkpoint_file import CheckpointError
 from src.models.loading import load_classifier
 from src.train import train
-from tests.conftest import compose_config, run_module, tiny_run_overrides
+from tests.conftest import compose_config, hparams_values, run_module, tiny_run_overrides
 
 
 class StopAfterEpoch(pl.Callback):
@@ -59,6 +59,7 @@ def test_eval_reproduces_the_metrics_training_reported(tmp_path, trained_run, sy
         assert (tmp_path / name).exists(), name
     assert (tmp_path / "misclassified.png").exists() == (evaluated["test/acc"] < 1)  # only when there are mistakes
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert hparams_values(tmp_path) == hparams_values(trained_run)  # a row with the checkpoint's settings
 
 
 def test_checkpoints_load_weights_only(trained_run):

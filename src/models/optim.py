@@ -73,4 +73,4 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total
             scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
         else:
             scheduler = cosine
-    return {"scheduler": scheduler, "interval": "step"}
+    return {"scheduler": scheduler, "interval": "step", "name": "lr"}  # the chart's tag, whatever the optimizer

@@ -30,7 +30,7 @@ def run_hparams(
         "model/arch": arch,
         "model/parameters": num_parameters,
         "model/dropout": float(model.get("dropout", 0.0)),
-        "model/batch_norm": bool(model.get("batch_norm", False)),
+        "model/batch_norm": "true" if model.get("batch_norm", False) else "false",  # a bool would show as 1.0/0.0
         "model/label_smoothing": float(model.get("label_smoothing", 0.0)),
         "optimizer/name": str(optimizer.get("name", "adam")),
         "optimizer/lr": float(optimizer.get("lr", 0.0)),
@@ -75,15 +75,37 @@ def _describe_augment(augment: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(augment.items()) if k != "enabled")
 
 
+def log_run_hparams(loggers, cfg: DictConfig, model, trainer, tested_checkpoint: dict | None = None) -> None:
+    """The run's HParams session (from rank zero); for a checkpoint tested without training, the settings it was
+    trained with. The precision is the one Lightning used: it runs 16-mixed as bf16-mixed on a CPU."""
+    if not trainer.is_global_zero:
+        return
+    model_config, ran = None, {"trainer/precision": str(trainer.precision)}
+    if tested_checkpoint is not None:
+        model_config = {"_target_": tested_checkpoint["model_class"], **tested_checkpoint["hyper_parameters"]}
+        ran.update(trained_settings(tested_checkpoint))
+    log_hparams_session(loggers, run_hparams(cfg, sum(p.numel() for p in model.parameters()), model_config, ran))
+
+
+HPARAMS_FILE_SUFFIX = ".hparams"
+
+
 def log_hparams_session(loggers, hparams: dict) -> None:
-    """Write the HParams session into each TensorBoard logger's run. Metric values are not written
-    here: TensorBoard reads them from the scalars already logged under the HPARAM_METRICS tags."""
+    """Write the HParams session into each TensorBoard logger's run, in an event file of its own that replaces the
+    one an earlier attempt of the run wrote (a resume, an extension): TensorBoard shows only the first session it
+    reads in a run. Metric values are not written here: TensorBoard reads them from the scalars already logged
+    under the HPARAM_METRICS tags."""
+    from pathlib import Path
+
     from pytorch_lightning.loggers import TensorBoardLogger
     from torch.utils.tensorboard.summary import hparams as hparams_summaries
+    from torch.utils.tensorboard.writer import FileWriter
 
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
-            writer = logger.experiment._get_file_writer()
+            for earlier in Path(logger.log_dir).glob(f"events.out.tfevents.*{HPARAMS_FILE_SUFFIX}"):
+                earlier.unlink()
+            writer = FileWriter(logger.log_dir, filename_suffix=HPARAMS_FILE_SUFFIX)
             for summary in hparams_summaries(hparams, {key: 0.0 for key in HPARAM_METRICS}):
                 writer.add_summary(summary)
-            writer.flush()
+            writer.close()

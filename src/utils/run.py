@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ReportedError, ResumeRefused, RunInterrupted, UserInputError
 from src.utils.atomic_files import write_json_atomically
@@ -70,15 +70,25 @@ def build_trainer(cfg: DictConfig):
         if cfg.trainer.get(switch) is False:
             callbacks = [cb for cb in callbacks if not isinstance(cb, kind)]
     loggers = instantiate_entries(cfg.get("logger"), "logger")
-    if not loggers and any(isinstance(cb, LearningRateMonitor) for cb in callbacks):
-        # Lightning refuses a learning-rate monitor without a logger; with none, there is nowhere to log to.
-        log.info("No logger configured (logger=[]): the learning rate is not logged.")
+    if any(isinstance(cb, LearningRateMonitor) for cb in callbacks) and (reason := _learning_rate_not_charted(cfg, loggers)):
+        log.info("%s", reason)
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                     refused_by=(MisconfigurationException, ValueError))
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not one a user configured
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     return trainer, loggers
+
+
+def _learning_rate_not_charted(cfg: DictConfig, loggers: list) -> str | None:
+    """Why the learning-rate monitor is left out, if it is."""
+    if not loggers:  # Lightning refuses a learning-rate monitor without a logger; there is nowhere to log to
+        return "No logger configured (logger=[]): the learning rate is not logged."
+    scheduler = OmegaConf.select(cfg, "model.scheduler", default=None)
+    if "model" in cfg and (scheduler is None or scheduler.get("name", "none") == "none"):
+        # Nothing to chart, and Lightning would name the curve after the optimizer (lr-Adam), not `lr`.
+        return "No learning-rate schedule (model.scheduler.name=none): the learning rate stays at model.optimizer.lr."
+    return None
 
 
 def is_rank_zero() -> bool:
