@@ -108,6 +108,9 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
     where = f"{saved[0].dirpath}/{saved[0].filename}{saved[0].FILE_EXTENSION}" if saved else None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        if any(isinstance(callback, GracefulStop) and callback.stopped_at_epoch_end for callback in trainer.callbacks):
+            at = f"at the end of epoch {trainer.current_epoch - 1} (after its validation), step {trainer.global_step}"
+            raise RunInterrupted(_stopped("Ctrl-C", at, where), exit_code=130)
     except ValueError as err:  # Lightning checks this only once it knows the epoch's length
         if "val_check_interval" not in str(err):
             raise
@@ -120,13 +123,9 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         ) from err
     except INTERRUPTIONS as stop:
         by_ctrl_c = "Ctrl-C" in str(stop)
-        raise RunInterrupted(
-            f"Training stopped by {'Ctrl-C' if by_ctrl_c else 'SIGTERM'} at epoch {trainer.current_epoch}, "
-            f"step {trainer.global_step}. "
-            + (f"Saved {where}; resume with: python -m src.train {original_overrides()} {ckpt_override(where)}" if where
-               else "No checkpoint callback was configured, so nothing was saved."),
-            exit_code=130 if by_ctrl_c else 143,
-        ) from stop
+        at = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
+        raise RunInterrupted(_stopped("Ctrl-C" if by_ctrl_c else "SIGTERM", at, where),
+                             exit_code=130 if by_ctrl_c else 143) from stop
     except (SystemExit, KeyboardInterrupt) as stop:  # a second Ctrl-C, or one before training began: no save
         if not aborted_by_ctrl_c(stop):
             raise
@@ -143,6 +142,12 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         for callback in trainer.callbacks:
             if isinstance(callback, GracefulStop):
                 callback.give_back_ctrl_c()
+
+
+def _stopped(by: str, at: str, saved: str | None) -> str:
+    return f"Training stopped by {by} {at}. " + (
+        f"Saved {saved}; resume with: python -m src.train {original_overrides()} {ckpt_override(saved)}" if saved
+        else "No checkpoint callback was configured, so nothing was saved.")
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -16,7 +16,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from src.callbacks.safety import StopRequested
+from src.callbacks.safety import GracefulStop
 from src.errors import RunInterrupted
 from src.eval import evaluate
 from src.models.checkpoint_file import CheckpointError
@@ -93,14 +93,16 @@ def test_resume_is_exact(tmp_path, synthetic_data_dir, averaging):
 
 
 class InterruptAtStep(pl.Callback):
-    """Stops training after optimizer step `step`, as Ctrl-C would (a checkpoint is saved at that batch)."""
+    """Ctrl-C during the batch of optimizer step `step`: the run's own GracefulStop then stops after that batch, where
+    it stands among the callbacks (a checkpoint is saved at that batch)."""
 
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step:
-            raise StopRequested("Ctrl-C")
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step - 1:
+            (graceful_stop,) = [cb for cb in trainer.callbacks if isinstance(cb, GracefulStop)]
+            graceful_stop._request_stop(signal.SIGINT, None)
 
 
 class SignalDuringTest(pl.Callback):
@@ -169,6 +171,23 @@ def test_resume_from_the_middle_of_an_epoch_is_exact(tmp_path, synthetic_data_di
     # The learning curves too: epoch 1's training loss and accuracy cover all its batches, not those after a resume.
     curves = [[state["history"] for name, state in w["callbacks"].items() if "DiagnosticFigures" in name][0] for w in weights]
     assert curves[0] == curves[1] and len(curves[0]) == 2
+
+
+def test_a_ctrl_c_in_an_epochs_last_batch_stops_after_its_validation_and_resumes_exactly(tmp_path, synthetic_data_dir):
+    """Stopped at once, that epoch would never be validated (a resume starts with the next): no epoch000.ckpt, and
+    another checkpoint tested."""
+    common = ["model=mlp", "trainer.max_epochs=2"]
+    straight = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "straight"), *common]))
+    run = [*tiny_run_overrides(synthetic_data_dir, tmp_path / "first"), *common]
+    stop = [f"+callbacks.stop._target_={__name__}.InterruptAtStep", "+callbacks.stop.step=10"]  # epoch 0's last batch
+    with pytest.raises(RunInterrupted, match=r"Training stopped by Ctrl-C at the end of epoch 0 \(after its validation\), "
+                                             r"step 10\. Saved .*last\.ckpt; resume with: python -m src\.train "):
+        train(compose_config([*run, *stop]))
+    assert (tmp_path / "first" / "checkpoints" / "epoch000.ckpt").exists()
+    resumed = train(compose_config([*run, f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"]))
+    for key in ("val/acc_best", "test/acc", "test/loss"):
+        assert resumed[key] == straight[key], key
+    assert Path(resumed["tested_checkpoint"]).name == Path(straight["tested_checkpoint"]).name
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path, trained_run):

@@ -51,10 +51,11 @@ class GracefulStop(pl.Callback):
 
     def __init__(self) -> None:
         self._requested = False
+        self.stopped_at_epoch_end = False
         self._previous_handler = None
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._requested = False
+        self._requested = self.stopped_at_epoch_end = False
         if threading.current_thread() is threading.main_thread():  # signals can only be caught there
             self._previous_handler = signal.signal(signal.SIGINT, self._request_stop)
 
@@ -68,7 +69,11 @@ class GracefulStop(pl.Callback):
         # DivergenceGuard, if there is one, stops at its next check instead, before anything is saved.
         guarded = any(isinstance(cb, DivergenceGuard) for cb in trainer.callbacks)
         if self._requested and (_loss_is_finite(outputs) or not guarded):
-            raise StopRequested("Ctrl-C")
+            if not trainer.is_last_batch:
+                raise StopRequested("Ctrl-C")
+            # Stopped now, the epoch would never be validated: a resume starts with the next one. So the fit ends as
+            # an early stop does, after this epoch's validation and checkpoints; the caller reports the stop.
+            trainer.should_stop = self.stopped_at_epoch_end = True
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self.give_back_ctrl_c()

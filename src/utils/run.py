@@ -47,6 +47,7 @@ def build_trainer(cfg: DictConfig):
     from pytorch_lightning.plugins.io import TorchCheckpointIO
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+    from src.callbacks.safety import GracefulStop
     from src.utils.checkpoint_io import AtomicCheckpointIO
     from src.utils.instantiate import build, instantiate_entries
 
@@ -69,6 +70,9 @@ def build_trainer(cfg: DictConfig):
                          ("enable_checkpointing", ModelCheckpoint)):
         if cfg.trainer.get(switch) is False:
             callbacks = [cb for cb in callbacks if not isinstance(cb, kind)]
+    # Ctrl-C's stop is raised in GracefulStop's on_train_batch_end, so that hook must come after every other
+    # callback's (weight averaging must count the batch), as Lightning's SIGTERM stop comes after all of them.
+    callbacks = sorted(callbacks, key=lambda callback: isinstance(callback, GracefulStop))
     loggers = instantiate_entries(cfg.get("logger"), "logger")
     if any(isinstance(cb, LearningRateMonitor) for cb in callbacks) and (reason := _learning_rate_not_charted(cfg, loggers)):
         log.info("%s", reason)
