@@ -49,7 +49,7 @@ def empty_list_groups(arguments: list[str]) -> list[str]:
 
 def run_command_line(main) -> None:
     """`main()` of an entry point (a @hydra.main function), with its command line's paths quoted and
-    `logger=null`/`callbacks=null` read as none; `hydra.job.chdir=true` and `paths.output_dir` refused."""
+    `logger=null`/`callbacks=null` read as none; `hydra.job.chdir=true` refused."""
     import sys
 
     from src.utils.path_overrides import quote_paths
@@ -64,10 +64,6 @@ def run_command_line(main) -> None:
         # folder, and a resume would take its checkpoint's run for a new one and overwrite that run's records.
         sys.exit("hydra.job.chdir=true is not supported: every run already writes all its files into its own folder "
                  "(hydra.run.dir), whatever the working directory. Leave it out.")
-    if any(argument.lstrip("+~").partition("=")[0] == "paths.output_dir" for argument in sys.argv[1:]):
-        # Hydra's own records and the log would stay in hydra.run.dir, the rest of the run would go elsewhere.
-        sys.exit("paths.output_dir is the run's own folder, the one Hydra creates: set hydra.run.dir=<folder> instead "
-                 "(hydra.sweep.dir=<folder> for a -m sweep).")
     sys.argv[1:] = empty_list_groups(quote_paths(sys.argv[1:]))
     main()
 

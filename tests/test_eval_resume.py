@@ -326,6 +326,16 @@ def test_resuming_with_another_validation_split_is_refused(tmp_path, trained_run
         train(cfg)
 
 
+def test_resuming_with_another_seed_is_refused(tmp_path, trained_run, synthetic_data_dir):
+    """The batch order follows the seed: a resume that forgot seed=... would continue another run than it claims."""
+    from src.errors import UserInputError
+
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "data.mean=0.5", "data.std=0.6",
+                          "seed=7", f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"])  # trained with seed 42
+    with pytest.raises(UserInputError, match=r"was trained with other data settings \(seed=42\)"):
+        train(cfg)
+
+
 def test_a_refused_resume_names_the_overrides_of_the_run_that_saved_the_checkpoint(tmp_path):
     from src.utils.resume_check import overrides_that_wrote
 

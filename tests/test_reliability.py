@@ -209,14 +209,16 @@ def test_changing_the_working_directory_is_refused(tmp_path, spelling):
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("override", ["paths.output_dir=elsewhere", "++paths.output_dir=elsewhere"])
-def test_moving_the_output_folder_alone_is_refused(tmp_path, override):
+@pytest.mark.parametrize("entry_point", ["src.train", "src.predict"])
+def test_an_output_folder_apart_from_the_run_folder_is_refused(tmp_path, entry_point):
     """It would split a run: Hydra's records and the log in hydra.run.dir, checkpoints and results elsewhere."""
-    result = run_module("src.train", override, f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == ("paths.output_dir is the run's own folder, the one Hydra creates: set "
-                                     "hydra.run.dir=<folder> instead (hydra.sweep.dir=<folder> for a -m sweep).")
-    assert not (tmp_path / "run").exists() and not (PROJECT_ROOT / "elsewhere").exists()
+    result = run_module(entry_point, f"paths.output_dir={tmp_path / 'elsewhere'}", f"hydra.run.dir={tmp_path / 'run'}",
+                        timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output
+    assert (f"paths.output_dir={tmp_path / 'elsewhere'} is not this run's folder ({tmp_path / 'run'}), the one Hydra "
+            "makes for it: set hydra.run.dir=<folder> instead (hydra.sweep.dir=<folder> for a -m sweep).") in output
+    assert not (tmp_path / "elsewhere").exists()
 
 
 @pytest.mark.parametrize("module", ["src.train", "src.eval", "src.predict"])

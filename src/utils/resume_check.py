@@ -9,13 +9,14 @@ from omegaconf import OmegaConf
 from src.utils.command_words import ckpt_override, shell_words
 
 # Data settings a run must keep: which images validate (changed mid-run, the best score so far would have been
-# measured on other images, and images would move between training and validation), and the input normalization.
-FIXED_DATA_KEYS = ("val_size", "split_seed", "mean", "std")
+# measured on other images, and images would move between training and validation), the input normalization, and
+# the seed of the batch order (it follows `seed`: a resume that forgot seed=7 would not continue the same run).
+FIXED_DATA_KEYS = ("val_size", "split_seed", "mean", "std", "shuffle_seed")
 
 
 def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbacks: list) -> None:
     """Fail before any work if the checkpoint (`ckpt_path`, read) was trained with another model config, validation
-    split or normalization, or holds averaged weights this run would not average on, naming the overrides of the run
+    split, normalization or seed, or holds averaged weights this run would not average on, naming the overrides of the run
     that wrote it (they must be repeated to resume)."""
     from pytorch_lightning.callbacks import WeightAveraging
 
@@ -23,8 +24,8 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
 
     this_class = f"{type(model).__module__}.{type(model).__qualname__}"
     trained_data = checkpoint.get("datamodule_hyper_parameters") or {}
-    data_changes = [f"data.{key}={trained_data[key]}" for key in FIXED_DATA_KEYS
-                     if key in trained_data and trained_data[key] != datamodule.hparams[key]]
+    data_changes = [f"seed={trained_data[key]}" if key == "shuffle_seed" else f"data.{key}={trained_data[key]}"
+                    for key in FIXED_DATA_KEYS if key in trained_data and trained_data[key] != datamodule.hparams[key]]
     if checkpoint["model_class"] != this_class or checkpoint["hyper_parameters"] != dict(model.hparams):
         trained_with = f"a different model config ({checkpoint['model_class']}, {checkpoint['hyper_parameters']})"
     elif data_changes:
