@@ -73,6 +73,10 @@ def train(cfg: DictConfig) -> dict:
         if resuming_in_place and is_rank_zero():
             save_config(cfg, output_dir)
         metrics["fit_seconds"] = round(time.perf_counter() - started, 2)
+        import torch  # loaded by now
+
+        # The CPU results depend on it (sums split over threads round differently); parallel sweep jobs use fewer.
+        metrics["cpu_threads"] = torch.get_num_threads()
         metrics["epochs"] = trainer.current_epoch
         if model.best_val_acc() is not None:
             metrics["val/acc_best"] = model.best_val_acc()

@@ -207,6 +207,8 @@ def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synt
     assert len(logs) == 2
     for log_file in logs:
         assert f"using {threads} CPU threads" in log_file.read_text()
+        # Recorded, since the CPU results depend on it: a job repeated alone needs OMP_NUM_THREADS=<that number>.
+        assert json.loads((log_file.parent / "metrics.json").read_text())["cpu_threads"] == threads
 
 
 def test_submitit_local_launcher(tmp_path, synthetic_data_dir):
