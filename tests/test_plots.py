@@ -36,6 +36,22 @@ def test_confusion_matrix_title_and_row_labels_give_overall_and_per_digit_accura
     assert labels[3] == "3  (90.0%)" and labels[5] == "5  (100.0%)"
 
 
+def test_the_counts_on_dark_cells_are_white_so_the_largest_error_stays_readable():
+    confusion = torch.zeros(10, 10, dtype=torch.long)
+    confusion.fill_diagonal_(90)
+    confusion[4, 9], confusion[7, 1] = 10, 1  # the darkest cell, and a pale one
+    texts = {text.get_text(): text.get_color() for text in confusion_matrix_figure(confusion, "test").axes[0].texts}
+    assert texts["10"] == "white" and texts["1"] == "black" and texts["90"] == "tab:green"
+
+
+def test_the_training_loss_curve_names_its_label_smoothing():
+    """Smoothing keeps the training loss far above the validation loss by design: the legend must say why."""
+    loss_ax = learning_curves_figure([_row(0, 0.9), _row(1, 0.95)], label_smoothing=0.1).axes[0]
+    assert [text.get_text() for text in loss_ax.get_legend().get_texts()] == ["train (label smoothing 0.1)", "val"]
+    loss_ax = learning_curves_figure([_row(0, 0.9)]).axes[0]
+    assert [text.get_text() for text in loss_ax.get_legend().get_texts()] == ["train", "val"]
+
+
 def test_a_digit_without_images_has_no_accuracy_on_the_confusion_matrix():
     confusion = torch.zeros(10, 10, dtype=torch.long)
     confusion[1, 1] = 2
@@ -43,11 +59,13 @@ def test_a_digit_without_images_has_no_accuracy_on_the_confusion_matrix():
     assert labels[1] == "1  (100.0%)" and labels[0] == "0  (no images)"
 
 
-def test_long_sweep_labels_are_cut_to_fit_and_say_so():
-    rows = [{"job": "0_model=cnn", "varied": "model=cnn", "status": "ok", "val/acc_best": 0.99, "test/acc": 0.98},
-            {"job": "1_x", "varied": "model.optimizer.lr=0.003 model.channels=[32,64,128] data.batch_size=256", "status": "ok",
-             "val/acc_best": 0.97, "test/acc": 0.96}]
+def test_sweep_labels_show_what_varies_in_short_and_cut_in_the_middle():
+    rows = [{"job": f"{n}_x", "status": "ok", "val/acc_best": 0.99, "test/acc": 0.98,
+             "varied": f"model.optimizer.lr=0.001 model.optimizer.weight_decay={wd}"} for n, wd in enumerate((0, 0.0001))]
     labels = [label.get_text() for label in sweep_figure(rows).axes[0].get_yticklabels()]
-    assert labels[0] == "0: model=cnn"
-    assert labels[1] == "1: model.optimizer.lr=0.003 model.channels=[32,…"  # 48 characters
-    assert short_label("six_photo_of_a_digit.png", 16) == "six_photo_of_a…"  # no "_" left before the ellipsis
+    assert labels == ["0: lr=0.001 weight_decay=0", "1: lr=0.001 weight_decay=0.0001"]
+    # Keys whose last parts coincide stay whole; a label still too long loses its middle, not its distinct end.
+    rows = [{**rows[0], "varied": "model.optimizer.lr=0.001 data.augment.degrees=10 callbacks.ema.lr=5 seed=1"}]
+    (label,) = [label.get_text() for label in sweep_figure(rows).axes[0].get_yticklabels()]
+    assert label == "0: model.optimizer.lr=0…allbacks.ema.lr=5 seed=1" and len(label) == 48
+    assert short_label("IMG_20261124_135501.png", 16) == "IMG_202…5501.png"

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from src.errors import UserInputError
@@ -75,16 +74,18 @@ class DiagnosticFigures(pl.Callback):
 
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.history and trainer.is_global_zero:
-            self._log(trainer, "learning_curves", learning_curves_figure(self.history), trainer.global_step, "learning_curves.png")
+            figure = learning_curves_figure(self.history, pl_module.hparams.get("label_smoothing", 0.0))
+            self._log(trainer, "learning_curves", figure, trainer.global_step, "learning_curves.png")
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         images, labels = batch
-        losses = F.cross_entropy(outputs, labels, reduction="none")
-        wrong = outputs.argmax(1) != labels
-        candidates = (images[wrong].cpu(), labels[wrong].cpu(), outputs[wrong].softmax(1).cpu(), losses[wrong].cpu())
+        probs = outputs.softmax(1)
+        confidence, predicted = probs.max(1)
+        wrong = predicted != labels
+        candidates = (images[wrong].cpu(), labels[wrong].cpu(), probs[wrong].cpu(), confidence[wrong].cpu())
         if self._mistakes is not None:
             candidates = tuple(torch.cat(pair) for pair in zip(self._mistakes, candidates))
-        keep = candidates[3].argsort(descending=True)[: self.num_mistakes]  # the worst: least probability on the true label
+        keep = candidates[3].argsort(descending=True)[: self.num_mistakes]  # the most confidently wrong
         self._mistakes = tuple(t[keep] for t in candidates)
 
     def on_test_end(self, trainer, pl_module) -> None:
@@ -100,7 +101,7 @@ class DiagnosticFigures(pl.Callback):
             images, labels, probs, _ = self._mistakes
             predicted = probs.argmax(1)
             captions = [f"{p} ({probs[i, p]:.0%}), true {t}" for i, (p, t) in enumerate(zip(predicted.tolist(), labels.tolist()))]
-            title = "worst test mistakes: prediction (confidence), true label"
+            title = "most confident test mistakes: prediction (confidence), true label"
             self._log(trainer, "test/misclassified", digit_sheet(images, captions, [True] * len(captions), title), step, "misclassified.png")
         self._mistakes = None
 

@@ -2,5 +2,9 @@
 
 
 def short_label(text: str, limit: int) -> str:
-    """`text` cut to `limit` characters, ending in "…" when cut, so a caption or axis label fits its place."""
-    return text if len(text) <= limit else text[: limit - 1].rstrip("._- ") + "…"
+    """`text` cut to `limit` characters in the middle, with "…" there: the start and the end (where file names and
+    override lists differ: IMG_2026…5512.png) both stay readable."""
+    if len(text) <= limit:
+        return text
+    head = (limit - 1) // 2
+    return text[:head] + "…" + text[len(text) - (limit - 1 - head):]

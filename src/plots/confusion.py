@@ -14,7 +14,8 @@ def confusion_matrix_figure(confusion: torch.Tensor, title: str) -> Figure:
 
     figure = Figure(figsize=(6.4, 5.6), layout="constrained")
     ax = figure.subplots()
-    image = ax.imshow(off_diagonal.numpy(), cmap="Reds", vmin=0, vmax=max(off_diagonal.max().item(), 1e-3))
+    vmax = max(off_diagonal.max().item(), 1e-3)
+    image = ax.imshow(off_diagonal.numpy(), cmap="Reds", vmin=0, vmax=vmax)
     figure.colorbar(image, ax=ax, label="share of the true digit's images (off-diagonal)")
     size = counts.shape[0]
     for true in range(size):
@@ -22,8 +23,10 @@ def confusion_matrix_figure(confusion: torch.Tensor, title: str) -> Figure:
             count = counts[true, predicted].item()
             if count:
                 on_diagonal = true == predicted
-                ax.text(predicted, true, str(count), ha="center", va="center", fontsize=7,
-                        color="tab:green" if on_diagonal else "black", fontweight="bold" if on_diagonal else None)
+                # White on the dark cells: the largest error is the darkest, and its count the one to read.
+                color = "tab:green" if on_diagonal else "white" if off_diagonal[true, predicted] > vmax / 2 else "black"
+                ax.text(predicted, true, str(count), ha="center", va="center", fontsize=7, color=color,
+                        fontweight="bold" if on_diagonal else None)
     ax.set_xticks(range(size))
     images = counts.sum(dim=1)
     per_class = counts.diag().float() / images.clamp(min=1)

@@ -6,9 +6,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 
-def learning_curves_figure(history: Sequence[dict[str, float]]) -> Figure:
+def learning_curves_figure(history: Sequence[dict[str, float]], label_smoothing: float = 0.0) -> Figure:
     """Loss and accuracy per epoch, train vs validation. `history`: one dict per epoch with keys
-    `epoch`, `train/loss`, `val/loss`, `train/acc`, `val/acc` (missing keys are skipped)."""
+    `epoch`, `train/loss`, `val/loss`, `train/acc`, `val/acc` (missing keys are skipped). `label_smoothing`: the
+    training loss's, named in its legend: it keeps that loss well above the validation loss by design."""
     figure = Figure(figsize=(10, 4), layout="constrained")
     loss_ax, acc_ax = figure.subplots(1, 2)
     epochs = [row["epoch"] for row in history]
@@ -17,7 +18,8 @@ def learning_curves_figure(history: Sequence[dict[str, float]]) -> Figure:
             key = f"{split}/{metric}"
             points = [(e, row[key]) for e, row in zip(epochs, history) if key in row]
             if points:
-                ax.plot(*zip(*points), style, label=split)
+                smoothed = split == "train" and metric == "loss" and label_smoothing > 0
+                ax.plot(*zip(*points), style, label=f"train (label smoothing {label_smoothing:g})" if smoothed else split)
         ax.set_xlabel("epoch")
         if len(set(epochs)) == 1:
             ax.set_xticks(epochs)  # the locator would otherwise label one point's padding with fractions

@@ -9,7 +9,8 @@ def sweep_figure(rows: list[dict]) -> Figure:
     """Horizontal bars per job: best validation and test accuracy; failed jobs are labelled as such."""
     figure = Figure(figsize=(9, 1.0 + 0.5 * len(rows)), layout="constrained")
     ax = figure.subplots()
-    labels = [short_label(f"{row['job'].split('_', 1)[0]}: {row['varied']}", 48) for row in rows]
+    varied = _with_short_keys([row["varied"] for row in rows])
+    labels = [short_label(f"{row['job'].split('_', 1)[0]}: {text}", 48) for row, text in zip(rows, varied)]
     positions = range(len(rows))
     for offset, key, color in ((-0.2, "val/acc_best", "tab:blue"), (0.2, "test/acc", "tab:orange")):
         values = [row[key] if row["status"] == "ok" and row[key] is not None else 0.0 for row in rows]
@@ -28,3 +29,18 @@ def sweep_figure(rows: list[dict]) -> Figure:
     ax.set_title("sweep: best validation and test accuracy per job")
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never over a bar's label
     return figure
+
+
+def _with_short_keys(varied: list[str]) -> list[str]:
+    """Each "key=value ..." with the keys' last parts only (model.optimizer.lr -> lr), unless two keys would then
+    read the same."""
+    keys = {word.partition("=")[0] for text in varied for word in text.split() if "=" in word}
+    short = {key: key.rsplit(".", 1)[-1] for key in keys}
+    if len(set(short.values())) < len(keys):
+        return varied
+
+    def shorten(word: str) -> str:
+        key, equals, value = word.partition("=")
+        return f"{short[key]}={value}" if equals else word
+
+    return [" ".join(shorten(word) for word in text.split()) for text in varied]
