@@ -137,8 +137,10 @@ def test_an_interrupted_test_pass_is_reported_not_taken_for_success(tmp_path, tr
         (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
         advice = output.split("test this one with: python -m src.eval ")[1].splitlines()[0]
         assert advice.endswith(f"ckpt_path={best}") and f"data.data_dir={synthetic_data_dir}" in advice
+        assert "paths.output_dir" not in advice  # the training run's folder: src.eval writes one of its own
         tested = run_module("src.eval", *shlex.split(advice), f"hydra.run.dir={tmp_path / 'eval'}")
         assert tested.returncode == 0, tested.stderr[-3000:]  # the advice works as printed
+        assert (tmp_path / "eval" / "metrics.json").exists() and not (run_dir / "metrics.json").exists()
 
 
 # With OneCycle, Lightning builds the train loader before restoring its loops (for the total step count),
@@ -282,6 +284,24 @@ def test_printed_overrides_reach_hydra_as_typed():
 
     overrides = ["callbacks=[default,ema]", "model.channels=[8,16]", "data.data_dir=/tmp/my data", "ckpt_path=x.ckpt", "seed=1"]
     assert shlex.split(shell_words(overrides)) == [o for o in overrides if not o.startswith("ckpt_path=")]
+
+
+def test_the_eval_advice_leaves_out_the_training_runs_output_folder(tmp_path, monkeypatch):
+    """src.eval writes a run folder of its own: a paths.output_dir among the training run's overrides (allowed when it
+    names the run's folder) must not send the test's files into the training run, nor be refused there as not its folder."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from src import CONFIG_DIR
+    from src.utils.command_words import eval_overrides
+
+    overrides = ["model=mlp", f"paths.output_dir={tmp_path}", f"++paths.output_dir={tmp_path}", "data.batch_size=64",
+                 "trainer.max_epochs=3"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # put back as it was after the test
+    HydraConfig.instance().set_config(cfg)
+    assert eval_overrides() == "data.batch_size=64 ++trainer.max_epochs=3 "
 
 
 def test_resuming_continues_in_the_checkpoints_run_dir(trained_run):
@@ -439,6 +459,20 @@ def test_resuming_a_finished_run_in_a_moved_folder_tests_its_own_best_checkpoint
     keys = torch.load(last, weights_only=True)["callbacks"]
     assert any(key.startswith("ModelCheckpoint{'monitor': 'val/acc'") for key in keys), list(keys)
     assert any(key.startswith("ResumableCheckpoint{") for key in keys), list(keys)
+
+
+def test_extending_a_run_in_a_moved_folder_trains_and_checkpoints_there(tmp_path, synthetic_data_dir):
+    """A run folder moved, then extended by an epoch: every checkpoint path the resumed state names must follow the
+    folder (Lightning looks the k-th best one up among the best checkpoints at the first validation)."""
+    common = ["model=mlp", "model.scheduler.name=none"]  # no OneCycle schedule: a run can be extended
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *common]))
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    extended = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), *common,
+                                     "trainer.max_epochs=2", f"ckpt_path={last}"]))
+    assert extended["epochs"] == 2
+    assert Path(extended["best_model_path"]).parent == tmp_path / "b" / "checkpoints"
+    assert not (tmp_path / "a").exists()  # nothing written back into the old place
 
 
 def test_a_moved_run_folder_keeps_its_best_score_so_a_worse_epoch_cannot_become_the_best(tmp_path):

@@ -130,6 +130,12 @@ def test_swapped_files_are_rejected(data_dir):
         load_split(data_dir, "train")
 
 
+def test_images_of_another_size_are_rejected(data_dir):
+    write_idx(raw_dir(data_dir) / "train-images-idx3-ubyte.gz", np.zeros((50, 32, 32), dtype=np.uint8))  # not MNIST's
+    with pytest.raises(MNISTDataError, match=r"train-images-idx3-ubyte.gz: images are \(32, 32\), expected 28×28"):
+        load_split(data_dir, "train")
+
+
 def test_image_and_label_counts_must_agree(data_dir):
     write_idx(raw_dir(data_dir) / "train-labels-idx1-ubyte.gz", np.zeros(49, dtype=np.uint8))
     with pytest.raises(MNISTDataError, match="50 images but .* 49 labels"):

@@ -1,10 +1,13 @@
 """The figures' content, checked on the matplotlib objects rather than on pixels."""
 
 import torch
+from matplotlib.colors import same_color
 
-from src.plots.confusion import confusion_matrix_figure
+from src.callbacks.figures import DiagnosticFigures
 from src.plots import short_label
+from src.plots.confusion import confusion_matrix_figure
 from src.plots.curves import learning_curves_figure
+from src.plots.digit_sheet import digit_sheet
 from src.plots.sweep import sweep_figure
 
 
@@ -69,3 +72,48 @@ def test_sweep_labels_show_what_varies_in_short_and_cut_in_the_middle():
     (label,) = [label.get_text() for label in sweep_figure(rows).axes[0].get_yticklabels()]
     assert label == "0: model.optimizer.lr=0…allbacks.ema.lr=5 seed=1" and len(label) == 48
     assert short_label("IMG_20261124_135501.png", 16) == "IMG_202…5501.png"
+
+
+def test_confusion_matrix_colours_are_shares_of_each_true_digits_images():
+    confusion = torch.zeros(10, 10, dtype=torch.long)
+    confusion[1, 1], confusion[1, 7], confusion[7, 7] = 2, 2, 6  # half the 1s read as 7; column 7 holds 8 images
+    (image,) = confusion_matrix_figure(confusion, "test").axes[0].images
+    expected = torch.zeros(10, 10)
+    expected[1, 7] = 0.5  # the diagonal is left white: the errors stand out
+    assert image.get_array().tolist() == expected.tolist()
+
+
+def test_the_mistakes_kept_for_the_picture_are_the_most_confident_ones_first():
+    """Collected over several test batches: misclassified.png shows the `num_mistakes` mistakes made with the most
+    confidence (not those with the highest loss: an image split between two wrong digits has more loss, less confidence)."""
+    figures = DiagnosticFigures(output_dir="unused", num_mistakes=3)
+    # (image number, true digit, logits for the digits 1 and 2; 0 for the others). The pixels hold the number.
+    batches = [((0, 0, [1.0, 0.0]), (1, 0, [4.0, 0.0]), (2, 1, [8.0, 0.0])),  # image 2: read right, however sure
+               ((3, 0, [3.0, 0.0]), (4, 0, [5.0, 5.0]), (5, 0, [6.0, 0.0]))]  # image 4: 49% sure, the second-highest loss
+    for batch in batches:
+        numbers, labels, wrong = zip(*batch)
+        logits = torch.zeros(3, 10)
+        logits[:, 1:3] = torch.tensor(wrong)
+        images = torch.tensor(numbers, dtype=torch.float).reshape(3, 1, 1, 1).expand(3, 1, 28, 28)
+        figures.on_test_batch_end(None, None, logits, (images, torch.tensor(labels)), batch_idx=0)
+    images, kept_labels, probs, confidence = figures._mistakes
+    assert images[:, 0, 0, 0].tolist() == [5.0, 1.0, 3.0] and kept_labels.tolist() == [0, 0, 0]
+    assert confidence.tolist() == probs.max(1).values.tolist() == sorted(confidence.tolist(), reverse=True)
+
+
+def test_flagged_digits_have_red_captions_and_frames():
+    sheet = digit_sheet(torch.zeros(2, 28, 28), ["a", "b"], [False, True])
+    plain, flagged = sheet.axes
+    assert same_color(flagged.title.get_color(), "tab:red") and not same_color(plain.title.get_color(), "tab:red")
+    assert [same_color(patch.get_edgecolor(), "tab:red") for patch in flagged.patches] == [True] and not plain.patches
+
+
+def test_sweep_bars_show_each_jobs_accuracies_and_a_failed_job_says_why():
+    rows = [{"job": "0_model=cnn", "varied": "model=cnn", "status": "ok", "val/acc_best": 0.99, "test/acc": 0.98, "error": ""},
+            {"job": "1_model=mlp", "varied": "model=mlp", "status": "failed", "val/acc_best": None, "test/acc": None,
+             "error": "CUDA out of memory"}]
+    ax = sweep_figure(rows).axes[0]
+    val_bars, test_bars = ax.containers  # blue, then orange
+    assert [bar.get_width() for bar in val_bars] == [0.99, 0.0]
+    assert [bar.get_width() for bar in test_bars] == [0.98, 0.0]
+    assert "failed: CUDA out of memory" in [text.get_text() for text in ax.texts]

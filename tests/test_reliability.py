@@ -171,11 +171,20 @@ def test_bad_checkpoint_paths(tmp_path, caplog, good_checkpoint, case):
         bad.touch()
     elif case == "text":
         bad.write_text("hello\n")
-    elif case == "foreign":
-        torch.save({"state_dict": {"w": torch.zeros(2)}}, bad)
+    elif case == "foreign":  # a Lightning checkpoint of another project: weights and hyperparameters, no model_class
+        torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {"lr": 0.1}, "epoch": 0}, bad)
     cfg = compose_config([*tiny_run_overrides(data_dir, tmp_path / "run"), "model=mlp", f"ckpt_path={bad}"])
     expect_clean_failure(cfg, caplog, message, checkpoint)
     assert not (tmp_path / "run" / "config.yaml").exists()  # refused before the run folder is filled
+
+
+def test_a_test_limit_of_zero_is_allowed_when_testing_is_off(tmp_path):
+    """limit_test_batches=0 is refused only because it would test on nothing ("no test batches" above)."""
+    from src.utils.run import build_trainer
+
+    trainer, _ = build_trainer(compose_config(["test=false", "++trainer.limit_test_batches=0", "trainer=cpu",
+                                               f"paths.output_dir={tmp_path}"]))
+    assert trainer.limit_test_batches == 0
 
 
 def test_a_test_limit_that_leaves_no_batch_is_one_line_after_training(tmp_path, synthetic_data_dir, caplog):
@@ -499,6 +508,31 @@ def test_callbacks_without_the_usual_checkpoint_are_allowed_when_chosen_delibera
     from src.utils.validate import validate_train_config
 
     validate_train_config(compose_config([*overrides, f"paths.output_dir={tmp_path}"]))
+
+
+@pytest.mark.parametrize("overrides", [
+    ["trainer.log_every_n_steps=0"],  # turns step logging off
+    ["trainer.deterministic=warn"],  # Lightning's own third choice
+    ["train=false", "model=cnn", "data.batch_size=1"],  # batch norm needs 2 images per batch to train, not to test
+], ids=["no step logging", "deterministic warn", "testing batch norm on batches of 1"])
+def test_edge_values_that_are_valid_are_accepted(tmp_path, overrides):
+    from src.utils.validate import validate_train_config
+
+    validate_train_config(compose_config([*overrides, f"paths.output_dir={tmp_path}"]))
+
+
+def test_a_ctrl_c_that_ends_a_run_gives_ctrl_c_back_to_python():
+    """Lightning leaves Ctrl-C ignored after its sys.exit(1); a program that goes on after the run (a sweep's next job,
+    a notebook) must be interruptible again."""
+    from src.callbacks.safety import aborted_by_ctrl_c
+
+    previous_handler = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        assert aborted_by_ctrl_c(KeyboardInterrupt())
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
 
 
 @pytest.mark.parametrize("chosen, fixed", [("early_stopping", "early_stopping"), ("[early_stopping,ema]", "early_stopping,ema")])

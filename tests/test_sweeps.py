@@ -225,13 +225,17 @@ def test_summary_table_shows_accuracies_to_four_places_and_seconds_to_two():
 
 
 def test_one_damaged_metrics_file_does_not_cost_the_summary_of_the_others(tmp_path):
-    for job, metrics_text in (("0_seed=1", '{"status": "ok", "val/acc_best": 0.98}'), ("1_seed=2", '{"status": "o')):
+    # Job 1's file was cut short (a full disk, say); job 2's is JSON, but not the object a run writes.
+    for job, metrics_text in (("0_seed=1", '{"status": "ok", "val/acc_best": 0.98}'), ("1_seed=2", '{"status": "o'),
+                              ("2_seed=3", "[]")):
         (tmp_path / job / ".hydra").mkdir(parents=True)
         (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job[-1]}\n")
         (tmp_path / job / "metrics.json").write_text(metrics_text)
     rows = write_summary(tmp_path)
-    assert [(row["status"], row["val/acc_best"]) for row in rows] == [("ok", 0.98), ("unreadable metrics.json", None)]
+    assert [(row["status"], row["val/acc_best"]) for row in rows] == [("ok", 0.98), ("unreadable metrics.json", None),
+                                                                     ("unreadable metrics.json", None)]
     assert "JSONDecodeError" in rows[1]["error"] and (tmp_path / "summary.md").exists()
+    assert rows[2]["error"] == "not a JSON object"
 
 
 def test_the_summary_lists_jobs_in_number_order_and_marks_what_varies(tmp_path):
@@ -244,6 +248,16 @@ def test_the_summary_lists_jobs_in_number_order_and_marks_what_varies(tmp_path):
     assert [row["job"].split("_")[0] for row in rows] == [str(number) for number in range(12)]
     assert [row["val/acc_best"] for row in rows] == [number / 100 for number in range(12)]
     assert rows[11]["varied"] == "seed=11"  # model=mlp is the same in every job
+
+
+def test_a_one_job_sweep_lists_all_its_overrides_as_what_varies(tmp_path):
+    """Nothing differs between the jobs of a one-job sweep: its row still names its settings, not an empty label."""
+    job = tmp_path / "0_model=mlp,seed=3"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- model=mlp\n- seed=3\n")
+    (job / "metrics.json").write_text(json.dumps({"status": "ok", "val/acc_best": 0.97}))
+    (row,) = write_summary(tmp_path)
+    assert row["varied"] == row["overrides"] == "model=mlp seed=3"
 
 
 def test_sweep_and_launcher_configs_compose():
@@ -304,7 +318,7 @@ def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_dat
     plain_lr = "model.scheduler.name=none"
     assert multirun(sweep_dir, synthetic_data_dir, "model=mlp", plain_lr, "seed=1,2").returncode == 0
     job_dir = next(sweep_dir.glob("1_*"))
-    first_events = set((job_dir / "tensorboard").rglob("events*"))
+    first_events = {path for path in (job_dir / "tensorboard").rglob("events*") if path.suffix != ".hparams"}
 
     # What a resubmission after pre-emption does: the same overrides plus ckpt_path, no sweep folder given.
     result = run_module(
@@ -320,6 +334,7 @@ def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_dat
     assert metrics["epochs"] == 2 and metrics["resumed_from"].startswith(str(job_dir))
     assert "dirpath has changed" not in output  # so the best checkpoint's score carried over
     assert first_events < set((job_dir / "tensorboard").rglob("events*"))  # curves continue in the same run
+    assert len(list((job_dir / "tensorboard").rglob("*.hparams"))) == 1  # the resumed run's HParams row replaced the first
     assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok", "ok"]  # both jobs still summarized
     (earlier_record,) = sweep_dir.glob("multirun-*.yaml")  # the sweep's own, kept beside the resubmission's
     assert "seed=1,2" in earlier_record.read_text() and "seed=1,2" not in (sweep_dir / "multirun.yaml").read_text()
