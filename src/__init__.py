@@ -47,6 +47,16 @@ def empty_list_groups(arguments: list[str]) -> list[str]:
             for argument in arguments]
 
 
+def require_config_dir() -> None:
+    """Exit with advice when conf/ is not beside src/: `pip install .` copies src/ alone into site-packages."""
+    import sys
+
+    if not CONFIG_DIR.is_dir():
+        sys.exit(f"No configs found: {CONFIG_DIR} does not exist. This project runs from its own folder, where conf/, "
+                 "data/ and outputs/ lie beside src/: install it there with `pip install -e .` and run the commands "
+                 "from that folder.")
+
+
 def run_command_line(main) -> None:
     """`main()` of an entry point (a @hydra.main function), with its command line's paths quoted and
     `logger=null`/`callbacks=null` read as none; `hydra.job.chdir=true` refused."""
@@ -54,10 +64,7 @@ def run_command_line(main) -> None:
 
     from src.utils.path_overrides import quote_paths
 
-    if not CONFIG_DIR.is_dir():  # `pip install .` copies src/ into site-packages, without conf/ beside it
-        sys.exit(f"No configs found: {CONFIG_DIR} does not exist. This project runs from its own folder, where conf/, "
-                 "data/ and outputs/ lie beside src/: install it there with `pip install -e .` and run the commands "
-                 "from that folder.")
+    require_config_dir()
     changes_directory = {"hydra.job.chdir=" + value for value in ("true", "yes", "y", "on", "1")}  # as OmegaConf reads a bool
     if changes_directory & {argument.lstrip("+").lower() for argument in sys.argv[1:]}:
         # Relative paths given on the command line (ckpt_path, inputs, data.data_dir) would be read inside the new run

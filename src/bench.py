@@ -27,7 +27,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from src import CONFIG_DIR, PROJECT_ROOT
+from src import CONFIG_DIR, PROJECT_ROOT, require_config_dir
 from src.bench_loops import interleaved_fits, plain_training, synchronize
 
 
@@ -102,6 +102,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="synthetic data, one repeat: a smoke test")
     parser.add_argument("--plain-process", action="store_true", help=argparse.SUPPRESS)  # the plain script of item 3
     args = parser.parse_args()
+    require_config_dir()
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: it must be 1 or more (the median of that many interleaved runs).")
     if args.plain_process:

@@ -27,7 +27,8 @@ def evaluate(cfg: DictConfig) -> dict:
     from src.models.loading import load_classifier
     from src.utils.hparams import log_run_hparams
     from src.utils.instantiate import build
-    from src.utils.run import build_trainer, finish_run, start_run, test_or_report_interruption
+    from src.utils.run import finish_run, start_run, test_or_report_interruption
+    from src.utils.trainer_setup import build_trainer
 
     model, checkpoint = load_classifier(cfg.ckpt_path, checkpoint)
     output_dir = start_run(cfg)

@@ -29,7 +29,8 @@ def train(cfg: DictConfig) -> dict:
     from src.utils.hparams import log_run_hparams
     from src.utils.instantiate import build
     from src.utils.config_io import save_config
-    from src.utils.run import build_trainer, finish_run, is_rank_zero, start_run, test_or_report_interruption
+    from src.utils.run import finish_run, is_rank_zero, start_run, test_or_report_interruption
+    from src.utils.trainer_setup import build_trainer
     from src.utils.validate import validate_train_config
 
     validate_train_config(cfg)  # before any work: a bad value fails in a second, not after loading data
@@ -112,8 +113,8 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
     where = f"{saved[0].dirpath}/{saved[0].filename}{saved[0].FILE_EXTENSION}" if saved else None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        if any(isinstance(callback, GracefulStop) and callback.stopped_at_epoch_end for callback in trainer.callbacks):
-            at = f"at the end of epoch {trainer.current_epoch - 1} (after its validation), step {trainer.global_step}"
+        if any(isinstance(callback, GracefulStop) and callback.stop_requested for callback in trainer.callbacks):
+            at = f"at the end of epoch {trainer.current_epoch - 1}, step {trainer.global_step}"
             raise RunInterrupted(_stopped("Ctrl-C", at, where), exit_code=130)
     except ValueError as err:  # Lightning checks this only once it knows the epoch's length
         if "val_check_interval" not in str(err):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pytest
@@ -69,7 +70,7 @@ def test_trainer_options_build(tmp_path, option):
     cfg = compose_config([f"trainer={option}", f"paths.output_dir={tmp_path}"])
     if cfg.trainer.accelerator == "gpu" and not torch.cuda.is_available():
         from src.errors import UserInputError
-        from src.utils.run import build_trainer
+        from src.utils.trainer_setup import build_trainer
 
         with pytest.raises(UserInputError, match="torch finds no CUDA GPU here. Use the default trainer"):
             build_trainer(cfg)  # one clear message instead of Lightning's MisconfigurationException
@@ -87,7 +88,7 @@ def test_experiments_compose_and_build(tmp_path, option, synthetic_data_dir):
 
 
 def test_trainer_arguments_can_be_added_from_the_command_line(tmp_path):
-    from src.utils.run import build_trainer
+    from src.utils.trainer_setup import build_trainer
 
     cfg = compose_config(["++trainer.gradient_clip_val=0.5", f"paths.output_dir={tmp_path}"])
     trainer, _ = build_trainer(cfg)
@@ -147,12 +148,13 @@ def test_paths_reach_hydra_as_typed(path):
 
     from src.utils.path_overrides import quote_paths
 
+    expanded = os.path.expanduser(path)  # as a shell would: Hydra would make a folder named ~ for hydra.run.dir
     for key in ("inputs", "+ckpt_path", "data.data_dir", "paths.log_dir", "hydra.run.dir"):
         (argument,) = quote_paths([f"{key}={path}"])
-        assert OverridesParser.create().parse_override(argument).value() == path, argument
+        assert OverridesParser.create().parse_override(argument).value() == expanded, argument
     if "," not in path:  # in a list, a comma separates paths
         (argument,) = quote_paths([f"inputs=[{path},/b.png]"])
-        assert OverridesParser.create().parse_override(argument).value() == [path, "/b.png"], argument
+        assert OverridesParser.create().parse_override(argument).value() == [expanded, "/b.png"], argument
 
 
 def test_a_sweep_over_paths_keeps_each_path_whole(tmp_path):

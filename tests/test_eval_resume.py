@@ -105,6 +105,15 @@ class InterruptAtStep(pl.Callback):
             graceful_stop._request_stop(signal.SIGINT, None)
 
 
+class InterruptDuringLastValidation(pl.Callback):
+    """Ctrl-C during the final epoch's validation, after which no training batch comes to stop at."""
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == trainer.max_epochs - 1:
+            (graceful_stop,) = [cb for cb in trainer.callbacks if isinstance(cb, GracefulStop)]
+            graceful_stop._request_stop(signal.SIGINT, None)
+
+
 class SignalDuringTest(pl.Callback):
     """Sends this process a real signal after the first test batch: SIGTERM, as SLURM's pre-emption would, or
     SIGINT, as Ctrl-C would."""
@@ -182,14 +191,22 @@ def test_a_ctrl_c_in_an_epochs_last_batch_stops_after_its_validation_and_resumes
     straight = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "straight"), *common]))
     run = [*tiny_run_overrides(synthetic_data_dir, tmp_path / "first"), *common]
     stop = [f"+callbacks.stop._target_={__name__}.InterruptAtStep", "+callbacks.stop.step=10"]  # epoch 0's last batch
-    with pytest.raises(RunInterrupted, match=r"Training stopped by Ctrl-C at the end of epoch 0 \(after its validation\), "
-                                             r"step 10\. Saved .*last\.ckpt; resume with: python -m src\.train "):
+    with pytest.raises(RunInterrupted, match=r"Training stopped by Ctrl-C at the end of epoch 0, step 10\. "
+                                             r"Saved .*last\.ckpt; resume with: python -m src\.train "):
         train(compose_config([*run, *stop]))
     assert (tmp_path / "first" / "checkpoints" / "epoch000.ckpt").exists()
     resumed = train(compose_config([*run, f"ckpt_path={tmp_path / 'first' / 'checkpoints' / 'last.ckpt'}"]))
     for key in ("val/acc_best", "test/acc", "test/loss"):
         assert resumed[key] == straight[key], key
     assert Path(resumed["tested_checkpoint"]).name == Path(straight["tested_checkpoint"]).name
+
+
+def test_a_ctrl_c_during_the_last_validation_stops_the_run_before_testing(tmp_path, synthetic_data_dir):
+    """Training has finished by then, but the user asked to stop: no test pass, and the resume command tests."""
+    stop = [f"+callbacks.stop._target_={__name__}.InterruptDuringLastValidation"]
+    with pytest.raises(RunInterrupted, match=r"Training stopped by Ctrl-C at the end of epoch 0, step 10\. Saved "):
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", *stop]))
+    assert (tmp_path / "checkpoints" / "epoch000.ckpt").exists() and not (tmp_path / "metrics.json").exists()
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path, trained_run):
@@ -354,6 +371,14 @@ def test_resuming_with_another_seed_is_refused(tmp_path, trained_run, synthetic_
                           "seed=7", f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"])  # trained with seed 42
     with pytest.raises(UserInputError, match=r"was trained with other data settings \(seed=42\)"):
         train(cfg)
+    # A run that set the shuffle seed itself is told so (the checkpoint records the overrides that saved it).
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["command_overrides"] = ["model=mlp", "data.shuffle_seed=42"]
+    torch.save(checkpoint, tmp_path / "own_seed.ckpt")
+    with pytest.raises(UserInputError, match=r"other data settings \(data.shuffle_seed=42\)\. To resume, repeat the "
+                                             r"overrides of the run that saved it: python -m src.train model=mlp data.shuffle_seed=42 "):
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "data.mean=0.5",
+                              "data.std=0.6", "seed=7", f"ckpt_path={tmp_path / 'own_seed.ckpt'}"]))
 
 
 def test_a_refused_resume_names_the_overrides_of_the_run_that_saved_the_checkpoint(tmp_path):

@@ -81,7 +81,7 @@ def test_recipes_compose_with_the_promised_settings(tmp_path):
     assert fast.trainer.max_epochs == 1 and not fast.data.augment.enabled
     from pytorch_lightning.callbacks import ModelSummary
 
-    from src.utils.run import build_trainer
+    from src.utils.trainer_setup import build_trainer
 
     trainer, _ = build_trainer(fast)  # no model summary printed first (a configured summary callback ran anyway)
     assert not fast.trainer.enable_model_summary and not any(isinstance(cb, ModelSummary) for cb in trainer.callbacks)

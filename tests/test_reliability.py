@@ -97,6 +97,8 @@ CONFIG_CASES = {
     "validation interval beyond the epoch": (["+trainer.val_check_interval=500"],
                                              "trainer.val_check_interval=500 is more than the 10 training batches of an "
                                              "epoch, so validation would never run; nothing was trained. Use at most 10"),
+    "validation every 0 batches": (["+trainer.val_check_interval=0"],
+                                   "trainer.val_check_interval=0 is invalid: it must be a number of training batches >= 1"),
     "validation every 0 epochs": (["trainer.check_val_every_n_epoch=0"], "trainer.check_val_every_n_epoch=0 is invalid"),
     "accumulating 0 batches": (["++trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is invalid"),
     "log interval as text": (["trainer.log_every_n_steps=abc"], "trainer.log_every_n_steps=abc is invalid: it must be an integer >= 0"),
@@ -180,7 +182,7 @@ def test_bad_checkpoint_paths(tmp_path, caplog, good_checkpoint, case):
 
 def test_a_test_limit_of_zero_is_allowed_when_testing_is_off(tmp_path):
     """limit_test_batches=0 is refused only because it would test on nothing ("no test batches" above)."""
-    from src.utils.run import build_trainer
+    from src.utils.trainer_setup import build_trainer
 
     trainer, _ = build_trainer(compose_config(["test=false", "++trainer.limit_test_batches=0", "trainer=cpu",
                                                f"paths.output_dir={tmp_path}"]))
@@ -230,7 +232,7 @@ def test_an_output_folder_apart_from_the_run_folder_is_refused(tmp_path, entry_p
     assert not (tmp_path / "elsewhere").exists()
 
 
-@pytest.mark.parametrize("module", ["src.train", "src.eval", "src.predict"])
+@pytest.mark.parametrize("module", ["src.train", "src.eval", "src.predict", "src.bench"])
 def test_an_installed_copy_without_the_configs_says_how_to_install(tmp_path, module):
     """What `pip install .` (not -e) leaves: src/ in site-packages with no conf/ beside it."""
     site_packages = tmp_path / "site-packages"
@@ -299,7 +301,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, synthetic_data_dir, good_checkpo
 
     from src.data.mnist_datamodule import MNISTDataModule
     from src.models.mlp import MLP
-    from src.utils.run import build_trainer
+    from src.utils.trainer_setup import build_trainer
 
     cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "run"), "model=mlp", "++trainer.max_steps=1",
                           "++trainer.limit_val_batches=0", "logger=[]"])

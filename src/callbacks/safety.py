@@ -51,11 +51,16 @@ class GracefulStop(pl.Callback):
 
     def __init__(self) -> None:
         self._requested = False
-        self.stopped_at_epoch_end = False
         self._previous_handler = None
 
+    @property
+    def stop_requested(self) -> bool:
+        """A Ctrl-C came during this fit. If the fit returned all the same, it came in an epoch's last batch or in
+        the last validation: the caller must report the stop (the epoch's checkpoints were saved as usual)."""
+        return self._requested
+
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._requested = self.stopped_at_epoch_end = False
+        self._requested = False
         if threading.current_thread() is threading.main_thread():  # signals can only be caught there
             self._previous_handler = signal.signal(signal.SIGINT, self._request_stop)
 
@@ -73,7 +78,7 @@ class GracefulStop(pl.Callback):
                 raise StopRequested("Ctrl-C")
             # Stopped now, the epoch would never be validated: a resume starts with the next one. So the fit ends as
             # an early stop does, after this epoch's validation and checkpoints; the caller reports the stop.
-            trainer.should_stop = self.stopped_at_epoch_end = True
+            trainer.should_stop = True
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self.give_back_ctrl_c()

@@ -1,9 +1,11 @@
 """Path settings typed on the command line, quoted for Hydra where its override grammar would refuse them with a
 bare parse error: a sweep job's folder name holds `=` and `,` (3_model=cnn,seed=1), and folders are named with
-brackets, apostrophes, `~` or letters outside ASCII."""
+brackets, apostrophes, `~` or letters outside ASCII. A leading `~` is expanded to the home folder, as a shell would:
+Hydra would create a folder named `~` for hydra.run.dir."""
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -31,6 +33,7 @@ def _quoted_argument(argument: str, sweeping: bool) -> str:
 
 
 def _quote(path: str) -> str:
+    path = os.path.expanduser(path)
     return path if HYDRA_UNQUOTED.fullmatch(path) else '"' + path.replace('"', '\\"') + '"'
 
 

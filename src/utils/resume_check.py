@@ -16,15 +16,18 @@ FIXED_DATA_KEYS = ("val_size", "split_seed", "mean", "std", "shuffle_seed")
 
 def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbacks: list) -> None:
     """Fail before any work if the checkpoint (`ckpt_path`, read) was trained with another model config, validation
-    split, normalization or seed, or holds averaged weights this run would not average on, naming the overrides of the run
-    that wrote it (they must be repeated to resume)."""
+    split, normalization or seed, or holds averaged weights this run would not average on, naming the overrides of
+    the run that wrote it (they must be repeated to resume)."""
     from pytorch_lightning.callbacks import WeightAveraging
 
     from src.errors import ResumeRefused
 
     this_class = f"{type(model).__module__}.{type(model).__qualname__}"
     trained_data = checkpoint.get("datamodule_hyper_parameters") or {}
-    data_changes = [f"seed={trained_data[key]}" if key == "shuffle_seed" else f"data.{key}={trained_data[key]}"
+    saved = _overrides_that_saved(ckpt_path, checkpoint)
+    # The shuffle seed follows `seed`, unless the run set data.shuffle_seed itself.
+    seed_key = "data.shuffle_seed" if any(o.lstrip("+").startswith("data.shuffle_seed=") for o in saved or []) else "seed"
+    data_changes = [f"{seed_key if key == 'shuffle_seed' else 'data.' + key}={trained_data[key]}"
                     for key in FIXED_DATA_KEYS if key in trained_data and trained_data[key] != datamodule.hparams[key]]
     if checkpoint["model_class"] != this_class or checkpoint["hyper_parameters"] != dict(model.hparams):
         trained_with = f"a different model config ({checkpoint['model_class']}, {checkpoint['hyper_parameters']})"
@@ -35,15 +38,19 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
         trained_with = "weight averaging (callbacks.ema), which this run lacks"
     else:
         return
-    saved = checkpoint.get("command_overrides")
-    if saved is None:  # saved outside a Hydra run (a ddp_spawn process) or by an older version: Hydra's records
-        record = overrides_that_wrote(Path(ckpt_path).expanduser().resolve())
-        saved = OmegaConf.load(record) if record else None
     original = shell_words(saved) if saved is not None else "?"
     raise ResumeRefused(
         f"ckpt_path={ckpt_path} was trained with {trained_with}. To resume, repeat the overrides of the run that "
         f"saved it: python -m src.train {original} {ckpt_override(ckpt_path)}"
     )
+
+
+def _overrides_that_saved(ckpt_path: str, checkpoint: dict) -> list[str] | None:
+    saved = checkpoint.get("command_overrides")
+    if saved is None:  # saved outside a Hydra run (a ddp_spawn process) or by an older version: Hydra's records
+        record = overrides_that_wrote(Path(ckpt_path).expanduser().resolve())
+        saved = list(OmegaConf.load(record)) if record else None
+    return saved
 
 
 def overrides_that_wrote(checkpoint: Path) -> Path | None:

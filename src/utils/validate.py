@@ -57,6 +57,10 @@ def validate_train_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)  # null: Lightning's default, or the callback left out
         if value is not None and (not is_whole(value) or value < low):
             raise UserInputError(f"{key}={value} is invalid: it must be an integer >= {low}.")
+    interval = cfg.trainer.get("val_check_interval")
+    if is_whole(interval) and interval < 1:  # 0 batches: a ZeroDivisionError once training runs
+        raise UserInputError(f"trainer.val_check_interval={interval} is invalid: it must be a number of training batches "
+                             ">= 1, or a fraction of an epoch such as 0.25.")
     if cfg.trainer.get("deterministic") not in (None, True, False, "warn"):  # Lightning half applies a text switch
         raise UserInputError(f"trainer.deterministic={cfg.trainer.deterministic} is invalid: it must be true, false or warn.")
     strategy = str(cfg.trainer.get("strategy", "auto"))

@@ -1,0 +1,65 @@
+"""The Lightning Trainer of a run, from the `trainer`, `callbacks` and `logger` groups."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig, OmegaConf
+
+from src.errors import UserInputError
+
+log = logging.getLogger(__name__)
+
+
+def build_trainer(cfg: DictConfig):
+    """(Trainer, loggers) from the `trainer`, `callbacks` and `logger` groups."""
+    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar
+    from pytorch_lightning.plugins.io import TorchCheckpointIO
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    from src.callbacks.safety import GracefulStop
+    from src.utils.checkpoint_io import AtomicCheckpointIO
+    from src.utils.instantiate import build, instantiate_entries
+
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UserInputError(
+                f"trainer.accelerator={accelerator} (trainer=gpu or trainer=ddp), but torch finds no CUDA GPU here. "
+                "Use the default trainer (it picks the GPU when there is one) or trainer=cpu."
+            )
+    if cfg.get("test", True) and cfg.trainer.get("limit_test_batches") == 0:
+        raise UserInputError("trainer.limit_test_batches=0 would test on no images. Use test=false to skip testing "
+                             "(python -m src.train), or a limit above 0.")
+    callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks")
+    # A trainer switch turned off means the callbacks it governs are not wanted: Lightning would refuse them (progress
+    # bar, checkpoints) or still run them (model summary).
+    for switch, kind in (("enable_model_summary", ModelSummary), ("enable_progress_bar", ProgressBar),
+                         ("enable_checkpointing", ModelCheckpoint)):
+        if cfg.trainer.get(switch) is False:
+            callbacks = [cb for cb in callbacks if not isinstance(cb, kind)]
+    # Ctrl-C's stop is raised in GracefulStop's on_train_batch_end, so that hook must come after every other
+    # callback's (weight averaging must count the batch), as Lightning's SIGTERM stop comes after all of them.
+    callbacks = sorted(callbacks, key=lambda callback: isinstance(callback, GracefulStop))
+    loggers = instantiate_entries(cfg.get("logger"), "logger")
+    if any(isinstance(cb, LearningRateMonitor) for cb in callbacks) and (reason := _learning_rate_not_charted(cfg, loggers)):
+        log.info("%s", reason)
+        callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                    refused_by=(MisconfigurationException, ValueError))
+    if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not one a user configured
+        trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    return trainer, loggers
+
+
+def _learning_rate_not_charted(cfg: DictConfig, loggers: list) -> str | None:
+    """Why the learning-rate monitor is left out, if it is."""
+    if not loggers:  # Lightning refuses a learning-rate monitor without a logger; there is nowhere to log to
+        return "No logger configured (logger=[]): the learning rate is not logged."
+    scheduler = OmegaConf.select(cfg, "model.scheduler", default=None)
+    if "model" in cfg and (scheduler is None or scheduler.get("name", "none") == "none"):
+        # Nothing to chart, and Lightning would name the curve after the optimizer (lr-Adam), not `lr`.
+        return "No learning-rate schedule (model.scheduler.name=none): the learning rate stays at model.optimizer.lr."
+    return None
