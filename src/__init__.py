@@ -91,12 +91,18 @@ def resume_run_dir(ckpt_path: str | None, training: bool, new_run_dir: str) -> s
     return str(job_dir) if job_dir else new_run_dir
 
 
+def holds_a_run(folder: Path) -> list[str]:
+    """What in `folder` shows that a run has used it already (its results, its resumable state)."""
+    return [name for name in ("metrics.json", "checkpoints/last.ckpt") if (folder / name).is_file()]
+
+
 def resume_subdir(ckpt_path: str | None, training: bool, output_dir: str, timestamp: str, base: str) -> str:
     """Where a record that a run writes once (Hydra's config and overrides, the CSV log) goes inside the run folder.
     A resume in the checkpoint's own folder writes its own beside the original's, never over it: a refused resume
-    prints the original overrides, and the first run's metrics.csv would be lost."""
+    prints the original overrides, and the first run's metrics.csv would be lost. So does a new run pointed at a
+    folder that holds a run, which is then refused."""
     resumed_here = resumed_job_dir(ckpt_path, training) == Path(output_dir).resolve()
-    return f"{base}/resumed-{timestamp}" if resumed_here else base
+    return f"{base}/resumed-{timestamp}" if resumed_here or holds_a_run(Path(output_dir)) else base
 
 
 def _resumed_sweep_job(ckpt_path: str | None, training: bool) -> Path | None:

@@ -29,7 +29,7 @@ def train(cfg: DictConfig) -> dict:
     from src.utils.hparams import log_run_hparams
     from src.utils.instantiate import build
     from src.utils.config_io import save_config
-    from src.utils.run import finish_run, is_rank_zero, start_run, test_or_report_interruption
+    from src.utils.run import finish_run, is_rank_zero, refuse_a_used_folder, start_run, test_or_report_interruption
     from src.utils.trainer_setup import build_trainer
     from src.utils.validate import validate_train_config
 
@@ -43,6 +43,8 @@ def train(cfg: DictConfig) -> dict:
         cfg.seed = unseeded_run_seed(checkpoint if resuming else None)
     # A resume in the checkpoint's own run folder saves config.yaml only after its fit: a refused one changes nothing.
     resuming_in_place = resuming and resumed_job_dir(ckpt_path, True) == Path(cfg.paths.output_dir).resolve()
+    if not resuming_in_place:
+        refuse_a_used_folder(Path(cfg.paths.output_dir), resumable=bool(cfg.get("train")))
     output_dir = start_run(cfg, save=not resuming_in_place)
     if ckpt_path and not cfg.get("train"):
         from src.models.checkpoint_file import normalization

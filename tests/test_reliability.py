@@ -138,9 +138,10 @@ def expect_clean_failure(cfg, caplog, message: str, checkpoint: Path) -> None:
 
 
 def prepared_run(tmp_path: Path, good_checkpoint: Path) -> tuple[Path, Path]:
-    """A data dir to break and a run dir that already holds a good last.ckpt."""
+    """A data dir to break and a run dir that already holds a good checkpoint (not a last.ckpt: a folder with one is
+    refused as another run's)."""
     data_dir = write_synthetic_mnist(tmp_path / "data")
-    checkpoint = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = tmp_path / "run" / "checkpoints" / "epoch003.ckpt"
     checkpoint.parent.mkdir(parents=True)
     shutil.copy(good_checkpoint, checkpoint)
     return data_dir, checkpoint
@@ -218,6 +219,24 @@ def test_changing_the_working_directory_is_refused(tmp_path, spelling):
     assert result.stderr.strip() == ("hydra.job.chdir=true is not supported: every run already writes all its files "
                                      "into its own folder (hydra.run.dir), whatever the working directory. Leave it out.")
     assert not (tmp_path / "run").exists()
+
+
+def test_a_new_run_in_a_folder_that_holds_one_is_refused_and_changes_nothing(tmp_path, synthetic_data_dir):
+    """A fixed hydra.run.dir run again: the first run's results, last.ckpt and Hydra's record must survive."""
+    run_dir = tmp_path / "run"
+    common = [*tiny_run_overrides(synthetic_data_dir, run_dir), "model=mlp", f"hydra.run.dir={run_dir}"]
+    assert run_module("src.train", *common).returncode == 0
+    last = run_dir / "checkpoints" / "last.ckpt"
+    kept = [run_dir / "metrics.json", last, run_dir / ".hydra" / "overrides.yaml", run_dir / "config.yaml"]
+    before = [path.read_bytes() for path in kept]
+    for entry_point, extra, advice in (("src.train", ["model.dropout=0.5"], f"; to continue that run instead, add ckpt_path={last}."),
+                                       ("src.eval", [f"ckpt_path={last}"], ": each run then gets a new dated folder.")):
+        again = run_module(entry_point, *tiny_run_overrides(synthetic_data_dir, run_dir), f"hydra.run.dir={run_dir}", *extra)
+        output = again.stdout + again.stderr
+        assert again.returncode == 1 and "Traceback" not in output, output[-2000:]
+        assert (f"{run_dir} holds a run already (metrics.json, checkpoints/last.ckpt), which this one would overwrite. "
+                "Choose another hydra.run.dir, or leave it out") in output and advice in output
+    assert [path.read_bytes() for path in kept] == before
 
 
 @pytest.mark.parametrize("entry_point", ["src.train", "src.predict"])

@@ -20,6 +20,21 @@ from src.utils.atomic_files import write_json_atomically
 log = logging.getLogger(__name__)
 
 
+def refuse_a_used_folder(output_dir: Path, resumable: bool) -> None:
+    """A new run in a folder that holds one (a fixed hydra.run.dir run again) would overwrite its results and its
+    last.ckpt. `resumable`: whether to suggest continuing that run instead (training runs)."""
+    from src import holds_a_run
+    from src.utils.command_words import ckpt_override
+
+    found = holds_a_run(output_dir)
+    if found:
+        last = output_dir / "checkpoints" / "last.ckpt"
+        resume = f"; to continue that run instead, add {ckpt_override(str(last))}" if resumable and last.is_file() else ""
+        raise UserInputError(
+            f"{output_dir} holds a run already ({', '.join(found)}), which this one would overwrite. Choose another "
+            f"hydra.run.dir, or leave it out: each run then gets a new dated folder{resume}.")
+
+
 def start_run(cfg: DictConfig, save: bool = True) -> Path:
     """Print and (with `save`) save the config, split CPU threads between parallel sweep jobs, seed everything."""
     import pytorch_lightning as pl
