@@ -210,8 +210,14 @@ def test_a_ctrl_c_during_the_last_validation_stops_the_run_before_testing(tmp_pa
 
 
 def test_bad_checkpoints_are_clear_errors(tmp_path, trained_run):
-    with pytest.raises(CheckpointError, match="no such file"):
+    with pytest.raises(CheckpointError, match="no such file. Checkpoints are in <run dir>/checkpoints/"):
         load_classifier(tmp_path / "missing.ckpt")
+    # The run folder given, or a checkpoint's name mistyped: the checkpoints there are named.
+    there = f"Checkpoints there: {trained_run / 'checkpoints' / 'epoch000.ckpt'}, {trained_run / 'checkpoints' / 'last.ckpt'} "
+    for path, what in ((trained_run, "is a folder"), (trained_run / "checkpoints" / "epoch009.ckpt", "no such file")):
+        with pytest.raises(CheckpointError) as refused:
+            load_classifier(path)
+        assert str(refused.value).startswith(f"ckpt_path={path}: {what}. {there}(last.ckpt: the latest state")
     truncated = tmp_path / "truncated.ckpt"
     truncated.write_bytes((trained_run / "checkpoints" / "last.ckpt").read_bytes()[:5000])
     with pytest.raises(CheckpointError, match="truncated"):

@@ -16,9 +16,17 @@ class CheckpointError(UserInputError):
 def existing_checkpoint(path: str | Path) -> Path:
     """The path, checked to name a file: cheap, so entry points can check it before importing torch."""
     path = Path(path).expanduser()
-    if not path.is_file():
-        raise CheckpointError(f"ckpt_path={path}: no such file. Checkpoints are in <run dir>/checkpoints/.")
-    return path
+    if path.is_file():
+        return path
+    folder = path if path.is_dir() else path.parent  # a run folder given, or a checkpoint's name mistyped
+    for candidates in (folder / "checkpoints", folder):
+        found = sorted(candidates.glob("*.ckpt")) if candidates.is_dir() else []
+        if found:
+            names = ", ".join(str(p) for p in found[:6]) + (", ..." if len(found) > 6 else "")
+            what = "is a folder" if path.is_dir() else "no such file"
+            raise CheckpointError(f"ckpt_path={path}: {what}. Checkpoints there: {names} (last.ckpt: the latest state; "
+                                  "epochNNN.ckpt: the best by validation accuracy).")
+    raise CheckpointError(f"ckpt_path={path}: no such file. Checkpoints are in <run dir>/checkpoints/.")
 
 
 def read_checkpoint(path: str | Path) -> dict:
