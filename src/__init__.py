@@ -71,8 +71,28 @@ def run_command_line(main) -> None:
         # folder, and a resume would take its checkpoint's run for a new one and overwrite that run's records.
         sys.exit("hydra.job.chdir=true is not supported: every run already writes all its files into its own folder "
                  "(hydra.run.dir), whatever the working directory. Leave it out.")
+    for word in words_without_a_key(sys.argv[1:]):
+        sys.exit(f"'{word}' has no key: settings are key=value, such as {_likely_setting(word, Path(sys.argv[0]).stem)}.")
     sys.argv[1:] = empty_list_groups(quote_paths(sys.argv[1:]))
     main()
+
+
+# Hydra's own flags that take the next word as their value (--info takes one optionally).
+_FLAGS_WITH_A_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                       "-cd", "--info", "-i", "--shell-completion", "-sc", "--experimental-rerun"}
+
+
+def words_without_a_key(arguments: list[str]) -> list[str]:
+    """Command-line words that are neither key=value, ~key (delete) nor a flag or its value: a path given alone
+    (`src.eval run/checkpoints/last.ckpt`), which Hydra's grammar refuses with a parse error that names no fix."""
+    return [word for before, word in zip(["", *arguments], arguments)
+            if "=" not in word and not word.startswith(("-", "~")) and before not in _FLAGS_WITH_A_VALUE]
+
+
+def _likely_setting(word: str, entry_point: str) -> str:
+    if word.endswith(".ckpt") or entry_point == "eval":
+        return f"ckpt_path={word}"
+    return f"inputs={word}" if entry_point == "predict" else "model=mlp or trainer.max_epochs=3"
 
 
 def resumed_job_dir(ckpt_path: str | None, training: bool) -> Path | None:

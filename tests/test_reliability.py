@@ -221,6 +221,24 @@ def test_changing_the_working_directory_is_refused(tmp_path, spelling):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("module, words, expected", [
+    ("src.eval", ["runs/a/last.ckpt"], "'runs/a/last.ckpt' has no key: settings are key=value, such as ckpt_path=runs/a/last.ckpt."),
+    ("src.predict", ["ckpt_path=a.ckpt", "zero.jpg"], "'zero.jpg' has no key: settings are key=value, such as inputs=zero.jpg."),
+    ("src.train", ["model=cnn", "mlp"], "'mlp' has no key: settings are key=value, such as model=mlp or trainer.max_epochs=3."),
+])
+def test_a_word_without_a_key_says_how_to_write_it(tmp_path, module, words, expected):
+    """Hydra's grammar error ("extraneous input '/' expecting {EQUAL, ...}") names no fix."""
+    result = run_module(module, *words, f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
+    assert result.returncode == 1 and result.stderr.strip() == expected
+    assert not (tmp_path / "run").exists()
+
+
+def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
+    from src import words_without_a_key
+
+    assert words_without_a_key(["--cfg", "job", "-cn", "eval", "~logger", "-m", "model=mlp,cnn", "--info", "config"]) == []
+
+
 def test_a_new_run_in_a_folder_that_holds_one_is_refused_and_changes_nothing(tmp_path, synthetic_data_dir):
     """A fixed hydra.run.dir run again: the first run's results, last.ckpt and Hydra's record must survive."""
     run_dir = tmp_path / "run"
