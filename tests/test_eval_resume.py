@@ -283,6 +283,16 @@ def test_resuming_with_another_schedule_length_is_refused_before_training(tmp_pa
     assert result.returncode == 1 and "Traceback" not in output, output[-3000:]
     assert "onecycle learning-rate schedule of 10 steps; this run would take 20" in output
     assert last.read_bytes() == before
+    # The overrides to repeat are named, as for the other refused resumes, when the checkpoint records them.
+    checkpoint = torch.load(last, weights_only=True)
+    checkpoint["command_overrides"] = ["model=mlp", "data.mean=0.5", "data.std=0.6"]
+    torch.save(checkpoint, tmp_path / "recorded.ckpt")
+    result = run_module(
+        "src.train", *tiny_run_overrides(synthetic_data_dir, tmp_path / "run2"), "model=mlp", "trainer.max_epochs=2",
+        "data.mean=0.5", "data.std=0.6", f"ckpt_path={tmp_path / 'recorded.ckpt'}", f"hydra.run.dir={tmp_path / 'run2'}",
+    )
+    assert ("resume with the overrides of the run that saved it: python -m src.train model=mlp data.mean=0.5 data.std=0.6 "
+            f"ckpt_path={tmp_path / 'recorded.ckpt'}, or start a new run.") in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize("path", ["outputs/2026-11-24/13-27-54/checkpoints/last.ckpt",

@@ -10,10 +10,11 @@ import torch.nn.functional as F
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
-from src.errors import ResumeRefused, UserInputError
+from src.errors import UserInputError
 from src.models.networks import IMAGE_SIDE, NUM_CLASSES
 from src.models.optim import build_optimizer, build_scheduler
 from src.utils.command_words import command_overrides
+from src.utils.resume_check import check_schedule_length
 from src.utils.rng import capture_rng_states, restore_rng_states
 
 
@@ -176,21 +177,10 @@ class DigitClassifier(pl.LightningModule):
         scheduler = build_scheduler(optimizer, self.hparams.scheduler, int(total_steps))
         if scheduler is None:
             return optimizer
-        self._check_resumed_schedule_length(int(total_steps))
+        check_schedule_length(self.hparams.scheduler["name"], getattr(self, "_resumed_schedule_steps", None),
+                              int(total_steps), self.trainer.ckpt_path, getattr(self, "_resumed_overrides", None))
         self.schedule_steps = int(total_steps)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
-
-    def _check_resumed_schedule_length(self, total_steps: int) -> None:
-        """A resumed schedule continues from its saved state, whose length was fixed when training began:
-        with another length, OneCycle fails mid-run and a cosine would silently climb back up."""
-        saved = getattr(self, "_resumed_schedule_steps", None)
-        if saved is not None and saved != total_steps:
-            name = self.hparams.scheduler["name"]
-            raise ResumeRefused(
-                f"The checkpoint was trained with a {name} learning-rate schedule of {saved} steps; this run would "
-                f"take {total_steps} (trainer.max_epochs, data.batch_size or data.val_size changed). A schedule's "
-                "length is fixed when training starts: resume with the original values, or start a new run."
-            )
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # A plain string, so tools can rebuild the right class from a checkpoint alone.
@@ -206,3 +196,4 @@ class DigitClassifier(pl.LightningModule):
         if "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"])  # so a resumed run continues exactly
         self._resumed_schedule_steps = checkpoint.get("schedule_steps")
+        self._resumed_overrides = checkpoint.get("command_overrides")

@@ -24,7 +24,7 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
 
     this_class = f"{type(model).__module__}.{type(model).__qualname__}"
     trained_data = checkpoint.get("datamodule_hyper_parameters") or {}
-    saved = _overrides_that_saved(ckpt_path, checkpoint)
+    saved = overrides_that_saved(ckpt_path, checkpoint)
     # The shuffle seed follows `seed`, unless the run set data.shuffle_seed itself.
     seed_key = "data.shuffle_seed" if any(o.lstrip("+").startswith("data.shuffle_seed=") for o in saved or []) else "seed"
     data_changes = [f"{seed_key if key == 'shuffle_seed' else 'data.' + key}={trained_data[key]}"
@@ -45,7 +45,8 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
     )
 
 
-def _overrides_that_saved(ckpt_path: str, checkpoint: dict) -> list[str] | None:
+def overrides_that_saved(ckpt_path: str, checkpoint: dict) -> list[str] | None:
+    """The overrides of the run that saved the checkpoint (None: not known), which a refused resume must repeat."""
     saved = checkpoint.get("command_overrides")
     if saved is None:  # saved outside a Hydra run (a ddp_spawn process) or by an older version: Hydra's records
         record = overrides_that_wrote(Path(ckpt_path).expanduser().resolve())
@@ -64,3 +65,22 @@ def overrides_that_wrote(checkpoint: Path) -> Path | None:
     if earlier:
         return earlier[-1]
     return records[0] if records else None
+
+
+def check_schedule_length(name: str, saved_steps: int | None, total_steps: int, ckpt_path: str | None,
+                          saved_overrides: list[str] | None) -> None:
+    """A resumed schedule continues from its saved state, whose length was fixed when training began: with another
+    length, OneCycle fails mid-run and a cosine would silently climb back up. `saved_steps`: the checkpoint's (None:
+    not a resume, or no schedule)."""
+    from src.errors import ResumeRefused
+
+    if saved_steps is None or saved_steps == total_steps:
+        return
+    overrides = overrides_that_saved(ckpt_path, {"command_overrides": saved_overrides})
+    repeat = f": python -m src.train {shell_words(overrides)} {ckpt_override(ckpt_path)}" if overrides is not None else ""
+    raise ResumeRefused(
+        f"The checkpoint was trained with a {name} learning-rate schedule of {saved_steps} steps; this run would take "
+        f"{total_steps} (trainer.max_epochs, data.batch_size, data.val_size, trainer.limit_train_batches or "
+        "trainer.accumulate_grad_batches changed). A schedule's length is fixed when training starts: resume with the "
+        f"overrides of the run that saved it{repeat}, or start a new run."
+    )
