@@ -17,6 +17,11 @@ class ResumeRefused(UserInputError):
     sweep: a resubmission with the wrong overrides must fail loudly and leave the job's folder as it was."""
 
 
+class RunFolderTaken(ResumeRefused):
+    """A new run pointed at a folder that holds one (a fixed hydra.run.dir or hydra.sweep.dir run again). Like a
+    refused resume, it stops even a sweep and leaves the folder as it was."""
+
+
 class TrainingDiverged(ReportedError):
     """The loss became NaN or infinite."""
 

@@ -41,9 +41,9 @@ def train(cfg: DictConfig) -> dict:
         from src.utils.rng import unseeded_run_seed
 
         cfg.seed = unseeded_run_seed(checkpoint if resuming else None)
-    # A resume in the checkpoint's own run folder saves config.yaml only after its fit: a refused one changes nothing.
-    resuming_in_place = resuming and resumed_job_dir(ckpt_path, True) == Path(cfg.paths.output_dir).resolve()
     output_folder = Path(cfg.paths.output_dir).resolve()
+    # A resume in the checkpoint's own run folder saves config.yaml only after its fit: a refused one changes nothing.
+    resuming_in_place = resuming and resumed_job_dir(ckpt_path, True) == output_folder
     if not (resuming and Path(ckpt_path).expanduser().resolve().is_relative_to(output_folder)):  # not continuing it
         refuse_a_used_folder(output_folder, resumable=bool(cfg.get("train")))
     output_dir = start_run(cfg, save=not resuming_in_place)

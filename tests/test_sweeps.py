@@ -197,6 +197,17 @@ def test_a_stop_request_left_by_another_command_is_ignored(tmp_path):
     assert requested_exit_code(tmp_path) == 143
 
 
+def test_a_sweep_run_again_into_its_folder_is_refused_and_keeps_its_results(tmp_path, synthetic_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    assert multirun(sweep_dir, synthetic_data_dir, "model=mlp", "seed=1").returncode == 0
+    (job_dir,) = [path for path in sweep_dir.iterdir() if (path / ".hydra").is_dir()]
+    kept = [job_dir / "metrics.json", job_dir / "checkpoints" / "last.ckpt", job_dir / ".hydra" / "overrides.yaml"]
+    before = [path.read_bytes() for path in kept]
+    again = multirun(sweep_dir, synthetic_data_dir, "model=mlp", "seed=1")
+    assert again.returncode == 1 and f"{job_dir} holds a run already" in again.stdout + again.stderr
+    assert [path.read_bytes() for path in kept] == before  # not even recorded as a failed job
+
+
 def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synthetic_data_dir):
     sweep_dir = tmp_path / "sweep"
     result = multirun(sweep_dir, synthetic_data_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp", "seed=1,2")

@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from src.errors import ReportedError, ResumeRefused, RunInterrupted, UserInputError
+from src.errors import ReportedError, ResumeRefused, RunFolderTaken, RunInterrupted, UserInputError
 from src.utils.atomic_files import write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def refuse_a_used_folder(output_dir: Path, resumable: bool) -> None:
     if found:
         last = output_dir / "checkpoints" / "last.ckpt"
         resume = f"; to continue that run instead, add {ckpt_override(str(last))}" if resumable and last.is_file() else ""
-        raise UserInputError(
+        raise RunFolderTaken(
             f"{output_dir} holds a run already ({', '.join(found)}), which this one would overwrite. Choose another "
             f"hydra.run.dir, or leave it out: each run then gets a new dated folder{resume}.")
 
