@@ -97,6 +97,18 @@ def test_a_thin_stroke_in_a_big_photo_keeps_its_polarity_against_glare_vignette_
     assert ink[270, 600] == 1.0 and ink[specks == 0.0].max() == 0.0
 
 
+@pytest.mark.parametrize("darker", [0.25, 0.35])
+def test_paper_lit_more_on_one_side_is_still_paper(tmp_path, darker):
+    """A phone photo's paper is often darker on one side: that side must not count as ink (it was cropped with the
+    digit, which then shrank to half its size, and a 0 was read as a 9)."""
+    evenly_lit = np.asarray(draw_six(paper=235, ink=25), dtype=np.float32)
+    light = np.linspace(1.0 - darker, 1.0, evenly_lit.shape[1], dtype=np.float32)[None, :]  # darker away from the 6
+    shaded = Image.fromarray((evenly_lit * light).round().astype(np.uint8))
+    expected, field = prepared(Image.fromarray(evenly_lit.astype(np.uint8)), tmp_path, "even.png"), prepared(shaded, tmp_path)
+    assert ink_box(field) == ink_box(expected)
+    assert np.abs(field - expected).max() < 0.25 and np.abs(field - expected).mean() < 0.02
+
+
 @pytest.mark.parametrize("pen", [2, 6])
 def test_thin_pen_strokes_are_widened_like_mnist_strokes(tmp_path, pen):
     # A 2 px pen line on a 163 px tall digit would shrink to a faint 0.2 px trace in the 20×20 box.

@@ -90,16 +90,28 @@ def paper_behind_transparency(gray: np.ndarray, alpha: np.ndarray) -> float:
     return 1.0 if ink < 0.5 else 0.0
 
 
+def paper_shade(gray: np.ndarray) -> np.ndarray:
+    """The paper's shade at each pixel: a plane through the medians of the four edges. A phone photo's paper is often
+    lit more on one side; with one shade for all of it, the darker side would count as ink (and the digit be cropped
+    with it). Medians: a stroke that crosses an edge does not move them."""
+    if min(gray.shape) <= 2:
+        return np.full(gray.shape, float(np.median(border(gray))), dtype=np.float32)
+    top, bottom, left, right = (float(np.median(edge)) for edge in (gray[0], gray[-1], gray[:, 0], gray[:, -1]))
+    rows = np.linspace(-0.5, 0.5, gray.shape[0], dtype=np.float32)[:, None]
+    cols = np.linspace(-0.5, 0.5, gray.shape[1], dtype=np.float32)[None, :]
+    return (top + bottom + left + right) / 4 + (bottom - top) * rows + (right - left) * cols
+
+
 def light_ink_on_black(gray: np.ndarray) -> np.ndarray:
     """Ink as 0 (paper) .. 1 (full ink), whatever the polarity and paper shade of the input."""
-    paper = float(np.median(border(gray)))
+    paper = paper_shade(gray)
     # The ink is on the side of the paper shade where a stroke's worth of pixels stands out further: darker means dark
     # ink on light paper, inverted, as MNIST digits are light on black. Not where the single extreme pixel is (a glare
     # spot of a few pixels), nor where the most area is off the paper shade (uneven light around a thin pen line).
     stroke_pixels = max(1, sum(gray.shape) // 20)
     if kth_largest(paper - gray, stroke_pixels) > kth_largest(gray - paper, stroke_pixels):
         gray, paper = 1.0 - gray, 1.0 - paper
-    contrast = float(gray.max()) - paper
+    contrast = float((gray - paper).max())
     if contrast < MIN_CONTRAST:
         raise DigitImageError(BLANK)
     ink = np.clip((gray - paper) / contrast, 0.0, 1.0)  # paper -> 0, the strongest stroke -> 1, like MNIST
