@@ -9,7 +9,6 @@ into its own run dir, and logs them to TensorBoard.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -28,11 +27,10 @@ def evaluate(cfg: DictConfig) -> dict:
     from src.models.loading import load_classifier
     from src.utils.hparams import log_run_hparams
     from src.utils.instantiate import build
-    from src.utils.run import finish_run, refuse_a_used_folder, start_run, test_or_report_interruption
+    from src.utils.run import finish_run, start_run, test_or_report_interruption
     from src.utils.trainer_setup import build_trainer
 
     model, checkpoint = load_classifier(cfg.ckpt_path, checkpoint)
-    refuse_a_used_folder(Path(cfg.paths.output_dir), resumable=False)
     output_dir = start_run(cfg)
     mean, std = normalization(checkpoint)  # preprocess exactly as in training, whatever data.* says
     datamodule = build(cfg.data, _convert_="all", mean=mean, std=std)

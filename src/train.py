@@ -29,7 +29,7 @@ def train(cfg: DictConfig) -> dict:
     from src.utils.hparams import log_run_hparams
     from src.utils.instantiate import build
     from src.utils.config_io import save_config
-    from src.utils.run import finish_run, is_rank_zero, refuse_a_used_folder, start_run, test_or_report_interruption
+    from src.utils.run import finish_run, is_rank_zero, start_run, test_or_report_interruption
     from src.utils.trainer_setup import build_trainer
     from src.utils.validate import validate_train_config
 
@@ -44,9 +44,8 @@ def train(cfg: DictConfig) -> dict:
     output_folder = Path(cfg.paths.output_dir).resolve()
     # A resume in the checkpoint's own run folder saves config.yaml only after its fit: a refused one changes nothing.
     resuming_in_place = resuming and resumed_job_dir(ckpt_path, True) == output_folder
-    if not (resuming and Path(ckpt_path).expanduser().resolve().is_relative_to(output_folder)):  # not continuing it
-        refuse_a_used_folder(output_folder, resumable=bool(cfg.get("train")))
-    output_dir = start_run(cfg, save=not resuming_in_place)
+    continuing = resuming and Path(ckpt_path).expanduser().resolve().is_relative_to(output_folder)
+    output_dir = start_run(cfg, save=not resuming_in_place, continuing=continuing)
     if ckpt_path and not cfg.get("train"):
         from src.models.checkpoint_file import normalization
         from src.models.loading import classifier_like

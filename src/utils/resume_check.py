@@ -24,15 +24,15 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
 
     this_class = f"{type(model).__module__}.{type(model).__qualname__}"
     trained_data = checkpoint.get("datamodule_hyper_parameters") or {}
-    saved = overrides_that_saved(ckpt_path, checkpoint)
-    # The shuffle seed follows `seed`, unless the run set data.shuffle_seed itself.
-    seed_key = "data.shuffle_seed" if any(o.lstrip("+").startswith("data.shuffle_seed=") for o in saved or []) else "seed"
-    data_changes = [f"{seed_key if key == 'shuffle_seed' else 'data.' + key}={trained_data[key]}"
-                    for key in FIXED_DATA_KEYS if key in trained_data and trained_data[key] != datamodule.hparams[key]]
+    changed = [key for key in FIXED_DATA_KEYS if key in trained_data and trained_data[key] != datamodule.hparams[key]]
+    saved = overrides_that_saved(ckpt_path, checkpoint.get("command_overrides"))
     if checkpoint["model_class"] != this_class or checkpoint["hyper_parameters"] != dict(model.hparams):
         trained_with = f"a different model config ({checkpoint['model_class']}, {checkpoint['hyper_parameters']})"
-    elif data_changes:
-        trained_with = f"other data settings ({', '.join(data_changes)})"
+    elif changed:
+        # The shuffle seed follows `seed`, unless the run set data.shuffle_seed itself.
+        own_seed = any(override.lstrip("+").startswith("data.shuffle_seed=") for override in saved or [])
+        names = {key: "seed" if key == "shuffle_seed" and not own_seed else f"data.{key}" for key in changed}
+        trained_with = f"other data settings ({', '.join(f'{names[key]}={trained_data[key]}' for key in changed)})"
     elif "current_model_state" in checkpoint and not any(isinstance(cb, WeightAveraging) for cb in callbacks):
         # Without the callback, the averaged weights would silently replace the raw ones and averaging would stop.
         trained_with = "weight averaging (callbacks.ema), which this run lacks"
@@ -45,13 +45,14 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
     )
 
 
-def overrides_that_saved(ckpt_path: str, checkpoint: dict) -> list[str] | None:
-    """The overrides of the run that saved the checkpoint (None: not known), which a refused resume must repeat."""
-    saved = checkpoint.get("command_overrides")
-    if saved is None:  # saved outside a Hydra run (a ddp_spawn process) or by an older version: Hydra's records
-        record = overrides_that_wrote(Path(ckpt_path).expanduser().resolve())
-        saved = list(OmegaConf.load(record)) if record else None
-    return saved
+def overrides_that_saved(ckpt_path: str, recorded: list[str] | None) -> list[str] | None:
+    """The overrides of the run that saved the checkpoint (None: not known), which a refused resume must repeat:
+    those it `recorded`, else Hydra's record in its run folder."""
+    if recorded is not None:
+        return recorded
+    # Saved outside a Hydra run (a ddp_spawn process) or by an older version.
+    record = overrides_that_wrote(Path(ckpt_path).expanduser().resolve())
+    return list(OmegaConf.load(record)) if record else None
 
 
 def overrides_that_wrote(checkpoint: Path) -> Path | None:
@@ -76,7 +77,7 @@ def check_schedule_length(name: str, saved_steps: int | None, total_steps: int, 
 
     if saved_steps is None or saved_steps == total_steps:
         return
-    overrides = overrides_that_saved(ckpt_path, {"command_overrides": saved_overrides})
+    overrides = overrides_that_saved(ckpt_path, saved_overrides)
     repeat = f": python -m src.train {shell_words(overrides)} {ckpt_override(ckpt_path)}" if overrides is not None else ""
     raise ResumeRefused(
         f"The checkpoint was trained with a {name} learning-rate schedule of {saved_steps} steps; this run would take "

@@ -20,7 +20,7 @@ from src.utils.atomic_files import write_json_atomically
 log = logging.getLogger(__name__)
 
 
-def refuse_a_used_folder(output_dir: Path, resumable: bool) -> None:
+def _refuse_a_used_folder(output_dir: Path, resumable: bool) -> None:
     """A new run in a folder that holds one (a fixed hydra.run.dir run again) would overwrite its results and its
     last.ckpt. `resumable`: whether to suggest continuing that run instead (training runs)."""
     from src import holds_a_run
@@ -35,8 +35,9 @@ def refuse_a_used_folder(output_dir: Path, resumable: bool) -> None:
             f"hydra.run.dir, or leave it out: each run then gets a new dated folder{resume}.")
 
 
-def start_run(cfg: DictConfig, save: bool = True) -> Path:
-    """Print and (with `save`) save the config, split CPU threads between parallel sweep jobs, seed everything."""
+def start_run(cfg: DictConfig, save: bool = True, continuing: bool = False) -> Path:
+    """Refuse a run folder that holds another run (unless `continuing` a checkpoint inside it), print and (with
+    `save`) save the config, split CPU threads between parallel sweep jobs, seed everything."""
     import pytorch_lightning as pl
     import torch
 
@@ -44,6 +45,8 @@ def start_run(cfg: DictConfig, save: bool = True) -> Path:
     from src.utils.jobs import parallel_jobs, threads_per_job
 
     output_dir = Path(cfg.paths.output_dir)
+    if not continuing:
+        _refuse_a_used_folder(output_dir, resumable=bool(cfg.get("train")))  # eval has no `train`: nothing to resume
     if is_rank_zero():  # DDP relaunches this script once per extra process
         print_config_tree(cfg)
         if save:
