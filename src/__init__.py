@@ -59,22 +59,35 @@ def require_config_dir() -> None:
 
 def run_command_line(main) -> None:
     """`main()` of an entry point (a @hydra.main function), with its command line's paths quoted and
-    `logger=null`/`callbacks=null` read as none; `hydra.job.chdir=true` refused."""
+    `logger=null`/`callbacks=null` read as none; refused words exit with one line."""
     import sys
 
-    from src.utils.path_overrides import quote_paths
-
     require_config_dir()
+    problem = overrides_problem(sys.argv[1:], Path(sys.argv[0]).stem)
+    if problem:
+        sys.exit(problem)
+    sys.argv[1:] = prepared_overrides(sys.argv[1:])
+    main()
+
+
+def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
+    """Why these command words are refused (`hydra.job.chdir=true`, a word without a key), or None."""
     changes_directory = {"hydra.job.chdir=" + value for value in ("true", "yes", "y", "on", "1")}  # as OmegaConf reads a bool
-    if changes_directory & {argument.lstrip("+").lower() for argument in sys.argv[1:]}:
+    if changes_directory & {argument.lstrip("+").lower() for argument in arguments}:
         # Relative paths given on the command line (ckpt_path, inputs, data.data_dir) would be read inside the new run
         # folder, and a resume would take its checkpoint's run for a new one and overwrite that run's records.
-        sys.exit("hydra.job.chdir=true is not supported: every run already writes all its files into its own folder "
-                 "(hydra.run.dir), whatever the working directory. Leave it out.")
-    for word in words_without_a_key(sys.argv[1:]):
-        sys.exit(f"'{word}' has no key: settings are key=value, such as {_likely_setting(word, Path(sys.argv[0]).stem)}.")
-    sys.argv[1:] = empty_list_groups(quote_paths(sys.argv[1:]))
-    main()
+        return ("hydra.job.chdir=true is not supported: every run already writes all its files into its own folder "
+                "(hydra.run.dir), whatever the working directory. Leave it out.")
+    for word in words_without_a_key(arguments):
+        return f"'{word}' has no key: settings are key=value, such as {_likely_setting(word, entry_point)}."
+    return None
+
+
+def prepared_overrides(arguments: list[str]) -> list[str]:
+    """Overrides as Hydra must read them: paths quoted, `logger=null`/`callbacks=null` as none."""
+    from src.utils.path_overrides import quote_paths
+
+    return empty_list_groups(quote_paths(arguments))
 
 
 # Hydra's own flags that take the next word as their value (--info takes one optionally).

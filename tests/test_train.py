@@ -150,6 +150,10 @@ def test_entry_point_respects_hydra_run_dir(tmp_path, synthetic_data_dir):
     assert "(100 test images)" in log_text  # the synthetic test set: not called the official 10k one
     # The model summary lists each layer, not only the network as one row (the MLP's first linear layer here).
     assert any(" net.1 " in line and "Linear" in line for line in result.stdout.splitlines()), result.stdout[-3000:]
+    # Lightning's messages that say nothing to this project's users are not printed in every run.
+    console = result.stdout + result.stderr
+    for noise in ("Tip:", "litlogger", "already configured with model summary", "LeafSpec"):
+        assert noise not in console, noise
 
 
 def test_part_of_the_test_set_is_reported_as_such(tmp_path, synthetic_data_dir, monkeypatch):

@@ -20,7 +20,9 @@ def build_trainer(cfg: DictConfig):
     from src.callbacks.safety import GracefulStop
     from src.utils.checkpoint_io import AtomicCheckpointIO
     from src.utils.instantiate import build, instantiate_entries
+    from src.utils.quiet_lightning import quiet_lightning
 
+    quiet_lightning()
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     if accelerator in ("gpu", "cuda"):
         import torch

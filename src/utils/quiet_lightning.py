@@ -1,0 +1,24 @@
+"""Lightning's messages that say nothing to a user of this project, printed in every run otherwise: an advertisement
+for a cloud logger, a note that the configured model summary replaces Lightning's default one, and a deprecation
+warning about Lightning's own use of torch (nothing a user can act on)."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+NOISE = ("💡 Tip:", "Trainer already configured with model summary callbacks")
+
+
+class _DropNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(NOISE)
+
+
+_FILTER = _DropNoise()
+
+
+def quiet_lightning() -> None:
+    """Silence those messages for the rest of the process (calling it again changes nothing)."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_FILTER)  # a filter is added once
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)

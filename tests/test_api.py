@@ -1,0 +1,93 @@
+"""src.api: the command line's runs from Python (a notebook), in this process."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import types
+
+import pytest
+import torch
+from hydra.core.hydra_config import HydraConfig
+
+from src import api
+from src.data.mnist_files import load_split
+from src.errors import UserInputError
+from src.models.checkpoint_file import normalization
+from src.models.loading import load_network
+from tests.conftest import tiny_run_overrides
+from tests.digit_drawing import draw_six, save
+
+
+def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path, synthetic_data_dir, monkeypatch):
+    overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
+    root, lightning = logging.getLogger(), logging.getLogger("pytorch_lightning")
+    # As in a notebook, where Lightning was imported before logging was set up: it prints through its own handler.
+    lightnings_own = logging.StreamHandler()
+    monkeypatch.setattr(lightning, "handlers", [lightnings_own])
+    monkeypatch.setattr(lightning, "propagate", False)
+    root_handlers = root.handlers[:]
+
+    run = api.train(*overrides, "model=mlp", f"paths.log_dir={tmp_path / 'outputs'}")
+
+    # A dated folder under paths.log_dir, as `python -m src.train` makes, holding what such a run holds.
+    assert run.dir.parent.parent == tmp_path / "outputs", run.dir
+    assert json.loads((run.dir / "metrics.json").read_text()) == run.metrics
+    assert run.metrics["status"] == "ok" and 0 <= run.metrics["test/acc"] <= 1
+    assert "model=mlp" in (run.dir / ".hydra" / "overrides.yaml").read_text()
+    assert "src.models.mlp.MLP" in (run.dir / "config.yaml").read_text()
+    log_text = (run.dir / "train.log").read_text()
+    assert "test accuracy" in log_text and "GPU available" in log_text  # Lightning's lines too, as on the command line
+    assert run.dir / "learning_curves.png" in run.figures
+    # The caller's logging and Hydra state are as they were.
+    assert root.handlers == root_handlers and lightning.handlers == [lightnings_own] and not lightning.propagate
+    assert not HydraConfig.initialized()
+
+    # The README's recipe for the network on tensors of one's own gives the run's test accuracy.
+    images, labels = load_split(synthetic_data_dir, "test")
+    network, checkpoint = load_network(run.metrics["best_model_path"])
+    mean, std = normalization(checkpoint)
+    with torch.no_grad():
+        logits = network((images[:, None] / 255 - mean) / std)
+    assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(run.metrics["test/acc"])
+    assert torch.nn.functional.cross_entropy(logits, labels).item() == pytest.approx(run.metrics["test/loss"], rel=1e-4)
+
+    tested = api.evaluate(*overrides, f"ckpt_path={run.metrics['best_model_path']}", f"paths.log_dir={tmp_path / 'evals'}")
+    assert tested.dir.parent.parent == tmp_path / "evals"
+    assert tested.metrics["test/acc"] == pytest.approx(run.metrics["test/acc"])
+
+    image = save(draw_six(), tmp_path / "six.png")
+    classified = api.predict(f"ckpt_path={run.metrics['best_model_path']}", f"inputs={image}", "save_preview=true",
+                             f"paths.log_dir={tmp_path / 'predictions'}")
+    assert [p["path"] for p in classified.predictions] == [str(image)]
+    assert classified.figures == [classified.dir / "predictions.png"]
+
+
+def test_refused_settings_raise_the_command_lines_message(tmp_path):
+    with pytest.raises(UserInputError, match=r"model.dropout=2 is invalid"):
+        api.train("model.dropout=2", f"paths.log_dir={tmp_path}")
+    with pytest.raises(UserInputError, match="command line only"):
+        api.train("-m", "model=mlp,cnn")
+    with pytest.raises(UserInputError, match="has no key"):
+        api.evaluate("run/checkpoints/last.ckpt")
+    assert not HydraConfig.initialized()
+
+
+def test_show_displays_the_figures_in_a_notebook_and_lists_them_elsewhere(tmp_path, monkeypatch, capsys):
+    for name in ("learning_curves.png", "confusion_matrix.png"):
+        (tmp_path / name).write_bytes(b"png")
+    run = api.Run(tmp_path)
+
+    shown = []
+    ipython = types.ModuleType("IPython")
+    display = types.ModuleType("IPython.display")
+    display.Image = lambda filename: filename
+    display.display = shown.append
+    for kernel, expected in ((None, []), (object(), [str(p) for p in run.figures])):
+        ipython.get_ipython = lambda kernel=kernel: kernel  # None: IPython installed, but not running a notebook
+        monkeypatch.setitem(sys.modules, "IPython", ipython)
+        monkeypatch.setitem(sys.modules, "IPython.display", display)
+        run.show()
+        assert shown == expected
+    assert capsys.readouterr().out.split() == [str(tmp_path / "confusion_matrix.png"), str(tmp_path / "learning_curves.png")]
