@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
@@ -37,16 +40,23 @@ class Run:
     def show(self) -> None:
         """Display the run's figures (learning curves, confusion matrix, misclassified digits, predictions) in a
         notebook; elsewhere, print where they are."""
-        try:
-            from IPython import get_ipython
+        if not self.figures:
+            print(f"No figures in {self.dir}" + (" (save_preview=true draws the predictions)" if self.predictions else ""))
+        elif _in_a_notebook():
             from IPython.display import Image, display
-        except ImportError:
-            get_ipython = None
-        if get_ipython is None or get_ipython() is None:
+
+            for path in self.figures:
+                display(Image(filename=str(path)))
+        else:
             print("\n".join(str(path) for path in self.figures))
-            return
-        for path in self.figures:
-            display(Image(filename=str(path)))
+
+
+def _in_a_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    return get_ipython() is not None
 
 
 def train(*overrides: str) -> Run:
@@ -73,12 +83,15 @@ def predict(*overrides: str) -> Run:
     return Run(folder, predictions=predictions)
 
 
-def _run_in_this_process(work: Callable[[DictConfig], object], config_name: str, overrides: tuple[str, ...]):
+def _run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, overrides: tuple[str, ...]) -> tuple[Path, Any]:
     """What @hydra.main does for a single run, minus changing the working directory: compose the config, make the
-    run folder (hydra.run.dir), keep Hydra's record in it (.hydra/), log to the console and <task_name>.log."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
+    run folder (hydra.run.dir), keep Hydra's record in it (.hydra/), log to the console and <task_name>.log.
+    Hydra's global state (a Hydra app of the caller's own) is as it was afterwards."""
     from hydra.core.hydra_config import HydraConfig
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+
+    from src.utils.disk_errors import disk_problem
+    from src.utils.run import output_dir_problem
 
     require_config_dir()
     words = [str(word) for word in overrides]
@@ -89,70 +102,85 @@ def _run_in_this_process(work: Callable[[DictConfig], object], config_name: str,
     problem = overrides_problem(words, config_name)
     if problem:
         raise UserInputError(problem)
-    GlobalHydra.instance().clear()  # a notebook's earlier run, or a Hydra app of the user's own
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=config_name):
-        cfg = compose(config_name=config_name, overrides=prepared_overrides(words), return_hydra_config=True)
-
-    earlier = HydraConfig.instance().cfg
-    HydraConfig.instance().set_config(cfg)  # the run folder's own settings read the Hydra config
-    folder = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).expanduser().resolve()
-    with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
-        cfg.hydra.runtime.output_dir = str(folder)
-    HydraConfig.instance().set_config(cfg)
+    callers_hydra, callers_hydra_config = get_gh_backup(), HydraConfig.instance().cfg
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        cfg = _composed(config_name, prepared_overrides(words))
+        HydraConfig.instance().set_config(cfg)  # hydra.run.dir and paths.output_dir read it
+        folder = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).expanduser().resolve()
+        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
+            cfg.hydra.runtime.output_dir = str(folder)
+        HydraConfig.instance().set_config(cfg)
         task_cfg = copy.deepcopy(cfg)
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
+        problem = output_dir_problem(task_cfg, sweeps=False)
+        if problem:
+            raise UserInputError(problem)
         record = folder / str(cfg.hydra.output_subdir)
         record.mkdir(parents=True, exist_ok=True)
         for name, content in (("config", task_cfg), ("hydra", OmegaConf.create({"hydra": cfg.hydra})),
                               ("overrides", cfg.hydra.overrides.task)):
             OmegaConf.save(content, record / f"{name}.yaml")
         with _run_logging(cfg):
-            return folder, _reporting_disk_problems(work, task_cfg)
+            try:
+                return folder, work(task_cfg)
+            except Exception as failure:
+                reported = disk_problem(failure)
+                if reported:
+                    raise reported from failure
+                raise
     finally:
-        HydraConfig.instance().cfg = earlier
+        HydraConfig.instance().cfg = callers_hydra_config
+        restore_gh_from_backup(callers_hydra)
 
 
-def _reporting_disk_problems(work: Callable[[DictConfig], object], cfg: DictConfig):
-    from src.utils.disk_errors import disk_problem
+def _composed(config_name: str, overrides: list[str]) -> DictConfig:
+    """The config with Hydra's own part, as @hydra.main composes it; Hydra's refusals (an unknown option or key) as
+    UserInputError, with their message."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
+    GlobalHydra.instance().clear()
     try:
-        return work(cfg)
-    except Exception as failure:
-        problem = disk_problem(failure)
-        if problem:
-            raise problem from failure
-        raise
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=config_name):
+            return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as refused:
+        # Hydra's advice for `key=a,b` names a flag that only the command line takes.
+        message = str(refused).replace("add --multirun to your command line",
+                                       f"run it from the command line: python -m src.{config_name} -m ...")
+        raise UserInputError(message) from refused
 
 
-class _run_logging:
-    """Hydra's job logging (console and <run folder>/<task_name>.log) for one run, then the caller's own back.
-    Lightning, imported before into a process without logging set up, prints through its own handler: for the run,
-    its messages go to the run's handlers instead, as on the command line."""
+_LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric")
 
-    LIGHTNING = ("pytorch_lightning", "lightning_fabric")
 
-    def __init__(self, cfg: DictConfig) -> None:
-        self.cfg = cfg
-
-    def __enter__(self) -> None:
-        from hydra.core.utils import configure_log
-
-        root = logging.getLogger()
-        self.saved_root = root.handlers[:], root.level
-        self.saved_lightning = [(logging.getLogger(name), logging.getLogger(name).handlers[:],
-                                 logging.getLogger(name).propagate) for name in self.LIGHTNING]
-        for logger, _, _ in self.saved_lightning:
+@contextmanager
+def _run_logging(cfg: DictConfig) -> Iterator[None]:
+    """The run's log as on the command line: <run folder>/<task_name>.log, and the console unless the caller's logging
+    prints there already. Lightning, imported into a process without logging set up, prints through its own handler: for
+    the run, its messages go to the run's handlers instead. Afterwards the caller's logging is as it was."""
+    log_config = OmegaConf.to_container(cfg.hydra.job_logging, resolve=True)
+    form = logging.Formatter(log_config["formatters"]["simple"]["format"])
+    root = logging.getLogger()
+    handlers = [logging.FileHandler(log_config["handlers"]["file"]["filename"])]
+    if not any(getattr(handler, "stream", None) in (sys.stdout, sys.stderr) for handler in root.handlers):
+        handlers.append(logging.StreamHandler(sys.stdout))
+    lightning = [(logger, logger.handlers, logger.propagate) for logger in map(logging.getLogger, _LIGHTNING_LOGGERS)]
+    level = root.level
+    try:
+        for handler in handlers:
+            handler.setFormatter(form)
+            root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        for logger, _, _ in lightning:
             logger.handlers, logger.propagate = [], True
-        configure_log(self.cfg.hydra.job_logging, self.cfg.hydra.verbose)
-
-    def __exit__(self, *exc) -> None:
-        root = logging.getLogger()
-        for handler in root.handlers:
+        yield
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
             handler.close()
-        root.handlers, level = self.saved_root
         root.setLevel(level)
-        for logger, handlers, propagate in self.saved_lightning:
-            logger.handlers, logger.propagate = handlers, propagate
+        for logger, own_handlers, propagate in lightning:
+            logger.handlers, logger.propagate = own_handlers, propagate

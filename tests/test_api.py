@@ -9,9 +9,11 @@ import types
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from omegaconf.errors import InterpolationKeyError
 
-from src import api
+from src import CONFIG_DIR, api
 from src.data.mnist_files import load_split
 from src.errors import UserInputError
 from src.models.checkpoint_file import normalization
@@ -20,13 +22,15 @@ from tests.conftest import tiny_run_overrides
 from tests.digit_drawing import draw_six, save
 
 
-def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path, synthetic_data_dir, monkeypatch):
+def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path, synthetic_data_dir, monkeypatch, capsys):
     overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
     root, lightning = logging.getLogger(), logging.getLogger("pytorch_lightning")
     # As in a notebook, where Lightning was imported before logging was set up: it prints through its own handler.
     lightnings_own = logging.StreamHandler()
     monkeypatch.setattr(lightning, "handlers", [lightnings_own])
     monkeypatch.setattr(lightning, "propagate", False)
+    callers_log = logging.FileHandler(tmp_path / "notebook.log")
+    monkeypatch.setattr(root, "handlers", [*root.handlers, callers_log])
     root_handlers = root.handlers[:]
 
     run = api.train(*overrides, "model=mlp", f"paths.log_dir={tmp_path / 'outputs'}")
@@ -38,10 +42,13 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     assert "model=mlp" in (run.dir / ".hydra" / "overrides.yaml").read_text()
     assert "src.models.mlp.MLP" in (run.dir / "config.yaml").read_text()
     log_text = (run.dir / "train.log").read_text()
+    assert capsys.readouterr().out.count("test accuracy :") == 1  # the caller's log is a file: the console gets it too
     assert "test accuracy" in log_text and "GPU available" in log_text  # Lightning's lines too, as on the command line
     assert run.dir / "learning_curves.png" in run.figures
     # The caller's logging and Hydra state are as they were.
     assert root.handlers == root_handlers and lightning.handlers == [lightnings_own] and not lightning.propagate
+    logging.getLogger("notebook").warning("after the run")
+    assert "after the run" in (tmp_path / "notebook.log").read_text()  # the caller's own log still writes
     assert not HydraConfig.initialized()
 
     # The README's recipe for the network on tensors of one's own gives the run's test accuracy.
@@ -64,14 +71,24 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     assert classified.figures == [classified.dir / "predictions.png"]
 
 
-def test_refused_settings_raise_the_command_lines_message(tmp_path):
-    with pytest.raises(UserInputError, match=r"model.dropout=2 is invalid"):
-        api.train("model.dropout=2", f"paths.log_dir={tmp_path}")
-    with pytest.raises(UserInputError, match="command line only"):
-        api.train("-m", "model=mlp,cnn")
-    with pytest.raises(UserInputError, match="has no key"):
-        api.evaluate("run/checkpoints/last.ckpt")
+def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_it_was(tmp_path):
+    refusals = [
+        (["model.dropout=2"], r"model.dropout=2 is invalid"),
+        (["-m", "model=mlp,cnn"], "command line only"),
+        (["run/checkpoints/last.ckpt"], "has no key"),
+        (["model=resnet"], "Available options in 'model'"),  # Hydra's own refusals too
+        (["model.optimizer.lr=1e-3,3e-3"], r"from the command line: python -m src.train -m"),
+        ([f"paths.output_dir={tmp_path / 'elsewhere'}"], r"is not this run's folder .* set hydra.run.dir=<folder> instead\.$"),
+    ]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):  # a Hydra app of the caller's own
+        for words, message in refusals:
+            with pytest.raises(UserInputError, match=message):
+                api.train(*words, f"paths.log_dir={tmp_path / 'runs'}")
+        with pytest.raises(InterpolationKeyError):
+            api.train("hydra.run.dir=${paths.nowhere}")
+        assert compose(config_name="eval").task_name == "eval"  # still usable
     assert not HydraConfig.initialized()
+    assert not (tmp_path / "elsewhere").exists()
 
 
 def test_show_displays_the_figures_in_a_notebook_and_lists_them_elsewhere(tmp_path, monkeypatch, capsys):

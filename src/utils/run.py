@@ -100,7 +100,10 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
 
     started = time.perf_counter()
     one_line_for_disk_errors_in_threads()
-    _check_output_dir(cfg)
+    problem = output_dir_problem(cfg)
+    if problem:
+        log.error("%s", problem)
+        sys.exit(1)
     if in_multirun() and sweep_stopping():
         _record_job(cfg, {"status": "not run", "error": "the sweep was stopped (Ctrl-C or SIGTERM) before this job started"})
         return None
@@ -136,18 +139,19 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         raise
 
 
-def _check_output_dir(cfg: DictConfig) -> None:
-    """paths.output_dir must be the folder Hydra made for the run: elsewhere, the run's records and log would stay
-    in one folder and its checkpoints and results go to the other."""
+def output_dir_problem(cfg: DictConfig, sweeps: bool = True) -> str | None:
+    """Why paths.output_dir is refused, if it is: it must be the folder Hydra made for the run, or the run's records
+    and log would stay in one folder and its checkpoints and results go to the other. `sweeps`: the command line's
+    advice names hydra.sweep.dir too."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():  # composed by tests or the benchmark: no run folder of Hydra's
-        return
+        return None
     made = Path(HydraConfig.get().runtime.output_dir).resolve()
-    if Path(str(cfg.paths.output_dir)).expanduser().resolve() != made:
-        log.error("paths.output_dir=%s is not this run's folder (%s), the one Hydra makes for it: set "
-                  "hydra.run.dir=<folder> instead (hydra.sweep.dir=<folder> for a -m sweep).", cfg.paths.output_dir, made)
-        sys.exit(1)
+    if Path(str(cfg.paths.output_dir)).expanduser().resolve() == made:
+        return None
+    return (f"paths.output_dir={cfg.paths.output_dir} is not this run's folder ({made}), the one Hydra makes for it: set "
+            f"hydra.run.dir=<folder> instead{' (hydra.sweep.dir=<folder> for a -m sweep)' if sweeps else ''}.")
 
 
 def _record_job(cfg: DictConfig, record: dict) -> None:
