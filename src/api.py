@@ -13,6 +13,7 @@ command line.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from src import CONFIG_DIR, overrides_problem, prepared_overrides, require_config_dir
-from src.errors import UserInputError
+from src.errors import ReportedError, UserInputError
 
 
 @dataclass
@@ -89,12 +90,14 @@ def _run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ov
     Hydra's global state (a Hydra app of the caller's own) is as it was afterwards."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
+    from hydra.types import RunMode
 
     from src.utils.disk_errors import disk_problem
     from src.utils.run import output_dir_problem
 
     require_config_dir()
-    words = [str(word) for word in overrides]
+    # Each setting is its own string, as each is its own word on the command line; a list of them is taken too.
+    words = [str(word) for item in overrides for word in (item if isinstance(item, (list, tuple)) else [item])]
     if any(word.startswith("-") for word in words):
         flags = " ".join(word for word in words if word.startswith("-"))
         raise UserInputError(f"{flags}: sweeps (-m) and Hydra's flags work on the command line only (python -m "
@@ -106,9 +109,10 @@ def _run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ov
     try:
         cfg = _composed(config_name, prepared_overrides(words))
         HydraConfig.instance().set_config(cfg)  # hydra.run.dir and paths.output_dir read it
-        folder = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).expanduser().resolve()
-        with read_write(cfg.hydra.runtime), open_dict(cfg.hydra.runtime):
-            cfg.hydra.runtime.output_dir = str(folder)
+        folder = _run_folder(cfg, words)
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.run.dir = cfg.hydra.runtime.output_dir = str(folder)
+            cfg.hydra.mode = RunMode.RUN
         HydraConfig.instance().set_config(cfg)
         task_cfg = copy.deepcopy(cfg)
         with read_write(task_cfg), open_dict(task_cfg):
@@ -121,17 +125,37 @@ def _run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ov
         for name, content in (("config", task_cfg), ("hydra", OmegaConf.create({"hydra": cfg.hydra})),
                               ("overrides", cfg.hydra.overrides.task)):
             OmegaConf.save(content, record / f"{name}.yaml")
-        with _run_logging(cfg):
+        with _run_logging(cfg) as run_log:
             try:
                 return folder, work(task_cfg)
             except Exception as failure:
-                reported = disk_problem(failure)
-                if reported:
+                reported = disk_problem(failure) or failure
+                if isinstance(reported, ReportedError):  # the log says why the run ended, as on the command line
+                    run_log.handle(logging.makeLogRecord({"name": __name__, "levelno": logging.ERROR,
+                                                          "levelname": "ERROR", "msg": str(reported)}))
+                if reported is not failure:
                     raise reported from failure
                 raise
     finally:
         HydraConfig.instance().cfg = callers_hydra_config
         restore_gh_from_backup(callers_hydra)
+
+
+def _run_folder(cfg: DictConfig, words: list[str]) -> Path:
+    """hydra.run.dir. Its default names the folder after the second the run starts: runs of one notebook that start
+    within a second (an evaluate after a quick predict, a loop) get -2, -3, ... added, rather than one folder (which
+    a run would then refuse, as it holds another). A folder given, or the run folder a resume continues in, is kept."""
+    from src import resumed_job_dir
+
+    folder = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).expanduser().resolve()
+    chosen = any(word.lstrip("+").startswith("hydra.run.dir=") for word in words)
+    if chosen or resumed_job_dir(cfg.get("ckpt_path"), bool(cfg.get("train"))) == folder:
+        return folder
+    candidate = folder
+    for number in itertools.count(2):
+        if not candidate.exists():
+            return candidate
+        candidate = folder.with_name(f"{folder.name}-{number}")
 
 
 def _composed(config_name: str, overrides: list[str]) -> DictConfig:
@@ -157,10 +181,11 @@ _LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric")
 
 
 @contextmanager
-def _run_logging(cfg: DictConfig) -> Iterator[None]:
+def _run_logging(cfg: DictConfig) -> Iterator[logging.Handler]:
     """The run's log as on the command line: <run folder>/<task_name>.log, and the console unless the caller's logging
     prints there already. Lightning, imported into a process without logging set up, prints through its own handler: for
-    the run, its messages go to the run's handlers instead. Afterwards the caller's logging is as it was."""
+    the run, its messages go to the run's handlers instead. Afterwards the caller's logging is as it was. Yields the
+    handler of the run's log file."""
     log_config = OmegaConf.to_container(cfg.hydra.job_logging, resolve=True)
     form = logging.Formatter(log_config["formatters"]["simple"]["format"])
     root = logging.getLogger()
@@ -176,7 +201,7 @@ def _run_logging(cfg: DictConfig) -> Iterator[None]:
         root.setLevel(logging.INFO)
         for logger, _, _ in lightning:
             logger.handlers, logger.propagate = [], True
-        yield
+        yield handlers[0]
     finally:
         for handler in handlers:
             root.removeHandler(handler)

@@ -2,10 +2,20 @@
 traceback (set HYDRA_FULL_ERROR=1 to see it); in a sweep the job is recorded as failed and the sweep goes on
 (except after ResumeRefused or RunInterrupted)."""
 
+import os
+import traceback
+
 
 class ReportedError(RuntimeError):
     exit_code = 1
     status = "failed"  # what a sweep summary calls the job
+
+    def _render_traceback_(self) -> list[str]:
+        """What IPython (a notebook running src.api) shows: the message alone, as the command line prints it, not
+        dozens of lines through Lightning. HYDRA_FULL_ERROR=1 shows the traceback there too."""
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            return "".join(traceback.format_exception(self)).splitlines()
+        return [f"{type(self).__name__}: {self}"]
 
 
 class UserInputError(ReportedError):

@@ -6,6 +6,7 @@ import json
 import logging
 import sys
 import types
+from datetime import datetime, timedelta
 
 import pytest
 import torch
@@ -51,6 +52,10 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     assert "after the run" in (tmp_path / "notebook.log").read_text()  # the caller's own log still writes
     assert not HydraConfig.initialized()
 
+    # A resume continues in the run's own folder (this one had finished: it tests again).
+    again = api.train(*overrides, "model=mlp", f"ckpt_path={run.dir / 'checkpoints' / 'last.ckpt'}")
+    assert again.dir == run.dir and again.metrics["test/acc"] == run.metrics["test/acc"]
+
     # The README's recipe for the network on tensors of one's own gives the run's test accuracy.
     images, labels = load_split(synthetic_data_dir, "test")
     network, checkpoint = load_network(run.metrics["best_model_path"])
@@ -64,16 +69,23 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     assert tested.dir.parent.parent == tmp_path / "evals"
     assert tested.metrics["test/acc"] == pytest.approx(run.metrics["test/acc"])
 
+    # Runs starting within a second of each other: the dated folder of this second (and the next few) holds one.
     image = save(draw_six(), tmp_path / "six.png")
+    now = datetime.now()
+    taken = [tmp_path / "predictions" / f"{now + timedelta(seconds=s):%Y-%m-%d/%H-%M-%S}" for s in range(6)]
+    for folder in taken:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "metrics.json").write_text("{}")
     classified = api.predict(f"ckpt_path={run.metrics['best_model_path']}", f"inputs={image}", "save_preview=true",
                              f"paths.log_dir={tmp_path / 'predictions'}")
+    assert classified.dir.name.endswith("-2") and classified.dir.with_name(classified.dir.name[:-2]) in taken
     assert [p["path"] for p in classified.predictions] == [str(image)]
     assert classified.figures == [classified.dir / "predictions.png"]
 
 
 def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_it_was(tmp_path):
     refusals = [
-        (["model.dropout=2"], r"model.dropout=2 is invalid"),
+        ([["model.dropout=2"]], r"model.dropout=2 is invalid"),  # the settings as one list, too
         (["-m", "model=mlp,cnn"], "command line only"),
         (["run/checkpoints/last.ckpt"], "has no key"),
         (["model=resnet"], "Available options in 'model'"),  # Hydra's own refusals too
@@ -89,6 +101,9 @@ def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_i
         assert compose(config_name="eval").task_name == "eval"  # still usable
     assert not HydraConfig.initialized()
     assert not (tmp_path / "elsewhere").exists()
+    # The refused run's log says why it ended, as on the command line.
+    [log_file] = (tmp_path / "runs").glob("*/*/train.log")
+    assert "[ERROR] - model.dropout=2 is invalid" in log_file.read_text()
 
 
 def test_show_displays_the_figures_in_a_notebook_and_lists_them_elsewhere(tmp_path, monkeypatch, capsys):
@@ -108,3 +123,12 @@ def test_show_displays_the_figures_in_a_notebook_and_lists_them_elsewhere(tmp_pa
         run.show()
         assert shown == expected
     assert capsys.readouterr().out.split() == [str(tmp_path / "confusion_matrix.png"), str(tmp_path / "learning_curves.png")]
+
+
+def test_a_notebook_shows_a_reported_error_as_its_message_alone(monkeypatch):
+    try:
+        raise UserInputError("model.dropout=2 is invalid")
+    except UserInputError as error:
+        assert error._render_traceback_() == ["UserInputError: model.dropout=2 is invalid"]
+        monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+        assert error._render_traceback_()[0] == "Traceback (most recent call last):"
