@@ -95,10 +95,12 @@ def whole_process(command: list[str], log: Path) -> tuple[float, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m src.bench", description=__doc__.split("\n\n    python")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved runs per loop (median reported)")
-    parser.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / "data")
+    parser.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / "data",
+                        help="the folder holding MNIST/raw/ (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="synthetic data, one repeat: a smoke test")
     parser.add_argument("--plain-process", action="store_true", help=argparse.SUPPRESS)  # the plain script of item 3
     args = parser.parse_args()
