@@ -24,8 +24,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from src import CONFIG_DIR, overrides_problem, prepared_overrides, require_config_dir
+from src import CONFIG_DIR
 from src.errors import ReportedError, UserInputError
+from src.utils.command_line import overrides_problem, prepared_overrides, require_config_dir
 
 
 @dataclass
@@ -145,7 +146,7 @@ def _run_folder(cfg: DictConfig, words: list[str]) -> Path:
     """hydra.run.dir. Its default names the folder after the second the run starts: runs of one notebook that start
     within a second (an evaluate after a quick predict, a loop) get -2, -3, ... added, rather than one folder (which
     a run would then refuse, as it holds another). A folder given, or the run folder a resume continues in, is kept."""
-    from src import resumed_job_dir
+    from src.utils.run_folders import resumed_job_dir
 
     folder = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).expanduser().resolve()
     chosen = any(word.lstrip("+").startswith("hydra.run.dir=") for word in words)

@@ -27,8 +27,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from src import CONFIG_DIR, PROJECT_ROOT, require_config_dir
+from src import CONFIG_DIR, PROJECT_ROOT
 from src.bench_loops import interleaved_fits, plain_training, synchronize
+from src.utils.command_line import require_config_dir
 
 
 # The fast recipe shrunk until a training step costs almost nothing (row 2b).

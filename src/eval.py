@@ -13,8 +13,9 @@ import time
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from src import CONFIG_DIR, run_command_line
+from src import CONFIG_DIR
 from src.errors import UserInputError
+from src.utils.command_line import run_command_line
 
 
 def evaluate(cfg: DictConfig) -> dict:

@@ -17,8 +17,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from src import CONFIG_DIR, run_command_line
+from src import CONFIG_DIR
 from src.errors import UserInputError
+from src.utils.command_line import run_command_line
 from src.utils.setting_checks import is_whole, require_true_or_false
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from src import CONFIG_DIR, resumed_job_dir, run_command_line
+from src import CONFIG_DIR
+from src.utils.command_line import run_command_line
 from src.utils.command_words import ckpt_override, eval_overrides, original_overrides
+from src.utils.run_folders import resumed_job_dir
 
 log = logging.getLogger(__name__)
 

@@ -105,7 +105,7 @@ def test_default_paths_point_into_the_project(tmp_path):
 
 def test_null_logger_and_callbacks_mean_none():
     """`logger=null` (as other templates spell it) turns logging off instead of ending in Hydra's traceback."""
-    from src import empty_list_groups
+    from src.utils.command_line import empty_list_groups
 
     arguments = empty_list_groups(["logger=null", "callbacks=null", "ckpt_path=null", "model=mlp"])
     assert arguments == ["logger=[]", "callbacks=[]", "ckpt_path=null", "model=mlp"]

@@ -338,7 +338,7 @@ def test_the_eval_advice_leaves_out_the_training_runs_output_folder(tmp_path, mo
 
 
 def test_resuming_continues_in_the_checkpoints_run_dir(trained_run):
-    from src import resume_run_dir
+    from src.utils.run_folders import resume_run_dir
 
     last = str(trained_run / "checkpoints" / "last.ckpt")
     (trained_run / ".hydra").mkdir(exist_ok=True)  # what Hydra leaves in every run dir

@@ -234,7 +234,7 @@ def test_a_word_without_a_key_says_how_to_write_it(tmp_path, module, words, expe
 
 
 def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
-    from src import words_without_a_key
+    from src.utils.command_line import words_without_a_key
 
     assert words_without_a_key(["--cfg", "job", "-cn", "eval", "~logger", "-m", "model=mlp,cnn", "--info", "config"]) == []
 

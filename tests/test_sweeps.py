@@ -16,7 +16,8 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 
-from src import CONFIG_DIR, PROJECT_ROOT, job_dirname, swept_keys
+from src import CONFIG_DIR, PROJECT_ROOT
+from src.utils.run_folders import job_dirname, swept_keys
 from src.utils.hparams import HPARAM_METRICS, run_hparams
 from src.utils.sweep_summary import markdown_table, write_summary
 from tests.conftest import compose_config, ctrl_c_as_in_a_terminal, run_module

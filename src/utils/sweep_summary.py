@@ -105,7 +105,7 @@ def write_summary(sweep_dir: Path) -> list[dict]:
 def keep_earlier_sweep_record(sweep_dir: Path) -> None:
     """Hydra is about to write this command's multirun.yaml; a resubmitted job's would replace the sweep's own."""
     record = sweep_dir / "multirun.yaml"
-    if record.is_file():  # copied, not moved: the resume resolvers (src/__init__.py) look for it until Hydra rewrites it
+    if record.is_file():  # copied, not moved: the resume resolvers (src/utils/run_folders.py) look for it until Hydra rewrites it
         written = time.strftime("%Y-%m-%d_%H-%M-%S", time.localtime(record.stat().st_mtime))
         shutil.copy2(record, sweep_dir / f"multirun-{written}.yaml")
 

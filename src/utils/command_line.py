@@ -1,0 +1,66 @@
+"""The command line of an entry point (train, eval, predict), and the same words from Python (src.api): refused words
+with one line each, paths quoted for Hydra, `logger=null`/`callbacks=null` read as none."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from src import CONFIG_DIR
+
+
+def run_command_line(main) -> None:
+    """`main()` of an entry point (a @hydra.main function), with its command line's paths quoted and
+    `logger=null`/`callbacks=null` read as none; refused words exit with one line."""
+    require_config_dir()
+    problem = overrides_problem(sys.argv[1:], Path(sys.argv[0]).stem)
+    if problem:
+        sys.exit(problem)
+    sys.argv[1:] = prepared_overrides(sys.argv[1:])
+    main()
+
+def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
+    """Why these command words are refused (`hydra.job.chdir=true`, a word without a key), or None."""
+    changes_directory = {"hydra.job.chdir=" + value for value in ("true", "yes", "y", "on", "1")}  # as OmegaConf reads a bool
+    if changes_directory & {argument.lstrip("+").lower() for argument in arguments}:
+        # Relative paths given on the command line (ckpt_path, inputs, data.data_dir) would be read inside the new run
+        # folder, and a resume would take its checkpoint's run for a new one and overwrite that run's records.
+        return ("hydra.job.chdir=true is not supported: every run already writes all its files into its own folder "
+                "(hydra.run.dir), whatever the working directory. Leave it out.")
+    for word in words_without_a_key(arguments):
+        return f"'{word}' has no key: settings are key=value, such as {_likely_setting(word, entry_point)}."
+    return None
+
+def prepared_overrides(arguments: list[str]) -> list[str]:
+    """Overrides as Hydra must read them: paths quoted, `logger=null`/`callbacks=null` as none."""
+    from src.utils.path_overrides import quote_paths
+
+    return empty_list_groups(quote_paths(arguments))
+
+def empty_list_groups(arguments: list[str]) -> list[str]:
+    """`logger=null` and `callbacks=null` as `=[]` (none): Hydra refuses null for these groups of several entries with
+    a traceback, and `logger=null` is how other templates turn logging off."""
+    return [f"{argument[:-len('null')]}[]" if argument in ("logger=null", "callbacks=null") else argument
+            for argument in arguments]
+
+def require_config_dir() -> None:
+    """Exit with advice when conf/ is not beside src/: `pip install .` copies src/ alone into site-packages."""
+    if not CONFIG_DIR.is_dir():
+        sys.exit(f"No configs found: {CONFIG_DIR} does not exist. This project runs from its own folder, where conf/, "
+                 "data/ and outputs/ lie beside src/: install it there with `pip install -e .` and run the commands "
+                 "from that folder.")
+
+# Hydra's own flags that take the next word as their value (--info takes one optionally).
+_FLAGS_WITH_A_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                       "-cd", "--info", "-i", "--shell-completion", "-sc", "--experimental-rerun"}
+
+def words_without_a_key(arguments: list[str]) -> list[str]:
+    """Command-line words that are neither key=value, ~key (delete) nor a flag or its value: a path given alone
+    (`src.eval run/checkpoints/last.ckpt`), which Hydra's grammar refuses with a parse error that names no fix."""
+    return [word for before, word in zip(["", *arguments], arguments)
+            if "=" not in word and not word.startswith(("-", "~")) and before not in _FLAGS_WITH_A_VALUE]
+
+def _likely_setting(word: str, entry_point: str) -> str:
+    if word.endswith(".ckpt") or entry_point == "eval":
+        return f"ckpt_path={word}"
+    return f"inputs={word}" if entry_point == "predict" else "model=mlp or trainer.max_epochs=3"

@@ -1,0 +1,78 @@
+"""Run and sweep-job folders: a sweep job's folder name, and where a resumed run or sweep job continues (its own
+folder). conf/hydra/default.yaml reads these through the resolvers registered in src/__init__.py."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+
+def job_dirname(job_num: int, overrides: list[str], swept: set[str] | frozenset[str] = frozenset(),
+                exclude: list[str] | tuple[str, ...] = (), max_length: int = 120) -> str:
+    """A sweep job's folder name: its number and overrides, as Hydra's override_dirname but with the swept keys
+    first, so a name cut short (with a hash keeping it unique) still says what the job is; no path separators."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = [override for override in OverridesParser.create().parse_overrides(list(overrides))
+              if override.key_or_group not in exclude]
+    lines = sorted((override.key_or_group not in swept, override.input_line) for override in parsed)
+    name = f"{job_num}_{','.join(line for _, line in lines)}".replace("/", "-") if lines else str(job_num)
+    if len(name) > max_length:
+        digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+        name = f"{name[: max_length - 9]}~{digest}"
+    return name
+
+def swept_keys(sweep_dir: str) -> set[str]:
+    """The keys a sweep varies (comma lists and sweep functions on its command line, hydra.sweeper.params), from the
+    multirun.yaml Hydra writes into the sweep folder before the first job starts; none if it cannot be read."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        record = OmegaConf.to_container(OmegaConf.load(Path(sweep_dir) / "multirun.yaml").hydra, resolve=False)
+        lines = list(record["overrides"]["task"])
+        lines += [f"{key}={value}" for key, value in (record["sweeper"].get("params") or {}).items()]
+        return {override.key_or_group for override in OverridesParser.create().parse_overrides(lines)
+                if override.is_sweep_override()}
+    except Exception:  # only the order of the names depends on it
+        return set()
+
+def resumed_job_dir(ckpt_path: str | None, training: bool) -> Path | None:
+    """The run (or sweep job) folder a training resume from <folder>/checkpoints/x.ckpt continues in, so
+    TensorBoard curves, best-checkpoint tracking and the log go on where they stopped; None otherwise."""
+    if ckpt_path and training:
+        checkpoint = Path(str(ckpt_path)).expanduser().resolve()
+        job_dir = checkpoint.parent.parent
+        if checkpoint.parent.name == "checkpoints" and (job_dir / ".hydra").is_dir():
+            return job_dir
+    return None
+
+def resume_run_dir(ckpt_path: str | None, training: bool, new_run_dir: str) -> str:
+    job_dir = resumed_job_dir(ckpt_path, training)
+    return str(job_dir) if job_dir else new_run_dir
+
+def holds_a_run(folder: Path) -> list[str]:
+    """What in `folder` shows that a run has used it already (its results, its resumable state)."""
+    return [name for name in ("metrics.json", "checkpoints/last.ckpt") if (folder / name).is_file()]
+
+def resume_subdir(ckpt_path: str | None, training: bool, output_dir: str, timestamp: str, base: str) -> str:
+    """Where a record that a run writes once (Hydra's config and overrides, the CSV log) goes inside the run folder.
+    A resume in the checkpoint's own folder writes its own beside the original's, never over it: a refused resume
+    prints the original overrides, and the first run's metrics.csv would be lost. So does a new run pointed at a
+    folder that holds a run, which is then refused."""
+    resumed_here = resumed_job_dir(ckpt_path, training) == Path(output_dir).resolve()
+    return f"{base}/resumed-{timestamp}" if resumed_here or holds_a_run(Path(output_dir)) else base
+
+def _resumed_sweep_job(ckpt_path: str | None, training: bool) -> Path | None:
+    """A resumed job of an earlier sweep (its folder's parent holds Hydra's multirun.yaml)."""
+    job_dir = resumed_job_dir(ckpt_path, training)
+    return job_dir if job_dir and (job_dir.parent / "multirun.yaml").is_file() else None
+
+def resume_sweep_dir(ckpt_path: str | None, training: bool, new_sweep_dir: str) -> str:
+    job_dir = _resumed_sweep_job(ckpt_path, training)
+    return str(job_dir.parent) if job_dir else new_sweep_dir
+
+def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overrides, exclude, sweep_dir: str) -> str:
+    job_dir = _resumed_sweep_job(ckpt_path, training)
+    return job_dir.name if job_dir else job_dirname(job_num, overrides, swept_keys(sweep_dir), exclude)
