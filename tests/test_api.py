@@ -19,7 +19,7 @@ from src.data.mnist_files import load_split
 from src.errors import UserInputError
 from src.models.checkpoint_file import normalization
 from src.models.loading import load_network
-from tests.conftest import tiny_run_overrides
+from tests.conftest import run_module, tiny_run_overrides
 from tests.digit_drawing import draw_six, save
 
 
@@ -51,6 +51,12 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     logging.getLogger("notebook").warning("after the run")
     assert "after the run" in (tmp_path / "notebook.log").read_text()  # the caller's own log still writes
     assert not HydraConfig.initialized()
+
+    # The same run from the command line gives the same numbers, after whatever ran in this process before.
+    command_line = run_module("src.train", *overrides, "model=mlp", f"hydra.run.dir={tmp_path / 'cli'}")
+    assert command_line.returncode == 0, command_line.stderr[-3000:]
+    cli_metrics = json.loads((tmp_path / "cli" / "metrics.json").read_text())
+    assert (cli_metrics["test/loss"], cli_metrics["val/acc_best"]) == (run.metrics["test/loss"], run.metrics["val/acc_best"])
 
     # A resume continues in the run's own folder (this one had finished: it tests again).
     again = api.train(*overrides, "model=mlp", f"ckpt_path={run.dir / 'checkpoints' / 'last.ckpt'}")

@@ -106,6 +106,8 @@ def log_hparams_session(loggers, hparams: dict) -> None:
             for earlier in Path(logger.log_dir).glob(f"events.out.tfevents.*{HPARAMS_FILE_SUFFIX}"):
                 earlier.unlink()
             writer = FileWriter(logger.log_dir, filename_suffix=HPARAMS_FILE_SUFFIX)
-            for summary in hparams_summaries(hparams, {key: 0.0 for key in HPARAM_METRICS}):
-                writer.add_summary(summary)
-            writer.close()
+            try:
+                for summary in hparams_summaries(hparams, {key: 0.0 for key in HPARAM_METRICS}):
+                    writer.add_summary(summary)
+            finally:  # its writer thread would otherwise outlive a failure here
+                writer.close()
