@@ -16,7 +16,7 @@ from omegaconf.errors import InterpolationKeyError
 
 from src import CONFIG_DIR, api
 from src.data.mnist_files import load_split
-from src.errors import UserInputError
+from src.errors import RunInterrupted, UserInputError
 from src.models.checkpoint_file import normalization
 from src.models.loading import load_network
 from tests.conftest import run_module, tiny_run_overrides
@@ -92,7 +92,8 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
 def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_it_was(tmp_path):
     refusals = [
         ([["model.dropout=2"]], r"model.dropout=2 is invalid"),  # the settings as one list, too
-        (["-m", "model=mlp,cnn"], "command line only"),
+        (["-m", "model=mlp,cnn"], r"sweeps \(-m, sweep=<name>\) run from the command line"),
+        (["sweep=seeds"], r"run from the command line: python -m src.train sweep=seeds"),  # not one run of the three
         (["run/checkpoints/last.ckpt"], "has no key"),
         (["model=resnet"], "Available options in 'model'"),  # Hydra's own refusals too
         (["model.optimizer.lr=1e-3,3e-3"], r"from the command line: python -m src.train -m"),
@@ -138,3 +139,17 @@ def test_a_notebook_shows_a_reported_error_as_its_message_alone(monkeypatch):
         assert error._render_traceback_() == ["UserInputError: model.dropout=2 is invalid"]
         monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
         assert error._render_traceback_()[0] == "Traceback (most recent call last):"
+
+
+def test_a_ctrl_c_outside_training_is_reported_and_logged_as_on_the_command_line(tmp_path, monkeypatch):
+    import src.train
+
+    def interrupted_while_loading(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(src.train, "train", interrupted_while_loading)
+    with pytest.raises(RunInterrupted, match="Stopped by Ctrl-C outside training and testing"):
+        api.train(f"paths.log_dir={tmp_path}", "hydra.output_subdir=null")
+    [folder] = tmp_path.glob("*/*")
+    assert "[ERROR] - Stopped by Ctrl-C" in (folder / "train.log").read_text()
+    assert [path.name for path in folder.iterdir()] == ["train.log"]  # hydra.output_subdir=null: no record kept

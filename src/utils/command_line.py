@@ -19,6 +19,7 @@ def run_command_line(main) -> None:
     sys.argv[1:] = prepared_overrides(sys.argv[1:])
     main()
 
+
 def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
     """Why these command words are refused (`hydra.job.chdir=true`, a word without a key), or None."""
     changes_directory = {"hydra.job.chdir=" + value for value in ("true", "yes", "y", "on", "1")}  # as OmegaConf reads a bool
@@ -31,11 +32,13 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
         return f"'{word}' has no key: settings are key=value, such as {_likely_setting(word, entry_point)}."
     return None
 
+
 def prepared_overrides(arguments: list[str]) -> list[str]:
     """Overrides as Hydra must read them: paths quoted, `logger=null`/`callbacks=null` as none."""
     from src.utils.path_overrides import quote_paths
 
     return empty_list_groups(quote_paths(arguments))
+
 
 def empty_list_groups(arguments: list[str]) -> list[str]:
     """`logger=null` and `callbacks=null` as `=[]` (none): Hydra refuses null for these groups of several entries with
@@ -43,22 +46,32 @@ def empty_list_groups(arguments: list[str]) -> list[str]:
     return [f"{argument[:-len('null')]}[]" if argument in ("logger=null", "callbacks=null") else argument
             for argument in arguments]
 
+
 def require_config_dir() -> None:
     """Exit with advice when conf/ is not beside src/: `pip install .` copies src/ alone into site-packages."""
-    if not CONFIG_DIR.is_dir():
-        sys.exit(f"No configs found: {CONFIG_DIR} does not exist. This project runs from its own folder, where conf/, "
-                 "data/ and outputs/ lie beside src/: install it there with `pip install -e .` and run the commands "
-                 "from that folder.")
+    problem = config_dir_problem()
+    if problem:
+        sys.exit(problem)
+
+
+def config_dir_problem() -> str | None:
+    if CONFIG_DIR.is_dir():
+        return None
+    return (f"No configs found: {CONFIG_DIR} does not exist. This project runs from its own folder, where conf/, data/ "
+            "and outputs/ lie beside src/: install it there with `pip install -e .` and run the commands from that folder.")
+
 
 # Hydra's own flags that take the next word as their value (--info takes one optionally).
 _FLAGS_WITH_A_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
                        "-cd", "--info", "-i", "--shell-completion", "-sc", "--experimental-rerun"}
+
 
 def words_without_a_key(arguments: list[str]) -> list[str]:
     """Command-line words that are neither key=value, ~key (delete) nor a flag or its value: a path given alone
     (`src.eval run/checkpoints/last.ckpt`), which Hydra's grammar refuses with a parse error that names no fix."""
     return [word for before, word in zip(["", *arguments], arguments)
             if "=" not in word and not word.startswith(("-", "~")) and before not in _FLAGS_WITH_A_VALUE]
+
 
 def _likely_setting(word: str, entry_point: str) -> str:
     if word.endswith(".ckpt") or entry_point == "eval":

@@ -24,6 +24,7 @@ def job_dirname(job_num: int, overrides: list[str], swept: set[str] | frozenset[
         name = f"{name[: max_length - 9]}~{digest}"
     return name
 
+
 def swept_keys(sweep_dir: str) -> set[str]:
     """The keys a sweep varies (comma lists and sweep functions on its command line, hydra.sweeper.params), from the
     multirun.yaml Hydra writes into the sweep folder before the first job starts; none if it cannot be read."""
@@ -38,6 +39,7 @@ def swept_keys(sweep_dir: str) -> set[str]:
     except Exception:  # only the order of the names depends on it
         return set()
 
+
 def resumed_job_dir(ckpt_path: str | None, training: bool) -> Path | None:
     """The run (or sweep job) folder a training resume from <folder>/checkpoints/x.ckpt continues in, so
     TensorBoard curves, best-checkpoint tracking and the log go on where they stopped; None otherwise."""
@@ -48,13 +50,16 @@ def resumed_job_dir(ckpt_path: str | None, training: bool) -> Path | None:
             return job_dir
     return None
 
+
 def resume_run_dir(ckpt_path: str | None, training: bool, new_run_dir: str) -> str:
     job_dir = resumed_job_dir(ckpt_path, training)
     return str(job_dir) if job_dir else new_run_dir
 
+
 def holds_a_run(folder: Path) -> list[str]:
     """What in `folder` shows that a run has used it already (its results, its resumable state)."""
     return [name for name in ("metrics.json", "checkpoints/last.ckpt") if (folder / name).is_file()]
+
 
 def resume_subdir(ckpt_path: str | None, training: bool, output_dir: str, timestamp: str, base: str) -> str:
     """Where a record that a run writes once (Hydra's config and overrides, the CSV log) goes inside the run folder.
@@ -64,14 +69,17 @@ def resume_subdir(ckpt_path: str | None, training: bool, output_dir: str, timest
     resumed_here = resumed_job_dir(ckpt_path, training) == Path(output_dir).resolve()
     return f"{base}/resumed-{timestamp}" if resumed_here or holds_a_run(Path(output_dir)) else base
 
+
 def _resumed_sweep_job(ckpt_path: str | None, training: bool) -> Path | None:
     """A resumed job of an earlier sweep (its folder's parent holds Hydra's multirun.yaml)."""
     job_dir = resumed_job_dir(ckpt_path, training)
     return job_dir if job_dir and (job_dir.parent / "multirun.yaml").is_file() else None
 
+
 def resume_sweep_dir(ckpt_path: str | None, training: bool, new_sweep_dir: str) -> str:
     job_dir = _resumed_sweep_job(ckpt_path, training)
     return str(job_dir.parent) if job_dir else new_sweep_dir
+
 
 def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overrides, exclude, sweep_dir: str) -> str:
     job_dir = _resumed_sweep_job(ckpt_path, training)

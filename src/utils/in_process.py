@@ -1,0 +1,173 @@
+"""A run of an entry point inside the caller's Python process (src.api: a notebook), as @hydra.main makes one on the
+command line: the same config, run folder, Hydra record, log and refusals; the caller's Hydra and logging state are
+left as they were."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
+
+from src import CONFIG_DIR
+from src.errors import ReportedError, UserInputError
+from src.utils.command_line import config_dir_problem, overrides_problem, prepared_overrides
+
+
+def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, overrides: tuple) -> tuple[Path, Any]:
+    """What @hydra.main does for a single run, minus changing the working directory: compose the config, make the
+    run folder (hydra.run.dir), keep Hydra's record in it (.hydra/), log to the console and <task_name>.log.
+    Hydra's global state (a Hydra app of the caller's own) is as it was afterwards."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.initialize import get_gh_backup, restore_gh_from_backup
+    from hydra.types import RunMode
+
+    from src.utils.run import output_dir_problem
+
+    words = _setting_words(overrides, config_name)
+    callers_hydra, callers_hydra_config = get_gh_backup(), HydraConfig.instance().cfg
+    try:
+        cfg = _composed(config_name, prepared_overrides(words))
+        if cfg.hydra.mode == RunMode.MULTIRUN or OmegaConf.select(cfg, "hydra.sweeper.params"):  # sweep=<name>
+            raise UserInputError(f"{_SWEEPS_RUN_FROM_THE_COMMAND_LINE}: python -m src.{config_name} "
+                                 f"{' '.join(words)}")
+        HydraConfig.instance().set_config(cfg)  # hydra.run.dir and paths.output_dir read it
+        folder = _run_folder(cfg)
+        with read_write(cfg.hydra), open_dict(cfg.hydra):
+            cfg.hydra.run.dir = cfg.hydra.runtime.output_dir = str(folder)
+            cfg.hydra.mode = RunMode.RUN
+        HydraConfig.instance().set_config(cfg)
+        task_cfg = copy.deepcopy(cfg)
+        with read_write(task_cfg), open_dict(task_cfg):
+            del task_cfg["hydra"]
+        problem = output_dir_problem(task_cfg, sweeps=False)
+        if problem:
+            raise UserInputError(problem)
+        if cfg.hydra.output_subdir is not None:  # Hydra's record, as it keeps one for the command line
+            record = folder / str(cfg.hydra.output_subdir)
+            record.mkdir(parents=True, exist_ok=True)
+            for name, content in (("config", task_cfg), ("hydra", OmegaConf.create({"hydra": cfg.hydra})),
+                                  ("overrides", cfg.hydra.overrides.task)):
+                OmegaConf.save(content, record / f"{name}.yaml")
+        folder.mkdir(parents=True, exist_ok=True)
+        with _run_logging(cfg) as run_log:
+            return folder, _reporting_failures(work, task_cfg, run_log)
+    finally:
+        HydraConfig.instance().cfg = callers_hydra_config
+        restore_gh_from_backup(callers_hydra)
+
+
+_SWEEPS_RUN_FROM_THE_COMMAND_LINE = "sweeps (-m, sweep=<name>) run from the command line"
+
+
+def _setting_words(overrides: tuple, config_name: str) -> list[str]:
+    """The settings as the command line's words, refused as it refuses them. Each setting is its own string, as each is
+    its own word on the command line; one list of them is taken too."""
+    words = [str(word) for item in overrides for word in (item if isinstance(item, (list, tuple)) else [item])]
+    flags = " ".join(word for word in words if word.startswith("-"))
+    if flags:
+        raise UserInputError(f"{flags}: {_SWEEPS_RUN_FROM_THE_COMMAND_LINE}, as do Hydra's flags (python -m "
+                             f"src.{config_name} {flags} ...); here, pass key=value settings alone.")
+    problem = config_dir_problem() or overrides_problem(words, config_name)
+    if problem:
+        raise UserInputError(problem)
+    return words
+
+
+def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_log: logging.Handler) -> Any:
+    """work(cfg); a failure the command line reports in one line is noted in the run's log as it would be there, and
+    a Ctrl-C outside training and testing (which report their own) is reported as there."""
+    from src.errors import RunInterrupted
+    from src.utils.disk_errors import disk_problem
+
+    try:
+        try:
+            return work(cfg)
+        except KeyboardInterrupt as stop:
+            raise RunInterrupted("Stopped by Ctrl-C outside training and testing: nothing was saved at that moment. Run "
+                                 "the same call again (after a Ctrl-C during the first run's imports, restart the kernel "
+                                 "first: torch cannot be imported twice).", exit_code=130) from stop
+    except Exception as failure:
+        reported = disk_problem(failure) or failure
+        if isinstance(reported, ReportedError):
+            run_log.handle(logging.makeLogRecord({"name": __name__, "levelno": logging.ERROR, "levelname": "ERROR",
+                                                  "msg": str(reported)}))
+        if reported is not failure:
+            raise reported from failure
+        raise
+
+
+def _run_folder(cfg: DictConfig) -> Path:
+    """hydra.run.dir. Its default names the folder after the second the run starts: runs of one notebook that start
+    within a second (an evaluate after a quick predict, a loop) get -2, -3, ... added, rather than one folder (which
+    a run would then refuse, as it holds another). A folder given, or the run folder a resume continues in, is kept."""
+    from src.utils.run_folders import resumed_job_dir
+
+    folder = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).expanduser().resolve()
+    dated = "${now:" in str(OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"])
+    if not dated or resumed_job_dir(cfg.get("ckpt_path"), bool(cfg.get("train"))) == folder:
+        return folder
+    candidate = folder
+    for number in itertools.count(2):
+        if not candidate.exists():
+            return candidate
+        candidate = folder.with_name(f"{folder.name}-{number}")
+
+
+def _composed(config_name: str, overrides: list[str]) -> DictConfig:
+    """The config with Hydra's own part, as @hydra.main composes it; Hydra's refusals (an unknown option or key) as
+    UserInputError, with their message."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=config_name):
+            return compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
+    except (HydraException, OmegaConfBaseException) as refused:
+        # Hydra's advice for `key=a,b` names a flag that only the command line takes.
+        message = str(refused).replace("add --multirun to your command line",
+                                       f"run it from the command line: python -m src.{config_name} -m ...")
+        raise UserInputError(message) from refused
+
+
+_LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric")
+
+
+@contextmanager
+def _run_logging(cfg: DictConfig) -> Iterator[logging.Handler]:
+    """The run's log as on the command line: <run folder>/<task_name>.log, and the console unless the caller's logging
+    prints there already. Lightning, imported into a process without logging set up, prints through its own handler: for
+    the run, its messages go to the run's handlers instead. Afterwards the caller's logging is as it was. Yields the
+    handler of the run's log file."""
+    log_config = OmegaConf.to_container(cfg.hydra.job_logging, resolve=True)
+    form = logging.Formatter(log_config["formatters"]["simple"]["format"])
+    root = logging.getLogger()
+    handlers = [logging.FileHandler(log_config["handlers"]["file"]["filename"])]
+    if not any(getattr(handler, "stream", None) in (sys.stdout, sys.stderr) for handler in root.handlers):
+        handlers.append(logging.StreamHandler(sys.stdout))
+    lightning = [(logger, logger.handlers, logger.propagate) for logger in map(logging.getLogger, _LIGHTNING_LOGGERS)]
+    level = root.level
+    try:
+        for handler in handlers:
+            handler.setFormatter(form)
+            root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        for logger, _, _ in lightning:
+            logger.handlers, logger.propagate = [], True
+        yield handlers[0]
+    finally:
+        for handler in handlers:
+            root.removeHandler(handler)
+            handler.close()
+        root.setLevel(level)
+        for logger, own_handlers, propagate in lightning:
+            logger.handlers, logger.propagate = own_handlers, propagate
