@@ -55,7 +55,7 @@ def _in_a_notebook() -> bool:
     return get_ipython() is not None
 
 
-def train(*overrides: str) -> Run:
+def train(*overrides: str | list[str]) -> Run:
     """python -m src.train <overrides>: fit, then test the best checkpoint. Returns the run, metrics filled."""
     from src.train import train as train_run
 
@@ -63,7 +63,7 @@ def train(*overrides: str) -> Run:
     return Run(folder, metrics=metrics)
 
 
-def evaluate(*overrides: str) -> Run:
+def evaluate(*overrides: str | list[str]) -> Run:
     """python -m src.eval ckpt_path=<checkpoint> <overrides>: test a checkpoint on the official test set."""
     from src.eval import evaluate as evaluate_run
 
@@ -71,7 +71,7 @@ def evaluate(*overrides: str) -> Run:
     return Run(folder, metrics=metrics)
 
 
-def predict(*overrides: str) -> Run:
+def predict(*overrides: str | list[str]) -> Run:
     """python -m src.predict ckpt_path=<checkpoint> inputs=<files> <overrides>: classify image files."""
     from src.predict import predict as predict_run
 

@@ -16,11 +16,12 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from src import CONFIG_DIR
-from src.errors import ReportedError, UserInputError
+from src.errors import ReportedError, RunInterrupted, UserInputError
 from src.utils.command_line import config_dir_problem, overrides_problem, prepared_overrides
 
 
-def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, overrides: tuple) -> tuple[Path, Any]:
+def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, overrides: tuple[str | list[str], ...]
+                        ) -> tuple[Path, Any]:
     """What @hydra.main does for a single run, minus changing the working directory: compose the config, make the
     run folder (hydra.run.dir), keep Hydra's record in it (.hydra/), log to the console and <task_name>.log.
     Hydra's global state (a Hydra app of the caller's own) is as it was afterwards."""
@@ -66,7 +67,7 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ove
 _SWEEPS_RUN_FROM_THE_COMMAND_LINE = "sweeps (-m, sweep=<name>) run from the command line"
 
 
-def _setting_words(overrides: tuple, config_name: str) -> list[str]:
+def _setting_words(overrides: tuple[str | list[str], ...], config_name: str) -> list[str]:
     """The settings as the command line's words, refused as it refuses them. Each setting is its own string, as each is
     its own word on the command line; one list of them is taken too."""
     words = [str(word) for item in overrides for word in (item if isinstance(item, (list, tuple)) else [item])]
@@ -83,7 +84,6 @@ def _setting_words(overrides: tuple, config_name: str) -> list[str]:
 def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_log: logging.Handler) -> Any:
     """work(cfg); a failure the command line reports in one line is noted in the run's log as it would be there, and
     a Ctrl-C outside training and testing (which report their own) is reported as there."""
-    from src.errors import RunInterrupted
     from src.utils.disk_errors import disk_problem
 
     try:
@@ -91,8 +91,7 @@ def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_
             return work(cfg)
         except KeyboardInterrupt as stop:
             raise RunInterrupted("Stopped by Ctrl-C outside training and testing: nothing was saved at that moment. Run "
-                                 "the same call again (after a Ctrl-C during the first run's imports, restart the kernel "
-                                 "first: torch cannot be imported twice).", exit_code=130) from stop
+                                 "the same call again.", exit_code=130) from stop
     except Exception as failure:
         reported = disk_problem(failure) or failure
         if isinstance(reported, ReportedError):
