@@ -33,6 +33,27 @@ class Run:
     def figures(self) -> list[Path]:
         return sorted(self.dir.glob("*.png"))
 
+    def history(self) -> list[dict[str, float]]:
+        """One row per epoch: its number and the scalars logged at its end (train/loss, train/acc, val/loss, val/acc,
+        val/acc_best), read from the run's TensorBoard events. `pandas.DataFrame(run.history())` is a table;
+        `[row["val/acc"] for row in run.history()]` a curve. An epoch without validation has no val/ entries."""
+        from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
+
+        events = EventAccumulator(str(self.dir / "tensorboard"), size_guidance={SCALARS: 0})  # 0: every value
+        events.Reload()
+        tags = events.Tags()[SCALARS]
+        if "epoch" not in tags:  # no TensorBoard logger, or nothing trained
+            return []
+        epoch_at_step = {event.step: int(event.value) for event in events.Scalars("epoch")}  # Lightning logs it with each
+        rows: dict[int, dict[str, float]] = {}
+        for tag in tags:
+            if tag != "epoch" and not tag.startswith("test/"):  # the test pass is in metrics
+                for event in events.Scalars(tag):
+                    if event.step in epoch_at_step:
+                        epoch = epoch_at_step[event.step]
+                        rows.setdefault(epoch, {"epoch": epoch})[tag] = event.value
+        return [rows[epoch] for epoch in sorted(rows)]
+
     def show(self) -> None:
         """Display the run's figures (learning curves, confusion matrix, misclassified digits, predictions) in a
         notebook; elsewhere, print where they are."""

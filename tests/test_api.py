@@ -25,6 +25,7 @@ from tests.digit_drawing import draw_six, save
 
 def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path, synthetic_data_dir, monkeypatch, capsys):
     overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
+    overrides.append("trainer.max_epochs=2")
     root, lightning = logging.getLogger(), logging.getLogger("pytorch_lightning")
     # As in a notebook, where Lightning was imported before logging was set up: it prints through its own handler.
     lightnings_own = logging.StreamHandler()
@@ -46,6 +47,12 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     assert capsys.readouterr().out.count("test accuracy :") == 1  # the caller's log is a file: the console gets it too
     assert "test accuracy" in log_text and "GPU available" in log_text  # Lightning's lines too, as on the command line
     assert run.dir / "learning_curves.png" in run.figures
+    # The curves, epoch by epoch, for plots of one's own.
+    history = run.history()
+    assert [row["epoch"] for row in history] == [0, 1]
+    assert all({"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= set(row) for row in history)
+    assert history[1]["train/loss"] < history[0]["train/loss"]
+    assert history[-1]["val/acc_best"] == pytest.approx(run.metrics["val/acc_best"])
     # The caller's logging and Hydra state are as they were.
     assert root.handlers == root_handlers and lightning.handlers == [lightnings_own] and not lightning.propagate
     logging.getLogger("notebook").warning("after the run")
