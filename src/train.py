@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from src import CONFIG_DIR
 from src.utils.command_line import run_command_line
-from src.utils.command_words import ckpt_override, eval_overrides, original_overrides
+from src.utils.command_words import ckpt_override, command, eval_overrides, original_overrides
 from src.utils.run_folders import resumed_job_dir
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,8 @@ def train(cfg: DictConfig) -> dict:
         if not cfg.get("train") and not ckpt_path:
             log.warning("test without train and without ckpt_path: testing an untrained model.")
         started = time.perf_counter()
-        advice = (f"The checkpoints are intact; test this one with: python -m src.eval {eval_overrides()}"
-                  f"{ckpt_override(ckpt_path)}" if ckpt_path else "Run the same command again.")
+        advice = (f"The checkpoints are intact; test this one with: {command('eval', eval_overrides() + ckpt_override(ckpt_path))}"
+                  if ckpt_path else "Run the same command again.")
         results = test_or_report_interruption(trainer, model, datamodule, ckpt_path or None, advice)
         metrics["test_seconds"] = round(time.perf_counter() - started, 2)
         metrics.update({key: float(value) for key, value in results.items()})
@@ -143,8 +143,8 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         at = f" at epoch {trainer.current_epoch}, step {trainer.global_step}" if trainer.global_step else ""
         raise RunInterrupted(
             f"Training aborted by Ctrl-C{at}, without saving. "
-            + (f"{last} holds the last saved state; resume with: python -m src.train {original_overrides()} "
-               f"{ckpt_override(last)}" if last else "No checkpoint had been saved yet."),
+            + (f"{last} holds the last saved state; resume with: "
+               f"{command('train', f'{original_overrides()} {ckpt_override(last)}')}" if last else "No checkpoint had been saved yet."),
             exit_code=130,
         ) from stop
     finally:  # after any failure too: in a sweep, a later job's Ctrl-C would otherwise go to this job's handler
@@ -155,7 +155,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
 
 def _stopped(by: str, at: str, saved: str | None) -> str:
     return f"Training stopped by {by} {at}. " + (
-        f"Saved {saved}; resume with: python -m src.train {original_overrides()} {ckpt_override(saved)}" if saved
+        f"Saved {saved}; resume with: {command('train', f'{original_overrides()} {ckpt_override(saved)}')}" if saved
         else "No checkpoint callback was configured, so nothing was saved.")
 
 

@@ -16,7 +16,7 @@ from omegaconf.errors import InterpolationKeyError
 
 from src import CONFIG_DIR, api
 from src.data.mnist_files import load_split
-from src.errors import RunInterrupted, UserInputError
+from src.errors import ResumeRefused, RunInterrupted, UserInputError
 from src.models.checkpoint_file import normalization
 from src.models.loading import load_network
 from tests.conftest import run_module, tiny_run_overrides
@@ -58,6 +58,12 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     logging.getLogger("notebook").warning("after the run")
     assert "after the run" in (tmp_path / "notebook.log").read_text()  # the caller's own log still writes
     assert not HydraConfig.initialized()
+
+    # Advice names the call to make, not a command line.
+    with pytest.raises(ResumeRefused) as refused:
+        api.train(*overrides, "model=mlp", "trainer.max_epochs=3", f"ckpt_path={run.dir / 'checkpoints' / 'last.ckpt'}")
+    assert f"resume with the overrides of the run that saved it: train({repr(overrides[0])}, " in str(refused.value)
+    assert f"'ckpt_path={run.dir / 'checkpoints' / 'last.ckpt'}'), or start a new run" in str(refused.value)
 
     # The same run from the command line gives the same numbers, after whatever ran in this process before.
     command_line = run_module("src.train", *overrides, "model=mlp", f"hydra.run.dir={tmp_path / 'cli'}")

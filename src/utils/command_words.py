@@ -1,9 +1,33 @@
-"""Commands printed for the user to run next (resume, test a checkpoint): this run's overrides as shell words."""
+"""Commands printed for the user to run next (resume, test a checkpoint): this run's overrides as shell words, and in
+a run of src.api (a notebook) the call that does the same."""
 
 from __future__ import annotations
 
+import contextvars
 import re
 import shlex
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+_CALLED_FROM_PYTHON = contextvars.ContextVar("called_from_python", default=False)
+_API_FUNCTIONS = {"train": "train", "eval": "evaluate", "predict": "predict"}
+
+
+@contextmanager
+def advice_as_calls() -> Iterator[None]:
+    """Within it (a run of src.api), `command` names the src.api call instead of the command line."""
+    token = _CALLED_FROM_PYTHON.set(True)
+    try:
+        yield
+    finally:
+        _CALLED_FROM_PYTHON.reset(token)
+
+
+def command(entry_point: str, words: str) -> str:
+    """`python -m src.<entry_point> <words>`, or within advice_as_calls the same as a call: train('model=mlp', ...)."""
+    if _CALLED_FROM_PYTHON.get():
+        return f"{_API_FUNCTIONS[entry_point]}({', '.join(repr(word) for word in shlex.split(words))})"
+    return f"python -m src.{entry_point} {words.strip()}"
 
 
 def command_overrides() -> list[str] | None:

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from src import CONFIG_DIR
 from src.errors import ReportedError, RunInterrupted, UserInputError
 from src.utils.command_line import config_dir_problem, overrides_problem, prepared_overrides
+from src.utils.command_words import advice_as_calls
 
 
 def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, overrides: tuple[str | list[str], ...]
@@ -57,7 +58,7 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ove
                                   ("overrides", cfg.hydra.overrides.task)):
                 OmegaConf.save(content, record / f"{name}.yaml")
         folder.mkdir(parents=True, exist_ok=True)
-        with _run_logging(cfg) as run_log:
+        with _run_logging(cfg) as run_log, advice_as_calls():  # "resume with: train(...)", not a command line
             return folder, _reporting_failures(work, task_cfg, run_log)
     finally:
         HydraConfig.instance().cfg = callers_hydra_config
