@@ -93,8 +93,8 @@ def train(cfg: DictConfig) -> dict:
         if not cfg.get("train") and not ckpt_path:
             log.warning("test without train and without ckpt_path: testing an untrained model.")
         started = time.perf_counter()
-        advice = (f"The checkpoints are intact; test this one with: {command('eval', eval_overrides() + ckpt_override(ckpt_path))}"
-                  if ckpt_path else "Run the same command again.")
+        test_again = command("eval", eval_overrides() + ckpt_override(ckpt_path)) if ckpt_path else None
+        advice = f"The checkpoints are intact; test this one with: {test_again}" if ckpt_path else "Run the same command again."
         results = test_or_report_interruption(trainer, model, datamodule, ckpt_path or None, advice)
         metrics["test_seconds"] = round(time.perf_counter() - started, 2)
         metrics.update({key: float(value) for key, value in results.items()})
@@ -144,7 +144,8 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         raise RunInterrupted(
             f"Training aborted by Ctrl-C{at}, without saving. "
             + (f"{last} holds the last saved state; resume with: "
-               f"{command('train', f'{original_overrides()} {ckpt_override(last)}')}" if last else "No checkpoint had been saved yet."),
+               f"{command('train', f'{original_overrides()} {ckpt_override(last)}')}" if last
+               else "No checkpoint had been saved yet."),
             exit_code=130,
         ) from stop
     finally:  # after any failure too: in a sweep, a later job's Ctrl-C would otherwise go to this job's handler

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _CALLED_FROM_PYTHON = contextvars.ContextVar("called_from_python", default=False)
-_API_FUNCTIONS = {"train": "train", "eval": "evaluate", "predict": "predict"}
+_API_FUNCTIONS = {"train": "train", "eval": "evaluate"}
 
 
 @contextmanager
