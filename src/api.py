@@ -34,24 +34,28 @@ class Run:
         return sorted(self.dir.glob("*.png"))
 
     def history(self) -> list[dict[str, float]]:
-        """One row per epoch: its number and the scalars logged at its end (train/loss, train/acc, val/loss, val/acc,
-        val/acc_best), read from the run's TensorBoard events. `pandas.DataFrame(run.history())` is a table;
-        `[row["val/acc"] for row in run.history()]` a curve. An epoch without validation has no val/ entries."""
+        """One row per epoch: its number and the metrics logged once per epoch (train/loss, train/acc, val/loss,
+        val/acc, val/acc_best), read from the run's TensorBoard events; none without them (logger=[] or csv, or nothing
+        trained). `pandas.DataFrame(run.history())` is a table, `[row.get("val/acc") for row in run.history()]` a
+        curve (an epoch without validation has no val/ entries)."""
         from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
+        if not (self.dir / "tensorboard").is_dir():
+            return []
         events = EventAccumulator(str(self.dir / "tensorboard"), size_guidance={SCALARS: 0})  # 0: every value
         events.Reload()
         tags = events.Tags()[SCALARS]
-        if "epoch" not in tags:  # no TensorBoard logger, or nothing trained
+        if "epoch" not in tags:
             return []
         epoch_at_step = {event.step: int(event.value) for event in events.Scalars("epoch")}  # Lightning logs it with each
         rows: dict[int, dict[str, float]] = {}
         for tag in tags:
-            if tag != "epoch" and not tag.startswith("test/"):  # the test pass is in metrics
-                for event in events.Scalars(tag):
-                    if event.step in epoch_at_step:
-                        epoch = epoch_at_step[event.step]
-                        rows.setdefault(epoch, {"epoch": epoch})[tag] = event.value
+            scalars = events.Scalars(tag)
+            # Per epoch only: the learning rate, logged every few steps, would land in some rows and not others.
+            if tag != "epoch" and not tag.startswith("test/") and all(event.step in epoch_at_step for event in scalars):
+                for event in scalars:
+                    epoch = epoch_at_step[event.step]
+                    rows.setdefault(epoch, {"epoch": epoch})[tag] = event.value
         return [rows[epoch] for epoch in sorted(rows)]
 
     def show(self) -> None:

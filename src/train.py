@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from src import CONFIG_DIR
 from src.utils.command_line import run_command_line
-from src.utils.command_words import ckpt_override, command, eval_overrides, original_overrides
+from src.utils.command_words import ckpt_path_override, command, eval_overrides, original_overrides
 from src.utils.run_folders import resumed_job_dir
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def train(cfg: DictConfig) -> dict:
         if not cfg.get("train") and not ckpt_path:
             log.warning("test without train and without ckpt_path: testing an untrained model.")
         started = time.perf_counter()
-        test_again = command("eval", eval_overrides() + ckpt_override(ckpt_path)) if ckpt_path else None
+        test_again = command("eval", [*eval_overrides(), ckpt_path_override(ckpt_path)]) if ckpt_path else None
         advice = f"The checkpoints are intact; test this one with: {test_again}" if ckpt_path else "Run the same command again."
         results = test_or_report_interruption(trainer, model, datamodule, ckpt_path or None, advice)
         metrics["test_seconds"] = round(time.perf_counter() - started, 2)
@@ -144,7 +144,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         raise RunInterrupted(
             f"Training aborted by Ctrl-C{at}, without saving. "
             + (f"{last} holds the last saved state; resume with: "
-               f"{command('train', f'{original_overrides()} {ckpt_override(last)}')}" if last
+               f"{command('train', [*original_overrides(), ckpt_path_override(last)])}" if last
                else "No checkpoint had been saved yet."),
             exit_code=130,
         ) from stop
@@ -156,7 +156,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
 
 def _stopped(by: str, at: str, saved: str | None) -> str:
     return f"Training stopped by {by} {at}. " + (
-        f"Saved {saved}; resume with: {command('train', f'{original_overrides()} {ckpt_override(saved)}')}" if saved
+        f"Saved {saved}; resume with: {command('train', [*original_overrides(), ckpt_path_override(saved)])}" if saved
         else "No checkpoint callback was configured, so nothing was saved.")
 
 

@@ -53,6 +53,7 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     assert all({"train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"} <= set(row) for row in history)
     assert history[1]["train/loss"] < history[0]["train/loss"]
     assert history[-1]["val/acc_best"] == pytest.approx(run.metrics["val/acc_best"])
+    assert not any("lr" in row for row in history)  # logged every step here: not a per-epoch value
     # The caller's logging and Hydra state are as they were.
     assert root.handlers == root_handlers and lightning.handlers == [lightnings_own] and not lightning.propagate
     logging.getLogger("notebook").warning("after the run")
@@ -166,3 +167,4 @@ def test_a_ctrl_c_outside_training_is_reported_and_logged_as_on_the_command_line
     [folder] = tmp_path.glob("*/*")
     assert "[ERROR] - Stopped by Ctrl-C" in (folder / "train.log").read_text()
     assert [path.name for path in folder.iterdir()] == ["train.log"]  # hydra.output_subdir=null: no record kept
+    assert api.Run(folder).history() == []  # nothing trained, no TensorBoard events

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import ast
 import csv
 import json
 import os
@@ -297,14 +298,16 @@ def test_resuming_with_another_schedule_length_is_refused_before_training(tmp_pa
 
 @pytest.mark.parametrize("path", ["outputs/2026-11-24/13-27-54/checkpoints/last.ckpt",
                                   "outputs/multirun/2026-11-24/13-27-54/1_model=cnn,seed=2/checkpoints/last.ckpt",
-                                  "/tmp/Läufe/checkpoints/last.ckpt"])
+                                  "/tmp/Läufe/checkpoints/last.ckpt", "/tmp/bob's runs/last.ckpt", '/tmp/a "b"/last.ckpt'])
 def test_the_printed_resume_override_reads_back_as_the_path(path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    from src.utils.command_words import advice_as_calls, ckpt_path_override, typed
     from src.utils.path_overrides import quote_paths
-    from src.utils.command_words import ckpt_override
 
-    (word,) = shlex.split(ckpt_override(path))  # what the shell hands to Hydra
+    (word,) = shlex.split(typed(ckpt_path_override(path)))  # what the shell hands to Hydra
+    with advice_as_calls():
+        assert ast.literal_eval(typed(ckpt_path_override(path))) == word  # what a src.api call hands to Hydra
     override = OverridesParser.create().parse_override(word)
     assert override.key_or_group == "ckpt_path" and override.value() == path
     for key in ("ckpt_path", "+ckpt_path", "inputs", "data.data_dir", "paths.log_dir"):
@@ -312,11 +315,14 @@ def test_the_printed_resume_override_reads_back_as_the_path(path):
         assert OverridesParser.create().parse_override(pasted).value() == path, pasted
 
 
-def test_printed_overrides_reach_hydra_as_typed():
-    from src.utils.command_words import shell_words
+def test_printed_commands_hand_hydra_the_overrides_as_typed():
+    from src.utils.command_words import advice_as_calls, command
 
-    overrides = ["callbacks=[default,ema]", "model.channels=[8,16]", "data.data_dir=/tmp/my data", "ckpt_path=x.ckpt", "seed=1"]
-    assert shlex.split(shell_words(overrides)) == [o for o in overrides if not o.startswith("ckpt_path=")]
+    overrides = ["callbacks=[default,ema]", "model.channels=[8,16]", "data.data_dir=/tmp/bob's data", 'ckpt_path="a b"']
+    assert shlex.split(command("train", overrides)) == ["python", "-m", "src.train", *overrides]
+    with advice_as_calls():
+        call = ast.parse(command("eval", overrides), mode="eval").body
+    assert call.func.id == "evaluate" and [ast.literal_eval(argument) for argument in call.args] == overrides
 
 
 def test_the_eval_advice_leaves_out_the_training_runs_output_folder(tmp_path, monkeypatch):
@@ -334,7 +340,7 @@ def test_the_eval_advice_leaves_out_the_training_runs_output_folder(tmp_path, mo
         cfg = compose("train", overrides=overrides, return_hydra_config=True)
     monkeypatch.setattr(HydraConfig.instance(), "cfg", None)  # put back as it was after the test
     HydraConfig.instance().set_config(cfg)
-    assert eval_overrides() == "data.batch_size=64 ++trainer.max_epochs=3 "
+    assert eval_overrides() == ["data.batch_size=64", "++trainer.max_epochs=3"]
 
 
 def test_resuming_continues_in_the_checkpoints_run_dir(trained_run):

@@ -15,7 +15,7 @@ _API_FUNCTIONS = {"train": "train", "eval": "evaluate"}
 
 @contextmanager
 def advice_as_calls() -> Iterator[None]:
-    """Within it (a run of src.api), `command` names the src.api call instead of the command line."""
+    """Within it (a run of src.api), advice names the src.api call instead of the command line."""
     token = _CALLED_FROM_PYTHON.set(True)
     try:
         yield
@@ -23,11 +23,18 @@ def advice_as_calls() -> Iterator[None]:
         _CALLED_FROM_PYTHON.reset(token)
 
 
-def command(entry_point: str, words: str) -> str:
-    """`python -m src.<entry_point> <words>`, or within advice_as_calls the same as a call: train('model=mlp', ...)."""
+def command(entry_point: str, words: list[str]) -> str:
+    """`python -m src.<entry_point> <words>` (train, eval), or within advice_as_calls the call: train('model=mlp', ...).
+    `words` are Hydra overrides as Hydra reads them; each is quoted as the shell or Python needs it."""
     if _CALLED_FROM_PYTHON.get():
-        return f"{_API_FUNCTIONS[entry_point]}({', '.join(repr(word) for word in shlex.split(words))})"
-    return f"python -m src.{entry_point} {words.strip()}"
+        return f"{_API_FUNCTIONS[entry_point]}({', '.join(typed(word) for word in words)})"
+    return " ".join([f"python -m src.{entry_point}", *(typed(word) for word in words)])
+
+
+def typed(word: str) -> str:
+    """An override as the user types it: a shell word (`callbacks=[default,ema]` quoted), or within advice_as_calls a
+    Python string."""
+    return repr(word) if _CALLED_FROM_PYTHON.get() else shlex.quote(word)
 
 
 def command_overrides() -> list[str] | None:
@@ -37,36 +44,35 @@ def command_overrides() -> list[str] | None:
     return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
 
 
-def original_overrides() -> str:
-    """This run's command-line overrides, minus ckpt_path: what a resume must repeat."""
+def original_overrides() -> list[str]:
+    """This run's overrides, minus ckpt_path: what a resume must repeat (a placeholder outside a Hydra run)."""
     overrides = command_overrides()
-    return "<the same overrides>" if overrides is None else shell_words(overrides)
+    return ["<the same overrides>"] if overrides is None else without_ckpt_path(overrides)
 
 
-def eval_overrides() -> str:
-    """This run's overrides of settings that src.eval has too, followed by a space: `model` and most callbacks
-    come from the checkpoint or do not exist there, and eval writes a run folder of its own (not paths.output_dir)."""
+def eval_overrides() -> list[str]:
+    """This run's overrides of settings that src.eval has too: `model` and most callbacks come from the checkpoint or
+    do not exist there, and eval writes a run folder of its own (not paths.output_dir)."""
     from hydra.core.hydra_config import HydraConfig
 
     if not HydraConfig.initialized():
-        return ""
+        return []
     shared_keys = ("data", "paths", "trainer", "logger", "callbacks.progress_bar", "callbacks.figures")
     shared = [o for o in HydraConfig.get().overrides.task
               if o.lstrip("+~").startswith(shared_keys) and not o.lstrip("+~").startswith("paths.output_dir")]
     # A trainer setting an experiment added (experiment=quickcheck's limit_*) is not in eval's config: `++` sets it
     # whether or not it is there.
-    shared = ["++" + o.lstrip("+") if o.lstrip("+").startswith("trainer.") else o for o in shared]
-    return shell_words(shared) + " " if shared else ""
+    return ["++" + o.lstrip("+") if o.lstrip("+").startswith("trainer.") else o for o in shared]
 
 
-def shell_words(overrides) -> str:
-    """Overrides (minus ckpt_path) as a shell would need them typed: `callbacks=[default,ema]` quoted."""
-    return " ".join(shlex.quote(o) for o in overrides if not o.startswith("ckpt_path="))
+def without_ckpt_path(overrides) -> list[str]:
+    return [override for override in overrides if not override.startswith("ckpt_path=")]
 
 
-def ckpt_override(path: str) -> str:
-    """`ckpt_path=<path>` as a shell word. A sweep job's folder name holds `=` and `,`, which Hydra's override
+def ckpt_path_override(path: str) -> str:
+    """`ckpt_path=<path>` as Hydra must read it. A sweep job's folder name holds `=` and `,`, which Hydra's override
     grammar reads as syntax unless the value is quoted."""
     if re.fullmatch(r"[\w./~+-]+", str(path), re.ASCII):  # Hydra reads other letters only inside quotes
         return f"ckpt_path={path}"
-    return f"'ckpt_path=\"{path}\"'"
+    escaped = str(path).replace('"', '\\"')
+    return f'ckpt_path="{escaped}"'

@@ -23,13 +23,13 @@ log = logging.getLogger(__name__)
 def _refuse_a_used_folder(output_dir: Path, resumable: bool) -> None:
     """A new run in a folder that holds one (a fixed hydra.run.dir run again) would overwrite its results and its
     last.ckpt. `resumable`: whether to suggest continuing that run instead (training runs)."""
-    from src.utils.command_words import ckpt_override
+    from src.utils.command_words import ckpt_path_override, typed
     from src.utils.run_folders import holds_a_run
 
     found = holds_a_run(output_dir)
     if found:
         last = output_dir / "checkpoints" / "last.ckpt"
-        resume = f"; to continue that run instead, add {ckpt_override(str(last))}" if resumable and last.is_file() else ""
+        resume = f"; to continue that run instead, add {typed(ckpt_path_override(str(last)))}" if resumable and last.is_file() else ""
         raise RunFolderTaken(
             f"{output_dir} holds a run already ({', '.join(found)}), which this one would overwrite. Choose another "
             f"hydra.run.dir, or leave it out: each run then gets a new dated folder{resume}.")
