@@ -26,6 +26,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     checkpoint = read_checkpoint(cfg.ckpt_path)  # first, so a bad path fails before any other work (and imports)
     from src.models.loading import load_classifier
+    from src.utils.command_words import run_it_again
     from src.utils.hparams import log_run_hparams
     from src.utils.instantiate import build
     from src.utils.run import finish_run, start_run, test_or_report_interruption
@@ -36,7 +37,7 @@ def evaluate(cfg: DictConfig) -> dict:
     mean, std = normalization(checkpoint)  # preprocess exactly as in training, whatever data.* says
     datamodule = build(cfg.data, _convert_="all", mean=mean, std=std)
     trainer, loggers = build_trainer(cfg)
-    results = test_or_report_interruption(trainer, model, datamodule, None, "Run the same command again.")
+    results = test_or_report_interruption(trainer, model, datamodule, None, run_it_again())
 
     metrics = {
         "status": "ok",

@@ -18,7 +18,7 @@ from omegaconf import DictConfig
 
 from src import CONFIG_DIR
 from src.utils.command_line import run_command_line
-from src.utils.command_words import ckpt_path_override, command, eval_overrides, original_overrides
+from src.utils.command_words import ckpt_path_override, command, eval_overrides, original_overrides, run_it_again
 from src.utils.run_folders import resumed_job_dir
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def train(cfg: DictConfig) -> dict:
             log.warning("test without train and without ckpt_path: testing an untrained model.")
         started = time.perf_counter()
         test_again = command("eval", [*eval_overrides(), ckpt_path_override(ckpt_path)]) if ckpt_path else None
-        advice = f"The checkpoints are intact; test this one with: {test_again}" if ckpt_path else "Run the same command again."
+        advice = f"The checkpoints are intact; test this one with: {test_again}" if ckpt_path else run_it_again()
         results = test_or_report_interruption(trainer, model, datamodule, ckpt_path or None, advice)
         metrics["test_seconds"] = round(time.perf_counter() - started, 2)
         metrics.update({key: float(value) for key, value in results.items()})

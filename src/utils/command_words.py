@@ -37,6 +37,10 @@ def typed(word: str) -> str:
     return repr(word) if _CALLED_FROM_PYTHON.get() else shlex.quote(word)
 
 
+def run_it_again() -> str:
+    return "Run the same call again." if _CALLED_FROM_PYTHON.get() else "Run the same command again."
+
+
 def command_overrides() -> list[str] | None:
     """This process's command-line overrides (a sweep job's own), as Hydra recorded them; None outside a Hydra run."""
     from hydra.core.hydra_config import HydraConfig

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from src import CONFIG_DIR
-from src.errors import ReportedError, RunInterrupted, UserInputError
+from src.errors import ReportedError, UserInputError
 from src.utils.command_line import config_dir_problem, overrides_problem, prepared_overrides
 from src.utils.command_words import advice_as_calls
 
@@ -86,13 +86,13 @@ def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_
     """work(cfg); a failure the command line reports in one line is noted in the run's log as it would be there, and
     a Ctrl-C outside training and testing (which report their own) is reported as there."""
     from src.utils.disk_errors import disk_problem
+    from src.utils.run import interrupted_outside_training
 
     try:
         try:
             return work(cfg)
         except KeyboardInterrupt as stop:
-            raise RunInterrupted("Stopped by Ctrl-C outside training and testing: nothing was saved at that moment. Run "
-                                 "the same call again.", exit_code=130) from stop
+            raise interrupted_outside_training() from stop
     except Exception as failure:
         reported = disk_problem(failure) or failure
         if isinstance(reported, ReportedError):

@@ -111,8 +111,7 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         try:
             return work(cfg)
         except KeyboardInterrupt as stop:  # outside training and testing, which report their own (imports, data loading)
-            raise RunInterrupted("Stopped by Ctrl-C outside training and testing: nothing was saved at that moment. "
-                                 "Run the same command again.", exit_code=130) from stop
+            raise interrupted_outside_training() from stop
     except Exception as failure:
         err = disk_problem(failure) or failure
         reported = isinstance(err, ReportedError)
@@ -137,6 +136,13 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
                 log.error("%s", err)
             sys.exit(err.exit_code)
         raise
+
+
+def interrupted_outside_training() -> RunInterrupted:
+    from src.utils.command_words import run_it_again
+
+    return RunInterrupted(f"Stopped by Ctrl-C outside training and testing: nothing was saved at that moment. "
+                          f"{run_it_again()}", exit_code=130)
 
 
 def output_dir_problem(cfg: DictConfig, sweeps: bool = True) -> str | None:
