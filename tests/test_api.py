@@ -168,3 +168,18 @@ def test_a_ctrl_c_outside_training_is_reported_and_logged_as_on_the_command_line
     assert "[ERROR] - Stopped by Ctrl-C" in (folder / "train.log").read_text()
     assert [path.name for path in folder.iterdir()] == ["train.log"]  # hydra.output_subdir=null: no record kept
     assert api.Run(folder).history() == []  # nothing trained, no TensorBoard events
+
+
+def test_hydras_other_job_logging_options_work_here_and_on_the_command_line(tmp_path, synthetic_data_dir, capsys):
+    overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
+    root_handlers = logging.getLogger().handlers[:]
+    run = api.train(*overrides, "model=mlp", "hydra/job_logging=stdout", f"hydra.run.dir={tmp_path / 'stdout'}")
+    assert run.metrics["status"] == "ok" and not list(run.dir.glob("*.log"))  # the console alone
+    assert "test accuracy :" in capsys.readouterr().out
+    assert logging.getLogger().handlers == root_handlers
+
+    command_line = run_module("src.train", *overrides, "model=mlp", "hydra/job_logging=disabled",
+                              f"hydra.run.dir={tmp_path / 'disabled'}")
+    assert command_line.returncode == 0, command_line.stderr[-3000:]
+    assert "test accuracy :" not in command_line.stdout and not list((tmp_path / "disabled").glob("*.log"))
+    assert json.loads((tmp_path / "disabled" / "metrics.json").read_text())["status"] == "ok"

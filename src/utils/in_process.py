@@ -82,7 +82,7 @@ def _setting_words(overrides: tuple[str | list[str], ...], config_name: str) -> 
     return words
 
 
-def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_log: logging.Handler) -> Any:
+def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_log: logging.Handler | None) -> Any:
     """work(cfg); a failure the command line reports in one line is noted in the run's log as it would be there, and
     a Ctrl-C outside training and testing (which report their own) is reported as there."""
     from src.utils.disk_errors import disk_problem
@@ -95,7 +95,7 @@ def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_
             raise interrupted_outside_training() from stop
     except Exception as failure:
         reported = disk_problem(failure) or failure
-        if isinstance(reported, ReportedError):
+        if isinstance(reported, ReportedError) and run_log is not None:
             run_log.handle(logging.makeLogRecord({"name": __name__, "levelno": logging.ERROR, "levelname": "ERROR",
                                                   "msg": str(reported)}))
         if reported is not failure:
@@ -143,27 +143,25 @@ _LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric")
 
 
 @contextmanager
-def _run_logging(cfg: DictConfig) -> Iterator[logging.Handler]:
-    """The run's log as on the command line: <run folder>/<task_name>.log, and the console unless the caller's logging
-    prints there already. Lightning, imported into a process without logging set up, prints through its own handler: for
-    the run, its messages go to the run's handlers instead. Afterwards the caller's logging is as it was. Yields the
-    handler of the run's log file."""
+def _run_logging(cfg: DictConfig) -> Iterator[logging.Handler | None]:
+    """The run's log as on the command line, as hydra/job_logging says: by default <run folder>/<task_name>.log, and
+    the console unless the caller's logging prints there already. Lightning, imported into a process without logging
+    set up, prints through its own handler: for the run, its messages go to the run's handlers instead. Afterwards
+    the caller's logging is as it was. Yields the handler of the run's log file (None when the config has none)."""
     log_config = OmegaConf.to_container(cfg.hydra.job_logging, resolve=True)
-    form = logging.Formatter(log_config["formatters"]["simple"]["format"])
     root = logging.getLogger()
-    handlers = [logging.FileHandler(log_config["handlers"]["file"]["filename"])]
-    if not any(getattr(handler, "stream", None) in (sys.stdout, sys.stderr) for handler in root.handlers):
-        handlers.append(logging.StreamHandler(sys.stdout))
+    root_config = log_config.get("root")  # None for hydra/job_logging=none: logging is left as it is
+    handlers = _run_handlers(log_config, (root_config or {}).get("handlers", []))
     lightning = [(logger, logger.handlers, logger.propagate) for logger in map(logging.getLogger, _LIGHTNING_LOGGERS)]
     level = root.level
     try:
         for handler in handlers:
-            handler.setFormatter(form)
             root.addHandler(handler)
-        root.setLevel(logging.INFO)
+        if root_config:
+            root.setLevel(root_config.get("level", logging.INFO))
         for logger, _, _ in lightning:
             logger.handlers, logger.propagate = [], True
-        yield handlers[0]
+        yield next((handler for handler in handlers if isinstance(handler, logging.FileHandler)), None)
     finally:
         for handler in handlers:
             root.removeHandler(handler)
@@ -171,3 +169,22 @@ def _run_logging(cfg: DictConfig) -> Iterator[logging.Handler]:
         root.setLevel(level)
         for logger, own_handlers, propagate in lightning:
             logger.handlers, logger.propagate = own_handlers, propagate
+
+
+def _run_handlers(log_config: dict, names: list[str]) -> list[logging.Handler]:
+    """The named handlers of a job logging config: files, and the console unless the caller's logging prints there
+    already (a second console handler would print every line twice)."""
+    printing = any(getattr(handler, "stream", None) in (sys.stdout, sys.stderr) for handler in logging.getLogger().handlers)
+    handlers = []
+    for name in names:
+        spec = log_config["handlers"][name]
+        if "filename" in spec:
+            handler = logging.FileHandler(spec["filename"])
+        elif printing:
+            continue
+        else:
+            handler = logging.StreamHandler(sys.stderr if spec.get("stream") == "ext://sys.stderr" else sys.stdout)
+        formatter = log_config.get("formatters", {}).get(spec.get("formatter"), {})
+        handler.setFormatter(logging.Formatter(formatter.get("format")))
+        handlers.append(handler)
+    return handlers
