@@ -50,11 +50,12 @@ def train(cfg: DictConfig) -> dict:
     output_dir = start_run(cfg, save=not resuming_in_place, continuing=continuing)
     if ckpt_path and not cfg.get("train"):
         from src.models.checkpoint_file import normalization
-        from src.models.loading import classifier_like
+        from src.models.loading import load_classifier
 
-        # Testing a checkpoint: rebuild its own network (class and sizes) and preprocessing, whatever `model` and
-        # `data.mean/std` say in this run.
-        model = classifier_like(checkpoint)
+        # Testing a checkpoint: its own network (class, sizes and weights) and preprocessing, whatever `model` and
+        # `data.mean/std` say in this run. Loaded here, as src.eval does: Lightning, given the file, would restore
+        # the training callbacks' state too, and warn that their folder is not the file's.
+        model, checkpoint = load_classifier(ckpt_path, checkpoint)
         mean, std = normalization(checkpoint)
         log.info("Testing %s as saved in %s", type(model).__name__, ckpt_path)
         datamodule = build(cfg.data, _convert_="all", mean=mean, std=std)
@@ -95,7 +96,8 @@ def train(cfg: DictConfig) -> dict:
         started = time.perf_counter()
         test_again = command("eval", [*eval_overrides(), ckpt_path_override(ckpt_path)]) if ckpt_path else None
         advice = f"The checkpoints are intact; test this one with: {test_again}" if ckpt_path else run_it_again()
-        results = test_or_report_interruption(trainer, model, datamodule, ckpt_path or None, advice)
+        tested = ckpt_path if cfg.get("train") else None  # a checkpoint tested alone is loaded already
+        results = test_or_report_interruption(trainer, model, datamodule, tested or None, advice)
         metrics["test_seconds"] = round(time.perf_counter() - started, 2)
         metrics.update({key: float(value) for key, value in results.items()})
         metrics["tested_checkpoint"] = ckpt_path or None

@@ -96,8 +96,9 @@ def test_checkpoints_hold_only_plain_values(tmp_path, synthetic_data_dir):
         assert "val_acc_best.max_value" in checkpoint["state_dict"]
 
 
-def test_test_only_from_a_checkpoint_reproduces_the_metrics(tmp_path, synthetic_data_dir):
+def test_test_only_from_a_checkpoint_reproduces_the_metrics(tmp_path, synthetic_data_dir, recwarn):
     trained = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), "model=mlp"]))
+    recwarn.clear()
     tested = train(
         compose_config(
             [*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), "model=mlp", "train=false",
@@ -106,6 +107,9 @@ def test_test_only_from_a_checkpoint_reproduces_the_metrics(tmp_path, synthetic_
     )
     assert tested["test/acc"] == pytest.approx(trained["test/acc"])
     assert tested["test/loss"] == pytest.approx(trained["test/loss"])
+    # Lightning does not restore the training callbacks' state from the file, nor warn that their folder changed.
+    assert not [str(w.message) for w in recwarn if "dirpath" in str(w.message) or "callbacks" in str(w.message)]
+    assert not (tmp_path / "b" / "checkpoints").exists()
 
 
 def test_test_only_rebuilds_the_checkpoints_own_network_and_names_a_bad_file(tmp_path, synthetic_data_dir):
