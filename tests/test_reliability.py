@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +256,36 @@ def test_a_new_run_in_a_folder_that_holds_one_is_refused_and_changes_nothing(tmp
         assert (f"{run_dir} holds a run already (metrics.json, checkpoints/last.ckpt), which this one would overwrite. "
                 "Choose another hydra.run.dir, or leave it out") in output and advice in output
     assert [path.read_bytes() for path in kept] == before
+
+
+def _claim(folder: Path) -> Path:
+    from src.utils.run_folders import new_folder
+
+    return new_folder(folder)
+
+
+def test_runs_starting_in_the_same_second_each_get_a_folder_of_their_own(tmp_path, synthetic_data_dir):
+    """Runs started together in the background (a loop over seeds) all name their folder after the same second."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    dated = tmp_path / "outputs" / "2026-12-02" / "16-29-43"
+    with ProcessPoolExecutor(max_workers=6) as pool:
+        claimed = list(pool.map(_claim, [dated] * 12))
+    assert sorted(claimed) == sorted([dated, *(dated.with_name(f"16-29-43-{n}") for n in range(2, 13))])
+
+    # On the command line: a dated folder already made (even empty, as a run starting an instant earlier leaves it)
+    # for this second and the next few is not taken over.
+    log_dir = tmp_path / "runs"
+    now = datetime.now()
+    taken = [log_dir / f"{now + timedelta(seconds=s):%Y-%m-%d/%H-%M-%S}" for s in range(8)]
+    for folder in taken:
+        folder.mkdir(parents=True)
+    overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
+    result = run_module("src.train", *overrides, "model=mlp", f"paths.log_dir={log_dir}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    [run_dir] = [folder for folder in log_dir.glob("*/*") if folder not in taken]
+    assert run_dir.name.endswith("-2") and (run_dir / "metrics.json").is_file()
+    assert not any(any(folder.iterdir()) for folder in taken)
 
 
 @pytest.mark.parametrize("entry_point", ["src.train", "src.predict"])

@@ -5,7 +5,6 @@ left as they were."""
 from __future__ import annotations
 
 import copy
-import itertools
 import logging
 import sys
 from collections.abc import Callable, Iterator
@@ -104,20 +103,9 @@ def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_
 
 
 def _run_folder(cfg: DictConfig) -> Path:
-    """hydra.run.dir. Its default names the folder after the second the run starts: runs of one notebook that start
-    within a second (an evaluate after a quick predict, a loop) get -2, -3, ... added, rather than one folder (which
-    a run would then refuse, as it holds another). A folder given, or the run folder a resume continues in, is kept."""
-    from src.utils.run_folders import resumed_job_dir
-
-    folder = Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).expanduser().resolve()
-    dated = "${now:" in str(OmegaConf.to_container(cfg.hydra.run, resolve=False)["dir"])
-    if not dated or resumed_job_dir(cfg.get("ckpt_path"), bool(cfg.get("train"))) == folder:
-        return folder
-    candidate = folder
-    for number in itertools.count(2):
-        if not candidate.exists():
-            return candidate
-        candidate = folder.with_name(f"{folder.name}-{number}")
+    """hydra.run.dir: a folder given, the run folder a resume continues in, or a new dated folder (made as it is
+    resolved: runs of one notebook that start within a second get -2, -3, ... added)."""
+    return Path(str(OmegaConf.select(cfg, "hydra.run.dir"))).expanduser().resolve()
 
 
 def _composed(config_name: str, overrides: list[str]) -> DictConfig:

@@ -52,8 +52,26 @@ def resumed_job_dir(ckpt_path: str | None, training: bool) -> Path | None:
 
 
 def resume_run_dir(ckpt_path: str | None, training: bool, new_run_dir: str) -> str:
+    """The default hydra.run.dir: a resumed run's own folder, or a new one. Registered with use_cache, so a config
+    resolves it once: the folder it makes is this run's."""
     job_dir = resumed_job_dir(ckpt_path, training)
-    return str(job_dir) if job_dir else new_run_dir
+    return str(job_dir) if job_dir else str(new_folder(Path(new_run_dir)))
+
+
+def new_folder(folder: Path) -> Path:
+    """`folder`, or if it exists, the first of folder-2, folder-3, ... that does not, made here. Made exclusively, so
+    runs that start within the same second (in parallel, or one after another) never share a folder."""
+    candidate, number = folder, 1
+    while True:
+        try:
+            candidate.parent.mkdir(parents=True, exist_ok=True)
+            candidate.mkdir()
+            return candidate
+        except FileExistsError:
+            number += 1
+            candidate = folder.with_name(f"{folder.name}-{number}")
+        except OSError:  # not writable: the run reports it where it first writes there
+            return candidate
 
 
 def holds_a_run(folder: Path) -> list[str]:
