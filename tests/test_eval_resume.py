@@ -213,6 +213,8 @@ def test_a_ctrl_c_during_the_last_validation_stops_the_run_before_testing(tmp_pa
 def test_bad_checkpoints_are_clear_errors(tmp_path, trained_run):
     with pytest.raises(CheckpointError, match="no such file. Checkpoints are in <run dir>/checkpoints/"):
         load_classifier(tmp_path / "missing.ckpt")
+    with pytest.raises(CheckpointError, match="^ckpt_path=123: no such file"):  # Hydra reads ckpt_path=123 as a number
+        load_classifier(123)
     # The run folder given, or a checkpoint's name mistyped: the checkpoints there are named.
     there = f"Checkpoints there: {trained_run / 'checkpoints' / 'epoch000.ckpt'}, {trained_run / 'checkpoints' / 'last.ckpt'} "
     for path, what in ((trained_run, "is a folder"), (trained_run / "checkpoints" / "epoch009.ckpt", "no such file")):
@@ -343,14 +345,15 @@ def test_the_eval_advice_leaves_out_the_training_runs_output_folder(tmp_path, mo
     assert eval_overrides() == ["data.batch_size=64", "++trainer.max_epochs=3"]
 
 
-def test_resuming_continues_in_the_checkpoints_run_dir(trained_run):
+def test_resuming_continues_in_the_checkpoints_run_dir(trained_run, tmp_path):
     from src.utils.run_folders import resume_run_dir
 
     last = str(trained_run / "checkpoints" / "last.ckpt")
     (trained_run / ".hydra").mkdir(exist_ok=True)  # what Hydra leaves in every run dir
-    assert resume_run_dir(last, True, "/new") == str(trained_run)
-    assert resume_run_dir(last, False, "/new") == "/new"  # testing a checkpoint never writes into its run
-    assert resume_run_dir(None, True, "/new") == "/new"
+    new = tmp_path / "outputs" / "12-00-00"
+    assert resume_run_dir(last, True, str(new)) == str(trained_run) and not new.exists()
+    assert resume_run_dir(last, False, str(new)) == str(new) and new.is_dir()  # testing a checkpoint never writes into its run
+    assert resume_run_dir(None, True, str(new)) == f"{new}-2"  # a new folder each time
 
 
 def test_resuming_with_another_model_config_names_the_original_overrides(tmp_path, trained_run, synthetic_data_dir):
@@ -373,6 +376,22 @@ def test_resuming_with_another_model_config_names_the_original_overrides(tmp_pat
                           f"ckpt_path={tmp_path / 'copy' / 'checkpoints' / 'last.ckpt'}"])
     with pytest.raises(UserInputError, match="repeat the overrides of the run that saved it: python -m src.train model=mlp seed=3 ckpt"):
         train(cfg)
+
+
+def test_a_refused_resume_names_the_model_settings_that_differ_and_speed_switches_may_change(tmp_path, trained_run,
+                                                                                              synthetic_data_dir):
+    from src.errors import UserInputError
+
+    resume = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "data.mean=0.5", "data.std=0.6",
+              f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"]
+    with pytest.raises(UserInputError, match=r"with a different model config \(model.dropout=0.2 \(this run: 0.5\); "
+                                             r"model.optimizer.lr=0.003 \(this run: 0.01\)\)\. To resume"):
+        train(compose_config([*resume, "model=mlp", "model.dropout=0.5", "model.optimizer.lr=0.01"]))
+    with pytest.raises(UserInputError, match=r"with another model \(src.models.mlp.MLP; this run's is src.models.cnn.CNN\)"):
+        train(compose_config([*resume, "model=cnn"]))
+    # Switches that change only the speed: the run (finished already) resumes and tests its best checkpoint again.
+    resumed = train(compose_config([*resume, "model=mlp", "model.channels_last=true"]))
+    assert resumed["status"] == "ok" and resumed["resumed_from"].endswith("last.ckpt")
 
 
 def test_resuming_with_another_validation_split_is_refused(tmp_path, trained_run, synthetic_data_dir):

@@ -15,7 +15,7 @@ class CheckpointError(UserInputError):
 
 def existing_checkpoint(path: str | Path) -> Path:
     """The path, checked to name a file: cheap, so entry points can check it before importing torch."""
-    path = Path(path).expanduser()
+    path = Path(str(path)).expanduser()  # str: Hydra reads ckpt_path=123 as a number
     if path.is_file():
         return path
     folder = path if path.is_dir() else path.parent  # a run folder given, or a checkpoint's name mistyped

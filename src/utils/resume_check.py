@@ -12,6 +12,9 @@ from src.utils.command_words import ckpt_path_override, command, without_ckpt_pa
 # measured on other images, and images would move between training and validation), the input normalization, and
 # the seed of the batch order (it follows `seed`: a resume that forgot seed=7 would not continue the same run).
 FIXED_DATA_KEYS = ("val_size", "split_seed", "mean", "std", "shuffle_seed")
+# Model settings that change only how fast the same arithmetic runs: a resume may switch them (a CPU run continued on
+# a GPU, with channels_last or compile).
+SPEED_ONLY_MODEL_KEYS = ("compile", "channels_last")
 
 
 def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbacks: list) -> None:
@@ -26,8 +29,11 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
     trained_data = checkpoint.get("datamodule_hyper_parameters") or {}
     changed = [key for key in FIXED_DATA_KEYS if key in trained_data and trained_data[key] != datamodule.hparams[key]]
     saved = overrides_that_saved(ckpt_path, checkpoint.get("command_overrides"))
-    if checkpoint["model_class"] != this_class or checkpoint["hyper_parameters"] != dict(model.hparams):
-        trained_with = f"a different model config ({checkpoint['model_class']}, {checkpoint['hyper_parameters']})"
+    model_changes = _model_changes(checkpoint["hyper_parameters"], dict(model.hparams))
+    if checkpoint["model_class"] != this_class:
+        trained_with = f"another model ({checkpoint['model_class']}; this run's is {this_class})"
+    elif model_changes:
+        trained_with = f"a different model config ({'; '.join(model_changes)})"
     elif changed:
         # The shuffle seed follows `seed`, unless the run set data.shuffle_seed itself.
         own_seed = any(override.lstrip("+").startswith("data.shuffle_seed=") for override in saved or [])
@@ -43,6 +49,27 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
         f"ckpt_path={ckpt_path} was trained with {trained_with}. To resume, repeat the overrides of the run that "
         f"saved it: {command('train', [*original, ckpt_path_override(ckpt_path)])}"
     )
+
+
+def _model_changes(trained: dict, this: dict) -> list[str]:
+    """The model settings that differ, as `model.<key>=<checkpoint's value> (this run: <value>)`."""
+    trained, this = _flat(trained, "model."), _flat(this, "model.")
+    speed_only = tuple(f"model.{key}" for key in SPEED_ONLY_MODEL_KEYS)
+    unset = object()
+
+    def word(value) -> str:  # as the override would be written
+        return "(not set)" if value is unset else "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+    return [f"{key}={word(trained.get(key, unset))} (this run: {word(this.get(key, unset))})"
+            for key in sorted(set(trained) | set(this))
+            if not key.startswith(speed_only) and trained.get(key, unset) != this.get(key, unset)]
+
+
+def _flat(settings: dict, prefix: str) -> dict:
+    flat = {}
+    for key, value in settings.items():
+        flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
+    return flat
 
 
 def overrides_that_saved(ckpt_path: str, recorded: list[str] | None) -> list[str] | None:
