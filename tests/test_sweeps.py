@@ -12,9 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from src import CONFIG_DIR, PROJECT_ROOT
 from src.utils.run_folders import job_dirname, swept_keys
@@ -373,3 +375,16 @@ def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_dat
         record = json.loads((job_dir / "metrics.json").read_text())
         assert failed.returncode == 1 and record["status"] == "failed" and "MNIST files are missing" in record["error"]
         assert record["earlier_run"] == json.loads(finished)
+
+
+@pytest.mark.parametrize("n_jobs, jobs", [(None, 1), (1, 1), (3, 3), (16, 8), (-1, 8), (-2, 7), (-8, 1), (-20, 1)])
+def test_parallel_jobs_count_as_joblib_does(monkeypatch, n_jobs, jobs):
+    """Each job's CPU threads follow how many jobs run at once: joblib's n_jobs, counted back from the cores if < 0."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from src.utils.jobs import parallel_jobs, threads_per_job
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: OmegaConf.create({"launcher": {"n_jobs": n_jobs}})))
+    assert (parallel_jobs(), threads_per_job()) == (jobs, 8 // jobs)

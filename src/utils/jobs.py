@@ -20,7 +20,9 @@ def parallel_jobs() -> int:
     if n_jobs is None:
         return 1
     cpus = os.cpu_count() or 1
-    return cpus if n_jobs < 0 else min(n_jobs, cpus)
+    if n_jobs < 0:  # joblib's count back from the number of cores: -1 is all of them, -2 all but one
+        n_jobs = cpus + 1 + n_jobs
+    return max(1, min(n_jobs, cpus))
 
 
 def threads_per_job() -> int:
