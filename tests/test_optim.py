@@ -79,6 +79,7 @@ def test_biases_and_batch_norm_can_be_exempt_from_weight_decay(name):
     ({"name": "adam", "lr": 1e-3, "weight_decay": -1}, "model.optimizer.weight_decay=-1 is invalid: it must be a number >= 0"),
     ({"name": "adam", "lr": 1e-3, "betas": [0.9]}, "model.optimizer.betas=[0.9] is invalid"),
     ({"name": "sgd", "lr": 0.1, "momentum": 0}, "set model.optimizer.nesterov=false"),
+    ({"name": "Adam", "lr": 1e-3}, "model.optimizer.name=Adam is unknown: choose one of adam, adamw, sgd"),
     ({"name": "sgd", "lr": 0.1, "nesterov": "yes"}, "model.optimizer.nesterov='yes' is invalid: it must be true or false"),
 ])
 def test_bad_optimizer_settings_are_clear_errors(config, message):
@@ -91,6 +92,9 @@ def test_bad_optimizer_settings_are_clear_errors(config, message):
     ({"name": "cosine", "warmup_steps": -5}, "model.scheduler.warmup_steps=-5 is invalid: it must be a whole number >= 0"),
     ({"name": "cosine", "min_lr": -0.1}, "model.scheduler.min_lr=-0.1 is invalid"),
     ({"name": "onecycle", "pct_strat": 0.3}, "model.scheduler.pct_strat is not a setting of model.scheduler"),
+    # Names as written: the learning-rate monitor and the HParams table compare them so too.
+    ({"name": "OneCycle"}, "model.scheduler.name=OneCycle is unknown: choose one of none, onecycle, cosine"),
+    ({"name": None}, "model.scheduler.name=None is unknown"),
 ])
 def test_bad_scheduler_settings_are_clear_errors(config, message):
     with pytest.raises(UserInputError, match=message):

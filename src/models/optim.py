@@ -17,7 +17,7 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], config: dict) -> torch
     shifts) from weight decay, which then only shrinks the weight matrices and convolution kernels.
     """
     check_optimizer_config(config)
-    name, lr = str(config.get("name", "adam")).lower(), config["lr"]
+    name, lr = str(config.get("name", "adam")), config["lr"]
     weight_decay = config.get("weight_decay", 0.0)
     if not config.get("decay_norm_and_bias", True):
         params = list(params)
@@ -42,7 +42,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total
     config: {name: none|onecycle|cosine, pct_start (onecycle), warmup_steps (cosine), min_lr (cosine)}.
     """
     check_scheduler_config(config)
-    name = str((config or {}).get("name", "none")).lower()
+    name = str((config or {}).get("name", "none"))
     if name == "none":
         return None
     if total_steps < 1:

@@ -34,7 +34,7 @@ def check_optimizer_config(config: Mapping) -> None:
     lr = config.get("lr")
     if not is_number(lr) or not lr > 0:
         raise UserInputError(f"model.optimizer.lr={lr} is invalid: it must be a number > 0 (e.g. 1e-3).")
-    name = str(config.get("name", "adam")).lower()
+    name = str(config.get("name", "adam"))  # exactly: every place that reads the name compares it as written
     if name not in OPTIMIZERS:
         raise UserInputError(f"model.optimizer.name={name} is unknown: choose one of {', '.join(OPTIMIZERS)}.")
     decay = config.get("weight_decay", 0.0)
@@ -57,7 +57,7 @@ def check_optimizer_config(config: Mapping) -> None:
 def check_scheduler_config(config: Mapping | None) -> None:
     config = config or {}
     _check_known_keys(config, SCHEDULER_KEYS, "model.scheduler")
-    name = str(config.get("name", "none")).lower()
+    name = str(config.get("name", "none"))
     if name not in SCHEDULERS:
         raise UserInputError(f"model.scheduler.name={name} is unknown: choose one of {', '.join(SCHEDULERS)}.")
     pct_start = config.get("pct_start", 0.25)
