@@ -14,6 +14,8 @@ import os
 import signal
 from pathlib import Path
 
+from src.utils.atomic_files import write_text_atomically
+
 log = logging.getLogger(__name__)
 
 MARKER = ".stop_requested"  # "<exit code: 130 for Ctrl-C, 143 for SIGTERM> <the launching process's id>"
@@ -30,8 +32,8 @@ def in_launching_process() -> bool:
 
 def request_stop(sweep_dir: Path, exit_code: int) -> None:
     marker = sweep_dir / MARKER
-    if requested_exit_code(sweep_dir) is None:
-        marker.write_text(f"{exit_code} {_launcher_pid()}")
+    if requested_exit_code(sweep_dir) is None:  # whole or not at all: a job must not read half a marker and run on
+        write_text_atomically(marker, f"{exit_code} {_launcher_pid()}")
 
 
 def requested_exit_code(sweep_dir: Path) -> int | None:
