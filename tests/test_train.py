@@ -38,7 +38,7 @@ def test_train_writes_a_complete_run_dir(tmp_path, synthetic_data_dir, model):
     best = Path(metrics["best_model_path"])
     assert best.parent == tmp_path / "checkpoints" and best.exists()
     assert (tmp_path / "checkpoints" / "last.ckpt").exists()
-    assert metrics["tested_checkpoint"] == str(best)  # the best checkpoint, not the last weights, was tested
+    assert metrics["tested_checkpoint"] == str(best)  # recorded (test_the_best_epoch_is_tested_not_the_last checks it)
     assert (tmp_path / "config.yaml").exists()
 
     scalars = tensorboard_scalars(tmp_path)
@@ -51,6 +51,28 @@ def test_train_writes_a_complete_run_dir(tmp_path, synthetic_data_dir, model):
     # The tested checkpoint is the first epoch with the highest validation accuracy (a tie keeps the earlier one).
     assert torch.load(best, weights_only=True)["epoch"] == scalars["val/acc"].index(max(scalars["val/acc"]))
     assert metrics["val/acc_best"] == pytest.approx(max(scalars["val/acc"]))
+
+
+class SpoilTheLastEpoch(pl.Callback):
+    """Zeroes every weight before the last epoch's validation: that epoch is the worst, and last.ckpt holds it."""
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if trainer.current_epoch == trainer.max_epochs - 1:
+            with torch.no_grad():
+                for parameter in pl_module.parameters():
+                    parameter.zero_()
+
+
+def test_the_best_epoch_is_tested_not_the_last(tmp_path, synthetic_data_dir):
+    from src.eval import evaluate
+
+    metrics = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "trainer.max_epochs=3",
+                                    f"+callbacks.spoil._target_={__name__}.SpoilTheLastEpoch"]))
+    assert torch.load(metrics["best_model_path"], weights_only=True)["epoch"] < 2
+    assert metrics["test/acc"] > 0.5  # the zeroed weights answer one class for every image: about 0.1
+    last = evaluate(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "last"),
+                                    f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"], config_name="eval"))
+    assert last["test/acc"] < 0.3
 
 
 @pytest.mark.parametrize("no_logger", ["~logger", "logger=[]"])
