@@ -33,7 +33,7 @@ class Run:
     def figures(self) -> list[Path]:
         return sorted(self.dir.glob("*.png"))
 
-    def history(self) -> list[dict[str, float]]:
+    def history(self) -> list[dict[str, float | int]]:
         """One row per epoch: its number and the metrics logged once per epoch (train/loss, train/acc, val/loss,
         val/acc, val/acc_best), read from the run's TensorBoard events; none without them (logger=[] or csv, or nothing
         trained). `pandas.DataFrame(run.history())` is a table, `[row.get("val/acc") for row in run.history()]` a

@@ -2,8 +2,8 @@
 
     python -m src.eval ckpt_path=outputs/<date>/<time>/checkpoints/epoch004.ckpt
 
-Writes metrics.json (test/acc, test/loss, per-class accuracy), confusion_matrix.png and misclassified.png
-into its own run dir, and logs them to TensorBoard.
+Writes metrics.json (test/acc, test/loss, per-class accuracy), confusion_matrix.png and, if the model got any
+image wrong, misclassified.png into its own run dir, and logs them to TensorBoard.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Pictures of what the model does: validation samples and confusion matrix at a modest cadence,
 learning curves after fitting, test confusion matrix and worst mistakes after testing.
 
-Each figure goes to TensorBoard (Images tab) and, at the end, to a PNG in the run dir."""
+Each figure goes to TensorBoard (Images tab); the learning curves and the test figures also to a PNG in the run dir."""
 
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ def _count(key: str, value) -> int:
     return value
 
 
-def augment_settings(augment: Mapping | None) -> dict:
+def augment_settings(augment: Mapping | bool | None) -> dict:
     """Validate `data.augment` and fill in defaults; returns plain values (safe to store in checkpoints)."""
     if augment is False:  # data.augment=false: what it says (the switch proper is data.augment.enabled)
         augment = {"enabled": False}

@@ -33,7 +33,7 @@ class MNISTDataModule(pl.LightningDataModule):
         std: float = 0.3081,
         drop_last: bool = False,
         device: str = "auto",
-        augment: dict | None = None,
+        augment: dict | bool | None = None,  # false: no augmentation
     ) -> None:
         super().__init__()
         check_data_settings(data_dir, download, batch_size, eval_batch_size, val_size, split_seed, shuffle_seed,

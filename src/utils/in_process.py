@@ -67,7 +67,7 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ove
 _SWEEPS_RUN_FROM_THE_COMMAND_LINE = "sweeps (-m, sweep=<name>) run from the command line"
 
 
-def _setting_words(overrides: tuple[str | list[str], ...], config_name: str) -> list[str]:
+def _setting_words(overrides: tuple[str | list[str] | tuple[str, ...], ...], config_name: str) -> list[str]:
     """The settings as the command line's words, refused as it refuses them. Each setting is its own string, as each is
     its own word on the command line; one list of them is taken too."""
     words = [str(word) for item in overrides for word in (item if isinstance(item, (list, tuple)) else [item])]

@@ -1,5 +1,6 @@
-"""What every entry point (train, eval) does around its own work: show and save the config, seed, write
-metrics.json and a summary, and turn failures into one clear message. The trainer is built in trainer_setup.py."""
+"""What the entry points train and eval do around their own work: show and save the config, seed, write
+metrics.json and a summary, and turn failures into one clear message (predict uses that part too). The trainer is
+built in trainer_setup.py."""
 
 from __future__ import annotations
 

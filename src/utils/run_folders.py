@@ -4,13 +4,14 @@ folder). conf/hydra/default.yaml reads these through the resolvers registered in
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 
-def job_dirname(job_num: int, overrides: list[str], swept: set[str] | frozenset[str] = frozenset(),
-                exclude: list[str] | tuple[str, ...] = (), max_length: int = 120) -> str:
+def job_dirname(job_num: int, overrides: Sequence[str], swept: set[str] | frozenset[str] = frozenset(),
+                exclude: Sequence[str] = (), max_length: int = 120) -> str:
     """A sweep job's folder name: its number and overrides, as Hydra's override_dirname but with the swept keys
     first, so a name cut short (with a hash keeping it unique) still says what the job is; no path separators."""
     from hydra.core.override_parser.overrides_parser import OverridesParser

@@ -42,9 +42,10 @@ def build_trainer(cfg: DictConfig):
                          ("enable_checkpointing", ModelCheckpoint)):
         if cfg.trainer.get(switch) is False:
             callbacks = [cb for cb in callbacks if not isinstance(cb, kind)]
-    # Ctrl-C's stop is raised in GracefulStop's on_train_batch_end, so that hook must come after every other
-    # callback's (weight averaging must count the batch), as Lightning's SIGTERM stop comes after all of them.
-    callbacks = sorted(callbacks, key=lambda callback: isinstance(callback, GracefulStop))
+    # Ctrl-C's stop is raised in GracefulStop's on_train_batch_end, so that hook must come after the other callbacks'
+    # (weight averaging must count the batch; Lightning moves the checkpoint callbacks, which do nothing per batch
+    # here, to the end), as Lightning's SIGTERM stop comes after all of them.
+    callbacks = [cb for cb in callbacks if not isinstance(cb, GracefulStop)] + [cb for cb in callbacks if isinstance(cb, GracefulStop)]
     loggers = instantiate_entries(cfg.get("logger"), "logger")
     if any(isinstance(cb, LearningRateMonitor) for cb in callbacks) and (reason := _learning_rate_not_charted(cfg, loggers)):
         log.info("%s", reason)
