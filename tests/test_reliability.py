@@ -191,17 +191,19 @@ def test_a_test_limit_of_zero_is_allowed_when_testing_is_off(tmp_path):
     assert trainer.limit_test_batches == 0
 
 
-def test_a_test_limit_that_leaves_no_batch_is_one_line_after_training(tmp_path, synthetic_data_dir, caplog):
-    """Lightning finds out only when testing starts (0.5 of the one test batch of 100 images)."""
-    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "data.eval_batch_size=100",
-                          "++trainer.limit_test_batches=0.5"])
-    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exited:
-        run_reporting_failures(train, cfg)
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert exited.value.code == 1 and len(errors) == 1
-    assert errors[0].startswith("Testing could not start: You requested to check 0.5 of the `test_dataloader`")
-    assert errors[0].endswith("Nothing was tested; checkpoints written are kept.")
-    assert (tmp_path / "checkpoints" / "last.ckpt").exists()
+def test_a_test_limit_that_leaves_no_batch_is_refused_before_training(tmp_path, synthetic_data_dir, caplog):
+    """Lightning finds out only when testing starts, after the training (0.5 of the one test batch of 100 images)."""
+    settings = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "data.eval_batch_size=100",
+                "++trainer.limit_test_batches=0.5"]
+    for extra, message in (([], "trainer.limit_test_batches=0.5 leaves no batch to test: the test set is 1 batch of up "
+                                "to 100 images. Use at least 1, or a number of batches such as ++trainer.limit_test_batches=1."),
+                           (["train=false"], "Testing could not start: You requested to check 0.5 of the `test_dataloader`")):
+        caplog.clear()
+        with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exited:
+            run_reporting_failures(train, compose_config([*settings, *extra]))
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert exited.value.code == 1 and len(errors) == 1 and errors[0].startswith(message), errors
+        assert not (tmp_path / "checkpoints").exists()  # nothing trained
 
 
 def test_a_recipe_for_another_model_is_named_as_such(tmp_path, synthetic_data_dir):
