@@ -22,20 +22,21 @@ def evaluate(cfg: DictConfig) -> dict:
     started = time.perf_counter()
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
         raise UserInputError("ckpt_path is required: python -m src.eval ckpt_path=<run dir>/checkpoints/<name>.ckpt")
-    from src.models.checkpoint_file import normalization, read_checkpoint
+    from src.models.checkpoint_file import read_checkpoint
 
     checkpoint = read_checkpoint(cfg.ckpt_path)  # first, so a bad path fails before any other work (and imports)
     from src.models.loading import load_classifier
     from src.utils.command_words import run_it_again
+    from src.utils.config_io import take_the_checkpoints_settings
     from src.utils.hparams import log_run_hparams
     from src.utils.instantiate import build
     from src.utils.run import finish_run, start_run, test_or_report_interruption
     from src.utils.trainer_setup import build_trainer
 
     model, checkpoint = load_classifier(cfg.ckpt_path, checkpoint)
+    take_the_checkpoints_settings(cfg, checkpoint)  # preprocess exactly as in training, whatever data.* says
     output_dir = start_run(cfg)
-    mean, std = normalization(checkpoint)  # preprocess exactly as in training, whatever data.* says
-    datamodule = build(cfg.data, _convert_="all", mean=mean, std=std)
+    datamodule = build(cfg.data, _convert_="all")
     trainer, loggers = build_trainer(cfg)
     results = test_or_report_interruption(trainer, model, datamodule, None, run_it_again())
 

@@ -30,7 +30,7 @@ def train(cfg: DictConfig) -> dict:
     from src.models.checkpoint_file import read_checkpoint
     from src.utils.hparams import log_run_hparams
     from src.utils.instantiate import build
-    from src.utils.config_io import save_config
+    from src.utils.config_io import save_config, take_the_checkpoints_settings
     from src.utils.run import finish_run, is_rank_zero, start_run, test_or_report_interruption
     from src.utils.trainer_setup import build_trainer
     from src.utils.validate import validate_train_config
@@ -43,22 +43,21 @@ def train(cfg: DictConfig) -> dict:
         from src.utils.rng import unseeded_run_seed
 
         cfg.seed = unseeded_run_seed(checkpoint if resuming else None)
+    if ckpt_path and not cfg.get("train"):
+        take_the_checkpoints_settings(cfg, checkpoint)  # the network and normalization it is tested with
     output_folder = Path(cfg.paths.output_dir).resolve()
     # A resume in the checkpoint's own run folder saves config.yaml only after its fit: a refused one changes nothing.
     resuming_in_place = resuming and resumed_job_dir(ckpt_path, True) == output_folder
     continuing = resuming and Path(ckpt_path).expanduser().resolve().is_relative_to(output_folder)
     output_dir = start_run(cfg, save=not resuming_in_place, continuing=continuing)
     if ckpt_path and not cfg.get("train"):
-        from src.models.checkpoint_file import normalization
         from src.models.loading import load_classifier
 
-        # Testing a checkpoint: its own network (class, sizes and weights) and preprocessing, whatever `model` and
-        # `data.mean/std` say in this run. Loaded here, as src.eval does: Lightning, given the file, would restore
-        # the training callbacks' state too, and warn that their folder is not the file's.
+        # Testing a checkpoint: its own network (class, sizes and weights). Loaded here, as src.eval does: Lightning,
+        # given the file, would restore the training callbacks' state too, and warn that their folder is not the file's.
         model, checkpoint = load_classifier(ckpt_path, checkpoint)
-        mean, std = normalization(checkpoint)
         log.info("Testing %s as saved in %s", type(model).__name__, ckpt_path)
-        datamodule = build(cfg.data, _convert_="all", mean=mean, std=std)
+        datamodule = build(cfg.data, _convert_="all")
     else:
         model = build(cfg.model, _convert_="all")
         # _convert_="all": plain dicts/lists reach the constructors, which is what checkpoints then store.

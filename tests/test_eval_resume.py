@@ -61,6 +61,7 @@ def test_eval_reproduces_the_metrics_training_reported(tmp_path, trained_run, sy
     assert (tmp_path / "misclassified.png").exists() == (evaluated["test/acc"] < 1)  # only when there are mistakes
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert hparams_values(tmp_path) == hparams_values(trained_run)  # a row with the checkpoint's settings
+    assert "mean: 0.5\n" in (tmp_path / "config.yaml").read_text()  # the normalization used: the checkpoint's
 
 
 def test_checkpoints_load_weights_only(trained_run):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from torch.optim.swa_utils import AveragedModel
 
 from src.callbacks.weight_averaging import ema_with_warmup
@@ -144,6 +145,9 @@ def test_test_only_rebuilds_the_checkpoints_own_network_and_names_a_bad_file(tmp
                                    "seed=3", "data.batch_size=64"]))
     assert tested["test/acc"] == pytest.approx(trained["test/acc"])
     assert tested["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
+    # config.yaml records the network and normalization tested, not the config's model=cnn and data.mean/std.
+    saved = OmegaConf.load(tmp_path / "b" / "config.yaml")
+    assert saved.model._target_ == "src.models.mlp.MLP" and (saved.data.mean, saved.data.std) == (0.5, 0.6)
     # The HParams row describes the model tested, with the settings it was trained with, not this run's (the
     # augmentation reads the same from the checkpoint, degrees: 8.0, as from the config, degrees: 8).
     row, trained_row = hparams_values(tmp_path / "b"), hparams_values(tmp_path / "a")

@@ -24,6 +24,27 @@ def print_config_tree(cfg: DictConfig) -> None:
     rich_print(tree)
 
 
+def take_the_checkpoints_settings(cfg: DictConfig, checkpoint: dict) -> None:
+    """Testing a checkpoint uses its own network and input normalization, whatever `model` and `data.mean/std` say:
+    write those into `cfg`, so the config shown and saved is the one the run used. A normalization set otherwise is
+    named in a warning."""
+    import logging
+
+    from omegaconf import open_dict
+
+    from src.models.checkpoint_file import normalization
+
+    mean, std = normalization(checkpoint)
+    if (cfg.data.mean, cfg.data.std) != (mean, std):
+        logging.getLogger(__name__).warning(
+            "data.mean=%s data.std=%s are not used: the checkpoint's network was trained on images normalized with "
+            "mean %s and std %s, and is tested so.", cfg.data.mean, cfg.data.std, mean, std)
+    with open_dict(cfg):
+        cfg.data.mean, cfg.data.std = mean, std
+        if "model" in cfg:
+            cfg.model = {"_target_": checkpoint["model_class"], **checkpoint["hyper_parameters"]}
+
+
 def save_config(cfg: DictConfig, output_dir: Path) -> Path:
     """Write the fully resolved config: exactly the values this run used."""
     from src.utils.atomic_files import write_text_atomically
