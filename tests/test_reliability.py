@@ -74,6 +74,7 @@ CONFIG_CASES = {
     "switch as text": (["model.batch_norm=off"], "model.batch_norm=off is invalid: it must be true or false"),
     "train as text": (["train=no"], "train=no is invalid: it must be true or false"),
     "batch of one with batch norm": (["data.batch_size=1"], "data.batch_size=1 cannot train with batch norm"),
+    "batch size true with batch norm": (["data.batch_size=true"], "data.batch_size=True is invalid: it must be a positive integer"),
     "model setting typo": (["+model.dropuot=0.1"], "model.dropuot is not a setting of model (src.models.mlp.MLP), a typo? "
                                                    "Its settings are: optimizer, scheduler, hidden_sizes, dropout"),
     "data setting typo": (["++data.batchsize=3"], "data.batchsize is not a setting of data"),

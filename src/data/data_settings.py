@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -27,10 +28,11 @@ def check_data_settings(data_dir, download, batch_size, eval_batch_size, val_siz
     if shuffle_seed is not None and (not is_whole(shuffle_seed) or shuffle_seed < 0):
         raise UserInputError(f"data.shuffle_seed={shuffle_seed} is invalid: it must be an integer >= 0 (it follows `seed`) or null.")
     for key, value in (("data.mean", mean), ("data.std", std)):
-        if not is_number(value):
-            raise UserInputError(f"{key}={value} is invalid: it must be a number.")
-    if std <= 0:
-        raise UserInputError(f"data.std={std} is invalid: it must be > 0.")
+        if not is_number(value) or not math.isfinite(value):
+            raise UserInputError(f"{key}={value} is invalid: it must be a finite number (MNIST's: mean 0.1307, std 0.3081).")
+    if std < 0.01:  # pixels divided by less would be in the hundreds or more: training fails to learn
+        raise UserInputError(f"data.std={std} is invalid: it must be >= 0.01, the spread of pixel values in [0, 1] "
+                             "(MNIST's: 0.3081).")
     for key, value in (("data.download", download), ("data.drop_last", drop_last)):
         require_true_or_false(key, value)
     check_device_setting(device)

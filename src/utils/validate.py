@@ -44,7 +44,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     for key in ("batch_norm", "pool", "compile", "channels_last"):
         if key in model:
             require_true_or_false(f"model.{key}", model[key])
-    if cfg.get("train") and model.get("batch_norm") and cfg.data.get("batch_size") == 1:
+    if cfg.get("train") and model.get("batch_norm") and is_whole(cfg.data.get("batch_size")) and cfg.data.batch_size == 1:
         raise UserInputError("data.batch_size=1 cannot train with batch norm (it needs 2 or more images per batch). "
                              "Use data.batch_size>=2, or model.batch_norm=false.")
     seed = cfg.get("seed")
