@@ -243,6 +243,21 @@ def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
     assert words_without_a_key(["--cfg", "job", "-cn", "eval", "~logger", "-m", "model=mlp,cnn", "--info", "config"]) == []
 
 
+@pytest.mark.parametrize("words, entry_point, message", [
+    (["~seed"], "train", "~seed would delete `seed`, which every train run reads: set it instead (seed=null for an unseeded run)."),
+    (["~top_k"], "predict", "~top_k would delete `top_k`, which every predict run reads: set it instead (top_k=<value>)."),
+    (["++task_name=my/run"], "train", "task_name=my/run is invalid: the task name names the run's log file"),
+    (["-m", "ckpt_path=a.ckpt,b.ckpt", "inputs=x.png"], "predict", "src.predict does not sweep: it classifies with one checkpoint"),
+])
+def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point, message):
+    """Each of these ended in a traceback (a deleted setting the run reads, a log file in a missing folder) or, for a
+    predict sweep, in a summary saying that every job had failed."""
+    from src.utils.command_line import overrides_problem
+
+    assert overrides_problem(words, entry_point).startswith(message)
+    assert overrides_problem(["~logger", "~callbacks.lr_monitor", "task_name=mine", "-m", "seed=1,2"], "train") is None
+
+
 def test_a_new_run_in_a_folder_that_holds_one_is_refused_and_changes_nothing(tmp_path, synthetic_data_dir):
     """A fixed hydra.run.dir run again: the first run's results, last.ckpt and Hydra's record must survive."""
     run_dir = tmp_path / "run"

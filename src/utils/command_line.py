@@ -30,7 +30,26 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
                 "(hydra.run.dir), whatever the working directory. Leave it out.")
     for word in words_without_a_key(arguments):
         return f"'{word}' has no key: settings are key=value, such as {_likely_setting(word, entry_point)}."
+    if entry_point == "predict" and {"-m", "--multirun"} & set(arguments):
+        return ("src.predict does not sweep: it classifies with one checkpoint (its jobs would each write the same "
+                "output= and leave no results for a sweep summary). Run it once per checkpoint.")
+    for word in arguments:
+        key = word.lstrip("~")
+        if word.startswith("~") and key in _top_level_settings(entry_point):
+            value = "null for an unseeded run" if key == "seed" else "<value>"
+            return f"{word} would delete `{key}`, which every {entry_point} run reads: set it instead ({key}={value})."
+        if word.lstrip("+").startswith("task_name=") and "/" in word.partition("=")[2]:
+            return (f"{word.lstrip('+')} is invalid: the task name names the run's log file (<task_name>.log), so it "
+                    "cannot hold '/'. Use another name, e.g. task_name=my_run.")
     return None
+
+
+def _top_level_settings(entry_point: str) -> set[str]:
+    """The plain settings at the top of the entry point's config (seed, train, ckpt_path, ...), not its groups."""
+    from omegaconf import OmegaConf
+
+    config = CONFIG_DIR / f"{entry_point}.yaml"
+    return set(OmegaConf.load(config)) - {"defaults", "hydra"} if config.is_file() else set()
 
 
 def prepared_overrides(arguments: list[str]) -> list[str]:
