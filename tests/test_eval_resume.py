@@ -355,6 +355,10 @@ def test_resuming_continues_in_the_checkpoints_run_dir(trained_run, tmp_path):
     assert resume_run_dir(last, True, str(new)) == str(trained_run) and not new.exists()
     assert resume_run_dir(last, False, str(new)) == str(new) and new.is_dir()  # testing a checkpoint never writes into its run
     assert resume_run_dir(None, True, str(new)) == f"{new}-2"  # a new folder each time
+    # A run kept without Hydra's record (hydra.output_subdir=null) is known by its config.yaml.
+    shutil.copytree(trained_run / "checkpoints", tmp_path / "no_record" / "checkpoints")
+    (tmp_path / "no_record" / "config.yaml").write_text("seed: 42\n")
+    assert resume_run_dir(str(tmp_path / "no_record" / "checkpoints" / "last.ckpt"), True, str(new)) == str(tmp_path / "no_record")
 
 
 def test_resuming_with_another_model_config_names_the_original_overrides(tmp_path, trained_run, synthetic_data_dir):

@@ -47,7 +47,8 @@ def resumed_job_dir(ckpt_path: str | None, training: bool) -> Path | None:
     if ckpt_path and training:
         checkpoint = Path(str(ckpt_path)).expanduser().resolve()
         job_dir = checkpoint.parent.parent
-        if checkpoint.parent.name == "checkpoints" and (job_dir / ".hydra").is_dir():
+        # A run folder: Hydra's record is there, or (hydra.output_subdir=null or another name) the run's config.yaml.
+        if checkpoint.parent.name == "checkpoints" and ((job_dir / ".hydra").is_dir() or (job_dir / "config.yaml").is_file()):
             return job_dir
     return None
 
