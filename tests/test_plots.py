@@ -1,5 +1,8 @@
 """The figures' content, checked on the matplotlib objects rather than on pixels."""
 
+from types import SimpleNamespace
+
+import pytest
 import torch
 from matplotlib.colors import same_color
 
@@ -99,6 +102,24 @@ def test_the_mistakes_kept_for_the_picture_are_the_most_confident_ones_first():
     images, kept_labels, probs, confidence = figures._mistakes
     assert images[:, 0, 0, 0].tolist() == [5.0, 1.0, 3.0] and kept_labels.tolist() == [0, 0, 0]
     assert confidence.tolist() == probs.max(1).values.tolist() == sorted(confidence.tolist(), reverse=True)
+
+
+def test_with_several_processes_the_picture_takes_the_most_confident_mistakes_of_all():
+    """Each DDP process tests its share of the images; the figure drawn by process 0 must pick from every share."""
+    def mistakes(confidences: list[float], marker: float) -> tuple[torch.Tensor, ...]:
+        n = len(confidences)
+        probs = torch.zeros(n, 10)
+        probs[:, 3] = torch.tensor(confidences)
+        return torch.full((n, 1, 28, 28), marker), torch.full((n,), 5), probs, torch.tensor(confidences)
+
+    figures = DiagnosticFigures(output_dir="unused", num_mistakes=3)
+    figures._mistakes = mistakes([0.9, 0.5], marker=0.0)  # this process's two, padded to three for the collective
+    others = iter(mistakes([0.95, 0.8, 0.6], marker=1.0))  # the other process's three (no padding needed)
+    # all_gather stacks every process's equally shaped tensor.
+    module = SimpleNamespace(device=torch.device("cpu"), all_gather=lambda tensor: torch.stack([tensor, next(others)]))
+    images, labels, probs, confidence = figures._gathered_mistakes(module)
+    assert confidence.tolist() == pytest.approx([0.95, 0.9, 0.8])
+    assert images[:, 0, 0, 0].tolist() == [1.0, 0.0, 1.0] and labels.tolist() == [5, 5, 5]  # from both shares
 
 
 def test_flagged_digits_have_red_captions_and_frames():

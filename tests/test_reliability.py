@@ -535,6 +535,7 @@ def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir, strategy, extra)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/images"] == 100  # each test image counted exactly once across the 2 ranks
     assert metrics["test/acc"] > 0.5
+    assert (run_dir / "misclassified.png").exists() == (metrics["test/acc"] < 1)  # drawn from both ranks' mistakes
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"]  # the relaunched rank made no run dir of its own
     assert len(list((run_dir / "checkpoints").glob("*.ckpt"))) == 2  # best + last, written once
 

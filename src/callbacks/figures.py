@@ -89,7 +89,10 @@ class DiagnosticFigures(pl.Callback):
         self._mistakes = tuple(t[keep] for t in candidates)
 
     def on_test_end(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1 and self.num_mistakes:  # each process tested its share of the images
+            self._mistakes = self._gathered_mistakes(pl_module)
         if not trainer.is_global_zero:
+            self._mistakes = None
             return
         step = trainer.global_step
         if "test" in pl_module.confusion:
@@ -104,6 +107,17 @@ class DiagnosticFigures(pl.Callback):
             title = "most confident test mistakes: prediction (confidence), true label"
             self._log(trainer, "test/misclassified", digit_sheet(images, captions, [True] * len(captions), title), step, "misclassified.png")
         self._mistakes = None
+
+    def _gathered_mistakes(self, pl_module: pl.LightningModule) -> tuple[torch.Tensor, ...]:
+        """The most confident mistakes among every process's. The collective needs equal shapes: each process pads
+        its own to num_mistakes, with confidence -1 marking a pad."""
+        mine = self._mistakes or (torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long), torch.zeros(0, 10), torch.zeros(0))
+        pad = self.num_mistakes - len(mine[0])
+        padded = [torch.cat([t, t.new_full((pad, *t.shape[1:]), -1 if i == 3 else 0)]) for i, t in enumerate(mine)]
+        images, labels, probs, confidence = (pl_module.all_gather(t.to(pl_module.device)).flatten(0, 1).cpu() for t in padded)
+        keep = confidence.argsort(descending=True)[: self.num_mistakes]
+        keep = keep[confidence[keep] >= 0]
+        return images[keep], labels[keep], probs[keep], confidence[keep]
 
     def _log(self, trainer: pl.Trainer, tag: str, figure, step: int, png_name: str | None = None) -> None:
         if png_name:
