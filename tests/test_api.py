@@ -156,14 +156,22 @@ def test_a_notebook_shows_a_reported_error_as_its_message_alone(monkeypatch):
 
 
 def test_a_ctrl_c_outside_training_is_reported_and_logged_as_on_the_command_line(tmp_path, monkeypatch):
+    import threading
+
     import src.train
 
+    hooks_during_the_run = []
+
     def interrupted_while_loading(cfg):
+        hooks_during_the_run.append(threading.excepthook)
         raise KeyboardInterrupt
 
     monkeypatch.setattr(src.train, "train", interrupted_while_loading)
+    callers_hook = threading.excepthook
     with pytest.raises(RunInterrupted, match="Stopped by Ctrl-C outside training and testing"):
         api.train(f"paths.log_dir={tmp_path}", "hydra.output_subdir=null")
+    # A full disk in TensorBoard's thread is one line during the run, as on the command line; the hook is put back.
+    assert getattr(hooks_during_the_run[0], "reports_disk_errors", False) and threading.excepthook is callers_hook
     [folder] = tmp_path.glob("*/*")
     assert "[ERROR] - Stopped by Ctrl-C" in (folder / "train.log").read_text()
     assert [path.name for path in folder.iterdir()] == ["train.log"]  # hydra.output_subdir=null: no record kept

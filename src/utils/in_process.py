@@ -83,10 +83,15 @@ def _setting_words(overrides: tuple[str | list[str] | tuple[str, ...], ...], con
 
 def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_log: logging.Handler | None) -> Any:
     """work(cfg); a failure the command line reports in one line is noted in the run's log as it would be there, and
-    a Ctrl-C outside training and testing (which report their own) is reported as there."""
-    from src.utils.disk_errors import disk_problem
+    a Ctrl-C outside training and testing (which report their own) is reported as there, and so is a full disk in
+    TensorBoard's writing thread (for the run: the caller's thread error hook is put back after it)."""
+    import threading
+
+    from src.utils.disk_errors import disk_problem, one_line_for_disk_errors_in_threads
     from src.utils.run import interrupted_outside_training
 
+    callers_hook = threading.excepthook
+    one_line_for_disk_errors_in_threads()
     try:
         try:
             return work(cfg)
@@ -100,6 +105,8 @@ def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_
         if reported is not failure:
             raise reported from failure
         raise
+    finally:
+        threading.excepthook = callers_hook
 
 
 def _run_folder(cfg: DictConfig) -> Path:
