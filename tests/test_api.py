@@ -85,9 +85,12 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     assert (logits.argmax(1) == labels).float().mean().item() == pytest.approx(run.metrics["test/acc"])
     assert torch.nn.functional.cross_entropy(logits, labels).item() == pytest.approx(run.metrics["test/loss"], rel=1e-4)
 
-    tested = api.evaluate(*overrides, f"ckpt_path={run.metrics['best_model_path']}", f"paths.log_dir={tmp_path / 'evals'}")
+    capsys.readouterr()
+    tested = api.evaluate(*overrides, f"ckpt_path={run.metrics['best_model_path']}", f"paths.log_dir={tmp_path / 'evals'}",
+                          "data.mean=0.3")
     assert tested.dir.parent.parent == tmp_path / "evals"
-    assert tested.metrics["test/acc"] == pytest.approx(run.metrics["test/acc"])
+    assert tested.metrics["test/acc"] == pytest.approx(run.metrics["test/acc"])  # normalized as in training
+    assert "data.mean=0.3 data.std=0.3081 are not used: the checkpoint's network was trained" in capsys.readouterr().out
 
     # Runs starting within a second of each other: the dated folder of this second (and the next few) holds one.
     image = save(draw_six(), tmp_path / "six.png")
@@ -125,6 +128,12 @@ def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_i
     # The refused run's log says why it ended, as on the command line.
     [log_file] = (tmp_path / "runs").glob("*/*/train.log")
     assert "[ERROR] - model.dropout=2 is invalid" in log_file.read_text()
+
+
+def test_ddp_that_relaunches_the_script_is_refused_from_python(tmp_path):
+    """Lightning's ddp starts the script again for each further device: from a notebook, that is not this run."""
+    with pytest.raises(UserInputError, match=r"would start this script again .* use \+\+trainer.strategy=ddp_spawn"):
+        api.train("trainer=ddp_cpu", f"paths.log_dir={tmp_path}")
 
 
 def test_show_displays_the_figures_in_a_notebook_and_lists_them_elsewhere(tmp_path, monkeypatch, capsys):

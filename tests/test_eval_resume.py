@@ -45,7 +45,7 @@ def trained_run(tmp_path_factory, synthetic_data_dir) -> Path:
     return run_dir
 
 
-def test_eval_reproduces_the_metrics_training_reported(tmp_path, trained_run, synthetic_data_dir):
+def test_eval_reproduces_the_metrics_training_reported(tmp_path, trained_run, synthetic_data_dir, caplog):
     trained = json.loads((trained_run / "metrics.json").read_text())
     # A different eval batch size must not matter: the loss is a per-image mean.
     cfg = compose_config(
@@ -62,6 +62,7 @@ def test_eval_reproduces_the_metrics_training_reported(tmp_path, trained_run, sy
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert hparams_values(tmp_path) == hparams_values(trained_run)  # a row with the checkpoint's settings
     assert "mean: 0.5\n" in (tmp_path / "config.yaml").read_text()  # the normalization used: the checkpoint's
+    assert "are not used" not in caplog.text  # data.mean/std were not set here: nothing to warn about
 
 
 def test_checkpoints_load_weights_only(trained_run):
@@ -386,6 +387,11 @@ def test_resuming_with_another_model_config_names_the_original_overrides(tmp_pat
 def test_a_refused_resume_names_the_model_settings_that_differ_and_speed_switches_may_change(tmp_path, trained_run,
                                                                                               synthetic_data_dir):
     from src.errors import UserInputError
+    from src.utils.resume_check import _model_changes
+
+    # Names were taken in any case before: a checkpoint saved with name=Adam resumes with adam, as it must be written now.
+    assert _model_changes({"optimizer": {"name": "Adam"}, "scheduler": {"name": "OneCycle"}},
+                          {"optimizer": {"name": "adam"}, "scheduler": {"name": "onecycle"}}) == []
 
     resume = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "data.mean=0.5", "data.std=0.6",
               f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"]

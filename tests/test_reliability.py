@@ -205,6 +205,7 @@ def test_a_test_limit_that_leaves_no_batch_is_refused_before_training(tmp_path, 
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert exited.value.code == 1 and len(errors) == 1 and errors[0].startswith(message), errors
         assert not (tmp_path / "checkpoints").exists()  # nothing trained
+    assert train(compose_config([*settings, "test=false"]))["status"] == "ok"  # nothing to test: nothing to refuse
 
 
 def test_a_recipe_for_another_model_is_named_as_such(tmp_path, synthetic_data_dir):
@@ -245,9 +246,11 @@ def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
 
 @pytest.mark.parametrize("words, entry_point, message", [
     (["~seed"], "train", "~seed would delete `seed`, which every train run reads: set it instead (seed=null for an unseeded run)."),
+    (["~seed=42"], "eval", "~seed=42 would delete `seed`, which every eval run reads"),
     (["~top_k"], "predict", "~top_k would delete `top_k`, which every predict run reads: set it instead (top_k=<value>)."),
     (["++task_name=my/run"], "train", "task_name=my/run is invalid: the task name names the run's log file"),
     (["-m", "ckpt_path=a.ckpt,b.ckpt", "inputs=x.png"], "predict", "src.predict does not sweep: it classifies with one checkpoint"),
+    (["hydra.mode=MULTIRUN", "inputs=x.png"], "predict", "src.predict does not sweep"),
 ])
 def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point, message):
     """Each of these ended in a traceback (a deleted setting the run reads, a log file in a missing folder) or, for a

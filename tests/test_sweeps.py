@@ -361,7 +361,7 @@ def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_dat
         f"ckpt_path='{job_dir / 'checkpoints' / 'last.ckpt'}'", timeout=600,
     )
     output = refused.stdout + refused.stderr
-    assert refused.returncode == 1 and "trained with a different model config" in output, output[-3000:]
+    assert refused.returncode == 1 and "trained with another model (src.models.mlp.MLP; this run's is src.models.cnn.CNN)" in output, output[-3000:]
     assert (job_dir / "metrics.json").read_text() == finished
 
     # A resubmission that fails otherwise (here: no data on this node) is recorded, and the results it replaces are

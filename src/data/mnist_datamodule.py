@@ -73,19 +73,6 @@ class MNISTDataModule(pl.LightningDataModule):
             tensors = getattr(self, name)
             if tensors is not None:
                 setattr(self, name, tuple(t.to(device) for t in tensors))
-        if stage == "fit" and self.trainer is not None:
-            self._check_test_limit()
-
-    def _check_test_limit(self) -> None:
-        """Lightning checks a fraction of the test batches only when testing starts, after the whole training."""
-        limit = self.trainer.limit_test_batches
-        batches = len(self.test_dataloader())
-        if isinstance(limit, float) and 0 < limit < 1 and int(batches * limit) < 1:
-            raise UserInputError(
-                f"trainer.limit_test_batches={limit} leaves no batch to test: the test set is {batches} "
-                f"batch{'es' if batches > 1 else ''} of up to {self.hparams.eval_batch_size} images. Use at least "
-                f"{1 / batches:.3g}, or a number of batches such as ++trainer.limit_test_batches=1."
-            )
 
     def data_device(self) -> torch.device:
         """Where the tensors live: `device`, with `auto` meaning the trainer's root device (CPU without a trainer)."""

@@ -30,11 +30,12 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
                 "(hydra.run.dir), whatever the working directory. Leave it out.")
     for word in words_without_a_key(arguments):
         return f"'{word}' has no key: settings are key=value, such as {_likely_setting(word, entry_point)}."
-    if entry_point == "predict" and {"-m", "--multirun"} & set(arguments):
+    multirun = {"-m", "--multirun"} & set(arguments) or any(a.lstrip("+").lower() == "hydra.mode=multirun" for a in arguments)
+    if entry_point == "predict" and multirun:
         return ("src.predict does not sweep: it classifies with one checkpoint (its jobs would each write the same "
                 "output= and leave no results for a sweep summary). Run it once per checkpoint.")
     for word in arguments:
-        key = word.lstrip("~")
+        key = word.lstrip("~").partition("=")[0]  # ~seed=42 deletes seed too (if it is 42)
         if word.startswith("~") and key in _top_level_settings(entry_point):
             value = "null for an unseeded run" if key == "seed" else "<value>"
             return f"{word} would delete `{key}`, which every {entry_point} run reads: set it instead ({key}={value})."

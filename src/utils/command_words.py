@@ -23,10 +23,14 @@ def advice_as_calls() -> Iterator[None]:
         _CALLED_FROM_PYTHON.reset(token)
 
 
+def called_from_python() -> bool:
+    return _CALLED_FROM_PYTHON.get()
+
+
 def command(entry_point: str, words: list[str]) -> str:
     """`python -m src.<entry_point> <words>` (train, eval), or within advice_as_calls the call: train('model=mlp', ...).
     `words` are Hydra overrides as Hydra reads them; each is quoted as the shell or Python needs it."""
-    if _CALLED_FROM_PYTHON.get():
+    if called_from_python():
         return f"{_API_FUNCTIONS[entry_point]}({', '.join(typed(word) for word in words)})"
     return " ".join([f"python -m src.{entry_point}", *(typed(word) for word in words)])
 
@@ -34,11 +38,11 @@ def command(entry_point: str, words: list[str]) -> str:
 def typed(word: str) -> str:
     """An override as the user types it: a shell word (`callbacks=[default,ema]` quoted), or within advice_as_calls a
     Python string."""
-    return repr(word) if _CALLED_FROM_PYTHON.get() else shlex.quote(word)
+    return repr(word) if called_from_python() else shlex.quote(word)
 
 
 def run_it_again() -> str:
-    return "Run the same call again." if _CALLED_FROM_PYTHON.get() else "Run the same command again."
+    return "Run the same call again." if called_from_python() else "Run the same command again."
 
 
 def command_overrides() -> list[str] | None:

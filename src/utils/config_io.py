@@ -26,16 +26,20 @@ def print_config_tree(cfg: DictConfig) -> None:
 
 def take_the_checkpoints_settings(cfg: DictConfig, checkpoint: dict) -> None:
     """Testing a checkpoint uses its own network and input normalization, whatever `model` and `data.mean/std` say:
-    write those into `cfg`, so the config shown and saved is the one the run used. A normalization set otherwise is
-    named in a warning."""
+    write those into `cfg`, so the config shown and saved is the one the run used. A normalization set otherwise on
+    the command line is named in a warning."""
     import logging
 
     from omegaconf import open_dict
 
     from src.models.checkpoint_file import normalization
 
+    from src.utils.command_words import command_overrides
+    from src.utils.run import is_rank_zero
+
     mean, std = normalization(checkpoint)
-    if (cfg.data.mean, cfg.data.std) != (mean, std):
+    set_here = any(word.lstrip("+").startswith(("data.mean=", "data.std=")) for word in command_overrides() or [])
+    if set_here and (cfg.data.mean, cfg.data.std) != (mean, std) and is_rank_zero():
         logging.getLogger(__name__).warning(
             "data.mean=%s data.std=%s are not used: the checkpoint's network was trained on images normalized with "
             "mean %s and std %s, and is tested so.", cfg.data.mean, cfg.data.std, mean, std)

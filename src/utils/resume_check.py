@@ -54,6 +54,9 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
 def _model_changes(trained: dict, this: dict) -> list[str]:
     """The model settings that differ, as `model.<key>=<checkpoint's value> (this run: <value>)`."""
     trained, this = _flat(trained, "model."), _flat(this, "model.")
+    for key in ("model.optimizer.name", "model.scheduler.name"):  # taken in any case before; now only as written
+        if isinstance(trained.get(key), str):
+            trained[key] = trained[key].lower()
     speed_only = tuple(f"model.{key}" for key in SPEED_ONLY_MODEL_KEYS)
     unset = object()
 

@@ -42,6 +42,10 @@ def build_trainer(cfg: DictConfig):
                          ("enable_checkpointing", ModelCheckpoint)):
         if cfg.trainer.get(switch) is False:
             callbacks = [cb for cb in callbacks if not isinstance(cb, kind)]
+    if cfg.get("train") and cfg.get("test"):
+        from src.callbacks.test_limit import TestLimitCheck
+
+        callbacks.append(TestLimitCheck())
     # Ctrl-C's stop is raised in GracefulStop's on_train_batch_end, so that hook must come after the other callbacks'
     # (weight averaging must count the batch; Lightning moves the checkpoint callbacks, which do nothing per batch
     # here, to the end), as Lightning's SIGTERM stop comes after all of them.

@@ -20,6 +20,7 @@ WHOLE_NUMBER_SETTINGS = {"trainer.check_val_every_n_epoch": 1, "trainer.accumula
 
 
 def validate_train_config(cfg: DictConfig) -> None:
+    from src.utils.command_words import called_from_python
     from src.utils.jobs import in_multirun
 
     model = OmegaConf.to_container(cfg.model, resolve=True)
@@ -65,6 +66,12 @@ def validate_train_config(cfg: DictConfig) -> None:
         raise UserInputError(f"trainer.deterministic={cfg.trainer.deterministic} is invalid: it must be true, false or warn.")
     strategy = str(cfg.trainer.get("strategy", "auto"))
     relaunches = strategy.startswith("ddp") or (strategy == "auto" and _several_processes(cfg.trainer))
+    if relaunches and called_from_python() and not strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
+        raise UserInputError(
+            f"trainer.strategy={strategy} with trainer.devices={cfg.trainer.get('devices', 'auto')} would start this "
+            "script again for each further device, which a call from Python (a notebook) cannot be: use "
+            "++trainer.strategy=ddp_spawn, or the command line."
+        )
     if in_multirun() and relaunches and not strategy.startswith("ddp_spawn") and not _in_slurm_task():
         raise UserInputError(
             f"trainer.strategy={strategy} with trainer.devices={cfg.trainer.get('devices', 'auto')} cannot run inside a "

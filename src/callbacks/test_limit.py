@@ -1,0 +1,22 @@
+"""Lightning checks a fraction of the test batches (trainer.limit_test_batches=0.05) only when testing starts, after
+the whole training: a run that tests after fitting checks it as fitting starts, once the data is read."""
+
+from __future__ import annotations
+
+import pytorch_lightning as pl
+
+from src.errors import UserInputError
+
+
+class TestLimitCheck(pl.Callback):
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        limit = trainer.limit_test_batches
+        if not (isinstance(limit, float) and 0 < limit < 1):
+            return
+        batches = len(trainer.datamodule.test_dataloader())
+        if int(batches * limit) < 1:
+            raise UserInputError(
+                f"trainer.limit_test_batches={limit} leaves no batch to test: the test set is {batches} "
+                f"batch{'es' if batches > 1 else ''} of up to {trainer.datamodule.hparams.eval_batch_size} images. Use at "
+                f"least {1 / batches:.3g}, or a number of batches such as ++trainer.limit_test_batches=1."
+            )
