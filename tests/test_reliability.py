@@ -226,6 +226,15 @@ def test_changing_the_working_directory_is_refused(tmp_path, spelling):
     assert not (tmp_path / "run").exists()
 
 
+def test_changing_the_working_directory_in_a_config_of_ones_own_is_refused(tmp_path):
+    """A config that extends this project's (-cd/-cn) gets past the command line's check: the run refuses it."""
+    (tmp_path / "mine.yaml").write_text("defaults:\n  - train\n  - _self_\nhydra:\n  job:\n    chdir: true\n")
+    result = run_module("src.train", "-cd", str(tmp_path), "-cn", "mine", f"hydra.run.dir={tmp_path / 'run'}", timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output[-2000:]
+    assert "hydra.job.chdir=true is not supported" in output and not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("module, words, expected", [
     ("src.eval", ["runs/a/last.ckpt"], "'runs/a/last.ckpt' has no key: settings are key=value, such as ckpt_path=runs/a/last.ckpt."),
     ("src.predict", ["ckpt_path=a.ckpt", "zero.jpg"], "'zero.jpg' has no key: settings are key=value, such as inputs=zero.jpg."),

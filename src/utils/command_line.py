@@ -9,6 +9,10 @@ from pathlib import Path
 from src import CONFIG_DIR
 
 
+CHDIR_NOT_SUPPORTED = ("hydra.job.chdir=true is not supported: every run already writes all its files into its own "
+                       "folder (hydra.run.dir), whatever the working directory. Leave it out.")
+
+
 def run_command_line(main) -> None:
     """`main()` of an entry point (a @hydra.main function), with its command line's paths quoted and
     `logger=null`/`callbacks=null` read as none; refused words exit with one line."""
@@ -26,8 +30,7 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
     if changes_directory & {argument.lstrip("+").lower() for argument in arguments}:
         # Relative paths given on the command line (ckpt_path, inputs, data.data_dir) would be read inside the new run
         # folder, and a resume would take its checkpoint's run for a new one and overwrite that run's records.
-        return ("hydra.job.chdir=true is not supported: every run already writes all its files into its own folder "
-                "(hydra.run.dir), whatever the working directory. Leave it out.")
+        return CHDIR_NOT_SUPPORTED
     for word in words_without_a_key(arguments):
         return f"'{word}' has no key: settings are key=value, such as {_likely_setting(word, entry_point)}."
     multirun = {"-m", "--multirun"} & set(arguments) or any(a.lstrip("+").lower() == "hydra.mode=multirun" for a in arguments)

@@ -152,8 +152,12 @@ def output_dir_problem(cfg: DictConfig, sweeps: bool = True) -> str | None:
     advice names hydra.sweep.dir too."""
     from hydra.core.hydra_config import HydraConfig
 
+    from src.utils.command_line import CHDIR_NOT_SUPPORTED
+
     if not HydraConfig.initialized():  # composed by tests or the benchmark: no run folder of Hydra's
         return None
+    if HydraConfig.get().job.get("chdir"):  # set in a config of one's own (the command line's is refused before Hydra)
+        return CHDIR_NOT_SUPPORTED
     made = Path(HydraConfig.get().runtime.output_dir).resolve()
     if Path(str(cfg.paths.output_dir)).expanduser().resolve() == made:
         return None
