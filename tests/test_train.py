@@ -286,10 +286,12 @@ def test_ema_weights_are_the_ones_saved_and_tested(tmp_path, synthetic_data_dir)
     assert tested["test/acc"] == pytest.approx(trained["test/acc"])
 
 
-def test_validating_every_other_epoch_still_saves_last_every_epoch_and_keeps_curves_honest(tmp_path, synthetic_data_dir):
+def test_validating_every_other_epoch_still_saves_last_every_epoch_and_keeps_curves_honest(tmp_path, synthetic_data_dir,
+                                                                                         caplog):
     overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "trainer.max_epochs=3",
                  "trainer.check_val_every_n_epoch=2"]
     train(compose_config(overrides))
+    assert "the last 1 epoch(s) are never validated, so the checkpoint tested comes from an earlier epoch" in caplog.text
     last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 30  # the third epoch's end, though it ran no validation
     (history,) = [state["history"] for name, state in last["callbacks"].items() if "DiagnosticFigures" in name]

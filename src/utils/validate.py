@@ -3,6 +3,7 @@ by the DataModule's constructor, which runs before any data is read."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 from omegaconf import DictConfig, OmegaConf
@@ -10,6 +11,8 @@ from omegaconf import DictConfig, OmegaConf
 from src.errors import UserInputError
 from src.models.optim_config import check_optimizer_config, check_scheduler_config
 from src.utils.setting_checks import is_number, is_whole, require_true_or_false
+
+log = logging.getLogger(__name__)
 
 
 # Lightning checks these only once training runs, with a traceback after the data has been read (text fails a
@@ -58,6 +61,11 @@ def validate_train_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=None)  # null: Lightning's default, or the callback left out
         if value is not None and (not is_whole(value) or value < low):
             raise UserInputError(f"{key}={value} is invalid: it must be an integer >= {low}.")
+    every = cfg.trainer.get("check_val_every_n_epoch") or 1
+    if cfg.get("train") and max_epochs % every:
+        log.warning("trainer.max_epochs=%d with trainer.check_val_every_n_epoch=%d: the last %d epoch(s) are never "
+                    "validated, so the checkpoint tested comes from an earlier epoch. A multiple of %d epochs avoids "
+                    "that.", max_epochs, every, max_epochs % every, every)
     interval = cfg.trainer.get("val_check_interval")
     if is_whole(interval) and interval < 1:  # 0 batches: a ZeroDivisionError once training runs
         raise UserInputError(f"trainer.val_check_interval={interval} is invalid: it must be a number of training batches "
