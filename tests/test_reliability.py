@@ -235,6 +235,22 @@ def test_changing_the_working_directory_in_a_config_of_ones_own_is_refused(tmp_p
     assert "hydra.job.chdir=true is not supported" in output and not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_the_commands_a_run_prints_repeat_the_config_of_ones_own_it_used(tmp_path, synthetic_data_dir):
+    """A resume without -cd/-cn would rebuild the project's default model, and be refused with the same advice."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "mine.yaml").write_text("defaults:\n  - train\n  - override model: mlp\n  - _self_\n")
+    data = [f"data.data_dir={synthetic_data_dir}", "data.download=false", "data.val_size=80", "trainer.max_epochs=1"]
+    trained = run_module("src.train", "-cd", str(tmp_path / "conf"), "-cn", "mine", *data, f"hydra.run.dir={tmp_path / 'run'}")
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    flags = [f"--config-dir={tmp_path / 'conf'}", "--config-name=mine"]
+    assert torch.load(last, weights_only=True)["command_overrides"][:2] == flags
+    refused = run_module("src.train", *data, f"ckpt_path={last}")
+    assert refused.returncode == 1 and f"repeat the overrides of the run that saved it: python -m src.train {' '.join(flags)} " \
+        f"{' '.join(data)} ckpt_path={last}" in refused.stdout + refused.stderr
+    assert run_module("src.train", *flags, *data, f"ckpt_path={last}").returncode == 0  # that command resumes
+
+
 @pytest.mark.parametrize("module, words, expected", [
     ("src.eval", ["runs/a/last.ckpt"], "'runs/a/last.ckpt' has no key: settings are key=value, such as ckpt_path=runs/a/last.ckpt."),
     ("src.predict", ["ckpt_path=a.ckpt", "zero.jpg"], "'zero.jpg' has no key: settings are key=value, such as inputs=zero.jpg."),

@@ -8,6 +8,7 @@ import re
 import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 _CALLED_FROM_PYTHON = contextvars.ContextVar("called_from_python", default=False)
 _API_FUNCTIONS = {"train": "train", "eval": "evaluate"}
@@ -46,10 +47,18 @@ def run_it_again() -> str:
 
 
 def command_overrides() -> list[str] | None:
-    """This process's command-line overrides (a sweep job's own), as Hydra recorded them; None outside a Hydra run."""
+    """This process's command-line overrides (a sweep job's own), as Hydra recorded them, after the flags that chose a
+    config of one's own (--config-dir, --config-name), which a resume must repeat too; None outside a Hydra run."""
     from hydra.core.hydra_config import HydraConfig
 
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+    if not HydraConfig.initialized():
+        return None
+    hydra = HydraConfig.get()
+    flags = [f"--config-dir={Path(hydra.runtime.cwd, source.path)}" for source in hydra.runtime.config_sources
+             if source.provider == "command-line"]
+    if hydra.job.config_name != hydra.job.name.partition("_ddp_process_")[0]:  # each entry point's own is its name
+        flags.append(f"--config-name={hydra.job.config_name}")
+    return [*flags, *hydra.overrides.task]
 
 
 def original_overrides() -> list[str]:
