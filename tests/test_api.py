@@ -90,7 +90,7 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
                           "data.mean=0.3")
     assert tested.dir.parent.parent == tmp_path / "evals"
     assert tested.metrics["test/acc"] == pytest.approx(run.metrics["test/acc"])  # normalized as in training
-    assert "data.mean=0.3 data.std=0.3081 are not used: the checkpoint's network was trained" in capsys.readouterr().out
+    assert "Not used: data.mean=0.3 (the checkpoint's: 0.1307). The checkpoint's network is tested" in capsys.readouterr().out
 
     # Runs starting within a second of each other: the dated folder of this second (and the next few) holds one.
     image = save(draw_six(), tmp_path / "six.png")

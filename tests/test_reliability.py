@@ -249,6 +249,12 @@ def test_the_commands_a_run_prints_repeat_the_config_of_ones_own_it_used(tmp_pat
     assert refused.returncode == 1 and f"repeat the overrides of the run that saved it: python -m src.train {' '.join(flags)} " \
         f"{' '.join(data)} ckpt_path={last}" in refused.stdout + refused.stderr
     assert run_module("src.train", *flags, *data, f"ckpt_path={last}").returncode == 0  # that command resumes
+    # A ddp_spawn process saves the checkpoint without Hydra's state: the overrides come from the launching process.
+    spawned = run_module("src.train", "-cd", str(tmp_path / "conf"), "-cn", "mine", *data, "trainer=ddp_cpu",
+                         "++trainer.strategy=ddp_spawn", "callbacks.progress_bar=null", f"hydra.run.dir={tmp_path / 'spawn'}")
+    assert spawned.returncode == 0, spawned.stderr[-2000:]
+    recorded = torch.load(tmp_path / "spawn" / "checkpoints" / "last.ckpt", weights_only=True)["command_overrides"]
+    assert recorded[:2] == flags and "++trainer.strategy=ddp_spawn" in recorded
 
 
 @pytest.mark.parametrize("module, words, expected", [
@@ -276,6 +282,7 @@ def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
     (["++task_name=my/run"], "train", "task_name=my/run is invalid: the task name names the run's log file"),
     (["-m", "ckpt_path=a.ckpt,b.ckpt", "inputs=x.png"], "predict", "src.predict does not sweep: it classifies with one checkpoint"),
     (["hydra.mode=MULTIRUN", "inputs=x.png"], "predict", "src.predict does not sweep"),
+    (["hydra.mode='MULTIRUN'", "inputs=x.png"], "predict", "src.predict does not sweep"),
 ])
 def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point, message):
     """Each of these ended in a traceback (a deleted setting the run reads, a log file in a missing folder) or, for a

@@ -13,10 +13,11 @@ class TestLimitCheck(pl.Callback):
         limit = trainer.limit_test_batches
         if not (isinstance(limit, float) and 0 < limit < 1):
             return
-        batches = len(trainer.datamodule.test_dataloader())
+        batches = len(trainer.datamodule.test_dataloader())  # this process's share of the test set
         if int(batches * limit) < 1:
+            share = f"each of the {trainer.world_size} processes tests" if trainer.world_size > 1 else "the test set is"
             raise UserInputError(
-                f"trainer.limit_test_batches={limit} leaves no batch to test: the test set is {batches} "
+                f"trainer.limit_test_batches={limit} leaves no batch to test: {share} {batches} "
                 f"batch{'es' if batches > 1 else ''} of up to {trainer.datamodule.hparams.eval_batch_size} images. Use at "
                 f"least {1 / batches:.3g}, or a number of batches such as ++trainer.limit_test_batches=1."
             )

@@ -37,6 +37,8 @@ class DigitClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()  # collects the subclass's arguments too
+        # The run's overrides, for its checkpoints: a ddp_spawn process that saves one has no Hydra state to read them.
+        self._command_overrides = command_overrides()
         # Without torchmetrics' input checks: each reads a value back from the GPU (NaN check, unique labels),
         # and a host sync per step stalls the GPU. Labels come from the IDX reader, which checks them already.
         for split in ("train", "val", "test"):
@@ -186,7 +188,7 @@ class DigitClassifier(pl.LightningModule):
         # A plain string, so tools can rebuild the right class from a checkpoint alone.
         checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["rng_states"] = capture_rng_states()
-        overrides = command_overrides()
+        overrides = command_overrides() or self._command_overrides
         if overrides is not None:  # what a refused resume tells the user to repeat (strings only: a plain value)
             checkpoint["command_overrides"] = overrides
         if getattr(self, "schedule_steps", None) is not None:

@@ -33,7 +33,8 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
         return CHDIR_NOT_SUPPORTED
     for word in words_without_a_key(arguments):
         return f"'{word}' has no key: settings are key=value, such as {_likely_setting(word, entry_point)}."
-    multirun = {"-m", "--multirun"} & set(arguments) or any(a.lstrip("+").lower() == "hydra.mode=multirun" for a in arguments)
+    multirun = {"-m", "--multirun"} & set(arguments) or any(
+        a.lstrip("+").lower().replace('"', "").replace("'", "") == "hydra.mode=multirun" for a in arguments)
     if entry_point == "predict" and multirun:
         return ("src.predict does not sweep: it classifies with one checkpoint (its jobs would each write the same "
                 "output= and leave no results for a sweep summary). Run it once per checkpoint.")

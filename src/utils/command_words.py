@@ -30,10 +30,11 @@ def called_from_python() -> bool:
 
 def command(entry_point: str, words: list[str]) -> str:
     """`python -m src.<entry_point> <words>` (train, eval), or within advice_as_calls the call: train('model=mlp', ...).
-    `words` are Hydra overrides as Hydra reads them; each is quoted as the shell or Python needs it."""
-    if called_from_python():
-        return f"{_API_FUNCTIONS[entry_point]}({', '.join(typed(word) for word in words)})"
-    return " ".join([f"python -m src.{entry_point}", *(typed(word) for word in words)])
+    `words` are Hydra overrides as Hydra reads them; each is quoted as the shell or Python needs it. A run from a
+    config of one's own (--config-dir, --config-name) is named as a command line even there: src.api takes no flags."""
+    if called_from_python() and not any(word.startswith("--config-") for word in words):
+        return f"{_API_FUNCTIONS[entry_point]}({', '.join(repr(word) for word in words)})"
+    return " ".join([f"python -m src.{entry_point}", *(shlex.quote(word) for word in words)])
 
 
 def typed(word: str) -> str:
@@ -56,7 +57,7 @@ def command_overrides() -> list[str] | None:
     hydra = HydraConfig.get()
     flags = [f"--config-dir={Path(hydra.runtime.cwd, source.path)}" for source in hydra.runtime.config_sources
              if source.provider == "command-line"]
-    if hydra.job.config_name != hydra.job.name.partition("_ddp_process_")[0]:  # each entry point's own is its name
+    if hydra.job.config_name not in _API_FUNCTIONS.keys() | {"predict"}:  # each entry point's own config is its name
         flags.append(f"--config-name={hydra.job.config_name}")
     return [*flags, *hydra.overrides.task]
 

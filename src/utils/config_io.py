@@ -38,11 +38,12 @@ def take_the_checkpoints_settings(cfg: DictConfig, checkpoint: dict) -> None:
     from src.utils.run import is_rank_zero
 
     mean, std = normalization(checkpoint)
-    set_here = any(word.lstrip("+").startswith(("data.mean=", "data.std=")) for word in command_overrides() or [])
-    if set_here and (cfg.data.mean, cfg.data.std) != (mean, std) and is_rank_zero():
-        logging.getLogger(__name__).warning(
-            "data.mean=%s data.std=%s are not used: the checkpoint's network was trained on images normalized with "
-            "mean %s and std %s, and is tested so.", cfg.data.mean, cfg.data.std, mean, std)
+    overridden = {word.lstrip("+").partition("=")[0] for word in command_overrides() or []}
+    ignored = [f"data.{key}={cfg.data[key]} (the checkpoint's: {value})" for key, value in (("mean", mean), ("std", std))
+               if f"data.{key}" in overridden and cfg.data[key] != value]
+    if ignored and is_rank_zero():
+        logging.getLogger(__name__).warning("Not used: %s. The checkpoint's network is tested on images normalized as "
+                                            "in its training.", "; ".join(ignored))
     with open_dict(cfg):
         cfg.data.mean, cfg.data.std = mean, std
         if "model" in cfg:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,7 +72,7 @@ def _setting_words(overrides: tuple[str | list[str] | tuple[str, ...], ...], con
     """The settings as the command line's words, refused as it refuses them. Each setting is its own string, as each is
     its own word on the command line; one list of them is taken too."""
     words = [str(word) for item in overrides for word in (item if isinstance(item, (list, tuple)) else [item])]
-    flags = " ".join(word for word in words if word.startswith("-"))
+    flags = " ".join(shlex.quote(word) for word in words if word.startswith("-"))
     if flags:
         raise UserInputError(f"{flags}: {_SWEEPS_RUN_FROM_THE_COMMAND_LINE}, as do Hydra's flags (python -m "
                              f"src.{config_name} {flags} ...); here, pass key=value settings alone.")

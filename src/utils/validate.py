@@ -62,10 +62,10 @@ def validate_train_config(cfg: DictConfig) -> None:
         if value is not None and (not is_whole(value) or value < low):
             raise UserInputError(f"{key}={value} is invalid: it must be an integer >= {low}.")
     every = cfg.trainer.get("check_val_every_n_epoch") or 1
-    if cfg.get("train") and max_epochs % every:
-        log.warning("trainer.max_epochs=%d with trainer.check_val_every_n_epoch=%d: the last %d epoch(s) are never "
-                    "validated, so the checkpoint tested comes from an earlier epoch. A multiple of %d epochs avoids "
-                    "that.", max_epochs, every, max_epochs % every, every)
+    if cfg.get("train") and max_epochs % every and _rank_zero():
+        unvalidated = "no epoch is" if max_epochs < every else f"the last {max_epochs % every} epoch(s) are never"
+        log.warning("trainer.max_epochs=%d with trainer.check_val_every_n_epoch=%d: %s validated, so the weights tested "
+                    "are not the last ones trained. A multiple of %d epochs avoids that.", max_epochs, every, unvalidated, every)
     interval = cfg.trainer.get("val_check_interval")
     if is_whole(interval) and interval < 1:  # 0 batches: a ZeroDivisionError once training runs
         raise UserInputError(f"trainer.val_check_interval={interval} is invalid: it must be a number of training batches "
@@ -118,6 +118,12 @@ def _chosen_callbacks() -> str | None:
             return value
     choice = hydra_config.runtime.choices.get("callbacks")
     return choice if isinstance(choice, str) else None
+
+
+def _rank_zero() -> bool:
+    from src.utils.run import is_rank_zero
+
+    return is_rank_zero()
 
 
 def _several_processes(trainer: DictConfig) -> bool:
