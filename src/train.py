@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 
 from src import CONFIG_DIR
 from src.utils.command_line import run_command_line
-from src.utils.command_words import ckpt_path_override, command, eval_overrides, original_overrides, run_it_again
+from src.utils.command_words import (ckpt_path_override, command, eval_overrides, original_overrides, resume_command,
+                                     run_it_again)
 from src.utils.run_folders import resumed_job_dir
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         raise RunInterrupted(
             f"Training aborted by Ctrl-C{at}, without saving. "
             + (f"{last} holds the last saved state; resume with: "
-               f"{command('train', [*original_overrides(), ckpt_path_override(last)])}" if last
+               f"{resume_command(original_overrides(), last)}" if last
                else "No checkpoint had been saved yet."),
             exit_code=130,
         ) from stop
@@ -157,7 +158,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
 
 def _stopped(by: str, at: str, saved: str | None) -> str:
     return f"Training stopped by {by} {at}. " + (
-        f"Saved {saved}; resume with: {command('train', [*original_overrides(), ckpt_path_override(saved)])}" if saved
+        f"Saved {saved}; resume with: {resume_command(original_overrides(), saved)}" if saved
         else "No checkpoint callback was configured, so nothing was saved.")
 
 

@@ -83,6 +83,12 @@ def eval_overrides() -> list[str]:
     return ["++" + o.lstrip("+") if o.lstrip("+").startswith("trainer.") else o for o in shared]
 
 
+def resume_command(overrides, ckpt_path) -> str:
+    """The command (in a run of src.api, the call) that resumes from `ckpt_path` with `overrides` (their own ckpt_path
+    left out)."""
+    return command("train", [*without_ckpt_path(overrides), ckpt_path_override(str(ckpt_path))])
+
+
 def without_ckpt_path(overrides) -> list[str]:
     return [override for override in overrides if not override.startswith("ckpt_path=")]
 

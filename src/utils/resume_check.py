@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from src.utils.command_words import ckpt_path_override, command, without_ckpt_path
+from src.utils.command_words import resume_command
 
 # Data settings a run must keep: which images validate (changed mid-run, the best score so far would have been
 # measured on other images, and images would move between training and validation), the input normalization, and
@@ -44,10 +44,10 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
         trained_with = "weight averaging (callbacks.ema), which this run lacks"
     else:
         return
-    original = without_ckpt_path(saved) if saved is not None else ["?"]
+    original = saved if saved is not None else ["?"]
     raise ResumeRefused(
         f"ckpt_path={ckpt_path} was trained with {trained_with}. To resume, repeat the overrides of the run that "
-        f"saved it: {command('train', [*original, ckpt_path_override(ckpt_path)])}"
+        f"saved it: {resume_command(original, ckpt_path)}"
     )
 
 
@@ -108,8 +108,7 @@ def check_schedule_length(name: str, saved_steps: int | None, total_steps: int, 
     if saved_steps is None or saved_steps == total_steps:
         return
     overrides = overrides_that_saved(ckpt_path, saved_overrides)
-    repeat = (f": {command('train', [*without_ckpt_path(overrides), ckpt_path_override(ckpt_path)])}"
-              if overrides is not None else "")
+    repeat = f": {resume_command(overrides, ckpt_path)}" if overrides is not None else ""
     raise ResumeRefused(
         f"The checkpoint was trained with a {name} learning-rate schedule of {saved_steps} steps; this run would take "
         f"{total_steps} (trainer.max_epochs, data.batch_size, data.val_size, trainer.limit_train_batches or "
