@@ -96,8 +96,8 @@ def train(cfg: DictConfig) -> dict:
         started = time.perf_counter()
         test_again = command("eval", [*eval_overrides(), ckpt_path_override(ckpt_path)]) if ckpt_path else None
         advice = f"The checkpoints are intact; test this one with: {test_again}" if ckpt_path else run_it_again()
-        tested = ckpt_path if cfg.get("train") else None  # a checkpoint tested alone is loaded already
-        results = test_or_report_interruption(trainer, model, datamodule, tested or None, advice)
+        tested = (ckpt_path or None) if cfg.get("train") else None  # a checkpoint tested alone is loaded already
+        results = test_or_report_interruption(trainer, model, datamodule, tested, advice)
         metrics["test_seconds"] = round(time.perf_counter() - started, 2)
         metrics.update({key: float(value) for key, value in results.items()})
         metrics["tested_checkpoint"] = ckpt_path or None

@@ -111,10 +111,12 @@ class DiagnosticFigures(pl.Callback):
     def _gathered_mistakes(self, pl_module: pl.LightningModule) -> tuple[torch.Tensor, ...]:
         """The most confident mistakes among every process's. The collective needs equal shapes: each process pads
         its own to num_mistakes, with confidence -1 marking a pad."""
-        mine = self._mistakes or (torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long), torch.zeros(0, 10), torch.zeros(0))
+        none = (torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long), torch.zeros(0, 10), torch.zeros(0))
+        mine = self._mistakes or none  # none: this process tested no batch
         pad = self.num_mistakes - len(mine[0])
         padded = [torch.cat([t, t.new_full((pad, *t.shape[1:]), -1 if i == 3 else 0)]) for i, t in enumerate(mine)]
-        images, labels, probs, confidence = (pl_module.all_gather(t.to(pl_module.device)).flatten(0, 1).cpu() for t in padded)
+        gathered = (pl_module.all_gather(t.to(pl_module.device)).flatten(0, 1).cpu() for t in padded)
+        images, labels, probs, confidence = gathered
         keep = confidence.argsort(descending=True)[: self.num_mistakes]
         keep = keep[confidence[keep] >= 0]
         return images[keep], labels[keep], probs[keep], confidence[keep]

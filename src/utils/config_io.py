@@ -33,7 +33,6 @@ def take_the_checkpoints_settings(cfg: DictConfig, checkpoint: dict) -> None:
     from omegaconf import open_dict
 
     from src.models.checkpoint_file import normalization
-
     from src.utils.command_words import command_overrides
     from src.utils.run import is_rank_zero
 

@@ -61,7 +61,9 @@ def _model_changes(trained: dict, this: dict) -> list[str]:
     unset = object()
 
     def word(value) -> str:  # as the override would be written
-        return "(not set)" if value is unset else "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+        if value is unset:
+            return "(not set)"
+        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
     return [f"{key}={word(trained.get(key, unset))} (this run: {word(this.get(key, unset))})"
             for key in sorted(set(trained) | set(this))

@@ -49,7 +49,8 @@ def build_trainer(cfg: DictConfig):
     # Ctrl-C's stop is raised in GracefulStop's on_train_batch_end, so that hook must come after the other callbacks'
     # (weight averaging must count the batch; Lightning moves the checkpoint callbacks, which do nothing per batch
     # here, to the end), as Lightning's SIGTERM stop comes after all of them.
-    callbacks = [cb for cb in callbacks if not isinstance(cb, GracefulStop)] + [cb for cb in callbacks if isinstance(cb, GracefulStop)]
+    stops = [cb for cb in callbacks if isinstance(cb, GracefulStop)]
+    callbacks = [cb for cb in callbacks if cb not in stops] + stops
     loggers = instantiate_entries(cfg.get("logger"), "logger")
     if any(isinstance(cb, LearningRateMonitor) for cb in callbacks) and (reason := _learning_rate_not_charted(cfg, loggers)):
         log.info("%s", reason)

@@ -65,7 +65,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     if cfg.get("train") and max_epochs % every and _rank_zero():
         unvalidated = "no epoch is" if max_epochs < every else f"the last {max_epochs % every} epoch(s) are never"
         log.warning("trainer.max_epochs=%d with trainer.check_val_every_n_epoch=%d: %s validated, so the weights tested "
-                    "are not the last ones trained. A multiple of %d epochs avoids that.", max_epochs, every, unvalidated, every)
+                    "are not the last ones trained. A multiple of %d epochs avoids that.",
+                    max_epochs, every, unvalidated, every)
     interval = cfg.trainer.get("val_check_interval")
     if is_whole(interval) and interval < 1:  # 0 batches: a ZeroDivisionError once training runs
         raise UserInputError(f"trainer.val_check_interval={interval} is invalid: it must be a number of training batches "
