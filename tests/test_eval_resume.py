@@ -415,7 +415,7 @@ def test_resuming_with_another_validation_split_is_refused(tmp_path, trained_run
     # trained_run validated on 80 images, normalized with mean 0.5 and std 0.6.
     cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "data.val_size=96",
                           "data.mean=0.5", "data.std=0.6", f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"])
-    with pytest.raises(UserInputError, match=r"was trained with other data settings \(data.val_size=80\)"):
+    with pytest.raises(UserInputError, match=r"was trained with other data settings or seed \(data.val_size=80 \(this run: 96\)\)"):
         train(cfg)
 
 
@@ -425,13 +425,13 @@ def test_resuming_with_another_seed_is_refused(tmp_path, trained_run, synthetic_
 
     cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "data.mean=0.5", "data.std=0.6",
                           "seed=7", f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"])  # trained with seed 42
-    with pytest.raises(UserInputError, match=r"was trained with other data settings \(seed=42\)"):
+    with pytest.raises(UserInputError, match=r"was trained with other data settings or seed \(seed=42 \(this run: 7\)\)"):
         train(cfg)
     # A run that set the shuffle seed itself is told so (the checkpoint records the overrides that saved it).
     checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
     checkpoint["command_overrides"] = ["model=mlp", "data.shuffle_seed=42"]
     torch.save(checkpoint, tmp_path / "own_seed.ckpt")
-    with pytest.raises(UserInputError, match=r"other data settings \(data.shuffle_seed=42\)\. To resume, repeat the "
+    with pytest.raises(UserInputError, match=r"other data settings or seed \(data.shuffle_seed=42 \(this run: 7\)\)\. To resume, repeat the "
                                              r"overrides of the run that saved it: python -m src.train model=mlp data.shuffle_seed=42 "):
         train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "data.mean=0.5",
                               "data.std=0.6", "seed=7", f"ckpt_path={tmp_path / 'own_seed.ckpt'}"]))

@@ -38,7 +38,8 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
         # The shuffle seed follows `seed`, unless the run set data.shuffle_seed itself.
         own_seed = any(override.lstrip("+").startswith("data.shuffle_seed=") for override in saved or [])
         names = {key: "seed" if key == "shuffle_seed" and not own_seed else f"data.{key}" for key in changed}
-        trained_with = f"other data settings ({', '.join(f'{names[key]}={trained_data[key]}' for key in changed)})"
+        differ = "; ".join(f"{names[key]}={trained_data[key]} (this run: {datamodule.hparams[key]})" for key in changed)
+        trained_with = f"other data settings or seed ({differ})"
     elif "current_model_state" in checkpoint and not any(isinstance(cb, WeightAveraging) for cb in callbacks):
         # Without the callback, the averaged weights would silently replace the raw ones and averaging would stop.
         trained_with = "weight averaging (callbacks.ema), which this run lacks"
