@@ -283,6 +283,10 @@ def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
     (["-m", "ckpt_path=a.ckpt,b.ckpt", "inputs=x.png"], "predict", "src.predict does not sweep: it classifies with one checkpoint"),
     (["hydra.mode=MULTIRUN", "inputs=x.png"], "predict", "src.predict does not sweep"),
     (["hydra.mode='MULTIRUN'", "inputs=x.png"], "predict", "src.predict does not sweep"),
+    (["-m", "model.dropout=interval(0.1,0.5)"], "train", "model.dropout=interval(0.1,0.5) is a continuous range, which "
+     "only an optimizing sweeper (such as Optuna's) can sample; Hydra's basic sweeper, used here, runs the values "
+     "listed: model.dropout=<value>,<value>,..."),
+    (["-m", "+x=tag(log, interval(1, 2))"], "train", "+x=tag(log, interval(1, 2)) is a continuous range"),
 ])
 def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point, message):
     """Each of these ended in a traceback (a deleted setting the run reads, a log file in a missing folder) or, for a
@@ -291,6 +295,8 @@ def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point
 
     assert overrides_problem(words, entry_point).startswith(message)
     assert overrides_problem(["~logger", "~callbacks.lr_monitor", "task_name=mine", "-m", "seed=1,2"], "train") is None
+    # An optimizing sweeper chosen on the command line samples it; a single run is refused by Hydra in one line.
+    assert overrides_problem(["-m", "hydra/sweeper=optuna", "model.dropout=interval(0.1,0.5)"], "train") is None
 
 
 def test_a_new_run_in_a_folder_that_holds_one_is_refused_and_changes_nothing(tmp_path, synthetic_data_dir):

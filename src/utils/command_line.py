@@ -38,6 +38,14 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
     if entry_point == "predict" and multirun:
         return ("src.predict does not sweep: it classifies with one checkpoint (its jobs would each write the same "
                 "output= and leave no results for a sweep summary). Run it once per checkpoint.")
+    own_sweeper = any(a.lstrip("+").startswith("hydra/sweeper=") for a in arguments)
+    for word in arguments if multirun and not own_sweeper else []:
+        key, _, value = word.partition("=")
+        if value.replace(" ", "").startswith(("interval(", "tag(")) and "interval(" in value:
+            # Hydra's basic sweeper fails on it with a traceback that names no fix.
+            return (f"{word} is a continuous range, which only an optimizing sweeper (such as Optuna's) can sample; "
+                    f"Hydra's basic sweeper, used here, runs the values listed: {key.lstrip('+')}=<value>,<value>,... "
+                    "(or range(start,stop,step) for evenly spaced ones).")
     for word in arguments:
         key = word.lstrip("~").partition("=")[0]  # ~seed=42 deletes seed too (if it is 42)
         if word.startswith("~") and key in _top_level_settings(entry_point):
