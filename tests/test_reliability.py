@@ -359,6 +359,34 @@ def test_an_output_folder_apart_from_the_run_folder_is_refused(tmp_path, entry_p
     assert not (tmp_path / "elsewhere").exists()
 
 
+def test_a_config_copied_from_a_run_cannot_write_into_that_run(tmp_path):
+    """A run's config.yaml used as a config of one's own records that run's folders as written-out paths: the new
+    run would replace its last.ckpt and figures and mix its TensorBoard run with its own."""
+    earlier = tmp_path / "earlier"
+    (earlier / ".hydra").mkdir(parents=True)
+    (earlier / "checkpoints").mkdir()
+    result = run_module("src.train", f"hydra.run.dir={tmp_path / 'run'}",
+                        f"callbacks.model_checkpoint.dirpath={earlier / 'checkpoints'}", timeout=120)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output
+    assert (f"callbacks.model_checkpoint.dirpath={earlier / 'checkpoints'} lies in another run's folder ({earlier}), "
+            "which this run would overwrite. A config.yaml copied from a run records that run's folders: re-run it with "
+            "--config-dir=<run>/.hydra --config-name=config instead") in output
+    assert sorted(earlier.rglob("*")) == [earlier / ".hydra", earlier / "checkpoints"]
+
+
+def test_output_folders_apart_from_any_run_are_taken(tmp_path):
+    """A TensorBoard folder shared by many runs, say."""
+    from src.utils.run import _writes_into_another_run
+
+    shared = tmp_path / "all_tensorboard"
+    cfg = compose_config([f"paths.output_dir={tmp_path / 'run'}", f"logger.tensorboard.save_dir={shared}"])
+    assert _writes_into_another_run(cfg, tmp_path / "run") is None
+    (tmp_path / "earlier" / ".hydra").mkdir(parents=True)
+    cfg = compose_config([f"paths.output_dir={tmp_path / 'run'}", f"logger.tensorboard.save_dir={tmp_path / 'earlier'}"])
+    assert _writes_into_another_run(cfg, tmp_path / "run").startswith(f"logger.tensorboard.save_dir={tmp_path / 'earlier'} lies")
+
+
 @pytest.mark.parametrize("module", ["src.train", "src.eval", "src.predict", "src.bench"])
 def test_an_installed_copy_without_the_configs_says_how_to_install(tmp_path, module):
     """What `pip install .` (not -e) leaves: src/ in site-packages with no conf/ beside it."""

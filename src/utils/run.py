@@ -159,10 +159,46 @@ def output_dir_problem(cfg: DictConfig, sweeps: bool = True) -> str | None:
     if HydraConfig.get().job.get("chdir"):  # set in a config of one's own (the command line's is refused before Hydra)
         return CHDIR_NOT_SUPPORTED
     made = Path(HydraConfig.get().runtime.output_dir).resolve()
-    if Path(str(cfg.paths.output_dir)).expanduser().resolve() == made:
-        return None
-    return (f"paths.output_dir={cfg.paths.output_dir} is not this run's folder ({made}), the one Hydra makes for it: set "
-            f"hydra.run.dir=<folder> instead{' (hydra.sweep.dir=<folder> for a -m sweep)' if sweeps else ''}.")
+    if Path(str(cfg.paths.output_dir)).expanduser().resolve() != made:
+        return (f"paths.output_dir={cfg.paths.output_dir} is not this run's folder ({made}), the one Hydra makes for it: "
+                f"set hydra.run.dir=<folder> instead{' (hydra.sweep.dir=<folder> for a -m sweep)' if sweeps else ''}.")
+    return _writes_into_another_run(cfg, made)
+
+
+# Settings that name a folder a run writes into (checkpoints, loggers, figures, Lightning's root).
+_OUTPUT_FOLDER_KEYS = ("dirpath", "save_dir", "output_dir", "default_root_dir")
+
+
+def _writes_into_another_run(cfg: DictConfig, made: Path) -> str | None:
+    """Why an output folder outside this run's is refused: it lies in another run's folder, whose checkpoints,
+    figures and TensorBoard run this one would overwrite or mix with its own. A config.yaml copied from a run and used
+    as a config of one's own does that: it records that run's folders as written-out paths. A folder elsewhere (a
+    shared TensorBoard folder) is taken."""
+    from src.utils.run_folders import holds_a_run
+
+    for key, value in _output_folders(cfg, ("callbacks", "logger", "trainer")):
+        path = Path(value).expanduser().resolve()
+        if path == made or made in path.parents:
+            continue
+        run = next((folder for folder in (path, *path.parents)
+                    if (folder / ".hydra").is_dir() or holds_a_run(folder)), None)
+        if run is not None:
+            return (f"{key}={value} lies in another run's folder ({run}), which this run would overwrite. A config.yaml "
+                    "copied from a run records that run's folders: re-run it with --config-dir=<run>/.hydra "
+                    "--config-name=config instead (its folders follow the new run's), or set it inside this run's "
+                    "folder: ${paths.output_dir}/<subfolder>.")
+    return None
+
+
+def _output_folders(cfg: DictConfig, keys, prefix: str = ""):
+    """(dotted key, value) of every output folder setting under `keys` of `cfg`; other values stay unresolved."""
+    for key, node in cfg.items_ex(resolve=False):
+        if key not in keys:
+            continue
+        if isinstance(node, DictConfig):
+            yield from _output_folders(node, tuple(node.keys()), f"{prefix}{key}.")
+        elif key in _OUTPUT_FOLDER_KEYS and isinstance(cfg[key], str):
+            yield f"{prefix}{key}", cfg[key]
 
 
 def _record_job(cfg: DictConfig, record: dict) -> None:
