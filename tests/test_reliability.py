@@ -126,6 +126,7 @@ CHECKPOINT_CASES = {
     "empty": ("empty.ckpt", "cannot be read as a checkpoint (not a torch file, or truncated or corrupt: EOFError)"),
     "text": ("text.ckpt", "cannot be read as a checkpoint (not a torch file, or truncated or corrupt"),
     "foreign": ("foreign.ckpt", "not a checkpoint of this project"),
+    "damaged": ("damaged.ckpt", "is damaged: its part archive/data/"),
 }
 
 
@@ -176,6 +177,11 @@ def test_bad_checkpoint_paths(tmp_path, caplog, good_checkpoint, case):
         bad.touch()
     elif case == "text":
         bad.write_text("hello\n")
+    elif case == "damaged":  # bytes of a weight tensor zeroed: torch.load reads it, and the weights are wrong
+        content = bytearray(good_checkpoint.read_bytes())
+        content[len(content) // 2:len(content) // 2 + 1000] = bytes(1000)
+        bad.write_bytes(content)
+        assert torch.load(bad, weights_only=True)["model_class"]
     elif case == "foreign":  # a Lightning checkpoint of another project: weights and hyperparameters, no model_class
         torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": {"lr": 0.1}, "epoch": 0}, bad)
     cfg = compose_config([*tiny_run_overrides(data_dir, tmp_path / "run"), "model=mlp", f"ckpt_path={bad}"])

@@ -50,12 +50,29 @@ def read_checkpoint(path: str | Path) -> dict:
             f"ckpt_path={path}: cannot be read as a checkpoint (not a torch file, or truncated or corrupt: {_what(err)}). "
             "Use another checkpoint, e.g. <run dir>/checkpoints/last.ckpt."
         ) from err
+    damaged = _record_failing_its_checksum(path)
+    if damaged:
+        raise CheckpointError(f"ckpt_path={path}: is damaged: its part {damaged} does not match its checksum (a disk "
+                              "error, or a faulty copy). Use another checkpoint, e.g. <run dir>/checkpoints/"
+                              "epochNNN.ckpt, or copy this one again.")
     if not isinstance(checkpoint, dict) or not {"model_class", "state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise CheckpointError(
             f"ckpt_path={path}: not a checkpoint of this project (it lacks model_class/state_dict/hyper_parameters). "
             "Use a .ckpt written by `python -m src.train`."
         )
     return checkpoint
+
+
+def _record_failing_its_checksum(path: Path) -> str | None:
+    """The first record of a checkpoint (a zip archive) whose bytes do not match its CRC: torch.load does not check
+    them, so damaged weights would load and give wrong results (NaN, or a few points less accuracy) without a word."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:  # torch read it, so this is damage too
+        return f"(the archive itself: {_what(err)})"
 
 
 def _what(err: Exception) -> str:
