@@ -117,6 +117,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
 
     saved = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
     where = f"{saved[0].dirpath}/{saved[0].filename}{saved[0].FILE_EXTENSION}" if saved else None
+    before = _modified(where)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if any(isinstance(callback, GracefulStop) and callback.stop_requested for callback in trainer.callbacks):
@@ -135,7 +136,8 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
     except INTERRUPTIONS as stop:
         by_ctrl_c = "Ctrl-C" in str(stop)
         at = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
-        raise RunInterrupted(_stopped("Ctrl-C" if by_ctrl_c else "SIGTERM", at, where),
+        written = where if where and _modified(where) != before else None
+        raise RunInterrupted(_stopped("Ctrl-C" if by_ctrl_c else "SIGTERM", at, written, ckpt_path, bool(where)),
                              exit_code=130 if by_ctrl_c else 143) from stop
     except (SystemExit, KeyboardInterrupt) as stop:  # a second Ctrl-C, or one before training began: no save
         if not aborted_by_ctrl_c(stop):
@@ -156,10 +158,26 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
                 callback.give_back_ctrl_c()
 
 
-def _stopped(by: str, at: str, saved: str | None) -> str:
-    return f"Training stopped by {by} {at}. " + (
-        f"Saved {saved}; resume with: {resume_command(original_overrides(), saved)}" if saved
-        else "No checkpoint callback was configured, so nothing was saved.")
+def _stopped(by: str, at: str, saved: str | None, started_from: str | None = None, saving: bool = True) -> str:
+    """What was saved when training stopped, and how to go on. `saved`: the checkpoint written now; `started_from`:
+    this run's ckpt_path; `saving`: whether a checkpoint callback could have saved."""
+    if saved:
+        return f"Training stopped by {by} {at}. Saved {saved}; resume with: {resume_command(original_overrides(), saved)}"
+    if not saving:
+        return f"Training stopped by {by} {at}. No checkpoint callback was configured, so nothing was saved."
+    # Stopped before its first training step (in the sanity check, whose epoch and step Lightning has not restored).
+    if started_from:
+        return (f"Training stopped by {by} before its first step, so nothing was saved: {started_from} is still the "
+                f"last state; resume with: {resume_command(original_overrides(), started_from)}")
+    return f"Training stopped by {by} before its first step: nothing was trained or saved. {run_it_again()}"
+
+
+def _modified(path: str | None) -> int | None:
+    """When the file at `path` was last written (None: no such file)."""
+    try:
+        return Path(path).stat().st_mtime_ns if path else None
+    except FileNotFoundError:
+        return None
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

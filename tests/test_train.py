@@ -334,6 +334,41 @@ def test_an_interruption_during_ema_validation_saves_raw_and_averaged_weights_in
         assert torch.equal(checkpoint["current_model_state"][key], stop.raw[key]), key
 
 
+class SigtermInSanityCheck(pl.Callback):
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if trainer.sanity_checking:
+            raise SIGTERMException()
+
+
+def test_an_interruption_before_the_first_step_names_no_checkpoint_that_was_not_written(tmp_path, synthetic_data_dir):
+    """The sanity check saves nothing: advice to resume from a last.ckpt that does not exist would fail (a SLURM
+    requeue script running it, say); a resumed run's advice names the checkpoint it started from."""
+    from src.errors import RunInterrupted
+
+    stop = ["model=mlp", f"+callbacks.stop._target_={__name__}.SigtermInSanityCheck"]
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "new"), *stop])
+    with pytest.raises(RunInterrupted) as stopped:
+        train(cfg)
+    assert str(stopped.value) == ("Training stopped by SIGTERM before its first step: nothing was trained or saved. "
+                                  "Run the same command again.")
+    assert not (tmp_path / "new" / "checkpoints" / "last.ckpt").exists()
+
+    first = tmp_path / "first"
+    no_schedule = "model.scheduler.name=none"  # its length is fixed at the start: a longer run would be refused
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, first), "model=mlp", no_schedule]))
+    started_from = first / "checkpoints" / "last.ckpt"
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "resumed"), *stop,
+                          no_schedule, f"ckpt_path={started_from}", "trainer.max_epochs=2"])
+    with pytest.raises(RunInterrupted) as stopped:
+        train(cfg)
+    assert str(stopped.value).startswith(f"Training stopped by SIGTERM before its first step, so nothing was saved: "
+                                         f"{started_from} is still the last state; resume with: ")
+    assert str(stopped.value).endswith(f"ckpt_path={started_from}")
+    assert not (tmp_path / "resumed" / "checkpoints" / "last.ckpt").exists()
+
+
 def test_ema_decay_warms_up_so_the_average_follows_early_training():
     update = ema_with_warmup(0.999)
     average, current = torch.zeros(3), torch.ones(3)
