@@ -53,6 +53,9 @@ def break_file(data_dir: Path, how: str) -> None:
         write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(399, dtype=np.uint8))
     elif how == "label out of range":
         write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.full(100, 11, dtype=np.uint8))
+    elif how == "no test images":  # valid files: it failed only when testing began, after the training
+        write_idx(raw / "t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28), dtype=np.uint8))
+        write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.zeros(0, dtype=np.uint8))
 
 
 CONFIG_CASES = {
@@ -119,6 +122,7 @@ DATA_CASES = {
     "gzip under a plain name": "t10k-labels-idx1-ubyte: a gzip archive under a plain name. Rename it to t10k-labels-idx1-ubyte.gz",
     "counts disagree": "has 400 images but",
     "label out of range": "t10k-labels-idx1-ubyte.gz: labels must be digits 0-9, found 11",
+    "no test images": "t10k-images-idx3-ubyte.gz: holds no images. It is not the MNIST test file: download or copy it again.",
 }
 CHECKPOINT_CASES = {
     "missing": ("missing.ckpt", "no such file"),

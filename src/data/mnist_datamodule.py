@@ -122,8 +122,8 @@ class MNISTDataModule(pl.LightningDataModule):
         val_size = self.hparams.val_size
         if val_size > len(images) - 2:  # a batch of one image cannot train batch norm
             raise UserInputError(
-                f"data.val_size={val_size} is invalid: the train file has only {len(images)} images "
-                "and training needs at least 2 of them. Use a smaller data.val_size."
+                f"data.val_size={val_size} is invalid: the train file has only {len(images)} "
+                f"image{'s' if len(images) != 1 else ''} and training needs at least 2 of them. Use a smaller data.val_size."
             )
         world_size = self._rank_and_world()[1]
         if val_size < world_size:

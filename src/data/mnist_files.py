@@ -88,6 +88,8 @@ def load_split(data_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Te
         labels = read_idx(labels_path, expected_ndim=1)
     except IdxFormatError as err:
         raise MNISTDataError(str(err)) from err
+    if len(images) == 0:  # a valid header of 0 images: testing on it would fail only after the training
+        raise MNISTDataError(f"{images_path}: holds no images. It is not the MNIST {split} file: download or copy it again.")
     if images.shape[1:] != (28, 28):
         raise MNISTDataError(f"{images_path}: images are {tuple(images.shape[1:])}, expected 28×28.")
     if len(images) != len(labels):
