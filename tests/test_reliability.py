@@ -99,6 +99,9 @@ CONFIG_CASES = {
     "no test batches": (["++trainer.limit_test_batches=0"], "trainer.limit_test_batches=0 would test on no images. "
                                                             "Use test=false to skip testing"),
     "no devices": (["trainer.devices=0"], "trainer: pytorch_lightning.Trainer refused these settings: `Trainer(devices=0)`"),
+    "devices as text": (["trainer.devices=abc"], "trainer: pytorch_lightning.Trainer refused these settings: `devices`"),
+    "accelerator needing a package": (["trainer.accelerator=tpu"], "trainer: pytorch_lightning.Trainer refused these settings"),
+    "unknown trainer setting": (["+trainer.max_epoch=3"], "trainer.max_epoch is not a setting of trainer"),
     "validation interval beyond the epoch": (["+trainer.val_check_interval=500"],
                                              "trainer.val_check_interval=500 is more than the 10 training batches of an "
                                              "epoch, so validation would never run; nothing was trained. Use at most 10"),

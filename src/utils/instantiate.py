@@ -21,13 +21,13 @@ def build(node: DictConfig, refused_by: tuple[type[Exception], ...] = (), **kwar
     except InstantiationException as err:
         if isinstance(err.__cause__, ReportedError):
             raise err.__cause__ from None
+        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err.__cause__))
+        if isinstance(err.__cause__, TypeError) and unknown:  # a typo in an appended key: +model.dropuot=0.1
+            raise _not_a_setting(node, unknown.group(1)) from err
         if isinstance(err.__cause__, refused_by):
             group = node._get_full_key(None) or "the config"
             reason = " ".join(str(err.__cause__).split())
             raise UserInputError(f"{group}: {node._target_} refused these settings: {reason}") from err
-        unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err.__cause__))
-        if isinstance(err.__cause__, TypeError) and unknown:  # a typo in an appended key: +model.dropuot=0.1
-            raise _not_a_setting(node, unknown.group(1)) from err
         raise
 
 

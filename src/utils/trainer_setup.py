@@ -56,7 +56,7 @@ def build_trainer(cfg: DictConfig):
         log.info("%s", reason)
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
     trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                    refused_by=(MisconfigurationException, ValueError))
+                    refused_by=(MisconfigurationException, ValueError, TypeError, ImportError))
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not one a user configured
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     return trainer, loggers
