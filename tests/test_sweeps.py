@@ -127,6 +127,26 @@ def test_an_interrupted_job_stops_the_sweep_and_is_recorded(tmp_path, synthetic_
     assert len([p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]) == 1
 
 
+class SigtermWhenBuilt(pl.Callback):
+    """SIGTERM while the trainer is being built: before Lightning handles it (from trainer.fit on)."""
+
+    def __init__(self) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)  # the handler runs when the signal interrupts this sleep, at the latest
+
+
+def test_sigterm_outside_training_is_reported_and_stops_the_sweep_with_its_summary(tmp_path, synthetic_data_dir):
+    """It killed the process at once: no word in the log, the job not recorded, no summary."""
+    sweep_dir = tmp_path / "sweep"
+    result = multirun(sweep_dir, synthetic_data_dir, "model=mlp", "seed=1,2",
+                      f"+callbacks.stop._target_={__name__}.SigtermWhenBuilt")
+    output = result.stdout + result.stderr
+    assert result.returncode == 143, output[-3000:]
+    assert ("Stopped by SIGTERM outside training and testing: nothing was saved at that moment. Run the same command "
+            "again.") in output and "Traceback" not in output
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["interrupted"]
+
+
 class SignalOnceBothJobsTrain(pl.Callback):
     """From training step `step` on, once both parallel jobs are training, send `signal_name`: to every process of
     the group (what Ctrl-C in a terminal does) or to the launching process alone (`kill <pid>`). Only once per sweep:

@@ -97,6 +97,7 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
     launching process stops the sweep: src/utils/sweep_stop.py); a job that starts after that is recorded as not run."""
     from src.utils.disk_errors import disk_problem, one_line_for_disk_errors_in_threads
     from src.utils.jobs import in_multirun
+    from src.utils.sigterm import Terminated, sigterm_raises
     from src.utils.sweep_stop import stop_sweep_after_interruption, sweep_stopping
 
     started = time.perf_counter()
@@ -110,9 +111,12 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         return None
     try:
         try:
-            return work(cfg)
+            with sigterm_raises():
+                return work(cfg)
         except KeyboardInterrupt as stop:  # outside training and testing, which report their own (imports, data loading)
             raise interrupted_outside_training() from stop
+        except Terminated as stop:
+            raise interrupted_outside_training(by="SIGTERM") from stop
     except Exception as failure:
         err = disk_problem(failure) or failure
         reported = isinstance(err, ReportedError)
@@ -139,11 +143,11 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         raise
 
 
-def interrupted_outside_training() -> RunInterrupted:
+def interrupted_outside_training(by: str = "Ctrl-C") -> RunInterrupted:
     from src.utils.command_words import run_it_again
 
-    return RunInterrupted(f"Stopped by Ctrl-C outside training and testing: nothing was saved at that moment. "
-                          f"{run_it_again()}", exit_code=130)
+    return RunInterrupted(f"Stopped by {by} outside training and testing: nothing was saved at that moment. "
+                          f"{run_it_again()}", exit_code=130 if by == "Ctrl-C" else 143)
 
 
 def output_dir_problem(cfg: DictConfig, sweeps: bool = True) -> str | None:
