@@ -316,13 +316,15 @@ def test_hparams_have_the_same_keys_in_every_run(tmp_path):
 
 def test_hparams_show_the_runs_own_settings(tmp_path):
     cfg = compose_config([f"paths.output_dir={tmp_path}", "model=mlp", "model.optimizer.name=sgd", "model.optimizer.lr=0.07",
-                          "model.optimizer.weight_decay=0.002", "model.scheduler.name=cosine", "model.dropout=0.3",
+                          "model.optimizer.weight_decay=0.002", "+model.optimizer.momentum=0.8", "model.scheduler.name=cosine",
+                          "+model.scheduler.warmup_steps=30", "model.dropout=0.3", "data.val_size=800",
                           "model.label_smoothing=0.05", "model.batch_norm=false", "data.batch_size=48",
                           "trainer.max_epochs=7", "++trainer.precision=bf16-mixed", "seed=11"])
     assert run_hparams(cfg, num_parameters=1234) | {"model/arch": "", "data/augment": ""} == {
         "model": "MLP", "model/arch": "", "model/parameters": 1234, "model/dropout": 0.3, "model/batch_norm": "false",
         "model/label_smoothing": 0.05, "optimizer/name": "sgd", "optimizer/lr": 0.07, "optimizer/weight_decay": 0.002,
-        "scheduler": "cosine", "callbacks/ema_decay": 0.0, "data/batch_size": 48, "data/augment": "",
+        "optimizer/settings": "momentum=0.8", "scheduler": "cosine", "scheduler/settings": "pct_start=0.25, warmup_steps=30",
+        "callbacks/ema_decay": 0.0, "data/batch_size": 48, "data/val_size": 800, "data/augment": "",
         "trainer/max_epochs": 7, "trainer/precision": "bf16-mixed", "seed": 11,
     }
 

@@ -35,9 +35,12 @@ def run_hparams(
         "optimizer/name": str(optimizer.get("name", "adam")),
         "optimizer/lr": float(optimizer.get("lr", 0.0)),
         "optimizer/weight_decay": float(optimizer.get("weight_decay", 0.0)),
+        "optimizer/settings": _others(optimizer, ("name", "lr", "weight_decay")),  # momentum, betas, ...
         "scheduler": str(scheduler.get("name", "none")),
+        "scheduler/settings": _others(scheduler, ("name",)),  # pct_start, warmup_steps, ...
         "callbacks/ema_decay": float(OmegaConf.select(cfg, "callbacks.ema.decay") or 0.0),  # 0 = off
         "data/batch_size": int(cfg.data.batch_size),
+        "data/val_size": int(cfg.data.val_size),
         "data/augment": _describe_augment(augment),
         "trainer/max_epochs": int(cfg.trainer.max_epochs),
         "trainer/precision": str(cfg.trainer.get("precision", "32-true")),
@@ -45,6 +48,11 @@ def run_hparams(
     }
     values.update({key: value for key, value in (actual or {}).items() if value is not None})
     return values
+
+
+def _others(settings: dict, shown: tuple[str, ...]) -> str:
+    """The settings without a column of their own, as one text: sweeps over them must not give identical rows."""
+    return ", ".join(f"{key}={value}" for key, value in sorted(settings.items()) if key not in shown)
 
 
 def trained_settings(checkpoint: dict) -> dict:
@@ -58,6 +66,7 @@ def trained_settings(checkpoint: dict) -> dict:
         ema_decay = -1.0 if "current_model_state" in checkpoint else 0.0
     return {
         "data/batch_size": data.get("batch_size"),
+        "data/val_size": data.get("val_size"),
         "data/augment": _describe_augment(data["augment"]) if "augment" in data else None,
         "trainer/max_epochs": checkpoint["epoch"] + 1 if "epoch" in checkpoint else None,
         "callbacks/ema_decay": ema_decay,
