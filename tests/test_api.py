@@ -16,7 +16,7 @@ from omegaconf.errors import InterpolationKeyError
 
 from src import CONFIG_DIR, api
 from src.data.mnist_files import load_split
-from src.errors import ResumeRefused, RunInterrupted, UserInputError
+from src.errors import ReportedError, ResumeRefused, RunInterrupted, TrainingDiverged, UserInputError
 from src.models.checkpoint_file import normalization
 from src.models.loading import load_network
 from tests.conftest import run_module, tiny_run_overrides
@@ -128,6 +128,21 @@ def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_i
     # The refused run's log says why it ended, as on the command line.
     [log_file] = (tmp_path / "runs").glob("*/*/train.log")
     assert "[ERROR] - model.dropout=2 is invalid" in log_file.read_text()
+
+
+def test_a_loop_over_learning_rates_goes_on_past_a_diverging_one(tmp_path, synthetic_data_dir):
+    """What the README tells a notebook to catch."""
+    overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
+    diverging = ["model.batch_norm=false", "model.optimizer.name=sgd", "model.scheduler.name=none"]
+    results = {}
+    for lr in ("1e30", "0.01"):
+        try:
+            run = api.train(*overrides, "model=mlp", *diverging, f"model.optimizer.lr={lr}", f"paths.log_dir={tmp_path}")
+            results[lr] = run.metrics["status"]
+        except TrainingDiverged as err:
+            assert isinstance(err, ReportedError)
+            results[lr] = str(err)
+    assert results["1e30"].startswith("Training diverged at epoch 0") and results["0.01"] == "ok"
 
 
 def test_ddp_that_relaunches_the_script_is_refused_from_python(tmp_path):
