@@ -53,6 +53,11 @@ def break_file(data_dir: Path, how: str) -> None:
         write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(399, dtype=np.uint8))
     elif how == "label out of range":
         write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.full(100, 11, dtype=np.uint8))
+    elif how == "a file as data_dir":
+        shutil.rmtree(raw)
+        raw.parent.rmdir()
+        data_dir.rmdir()
+        data_dir.write_text("not a folder")
     elif how == "no test images":  # valid files: it failed only when testing began, after the training
         write_idx(raw / "t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28), dtype=np.uint8))
         write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.zeros(0, dtype=np.uint8))
@@ -125,6 +130,7 @@ DATA_CASES = {
     "gzip under a plain name": "t10k-labels-idx1-ubyte: a gzip archive under a plain name. Rename it to t10k-labels-idx1-ubyte.gz",
     "counts disagree": "has 400 images but",
     "label out of range": "t10k-labels-idx1-ubyte.gz: labels must be digits 0-9, found 11",
+    "a file as data_dir": "is a file; it must name a folder: the one that holds MNIST/raw/",
     "no test images": "t10k-images-idx3-ubyte.gz: holds no images. It is not the MNIST test file: download or copy it again.",
 }
 CHECKPOINT_CASES = {
@@ -134,6 +140,8 @@ CHECKPOINT_CASES = {
     "text": ("text.ckpt", "cannot be read as a checkpoint (not a torch file, or truncated or corrupt"),
     "foreign": ("foreign.ckpt", "not a checkpoint of this project"),
     "damaged": ("damaged.ckpt", "is damaged: its part archive/data/"),
+    "a folder without checkpoints": ("stopped_run", "a folder that holds no checkpoints (.ckpt files, in it or in its "
+                                                    "checkpoints/). Name a checkpoint file"),
 }
 
 
@@ -184,6 +192,8 @@ def test_bad_checkpoint_paths(tmp_path, caplog, good_checkpoint, case):
         bad.touch()
     elif case == "text":
         bad.write_text("hello\n")
+    elif case == "a folder without checkpoints":
+        (bad / "checkpoints").mkdir(parents=True)
     elif case == "damaged":  # bytes of a weight tensor zeroed: torch.load reads it, and the weights are wrong
         content = bytearray(good_checkpoint.read_bytes())
         content[len(content) // 2:len(content) // 2 + 1000] = bytes(1000)

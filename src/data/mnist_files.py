@@ -47,6 +47,9 @@ def ensure_mnist_files(data_dir: str | Path, download: bool) -> None:
     if not missing:
         return
     given = Path(data_dir).expanduser()
+    if given.is_file():  # a data file's path given, say: the download would fail on it with a confusing error
+        raise MNISTDataError(f"data.data_dir={data_dir} is a file; it must name a folder: the one that holds MNIST/raw/ "
+                             "(downloaded into it if missing).")
     if all(find_file(given, name) for name in ALL_FILE_NAMES):  # data.data_dir named the raw folder itself
         above = given.parent.parent if given.parts[-2:] == ("MNIST", "raw") else None
         raise MNISTDataError(
