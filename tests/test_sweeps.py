@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from omegaconf import OmegaConf
 from src import CONFIG_DIR, PROJECT_ROOT
 from src.utils.run_folders import job_dirname, swept_keys
 from src.utils.hparams import HPARAM_METRICS, run_hparams
-from src.utils.sweep_summary import markdown_table, write_summary
+from src.utils.sweep_summary import collect_jobs, markdown_table, seed_statistics, write_summary
 from tests.conftest import compose_config, ctrl_c_as_in_a_terminal, run_module
 
 
@@ -282,6 +283,27 @@ def test_the_summary_lists_jobs_in_number_order_and_marks_what_varies(tmp_path):
     assert [row["job"].split("_")[0] for row in rows] == [str(number) for number in range(12)]
     assert [row["val/acc_best"] for row in rows] == [number / 100 for number in range(12)]
     assert rows[11]["varied"] == "seed=11"  # model=mlp is the same in every job
+
+
+def test_the_summary_gives_each_settings_spread_over_seeds(tmp_path):
+    """sweep=seeds asks how big the noise is; with the model swept too, each model gets its own figures."""
+    accuracies = {("mlp", 1): 0.97, ("mlp", 2): 0.98, ("mlp", 3): 0.99, ("cnn", 1): 0.99, ("cnn", 2): 0.995, ("cnn", 3): None}
+    for number, ((model, seed), acc) in enumerate(accuracies.items()):
+        job = tmp_path / f"{number}_model={model},seed={seed}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- model={model}\n- seed={seed}\n- trainer.max_epochs=1\n")
+        metrics = {"status": "ok", "val/acc_best": acc, "test/acc": acc} if acc else {"status": "failed", "error": "x"}
+        (job / "metrics.json").write_text(json.dumps(metrics))
+    write_summary(tmp_path)
+    assert (tmp_path / "summary.md").read_text().endswith(
+        "\nMean ± standard deviation over seeds:\n"
+        "- model=mlp (3 seeds): val/acc_best 0.9800 ± 0.0100, test/acc 0.9800 ± 0.0100\n"
+        "- model=cnn (2 seeds): val/acc_best 0.9925 ± 0.0035, test/acc 0.9925 ± 0.0035\n")
+    assert seed_statistics(collect_jobs(tmp_path / "0_model=mlp,seed=1")) == []  # no jobs
+    for job in tmp_path.glob("[345]_*"):
+        shutil.rmtree(job)
+    rows = collect_jobs(tmp_path)  # the model the same in every job: a setting of its own no longer
+    assert seed_statistics(rows)[2] == "- every job (3 seeds): val/acc_best 0.9800 ± 0.0100, test/acc 0.9800 ± 0.0100"
 
 
 def test_a_one_job_sweep_lists_all_its_overrides_as_what_varies(tmp_path):

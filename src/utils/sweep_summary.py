@@ -67,6 +67,34 @@ def _mark_varied(rows: list[dict]) -> None:
     for row, setting in zip(rows, settings):
         row["varied"] = " ".join(f"{k}={setting[k]}" for k in varied if k in setting) or " ".join(row["overrides"])
         row["overrides"] = " ".join(row["overrides"])
+        # The jobs of one setting run with several seeds share this (None: the seed does not vary).
+        row["setting"] = " ".join(f"{k}={setting[k]}" for k in varied if k in setting and k != "seed") if "seed" in varied else None
+
+
+def seed_statistics(rows: list[dict]) -> list[str]:
+    """For each setting that finished with several seeds: the mean and (sample) standard deviation of its accuracies
+    over them, the noise a difference between settings must beat."""
+    from statistics import mean, stdev
+
+    settings: dict[str, list[dict]] = {}
+    for row in rows:
+        if row.get("setting") is not None and row["status"] == "ok":
+            settings.setdefault(row["setting"], []).append(row)
+    lines = []
+    for setting, runs in settings.items():
+        figures = []
+        for metric in ("val/acc_best", "test/acc"):
+            values = [run[metric] for run in runs if isinstance(run[metric], (int, float))]
+            if len(values) >= 2:
+                figures.append(f"{metric} {mean(values):.4f} ± {stdev(values):.4f}")
+        if figures:
+            lines.append(f"- {setting or 'every job'} ({len(runs)} seeds): {', '.join(figures)}")
+    return ["", "Mean ± standard deviation over seeds:", *lines, ""] if lines else []
+
+
+def summary_text(rows: list[dict]) -> str:
+    """The table, and below it the spread over seeds where the seed varies."""
+    return markdown_table(rows) + "\n".join(seed_statistics(rows))
 
 
 def _cell(value, column: str) -> str:
@@ -89,11 +117,11 @@ def write_summary(sweep_dir: Path) -> list[dict]:
 
     rows = collect_jobs(sweep_dir)
     table = io.StringIO(newline="")
-    writer = csv.DictWriter(table, fieldnames=COLUMNS)
+    writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomically(sweep_dir / "summary.csv", table.getvalue())
-    write_text_atomically(sweep_dir / "summary.md", markdown_table(rows))
+    write_text_atomically(sweep_dir / "summary.md", summary_text(rows))
     if rows:
         from src.plots.sweep import sweep_figure
 
@@ -135,7 +163,7 @@ class SweepSummary(Callback):
         log.info(
             "Sweep summary: %s (%s/summary.{csv,md,png}):\n%s",
             ", ".join(f"{count} {status}" for status, count in counts.most_common()) or "no jobs", sweep_dir,
-            markdown_table(rows),
+            summary_text(rows),
         )
         log.info("TensorBoard for the whole sweep: tensorboard --logdir %s", sweep_dir)
         stopped_with = requested_exit_code(sweep_dir)
