@@ -71,6 +71,52 @@ def test_checkpoints_load_weights_only(trained_run):
     assert "rng_states" in checkpoint and checkpoint["epoch"] == 0
 
 
+def test_a_checkpoint_loaded_for_fine_tuning_starts_anew_and_leaves_the_callers_random_numbers(tmp_path, trained_run,
+                                                                                               synthetic_data_dir):
+    """load_from_checkpoint in a script of one's own: not a resume. It crashed at the next fit (its schedule length
+    checked against a resume's), and reset the caller's random generators to the checkpoint's."""
+    from src.data.mnist_datamodule import MNISTDataModule
+    from src.models.mlp import MLP
+
+    checkpoint = trained_run / "checkpoints" / "last.ckpt"
+    draws = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model = MLP.load_from_checkpoint(checkpoint)
+        draws.append(torch.rand(3))
+    assert not torch.equal(*draws)
+    data = MNISTDataModule(str(synthetic_data_dir), download=False, batch_size=32, val_size=80, mean=0.5, std=0.6)
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(model, datamodule=data)  # a schedule of 3 epochs, the checkpoint's had 1
+    assert trainer.current_epoch == 3
+
+
+def test_checkpoints_of_paths_numpy_numbers_and_omegaconf_settings_load_weights_only(tmp_path, synthetic_data_dir):
+    """What a script of one's own passes: each of these, saved as it was, made torch.load(weights_only=True) refuse
+    the checkpoint (and so src.eval, src.predict and load_network)."""
+    import numpy as np
+    from omegaconf import OmegaConf
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from src.data.mnist_datamodule import MNISTDataModule
+    from src.models.loading import load_network
+    from src.models.mlp import MLP
+
+    # hydra.utils.instantiate without _convert_ passes OmegaConf containers; np.arange and np.logspace give numpy numbers.
+    model = MLP(hidden_sizes=[np.int64(16)], optimizer=OmegaConf.create({"lr": 0.01}), dropout=np.float64(0.1))
+    data = MNISTDataModule(synthetic_data_dir, download=False, batch_size=np.int64(32), val_size=80)  # a Path
+    saving = ModelCheckpoint(dirpath=tmp_path, save_last=True)
+    pl.Trainer(max_epochs=1, logger=False, callbacks=[saving], enable_progress_bar=False,
+               enable_model_summary=False).fit(model, datamodule=data)
+    checkpoint = torch.load(saving.last_model_path, weights_only=True)
+    assert checkpoint["hyper_parameters"]["hidden_sizes"] == [16]
+    assert checkpoint["hyper_parameters"]["optimizer"]["lr"] == pytest.approx(0.01)
+    assert checkpoint["datamodule_hyper_parameters"]["data_dir"] == str(synthetic_data_dir)
+    network, _ = load_network(saving.last_model_path)
+    assert network(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
 @pytest.mark.parametrize("averaging", [[], ["callbacks=[default,ema]", "callbacks.ema.decay=0.9"]], ids=["plain", "ema"])
 def test_resume_is_exact(tmp_path, synthetic_data_dir, averaging):
     """2 epochs straight == 1 epoch, stop, resume from last.ckpt for the 2nd: same weights and metrics."""

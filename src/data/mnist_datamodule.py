@@ -6,6 +6,7 @@ copy per step. Training batches can be augmented on their device (`augment`, see
 
 from __future__ import annotations
 
+import inspect
 import secrets
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from src.data.batches import EpochBatches, TensorBatchLoader, validation_split
 from src.data.data_settings import check_data_settings
 from src.data.mnist_files import ensure_mnist_files, load_split
 from src.errors import UserInputError
+from src.utils.setting_checks import save_plain_hyperparameters
 
 
 class MNISTDataModule(pl.LightningDataModule):
@@ -42,7 +44,7 @@ class MNISTDataModule(pl.LightningDataModule):
             shuffle_seed = secrets.randbits(31)
         # Rebinding the argument before save_hyperparameters stores the validated plain dict, defaults filled in.
         augment = augment_settings(augment)
-        self.save_hyperparameters()
+        save_plain_hyperparameters(self, inspect.currentframe())
         self.data_dir = Path(data_dir)
         self.batch_augment = BatchAugment(augment, background=-mean / std)
         self.train_set: tuple[torch.Tensor, torch.Tensor] | None = None

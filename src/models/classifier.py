@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytorch_lightning as pl
@@ -16,13 +17,14 @@ from src.models.optim import build_optimizer, build_scheduler
 from src.utils.command_words import command_overrides
 from src.utils.resume_check import check_schedule_length
 from src.utils.rng import capture_rng_states, restore_rng_states
+from src.utils.setting_checks import save_plain_hyperparameters
 
 
 class DigitClassifier(pl.LightningModule):
     """Subclasses build `self.net` (images N×1×28×28 -> logits N×10) and pass their sizes as plain values.
 
-    All constructor arguments must be plain values (numbers, strings, lists, dicts): they are saved in
-    checkpoints, which then load with `torch.load(weights_only=True)`.
+    Constructor arguments are saved in checkpoints as plain values (numbers, strings, lists, dicts; a Path, a numpy
+    number or an OmegaConf container converted), which then load with `torch.load(weights_only=True)`.
     """
 
     net: torch.nn.Module
@@ -36,7 +38,7 @@ class DigitClassifier(pl.LightningModule):
         channels_last: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()  # collects the subclass's arguments too
+        save_plain_hyperparameters(self, inspect.currentframe())  # the subclass's arguments too
         # The run's overrides, for its checkpoints: a ddp_spawn process that saves one has no Hydra state to read them.
         self._command_overrides = command_overrides()
         # Without torchmetrics' input checks: each reads a value back from the GPU (NaN check, unique labels),
@@ -195,6 +197,8 @@ class DigitClassifier(pl.LightningModule):
             checkpoint["schedule_steps"] = self.schedule_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self._trainer is None:  # load_from_checkpoint: weights for a new use (fine-tuning, say), not a resume
+            return
         if "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"])  # so a resumed run continues exactly
         self._resumed_schedule_steps = checkpoint.get("schedule_steps")

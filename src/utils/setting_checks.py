@@ -3,17 +3,52 @@ strings, which Python would count as true; and Python counts a bool as an int, w
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
+from pathlib import PurePath
 
 from src.errors import UserInputError
 
 
 def is_whole(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    """An int, numpy's too (np.int64 from np.arange, say); not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def plain_values(value):
+    """`value` in the plain types a checkpoint loads with torch.load(weights_only=True): a Path as a string, a numpy
+    number as a Python one, Hydra's DictConfig/ListConfig as a dict/list, nested ones too. A checkpoint holding any
+    of those would be refused as holding pickled Python objects."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
+
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {key: plain_values(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [plain_values(item) for item in value]
+        return tuple(items) if type(value) is tuple else items  # a named tuple as a list
+    if isinstance(value, PurePath):
+        return str(value)
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if is_whole(value):
+        return int(value)
+    if is_number(value):
+        return float(value)
+    if getattr(value, "shape", None) == () and hasattr(value, "item"):  # numpy's bool, a 0-d array or tensor
+        return value.item()
+    return value
+
+
+def save_plain_hyperparameters(owner, frame) -> None:
+    """owner.save_hyperparameters() from the __init__ `frame` (a subclass's arguments too), as plain values."""
+    owner.save_hyperparameters(frame=frame)
+    owner.save_hyperparameters(plain_values(dict(owner.hparams)))
 
 
 def is_pair_of_numbers(value) -> bool:
