@@ -220,3 +220,10 @@ def test_the_whole_group_set_to_false_turns_augmentation_off_and_true_asks_which
     with pytest.raises(UserInputError, match=r"data\.augment=True is invalid: it is a group of settings\. Switch "
                                              r"augmentation with data\.augment\.enabled=true"):
         augment_settings(True)
+
+
+def test_settings_given_without_the_switch_turn_augmentation_on():
+    """augment={"degrees": 15} in a script of one's own was silently off (the class default)."""
+    assert augment_settings({"degrees": 15}) == {**augment_settings(None), "enabled": True, "degrees": 15.0}
+    assert augment_settings({"degrees": 15, "enabled": False})["enabled"] is False
+    assert augment_settings({})["enabled"] is augment_settings(None)["enabled"] is False

@@ -107,6 +107,33 @@ def test_training_order_is_seeded_and_changes_every_epoch(synthetic_data_dir):
     assert torch.equal(all_batches(loader)[1], epoch0)  # a function of (seed, epoch): resumable
 
 
+def test_a_loop_of_ones_own_gets_a_new_order_each_pass_as_with_a_shuffling_dataloader(synthetic_data_dir):
+    """Only Lightning calls set_epoch: without it every pass repeated epoch 0's order."""
+    loader = make_datamodule(synthetic_data_dir, shuffle_seed=3).train_dataloader()
+    passes = [all_batches(loader)[1] for _ in range(3)]
+    reference = make_datamodule(synthetic_data_dir, shuffle_seed=3).train_dataloader()
+    for epoch, labels in enumerate(passes):
+        reference.sampler.set_epoch(epoch)
+        assert torch.equal(labels, all_batches(reference)[1])  # the same orders as Lightning's epochs 0, 1, 2
+    assert not torch.equal(passes[0], passes[1])
+
+
+def test_loaders_before_setup_and_predict_batches(synthetic_data_dir, tmp_path):
+    datamodule = MNISTDataModule(str(synthetic_data_dir), download=False, val_size=80)
+    with pytest.raises(RuntimeError, match=r"not read yet. Call prepare_data\(\) and setup\('fit'\)"):
+        datamodule.train_dataloader()
+    from src.models.mlp import MLP
+
+    model = MLP(optimizer={"lr": 0.01}, hidden_sizes=[16])
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    probabilities = torch.cat(trainer.predict(model, datamodule=datamodule))
+    (tested,) = trainer.test(model, datamodule=datamodule, verbose=False)
+    labels = load_split(synthetic_data_dir, "test")[1]
+    assert probabilities.shape == (len(labels), 10)
+    torch.testing.assert_close(probabilities.sum(dim=1), torch.ones(len(labels)))
+    assert (probabilities.argmax(dim=1) == labels).float().mean().item() == pytest.approx(tested["test/acc"])
+
+
 def test_an_unseeded_datamodule_draws_a_shuffle_seed_and_keeps_it_with_the_hyperparameters(synthetic_data_dir):
     """Without a seed (library use) it must still shuffle, not crash; the drawn seed is saved with the hyperparameters."""
     datamodule = make_datamodule(synthetic_data_dir, shuffle_seed=None)
@@ -121,6 +148,7 @@ def test_a_restored_loader_continues_its_epoch_after_the_batches_already_trained
     loader = datamodule.train_dataloader()
     loader.sampler.set_epoch(1)
     whole_epoch = list(loader)
+    loader.sampler.set_epoch(1)  # the same epoch again (a pass without set_epoch is the next epoch's)
     batches = iter(loader)
     trained_on = [next(batches) for _ in range(3)]
     state = loader.state_dict()

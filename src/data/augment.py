@@ -73,7 +73,8 @@ def augment_settings(augment: Mapping | bool | None) -> dict:
     unknown = sorted(set(given) - set(DEFAULT_AUGMENT))
     if unknown:
         raise UserInputError(f"data.augment has unknown keys {unknown}: the allowed keys are {sorted(DEFAULT_AUGMENT)}.")
-    merged = {**DEFAULT_AUGMENT, **given}
+    # Settings given without `enabled` (augment={"degrees": 15} in a script) mean augmentation on; configs say it.
+    merged = {**DEFAULT_AUGMENT, "enabled": bool(given) or DEFAULT_AUGMENT["enabled"], **given}
     require_true_or_false("data.augment.enabled", merged["enabled"])
     return {
         "enabled": merged["enabled"],

@@ -3,7 +3,8 @@
 `EpochBatches` decides which indices form each batch on this rank in a given epoch;
 `TensorBatchLoader` gathers those rows from the tensors. Lightning accepts any sized iterable
 as a dataloader and calls `loader.sampler.set_epoch(epoch)` before each training epoch, so the
-shuffle order is a pure function of (seed, epoch): it is the same after a resume. The loader's
+shuffle order is a pure function of (seed, epoch): it is the same after a resume (a loop of one's own that never
+calls it gets the next epoch on each pass). The loader's
 `state_dict` says how far into its epoch it got, so a run resumed from a mid-epoch checkpoint
 continues with the next batch of that epoch.
 """
@@ -55,9 +56,11 @@ class EpochBatches:
         self.world_size = world_size
         self.drop_last = drop_last
         self.epoch = 0
+        self.epoch_was_set = False  # since the loader's last pass: Lightning sets every epoch, a loop of one's own not
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+        self.epoch_was_set = True
 
     def _rank_size(self) -> int:
         if self.shuffle:
@@ -95,6 +98,7 @@ class TensorBatchLoader:
         self.batch_sampler = None  # Lightning reads this beside `sampler`; batching is the sampler's job here
         self.position = {"epoch": sampler.epoch, "batches": 0}  # batches handed out so far in that epoch
         self._resume_position: dict | None = None
+        self._passes = 0
 
     def __len__(self) -> int:
         return len(self.sampler)
@@ -110,6 +114,12 @@ class TensorBatchLoader:
         # A generator: nothing below runs until the first batch is asked for, which Lightning does only
         # after `set_epoch`, so the epoch compared here is the one being iterated.
         resume, self._resume_position = self._resume_position, None
+        if self._passes and not self.sampler.epoch_was_set:
+            # Iterated again without set_epoch (a loop of one's own): the next epoch, so each pass is shuffled anew,
+            # as a DataLoader(shuffle=True) is.
+            self.sampler.epoch += 1
+        self.sampler.epoch_was_set = False
+        self._passes += 1
         start = resume["batches"] if resume is not None and resume["epoch"] == self.sampler.epoch else 0
         self.position = {"epoch": self.sampler.epoch, "batches": start}
         for idx in self.sampler.batches(self.tensors[0].device)[start:]:

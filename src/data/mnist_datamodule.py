@@ -22,6 +22,11 @@ from src.utils.setting_checks import save_plain_hyperparameters
 
 
 class MNISTDataModule(pl.LightningDataModule):
+    """Train/validation batches from the 60k train set, test (and predict) batches from the official 10k, as
+    normalized float32 N×1×28×28 images and int64 labels. Outside a Trainer: call prepare_data() and setup("fit"),
+    then iterate train_dataloader() once per epoch (each pass is the next epoch's shuffle); augmentation is applied
+    by the Trainer to training batches, in a loop of one's own call `batch_augment(images)` on them."""
+
     def __init__(
         self,
         data_dir: str,
@@ -35,7 +40,7 @@ class MNISTDataModule(pl.LightningDataModule):
         std: float = 0.3081,
         drop_last: bool = False,
         device: str = "auto",
-        augment: dict | bool | None = None,  # false: no augmentation
+        augment: dict | bool | None = None,  # None/False: off; a dict of settings: on, unless it says enabled=False
     ) -> None:
         super().__init__()
         check_data_settings(data_dir, download, batch_size, eval_batch_size, val_size, split_seed, shuffle_seed,
@@ -150,6 +155,9 @@ class MNISTDataModule(pl.LightningDataModule):
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
 
     def _loader(self, tensors, batch_size: int, shuffle: bool) -> TensorBatchLoader:
+        if tensors is None:
+            raise RuntimeError("MNISTDataModule: its data is not read yet. Call prepare_data() and setup('fit') (or "
+                               "setup('test') for the test set) first; a Trainer does both.")
         rank, world_size = self._rank_and_world()
         sampler = EpochBatches(
             num_samples=len(tensors[0]),
@@ -183,4 +191,8 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> TensorBatchLoader:
         return self._loader(self.test_set, self.hparams.eval_batch_size, shuffle=False)
+
+    def predict_dataloader(self) -> TensorBatchLoader:
+        """The test set, for trainer.predict: its predictions line up with the test labels."""
+        return self.test_dataloader()
 

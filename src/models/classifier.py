@@ -142,6 +142,11 @@ class DigitClassifier(pl.LightningModule):
         self.test_confusion.update(logits, batch[1])
         return logits
 
+    def predict_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Class probabilities (N×10) of a batch of normalized images, or of an (images, labels) batch."""
+        images = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(images).softmax(dim=1)
+
     def _finish_confusion(self, split: str) -> torch.Tensor:
         metric = getattr(self, f"{split}_confusion")
         self.confusion[split] = metric.compute().cpu()  # synchronized across ranks
