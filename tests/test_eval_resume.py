@@ -117,6 +117,17 @@ def test_checkpoints_of_paths_numpy_numbers_and_omegaconf_settings_load_weights_
     assert network(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
 
+@pytest.mark.parametrize("group, value", [("optimizer", 0.001), ("optimizer", "adam"), ("scheduler", "onecycle")])
+def test_a_setting_where_a_group_of_settings_belongs_is_a_clear_error(group, value):
+    """It failed at fit with "'float' object is not iterable", or took a string's letters for keys."""
+    from src.errors import UserInputError
+    from src.models.cnn import CNN
+
+    settings = {"optimizer": {"lr": 0.001}, group: value}
+    with pytest.raises(UserInputError, match=rf"^model\.{group}={value!r} is invalid: it is a group of settings, such as"):
+        CNN(**settings)
+
+
 @pytest.mark.parametrize("averaging", [[], ["callbacks=[default,ema]", "callbacks.ema.decay=0.9"]], ids=["plain", "ema"])
 def test_resume_is_exact(tmp_path, synthetic_data_dir, averaging):
     """2 epochs straight == 1 epoch, stop, resume from last.ckpt for the 2nd: same weights and metrics."""

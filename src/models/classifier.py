@@ -39,6 +39,11 @@ class DigitClassifier(pl.LightningModule):
     ) -> None:
         super().__init__()
         save_plain_hyperparameters(self, inspect.currentframe())  # the subclass's arguments too
+        examples = {"optimizer": {"name": "adam", "lr": 0.001}, "scheduler": {"name": "onecycle"}}
+        for group, example in examples.items():  # their values are checked when training starts
+            if not isinstance(self.hparams[group], dict | None):
+                raise UserInputError(f"model.{group}={self.hparams[group]!r} is invalid: it is a group of settings, "
+                                     f"such as {example}.")
         # The run's overrides, for its checkpoints: a ddp_spawn process that saves one has no Hydra state to read them.
         self._command_overrides = command_overrides()
         # Without torchmetrics' input checks: each reads a value back from the GPU (NaN check, unique labels),
