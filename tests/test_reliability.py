@@ -394,8 +394,12 @@ def test_a_config_copied_from_a_run_cannot_write_into_that_run(tmp_path):
     assert result.returncode == 1 and "Traceback" not in output
     assert (f"callbacks.model_checkpoint.dirpath={earlier / 'checkpoints'} lies in another run's folder ({earlier}), "
             "which this run would overwrite. A config.yaml copied from a run records that run's folders: re-run it with "
-            "--config-dir=<run>/.hydra --config-name=config instead") in output
+            "--config-dir=<run>/.hydra --config-name=config +hydra=default instead") in output
     assert sorted(earlier.rglob("*")) == [earlier / ".hydra", earlier / "checkpoints"]
+    # The copied config's own folder, as paths.output_dir: named as another run's, not as a folder to set instead.
+    result = run_module("src.train", f"hydra.run.dir={tmp_path / 'run'}", f"paths.output_dir={earlier}", timeout=120)
+    assert result.returncode == 1
+    assert f"paths.output_dir={earlier} lies in another run's folder ({earlier})" in result.stdout + result.stderr
 
 
 def test_output_folders_apart_from_any_run_are_taken(tmp_path):
@@ -404,6 +408,13 @@ def test_output_folders_apart_from_any_run_are_taken(tmp_path):
 
     shared = tmp_path / "all_tensorboard"
     cfg = compose_config([f"paths.output_dir={tmp_path / 'run'}", f"logger.tensorboard.save_dir={shared}"])
+    assert _writes_into_another_run(cfg, tmp_path / "run") is None
+    # Checkpoints on a scratch disk, resumed from there (a SLURM requeue): that folder is not another run's.
+    scratch = tmp_path / "scratch" / "run" / "checkpoints"
+    scratch.mkdir(parents=True)
+    (scratch / "last.ckpt").touch()
+    cfg = compose_config([f"paths.output_dir={tmp_path / 'run'}", f"callbacks.last_checkpoint.dirpath={scratch}",
+                          f"callbacks.model_checkpoint.dirpath={scratch}", f"ckpt_path={scratch / 'last.ckpt'}"])
     assert _writes_into_another_run(cfg, tmp_path / "run") is None
     (tmp_path / "earlier" / ".hydra").mkdir(parents=True)
     cfg = compose_config([f"paths.output_dir={tmp_path / 'run'}", f"logger.tensorboard.save_dir={tmp_path / 'earlier'}"])

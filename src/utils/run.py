@@ -163,10 +163,11 @@ def output_dir_problem(cfg: DictConfig, sweeps: bool = True) -> str | None:
     if HydraConfig.get().job.get("chdir"):  # set in a config of one's own (the command line's is refused before Hydra)
         return CHDIR_NOT_SUPPORTED
     made = Path(HydraConfig.get().runtime.output_dir).resolve()
-    if Path(str(cfg.paths.output_dir)).expanduser().resolve() != made:
+    problem = _writes_into_another_run(cfg, made)
+    if problem is None and Path(str(cfg.paths.output_dir)).expanduser().resolve() != made:
         return (f"paths.output_dir={cfg.paths.output_dir} is not this run's folder ({made}), the one Hydra makes for it: "
                 f"set hydra.run.dir=<folder> instead{' (hydra.sweep.dir=<folder> for a -m sweep)' if sweeps else ''}.")
-    return _writes_into_another_run(cfg, made)
+    return problem
 
 
 # Settings that name a folder a run writes into (checkpoints, loggers, figures, Lightning's root).
@@ -178,18 +179,19 @@ def _writes_into_another_run(cfg: DictConfig, made: Path) -> str | None:
     figures and TensorBoard run this one would overwrite or mix with its own. A config.yaml copied from a run and used
     as a config of one's own does that: it records that run's folders as written-out paths. A folder elsewhere (a
     shared TensorBoard folder) is taken."""
-    from src.utils.run_folders import holds_a_run
+    from src.utils.run_folders import is_run_folder
 
-    for key, value in _output_folders(cfg, ("callbacks", "logger", "trainer")):
+    folders = [("paths.output_dir", str(cfg.paths.output_dir)), *_output_folders(cfg, ("callbacks", "logger", "trainer"))]
+    for key, value in folders:
         path = Path(value).expanduser().resolve()
         if path == made or made in path.parents:
             continue
-        run = next((folder for folder in (path, *path.parents)
-                    if (folder / ".hydra").is_dir() or holds_a_run(folder)), None)
+        # Not any folder that holds checkpoints: a run may keep its own on a scratch disk, and resume from there.
+        run = next((folder for folder in (path, *path.parents) if is_run_folder(folder)), None)
         if run is not None:
             return (f"{key}={value} lies in another run's folder ({run}), which this run would overwrite. A config.yaml "
                     "copied from a run records that run's folders: re-run it with --config-dir=<run>/.hydra "
-                    "--config-name=config instead (its folders follow the new run's), or set it inside this run's "
+                    "--config-name=config +hydra=default instead (its folders follow the new run's), or set it inside this run's "
                     "folder: ${paths.output_dir}/<subfolder>.")
     return None
 

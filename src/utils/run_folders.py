@@ -47,10 +47,15 @@ def resumed_job_dir(ckpt_path: str | None, training: bool) -> Path | None:
     if ckpt_path and training:
         checkpoint = Path(str(ckpt_path)).expanduser().resolve()
         job_dir = checkpoint.parent.parent
-        # A run folder: Hydra's record is there, or (hydra.output_subdir=null or another name) the run's config.yaml.
-        if checkpoint.parent.name == "checkpoints" and ((job_dir / ".hydra").is_dir() or (job_dir / "config.yaml").is_file()):
+        if checkpoint.parent.name == "checkpoints" and is_run_folder(job_dir):
             return job_dir
     return None
+
+
+def is_run_folder(folder: Path) -> bool:
+    """Whether a run made `folder`: Hydra's record is there, or (hydra.output_subdir=null or another name) the run's
+    config.yaml."""
+    return (folder / ".hydra").is_dir() or (folder / "config.yaml").is_file()
 
 
 def resume_run_dir(ckpt_path: str | None, training: bool, new_run_dir: str) -> str:
