@@ -128,6 +128,22 @@ def test_a_setting_where_a_group_of_settings_belongs_is_a_clear_error(group, val
         CNN(**settings)
 
 
+def test_checkpoints_saved_without_checksums_are_not_taken_for_damaged(tmp_path, trained_run):
+    """The damage check reads the zip records' checksums: torch can save without them, or in its older format."""
+    from src.models.checkpoint_file import read_checkpoint
+
+    content = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    crc32 = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(content, tmp_path / "no_checksums.ckpt")
+    finally:
+        torch.serialization.set_crc32_options(crc32)
+    torch.save(content, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
+    for name in ("no_checksums.ckpt", "legacy.ckpt"):
+        assert read_checkpoint(tmp_path / name)["model_class"] == content["model_class"]
+
+
 @pytest.mark.parametrize("averaging", [[], ["callbacks=[default,ema]", "callbacks.ema.decay=0.9"]], ids=["plain", "ema"])
 def test_resume_is_exact(tmp_path, synthetic_data_dir, averaging):
     """2 epochs straight == 1 epoch, stop, resume from last.ckpt for the 2nd: same weights and metrics."""

@@ -310,6 +310,7 @@ def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
      "only an optimizing sweeper (such as Optuna's) can sample; Hydra's basic sweeper, used here, runs the values "
      "listed: model.dropout=<value>,<value>,..."),
     (["-m", "+x=tag(log, interval(1, 2))"], "train", "+x=tag(log, interval(1, 2)) is a continuous range"),
+    (["sweep=seeds", "model.dropout=interval(0.1,0.5)"], "train", "model.dropout=interval(0.1,0.5) is a continuous range"),
 ])
 def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point, message):
     """Each of these ended in a traceback (a deleted setting the run reads, a log file in a missing folder) or, for a
