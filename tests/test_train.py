@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -367,6 +369,26 @@ def test_an_interruption_before_the_first_step_names_no_checkpoint_that_was_not_
                                          f"{started_from} is still the last state; resume with: ")
     assert str(stopped.value).endswith(f"ckpt_path={started_from}")
     assert not (tmp_path / "resumed" / "checkpoints" / "last.ckpt").exists()
+
+
+def test_an_interruption_after_training_says_to_resume_from_the_saved_state(tmp_path, synthetic_data_dir, monkeypatch,
+                                                                           caplog):
+    """After the fit, before the results are written, last.ckpt is there: "run the same command again" would be
+    refused in a fixed hydra.run.dir and would train from scratch in a new one."""
+    import signal
+
+    import src.utils.hparams
+    from src.utils.run import run_reporting_failures
+
+    monkeypatch.setattr(src.utils.hparams, "log_run_hparams", lambda *args: os.kill(os.getpid(), signal.SIGTERM))
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp"])
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exited:
+        run_reporting_failures(train, cfg)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert exited.value.code == 143 and last.is_file()
+    assert (f"Stopped by SIGTERM outside training and testing: nothing was saved at that moment. {last} holds the "
+            f"latest training state; resume with: ") in caplog.text
+    assert f"ckpt_path={last}" in caplog.text and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def test_ema_decay_warms_up_so_the_average_follows_early_training():

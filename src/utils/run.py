@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.errors import ReportedError, ResumeRefused, RunFolderTaken, RunInterrupted, UserInputError
 from src.utils.atomic_files import write_json_atomically
@@ -114,9 +114,9 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
             with sigterm_raises():
                 return work(cfg)
         except KeyboardInterrupt as stop:  # outside training and testing, which report their own (imports, data loading)
-            raise interrupted_outside_training() from stop
+            raise interrupted_outside_training(cfg=cfg) from stop
         except Terminated as stop:
-            raise interrupted_outside_training(by="SIGTERM") from stop
+            raise interrupted_outside_training(by="SIGTERM", cfg=cfg) from stop
     except Exception as failure:
         err = disk_problem(failure) or failure
         reported = isinstance(err, ReportedError)
@@ -143,11 +143,23 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         raise
 
 
-def interrupted_outside_training(by: str = "Ctrl-C") -> RunInterrupted:
-    from src.utils.command_words import run_it_again
+def interrupted_outside_training(by: str = "Ctrl-C", cfg: DictConfig | None = None) -> RunInterrupted:
+    """The stop, with what to run next (`cfg`: the run's config, where known): once training has saved last.ckpt
+    (stopped after it, before the results were written), resuming from it, which tests the best checkpoint again; in a
+    sweep, the job on its own (the sweep's folder is taken); else the same command."""
+    from src.utils.command_words import command, command_overrides, original_overrides, resume_command, run_it_again
+    from src.utils.jobs import in_multirun
 
-    return RunInterrupted(f"Stopped by {by} outside training and testing: nothing was saved at that moment. "
-                          f"{run_it_again()}", exit_code=130 if by == "Ctrl-C" else 143)
+    stopped = f"Stopped by {by} outside training and testing: nothing was saved at that moment."
+    folder = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath") if cfg is not None and cfg.get("train") else None
+    last = Path(str(folder)) / "last.ckpt" if folder else None
+    if last is not None and last.is_file():
+        advice = f"{last} holds the latest training state; resume with: {resume_command(original_overrides(), last)}"
+    elif cfg is not None and in_multirun():
+        advice = f"Run this job again on its own: {command('train' if 'train' in cfg else 'eval', command_overrides())}"
+    else:
+        advice = run_it_again()
+    return RunInterrupted(f"{stopped} {advice}", exit_code=130 if by == "Ctrl-C" else 143)
 
 
 def output_dir_problem(cfg: DictConfig, sweeps: bool = True) -> str | None:
