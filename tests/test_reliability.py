@@ -58,6 +58,9 @@ def break_file(data_dir: Path, how: str) -> None:
         raw.parent.rmdir()
         data_dir.rmdir()
         data_dir.write_text("not a folder")
+    elif how == "one train image":  # no data.val_size can help
+        write_idx(raw / "train-images-idx3-ubyte.gz", np.zeros((1, 28, 28), dtype=np.uint8))
+        write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(1, dtype=np.uint8))
     elif how == "no test images":  # valid files: it failed only when testing began, after the training
         write_idx(raw / "t10k-images-idx3-ubyte.gz", np.zeros((0, 28, 28), dtype=np.uint8))
         write_idx(raw / "t10k-labels-idx1-ubyte.gz", np.zeros(0, dtype=np.uint8))
@@ -131,6 +134,7 @@ DATA_CASES = {
     "counts disagree": "has 400 images but",
     "label out of range": "t10k-labels-idx1-ubyte.gz: labels must be digits 0-9, found 11",
     "a file as data_dir": "is a file; it must name a folder: the one that holds MNIST/raw/",
+    "one train image": "The train file holds only 1 image: too few to validate on one and train on two. It is not the MNIST",
     "no test images": "t10k-images-idx3-ubyte.gz: holds no images. It is not the MNIST test file: download or copy it again.",
 }
 CHECKPOINT_CASES = {

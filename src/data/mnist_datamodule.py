@@ -16,7 +16,7 @@ import torch
 from src.data.augment import BatchAugment, augment_settings
 from src.data.batches import EpochBatches, TensorBatchLoader, validation_split
 from src.data.data_settings import check_data_settings
-from src.data.mnist_files import ensure_mnist_files, load_split
+from src.data.mnist_files import MNISTDataError, ensure_mnist_files, load_split
 from src.errors import UserInputError
 from src.utils.setting_checks import save_plain_hyperparameters
 
@@ -127,6 +127,10 @@ class MNISTDataModule(pl.LightningDataModule):
     def _setup_train_val(self) -> None:
         images, labels = load_split(self.data_dir, "train")
         val_size = self.hparams.val_size
+        if len(images) < 3:  # no data.val_size helps
+            raise MNISTDataError(f"The train file holds only {len(images)} image{'s' if len(images) != 1 else ''}: too few "
+                                 "to validate on one and train on two. It is not the MNIST train file: download or copy "
+                                 "it again.")
         if val_size > len(images) - 2:  # a batch of one image cannot train batch norm
             raise UserInputError(
                 f"data.val_size={val_size} is invalid: the train file has only {len(images)} "

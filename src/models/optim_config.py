@@ -14,6 +14,12 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "onecycle", "cosine")
 OPTIMIZER_KEYS = {"name", "lr", "weight_decay", "decay_norm_and_bias", "betas", "momentum", "nesterov"}
 SCHEDULER_KEYS = {"name", "pct_start", "div_factor", "final_div_factor", "warmup_steps", "min_lr"}
+# The settings each choice reads (besides name, lr and weight_decay); the others are ignored (see above).
+SETTINGS_READ_BY = {
+    "adam": {"betas", "decay_norm_and_bias"}, "adamw": {"betas", "decay_norm_and_bias"},
+    "sgd": {"momentum", "nesterov", "decay_norm_and_bias"},
+    "none": set(), "onecycle": {"pct_start", "div_factor", "final_div_factor"}, "cosine": {"warmup_steps", "min_lr"},
+}
 
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:

@@ -35,9 +35,9 @@ def run_hparams(
         "optimizer/name": str(optimizer.get("name", "adam")),
         "optimizer/lr": float(optimizer.get("lr", 0.0)),
         "optimizer/weight_decay": float(optimizer.get("weight_decay", 0.0)),
-        "optimizer/settings": _others(optimizer, ("name", "lr", "weight_decay")),  # momentum, betas, ...
+        "optimizer/settings": _settings_read(optimizer, "adam"),  # momentum, betas, ...
         "scheduler": str(scheduler.get("name", "none")),
-        "scheduler/settings": _others(scheduler, ("name",)),  # pct_start, warmup_steps, ...
+        "scheduler/settings": _settings_read(scheduler, "none"),  # pct_start, warmup_steps, ...
         "callbacks/ema_decay": float(OmegaConf.select(cfg, "callbacks.ema.decay") or 0.0),  # 0 = off
         "data/batch_size": int(cfg.data.batch_size),
         "data/val_size": int(cfg.data.val_size),
@@ -50,9 +50,13 @@ def run_hparams(
     return values
 
 
-def _others(settings: dict, shown: tuple[str, ...]) -> str:
-    """The settings without a column of their own, as one text: sweeps over them must not give identical rows."""
-    return ", ".join(f"{key}={value}" for key, value in sorted(settings.items()) if key not in shown)
+def _settings_read(settings: dict, default_name: str) -> str:
+    """The settings without a column of their own that the chosen optimizer or scheduler reads, as one text: sweeps
+    over them must not give identical rows."""
+    from src.models.optim_config import SETTINGS_READ_BY
+
+    read = SETTINGS_READ_BY.get(str(settings.get("name", default_name)), set(settings))
+    return ", ".join(f"{key}={value}" for key, value in sorted(settings.items()) if key in read)
 
 
 def trained_settings(checkpoint: dict) -> dict:
