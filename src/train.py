@@ -162,7 +162,8 @@ def _stopped(by: str, at: str, saved: str | None, started_from: str | None = Non
     """What was saved when training stopped, and how to go on. `saved`: the checkpoint written now; `started_from`:
     this run's ckpt_path; `saving`: whether a checkpoint callback could have saved."""
     if saved:
-        return f"Training stopped by {by} {at}. Saved {saved}; resume with: {resume_command(original_overrides(), saved)}"
+        return (f"Training stopped by {by} {at}. Saved {saved}; resume with: "
+                f"{resume_command(original_overrides(), saved)}")
     if not saving:
         return f"Training stopped by {by} {at}. No checkpoint callback was configured, so nothing was saved."
     # Stopped before its first training step (in the sanity check, whose epoch and step Lightning has not restored).

@@ -128,13 +128,13 @@ class MNISTDataModule(pl.LightningDataModule):
         images, labels = load_split(self.data_dir, "train")
         val_size = self.hparams.val_size
         if len(images) < 3:  # no data.val_size helps
-            raise MNISTDataError(f"The train file holds only {len(images)} image{'s' if len(images) != 1 else ''}: too few "
-                                 "to validate on one and train on two. It is not the MNIST train file: download or copy "
-                                 "it again.")
+            images_word = "image" if len(images) == 1 else "images"
+            raise MNISTDataError(f"The train file holds only {len(images)} {images_word}: too few to validate on one "
+                                 "and train on two. It is not the MNIST train file: download or copy it again.")
         if val_size > len(images) - 2:  # a batch of one image cannot train batch norm
             raise UserInputError(
-                f"data.val_size={val_size} is invalid: the train file has only {len(images)} "
-                f"image{'s' if len(images) != 1 else ''} and training needs at least 2 of them. Use a smaller data.val_size."
+                f"data.val_size={val_size} is invalid: the train file has only {len(images)} images and training "
+                "needs at least 2 of them. Use a smaller data.val_size."
             )
         world_size = self._rank_and_world()[1]
         if val_size < world_size:

@@ -48,8 +48,8 @@ def ensure_mnist_files(data_dir: str | Path, download: bool) -> None:
         return
     given = Path(data_dir).expanduser()
     if given.is_file():  # a data file's path given, say: the download would fail on it with a confusing error
-        raise MNISTDataError(f"data.data_dir={data_dir} is a file; it must name a folder: the one that holds MNIST/raw/ "
-                             "(downloaded into it if missing).")
+        raise MNISTDataError(f"data.data_dir={data_dir} is a file; it must name a folder: the one that holds "
+                             "MNIST/raw/ (downloaded into it if missing).")
     if all(find_file(given, name) for name in ALL_FILE_NAMES):  # data.data_dir named the raw folder itself
         above = given.parent.parent if given.parts[-2:] == ("MNIST", "raw") else None
         raise MNISTDataError(
@@ -92,7 +92,8 @@ def load_split(data_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Te
     except IdxFormatError as err:
         raise MNISTDataError(str(err)) from err
     if len(images) == 0:  # a valid header of 0 images: testing on it would fail only after the training
-        raise MNISTDataError(f"{images_path}: holds no images. It is not the MNIST {split} file: download or copy it again.")
+        raise MNISTDataError(f"{images_path}: holds no images. It is not the MNIST {split} file: download or copy it "
+                             "again.")
     if images.shape[1:] != (28, 28):
         raise MNISTDataError(f"{images_path}: images are {tuple(images.shape[1:])}, expected 28×28.")
     if len(images) != len(labels):

@@ -28,7 +28,8 @@ def existing_checkpoint(path: str | Path) -> Path:
                                   "epochNNN.ckpt: the best by validation accuracy).")
     if path.is_dir():  # a run stopped before its first save, say
         raise CheckpointError(f"ckpt_path={path}: a folder that holds no checkpoints (.ckpt files, in it or in its "
-                              "checkpoints/). Name a checkpoint file: <run dir>/checkpoints/last.ckpt or epochNNN.ckpt.")
+                              "checkpoints/). Name a checkpoint file: <run dir>/checkpoints/last.ckpt or "
+                              "epochNNN.ckpt.")
     raise CheckpointError(f"ckpt_path={path}: no such file. Checkpoints are in <run dir>/checkpoints/.")
 
 

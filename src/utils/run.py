@@ -151,7 +151,8 @@ def interrupted_outside_training(by: str = "Ctrl-C", cfg: DictConfig | None = No
     from src.utils.jobs import in_multirun
 
     stopped = f"Stopped by {by} outside training and testing: nothing was saved at that moment."
-    folder = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath") if cfg is not None and cfg.get("train") else None
+    training = cfg is not None and cfg.get("train")
+    folder = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath") if training else None
     last = Path(str(folder)) / "last.ckpt" if folder else None
     if last is not None and last.is_file():
         advice = f"{last} holds the latest training state; resume with: {resume_command(original_overrides(), last)}"
@@ -177,8 +178,9 @@ def output_dir_problem(cfg: DictConfig, sweeps: bool = True) -> str | None:
     made = Path(HydraConfig.get().runtime.output_dir).resolve()
     problem = _writes_into_another_run(cfg, made)
     if problem is None and Path(str(cfg.paths.output_dir)).expanduser().resolve() != made:
-        return (f"paths.output_dir={cfg.paths.output_dir} is not this run's folder ({made}), the one Hydra makes for it: "
-                f"set hydra.run.dir=<folder> instead{' (hydra.sweep.dir=<folder> for a -m sweep)' if sweeps else ''}.")
+        sweep_dir = " (hydra.sweep.dir=<folder> for a -m sweep)" if sweeps else ""
+        return (f"paths.output_dir={cfg.paths.output_dir} is not this run's folder ({made}), the one Hydra makes for "
+                f"it: set hydra.run.dir=<folder> instead{sweep_dir}.")
     return problem
 
 
@@ -193,7 +195,8 @@ def _writes_into_another_run(cfg: DictConfig, made: Path) -> str | None:
     shared TensorBoard folder) is taken."""
     from src.utils.run_folders import is_run_folder
 
-    folders = [("paths.output_dir", str(cfg.paths.output_dir)), *_output_folders(cfg, ("callbacks", "logger", "trainer"))]
+    folders = [("paths.output_dir", str(cfg.paths.output_dir)),
+               *_output_folders(cfg, ("callbacks", "logger", "trainer"))]
     for key, value in folders:
         path = Path(value).expanduser().resolve()
         if path == made or made in path.parents:
@@ -201,10 +204,10 @@ def _writes_into_another_run(cfg: DictConfig, made: Path) -> str | None:
         # Not any folder that holds checkpoints: a run may keep its own on a scratch disk, and resume from there.
         run = next((folder for folder in (path, *path.parents) if is_run_folder(folder)), None)
         if run is not None:
-            return (f"{key}={value} lies in another run's folder ({run}), which this run would overwrite. A config.yaml "
-                    "copied from a run records that run's folders: re-run it with --config-dir=<run>/.hydra "
-                    "--config-name=config +hydra=default instead (its folders follow the new run's), or set it inside this run's "
-                    "folder: ${paths.output_dir}/<subfolder>.")
+            return (f"{key}={value} lies in another run's folder ({run}), which this run would overwrite. A "
+                    "config.yaml copied from a run records that run's folders: re-run it with --config-dir=<run>/.hydra "
+                    "--config-name=config +hydra=default instead (its folders follow the new run's), or set it inside "
+                    "this run's folder: ${paths.output_dir}/<subfolder>.")
     return None
 
 

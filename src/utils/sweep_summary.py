@@ -68,7 +68,8 @@ def _mark_varied(rows: list[dict]) -> None:
         row["varied"] = " ".join(f"{k}={setting[k]}" for k in varied if k in setting) or " ".join(row["overrides"])
         row["overrides"] = " ".join(row["overrides"])
         # The jobs of one setting run with several seeds share this (None: the seed does not vary).
-        row["setting"] = " ".join(f"{k}={setting[k]}" for k in varied if k in setting and k != "seed") if "seed" in varied else None
+        others = " ".join(f"{k}={setting[k]}" for k in varied if k in setting and k != "seed")
+        row["setting"] = others if "seed" in varied else None
 
 
 def seed_statistics(rows: list[dict]) -> list[str]:
