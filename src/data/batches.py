@@ -3,10 +3,10 @@
 `EpochBatches` decides which indices form each batch on this rank in a given epoch;
 `TensorBatchLoader` gathers those rows from the tensors. Lightning accepts any sized iterable
 as a dataloader and calls `loader.sampler.set_epoch(epoch)` before each training epoch, so the
-shuffle order is a pure function of (seed, epoch): it is the same after a resume (a loop of one's own that never
-calls it gets the next epoch on each pass). The loader's
-`state_dict` says how far into its epoch it got, so a run resumed from a mid-epoch checkpoint
-continues with the next batch of that epoch.
+shuffle order is a pure function of (seed, epoch): it is the same after a resume. (A loop of one's
+own that never calls it gets the next epoch on each pass.) The loader's `state_dict` says how far
+into its epoch it got, so a run resumed from a mid-epoch checkpoint continues with the next batch
+of that epoch.
 """
 
 from __future__ import annotations
