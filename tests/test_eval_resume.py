@@ -90,6 +90,12 @@ def test_a_checkpoint_loaded_for_fine_tuning_starts_anew_and_leaves_the_callers_
                          enable_model_summary=False, default_root_dir=tmp_path)
     trainer.fit(model, datamodule=data)  # a schedule of 3 epochs, the checkpoint's had 1
     assert trainer.current_epoch == 3
+    # Testing a checkpoint through the trainer loads it too, and a later fit of the model starts anew as well.
+    trainer.test(model, datamodule=data, ckpt_path=str(checkpoint), verbose=False)
+    again = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                       enable_model_summary=False, default_root_dir=tmp_path)
+    again.fit(model, datamodule=data)
+    assert again.current_epoch == 2
 
 
 def test_checkpoints_of_paths_numpy_numbers_and_omegaconf_settings_load_weights_only(tmp_path, synthetic_data_dir):
@@ -115,6 +121,7 @@ def test_checkpoints_of_paths_numpy_numbers_and_omegaconf_settings_load_weights_
     assert checkpoint["datamodule_hyper_parameters"]["data_dir"] == str(synthetic_data_dir)
     network, _ = load_network(saving.last_model_path)
     assert network(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert MLP(optimizer={"lr": 0.01}, hidden_sizes=np.arange(16, 48, 16)).hparams.hidden_sizes == [16, 32]  # an array
 
 
 @pytest.mark.parametrize("group, value", [("optimizer", 0.001), ("optimizer", "adam"), ("scheduler", "onecycle")])

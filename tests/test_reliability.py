@@ -418,9 +418,12 @@ def test_output_folders_apart_from_any_run_are_taken(tmp_path):
     scratch = tmp_path / "scratch" / "run" / "checkpoints"
     scratch.mkdir(parents=True)
     (scratch / "last.ckpt").touch()
-    cfg = compose_config([f"paths.output_dir={tmp_path / 'run'}", f"callbacks.last_checkpoint.dirpath={scratch}",
-                          f"callbacks.model_checkpoint.dirpath={scratch}", f"ckpt_path={scratch / 'last.ckpt'}"])
-    assert _writes_into_another_run(cfg, tmp_path / "run") is None
+    on_scratch = [f"paths.output_dir={tmp_path / 'run'}", f"callbacks.last_checkpoint.dirpath={scratch}",
+                  f"callbacks.model_checkpoint.dirpath={scratch}"]
+    assert _writes_into_another_run(compose_config([*on_scratch, f"ckpt_path={scratch / 'last.ckpt'}"]), tmp_path / "run") is None
+    # A new run there would replace that run's last.ckpt.
+    assert _writes_into_another_run(compose_config(on_scratch), tmp_path / "run").startswith(
+        f"callbacks.model_checkpoint.dirpath={scratch} lies in another run's folder ({scratch})")
     (tmp_path / "earlier" / ".hydra").mkdir(parents=True)
     cfg = compose_config([f"paths.output_dir={tmp_path / 'run'}", f"logger.tensorboard.save_dir={tmp_path / 'earlier'}"])
     assert _writes_into_another_run(cfg, tmp_path / "run").startswith(f"logger.tensorboard.save_dir={tmp_path / 'earlier'} lies")

@@ -8,6 +8,7 @@ import math
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.trainer.states import TrainerFn
 from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
@@ -191,8 +192,9 @@ class DigitClassifier(pl.LightningModule):
         scheduler = build_scheduler(optimizer, self.hparams.scheduler, int(total_steps))
         if scheduler is None:
             return optimizer
-        check_schedule_length(self.hparams.scheduler["name"], getattr(self, "_resumed_schedule_steps", None),
-                              int(total_steps), self.trainer.ckpt_path, getattr(self, "_resumed_overrides", None))
+        if self.trainer.ckpt_path:  # a resume (a fit of its own after an earlier resume of this model is not)
+            check_schedule_length(self.hparams.scheduler["name"], getattr(self, "_resumed_schedule_steps", None),
+                                  int(total_steps), self.trainer.ckpt_path, getattr(self, "_resumed_overrides", None))
         self.schedule_steps = int(total_steps)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
@@ -207,7 +209,9 @@ class DigitClassifier(pl.LightningModule):
             checkpoint["schedule_steps"] = self.schedule_steps
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self._trainer is None:  # load_from_checkpoint: weights for a new use (fine-tuning, say), not a resume
+        # Only a resumed fit continues the run; load_from_checkpoint or trainer.test(ckpt_path=...) load weights for a
+        # new use (a later fit, fine-tuning, starts anew).
+        if self._trainer is None or self._trainer.state.fn != TrainerFn.FITTING:
             return
         if "rng_states" in checkpoint:
             restore_rng_states(checkpoint["rng_states"])  # so a resumed run continues exactly

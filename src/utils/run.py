@@ -193,7 +193,16 @@ def _writes_into_another_run(cfg: DictConfig, made: Path) -> str | None:
     figures and TensorBoard run this one would overwrite or mix with its own. A config.yaml copied from a run and used
     as a config of one's own does that: it records that run's folders as written-out paths. A folder elsewhere (a
     shared TensorBoard folder) is taken."""
-    from src.utils.run_folders import is_run_folder
+    from src.utils.run_folders import holds_a_run, is_run_folder
+
+    ckpt_path = cfg.get("ckpt_path")
+    continued = Path(str(ckpt_path)).expanduser().resolve() if ckpt_path else None
+
+    def taken(folder: Path) -> bool:
+        """Another run's folder, or one holding another run's checkpoints: a run may keep its own elsewhere (on a
+        scratch disk), and continue from there."""
+        holds_checkpoints = holds_a_run(folder) or (folder / "last.ckpt").is_file()
+        return is_run_folder(folder) or (holds_checkpoints and not (continued and folder in continued.parents))
 
     folders = [("paths.output_dir", str(cfg.paths.output_dir)),
                *_output_folders(cfg, ("callbacks", "logger", "trainer"))]
@@ -201,8 +210,7 @@ def _writes_into_another_run(cfg: DictConfig, made: Path) -> str | None:
         path = Path(value).expanduser().resolve()
         if path == made or made in path.parents:
             continue
-        # Not any folder that holds checkpoints: a run may keep its own on a scratch disk, and resume from there.
-        run = next((folder for folder in (path, *path.parents) if is_run_folder(folder)), None)
+        run = next((folder for folder in (path, *path.parents) if taken(folder)), None)
         if run is not None:
             return (f"{key}={value} lies in another run's folder ({run}), which this run would overwrite. A "
                     "config.yaml copied from a run records that run's folders: re-run it with --config-dir=<run>/.hydra "

@@ -42,13 +42,18 @@ def plain_values(value):
         return float(value)
     if getattr(value, "shape", None) == () and hasattr(value, "item"):  # numpy's bool, a 0-d array or tensor
         return value.item()
+    if getattr(value, "ndim", 0) >= 1 and hasattr(value, "tolist"):  # a numpy array or a tensor
+        return plain_values(value.tolist())
     return value
 
 
 def save_plain_hyperparameters(owner, frame) -> None:
     """owner.save_hyperparameters() from the __init__ `frame` (a subclass's arguments too), as plain values."""
+    import copy
+
     owner.save_hyperparameters(frame=frame)
-    owner.save_hyperparameters(plain_values(dict(owner.hparams)))
+    owner.hparams.update(plain_values(dict(owner.hparams)))
+    owner._hparams_initial = copy.deepcopy(owner.hparams)  # what Lightning hands loggers, as save_hyperparameters does
 
 
 def is_pair_of_numbers(value) -> bool:
