@@ -382,13 +382,14 @@ def test_an_interruption_after_training_says_to_resume_from_the_saved_state(tmp_
 
     monkeypatch.setattr(src.utils.hparams, "log_run_hparams", lambda *args: os.kill(os.getpid(), signal.SIGTERM))
     cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp"])
+    handler = signal.getsignal(signal.SIGTERM)
     with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exited:
         run_reporting_failures(train, cfg)
     last = tmp_path / "checkpoints" / "last.ckpt"
     assert exited.value.code == 143 and last.is_file()
     assert (f"Stopped by SIGTERM outside training and testing: nothing was saved at that moment. {last} holds the "
             f"latest training state; resume with: ") in caplog.text
-    assert f"ckpt_path={last}" in caplog.text and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert f"ckpt_path={last}" in caplog.text and signal.getsignal(signal.SIGTERM) is handler  # put back
 
 
 def test_ema_decay_warms_up_so_the_average_follows_early_training():
