@@ -50,10 +50,10 @@ class Run:
         epoch_at_step = {event.step: int(event.value) for event in events.Scalars("epoch")}  # Lightning logs it with each
         rows: dict[int, dict[str, float]] = {}
         for tag in tags:
-            scalars = events.Scalars(tag)
-            # Per epoch only: the learning rate, logged every few steps, would land in some rows and not others.
-            if tag != "epoch" and not tag.startswith("test/") and all(event.step in epoch_at_step for event in scalars):
-                for event in scalars:
+            # What the model logs once per epoch; not the learning rate, logged every few steps, which would land in
+            # the rows of the epochs whose last step it fell on and not in the others.
+            if tag.startswith(("train/", "val/")):
+                for event in events.Scalars(tag):
                     epoch = epoch_at_step[event.step]
                     rows.setdefault(epoch, {"epoch": epoch})[tag] = event.value
         return [rows[epoch] for epoch in sorted(rows)]

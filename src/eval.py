@@ -23,9 +23,11 @@ def evaluate(cfg: DictConfig) -> dict:
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
         raise UserInputError("ckpt_path is required: python -m src.eval ckpt_path=<run dir>/checkpoints/<name>.ckpt")
     from src.models.checkpoint_file import read_checkpoint
+    from src.utils.validate import check_run_settings
 
-    checkpoint = read_checkpoint(cfg.ckpt_path)  # first, so a bad path fails before any other work (and imports)
-    from src.models.loading import load_classifier
+    check_run_settings(cfg)
+    checkpoint = read_checkpoint(cfg.ckpt_path)  # before any other work (and imports): a bad path fails at once
+    from src.models.loading import checkpoint_record, load_classifier
     from src.utils.command_words import run_it_again
     from src.utils.config_io import take_the_checkpoints_settings
     from src.utils.hparams import log_run_hparams
@@ -42,9 +44,7 @@ def evaluate(cfg: DictConfig) -> dict:
 
     metrics = {
         "status": "ok",
-        "checkpoint": str(cfg.ckpt_path),
-        "model_class": checkpoint["model_class"],
-        "checkpoint_epoch": checkpoint.get("epoch"),
+        **checkpoint_record(cfg.ckpt_path, checkpoint, model),
         **{key: float(value) for key, value in results.items()},
         "wall_seconds": round(time.perf_counter() - started, 2),
     }

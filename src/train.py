@@ -51,28 +51,29 @@ def train(cfg: DictConfig) -> dict:
     resuming_in_place = resuming and resumed_job_dir(ckpt_path, True) == output_folder
     continuing = resuming and Path(ckpt_path).expanduser().resolve().is_relative_to(output_folder)
     output_dir = start_run(cfg, save=not resuming_in_place, continuing=continuing)
+    metrics: dict = {"status": "ok"}
     if ckpt_path and not cfg.get("train"):
-        from src.models.loading import load_classifier
+        from src.models.loading import checkpoint_record, load_classifier
 
         # Testing a checkpoint: its own network (class, sizes and weights). Loaded here, as src.eval does: Lightning,
         # given the file, would restore the training callbacks' state too, and warn that their folder is not the file's.
         model, checkpoint = load_classifier(ckpt_path, checkpoint)
         log.info("Testing %s as saved in %s", type(model).__name__, ckpt_path)
-        datamodule = build(cfg.data, _convert_="all")
+        metrics.update(checkpoint_record(ckpt_path, checkpoint, model))
+        ckpt_path = metrics["checkpoint"]
     else:
-        model = build(cfg.model, _convert_="all")
         # _convert_="all": plain dicts/lists reach the constructors, which is what checkpoints then store.
-        datamodule = build(cfg.data, _convert_="all")
+        model = build(cfg.model, _convert_="all")
+    datamodule = build(cfg.data, _convert_="all")
     trainer, loggers = build_trainer(cfg)
 
-    metrics: dict = {"status": "ok"}
     if cfg.get("train"):
         if resuming:
             from src.utils.resume_check import check_resumable
 
             check_resumable(ckpt_path, checkpoint, model, datamodule, trainer.callbacks)
             checkpoint = None  # not held through the fit: Lightning reads the file itself
-            metrics["resumed_from"] = str(ckpt_path)
+            metrics["resumed_from"] = str(Path(ckpt_path).expanduser().resolve())
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
         started = time.perf_counter()
         fit_or_report_interruption(trainer, model, datamodule, ckpt_path)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import types
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pytest
 import torch
@@ -34,6 +36,8 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     callers_log = logging.FileHandler(tmp_path / "notebook.log")
     monkeypatch.setattr(root, "handlers", [*root.handlers, callers_log])
     root_handlers = root.handlers[:]
+    for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # the caller's seed variables: none
+        monkeypatch.delenv(name, raising=False)
 
     run = api.train(*overrides, "model=mlp", f"paths.log_dir={tmp_path / 'outputs'}")
 
@@ -59,6 +63,7 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     logging.getLogger("notebook").warning("after the run")
     assert "after the run" in (tmp_path / "notebook.log").read_text()  # the caller's own log still writes
     assert not HydraConfig.initialized()
+    assert "PL_GLOBAL_SEED" not in os.environ and "PL_SEED_WORKERS" not in os.environ  # the run's seed left with it
 
     # Advice names the call to make, not a command line.
     with pytest.raises(ResumeRefused) as refused:
@@ -113,6 +118,9 @@ def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_i
         (["sweep=seeds"], r"run from the command line: python -m src.train sweep=seeds"),  # not one run of the three
         (["run/checkpoints/last.ckpt"], "has no key"),
         (["model=resnet"], "Available options in 'model'"),  # Hydra's own refusals too
+        (["+modle=mlp"], r"`modle` is not a setting of src.train \(a typo\?\)"),  # Hydra would add it, unread
+        (["model=mlp trainer.max_epochs=1"], r"^'model=mlp trainer.max_epochs=1' holds several settings: pass each as a "
+                                             r"string of its own: train\('model=mlp', 'trainer.max_epochs=1'\)\.$"),
         (["model.optimizer.lr=1e-3,3e-3"], r"from the command line: python -m src.train -m"),
         ([f"paths.output_dir={tmp_path / 'elsewhere'}"], r"is not this run's folder .* set hydra.run.dir=<folder> instead\.$"),
     ]
@@ -149,6 +157,24 @@ def test_ddp_that_relaunches_the_script_is_refused_from_python(tmp_path):
     """Lightning's ddp starts the script again for each further device: from a notebook, that is not this run."""
     with pytest.raises(UserInputError, match=r"would start this script again .* use \+\+trainer.strategy=ddp_spawn"):
         api.train("trainer=ddp_cpu", f"paths.log_dir={tmp_path}")
+
+
+def test_history_has_the_per_epoch_metrics_and_never_the_learning_rate(tmp_path):
+    """The learning rate logged every 5 steps falls on the last step of every other 5-step epoch, as it would with
+    trainer.log_every_n_steps=10 and 5 batches per epoch: it must not fill half the rows."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(tmp_path / "tensorboard")
+    for epoch in range(4):
+        last_step = epoch * 5 + 4
+        for tag, value in (("train/loss", 1.0 / (epoch + 1)), ("val/acc", 0.9), ("epoch", epoch)):
+            writer.add_scalar(tag, value, last_step)
+        if epoch % 2:
+            writer.add_scalar("lr", 0.01, last_step)
+    writer.add_scalar("test/acc", 0.95, 19)
+    writer.close()
+    history = api.Run(tmp_path).history()
+    assert history == [{"epoch": e, "train/loss": pytest.approx(1.0 / (e + 1)), "val/acc": pytest.approx(0.9)} for e in range(4)]
 
 
 def test_show_displays_the_figures_in_a_notebook_and_lists_them_elsewhere(tmp_path, monkeypatch, capsys):
@@ -200,6 +226,16 @@ def test_a_ctrl_c_outside_training_is_reported_and_logged_as_on_the_command_line
     assert "[ERROR] - Stopped by Ctrl-C" in (folder / "train.log").read_text()
     assert [path.name for path in folder.iterdir()] == ["train.log"]  # hydra.output_subdir=null: no record kept
     assert api.Run(folder).history() == []  # nothing trained, no TensorBoard events
+
+    def interrupted_after_training(cfg):  # last.ckpt saved, the results not written yet
+        last = Path(cfg.callbacks.last_checkpoint.dirpath) / "last.ckpt"
+        last.parent.mkdir(parents=True)
+        last.write_bytes(b"saved")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(src.train, "train", interrupted_after_training)
+    with pytest.raises(RunInterrupted, match=r"last\.ckpt holds the latest training state; resume with: train\("):
+        api.train(f"paths.log_dir={tmp_path / 'after'}")
 
 
 def test_hydras_other_job_logging_options_work_here_and_on_the_command_line(tmp_path, synthetic_data_dir, capsys):

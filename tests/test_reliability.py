@@ -25,6 +25,7 @@ from src import PROJECT_ROOT
 from src.data.idx import write_idx
 from src.data.synthetic import write_synthetic_mnist
 from src.errors import RunInterrupted, TrainingDiverged, UserInputError
+from src.eval import evaluate
 from src.train import train
 from src.utils.run import run_reporting_failures
 from tests.conftest import compose_config, ctrl_c_as_in_a_terminal, run_module, tiny_run_overrides
@@ -119,6 +120,9 @@ CONFIG_CASES = {
     "accumulating 0 batches": (["++trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is invalid"),
     "log interval as text": (["trainer.log_every_n_steps=abc"], "trainer.log_every_n_steps=abc is invalid: it must be an integer >= 0"),
     "summary depth as text": (["callbacks.model_summary.max_depth=abc"], "callbacks.model_summary.max_depth=abc is invalid"),
+    "sanity steps as text": (["++trainer.num_sanity_val_steps=abc"], "trainer.num_sanity_val_steps=abc is invalid: it must be an integer >= -1"),
+    "batch limit as text": (["++trainer.limit_train_batches=abc"], "trainer.limit_train_batches=abc is invalid: it must be a whole number"),
+    "batch fraction over 1": (["++trainer.limit_val_batches=1.5"], "trainer.limit_val_batches=1.5 is invalid: it must be a whole number"),
     "deterministic as text": (["trainer.deterministic=yes"], "trainer.deterministic=yes is invalid: it must be true, false or warn"),
     "ema decay 1": (["callbacks=[default,ema]", "callbacks.ema.decay=1"], "callbacks.ema.decay=1 is invalid: it must be a number in (0, 1)"),
     "diverging lr": (
@@ -156,7 +160,10 @@ def expect_clean_failure(cfg, caplog, message: str, checkpoint: Path) -> None:
     assert exited.value.code == 1
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and message in errors[0], errors
-    assert checkpoint.read_bytes() == before  # the good checkpoint beside it is untouched
+    # The good checkpoint is untouched, and the failed run saved none beside it (Lightning would not overwrite it, but
+    # would add its own: a half-trained one, or a last.ckpt that a resume would take for the good state).
+    assert checkpoint.read_bytes() == before
+    assert [path.name for path in checkpoint.parent.iterdir()] == [checkpoint.name]
 
 
 def prepared_run(tmp_path: Path, good_checkpoint: Path) -> tuple[Path, Path]:
@@ -208,6 +215,16 @@ def test_bad_checkpoint_paths(tmp_path, caplog, good_checkpoint, case):
     cfg = compose_config([*tiny_run_overrides(data_dir, tmp_path / "run"), "model=mlp", f"ckpt_path={bad}"])
     expect_clean_failure(cfg, caplog, message, checkpoint)
     assert not (tmp_path / "run" / "config.yaml").exists()  # refused before the run folder is filled
+
+
+@pytest.mark.parametrize("setting", ["seed=abc", "seed=-5", "++trainer.limit_test_batches=abc", "trainer.deterministic=yes"])
+def test_evaluation_refuses_a_bad_setting_in_one_line_before_any_work(tmp_path, caplog, good_checkpoint, setting):
+    cfg = compose_config([f"ckpt_path={good_checkpoint}", f"paths.output_dir={tmp_path / 'eval'}", setting], "eval")
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exited:
+        run_reporting_failures(evaluate, cfg)
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert exited.value.code == 1 and len(errors) == 1 and errors[0].startswith(f"{setting.lstrip('+')} is invalid"), errors
+    assert not (tmp_path / "eval").exists()
 
 
 def test_a_test_limit_of_zero_is_allowed_when_testing_is_off(tmp_path):
@@ -294,6 +311,34 @@ def test_a_word_without_a_key_says_how_to_write_it(tmp_path, module, words, expe
     result = run_module(module, *words, f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
     assert result.returncode == 1 and result.stderr.strip() == expected
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("module, words, expected", [
+    ("src.train", ["+modle=mlp"], "+modle=mlp: `modle` is not a setting of src.train (a typo?), so nothing would read "
+     "it. Its settings: ckpt_path, seed, task_name, test, train; its config groups: callbacks, data, experiment, "
+     "logger, model, paths, sweep, trainer (python -m src.train --help)."),
+    ("src.train", ["modle=mlp"], "modle=mlp: `modle` is not a setting of src.train (a typo?)"),
+    ("src.train", ["++sed=3"], "++sed=3: `sed` is not a setting of src.train (a typo?)"),
+    ("src.eval", ["ckpt_path=a.ckpt", "+model=cnn"], "+model=cnn: `model` is not a setting of src.eval, so nothing would "
+     "read it. The network and its settings come from the checkpoint. Its settings: ckpt_path, seed, task_name;"),
+    ("src.predict", ["ckpt_path=a.ckpt", "inputs=x.png", "+outptu=x.json"], "+outptu=x.json: `outptu` is not a "
+     "setting of src.predict (a typo?), so nothing would read it. Its settings: ckpt_path, inputs, output, "
+     "save_preview, task_name, top_k; its config groups: paths"),
+])
+def test_a_setting_the_entry_point_does_not_have_is_refused_not_ignored(tmp_path, module, words, expected):
+    """Hydra suggests `+modle=mlp` for a mistyped `modle=mlp`, and then adds it to the config, where nothing reads it:
+    the run trained the default model and exited 0."""
+    result = run_module(module, *words, f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
+    assert result.returncode == 1 and result.stderr.strip().startswith(expected), result.stderr[-2000:]
+    assert not (tmp_path / "run").exists()
+
+
+def test_settings_and_groups_of_a_config_of_ones_own_are_not_checked_against_the_projects():
+    from src.utils.command_line import overrides_problem
+
+    assert overrides_problem(["-cd", "mine", "-cn", "mine", "+notes=first try", "+mygroup=a"], "train") is None
+    assert overrides_problem(["hydra/launcher=joblib", "+hydra.job.env_set.X=1", "experiment=fast", "sweep=seeds",
+                              "+callbacks.x._target_=y", "paths.log_dir=/tmp"], "train") is None
 
 
 def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
@@ -771,6 +816,25 @@ def test_divergence_guard_reads_each_loss_one_step_later_and_before_any_save():
     guard.on_save_checkpoint(trainer, module, {})  # reported once; nothing pending now
     step(1.0)
     guard.on_train_end(trainer, module)  # a finite pending loss passes
+
+    trainer.callback_metrics, trainer.sanity_checking = {"val/loss": torch.tensor(0.3)}, False
+    guard.on_validation_end(trainer, module)
+    trainer.callback_metrics["val/loss"] = torch.tensor(float("nan"))
+    with pytest.raises(TrainingDiverged, match=r"epoch 3: the validation loss is nan \(learning rate 0\.5 at the last"):
+        guard.on_validation_end(trainer, module)
+    trainer.sanity_checking = True  # the untrained model, before the first step: not a divergence
+    guard.on_validation_end(trainer, module)
+
+
+def test_a_validation_loss_that_overflows_stops_the_run_before_its_checkpoints(tmp_path, synthetic_data_dir):
+    """With lr 1e6 the weights grow so large that the validation images overflow while each training loss is still
+    finite: a best checkpoint then would keep a broken model under its (chance-level) accuracy."""
+    overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "model.optimizer.name=sgd",
+                 "model.optimizer.lr=1e6", "trainer.max_epochs=2", "+trainer.limit_train_batches=3"]
+    with pytest.raises(TrainingDiverged, match=r"^Training diverged at epoch 0: the validation loss is nan .*"
+                                               r"Nothing was saved from this epoch"):
+        train(compose_config(overrides))
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_ctrl_c_stops_on_a_nan_loss_when_the_divergence_guard_is_off(tmp_path, synthetic_data_dir):

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,13 +24,23 @@ from omegaconf import OmegaConf
 from src import CONFIG_DIR, PROJECT_ROOT
 from src.utils.run_folders import job_dirname, swept_keys
 from src.utils.hparams import HPARAM_METRICS, run_hparams
-from src.utils.sweep_summary import collect_jobs, markdown_table, seed_statistics, write_summary
+from src.utils.sweep_summary import (
+    best_by_validation,
+    collect_jobs,
+    markdown_table,
+    seed_statistics,
+    summary_text,
+    write_summary,
+)
 from tests.conftest import compose_config, ctrl_c_as_in_a_terminal, run_module
 
 
-def multirun(sweep_dir: Path, data_dir: Path, *overrides: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+def multirun(sweep_dir: Path | None, data_dir: Path, *overrides: str, extra_env: dict | None = None
+             ) -> subprocess.CompletedProcess:
+    """A tiny sweep into sweep_dir (None: the default dated folder under paths.log_dir)."""
+    where = [f"hydra.sweep.dir={sweep_dir}"] if sweep_dir else []
     return run_module(
-        "src.train", "-m", f"hydra.sweep.dir={sweep_dir}", f"data.data_dir={data_dir}",
+        "src.train", "-m", *where, f"data.data_dir={data_dir}",
         "data.download=false", "data.val_size=80", "data.batch_size=32", "trainer.max_epochs=1",
         "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", *overrides, timeout=600, extra_env=extra_env,
     )
@@ -235,9 +246,20 @@ def test_a_sweep_run_again_into_its_folder_is_refused_and_keeps_its_results(tmp_
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synthetic_data_dir):
-    sweep_dir = tmp_path / "sweep"
-    result = multirun(sweep_dir, synthetic_data_dir, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=mlp", "seed=1,2")
+    # Other sweeps started in this second and the next ones hold their dated folders: this sweep gets a folder of its
+    # own, and its jobs, in processes of their own, all find it.
+    log_dir = tmp_path / "outputs"
+    now = datetime.now()
+    taken = [log_dir / "multirun" / f"{now + timedelta(seconds=s):%Y-%m-%d/%H-%M-%S}" for s in range(20)]
+    for folder in taken:
+        folder.mkdir(parents=True)
+        (folder / "multirun.yaml").write_text("{}\n")
+    result = multirun(None, synthetic_data_dir, f"paths.log_dir={log_dir}", "hydra/launcher=joblib",
+                      "hydra.launcher.n_jobs=2", "model=mlp", "seed=1,2")
     assert result.returncode == 0, result.stderr[-3000:]
+    (sweep_dir,) = [folder for folder in log_dir.glob("multirun/*/*") if folder not in taken]
+    assert sweep_dir.name.endswith("-2") and sweep_dir.with_name(sweep_dir.name[:-2]) in taken
+    assert all([path.name for path in folder.iterdir()] == ["multirun.yaml"] for folder in taken)
     assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok", "ok"]
     threads = max(1, (os.cpu_count() or 1) // min(2, os.cpu_count() or 1))
     logs = sorted(sweep_dir.glob("*/train.log"))
@@ -257,8 +279,8 @@ def test_submitit_local_launcher(tmp_path, synthetic_data_dir):
 
 def test_summary_table_shows_accuracies_to_four_places_and_seconds_to_two():
     row = {"job": "0_model=mlp", "varied": "model=mlp", "status": "ok", "val/acc_best": 0.965, "test/acc": 0.96981,
-           "wall_seconds": 13.7, "error": None, "overrides": "model=mlp"}
-    assert markdown_table([row]).splitlines()[-1] == "| 0_model=mlp | model=mlp | ok | 0.9650 | 0.9698 | 13.70 |  |"
+           "test/loss": 0.104719, "wall_seconds": 13.7, "error": None, "overrides": "model=mlp"}
+    assert markdown_table([row]).splitlines()[-1] == "| 0_model=mlp | model=mlp | ok | 0.9650 | 0.9698 | 0.1047 | 13.70 |  |"
 
 
 def test_one_damaged_metrics_file_does_not_cost_the_summary_of_the_others(tmp_path):
@@ -305,7 +327,22 @@ def test_the_summary_gives_each_settings_spread_over_seeds(tmp_path):
     for job in tmp_path.glob("[345]_*"):
         shutil.rmtree(job)
     rows = collect_jobs(tmp_path)  # the model the same in every job: a setting of its own no longer
-    assert seed_statistics(rows)[2] == "- every job (3 seeds): val/acc_best 0.9800 ± 0.0100, test/acc 0.9800 ± 0.0100"
+    assert seed_statistics(rows)[1] == "- every job (3 seeds): val/acc_best 0.9800 ± 0.0100, test/acc 0.9800 ± 0.0100"
+
+
+def test_the_summary_names_the_best_job_by_validation_never_by_test(tmp_path):
+    results = [("ok", 0.990, 0.995), ("ok", 0.992, 0.990), ("failed", None, None), ("ok", 0.992, 0.999)]
+    for number, (status, val, test) in enumerate(results):
+        job = tmp_path / f"{number}_seed={number}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- seed={number}\n")
+        (job / "metrics.json").write_text(json.dumps({"status": status, "val/acc_best": val, "test/acc": test}))
+    text = summary_text(collect_jobs(tmp_path))
+    # Job 3 ties job 1 on validation: the first of them, whatever their test accuracies.
+    assert "\nBest by validation: 1_seed=1 (val/acc_best 0.9920, test/acc 0.9900)\n" in text
+    assert text.endswith("test/acc 0.9900)\n\nMean ± standard deviation over seeds:\n"
+                         "- every job (3 seeds): val/acc_best 0.9913 ± 0.0012, test/acc 0.9947 ± 0.0045\n")
+    assert best_by_validation(collect_jobs(tmp_path / "0_seed=0")) == []  # nothing to choose between
 
 
 def test_a_one_job_sweep_lists_all_its_overrides_as_what_varies(tmp_path):
@@ -347,17 +384,36 @@ def test_hparams_show_the_runs_own_settings(tmp_path):
     assert run_hparams(cfg, num_parameters=1234) | {"model/arch": "", "data/augment": ""} == {
         "model": "MLP", "model/arch": "", "model/parameters": 1234, "model/dropout": 0.3, "model/batch_norm": "false",
         "model/label_smoothing": 0.05, "optimizer/name": "sgd", "optimizer/lr": 0.07, "optimizer/weight_decay": 0.002,
-        "optimizer/settings": "momentum=0.8", "scheduler": "cosine", "scheduler/settings": "warmup_steps=30",
+        "optimizer/settings": "decay_norm_and_bias=true, momentum=0.8, nesterov=true", "scheduler": "cosine",
+        "scheduler/settings": "min_lr=0, warmup_steps=30",
         "callbacks/ema_decay": 0.0, "data/batch_size": 48, "data/val_size": 800, "data/augment": "",
         "trainer/max_epochs": 7, "trainer/precision": "bf16-mixed", "seed": 11,
     }
+
+
+def test_hparams_show_the_settings_a_run_used_whether_written_or_left_at_their_defaults(tmp_path):
+    """Sweeping model.optimizer.name=adam,sgd: the SGD rows must show the momentum they trained with."""
+    base = [f"paths.output_dir={tmp_path}", "model=mlp", "model.optimizer.name=sgd"]
+    implicit = run_hparams(compose_config(base), num_parameters=1)
+    explicit = run_hparams(compose_config([*base, "+model.optimizer.momentum=0.9", "+model.optimizer.nesterov=true",
+                                           "+model.scheduler.div_factor=25", "+model.optimizer.betas=[0.5,0.6]"]), 1)
+    assert implicit == explicit  # betas: not read by SGD
+    assert implicit["optimizer/settings"] == "decay_norm_and_bias=true, momentum=0.9, nesterov=true"
+    assert implicit["scheduler/settings"] == "div_factor=25, final_div_factor=10000, pct_start=0.25"
+    adam = run_hparams(compose_config([*base[:2], "+model.optimizer.betas=[0.8,0.999]"]), num_parameters=1)
+    assert adam["optimizer/settings"] == "betas=[0.8, 0.999], decay_norm_and_bias=true"
 
 
 def test_job_dirnames_are_flat_short_and_unique():
     assert job_dirname(3, ["model.optimizer.lr=0.003", "model=cnn"]) == "3_model.optimizer.lr=0.003,model=cnn"
     assert "/" not in job_dirname(0, ["experiment=a/b"])
     long_a, long_b = job_dirname(1, ["x=" + "a" * 300]), job_dirname(1, ["x=" + "a" * 299 + "b"])
-    assert len(long_a) <= 120 and long_a != long_b
+    assert len(long_a) <= 120 and long_a != long_b and long_a.endswith(",~" + long_a[-8:])
+    # Cut after the last override that fits whole: a value cut short (val_size=10 for 100) would read as another.
+    overrides = [f"seed={n}" for n in range(10)] + ["model.optimizer.name=adam", "data.val_size=100"] + ["model=mlp"] * 3
+    name = job_dirname(0, overrides, swept={"model.optimizer.name"})
+    assert len(name) <= 120 and name.startswith("0_model.optimizer.name=adam,data.val_size=100,")
+    assert re.fullmatch(r"0_[^~]*=[^,~]*,~[0-9a-f]{8}", name) and all(part in overrides for part in name[2:-10].split(","))
 
 
 def test_job_dirnames_put_the_swept_keys_first_and_leave_out_the_excluded(tmp_path):

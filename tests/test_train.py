@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from torch.optim.swa_utils import AveragedModel
 
 from src.callbacks.weight_averaging import ema_with_warmup
+from src.eval import evaluate
 from src.train import train
 from tests.conftest import compose_config, hparams_values, needs_real_mnist, run_module, tiny_run_overrides
 
@@ -132,6 +133,16 @@ def test_test_only_from_a_checkpoint_reproduces_the_metrics(tmp_path, synthetic_
     )
     assert tested["test/acc"] == pytest.approx(trained["test/acc"])
     assert tested["test/loss"] == pytest.approx(trained["test/loss"])
+    # What src.eval records of the checkpoint too, under the same keys; the path as an absolute one.
+    best = Path(trained["best_model_path"])
+    assert {key: tested[key] for key in ("checkpoint", "tested_checkpoint", "model_class", "checkpoint_epoch")} == {
+        "checkpoint": str(best), "tested_checkpoint": str(best), "model_class": "src.models.mlp.MLP", "checkpoint_epoch": 0}
+    assert tested["val/acc_best"] == trained["val/acc_best"]
+    relative = os.path.relpath(best)
+    evaluated = evaluate(compose_config([f"ckpt_path={relative}", f"data.data_dir={synthetic_data_dir}",
+                                         f"paths.output_dir={tmp_path / 'c'}", "trainer=cpu"], "eval"))
+    assert evaluated["checkpoint"] == str(best) and evaluated["val/acc_best"] == trained["val/acc_best"]
+    assert evaluated["model_class"] == tested["model_class"] and evaluated["checkpoint_epoch"] == 0
     # Lightning does not restore the training callbacks' state from the file, nor warn that their folder changed.
     assert not [str(w.message) for w in recwarn if "dirpath" in str(w.message) or "callbacks" in str(w.message)]
     assert not (tmp_path / "b" / "checkpoints").exists()

@@ -1,5 +1,6 @@
 """Stopping safely: on SIGTERM (what SLURM sends before pre-emption) or Ctrl-C, training stops at the next
-batch boundary and last.ckpt is saved; on a NaN/inf loss it stops (one step later at most) and last.ckpt is left alone."""
+batch boundary and last.ckpt is saved; on a NaN/inf loss (training: one step later at most; validation: before the
+epoch's checkpoints) it stops and last.ckpt is left alone."""
 
 from __future__ import annotations
 
@@ -131,6 +132,17 @@ class DivergenceGuard(pl.Callback):
     def on_validation_start(self, trainer, pl_module) -> None:
         self._check_pending(pl_module)
 
+    def on_validation_end(self, trainer, pl_module) -> None:
+        # Weights can grow until the validation images overflow while every training loss is still finite; this
+        # epoch's best and last checkpoints (saved after this hook: Lightning runs checkpoint callbacks last) would
+        # keep them, the best one under the accuracy of a broken model.
+        val_loss = trainer.callback_metrics.get("val/loss")
+        if trainer.sanity_checking or val_loss is None or bool(torch.isfinite(val_loss)):
+            return
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        raise _diverged(f"Training diverged at epoch {trainer.current_epoch}: the validation loss is {val_loss.item()} "
+                        f"(learning rate {lr:.3g} at the last step)", pl_module, lr, "from this epoch")
+
     def on_train_end(self, trainer, pl_module) -> None:
         self._check_pending(pl_module)
 
@@ -144,9 +156,13 @@ class DivergenceGuard(pl.Callback):
         if done is not None:
             done.synchronize()  # waits for that step only, not for the work queued since
         if not torch.isfinite(loss):
-            configured = (pl_module.hparams.get("optimizer") or {}).get("lr", lr)
-            raise TrainingDiverged(
-                f"Training diverged at epoch {epoch}, step {step}: the loss is {loss.item()} (learning rate "
-                f"{lr:.3g} at that step). Lower the learning rate, e.g. model.optimizer.lr={configured / 3:.2g} "
-                f"(now {configured:.3g}). Nothing was saved after that step: last.ckpt, if any, holds the last good state."
-            )
+            raise _diverged(f"Training diverged at epoch {epoch}, step {step}: the loss is {loss.item()} (learning rate "
+                            f"{lr:.3g} at that step)", pl_module, lr, "after that step")
+
+
+def _diverged(what: str, pl_module, lr: float, unsaved: str) -> TrainingDiverged:
+    configured = (pl_module.hparams.get("optimizer") or {}).get("lr", lr)
+    return TrainingDiverged(
+        f"{what}. Lower the learning rate, e.g. model.optimizer.lr={configured / 3:.2g} (now {configured:.3g}). "
+        f"Nothing was saved {unsaved}: last.ckpt, if any, holds the last good state."
+    )

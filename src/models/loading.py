@@ -61,6 +61,16 @@ def load_classifier(path: str | Path, checkpoint: dict | None = None) -> tuple[D
     return model.eval(), checkpoint
 
 
+def checkpoint_record(path: str | Path, checkpoint: dict, model: DigitClassifier) -> dict:
+    """What a test of a checkpoint alone (src.eval, src.train train=false) records of it in metrics.json: the file,
+    its class and epoch, and the best validation accuracy of its training up to it."""
+    record = {"checkpoint": str(Path(path).expanduser().resolve()), "model_class": checkpoint["model_class"],
+              "checkpoint_epoch": checkpoint.get("epoch")}
+    if model.best_val_acc() is not None:
+        record["val/acc_best"] = model.best_val_acc()
+    return record
+
+
 def load_network(path: str | Path) -> tuple[nn.Module, dict]:
     """(network in eval mode on CPU, the raw checkpoint dict): the classifier's network alone, which maps images to
     logits as the classifier does, built without importing Lightning. A class whose network is not among

@@ -7,7 +7,12 @@ from collections.abc import Iterable
 import torch
 
 from src.errors import UserInputError
-from src.models.optim_config import check_optimizer_config, check_scheduler_config
+from src.models.optim_config import (
+    check_optimizer_config,
+    check_scheduler_config,
+    optimizer_settings,
+    scheduler_settings,
+)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], config: dict) -> torch.optim.Optimizer:
@@ -17,22 +22,22 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], config: dict) -> torch
     shifts) from weight decay, which then only shrinks the weight matrices and convolution kernels.
     """
     check_optimizer_config(config)
-    name, lr = str(config.get("name", "adam")), config["lr"]
-    weight_decay = config.get("weight_decay", 0.0)
-    if not config.get("decay_norm_and_bias", True):
+    config = optimizer_settings(config)
+    name, lr, weight_decay = str(config["name"]), config["lr"], config["weight_decay"]
+    if not config["decay_norm_and_bias"]:
         params = list(params)
         params = [{"params": [p for p in params if p.ndim > 1]},
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if name in ("adam", "adamw"):
         optimizer_class = torch.optim.Adam if name == "adam" else torch.optim.AdamW
-        betas = tuple(config.get("betas", (0.9, 0.999)))
+        betas = tuple(config["betas"])
         return optimizer_class(params, lr=lr, weight_decay=weight_decay, betas=betas)
     return torch.optim.SGD(
         params,
         lr=lr,
         weight_decay=weight_decay,
-        momentum=config.get("momentum", 0.9),
-        nesterov=config.get("nesterov", True),
+        momentum=config["momentum"],
+        nesterov=config["nesterov"],
     )
 
 
@@ -42,14 +47,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total
     config: {name: none|onecycle|cosine, pct_start (onecycle), warmup_steps (cosine), min_lr (cosine)}.
     """
     check_scheduler_config(config)
-    name = str((config or {}).get("name", "none"))
+    config = scheduler_settings(config)
+    name = str(config["name"])
     if name == "none":
         return None
     if total_steps < 1:
         raise UserInputError(f"model.scheduler.name={name} needs at least one training step.")
     base_lr = optimizer.param_groups[0]["lr"]
     if name == "onecycle":
-        pct_start = config.get("pct_start", 0.25)
+        pct_start = config["pct_start"]
         if float(pct_start * total_steps) == 1.0:  # torch divides by (warm-up steps - 1): ZeroDivisionError
             raise UserInputError(
                 f"model.scheduler.name=onecycle with pct_start={pct_start} and {total_steps} training steps warms up "
@@ -61,12 +67,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total
             max_lr=base_lr,
             total_steps=total_steps,
             pct_start=pct_start,
-            div_factor=config.get("div_factor", 25.0),
-            final_div_factor=config.get("final_div_factor", 1e4),
+            div_factor=config["div_factor"],
+            final_div_factor=config["final_div_factor"],
         )
     else:  # cosine
-        warmup = min(int(config.get("warmup_steps", 0)), total_steps - 1)
-        min_lr = config.get("min_lr", 0.0)
+        warmup = min(int(config["warmup_steps"]), total_steps - 1)
+        min_lr = config["min_lr"]
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup, eta_min=min_lr)
         if warmup > 0:
             ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=warmup)

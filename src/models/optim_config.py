@@ -12,8 +12,13 @@ from src.utils.setting_checks import is_number, is_pair_of_numbers, is_whole
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "onecycle", "cosine")
-OPTIMIZER_KEYS = {"name", "lr", "weight_decay", "decay_norm_and_bias", "betas", "momentum", "nesterov"}
-SCHEDULER_KEYS = {"name", "pct_start", "div_factor", "final_div_factor", "warmup_steps", "min_lr"}
+# What a setting left out means (the builders in optim.py, the checks below and the HParams row all read these).
+OPTIMIZER_DEFAULTS = {"name": "adam", "weight_decay": 0.0, "decay_norm_and_bias": True, "betas": (0.9, 0.999),
+                      "momentum": 0.9, "nesterov": True}
+SCHEDULER_DEFAULTS = {"name": "none", "pct_start": 0.25, "div_factor": 25.0, "final_div_factor": 1e4,
+                      "warmup_steps": 0, "min_lr": 0.0}
+OPTIMIZER_KEYS = {"lr", *OPTIMIZER_DEFAULTS}
+SCHEDULER_KEYS = set(SCHEDULER_DEFAULTS)
 # The settings each choice reads (besides name, lr and weight_decay); the others are ignored (see above).
 SETTINGS_READ_BY = {
     "adam": {"betas", "decay_norm_and_bias"}, "adamw": {"betas", "decay_norm_and_bias"},
@@ -35,25 +40,34 @@ def _check_known_keys(config: Mapping, known: set[str], group: str) -> None:
         )
 
 
+def optimizer_settings(config: Mapping) -> dict:
+    """The optimizer config with every setting left out at its default."""
+    return {**OPTIMIZER_DEFAULTS, **config}
+
+
+def scheduler_settings(config: Mapping | None) -> dict:
+    return {**SCHEDULER_DEFAULTS, **(config or {})}
+
+
 def check_optimizer_config(config: Mapping) -> None:
     _check_known_keys(config, OPTIMIZER_KEYS, "model.optimizer")
+    config = optimizer_settings(config)
     lr = config.get("lr")
     if not is_number(lr) or not lr > 0:
         raise UserInputError(f"model.optimizer.lr={lr} is invalid: it must be a number > 0 (e.g. 1e-3).")
-    name = str(config.get("name", "adam"))  # exactly: every place that reads the name compares it as written
+    name = str(config["name"])  # exactly: every place that reads the name compares it as written
     if name not in OPTIMIZERS:
         raise UserInputError(f"model.optimizer.name={name} is unknown: choose one of {', '.join(OPTIMIZERS)}.")
-    decay = config.get("weight_decay", 0.0)
+    decay = config["weight_decay"]
     _require(is_number(decay) and decay >= 0, "model.optimizer.weight_decay", decay, "a number >= 0")
     for key in ("decay_norm_and_bias", "nesterov"):
-        if key in config:
-            _require(isinstance(config[key], bool), f"model.optimizer.{key}", config[key], "true or false")
-    betas = config.get("betas", (0.9, 0.999))
+        _require(isinstance(config[key], bool), f"model.optimizer.{key}", config[key], "true or false")
+    betas = config["betas"]
     _require(is_pair_of_numbers(betas) and all(0 <= b < 1 for b in betas), "model.optimizer.betas", betas,
              "a pair [beta1, beta2] of numbers in [0, 1)")
-    momentum = config.get("momentum", 0.9)
+    momentum = config["momentum"]
     _require(is_number(momentum) and 0 <= momentum < 1, "model.optimizer.momentum", momentum, "a number in [0, 1)")
-    if name == "sgd" and config.get("nesterov", True) and momentum == 0:
+    if name == "sgd" and config["nesterov"] and momentum == 0:
         raise UserInputError(
             "model.optimizer.momentum=0 is invalid with nesterov=true (the default): "
             "set model.optimizer.nesterov=false for plain SGD."
@@ -61,19 +75,19 @@ def check_optimizer_config(config: Mapping) -> None:
 
 
 def check_scheduler_config(config: Mapping | None) -> None:
-    config = config or {}
-    _check_known_keys(config, SCHEDULER_KEYS, "model.scheduler")
-    name = str(config.get("name", "none"))
+    _check_known_keys(config or {}, SCHEDULER_KEYS, "model.scheduler")
+    config = scheduler_settings(config)
+    name = str(config["name"])
     if name not in SCHEDULERS:
         raise UserInputError(f"model.scheduler.name={name} is unknown: choose one of {', '.join(SCHEDULERS)}.")
-    pct_start = config.get("pct_start", 0.25)
+    pct_start = config["pct_start"]
     _require(is_number(pct_start) and 0 < pct_start < 1, "model.scheduler.pct_start", pct_start,
              "a number in (0, 1): the share of steps spent warming up")
     for key in ("div_factor", "final_div_factor"):
-        value = config.get(key, 1.0)
+        value = config[key]
         _require(is_number(value) and value > 0, f"model.scheduler.{key}", value, "a number > 0")
-    warmup = config.get("warmup_steps", 0)
+    warmup = config["warmup_steps"]
     _require(is_whole(warmup) and warmup >= 0,
              "model.scheduler.warmup_steps", warmup, "a whole number >= 0")
-    min_lr = config.get("min_lr", 0.0)
+    min_lr = config["min_lr"]
     _require(is_number(min_lr) and min_lr >= 0, "model.scheduler.min_lr", min_lr, "a number >= 0")

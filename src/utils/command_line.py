@@ -47,6 +47,9 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
             return (f"{word} is a continuous range, which only an optimizing sweeper (such as Optuna's) can sample; "
                     f"Hydra's basic sweeper, used here, runs the values listed: {key.lstrip('+')}=<value>,<value>,... "
                     "(or range(start,stop,step) for evenly spaced ones).")
+    unknown = _unknown_setting(arguments, entry_point)
+    if unknown:
+        return unknown
     for word in arguments:
         key = word.lstrip("~").partition("=")[0]  # ~seed=42 deletes seed too (if it is 42)
         if word.startswith("~") and key in _top_level_settings(entry_point):
@@ -56,6 +59,50 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
             return (f"{word.lstrip('+')} is invalid: the task name names the run's log file (<task_name>.log), so it "
                     "cannot hold '/'. Use another name, e.g. task_name=my_run.")
     return None
+
+
+_OWN_CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
+
+
+def _unknown_setting(arguments: list[str], entry_point: str) -> str | None:
+    """A word whose key starts with neither a setting nor a config group of the entry point: `+modle=mlp`, which Hydra
+    suggests for a mistyped `modle=mlp` and then adds to the config, where nothing reads it. Not checked with a config
+    of one's own (-cd/-cn), which may have keys of its own."""
+    if _OWN_CONFIG_FLAGS & set(arguments):
+        return None
+    settings, groups = _top_level_settings(entry_point), _config_groups(entry_point)
+    if not settings:
+        return None
+    for word in words_with_a_key(arguments):
+        key = word.lstrip("+").partition("=")[0].strip()
+        first = key.split(".", 1)[0].split("/", 1)[0]
+        if first and first not in settings | groups | {"hydra"}:
+            more = (" The network and its settings come from the checkpoint." if entry_point != "train" and first in
+                    ("model", "experiment") else "")
+            listed = f"; its config groups: {', '.join(sorted(groups))}" if groups else ""
+            typo = "" if more else " (a typo?)"
+            return (f"{word}: `{first}` is not a setting of src.{entry_point}{typo}, so nothing would read it.{more} "
+                    f"Its settings: {', '.join(sorted(settings))}{listed} (python -m src.{entry_point} --help).")
+    return None
+
+
+def words_with_a_key(arguments: list[str]) -> list[str]:
+    """The key=value words (+ and ++ ones too), not flags, their values or ~deletions."""
+    return [word for before, word in zip(["", *arguments], arguments)
+            if "=" in word and not word.startswith(("-", "~")) and before not in _FLAGS_WITH_A_VALUE]
+
+
+def _config_groups(entry_point: str) -> set[str]:
+    """The config groups the entry point's defaults list names (data, model, ...; hydra's own aside)."""
+    from omegaconf import OmegaConf
+
+    config = CONFIG_DIR / f"{entry_point}.yaml"
+    defaults = OmegaConf.load(config).get("defaults", []) if config.is_file() else []
+    groups = set()
+    for entry in defaults:
+        for group in (entry.keys() if hasattr(entry, "keys") else []):
+            groups.add(str(group).split()[-1].split("/", 1)[0])  # "override hydra/launcher", "optional x"
+    return groups - {"hydra"}
 
 
 def _top_level_settings(entry_point: str) -> set[str]:

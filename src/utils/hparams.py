@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.models.optim_config import optimizer_settings, scheduler_settings
+
 # The metric columns of the HParams table; their values are the scalars logged under these tags.
 HPARAM_METRICS = ("val/acc_best", "test/acc", "test/loss")
 _SHARED_MODEL_KEYS = (
@@ -35,9 +37,9 @@ def run_hparams(
         "optimizer/name": str(optimizer.get("name", "adam")),
         "optimizer/lr": float(optimizer.get("lr", 0.0)),
         "optimizer/weight_decay": float(optimizer.get("weight_decay", 0.0)),
-        "optimizer/settings": _settings_read(optimizer, "adam"),  # momentum, betas, ...
+        "optimizer/settings": _settings_read(optimizer_settings(optimizer)),  # momentum, betas, ...
         "scheduler": str(scheduler.get("name", "none")),
-        "scheduler/settings": _settings_read(scheduler, "none"),  # pct_start, warmup_steps, ...
+        "scheduler/settings": _settings_read(scheduler_settings(scheduler)),  # pct_start, warmup_steps, ...
         "callbacks/ema_decay": float(OmegaConf.select(cfg, "callbacks.ema.decay") or 0.0),  # 0 = off
         "data/batch_size": int(cfg.data.batch_size),
         "data/val_size": int(cfg.data.val_size),
@@ -50,13 +52,25 @@ def run_hparams(
     return values
 
 
-def _settings_read(settings: dict, default_name: str) -> str:
-    """The settings without a column of their own that the chosen optimizer or scheduler reads, as one text: sweeps
-    over them must not give identical rows."""
+def _settings_read(settings: dict) -> str:
+    """The settings without a column of their own that the chosen optimizer or scheduler reads, defaults included,
+    as one text: sweeps over them must not give identical rows, nor the same training two different ones."""
     from src.models.optim_config import SETTINGS_READ_BY
 
-    read = SETTINGS_READ_BY.get(str(settings.get("name", default_name)), set(settings))
-    return ", ".join(f"{key}={value}" for key, value in sorted(settings.items()) if key in read)
+    read = SETTINGS_READ_BY.get(str(settings["name"]), set(settings) - {"name"})
+    return ", ".join(f"{key}={_word(value)}" for key, value in sorted(settings.items()) if key in read)
+
+
+def _word(value) -> str:
+    """A setting as an override writes it, whether it came from a config (25, [0.9, 0.999]) or a default (25.0,
+    (0.9, 0.999)), so the same value gives the same text."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
+    if isinstance(value, (list, tuple)):
+        return f"[{', '.join(map(_word, value))}]"
+    return str(value)
 
 
 def trained_settings(checkpoint: dict) -> dict:

@@ -58,7 +58,7 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ove
                                   ("overrides", cfg.hydra.overrides.task)):
                 OmegaConf.save(content, record / f"{name}.yaml")
         folder.mkdir(parents=True, exist_ok=True)
-        with _run_logging(cfg) as run_log, advice_as_calls():  # "resume with: train(...)", not a command line
+        with _run_logging(cfg) as run_log, advice_as_calls(), _callers_seed_variables():
             return folder, _reporting_failures(work, task_cfg, run_log)
     finally:
         HydraConfig.instance().cfg = callers_hydra_config
@@ -66,6 +66,7 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ove
 
 
 _SWEEPS_RUN_FROM_THE_COMMAND_LINE = "sweeps (-m, sweep=<name>) run from the command line"
+_CALLS = {"train": "train", "eval": "evaluate", "predict": "predict"}  # src.api's function for each entry point
 
 
 def _setting_words(overrides: tuple[str | list[str] | tuple[str, ...], ...], config_name: str) -> list[str]:
@@ -76,6 +77,12 @@ def _setting_words(overrides: tuple[str | list[str] | tuple[str, ...], ...], con
     if flags:
         raise UserInputError(f"{flags}: {_SWEEPS_RUN_FROM_THE_COMMAND_LINE}, as do Hydra's flags (python -m "
                              f"src.{config_name} {flags} ...); here, pass key=value settings alone.")
+    for word in words:  # train("model=mlp trainer.max_epochs=3"), as the command line writes it: Hydra's parse error
+        parts = word.split()
+        if len(parts) > 1 and all("=" in part for part in parts):
+            listed = ", ".join(repr(part) for part in parts)
+            raise UserInputError(f"{word!r} holds several settings: pass each as a string of its own: "
+                                 f"{_CALLS[config_name]}({listed}).")
     problem = config_dir_problem() or overrides_problem(words, config_name)
     if problem:
         raise UserInputError(problem)
@@ -97,7 +104,7 @@ def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_
         try:
             return work(cfg)
         except KeyboardInterrupt as stop:
-            raise interrupted_outside_training() from stop
+            raise interrupted_outside_training(cfg=cfg) from stop
     except Exception as failure:
         reported = disk_problem(failure) or failure
         if isinstance(reported, ReportedError) and run_log is not None:
@@ -108,6 +115,24 @@ def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_
         raise
     finally:
         threading.excepthook = callers_hook
+
+
+@contextmanager
+def _callers_seed_variables() -> Iterator[None]:
+    """Lightning's seed_everything leaves the seed in environment variables that its DataLoader workers and DDP's
+    processes read; a later run or the caller's own Lightning code must not inherit this run's."""
+    import os
+
+    names = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+    callers = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in callers.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def _run_folder(cfg: DictConfig) -> Path:

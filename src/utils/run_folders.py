@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 def job_dirname(job_num: int, overrides: Sequence[str], swept: set[str] | frozenset[str] = frozenset(),
                 exclude: Sequence[str] = (), max_length: int = 120) -> str:
     """A sweep job's folder name: its number and overrides, as Hydra's override_dirname but with the swept keys
-    first, so a name cut short (with a hash keeping it unique) still says what the job is; no path separators."""
+    first, so a name cut short still says what the job is; no path separators. A name cut short ends with `,~` and a
+    hash of the whole name (keeping it unique) after the last override that fits whole, never inside a value."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = [override for override in OverridesParser.create().parse_overrides(list(overrides))
@@ -22,7 +23,10 @@ def job_dirname(job_num: int, overrides: Sequence[str], swept: set[str] | frozen
     name = f"{job_num}_{','.join(line for _, line in lines)}".replace("/", "-") if lines else str(job_num)
     if len(name) > max_length:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-        name = f"{name[: max_length - 9]}~{digest}"
+        kept = name[: max_length - 10]
+        # Up to the last whole override; the job number alone (an override longer than the limit), cut at the limit.
+        end = kept.rfind(",") if "," in kept else -1
+        name = f"{kept[: end + 1] if end > 0 else kept + ','}~{digest}"
     return name
 
 
@@ -102,8 +106,11 @@ def _resumed_sweep_job(ckpt_path: str | None, training: bool) -> Path | None:
 
 
 def resume_sweep_dir(ckpt_path: str | None, training: bool, new_sweep_dir: str) -> str:
+    """The default hydra.sweep.dir: a resumed job's sweep folder, or a new one (two sweeps started in the same second
+    would otherwise share one, and each other's summary). Registered with use_cache: Hydra hands the sweep's cache
+    to every job's config, so all jobs resolve the folder the sweep made."""
     job_dir = _resumed_sweep_job(ckpt_path, training)
-    return str(job_dir.parent) if job_dir else new_sweep_dir
+    return str(job_dir.parent) if job_dir else str(new_folder(Path(new_sweep_dir)))
 
 
 def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overrides, exclude, sweep_dir: str) -> str:

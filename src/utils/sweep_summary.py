@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("job", "varied", "status", "val/acc_best", "test/acc", "wall_seconds", "error", "overrides")
+COLUMNS = ("job", "varied", "status", "val/acc_best", "test/acc", "test/loss", "wall_seconds", "error", "overrides")
 
 
 def collect_jobs(sweep_dir: Path) -> list[dict]:
@@ -38,6 +38,7 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
                 "status": metrics.get("status", "did not finish"),
                 "val/acc_best": metrics.get("val/acc_best"),
                 "test/acc": metrics.get("test/acc"),
+                "test/loss": metrics.get("test/loss"),
                 "wall_seconds": metrics.get("wall_seconds"),
                 "error": metrics.get("error", ""),
             }
@@ -90,12 +91,24 @@ def seed_statistics(rows: list[dict]) -> list[str]:
                 figures.append(f"{metric} {mean(values):.4f} ± {stdev(values):.4f}")
         if figures:
             lines.append(f"- {setting or 'every job'} ({len(runs)} seeds): {', '.join(figures)}")
-    return ["", "Mean ± standard deviation over seeds:", *lines, ""] if lines else []
+    return ["Mean ± standard deviation over seeds:", *lines] if lines else []
+
+
+def best_by_validation(rows: list[dict]) -> list[str]:
+    """The finished job with the highest val/acc_best (the first such job on a tie): the pick a sweep is for, made
+    without looking at the test set."""
+    finished = [row for row in rows if row["status"] == "ok" and isinstance(row["val/acc_best"], (int, float))]
+    if len(finished) < 2:
+        return []
+    best = max(finished, key=lambda row: row["val/acc_best"])
+    test = f", test/acc {_cell(best['test/acc'], 'test/acc')}" if isinstance(best["test/acc"], (int, float)) else ""
+    return [f"Best by validation: {best['job']} (val/acc_best {_cell(best['val/acc_best'], 'val/acc_best')}{test})"]
 
 
 def summary_text(rows: list[dict]) -> str:
-    """The table, and below it the spread over seeds where the seed varies."""
-    return markdown_table(rows) + "\n".join(seed_statistics(rows))
+    """The table, the best job by validation, and the spread over seeds where the seed varies."""
+    blocks = [block for block in (best_by_validation(rows), seed_statistics(rows)) if block]
+    return markdown_table(rows) + "".join("\n" + "\n".join(block) + "\n" for block in blocks)
 
 
 def _cell(value, column: str) -> str:

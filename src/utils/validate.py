@@ -18,8 +18,27 @@ log = logging.getLogger(__name__)
 # Lightning checks these only once training runs, with a traceback after the data has been read (text fails a
 # comparison; check_val_every_n_epoch=0 and accumulate_grad_batches=0 divide by zero). 0 turns step logging off.
 WHOLE_NUMBER_SETTINGS = {"trainer.check_val_every_n_epoch": 1, "trainer.accumulate_grad_batches": 1,
-                         "trainer.log_every_n_steps": 0, "callbacks.model_summary.max_depth": -1,
-                         "callbacks.progress_bar.refresh_rate": 0}
+                         "trainer.log_every_n_steps": 0, "trainer.num_sanity_val_steps": -1,  # -1: every batch
+                         "callbacks.model_summary.max_depth": -1, "callbacks.progress_bar.refresh_rate": 0}
+BATCH_LIMITS = ("trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.limit_test_batches")
+
+
+def check_run_settings(cfg: DictConfig) -> None:
+    """The settings that src.train and src.eval both read: the seed and the trainer's numbers and switches."""
+    seed = cfg.get("seed")
+    if seed is not None and (not is_whole(seed) or not 0 <= seed < 2**32):
+        raise UserInputError(f"seed={seed} is invalid: it must be an integer from 0 to 2**32-1, or null for an unseeded run.")
+    for key, low in WHOLE_NUMBER_SETTINGS.items():
+        value = OmegaConf.select(cfg, key, default=None)  # null: Lightning's default, or the callback left out
+        if value is not None and (not is_whole(value) or value < low):
+            raise UserInputError(f"{key}={value} is invalid: it must be an integer >= {low}.")
+    for key in BATCH_LIMITS:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not (is_whole(value) and value >= 0 or is_number(value) and 0 <= value <= 1):
+            raise UserInputError(f"{key}={value} is invalid: it must be a whole number of batches >= 0, or a fraction "
+                                 "of the batches from 0.0 to 1.0 (1.0: all of them).")
+    if cfg.trainer.get("deterministic") not in (None, True, False, "warn"):  # Lightning half applies a text switch
+        raise UserInputError(f"trainer.deterministic={cfg.trainer.deterministic} is invalid: it must be true, false or warn.")
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -51,16 +70,10 @@ def validate_train_config(cfg: DictConfig) -> None:
     if cfg.get("train") and model.get("batch_norm") and is_whole(cfg.data.get("batch_size")) and cfg.data.batch_size == 1:
         raise UserInputError("data.batch_size=1 cannot train with batch norm (it needs 2 or more images per batch). "
                              "Use data.batch_size>=2, or model.batch_norm=false.")
-    seed = cfg.get("seed")
-    if seed is not None and (not is_whole(seed) or not 0 <= seed < 2**32):
-        raise UserInputError(f"seed={seed} is invalid: it must be an integer from 0 to 2**32-1, or null for an unseeded run.")
+    check_run_settings(cfg)
     max_epochs = cfg.trainer.get("max_epochs")
     if not is_whole(max_epochs) or max_epochs < 1:
         raise UserInputError(f"trainer.max_epochs={max_epochs} is invalid: it must be an integer >= 1.")
-    for key, low in WHOLE_NUMBER_SETTINGS.items():
-        value = OmegaConf.select(cfg, key, default=None)  # null: Lightning's default, or the callback left out
-        if value is not None and (not is_whole(value) or value < low):
-            raise UserInputError(f"{key}={value} is invalid: it must be an integer >= {low}.")
     every = cfg.trainer.get("check_val_every_n_epoch") or 1
     if cfg.get("train") and max_epochs % every and _rank_zero():
         unvalidated = "no epoch is" if max_epochs < every else f"the last {max_epochs % every} epoch(s) are never"
@@ -71,8 +84,6 @@ def validate_train_config(cfg: DictConfig) -> None:
     if is_whole(interval) and interval < 1:  # 0 batches: a ZeroDivisionError once training runs
         raise UserInputError(f"trainer.val_check_interval={interval} is invalid: it must be a number of training batches "
                              ">= 1, or a fraction of an epoch such as 0.25.")
-    if cfg.trainer.get("deterministic") not in (None, True, False, "warn"):  # Lightning half applies a text switch
-        raise UserInputError(f"trainer.deterministic={cfg.trainer.deterministic} is invalid: it must be true, false or warn.")
     strategy = str(cfg.trainer.get("strategy", "auto"))
     relaunches = strategy.startswith("ddp") or (strategy == "auto" and _several_processes(cfg.trainer))
     if relaunches and called_from_python() and not strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
