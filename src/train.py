@@ -50,6 +50,10 @@ def train(cfg: DictConfig) -> dict:
     # A resume in the checkpoint's own run folder saves config.yaml only after its fit: a refused one changes nothing.
     resuming_in_place = resuming and resumed_job_dir(ckpt_path, True) == output_folder
     continuing = resuming and Path(ckpt_path).expanduser().resolve().is_relative_to(output_folder)
+    if resuming_in_place:
+        from src.utils.resume_check import check_latest_state
+
+        check_latest_state(ckpt_path, checkpoint, original_overrides())
     output_dir = start_run(cfg, save=not resuming_in_place, continuing=continuing)
     metrics: dict = {"status": "ok"}
     if ckpt_path and not cfg.get("train"):
@@ -67,6 +71,7 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build(cfg.data, _convert_="all")
     trainer, loggers = build_trainer(cfg)
 
+    resumed_at_step = checkpoint.get("global_step") if resuming else None
     if cfg.get("train"):
         if resuming:
             from src.utils.resume_check import check_resumable
@@ -77,6 +82,9 @@ def train(cfg: DictConfig) -> dict:
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
         started = time.perf_counter()
         fit_or_report_interruption(trainer, model, datamodule, ckpt_path)
+        if resuming and trainer.global_step == resumed_at_step:
+            log.info("Nothing left to train: the checkpoint had reached trainer.max_epochs=%d already, so its run's "
+                     "best checkpoint is tested again.", trainer.max_epochs)
         if resuming_in_place and is_rank_zero():
             save_config(cfg, output_dir)
         metrics["fit_seconds"] = round(time.perf_counter() - started, 2)

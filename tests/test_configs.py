@@ -157,6 +157,23 @@ def test_paths_reach_hydra_as_typed(path):
         assert OverridesParser.create().parse_override(argument).value() == [expanded, "/b.png"], argument
 
 
+def test_a_list_of_paths_takes_quoted_elements_and_file_names_with_commas(tmp_path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from src.utils.path_overrides import quote_paths
+
+    named = tmp_path / "my digits ü" / "a=b,c.png"  # a name Hydra reads only quoted
+    named.parent.mkdir()
+    named.touch()
+    parser = OverridesParser.create()
+    for typed in (f"inputs=['/x/a.png','/x/b c.png',{named.parent}/*.png]", f'inputs=["/x/a.png", "/x/b c.png", {named.parent}/*.png]'):
+        (argument,) = quote_paths([typed])
+        assert parser.parse_override(argument).value() == ["/x/a.png", "/x/b c.png", f"{named.parent}/*.png"], argument
+    for typed in (f"inputs=[/x/a.png,{named}]", f'inputs=[/x/a.png,"{named}"]', f"inputs=[{named},'/x/b c.png']"):
+        (argument,) = quote_paths([typed])
+        assert str(named) in parser.parse_override(argument).value() and len(parser.parse_override(argument).value()) == 2
+
+
 def test_a_sweep_over_paths_keeps_each_path_whole(tmp_path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

@@ -217,6 +217,7 @@ def test_a_training_split_one_image_over_whole_batches_trains(tmp_path, syntheti
     [({"batch_size": 0}, "data.batch_size"), ({"val_size": 0}, "data.val_size"), ({"val_size": 400}, "data.val_size"),
      ({"batch_size": 32.0}, "data.batch_size"), ({"eval_batch_size": True}, "data.eval_batch_size"),
      ({"val_size": 80.5}, "data.val_size"), ({"std": True}, "data.std"), ({"split_seed": None}, "data.split_seed"),
+     ({"split_seed": 2**64}, "data.split_seed"), ({"split_seed": -1}, "data.split_seed"),
      ({"download": "no"}, "data.download"), ({"mean": float("nan")}, "data.mean"), ({"std": float("inf")}, "data.std"),
      ({"std": 1e-30}, "data.std")],
 )

@@ -6,6 +6,7 @@ import argparse
 import ast
 import csv
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -18,7 +19,7 @@ import pytorch_lightning as pl
 import torch
 
 from src.callbacks.safety import GracefulStop
-from src.errors import RunInterrupted
+from src.errors import ResumeRefused, RunInterrupted
 from src.eval import evaluate
 from src.models.checkpoint_file import CheckpointError
 from src.models.loading import load_classifier
@@ -149,6 +150,27 @@ def test_checkpoints_saved_without_checksums_are_not_taken_for_damaged(tmp_path,
     torch.save(content, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
     for name in ("no_checksums.ckpt", "legacy.ckpt"):
         assert read_checkpoint(tmp_path / name)["model_class"] == content["model_class"]
+
+
+def test_a_resume_from_an_earlier_checkpoint_of_the_run_is_refused_and_keeps_last(tmp_path, synthetic_data_dir):
+    """The best epoch's checkpoint, which a run's summary prints, resumed in its run folder would train the later
+    epochs again and replace last.ckpt; a copy of it, resumed elsewhere, starts a new run folder."""
+    common = ["model=mlp", "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1"]  # every epoch's kept
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *common]))
+    checkpoints = tmp_path / "a" / "checkpoints"
+    before = {path.name: path.read_bytes() for path in checkpoints.iterdir()}
+    with pytest.raises(ResumeRefused, match=rf"ckpt_path={checkpoints / 'epoch000.ckpt'} is not the latest state of its "
+                                            rf"run: {checkpoints / 'last.ckpt'} is further along \(epoch 1, step \d+; "
+                                            r"this one: epoch 0, step \d+\)\. .* Resume from the latest state: .*"
+                                            rf"ckpt_path={checkpoints / 'last.ckpt'}; or, to train again"):
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *common,
+                              f"ckpt_path={checkpoints / 'epoch000.ckpt'}"]))
+    assert {path.name: path.read_bytes() for path in checkpoints.iterdir()} == before
+
+    copy = shutil.copy(checkpoints / "epoch000.ckpt", tmp_path / "epoch000.ckpt")
+    branched = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), *common, f"ckpt_path={copy}"]))
+    assert branched["status"] == "ok" and branched["epochs"] == 2
+    assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.parametrize("averaging", [[], ["callbacks=[default,ema]", "callbacks.ema.decay=0.9"]], ids=["plain", "ema"])
@@ -605,14 +627,18 @@ def test_a_resume_in_the_same_folder_keeps_the_first_runs_csv_log(tmp_path, synt
     assert epochs == {"1"}
 
 
-def test_resuming_a_finished_run_in_a_moved_folder_tests_its_own_best_checkpoint(tmp_path, synthetic_data_dir):
+def test_resuming_a_finished_run_in_a_moved_folder_tests_its_own_best_checkpoint(tmp_path, synthetic_data_dir, caplog):
     """A resubmitted job that had finished: nothing left to train, and the run folder has moved since (Lightning
     keeps the best checkpoint's old path). The best validation accuracy and the test are those of this folder."""
     common = ["model=mlp", "model.scheduler.name=none"]
     first = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *common]))
+    assert "Nothing left to train" not in caplog.text
     shutil.move(tmp_path / "a", tmp_path / "b")
     last = tmp_path / "b" / "checkpoints" / "last.ckpt"
-    again = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), *common, f"ckpt_path={last}"]))
+    with caplog.at_level(logging.INFO):
+        again = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), *common, f"ckpt_path={last}"]))
+    assert ("Nothing left to train: the checkpoint had reached trainer.max_epochs=1 already, so its run's best "
+            "checkpoint is tested again.") in caplog.text
     assert again["val/acc_best"] == first["val/acc_best"]
     assert again["best_model_path"] == again["tested_checkpoint"] == str(tmp_path / "b" / "checkpoints" / "epoch000.ckpt")
     assert again["test/acc"] == first["test/acc"]

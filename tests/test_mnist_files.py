@@ -67,6 +67,12 @@ def test_a_data_dir_naming_the_files_own_folder_gets_the_right_advice(data_dir, 
     assert advice in str(info.value)
 
 
+def test_a_data_dir_naming_the_mnist_folder_gets_the_folder_above(data_dir, no_download):
+    with pytest.raises(MNISTDataError, match=rf"data.data_dir={data_dir / 'MNIST'} is the MNIST folder itself, but "
+                                             rf"data.data_dir must name the folder above MNIST/raw/. Use data.data_dir={data_dir}\.$"):
+        ensure_mnist_files(data_dir / "MNIST", download=True)
+
+
 @pytest.mark.parametrize("download", [False, True])
 def test_missing_files_explain_what_to_place_where(tmp_path, monkeypatch, download):
     import torchvision.datasets

@@ -76,6 +76,15 @@ def test_model_summary_counts_layer_sizes_and_flops_of_one_image():
     assert CNN(optimizer=adam, compile=True).example_input_array is None  # no summary-only compilation
 
 
+def test_weights_converted_to_bfloat16_train_with_the_model_summary_on(tmp_path, synthetic_data_dir):
+    """trainer.precision=bf16-true converts the weights: the summary's example image must follow them (its FLOP count
+    multiplied a float32 image by bfloat16 weights and ended the run)."""
+    overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=cnn", "trainer.precision=bf16-true"]
+    metrics = train(compose_config(overrides))
+    assert metrics["status"] == "ok" and metrics["test/acc"] > 0.5
+    assert ModelSummary(CNN(optimizer={"name": "adam", "lr": 1e-3}).to(torch.bfloat16)).total_flops > 0
+
+
 def test_recipes_compose_with_the_promised_settings(tmp_path):
     fast = compose_config(["experiment=fast", f"paths.output_dir={tmp_path}"])
     assert fast.trainer.max_epochs == 1 and not fast.data.augment.enabled

@@ -25,6 +25,22 @@ def test_learning_curves_label_epochs_with_whole_numbers_even_for_one_epoch():
             assert ticks and all(float(t).is_integer() for t in ticks), ticks
 
 
+@pytest.mark.parametrize("losses", [[1.85, 1.75, 1.6, 1.5], [2.3, 0.7, 0.2, 0.06, 0.02], [0.9, 0.7, 0.5, 0.35]])
+def test_the_loss_axis_is_labelled_with_plain_numbers(losses):
+    """Not matplotlib's 1.5×10^0 or 6×10^-1 on a log axis over less than a decade."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = learning_curves_figure([{**_row(e, 0.9), "train/loss": loss, "val/loss": loss * 0.9}
+                                     for e, loss in enumerate(losses)])
+    FigureCanvasAgg(figure).draw()
+    loss_ax = figure.axes[0]
+    labels = [tick.label1.get_text() for tick in loss_ax.yaxis.get_major_ticks() + loss_ax.yaxis.get_minor_ticks()
+              if tick.label1.get_visible() and tick.label1.get_text()]
+    low, high = loss_ax.get_ylim()
+    shown = [float(label) for label in labels]  # each a plain number
+    assert len([value for value in shown if low <= value <= high]) >= 2, labels
+
+
 def test_learning_curves_point_at_the_best_validation_epoch():
     history = [_row(0, 0.95), _row(1, 0.99), _row(2, 0.98)]
     acc_ax = learning_curves_figure(history).axes[1]

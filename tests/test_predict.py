@@ -168,6 +168,38 @@ def test_a_blank_image_is_a_clear_error(tmp_path, name, image):
         prepared(image, tmp_path, name)
 
 
+def grainy(image: Image.Image, sigma: float, seed: int = 0) -> Image.Image:
+    """A camera's grain: Gaussian noise of `sigma` (a fraction of full scale) on every pixel."""
+    noise = np.random.default_rng(seed).normal(0.0, sigma * 255, (image.height, image.width))
+    return Image.fromarray(np.clip(np.asarray(image, dtype=np.float64) + noise, 0, 255).round().astype(np.uint8))
+
+
+@pytest.mark.parametrize("sigma", [0.02, 0.04])
+def test_a_cameras_grain_is_neither_a_digit_nor_part_of_one(tmp_path, sigma):
+    """Pixel by pixel, the brightest specks of grain on a 640×480 sheet stood out enough to be classified as a digit,
+    and around a real digit they stretched the crop to the whole photo, shrinking the digit to a third."""
+    with pytest.raises(DigitImageError, match="no digit found"):
+        prepared(grainy(Image.new("L", (640, 480), 235), sigma), tmp_path, "blank.png")
+    digit = draw_six(size=(640, 480), box=(380, 120, 450, 280), paper=235, ink=150)  # a pencil's grey strokes
+    clean, photo = prepared(digit, tmp_path, "clean.png"), prepared(grainy(digit, sigma), tmp_path, "photo.png")
+    assert ink_box(photo) == ink_box(clean) and np.abs(photo - clean).mean() < 0.05
+
+
+@pytest.mark.parametrize("edge", ["top", "bottom", "left", "right"])
+def test_a_digit_cropped_tight_to_its_ink_keeps_the_strokes_along_its_edges(tmp_path, edge):
+    """Cropped without a margin, a bar along an edge (the top of a 7) made that edge's median the ink's shade, which
+    was then taken for paper and the bar lost: a 7 was read as a 1."""
+    drawn = np.full((160, 110), 255, dtype=np.uint8)
+    drawn[40:150, 50:62] = 0  # a stem, clear of the edges
+    bars = {"top": (slice(0, 12), slice(None)), "bottom": (slice(-12, None), slice(None)),
+            "left": (slice(None), slice(0, 12)), "right": (slice(None), slice(-12, None))}
+    drawn[bars[edge]] = 0
+    rows, cols = np.nonzero(prepared(Image.fromarray(drawn), tmp_path) > 0.5)
+    outermost = {"top": cols[rows == rows.min()], "bottom": cols[rows == rows.max()],
+                 "left": rows[cols == cols.min()], "right": rows[cols == cols.max()]}[edge]
+    assert outermost.max() - outermost.min() >= 9, outermost  # the bar, across the digit (lost: the stem's end)
+
+
 def test_non_images_are_a_clear_error(tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
     save(draw_six(), tmp_path / "whole.png")

@@ -120,6 +120,7 @@ CONFIG_CASES = {
     "accumulating 0 batches": (["++trainer.accumulate_grad_batches=0"], "trainer.accumulate_grad_batches=0 is invalid"),
     "log interval as text": (["trainer.log_every_n_steps=abc"], "trainer.log_every_n_steps=abc is invalid: it must be an integer >= 0"),
     "summary depth as text": (["callbacks.model_summary.max_depth=abc"], "callbacks.model_summary.max_depth=abc is invalid"),
+    "logger setting typo": (["+logger.tensorboard.nme=x"], "logger.tensorboard.nme is not a setting of logger.tensorboard"),
     "sanity steps as text": (["++trainer.num_sanity_val_steps=abc"], "trainer.num_sanity_val_steps=abc is invalid: it must be an integer >= -1"),
     "batch limit as text": (["++trainer.limit_train_batches=abc"], "trainer.limit_train_batches=abc is invalid: it must be a whole number"),
     "batch fraction over 1": (["++trainer.limit_val_batches=1.5"], "trainer.limit_val_batches=1.5 is invalid: it must be a whole number"),
@@ -454,24 +455,24 @@ def test_a_config_copied_from_a_run_cannot_write_into_that_run(tmp_path):
 
 def test_output_folders_apart_from_any_run_are_taken(tmp_path):
     """A TensorBoard folder shared by many runs, say."""
-    from src.utils.run import _writes_into_another_run
+    from src.utils.output_folders import writes_into_another_run
 
     shared = tmp_path / "all_tensorboard"
     cfg = compose_config([f"paths.output_dir={tmp_path / 'run'}", f"logger.tensorboard.save_dir={shared}"])
-    assert _writes_into_another_run(cfg, tmp_path / "run") is None
+    assert writes_into_another_run(cfg, tmp_path / "run") is None
     # Checkpoints on a scratch disk, resumed from there (a SLURM requeue): that folder is not another run's.
     scratch = tmp_path / "scratch" / "run" / "checkpoints"
     scratch.mkdir(parents=True)
     (scratch / "last.ckpt").touch()
     on_scratch = [f"paths.output_dir={tmp_path / 'run'}", f"callbacks.last_checkpoint.dirpath={scratch}",
                   f"callbacks.model_checkpoint.dirpath={scratch}"]
-    assert _writes_into_another_run(compose_config([*on_scratch, f"ckpt_path={scratch / 'last.ckpt'}"]), tmp_path / "run") is None
+    assert writes_into_another_run(compose_config([*on_scratch, f"ckpt_path={scratch / 'last.ckpt'}"]), tmp_path / "run") is None
     # A new run there would replace that run's last.ckpt.
-    assert _writes_into_another_run(compose_config(on_scratch), tmp_path / "run").startswith(
+    assert writes_into_another_run(compose_config(on_scratch), tmp_path / "run").startswith(
         f"callbacks.model_checkpoint.dirpath={scratch} lies in another run's folder ({scratch})")
     (tmp_path / "earlier" / ".hydra").mkdir(parents=True)
     cfg = compose_config([f"paths.output_dir={tmp_path / 'run'}", f"logger.tensorboard.save_dir={tmp_path / 'earlier'}"])
-    assert _writes_into_another_run(cfg, tmp_path / "run").startswith(f"logger.tensorboard.save_dir={tmp_path / 'earlier'} lies")
+    assert writes_into_another_run(cfg, tmp_path / "run").startswith(f"logger.tensorboard.save_dir={tmp_path / 'earlier'} lies")
 
 
 @pytest.mark.parametrize("module", ["src.train", "src.eval", "src.predict", "src.bench"])

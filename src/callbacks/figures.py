@@ -12,6 +12,7 @@ import torch
 from pytorch_lightning.loggers import TensorBoardLogger
 
 from src.errors import UserInputError
+from src.models.networks import IMAGE_SIDE, NUM_CLASSES
 from src.utils.setting_checks import is_whole
 from src.plots.confusion import confusion_matrix_figure
 from src.plots.curves import learning_curves_figure
@@ -111,7 +112,8 @@ class DiagnosticFigures(pl.Callback):
     def _gathered_mistakes(self, pl_module: pl.LightningModule) -> tuple[torch.Tensor, ...]:
         """The most confident mistakes among every process's. The collective needs equal shapes: each process pads
         its own to num_mistakes, with confidence -1 marking a pad."""
-        none = (torch.zeros(0, 1, 28, 28), torch.zeros(0, dtype=torch.long), torch.zeros(0, 10), torch.zeros(0))
+        none = (torch.zeros(0, 1, IMAGE_SIDE, IMAGE_SIDE), torch.zeros(0, dtype=torch.long), torch.zeros(0, NUM_CLASSES),
+                torch.zeros(0))
         mine = self._mistakes or none  # none: this process tested no batch
         pad = self.num_mistakes - len(mine[0])
         padded = [torch.cat([t, t.new_full((pad, *t.shape[1:]), -1 if i == 3 else 0)]) for i, t in enumerate(mine)]

@@ -23,8 +23,9 @@ def check_data_settings(data_dir, download, batch_size, eval_batch_size, val_siz
         raise UserInputError(
             f"data.val_size={val_size} is invalid: it must be an integer >= 1 (validation picks the best checkpoint)."
         )
-    if not is_whole(split_seed):
-        raise UserInputError(f"data.split_seed={split_seed} is invalid: it must be an integer (fixed, so runs share a validation set).")
+    if not is_whole(split_seed) or not 0 <= split_seed < 2**64:  # torch's generator takes no larger seed
+        raise UserInputError(f"data.split_seed={split_seed} is invalid: it must be an integer from 0 to 2**64-1 (fixed, "
+                             "so runs share a validation set).")
     if shuffle_seed is not None and (not is_whole(shuffle_seed) or shuffle_seed < 0):
         raise UserInputError(f"data.shuffle_seed={shuffle_seed} is invalid: it must be an integer >= 0 (it follows `seed`) or null.")
     for key, value in (("data.mean", mean), ("data.std", std)):

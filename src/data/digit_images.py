@@ -25,6 +25,13 @@ FIELD_CENTRE = 14.0
 NOISE_LEVEL = 0.15
 # An image whose brightest ink differs from the paper by less than this has no digit on it.
 MIN_CONTRAST = 0.1
+# Images at least this many pixels high and wide are photos or scans, whose grain is averaged out (see
+# light_ink_on_black); smaller ones are digits drawn at about MNIST's size, whose 1-pixel strokes it would fade.
+SMOOTHED_SIZE = 96
+# In a photo, the share of the ink at each side of the digit that is taken for stray grain and cropped away.
+STRAY_INK = 0.005
+# Edge medians of evenly or gradually lit paper have top + bottom = left + right to within this (see paper_shade).
+UNEVEN_EDGES = 0.15
 # Stroke widths in the 20×20 box as `stroke_width` measures them on MNIST: 1st percentile and median.
 THIN_STROKE = 1.0
 MNIST_STROKE = 1.8
@@ -93,10 +100,19 @@ def paper_behind_transparency(gray: np.ndarray, alpha: np.ndarray) -> float:
 def paper_shade(gray: np.ndarray) -> np.ndarray:
     """The paper's shade at each pixel: a plane through the medians of the four edges. A phone photo's paper is often
     lit more on one side; with one shade for all of it, the darker side would count as ink (and the digit be cropped
-    with it). Medians: a stroke that crosses an edge does not move them."""
+    with it). Medians: a stroke that crosses an edge does not move them. A stroke that runs along an edge (a digit
+    cropped tight to its ink: the top bar of a 7) does; the planes that light makes have top + bottom = left + right,
+    so when that fails, the edge furthest from the others takes the value the other three give it."""
     if min(gray.shape) <= 2:
         return np.full(gray.shape, float(np.median(border(gray))), dtype=np.float32)
-    top, bottom, left, right = (float(np.median(edge)) for edge in (gray[0], gray[-1], gray[:, 0], gray[:, -1]))
+    edges = [float(np.median(edge)) for edge in (gray[0], gray[-1], gray[:, 0], gray[:, -1])]
+    if abs(edges[0] + edges[1] - edges[2] - edges[3]) > UNEVEN_EDGES:
+        implied = [edges[2] + edges[3] - edges[1], edges[2] + edges[3] - edges[0],
+                   edges[0] + edges[1] - edges[3], edges[0] + edges[1] - edges[2]]
+        typical = float(np.median(edges))
+        worst = max(range(4), key=lambda i: abs(edges[i] - typical))
+        edges[worst] = implied[worst]
+    top, bottom, left, right = edges
     rows = np.linspace(-0.5, 0.5, gray.shape[0], dtype=np.float32)[:, None]
     cols = np.linspace(-0.5, 0.5, gray.shape[1], dtype=np.float32)[None, :]
     return (top + bottom + left + right) / 4 + (bottom - top) * rows + (right - left) * cols
@@ -111,12 +127,28 @@ def light_ink_on_black(gray: np.ndarray) -> np.ndarray:
     stroke_pixels = max(1, sum(gray.shape) // 20)
     if kth_largest(paper - gray, stroke_pixels) > kth_largest(gray - paper, stroke_pixels):
         gray, paper = 1.0 - gray, 1.0 - paper
-    contrast = float((gray - paper).max())
+    # Ink is judged on the image averaged over 3×3 pixels: a photo's grain (a camera's noise, a sheet's texture) then
+    # averages out, while strokes, several pixels wide in such a photo, keep their strength. Judged pixel by pixel,
+    # the brightest specks of grain would count as a blank sheet's digit, or stretch the crop around a real one.
+    difference = gray - paper
+    smoothed = box_mean(difference, 3) if min(gray.shape) >= SMOOTHED_SIZE else difference
+    contrast = float(smoothed.max())
     if contrast < MIN_CONTRAST:
         raise DigitImageError(BLANK)
-    ink = np.clip((gray - paper) / contrast, 0.0, 1.0)  # paper -> 0, the strongest stroke -> 1, like MNIST
-    ink[ink < NOISE_LEVEL] = 0.0
+    ink = np.clip(difference / contrast, 0.0, 1.0)  # paper -> 0, the strongest stroke -> 1, like MNIST
+    ink[(ink < NOISE_LEVEL) | (smoothed < NOISE_LEVEL * contrast)] = 0.0
     return ink
+
+
+def box_mean(values: np.ndarray, size: int) -> np.ndarray:
+    """The mean over the size×size square around each pixel (the edge pixels repeated beyond the edge)."""
+    half = size // 2
+    padded = np.pad(values, half, mode="edge").astype(np.float64)
+    sums = np.pad(padded.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    height, width = values.shape
+    total = (sums[size:size + height, size:size + width] - sums[:height, size:size + width]
+             - sums[size:size + height, :width] + sums[:height, :width])
+    return (total / size**2).astype(np.float32)
 
 
 def kth_largest(values: np.ndarray, k: int) -> float:
@@ -125,9 +157,18 @@ def kth_largest(values: np.ndarray, k: int) -> float:
     return float(np.partition(flat, flat.size - k)[flat.size - k])
 
 
-def crop_to_ink(ink: np.ndarray) -> np.ndarray:
-    rows, cols = np.nonzero(ink.any(axis=1))[0], np.nonzero(ink.any(axis=0))[0]
-    return ink[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+def crop_to_ink(ink: np.ndarray, stray: float = 0.0) -> np.ndarray:
+    """The ink's bounding box, leaving out at each side rows and columns that together hold no more than `stray` of
+    the ink (specks of grain that outlasted the averaging, far from the digit)."""
+    def span(mass: np.ndarray) -> tuple[int, int]:
+        cumulative = np.cumsum(mass)
+        total = cumulative[-1]
+        first = int(np.searchsorted(cumulative, stray * total, side="right"))
+        last = int(np.searchsorted(cumulative, (1.0 - stray) * total, side="left"))
+        return first, max(first, last)
+
+    (top, bottom), (left, right) = span(ink.sum(axis=1)), span(ink.sum(axis=0))
+    return ink[top : bottom + 1, left : right + 1]
 
 
 def stroke_width(ink: np.ndarray) -> float:
@@ -191,7 +232,8 @@ def place_by_centre_of_mass(patch: np.ndarray, size: int = FIELD_SIZE) -> np.nda
 def mnist_style(gray: np.ndarray) -> np.ndarray:
     """A grayscale image of one digit -> 28×28 float32 in [0, 1], light digit on black, MNIST layout."""
     ink = light_ink_on_black(gray)
-    patch = fit_in_box(widen_thin_strokes(crop_to_ink(ink)))
+    photo = min(gray.shape) >= SMOOTHED_SIZE
+    patch = fit_in_box(widen_thin_strokes(crop_to_ink(ink, STRAY_INK if photo else 0.0)))
     if patch.max() <= 0:
         raise DigitImageError("no digit found: the ink is too small to survive scaling to 20×20")
     return place_by_centre_of_mass(patch)

@@ -57,6 +57,9 @@ def ensure_mnist_files(data_dir: str | Path, download: bool) -> None:
             "MNIST/raw/. "
             + (f"Use data.data_dir={above}." if above else f"Move the files into {raw_dir(data_dir)}/.")
         )
+    if given.name == "MNIST" and all(find_file(given / "raw", name) for name in ALL_FILE_NAMES):
+        raise MNISTDataError(f"data.data_dir={data_dir} is the MNIST folder itself, but data.data_dir must name the "
+                             f"folder above MNIST/raw/. Use data.data_dir={given.parent}.")
     reason = "downloading is disabled (data.download=false)"
     if download:
         log.info("Downloading MNIST into %s", raw_dir(data_dir))

@@ -67,6 +67,20 @@ class DigitClassifier(pl.LightningModule):
         if not compile:
             self.example_input_array = torch.zeros(1, 1, IMAGE_SIDE, IMAGE_SIDE)
 
+    @property
+    def example_input_array(self) -> torch.Tensor | None:
+        """The model summary's example image, in the weights' dtype: with trainer.precision=bf16-true (or 16-true)
+        the weights are converted, and the summary's FLOP count would multiply float32 by bfloat16."""
+        example = self._example_input_array
+        weights = next(self.parameters(), None)
+        if isinstance(example, torch.Tensor) and weights is not None and weights.is_floating_point():
+            return example.to(weights.dtype)
+        return example
+
+    @example_input_array.setter
+    def example_input_array(self, example: torch.Tensor | None) -> None:
+        self._example_input_array = example
+
     def setup(self, stage: str) -> None:
         self._unshare_state()
         if self.hparams.channels_last:  # NHWC: faster convolutions on tensor-core GPUs and with oneDNN on CPUs

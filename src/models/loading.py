@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 CLASSIFIER_SETTINGS = frozenset({"optimizer", "scheduler", "label_smoothing", "compile", "channels_last"})
 
 
-def model_class(class_path: str) -> type[DigitClassifier]:
+def model_class(class_path: object) -> type[DigitClassifier]:
+    """The classifier class a checkpoint names (`class_path`, as read from the file: not always a string)."""
     from src.models.classifier import DigitClassifier
 
     if not isinstance(class_path, str):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import LogFormatter, MaxNLocator
 
 
 def learning_curves_figure(history: Sequence[dict[str, float]], label_smoothing: float = 0.0) -> Figure:
@@ -27,11 +27,23 @@ def learning_curves_figure(history: Sequence[dict[str, float]], label_smoothing:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title("cross-entropy loss" if metric == "loss" else "accuracy")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # nothing logged for this metric (a run stopped early): no legend
+            ax.legend()
     loss_ax.set_yscale("log")
+    # Plain numbers (0.6, 1.5) rather than matplotlib's 6×10^-1 on a log axis; minor ticks labelled only where the
+    # losses span less than a decade or two, as matplotlib decides for its own labels.
+    loss_ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
+    loss_ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.4)))
     val_points = [(row["epoch"], row["val/acc"]) for row in history if "val/acc" in row]
     if val_points:
         best_epoch, best_acc = max(val_points, key=lambda point: point[1])
         acc_ax.annotate(f"best val {best_acc:.2%}", (best_epoch, best_acc),
                         textcoords="offset points", xytext=(-60, -25), arrowprops={"arrowstyle": "->"})
     return figure
+
+
+class _PlainLogFormatter(LogFormatter):
+    """The ticks matplotlib's log formatter labels, labelled as plain numbers."""
+
+    def __call__(self, x, pos=None) -> str:
+        return f"{x:g}" if super().__call__(x, pos) else ""

@@ -30,7 +30,7 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ove
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from hydra.types import RunMode
 
-    from src.utils.run import output_dir_problem
+    from src.utils.output_folders import output_dir_problem
 
     words = _setting_words(overrides, config_name)
     callers_hydra, callers_hydra_config = get_gh_backup(), HydraConfig.instance().cfg

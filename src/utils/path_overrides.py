@@ -27,7 +27,7 @@ def _quoted_argument(argument: str, sweeping: bool) -> str:
     if not equals or not is_path or typed_as_syntax:
         return argument
     if value.startswith("[") and value.endswith("]"):  # a list of paths (predict's inputs)
-        return f"{key}=[{','.join(_quote(path) for path in value[1:-1].split(','))}]"
+        return f"{key}=[{','.join(_list_elements(value[1:-1]))}]"
     paths = _sweep_values(value) if sweeping else [value]
     return f"{key}={','.join(_quote(path) for path in paths)}"
 
@@ -37,13 +37,31 @@ def _quote(path: str) -> str:
     return path if HYDRA_UNQUOTED.fullmatch(path) else '"' + path.replace('"', '\\"') + '"'
 
 
+def _list_elements(inner: str) -> list[str]:
+    """The elements of a typed list, each as Hydra must read it: one quoted as typed is kept as it is; the others are
+    quoted where needed, commas inside a file's name kept (as for a sweep's values)."""
+    elements, unquoted, rest = [], [], inner
+    while rest:
+        rest = rest.lstrip(" ")
+        if rest[:1] in ("'", '"'):
+            end = next((i for i in range(1, len(rest)) if rest[i] == rest[0] and rest[i - 1] != "\\"), len(rest) - 1)
+            elements += [_quote(path.strip()) for path in _sweep_values(",".join(unquoted))] if unquoted else []
+            elements.append(rest[: end + 1])
+            unquoted, rest = [], rest[end + 1 :].lstrip(" ").removeprefix(",")
+        else:
+            part, _, rest = rest.partition(",")
+            unquoted.append(part)
+    elements += [_quote(path.strip()) for path in _sweep_values(",".join(unquoted))] if unquoted else []
+    return elements
+
+
 def _sweep_values(value: str) -> list[str]:
-    """The paths of a multirun's comma-separated value: the shortest runs of its parts that each name an existing
-    file or folder (a sweep job's folder name holds commas); every part on its own when that fails."""
-    parts, paths, current = value.split(","), [], None
-    for part in parts:
-        current = part if current is None else f"{current},{part}"
-        if Path(current).expanduser().exists():
-            paths.append(current)
-            current = None
-    return paths if current is None else parts
+    """The paths of a comma-separated value (a multirun's values, a list's elements): from each part on, the shortest
+    run of parts that names an existing file or folder (a sweep job's folder name holds commas), else the part alone."""
+    parts, paths, start = value.split(","), [], 0
+    while start < len(parts):
+        end = next((end for end in range(start + 1, len(parts) + 1)
+                    if Path(",".join(parts[start:end])).expanduser().exists()), start + 1)
+        paths.append(",".join(parts[start:end]))
+        start = end
+    return paths

@@ -52,6 +52,32 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
     )
 
 
+def check_latest_state(ckpt_path: str, checkpoint: dict, overrides: list[str]) -> None:
+    """A resume in the checkpoint's own run folder must start from the run's latest state: from an earlier checkpoint
+    (the best epoch's, which the run's summary prints) it would train the later epochs again and replace last.ckpt,
+    which holds them. `overrides`: this command's (the advice repeats them)."""
+    from src.errors import ResumeRefused
+    from src.models.checkpoint_file import CheckpointError, read_checkpoint
+
+    last = Path(ckpt_path).expanduser().resolve().parent / "last.ckpt"
+    if Path(ckpt_path).expanduser().resolve() == last or not last.is_file():
+        return
+    try:
+        latest = read_checkpoint(last)
+    except CheckpointError:  # a damaged last.ckpt: an earlier checkpoint is what there is to go on from
+        return
+    steps = checkpoint.get("global_step", 0), latest.get("global_step", 0)
+    if steps[0] >= steps[1]:
+        return
+    raise ResumeRefused(
+        f"ckpt_path={ckpt_path} is not the latest state of its run: {last} is further along (epoch {latest.get('epoch')}, "
+        f"step {steps[1]}; this one: epoch {checkpoint.get('epoch')}, step {steps[0]}). Resuming from it would train those "
+        f"epochs again in the run's folder and replace last.ckpt. Resume from the latest state: "
+        f"{resume_command(overrides, last)}; or, to train again from this checkpoint, copy it out of the run folder and "
+        "resume from the copy, which starts a new run folder."
+    )
+
+
 def _model_changes(trained: dict, this: dict) -> list[str]:
     """The model settings that differ, as `model.<key>=<checkpoint's value> (this run: <value>)`."""
     trained, this = _flat(trained, "model."), _flat(this, "model.")

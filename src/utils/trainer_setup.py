@@ -51,6 +51,7 @@ def build_trainer(cfg: DictConfig):
     # here, to the end), as Lightning's SIGTERM stop comes after all of them.
     stops = [cb for cb in callbacks if isinstance(cb, GracefulStop)]
     callbacks = [cb for cb in callbacks if cb not in stops] + stops
+    _check_tensorboard_settings(cfg.get("logger"))
     loggers = instantiate_entries(cfg.get("logger"), "logger")
     if any(isinstance(cb, LearningRateMonitor) for cb in callbacks) and (reason := _learning_rate_not_charted(cfg, loggers)):
         log.info("%s", reason)
@@ -60,6 +61,25 @@ def build_trainer(cfg: DictConfig):
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not one a user configured
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     return trainer, loggers
+
+
+def _check_tensorboard_settings(loggers: DictConfig | None) -> None:
+    """TensorBoardLogger hands settings it does not know to the SummaryWriter it makes at the first metric: a typo
+    (+logger.tensorboard.nme=x) would fail with a traceback once training has run a while."""
+    import inspect
+
+    from pytorch_lightning.loggers import TensorBoardLogger
+    from torch.utils.tensorboard import SummaryWriter
+
+    for name, entry in (loggers or {}).items():
+        if not isinstance(entry, DictConfig) or entry.get("_target_") != "pytorch_lightning.loggers.TensorBoardLogger":
+            continue
+        known = set(inspect.signature(TensorBoardLogger).parameters) | set(inspect.signature(SummaryWriter).parameters)
+        known -= {"self", "kwargs", "log_dir"}  # log_dir: TensorBoardLogger passes its own
+        unknown = sorted(set(entry) - known - {"_target_"})
+        if unknown:
+            raise UserInputError(f"logger.{name}.{unknown[0]} is not a setting of logger.{name} (TensorBoardLogger and "
+                                 f"the SummaryWriter it makes), a typo? Its settings are: {', '.join(sorted(known))}.")
 
 
 def _learning_rate_not_charted(cfg: DictConfig, loggers: list) -> str | None:

@@ -1,0 +1,92 @@
+"""Where a run may write: its own folder, never one that holds another run (whose results, checkpoints and
+TensorBoard run it would overwrite or mix with its own)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from src.errors import RunFolderTaken
+
+
+def refuse_a_used_folder(output_dir: Path, resumable: bool) -> None:
+    """A new run in a folder that holds one (a fixed hydra.run.dir run again) would overwrite its results and its
+    last.ckpt. `resumable`: whether to suggest continuing that run instead (training runs)."""
+    from src.utils.command_words import ckpt_path_override, typed
+    from src.utils.run_folders import holds_a_run
+
+    found = holds_a_run(output_dir)
+    if found:
+        last = output_dir / "checkpoints" / "last.ckpt"
+        resume = f"; to continue that run instead, add {typed(ckpt_path_override(str(last)))}" if resumable and last.is_file() else ""
+        raise RunFolderTaken(
+            f"{output_dir} holds a run already ({', '.join(found)}), which this one would overwrite. Choose another "
+            f"hydra.run.dir, or leave it out: each run then gets a new dated folder{resume}.")
+
+
+def output_dir_problem(cfg: DictConfig, sweeps: bool = True) -> str | None:
+    """Why paths.output_dir is refused, if it is: it must be the folder Hydra made for the run, or the run's records
+    and log would stay in one folder and its checkpoints and results go to the other. `sweeps`: the command line's
+    advice names hydra.sweep.dir too."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from src.utils.command_line import CHDIR_NOT_SUPPORTED
+
+    if not HydraConfig.initialized():  # composed by tests or the benchmark: no run folder of Hydra's
+        return None
+    if HydraConfig.get().job.get("chdir"):  # set in a config of one's own (the command line's is refused before Hydra)
+        return CHDIR_NOT_SUPPORTED
+    made = Path(HydraConfig.get().runtime.output_dir).resolve()
+    problem = writes_into_another_run(cfg, made)
+    if problem is None and Path(str(cfg.paths.output_dir)).expanduser().resolve() != made:
+        sweep_dir = " (hydra.sweep.dir=<folder> for a -m sweep)" if sweeps else ""
+        return (f"paths.output_dir={cfg.paths.output_dir} is not this run's folder ({made}), the one Hydra makes for "
+                f"it: set hydra.run.dir=<folder> instead{sweep_dir}.")
+    return problem
+
+
+# Settings that name a folder a run writes into (checkpoints, loggers, figures, Lightning's root).
+_OUTPUT_FOLDER_KEYS = ("dirpath", "save_dir", "output_dir", "default_root_dir")
+
+
+def writes_into_another_run(cfg: DictConfig, made: Path) -> str | None:
+    """Why an output folder outside this run's is refused: it lies in another run's folder, whose checkpoints,
+    figures and TensorBoard run this one would overwrite or mix with its own. A config.yaml copied from a run and used
+    as a config of one's own does that: it records that run's folders as written-out paths. A folder elsewhere (a
+    shared TensorBoard folder) is taken."""
+    from src.utils.run_folders import holds_a_run, is_run_folder
+
+    ckpt_path = cfg.get("ckpt_path")
+    continued = Path(str(ckpt_path)).expanduser().resolve() if ckpt_path else None
+
+    def taken(folder: Path) -> bool:
+        """Another run's folder, or one holding another run's checkpoints: a run may keep its own elsewhere (on a
+        scratch disk), and continue from there."""
+        holds_checkpoints = holds_a_run(folder) or (folder / "last.ckpt").is_file()
+        return is_run_folder(folder) or (holds_checkpoints and not (continued and folder in continued.parents))
+
+    folders = [("paths.output_dir", str(cfg.paths.output_dir)),
+               *_output_folders(cfg, ("callbacks", "logger", "trainer"))]
+    for key, value in folders:
+        path = Path(value).expanduser().resolve()
+        if path == made or made in path.parents:
+            continue
+        run = next((folder for folder in (path, *path.parents) if taken(folder)), None)
+        if run is not None:
+            return (f"{key}={value} lies in another run's folder ({run}), which this run would overwrite. A "
+                    "config.yaml copied from a run records that run's folders: re-run it with --config-dir=<run>/.hydra "
+                    "--config-name=config +hydra=default instead (its folders follow the new run's), or set it inside "
+                    "this run's folder: ${paths.output_dir}/<subfolder>.")
+    return None
+
+
+def _output_folders(cfg: DictConfig, keys, prefix: str = ""):
+    """(dotted key, value) of every output folder setting under `keys` of `cfg`; other values stay unresolved."""
+    for key, node in cfg.items_ex(resolve=False):
+        if key not in keys:
+            continue
+        if isinstance(node, DictConfig):
+            yield from _output_folders(node, tuple(node.keys()), f"{prefix}{key}.")
+        elif key in _OUTPUT_FOLDER_KEYS and isinstance(cfg[key], str):
+            yield f"{prefix}{key}", cfg[key]
