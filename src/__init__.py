@@ -21,5 +21,5 @@ if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("config_options", config_options)
     OmegaConf.register_new_resolver("resume_run_dir", resume_run_dir, use_cache=True)  # it makes the folder
     OmegaConf.register_new_resolver("resume_subdir", resume_subdir)
-    OmegaConf.register_new_resolver("resume_sweep_dir", resume_sweep_dir, use_cache=True)  # it makes the folder
+    OmegaConf.register_new_resolver("resume_sweep_dir", resume_sweep_dir)
     OmegaConf.register_new_resolver("resume_job_subdir", resume_job_subdir)

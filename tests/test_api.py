@@ -21,6 +21,7 @@ from src.data.mnist_files import load_split
 from src.errors import ReportedError, ResumeRefused, RunInterrupted, TrainingDiverged, UserInputError
 from src.models.checkpoint_file import normalization
 from src.models.loading import load_network
+from src.utils.in_process import _setting_words
 from tests.conftest import run_module, tiny_run_overrides
 from tests.digit_drawing import draw_six, save
 
@@ -124,6 +125,10 @@ def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_i
         (["model.optimizer.lr=1e-3,3e-3"], r"from the command line: python -m src.train -m"),
         ([f"paths.output_dir={tmp_path / 'elsewhere'}"], r"is not this run's folder .* set hydra.run.dir=<folder> instead\.$"),
     ]
+    # One setting whose path holds a space and a sweep job's `=` is one setting, not several.
+    job_checkpoint = "ckpt_path=/data/My Drive/1_model=mlp,seed=2/checkpoints/last.ckpt"
+    assert _setting_words((job_checkpoint, "data.data_dir=/data/My Drive"), "eval") == [job_checkpoint,
+                                                                                        "data.data_dir=/data/My Drive"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):  # a Hydra app of the caller's own
         for words, message in refusals:
             with pytest.raises(UserInputError, match=message):

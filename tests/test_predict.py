@@ -200,6 +200,18 @@ def test_a_digit_cropped_tight_to_its_ink_keeps_the_strokes_along_its_edges(tmp_
     assert outermost.max() - outermost.min() >= 9, outermost  # the bar, across the digit (lost: the stem's end)
 
 
+def test_a_digit_cropped_tight_with_bars_along_two_opposite_edges_prepares_as_with_a_margin(tmp_path):
+    """A 5 or a Z cropped tight: the top and bottom edges are ink, the left and right ones paper."""
+    tight = np.full((160, 110), 255, dtype=np.uint8)
+    tight[:14], tight[-14:] = 0, 0
+    for row in range(14, 146):  # the diagonal of a Z
+        col = int(110 - 12 - (row - 14) * (110 - 24) / 132)
+        tight[row, col : col + 12] = 0
+    with_margin = np.pad(tight, 20, constant_values=255)
+    field, expected = prepared(Image.fromarray(tight), tmp_path, "tight.png"), prepared(Image.fromarray(with_margin), tmp_path)
+    assert ink_box(field) == ink_box(expected) and np.abs(field - expected).mean() < 0.02
+
+
 def test_non_images_are_a_clear_error(tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
     save(draw_six(), tmp_path / "whole.png")

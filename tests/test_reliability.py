@@ -338,6 +338,7 @@ def test_settings_and_groups_of_a_config_of_ones_own_are_not_checked_against_the
     from src.utils.command_line import overrides_problem
 
     assert overrides_problem(["-cd", "mine", "-cn", "mine", "+notes=first try", "+mygroup=a"], "train") is None
+    assert overrides_problem(["--config-dir=mine", "--config-name=mine", "notes=first try"], "train") is None
     assert overrides_problem(["hydra/launcher=joblib", "+hydra.job.env_set.X=1", "experiment=fast", "sweep=seeds",
                               "+callbacks.x._target_=y", "paths.log_dir=/tmp"], "train") is None
 

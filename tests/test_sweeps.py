@@ -414,6 +414,8 @@ def test_job_dirnames_are_flat_short_and_unique():
     name = job_dirname(0, overrides, swept={"model.optimizer.name"})
     assert len(name) <= 120 and name.startswith("0_model.optimizer.name=adam,data.val_size=100,")
     assert re.fullmatch(r"0_[^~]*=[^,~]*,~[0-9a-f]{8}", name) and all(part in overrides for part in name[2:-10].split(","))
+    sizes = "model.hidden_sizes=[" + ",".join(["1024"] * 30) + "]"  # one override whose list runs past the limit
+    assert re.fullmatch(r"3_seed=1,~[0-9a-f]{8}", job_dirname(3, ["seed=1", sizes], swept={"seed"}))
 
 
 def test_job_dirnames_put_the_swept_keys_first_and_leave_out_the_excluded(tmp_path):
@@ -426,6 +428,19 @@ def test_job_dirnames_put_the_swept_keys_first_and_leave_out_the_excluded(tmp_pa
     assert job_dirname(4, job, swept_keys(str(tmp_path)), exclude=["data.data_dir"]) == (
         "4_model.optimizer.lr=0.003,seed=2,++trainer.limit_train_batches=2,data.batch_size=64,data.val_size=100,model=mlp")
     assert swept_keys(str(tmp_path / "elsewhere")) == set()  # no record: Hydra's alphabetical order
+
+
+def test_several_sweep_jobs_resumed_in_one_sweep_each_continue_in_their_own_folder(tmp_path, synthetic_data_dir):
+    sweep_dir = tmp_path / "sweep"
+    plain_lr = "model.scheduler.name=none"  # a OneCycle schedule's length is fixed: no extending it
+    assert multirun(sweep_dir, synthetic_data_dir, "model=mlp", plain_lr, "seed=1,2").returncode == 0
+    last = [next(sweep_dir.glob(f"{n}_*")) / "checkpoints" / "last.ckpt" for n in (0, 1)]
+    result = multirun(None, synthetic_data_dir, f"paths.log_dir={tmp_path / 'outputs'}", "model=mlp", plain_lr,
+                      "trainer.max_epochs=2", "seed=null", f"ckpt_path={last[0]},{last[1]}")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    for checkpoint in last:
+        metrics = json.loads((checkpoint.parent.parent / "metrics.json").read_text())
+        assert metrics["resumed_from"] == str(checkpoint) and metrics["epochs"] == 2
 
 
 def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_data_dir):

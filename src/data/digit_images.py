@@ -101,17 +101,26 @@ def paper_shade(gray: np.ndarray) -> np.ndarray:
     """The paper's shade at each pixel: a plane through the medians of the four edges. A phone photo's paper is often
     lit more on one side; with one shade for all of it, the darker side would count as ink (and the digit be cropped
     with it). Medians: a stroke that crosses an edge does not move them. A stroke that runs along an edge (a digit
-    cropped tight to its ink: the top bar of a 7) does; the planes that light makes have top + bottom = left + right,
-    so when that fails, the edge furthest from the others takes the value the other three give it."""
+    cropped tight to its ink: the top bar of a 7) does. Light gives planes with top + bottom = left + right; when the
+    medians break that, one edge apart from three that agree takes the value they imply, and of two opposite pairs
+    the one further from the picture's median shade (mostly paper) takes the other's."""
     if min(gray.shape) <= 2:
         return np.full(gray.shape, float(np.median(border(gray))), dtype=np.float32)
     edges = [float(np.median(edge)) for edge in (gray[0], gray[-1], gray[:, 0], gray[:, -1])]
     if abs(edges[0] + edges[1] - edges[2] - edges[3]) > UNEVEN_EDGES:
-        implied = [edges[2] + edges[3] - edges[1], edges[2] + edges[3] - edges[0],
-                   edges[0] + edges[1] - edges[3], edges[0] + edges[1] - edges[2]]
         typical = float(np.median(edges))
-        worst = max(range(4), key=lambda i: abs(edges[i] - typical))
-        edges[worst] = implied[worst]
+        stroke = max(range(4), key=lambda i: abs(edges[i] - typical))
+        others = [edges[i] for i in range(4) if i != stroke]
+        opposite = stroke ^ 1  # top <-> bottom, left <-> right
+        if max(others) - min(others) <= UNEVEN_EDGES:  # one edge apart: the plane the other three give
+            edges[stroke] = sum(edges[i] for i in range(4) if i // 2 != stroke // 2) - edges[opposite]
+        else:  # two opposite edges apart (bars along the top and the bottom): those nearer the picture's median
+            paper = float(np.median(gray))
+            pairs = [(0, 1), (2, 3)]
+            agreeing = [pair for pair in pairs if abs(edges[pair[0]] - edges[pair[1]]) <= UNEVEN_EDGES]
+            if len(agreeing) == 2:
+                near, far = sorted(pairs, key=lambda pair: abs(sum(edges[i] for i in pair) / 2 - paper))
+                edges[far[0]] = edges[far[1]] = sum(edges[i] for i in near) / 2
     top, bottom, left, right = edges
     rows = np.linspace(-0.5, 0.5, gray.shape[0], dtype=np.float32)[:, None]
     cols = np.linspace(-0.5, 0.5, gray.shape[1], dtype=np.float32)[None, :]

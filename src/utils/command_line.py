@@ -68,14 +68,13 @@ def _unknown_setting(arguments: list[str], entry_point: str) -> str | None:
     """A word whose key starts with neither a setting nor a config group of the entry point: `+modle=mlp`, which Hydra
     suggests for a mistyped `modle=mlp` and then adds to the config, where nothing reads it. Not checked with a config
     of one's own (-cd/-cn), which may have keys of its own."""
-    if _OWN_CONFIG_FLAGS & set(arguments):
+    if any(argument.partition("=")[0] in _OWN_CONFIG_FLAGS for argument in arguments):  # -cd x, --config-dir=x
         return None
     settings, groups = _top_level_settings(entry_point), _config_groups(entry_point)
     if not settings:
         return None
     for word in words_with_a_key(arguments):
-        key = word.lstrip("+").partition("=")[0].strip()
-        first = key.split(".", 1)[0].split("/", 1)[0]
+        first = _first_key(word)
         if first and first not in settings | groups | {"hydra"}:
             more = (" The network and its settings come from the checkpoint." if entry_point != "train" and first in
                     ("model", "experiment") else "")
@@ -84,6 +83,16 @@ def _unknown_setting(arguments: list[str], entry_point: str) -> str | None:
             return (f"{word}: `{first}` is not a setting of src.{entry_point}{typo}, so nothing would read it.{more} "
                     f"Its settings: {', '.join(sorted(settings))}{listed} (python -m src.{entry_point} --help).")
     return None
+
+
+def names_a_setting(word: str, entry_point: str) -> bool:
+    """Whether `word` is key=value with a key the entry point has (a setting, a config group's, Hydra's own)."""
+    return "=" in word and _first_key(word) in _top_level_settings(entry_point) | _config_groups(entry_point) | {"hydra"}
+
+
+def _first_key(word: str) -> str:
+    """The top-level key a key=value word sets: model for +model.dropout=0.1, hydra for hydra/launcher=joblib."""
+    return word.lstrip("+").partition("=")[0].strip().split(".", 1)[0].split("/", 1)[0]
 
 
 def words_with_a_key(arguments: list[str]) -> list[str]:

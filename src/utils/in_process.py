@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from src import CONFIG_DIR
 from src.errors import ReportedError, UserInputError
-from src.utils.command_line import config_dir_problem, overrides_problem, prepared_overrides
+from src.utils.command_line import config_dir_problem, names_a_setting, overrides_problem, prepared_overrides
 from src.utils.command_words import advice_as_calls
 
 
@@ -78,8 +78,8 @@ def _setting_words(overrides: tuple[str | list[str] | tuple[str, ...], ...], con
         raise UserInputError(f"{flags}: {_SWEEPS_RUN_FROM_THE_COMMAND_LINE}, as do Hydra's flags (python -m "
                              f"src.{config_name} {flags} ...); here, pass key=value settings alone.")
     for word in words:  # train("model=mlp trainer.max_epochs=3"), as the command line writes it: Hydra's parse error
-        parts = word.split()
-        if len(parts) > 1 and all("=" in part for part in parts):
+        parts = word.split()  # not a path with a space: ckpt_path=/My Drive/1_model=mlp,seed=2/last.ckpt
+        if len(parts) > 1 and all(names_a_setting(part, config_name) for part in parts):
             listed = ", ".join(repr(part) for part in parts)
             raise UserInputError(f"{word!r} holds several settings: pass each as a string of its own: "
                                  f"{_CALLS[config_name]}({listed}).")

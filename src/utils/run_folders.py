@@ -7,7 +7,7 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 
 def job_dirname(job_num: int, overrides: Sequence[str], swept: set[str] | frozenset[str] = frozenset(),
@@ -24,8 +24,13 @@ def job_dirname(job_num: int, overrides: Sequence[str], swept: set[str] | frozen
     if len(name) > max_length:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
         kept = name[: max_length - 10]
-        # Up to the last whole override; the job number alone (an override longer than the limit), cut at the limit.
-        end = kept.rfind(",") if "," in kept else -1
+        # Up to the last whole override (a comma outside brackets: model.hidden_sizes=[64,32] is one); an override
+        # longer than the limit, cut at the limit.
+        depth, end = 0, -1
+        for index, char in enumerate(kept):
+            depth += (char in "[(") - (char in "])")
+            if char == "," and depth == 0:
+                end = index
         name = f"{kept[: end + 1] if end > 0 else kept + ','}~{digest}"
     return name
 
@@ -105,12 +110,19 @@ def _resumed_sweep_job(ckpt_path: str | None, training: bool) -> Path | None:
     return job_dir if job_dir and (job_dir.parent / "multirun.yaml").is_file() else None
 
 
-def resume_sweep_dir(ckpt_path: str | None, training: bool, new_sweep_dir: str) -> str:
-    """The default hydra.sweep.dir: a resumed job's sweep folder, or a new one (two sweeps started in the same second
-    would otherwise share one, and each other's summary). Registered with use_cache: Hydra hands the sweep's cache
-    to every job's config, so all jobs resolve the folder the sweep made."""
+def resume_sweep_dir(ckpt_path: str | None, training: bool, new_sweep_dir: str, _root_: DictConfig) -> str:
+    """The default hydra.sweep.dir: a resumed job's sweep folder, or a new one, made here (two sweeps started in the
+    same second would otherwise share one, and each other's summary). The new folder is kept in the config's resolver
+    cache, which Hydra hands from the sweep's config to every job's, also in other processes, so all jobs resolve the
+    folder the sweep made. Not a cached resolver: that cache is keyed by the arguments as written, the same for every
+    job, and a sweep over ckpt_path (resuming several jobs) would send every job to the first value's folder."""
     job_dir = _resumed_sweep_job(ckpt_path, training)
-    return str(job_dir.parent) if job_dir else str(new_folder(Path(new_sweep_dir)))
+    if job_dir:
+        return str(job_dir.parent)
+    made = OmegaConf.get_cache(_root_).setdefault("new_sweep_folder", {})
+    if new_sweep_dir not in made:
+        made[new_sweep_dir] = str(new_folder(Path(new_sweep_dir)))
+    return made[new_sweep_dir]
 
 
 def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overrides, exclude, sweep_dir: str) -> str:
