@@ -146,6 +146,8 @@ def light_ink_on_black(gray: np.ndarray) -> np.ndarray:
         raise DigitImageError(BLANK)
     ink = np.clip(difference / contrast, 0.0, 1.0)  # paper -> 0, the strongest stroke -> 1, like MNIST
     ink[(ink < NOISE_LEVEL) | (smoothed < NOISE_LEVEL * contrast)] = 0.0
+    if not ink.any():  # the strongest spot of the averaged picture was no stroke of its own (a lone speck's ring)
+        raise DigitImageError(BLANK)
     return ink
 
 
