@@ -200,6 +200,23 @@ def test_a_digit_cropped_tight_to_its_ink_keeps_the_strokes_along_its_edges(tmp_
     assert outermost.max() - outermost.min() >= 9, outermost  # the bar, across the digit (lost: the stem's end)
 
 
+@pytest.mark.parametrize("lit_from", ["left", "right", "top", "bottom"])
+def test_a_seven_cropped_tight_on_unevenly_lit_paper_prepares_as_with_a_margin(tmp_path, lit_from):
+    """The bar along the top edge and a lighting gradient together: the other three edges then differ too, by the
+    light alone, and the top edge must still be the one taken for a stroke."""
+    drawn = Image.new("L", (200, 200), 255)
+    ImageDraw.Draw(drawn).line([(40, 40), (160, 40), (90, 170)], fill=0, width=14, joint="curve")
+    digit = np.asarray(drawn, dtype=np.float32) / 255
+    rows, cols = np.nonzero(digit < 0.5)
+    tight = digit[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    ramp = {"left": np.linspace(1.0, 0.75, tight.shape[1])[None, :], "right": np.linspace(0.75, 1.0, tight.shape[1])[None, :],
+            "top": np.linspace(1.0, 0.75, tight.shape[0])[:, None], "bottom": np.linspace(0.75, 1.0, tight.shape[0])[:, None]}
+    lit = Image.fromarray((tight * ramp[lit_from] * 255).round().astype(np.uint8))
+    with_margin = Image.fromarray((np.pad(tight, 20, constant_values=1.0) * 255).astype(np.uint8))
+    field, expected = prepared(lit, tmp_path, "lit.png"), prepared(with_margin, tmp_path)
+    assert np.abs(field - expected).mean() < 0.03
+
+
 def test_a_digit_cropped_tight_with_bars_along_two_opposite_edges_prepares_as_with_a_margin(tmp_path):
     """A 5 or a Z cropped tight: the top and bottom edges are ink, the left and right ones paper."""
     tight = np.full((160, 110), 255, dtype=np.uint8)

@@ -29,7 +29,7 @@ MIN_CONTRAST = 0.1
 # light_ink_on_black); smaller ones are digits drawn at about MNIST's size, whose 1-pixel strokes it would fade.
 SMOOTHED_SIZE = 96
 # In a photo, the share of the ink at each side of the digit that is taken for stray grain and cropped away.
-STRAY_INK = 0.005
+STRAY_INK = 0.001
 # Edge medians of evenly or gradually lit paper have top + bottom = left + right to within this (see paper_shade).
 UNEVEN_EDGES = 0.15
 # Stroke widths in the 20×20 box as `stroke_width` measures them on MNIST: 1st percentile and median.
@@ -102,25 +102,25 @@ def paper_shade(gray: np.ndarray) -> np.ndarray:
     lit more on one side; with one shade for all of it, the darker side would count as ink (and the digit be cropped
     with it). Medians: a stroke that crosses an edge does not move them. A stroke that runs along an edge (a digit
     cropped tight to its ink: the top bar of a 7) does. Light gives planes with top + bottom = left + right; when the
-    medians break that, one edge apart from three that agree takes the value they imply, and of two opposite pairs
-    the one further from the picture's median shade (mostly paper) takes the other's."""
+    medians break that, either each opposite pair is alike and the pairs are apart (bars along the top and the bottom
+    of a Z), and the pair further from the picture's median shade (mostly paper) takes the other's mean shade, or the
+    edge furthest from the others takes the value the other three imply."""
     if min(gray.shape) <= 2:
         return np.full(gray.shape, float(np.median(border(gray))), dtype=np.float32)
     edges = [float(np.median(edge)) for edge in (gray[0], gray[-1], gray[:, 0], gray[:, -1])]
     if abs(edges[0] + edges[1] - edges[2] - edges[3]) > UNEVEN_EDGES:
-        typical = float(np.median(edges))
-        stroke = max(range(4), key=lambda i: abs(edges[i] - typical))
-        others = [edges[i] for i in range(4) if i != stroke]
-        opposite = stroke ^ 1  # top <-> bottom, left <-> right
-        if max(others) - min(others) <= UNEVEN_EDGES:  # one edge apart: the plane the other three give
-            edges[stroke] = sum(edges[i] for i in range(4) if i // 2 != stroke // 2) - edges[opposite]
-        else:  # two opposite edges apart (bars along the top and the bottom): those nearer the picture's median
-            paper = float(np.median(gray))
-            pairs = [(0, 1), (2, 3)]
-            agreeing = [pair for pair in pairs if abs(edges[pair[0]] - edges[pair[1]]) <= UNEVEN_EDGES]
-            if len(agreeing) == 2:
-                near, far = sorted(pairs, key=lambda pair: abs(sum(edges[i] for i in pair) / 2 - paper))
-                edges[far[0]] = edges[far[1]] = sum(edges[i] for i in near) / 2
+        paper = float(np.median(gray))  # mostly paper, in a picture of a digit
+        # Top and bottom, left and right: the pair whose mean is nearer the paper first.
+        near, far = sorted([(0, 1), (2, 3)], key=lambda pair: abs((edges[pair[0]] + edges[pair[1]]) / 2 - paper))
+        within = max(abs(edges[i] - edges[j]) for i, j in (near, far))
+        between = abs(edges[0] + edges[1] - edges[2] - edges[3]) / 2
+        if within < between / 2:  # each pair alike, the pairs apart: bars along two opposite edges (a Z)
+            edges[far[0]] = edges[far[1]] = (edges[near[0]] + edges[near[1]]) / 2
+        else:  # one edge apart (the top bar of a 7): the plane the other three give
+            typical = float(np.median(edges))
+            stroke = max(range(4), key=lambda i: abs(edges[i] - typical))
+            across = sum(edges[i] for i in range(4) if i // 2 != stroke // 2)
+            edges[stroke] = across - edges[stroke ^ 1]  # stroke ^ 1: the opposite edge
     top, bottom, left, right = edges
     rows = np.linspace(-0.5, 0.5, gray.shape[0], dtype=np.float32)[:, None]
     cols = np.linspace(-0.5, 0.5, gray.shape[1], dtype=np.float32)[None, :]
