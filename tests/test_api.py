@@ -122,6 +122,7 @@ def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_i
         (["+modle=mlp"], r"`modle` is not a setting of src.train \(a typo\?\)"),  # Hydra would add it, unread
         (["model=mlp trainer.max_epochs=1"], r"^'model=mlp trainer.max_epochs=1' holds several settings: pass each as a "
                                              r"string of its own: train\('model=mlp', 'trainer.max_epochs=1'\)\.$"),
+        (["model=mlp max_epochs=1"], r"^'model=mlp max_epochs=1' holds several settings"),  # a mistyped key among them
         (["model.optimizer.lr=1e-3,3e-3"], r"from the command line: python -m src.train -m"),
         ([f"paths.output_dir={tmp_path / 'elsewhere'}"], r"is not this run's folder .* set hydra.run.dir=<folder> instead\.$"),
     ]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import re
 import shlex
 import sys
 from collections.abc import Callable, Iterator
@@ -67,6 +68,8 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ove
 
 _SWEEPS_RUN_FROM_THE_COMMAND_LINE = "sweeps (-m, sweep=<name>) run from the command line"
 _CALLS = {"train": "train", "eval": "evaluate", "predict": "predict"}  # src.api's function for each entry point
+# key=value with a dotted key, mistyped or not (max_epochs=1); a folder's name holds a `/` before its `=`.
+_SETTING_KEY = re.compile(r"[+~]*[A-Za-z_][\w.]*=")
 
 
 def _setting_words(overrides: tuple[str | list[str] | tuple[str, ...], ...], config_name: str) -> list[str]:
@@ -79,7 +82,7 @@ def _setting_words(overrides: tuple[str | list[str] | tuple[str, ...], ...], con
                              f"src.{config_name} {flags} ...); here, pass key=value settings alone.")
     for word in words:  # train("model=mlp trainer.max_epochs=3"), as the command line writes it: Hydra's parse error
         parts = word.split()  # not a path with a space: ckpt_path=/My Drive/1_model=mlp,seed=2/last.ckpt
-        if len(parts) > 1 and all(names_a_setting(part, config_name) for part in parts):
+        if len(parts) > 1 and all(names_a_setting(part, config_name) or _SETTING_KEY.match(part) for part in parts):
             listed = ", ".join(repr(part) for part in parts)
             raise UserInputError(f"{word!r} holds several settings: pass each as a string of its own: "
                                  f"{_CALLS[config_name]}({listed}).")
