@@ -3,6 +3,7 @@ with one line each, paths quoted for Hydra, `logger=null`/`callbacks=null` read 
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def _unknown_setting(arguments: list[str], entry_point: str) -> str | None:
         return None
     for word in words_with_a_key(arguments):
         first = _first_key(word)
-        if first and first not in settings | groups | {"hydra"}:
+        if first and not names_a_setting(word, entry_point):
             more = (" The network and its settings come from the checkpoint." if entry_point != "train" and first in
                     ("model", "experiment") else "")
             listed = f"; its config groups: {', '.join(sorted(groups))}" if groups else ""
@@ -101,12 +102,18 @@ def words_with_a_key(arguments: list[str]) -> list[str]:
             if "=" in word and not word.startswith(("-", "~")) and before not in _FLAGS_WITH_A_VALUE]
 
 
-def _config_groups(entry_point: str) -> set[str]:
-    """The config groups the entry point's defaults list names (data, model, ...; hydra's own aside)."""
+@functools.cache
+def _entry_config(entry_point: str) -> dict:
+    """The entry point's own config file (conf/<entry_point>.yaml) as written; empty if there is none."""
     from omegaconf import OmegaConf
 
     config = CONFIG_DIR / f"{entry_point}.yaml"
-    defaults = OmegaConf.load(config).get("defaults", []) if config.is_file() else []
+    return OmegaConf.to_container(OmegaConf.load(config)) if config.is_file() else {}
+
+
+def _config_groups(entry_point: str) -> set[str]:
+    """The config groups the entry point's defaults list names (data, model, ...; hydra's own aside)."""
+    defaults = _entry_config(entry_point).get("defaults", [])
     groups = set()
     for entry in defaults:
         for group in (entry.keys() if hasattr(entry, "keys") else []):
@@ -116,10 +123,7 @@ def _config_groups(entry_point: str) -> set[str]:
 
 def _top_level_settings(entry_point: str) -> set[str]:
     """The plain settings at the top of the entry point's config (seed, train, ckpt_path, ...), not its groups."""
-    from omegaconf import OmegaConf
-
-    config = CONFIG_DIR / f"{entry_point}.yaml"
-    return set(OmegaConf.load(config)) - {"defaults", "hydra"} if config.is_file() else set()
+    return set(_entry_config(entry_point)) - {"defaults", "hydra"}
 
 
 def prepared_overrides(arguments: list[str]) -> list[str]:

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _CALLED_FROM_PYTHON = contextvars.ContextVar("called_from_python", default=False)
-_API_FUNCTIONS = {"train": "train", "eval": "evaluate"}
+_API_FUNCTIONS = {"train": "train", "eval": "evaluate", "predict": "predict"}
 
 
 @contextmanager

@@ -23,8 +23,8 @@ def run_hparams(
     with; a tested checkpoint's `trained_settings`)."""
     model = cfg.model if model is None else model
     model = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else dict(model)
-    optimizer = model.get("optimizer") or {}
-    scheduler = model.get("scheduler") or {}
+    optimizer = optimizer_settings(model.get("optimizer") or {})  # settings left out at their defaults
+    scheduler = scheduler_settings(model.get("scheduler"))
     augment = OmegaConf.to_container(cfg.data, resolve=True).get("augment") or {}
     arch = ", ".join(f"{k}={v}" for k, v in sorted(model.items()) if k not in _SHARED_MODEL_KEYS)
     values = {
@@ -34,12 +34,12 @@ def run_hparams(
         "model/dropout": float(model.get("dropout", 0.0)),
         "model/batch_norm": "true" if model.get("batch_norm", False) else "false",  # a bool would show as 1.0/0.0
         "model/label_smoothing": float(model.get("label_smoothing", 0.0)),
-        "optimizer/name": str(optimizer.get("name", "adam")),
+        "optimizer/name": str(optimizer["name"]),
         "optimizer/lr": float(optimizer.get("lr", 0.0)),
-        "optimizer/weight_decay": float(optimizer.get("weight_decay", 0.0)),
-        "optimizer/settings": _settings_read(optimizer_settings(optimizer)),  # momentum, betas, ...
-        "scheduler": str(scheduler.get("name", "none")),
-        "scheduler/settings": _settings_read(scheduler_settings(scheduler)),  # pct_start, warmup_steps, ...
+        "optimizer/weight_decay": float(optimizer["weight_decay"]),
+        "optimizer/settings": _settings_read(optimizer),  # momentum, betas, ...
+        "scheduler": str(scheduler["name"]),
+        "scheduler/settings": _settings_read(scheduler),  # pct_start, warmup_steps, ...
         "callbacks/ema_decay": float(OmegaConf.select(cfg, "callbacks.ema.decay") or 0.0),  # 0 = off
         "data/batch_size": int(cfg.data.batch_size),
         "data/val_size": int(cfg.data.val_size),

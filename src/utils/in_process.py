@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from src import CONFIG_DIR
 from src.errors import ReportedError, UserInputError
 from src.utils.command_line import config_dir_problem, names_a_setting, overrides_problem, prepared_overrides
-from src.utils.command_words import advice_as_calls
+from src.utils.command_words import advice_as_calls, command
 
 
 def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, overrides: tuple[str | list[str], ...]
@@ -67,7 +67,6 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ove
 
 
 _SWEEPS_RUN_FROM_THE_COMMAND_LINE = "sweeps (-m, sweep=<name>) run from the command line"
-_CALLS = {"train": "train", "eval": "evaluate", "predict": "predict"}  # src.api's function for each entry point
 # key=value with a dotted key, mistyped or not (max_epochs=1); a folder's name holds a `/` before its `=`.
 _SETTING_KEY = re.compile(r"[+~]*[A-Za-z_][\w.]*=")
 
@@ -83,9 +82,9 @@ def _setting_words(overrides: tuple[str | list[str] | tuple[str, ...], ...], con
     for word in words:  # train("model=mlp trainer.max_epochs=3"), as the command line writes it: Hydra's parse error
         parts = word.split()  # not a path with a space: ckpt_path=/My Drive/1_model=mlp,seed=2/last.ckpt
         if len(parts) > 1 and all(names_a_setting(part, config_name) or _SETTING_KEY.match(part) for part in parts):
-            listed = ", ".join(repr(part) for part in parts)
-            raise UserInputError(f"{word!r} holds several settings: pass each as a string of its own: "
-                                 f"{_CALLS[config_name]}({listed}).")
+            with advice_as_calls():
+                call = command(config_name, parts)
+            raise UserInputError(f"{word!r} holds several settings: pass each as a string of its own: {call}.")
     problem = config_dir_problem() or overrides_problem(words, config_name)
     if problem:
         raise UserInputError(problem)

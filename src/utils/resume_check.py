@@ -59,8 +59,9 @@ def check_latest_state(ckpt_path: str, checkpoint: dict, overrides: list[str]) -
     from src.errors import ResumeRefused
     from src.models.checkpoint_file import CheckpointError, read_checkpoint
 
-    last = Path(ckpt_path).expanduser().resolve().parent / "last.ckpt"
-    if Path(ckpt_path).expanduser().resolve() == last or not last.is_file():
+    resumed = Path(ckpt_path).expanduser().resolve()
+    last = resumed.parent / "last.ckpt"
+    if resumed == last or not last.is_file():
         return
     try:
         latest = read_checkpoint(last)
