@@ -139,9 +139,12 @@ def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_i
         assert compose(config_name="eval").task_name == "eval"  # still usable
     assert not HydraConfig.initialized()
     assert not (tmp_path / "elsewhere").exists()
-    # The refused run's log says why it ended, as on the command line.
-    [log_file] = (tmp_path / "runs").glob("*/*/train.log")
-    assert "[ERROR] - model.dropout=2 is invalid" in log_file.read_text()
+    # A refused run leaves no dated folder behind (the date folder was new too, so it goes as well); in a folder named
+    # with hydra.run.dir, which stays, its log says why it ended, as on the command line.
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(UserInputError, match="model.dropout=2 is invalid"):
+        api.train("model.dropout=2", f"hydra.run.dir={tmp_path / 'named'}")
+    assert "[ERROR] - model.dropout=2 is invalid" in (tmp_path / "named" / "train.log").read_text()
 
 
 def test_a_loop_over_learning_rates_goes_on_past_a_diverging_one(tmp_path, synthetic_data_dir):

@@ -422,6 +422,55 @@ def test_runs_starting_in_the_same_second_each_get_a_folder_of_their_own(tmp_pat
     assert not any(any(folder.iterdir()) for folder in taken)
 
 
+def test_a_refused_command_leaves_no_run_folder_behind(tmp_path, synthetic_data_dir):
+    """A mistyped value would otherwise leave a dated folder holding only Hydra's record and the refusal's log."""
+    log_dir = tmp_path / "outputs"  # new, so it goes too
+    tiny = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
+    for entry_point, words, message in (
+        ("src.train", ["model.optimizer.lr=-1"], "model.optimizer.lr=-1 is invalid"),
+        # Once the data is read, when the TensorBoard logger has opened its file (with nothing in it).
+        ("src.train", [*tiny, "data.val_size=100000"], "data.val_size=100000"),
+        ("src.eval", ["ckpt_path=missing.ckpt"], "ckpt_path=missing.ckpt: no such file"),
+        ("src.predict", ["ckpt_path=missing.ckpt", f"inputs={tmp_path}"], "this folder holds no image files"),
+    ):
+        result = run_module(entry_point, *words, f"paths.log_dir={log_dir}", timeout=120)
+        assert result.returncode == 1 and message in result.stdout + result.stderr, result.stderr[-2000:]
+        assert not log_dir.exists(), sorted(log_dir.rglob("*"))
+
+    # A folder named with hydra.run.dir stays, with the refusal in its log.
+    named = tmp_path / "named"
+    result = run_module("src.train", "model.optimizer.lr=-1", f"hydra.run.dir={named}", timeout=120)
+    assert result.returncode == 1 and "model.optimizer.lr=-1 is invalid" in (named / "train.log").read_text()
+
+
+def test_only_a_new_folder_holding_nothing_but_records_is_discarded(tmp_path):
+    from src.utils.run_folders import discard_unused_folder, new_folder
+
+    made = [new_folder(tmp_path / "log" / "day" / f"run{n}") for n in range(3)]
+    (made[0] / ".hydra").mkdir()
+    (made[0] / ".hydra" / "overrides.yaml").write_text("[]")
+    (made[0] / "train.log").write_text("refused")
+    (made[0] / "config.yaml").write_text("seed: 1")
+    (made[1] / "checkpoints").mkdir()
+    (made[1] / "checkpoints" / "last.ckpt").write_bytes(b"state")
+    (made[2] / "empty").mkdir()
+    events = made[2] / "tensorboard" / "events.out.tfevents.1.host.1.0"
+    events.parent.mkdir()
+    record = b"\x18" + bytes(7) + b"crc." + b"file_version: brain.Event:2".ljust(24, b" ")[:24] + b"crc."
+    events.write_bytes(record + record)  # the version record and one more: something was logged
+    elsewhere = tmp_path / "log" / "mine"
+    elsewhere.mkdir()
+    assert discard_unused_folder(made[0]) and not made[0].exists()
+    assert not discard_unused_folder(made[1]) and (made[1] / "checkpoints" / "last.ckpt").is_file()
+    assert not discard_unused_folder(made[2]) and events.is_file()
+    events.write_bytes(record)  # the version record alone
+    shutil.rmtree(made[1])
+    assert not discard_unused_folder(elsewhere) and elsewhere.is_dir()  # not made by this process
+    assert discard_unused_folder(made[2])  # empty folders are nothing
+    # The day folder, made for these runs, went with the last of them; log/ holds a folder of someone else's.
+    assert not (tmp_path / "log" / "day").exists() and elsewhere.is_dir()
+
+
 @pytest.mark.parametrize("entry_point", ["src.train", "src.predict"])
 def test_an_output_folder_apart_from_the_run_folder_is_refused(tmp_path, entry_point):
     """It would split a run: Hydra's records and the log in hydra.run.dir, checkpoints and results elsewhere."""

@@ -31,7 +31,7 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ove
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from hydra.types import RunMode
 
-    from src.utils.output_folders import output_dir_problem
+    from src.utils.run_folders import discard_unused_folder
 
     words = _setting_words(overrides, config_name)
     callers_hydra, callers_hydra_config = get_gh_backup(), HydraConfig.instance().cfg
@@ -42,28 +42,42 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ove
                                  f"{' '.join(words)}")
         HydraConfig.instance().set_config(cfg)  # hydra.run.dir and paths.output_dir read it
         folder = _run_folder(cfg)
-        with read_write(cfg.hydra), open_dict(cfg.hydra):
-            cfg.hydra.run.dir = cfg.hydra.runtime.output_dir = str(folder)
-            cfg.hydra.mode = RunMode.RUN
-        HydraConfig.instance().set_config(cfg)
-        task_cfg = copy.deepcopy(cfg)
-        with read_write(task_cfg), open_dict(task_cfg):
-            del task_cfg["hydra"]
-        problem = output_dir_problem(task_cfg, sweeps=False)
-        if problem:
-            raise UserInputError(problem)
-        if cfg.hydra.output_subdir is not None:  # Hydra's record, as it keeps one for the command line
-            record = folder / str(cfg.hydra.output_subdir)
-            record.mkdir(parents=True, exist_ok=True)
-            for name, content in (("config", task_cfg), ("hydra", OmegaConf.create({"hydra": cfg.hydra})),
-                                  ("overrides", cfg.hydra.overrides.task)):
-                OmegaConf.save(content, record / f"{name}.yaml")
-        folder.mkdir(parents=True, exist_ok=True)
-        with _run_logging(cfg) as run_log, advice_as_calls(), _callers_seed_variables():
-            return folder, _reporting_failures(work, task_cfg, run_log)
+        try:
+            return folder, _run_in(folder, work, cfg)
+        except UserInputError:
+            discard_unused_folder(folder)  # as the command line does: a refused run leaves no dated folder behind
+            raise
     finally:
         HydraConfig.instance().cfg = callers_hydra_config
         restore_gh_from_backup(callers_hydra)
+
+
+def _run_in(folder: Path, work: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """work's result, run in `folder` with Hydra's record and the run's log there."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from src.utils.output_folders import output_dir_problem
+
+    with read_write(cfg.hydra), open_dict(cfg.hydra):
+        cfg.hydra.run.dir = cfg.hydra.runtime.output_dir = str(folder)
+        cfg.hydra.mode = RunMode.RUN
+    HydraConfig.instance().set_config(cfg)
+    task_cfg = copy.deepcopy(cfg)
+    with read_write(task_cfg), open_dict(task_cfg):
+        del task_cfg["hydra"]
+    problem = output_dir_problem(task_cfg, sweeps=False)
+    if problem:
+        raise UserInputError(problem)
+    if cfg.hydra.output_subdir is not None:  # Hydra's record, as it keeps one for the command line
+        record = folder / str(cfg.hydra.output_subdir)
+        record.mkdir(parents=True, exist_ok=True)
+        for name, content in (("config", task_cfg), ("hydra", OmegaConf.create({"hydra": cfg.hydra})),
+                              ("overrides", cfg.hydra.overrides.task)):
+            OmegaConf.save(content, record / f"{name}.yaml")
+    folder.mkdir(parents=True, exist_ok=True)
+    with _run_logging(cfg) as run_log, advice_as_calls(), _callers_seed_variables():
+        return _reporting_failures(work, task_cfg, run_log)
 
 
 _SWEEPS_RUN_FROM_THE_COMMAND_LINE = "sweeps (-m, sweep=<name>) run from the command line"

@@ -92,6 +92,7 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
     problem = output_dir_problem(cfg)
     if problem:
         log.error("%s", problem)
+        _discard_this_runs_folder()
         sys.exit(1)
     if in_multirun() and sweep_stopping():
         _record_job(cfg, {"status": "not run", "error": "the sweep was stopped (Ctrl-C or SIGTERM) before this job started"})
@@ -126,8 +127,21 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
                 log.exception("%s", err)
             else:
                 log.error("%s", err)
+            if isinstance(err, UserInputError):
+                _discard_this_runs_folder()
             sys.exit(err.exit_code)
         raise
+
+
+def _discard_this_runs_folder() -> None:
+    """A refused run's new dated folder, if it holds nothing but the command's records and the refusal's log."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from src.utils.jobs import in_multirun
+    from src.utils.run_folders import discard_unused_folder
+
+    if HydraConfig.initialized() and not in_multirun():  # a sweep job's folder records its failure for the summary
+        discard_unused_folder(Path(HydraConfig.get().runtime.output_dir))
 
 
 def interrupted_outside_training(by: str = "Ctrl-C", cfg: DictConfig | None = None) -> RunInterrupted:

@@ -74,20 +74,58 @@ def resume_run_dir(ckpt_path: str | None, training: bool, new_run_dir: str) -> s
     return str(job_dir) if job_dir else str(new_folder(Path(new_run_dir)))
 
 
+# The folders new_folder made in this process (a run's, and those above it that were new too: the date folder,
+# paths.log_dir): the only ones discard_unused_folder may remove.
+_MADE_HERE: set[Path] = set()
+
+
 def new_folder(folder: Path) -> Path:
     """`folder`, or if it exists, the first of folder-2, folder-3, ... that does not, made here. Made exclusively, so
     runs that start within the same second (in parallel, or one after another) never share a folder."""
     candidate, number = folder, 1
     while True:
         try:
+            missing = [above for above in candidate.resolve().parents if not above.is_dir()]
             candidate.parent.mkdir(parents=True, exist_ok=True)
+            _MADE_HERE.update(missing)
             candidate.mkdir()
+            _MADE_HERE.add(candidate.resolve())
             return candidate
         except FileExistsError:
             number += 1
             candidate = folder.with_name(f"{folder.name}-{number}")
+        except FileNotFoundError:  # a refused run beside this one removed the new date folder just now: make it again
+            continue
         except OSError:  # not writable: the run reports it where it first writes there
             return candidate
+
+
+def discard_unused_folder(folder: Path) -> bool:
+    """Remove a run folder made in this process (not one named by hydra.run.dir) whose run was refused before it wrote
+    anything of its own: Hydra's record of the command, the saved config and the log, which holds the refusal already
+    printed. A mistyped command then leaves no dated folder behind; the folders made for it above it (the date's)
+    go too when empty. Returns whether the folder was removed."""
+    import shutil
+
+    folder = folder.resolve()
+    if folder not in _MADE_HERE or not folder.is_dir():
+        return False
+    for path in folder.rglob("*"):
+        if path.is_dir() and not path.is_symlink():
+            continue
+        parts = path.relative_to(folder).parts
+        record = parts[0] == ".hydra" or (len(parts) == 1 and (path.suffix == ".log" or path.name == "config.yaml"))
+        if not (record or _empty_event_file(path)):
+            return False
+    try:
+        shutil.rmtree(folder)
+        for above in folder.parents:
+            if above not in _MADE_HERE:
+                break
+            above.rmdir()  # fails while it holds another run's folder, which is what should happen
+    except OSError:
+        pass
+    return not folder.exists()
 
 
 def holds_a_run(folder: Path) -> list[str]:
@@ -128,3 +166,13 @@ def resume_sweep_dir(ckpt_path: str | None, training: bool, new_sweep_dir: str, 
 def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overrides, exclude, sweep_dir: str) -> str:
     job_dir = _resumed_sweep_job(ckpt_path, training)
     return job_dir.name if job_dir else job_dirname(job_num, overrides, swept_keys(sweep_dir), exclude)
+
+
+def _empty_event_file(path: Path) -> bool:
+    """A TensorBoard event file holding nothing but the version record every new one starts with (the logger opens its
+    file before the data is read, so a refusal then leaves one): a record is its length (8 bytes), the length's
+    checksum (4), the data and the data's checksum (4)."""
+    if not path.name.startswith("events.out.tfevents.") or path.is_symlink():
+        return False
+    head = path.read_bytes()[:4096]
+    return len(head) >= 8 and len(head) == 16 + int.from_bytes(head[:8], "little")
