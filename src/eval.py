@@ -31,14 +31,14 @@ def evaluate(cfg: DictConfig) -> dict:
     from src.utils.command_words import run_it_again
     from src.utils.config_io import take_the_checkpoints_settings
     from src.utils.hparams import log_run_hparams
-    from src.utils.instantiate import build
+    from src.utils.instantiate import build_group
     from src.utils.run import finish_run, start_run, test_or_report_interruption
     from src.utils.trainer_setup import build_trainer
 
     model, checkpoint = load_classifier(cfg.ckpt_path, checkpoint)
     take_the_checkpoints_settings(cfg, checkpoint)  # preprocess exactly as in training, whatever data.* says
     output_dir = start_run(cfg)
-    datamodule = build(cfg.data, _convert_="all")
+    datamodule = build_group(cfg, "data", "src.data.mnist_datamodule.MNISTDataModule")
     trainer, loggers = build_trainer(cfg)
     results = test_or_report_interruption(trainer, model, datamodule, None, run_it_again())
 

@@ -30,7 +30,7 @@ def train(cfg: DictConfig) -> dict:
     started_run = time.perf_counter()
     from src.models.checkpoint_file import read_checkpoint
     from src.utils.hparams import log_run_hparams
-    from src.utils.instantiate import build
+    from src.utils.instantiate import build_group
     from src.utils.config_io import save_config, take_the_checkpoints_settings
     from src.utils.run import finish_run, is_rank_zero, start_run, test_or_report_interruption
     from src.utils.trainer_setup import build_trainer
@@ -66,9 +66,11 @@ def train(cfg: DictConfig) -> dict:
         metrics.update(checkpoint_record(ckpt_path, checkpoint, model))
         ckpt_path = metrics["checkpoint"]
     else:
-        # _convert_="all": plain dicts/lists reach the constructors, which is what checkpoints then store.
-        model = build(cfg.model, _convert_="all")
-    datamodule = build(cfg.data, _convert_="all")
+        from src.models.loading import check_trainable
+
+        model = build_group(cfg, "model", "src.models.cnn.CNN")
+        check_trainable(model, cfg.model._target_)
+    datamodule = build_group(cfg, "data", "src.data.mnist_datamodule.MNISTDataModule")
     trainer, loggers = build_trainer(cfg)
 
     resumed_at_step = checkpoint.get("global_step") if resuming else None
@@ -82,9 +84,16 @@ def train(cfg: DictConfig) -> dict:
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
         started = time.perf_counter()
         fit_or_report_interruption(trainer, model, datamodule, ckpt_path)
+        from src.callbacks.early_stop import early_stop, stop_reason
+
+        stopper = early_stop(trainer)
+        stopped_after = f"after {stopper.stopped_epoch + 1} of {trainer.max_epochs} epochs" if stopper else None
+        if stopper:
+            metrics["stopped_early"] = f"{stopped_after}: {stop_reason(stopper)}"
         if resuming and trainer.global_step == resumed_at_step:
-            log.info("Nothing left to train: the checkpoint had reached trainer.max_epochs=%d already, so its run's "
-                     "best checkpoint is tested again.", trainer.max_epochs)
+            reached = (f"early stopping had ended its run {stopped_after}" if stopper
+                       else f"the checkpoint had reached trainer.max_epochs={trainer.max_epochs} already")
+            log.info("Nothing left to train: %s, so its run's best checkpoint is tested again.", reached)
         if resuming_in_place and is_rank_zero():
             save_config(cfg, output_dir)
         metrics["fit_seconds"] = round(time.perf_counter() - started, 2)
@@ -122,6 +131,8 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
     """trainer.fit; after SIGTERM or Ctrl-C (a checkpoint was saved at a batch boundary), or a second Ctrl-C (nothing
     saved then), say how to resume."""
     from src.callbacks.safety import INTERRUPTIONS, GracefulStop, ResumableCheckpoint, aborted_by_ctrl_c
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
     from src.errors import RunInterrupted, UserInputError
 
     saved = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
@@ -148,6 +159,13 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         written = where if where and _modified(where) != before else None
         raise RunInterrupted(_stopped("Ctrl-C" if by_ctrl_c else "SIGTERM", at, written, ckpt_path, bool(where)),
                              exit_code=130 if by_ctrl_c else 143) from stop
+    except (RuntimeError, MisconfigurationException) as err:
+        # A callback's `monitor` that no metric has (callbacks.early_stopping.monitor=val/los): Lightning finds out at
+        # the end of the first validation, and its message lists the metrics there are.
+        reason = " ".join(str(err).split())
+        if "conditioned on metric" not in reason and "could not find the monitored key" not in reason:
+            raise
+        raise UserInputError(f"A callback watches a metric this run does not log: {reason}") from err
     except (SystemExit, KeyboardInterrupt) as stop:  # a second Ctrl-C, or one before training began: no save
         if not aborted_by_ctrl_c(stop):
             raise

@@ -112,6 +112,9 @@ class DigitClassifier(pl.LightningModule):
         """(loss, logits) of one batch, with the split's metrics updated (they are logged once per epoch)."""
         images, labels = batch
         logits = self(images)
+        if logits.shape != (len(labels), NUM_CLASSES):  # sizes are known on the host: no wait for the GPU
+            raise UserInputError(f"{type(self).__name__} returned {tuple(logits.shape)} for {len(labels)} images: a model "
+                                 f"must return {NUM_CLASSES} logits per image, N×{NUM_CLASSES}.")
         # Smoothing regularizes training only: val/test losses stay plain cross-entropy, comparable across runs.
         smoothing = self.hparams.label_smoothing if split == "train" else 0.0
         loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)

@@ -41,6 +41,24 @@ def model_class(class_path: object) -> type[DigitClassifier]:
     return cls
 
 
+def check_trainable(model: object, target: str) -> None:
+    """Refuse, before training, a model whose checkpoints could not be used: model_class loads only subclasses of
+    DigitClassifier (which saves the class and settings they are rebuilt from) in modules under src.models."""
+    from src.errors import UserInputError
+    from src.models.classifier import DigitClassifier
+
+    advice = "see \"Add a model of your own\" in README.md"
+    if not isinstance(model, DigitClassifier):
+        raise UserInputError(
+            f"model._target_={target} is not a DigitClassifier (src/models/classifier.py), which gives a model its "
+            f"loss, metrics, optimizer settings and checkpoints: subclass it ({advice}).")
+    if not type(model).__module__.startswith("src.models."):
+        raise UserInputError(
+            f"model._target_={target} is not in a module under src/models/: checkpoints name their model class, and "
+            f"only classes there are loaded from them (src.eval, src.predict, a resume). Move it into src/models/ "
+            f"({advice}).")
+
+
 def classifier_like(checkpoint: dict) -> DigitClassifier:
     """A new classifier of the checkpoint's class and hyperparameters; its weights are not loaded."""
     cls = model_class(checkpoint["model_class"])

@@ -31,6 +31,17 @@ def build(node: DictConfig, refused_by: tuple[type[Exception], ...] = (), **kwar
         raise
 
 
+def build_group(cfg: DictConfig, group: str, example: str) -> Any:
+    """The object a top-level group's config (model, data) describes, with plain dicts and lists for its constructor
+    (what checkpoints then store); refused in one line when the config names no class: Lightning would fail later,
+    with a traceback, on the dict it would get instead."""
+    node = cfg.get(group)
+    if not isinstance(node, DictConfig) or "_target_" not in node:
+        raise UserInputError(f"{group} has no _target_: its config must name the class to build, e.g. "
+                             f"`_target_: {example}`.")
+    return build(node, _convert_="all")
+
+
 def _not_a_setting(node: DictConfig, name: str) -> UserInputError:
     group = node._get_full_key(None) or "the config"
     settings = [p for p in inspect.signature(get_class(node._target_)).parameters if p not in ("self", "args", "kwargs")]

@@ -66,6 +66,8 @@ def finish_run(metrics: dict, output_dir: Path, loggers: list) -> None:
         lines.append(f"test loss     : {metrics['test/loss']:.4f}")
     if "val/acc_best" in metrics:
         lines.append(f"best val acc  : {metrics['val/acc_best']:.2%}")
+    if metrics.get("stopped_early"):
+        lines.append(f"stopped early : {metrics['stopped_early']}")
     lines.append(f"run dir       : {output_dir}")
     if metrics.get("best_model_path"):
         lines.append(f"checkpoint    : {metrics['best_model_path']}")

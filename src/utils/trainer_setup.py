@@ -13,7 +13,7 @@ log = logging.getLogger(__name__)
 
 def build_trainer(cfg: DictConfig):
     """(Trainer, loggers) from the `trainer`, `callbacks` and `logger` groups."""
-    from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar
     from pytorch_lightning.plugins.io import TorchCheckpointIO
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -46,6 +46,10 @@ def build_trainer(cfg: DictConfig):
         from src.callbacks.test_limit import TestLimitCheck
 
         callbacks.append(TestLimitCheck())
+    if cfg.get("ckpt_path") and any(isinstance(cb, EarlyStopping) for cb in callbacks):
+        from src.callbacks.early_stop import StayStoppedEarly
+
+        callbacks.append(StayStoppedEarly())
     # Ctrl-C's stop is raised in GracefulStop's on_train_batch_end, so that hook must come after the other callbacks'
     # (weight averaging must count the batch; Lightning moves the checkpoint callbacks, which do nothing per batch
     # here, to the end), as Lightning's SIGTERM stop comes after all of them.
