@@ -166,6 +166,10 @@ def test_a_resume_from_an_earlier_checkpoint_of_the_run_is_refused_and_keeps_las
         train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *common,
                               f"ckpt_path={checkpoints / 'epoch000.ckpt'}"]))
     assert {path.name: path.read_bytes() for path in checkpoints.iterdir()} == before
+    # The last epoch's own checkpoint holds the state last.ckpt holds: a resume from it is no step back.
+    again = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *common,
+                                  f"ckpt_path={checkpoints / 'epoch001.ckpt'}"]))
+    assert again["status"] == "ok" and again["epochs"] == 2
 
     copy = shutil.copy(checkpoints / "epoch000.ckpt", tmp_path / "epoch000.ckpt")
     branched = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), *common, f"ckpt_path={copy}"]))

@@ -89,6 +89,7 @@ def test_bad_optimizer_settings_are_clear_errors(config, message):
 
 @pytest.mark.parametrize("config, message", [
     ({"name": "onecycle", "pct_start": 1.5}, "model.scheduler.pct_start=1.5 is invalid: it must be a number in \\(0, 1\\)"),
+    ({"name": "onecycle", "pct_start": 0}, "model.scheduler.pct_start=0 is invalid: it must be a number in \\(0, 1\\)"),
     ({"name": "cosine", "warmup_steps": -5}, "model.scheduler.warmup_steps=-5 is invalid: it must be a whole number >= 0"),
     ({"name": "cosine", "min_lr": -0.1}, "model.scheduler.min_lr=-0.1 is invalid"),
     ({"name": "onecycle", "pct_strat": 0.3}, "model.scheduler.pct_strat is not a setting of model.scheduler"),

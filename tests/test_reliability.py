@@ -867,6 +867,10 @@ def test_divergence_guard_reads_each_loss_one_step_later_and_before_any_save():
     guard.on_save_checkpoint(trainer, module, {})  # reported once; nothing pending now
     step(1.0)
     guard.on_train_end(trainer, module)  # a finite pending loss passes
+    for hook in (guard.on_validation_start, guard.on_train_end):  # the last step's loss, before validation or the end
+        step(float("nan"))
+        with pytest.raises(TrainingDiverged, match=rf"step {trainer.global_step}: the loss is nan"):
+            hook(trainer, module)
 
     trainer.callback_metrics, trainer.sanity_checking = {"val/loss": torch.tensor(0.3)}, False
     guard.on_validation_end(trainer, module)

@@ -409,6 +409,8 @@ def test_job_dirnames_are_flat_short_and_unique():
     assert "/" not in job_dirname(0, ["experiment=a/b"])
     long_a, long_b = job_dirname(1, ["x=" + "a" * 300]), job_dirname(1, ["x=" + "a" * 299 + "b"])
     assert len(long_a) <= 120 and long_a != long_b and long_a.endswith(",~" + long_a[-8:])
+    at_the_limit, past_it = job_dirname(1, ["x=" + "a" * 116]), job_dirname(1, ["x=" + "a" * 117])
+    assert len(at_the_limit) == len(past_it) == 120 and "~" not in at_the_limit and past_it.endswith(",~" + past_it[-8:])
     # Cut after the last override that fits whole: a value cut short (val_size=10 for 100) would read as another.
     overrides = [f"seed={n}" for n in range(10)] + ["model.optimizer.name=adam", "data.val_size=100"] + ["model=mlp"] * 3
     name = job_dirname(0, overrides, swept={"model.optimizer.name"})
