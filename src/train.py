@@ -130,9 +130,9 @@ def train(cfg: DictConfig) -> dict:
 def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None) -> None:
     """trainer.fit; after SIGTERM or Ctrl-C (a checkpoint was saved at a batch boundary), or a second Ctrl-C (nothing
     saved then), say how to resume."""
-    from src.callbacks.safety import INTERRUPTIONS, GracefulStop, ResumableCheckpoint, aborted_by_ctrl_c
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
+    from src.callbacks.safety import INTERRUPTIONS, GracefulStop, ResumableCheckpoint, aborted_by_ctrl_c
     from src.errors import RunInterrupted, UserInputError
 
     saved = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]

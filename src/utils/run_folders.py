@@ -174,5 +174,6 @@ def _empty_event_file(path: Path) -> bool:
     checksum (4), the data and the data's checksum (4)."""
     if not path.name.startswith("events.out.tfevents.") or path.is_symlink():
         return False
-    head = path.read_bytes()[:4096]
-    return len(head) >= 8 and len(head) == 16 + int.from_bytes(head[:8], "little")
+    with path.open("rb") as events:
+        length = int.from_bytes(events.read(8), "little")
+    return path.stat().st_size == 16 + length
