@@ -87,7 +87,11 @@ def train(cfg: DictConfig) -> dict:
         from src.callbacks.early_stop import early_stop, stop_reason
 
         stopper = early_stop(trainer)
-        stopped_after = f"after {stopper.stopped_epoch + 1} of {trainer.max_epochs} epochs" if stopper else None
+        # Stopped short of max_epochs: Lightning keeps a stop's record when min_epochs overrules it, and keeps one
+        # that comes in the last epoch.
+        if stopper and trainer.current_epoch >= trainer.max_epochs >= 0:
+            stopper = None
+        stopped_after = f"after {trainer.current_epoch} of {trainer.max_epochs} epochs"
         if stopper:
             metrics["stopped_early"] = f"{stopped_after}: {stop_reason(stopper)}"
         if resuming and trainer.global_step == resumed_at_step:

@@ -49,6 +49,12 @@ def modules(monkeypatch):
             copy = type(cls.__name__, (cls,), {"__module__": name})
             setattr(module, cls.__name__, copy)
         monkeypatch.setitem(sys.modules, name, module)
+    def make_tiny_net(**settings) -> TinyNet:  # a class made inside a function: no module has it
+        local = type("Local", (TinyNet,), {"__module__": "src.models.tinynet",
+                                           "__qualname__": "make_tiny_net.<locals>.Local"})
+        return local(**settings)
+
+    sys.modules["src.models.tinynet"].make_tiny_net = make_tiny_net
     package = types.ModuleType("mymodels")
     package.tinynet = sys.modules["mymodels.tinynet"]
     monkeypatch.setitem(sys.modules, "mymodels", package)
@@ -77,8 +83,11 @@ def test_a_model_of_ones_own_trains_evaluates_and_classifies(tmp_path, synthetic
 
 
 @pytest.mark.parametrize("target, message", [
-    ("mymodels.tinynet.TinyNet", r"model._target_=mymodels.tinynet.TinyNet is not in a module under src/models/: "
-                                 r"checkpoints name their model class, and only classes there are loaded from them"),
+    ("mymodels.tinynet.TinyNet", r"model._target_=mymodels.tinynet.TinyNet makes a mymodels.tinynet.TinyNet, which its "
+                                 r"checkpoints could not be loaded as: src.eval, src.predict and a resume load a model "
+                                 r"class only from the top level of a module under src/models/"),
+    ("src.models.tinynet.make_tiny_net", r"makes a src.models.tinynet.make_tiny_net.<locals>.Local, which its "
+                                         r"checkpoints could not be loaded as"),  # a class made inside a function
     ("src.models.tinynet.PlainModule", r"model._target_=src.models.tinynet.PlainModule is not a DigitClassifier "
                                        r"\(src/models/classifier.py\)"),
 ])
@@ -110,8 +119,8 @@ def test_a_run_ended_by_early_stopping_stays_ended_when_resumed(tmp_path, synthe
                 "callbacks.early_stopping.min_delta=1"]
     first = train(compose_config(settings))
     assert first["epochs"] == 2
-    assert first["stopped_early"] == ("after 2 of 4 epochs: Monitored metric val/acc did not improve in the last 1 "
-                                      f"records. Best score: {first['val/acc_best']:.3f}.")
+    assert first["stopped_early"] == ("after 2 of 4 epochs: val/acc did not improve by more than 1 in 1 validation "
+                                      f"(best {first['val/acc_best']:.4f})")
     last = run_dir / "checkpoints" / "last.ckpt"
     step = torch.load(last, weights_only=True)["global_step"]
     caplog.set_level(logging.INFO)
@@ -122,6 +131,20 @@ def test_a_run_ended_by_early_stopping_stays_ended_when_resumed(tmp_path, synthe
     assert ("Nothing left to train: early stopping had ended its run after 2 of 4 epochs, so its run's best checkpoint "
             "is tested again.") in caplog.text
     assert json.loads((run_dir / "metrics.json").read_text())["stopped_early"] == first["stopped_early"]
+
+
+def test_stopped_early_says_so_only_when_the_run_ended_before_max_epochs(tmp_path, synthetic_data_dir):
+    """Lightning keeps the record of a stop that min_epochs overruled, or that came in the last epoch."""
+    def run(folder: str, *stopping: str) -> dict:
+        return train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / folder), "model=mlp",
+                                     "trainer.max_epochs=3", "callbacks=[default,early_stopping]", *stopping]))
+
+    never_better = ["callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=1"]
+    assert "stopped_early" not in run("a", *never_better, "++trainer.min_epochs=3")  # stopped at epoch 2, overruled
+    assert run("b", *never_better, "++trainer.min_epochs=1")["stopped_early"].startswith("after 2 of 3 epochs: ")
+    # Lightning's own message has the comparison the wrong way round here: 'val/acc = 0.4 > 1.01'.
+    assert run("c", "+callbacks.early_stopping.divergence_threshold=1.01")["stopped_early"] == (
+        "after 1 of 3 epochs: val/acc fell below the divergence threshold 1.01")
 
 
 @pytest.mark.parametrize("setting, message", [

@@ -437,6 +437,11 @@ def test_a_refused_command_leaves_no_run_folder_behind(tmp_path, synthetic_data_
         assert result.returncode == 1 and message in result.stdout + result.stderr, result.stderr[-2000:]
         assert not log_dir.exists(), sorted(log_dir.rglob("*"))
 
+    # Hydra's record kept under another name, or not at all.
+    for record in ("meta/records", "null"):
+        result = run_module("src.train", "model.optimizer.lr=-1", f"hydra.output_subdir={record}", f"paths.log_dir={log_dir}",
+                            timeout=120)
+        assert result.returncode == 1 and not log_dir.exists(), sorted(log_dir.rglob("*"))
     # A folder named with hydra.run.dir stays, with the refusal in its log.
     named = tmp_path / "named"
     result = run_module("src.train", "model.optimizer.lr=-1", f"hydra.run.dir={named}", timeout=120)
@@ -460,13 +465,13 @@ def test_only_a_new_folder_holding_nothing_but_records_is_discarded(tmp_path):
     events.write_bytes(record + record)  # the version record and one more: something was logged
     elsewhere = tmp_path / "log" / "mine"
     elsewhere.mkdir()
-    assert discard_unused_folder(made[0]) and not made[0].exists()
-    assert not discard_unused_folder(made[1]) and (made[1] / "checkpoints" / "last.ckpt").is_file()
-    assert not discard_unused_folder(made[2]) and events.is_file()
+    assert discard_unused_folder(made[0], ".hydra") and not made[0].exists()
+    assert not discard_unused_folder(made[1], ".hydra") and (made[1] / "checkpoints" / "last.ckpt").is_file()
+    assert not discard_unused_folder(made[2], ".hydra") and events.is_file()
     events.write_bytes(record)  # the version record alone
     shutil.rmtree(made[1])
-    assert not discard_unused_folder(elsewhere) and elsewhere.is_dir()  # not made by this process
-    assert discard_unused_folder(made[2])  # empty folders are nothing
+    assert not discard_unused_folder(elsewhere, ".hydra") and elsewhere.is_dir()  # not made by this process
+    assert discard_unused_folder(made[2], ".hydra")  # empty folders are nothing
     # The day folder, made for these runs, went with the last of them; log/ holds a folder of someone else's.
     assert not (tmp_path / "log" / "day").exists() and elsewhere.is_dir()
 

@@ -15,9 +15,19 @@ def early_stop(trainer: pl.Trainer) -> EarlyStopping | None:
 
 
 def stop_reason(callback: EarlyStopping) -> str:
-    """Lightning's reason, without its note to the trainer."""
-    return (callback.stopping_reason_message or f"{callback.monitor}: {callback.stopping_reason.name.lower()}").replace(
-        " Signaling Trainer to stop.", "")
+    """Why it stopped the run, in words (Lightning's own message gets the comparison wrong for a divergence with
+    mode=max, and prints raw floats)."""
+    monitor, reason = callback.monitor, callback.stopping_reason
+    if reason == EarlyStoppingReason.PATIENCE_EXHAUSTED:
+        validations = f"{callback.patience} validation{'s' if callback.patience != 1 else ''}"
+        return (f"{monitor} did not improve by more than {abs(float(callback.min_delta)):g} in {validations} "
+                f"(best {float(callback.best_score):.4f})")
+    if reason == EarlyStoppingReason.STOPPING_THRESHOLD:
+        return f"{monitor} reached the stopping threshold {callback.stopping_threshold:g}"
+    if reason == EarlyStoppingReason.DIVERGENCE_THRESHOLD:
+        side = "below" if callback.mode == "max" else "above"
+        return f"{monitor} fell {side} the divergence threshold {callback.divergence_threshold:g}"
+    return f"{monitor} was not finite"
 
 
 class StayStoppedEarly(pl.Callback):

@@ -32,7 +32,9 @@ def model_class(class_path: object) -> type[DigitClassifier]:
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
-        if err.name != module_name:  # the module exists but something it imports does not: a real error
+        # The module, or a module above it, does not exist (a class defined inside a function names one); else the
+        # module exists but something it imports does not: a real error.
+        if not (err.name and f"{module_name}.".startswith(f"{err.name}.")):
             raise
         module = None
     cls = getattr(module, class_name, None)
@@ -42,8 +44,8 @@ def model_class(class_path: object) -> type[DigitClassifier]:
 
 
 def check_trainable(model: object, target: str) -> None:
-    """Refuse, before training, a model whose checkpoints could not be used: model_class loads only subclasses of
-    DigitClassifier (which saves the class and settings they are rebuilt from) in modules under src.models."""
+    """Refuse, before training, a model whose checkpoints could not be used: they name the model's class, which
+    model_class must find again (a subclass of DigitClassifier, defined at the top of a module under src/models/)."""
     from src.errors import UserInputError
     from src.models.classifier import DigitClassifier
 
@@ -52,11 +54,16 @@ def check_trainable(model: object, target: str) -> None:
         raise UserInputError(
             f"model._target_={target} is not a DigitClassifier (src/models/classifier.py), which gives a model its "
             f"loss, metrics, optimizer settings and checkpoints: subclass it ({advice}).")
-    if not type(model).__module__.startswith("src.models."):
+    class_path = f"{type(model).__module__}.{type(model).__qualname__}"  # what its checkpoints record
+    try:
+        found = model_class(class_path) is type(model)
+    except CheckpointError:
+        found = False
+    if not found:
         raise UserInputError(
-            f"model._target_={target} is not in a module under src/models/: checkpoints name their model class, and "
-            f"only classes there are loaded from them (src.eval, src.predict, a resume). Move it into src/models/ "
-            f"({advice}).")
+            f"model._target_={target} makes a {class_path}, which its checkpoints could not be loaded as: src.eval, "
+            "src.predict and a resume load a model class only from the top level of a module under src/models/. "
+            f"Define it there ({advice}).")
 
 
 def classifier_like(checkpoint: dict) -> DigitClassifier:

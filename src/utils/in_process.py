@@ -45,7 +45,8 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ove
         try:
             return folder, _run_in(folder, work, cfg)
         except UserInputError:
-            discard_unused_folder(folder)  # as the command line does: a refused run leaves no dated folder behind
+            # As the command line does: a refused run leaves no dated folder behind.
+            discard_unused_folder(folder, cfg.hydra.output_subdir)
             raise
     finally:
         HydraConfig.instance().cfg = callers_hydra_config

@@ -143,7 +143,7 @@ def _discard_this_runs_folder() -> None:
     from src.utils.run_folders import discard_unused_folder
 
     if HydraConfig.initialized() and not in_multirun():  # a sweep job's folder records its failure for the summary
-        discard_unused_folder(Path(HydraConfig.get().runtime.output_dir))
+        discard_unused_folder(Path(HydraConfig.get().runtime.output_dir), HydraConfig.get().output_subdir)
 
 
 def interrupted_outside_training(by: str = "Ctrl-C", cfg: DictConfig | None = None) -> RunInterrupted:

@@ -100,11 +100,11 @@ def new_folder(folder: Path) -> Path:
             return candidate
 
 
-def discard_unused_folder(folder: Path) -> bool:
-    """Remove a run folder made in this process (not one named by hydra.run.dir) whose run was refused before it wrote
-    anything of its own: Hydra's record of the command, the saved config and the log, which holds the refusal already
-    printed. A mistyped command then leaves no dated folder behind; the folders made for it above it (the date's)
-    go too when empty. Returns whether the folder was removed."""
+def discard_unused_folder(folder: Path, record_dir: str | None) -> bool:
+    """Remove a run folder made in this process (not one named by hydra.run.dir) that holds nothing of a refused run
+    but Hydra's record of the command (in `record_dir`, hydra.output_subdir), the saved config and the log, which
+    holds the refusal already printed. A mistyped command then leaves no dated folder behind; the folders made for it
+    above it (the date's) go too when empty. Returns whether the folder was removed."""
     import shutil
 
     folder = folder.resolve()
@@ -113,8 +113,9 @@ def discard_unused_folder(folder: Path) -> bool:
     for path in folder.rglob("*"):
         if path.is_dir() and not path.is_symlink():
             continue
-        parts = path.relative_to(folder).parts
-        record = parts[0] == ".hydra" or (len(parts) == 1 and (path.suffix == ".log" or path.name == "config.yaml"))
+        inside = path.relative_to(folder)
+        record = (record_dir is not None and inside.is_relative_to(record_dir)) or (
+            inside.parent == Path(".") and (path.suffix == ".log" or path.name == "config.yaml"))
         if not (record or _empty_event_file(path)):
             return False
     try:

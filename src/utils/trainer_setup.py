@@ -46,7 +46,7 @@ def build_trainer(cfg: DictConfig):
         from src.callbacks.test_limit import TestLimitCheck
 
         callbacks.append(TestLimitCheck())
-    if cfg.get("ckpt_path") and any(isinstance(cb, EarlyStopping) for cb in callbacks):
+    if any(isinstance(cb, EarlyStopping) for cb in callbacks):
         from src.callbacks.early_stop import StayStoppedEarly
 
         callbacks.append(StayStoppedEarly())
