@@ -76,9 +76,10 @@ def train(cfg: DictConfig) -> dict:
     resumed_at_step = checkpoint.get("global_step") if resuming else None
     if cfg.get("train"):
         if resuming:
-            from src.utils.resume_check import check_resumable
+            from src.utils.resume_check import check_resumable, follow_the_checkpoints_threads
 
             check_resumable(ckpt_path, checkpoint, model, datamodule, trainer.callbacks)
+            follow_the_checkpoints_threads(checkpoint, trainer)
             checkpoint = None  # not held through the fit: Lightning reads the file itself
             metrics["resumed_from"] = str(Path(ckpt_path).expanduser().resolve())
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)

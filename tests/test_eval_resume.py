@@ -612,6 +612,29 @@ def test_a_refused_resume_from_the_command_line_leaves_the_run_folder_as_it_was(
     assert unchanged_but_for_the_attempts_record()
 
 
+def test_a_resume_takes_the_cpu_threads_its_checkpoint_was_trained_with(tmp_path, synthetic_data_dir, caplog):
+    """A parallel sweep job trains with its share of the cores; resumed alone, it would take them all, and its sums
+    (so its weights) would drift from those of the run it continues."""
+    common = ["model=mlp", "trainer.max_epochs=2", "model.dropout=0.3"]
+    callers = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        straight = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "straight"), *common]))
+        stop = [f"+callbacks.stop._target_={__name__}.StopAfterEpoch", "+callbacks.stop.epoch=0"]
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "first"), *common, *stop]))
+        last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+        assert torch.load(last, weights_only=True)["cpu_threads"] == 1
+        torch.set_num_threads(2)
+        caplog.set_level(logging.INFO)
+        resumed = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "first"), *common,
+                                        f"ckpt_path={last}"]))
+    finally:
+        torch.set_num_threads(callers)
+    assert "Using 1 CPU threads, as the run that saved the checkpoint did" in caplog.text
+    assert resumed["cpu_threads"] == straight["cpu_threads"] == 1
+    assert all(resumed[key] == straight[key] for key in ("val/acc_best", "test/acc", "test/loss"))
+
+
 def test_a_resume_in_the_same_folder_keeps_the_first_runs_csv_log(tmp_path, synthetic_data_dir):
     """Lightning's CSV logger deletes an existing metrics.csv; the resume writes its rows beside it instead."""
     run_dir = tmp_path / "run"

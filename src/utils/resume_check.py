@@ -145,3 +145,21 @@ def check_schedule_length(name: str, saved_steps: int | None, total_steps: int, 
         "trainer.accumulate_grad_batches changed). A schedule's length is fixed when training starts: resume with the "
         f"overrides of the run that saved it{repeat}, or start a new run."
     )
+
+
+def follow_the_checkpoints_threads(checkpoint: dict, trainer) -> None:
+    """Sums split over another number of CPU threads round differently, so a resume on the CPU continues bit-exact
+    only with the threads the checkpoint's run used: a parallel sweep job's share of the cores, resumed alone, would
+    otherwise take them all."""
+    import logging
+
+    import torch
+    from pytorch_lightning.accelerators import CPUAccelerator
+
+    threads = checkpoint.get("cpu_threads")
+    if not isinstance(trainer.accelerator, CPUAccelerator) or not isinstance(threads, int) or threads < 1:
+        return
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+        logging.getLogger(__name__).info("Using %d CPU threads, as the run that saved the checkpoint did (the sums "
+                                         "then continue bit-exact).", threads)
