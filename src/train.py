@@ -33,6 +33,7 @@ def train(cfg: DictConfig) -> dict:
     from src.utils.instantiate import build_group
     from src.utils.config_io import save_config, take_the_checkpoints_settings
     from src.utils.run import finish_run, is_rank_zero, start_run, test_or_report_interruption
+    from src.utils.sweep_summary import read_metrics
     from src.utils.trainer_setup import build_trainer
     from src.utils.validate import validate_train_config
 
@@ -95,13 +96,19 @@ def train(cfg: DictConfig) -> dict:
         stopped_after = f"after {trainer.current_epoch} of {trainer.max_epochs} epochs"
         if stopper:
             metrics["stopped_early"] = f"{stopped_after}: {stop_reason(stopper)}"
+        metrics["fit_seconds"] = round(time.perf_counter() - started, 2)
         if resuming and trainer.global_step == resumed_at_step:
             reached = (f"early stopping had ended its run {stopped_after}" if stopper
                        else f"the checkpoint had reached trainer.max_epochs={trainer.max_epochs} already")
             log.info("Nothing left to train: %s, so its run's best checkpoint is tested again.", reached)
+            finished = read_metrics(output_dir / "metrics.json") if resuming_in_place else {}
+            if finished.get("status") == "ok":
+                # Its test results, figures and HParams row are in its TensorBoard run already: a job requeued after
+                # it had finished would add another copy of each every time. Its training time stays its own.
+                trainer.loggers = []
+                metrics["fit_seconds"] = finished.get("fit_seconds", metrics["fit_seconds"])
         if resuming_in_place and is_rank_zero():
             save_config(cfg, output_dir)
-        metrics["fit_seconds"] = round(time.perf_counter() - started, 2)
         import torch  # loaded by now
 
         # The CPU results depend on it (sums split over threads round differently); parallel sweep jobs use fewer.
@@ -126,7 +133,7 @@ def train(cfg: DictConfig) -> dict:
         metrics["tested_checkpoint"] = ckpt_path or None
 
     # The HParams row describes this run's config, or for a checkpoint tested alone, the checkpoint's.
-    log_run_hparams(loggers, cfg, model, trainer, None if cfg.get("train") else checkpoint)
+    log_run_hparams(trainer.loggers, cfg, model, trainer, None if cfg.get("train") else checkpoint)
     metrics["wall_seconds"] = round(time.perf_counter() - started_run, 2)
     finish_run(metrics, output_dir, loggers)
     return metrics

@@ -661,6 +661,7 @@ def test_resuming_a_finished_run_in_a_moved_folder_tests_its_own_best_checkpoint
     first = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *common]))
     assert "Nothing left to train" not in caplog.text
     shutil.move(tmp_path / "a", tmp_path / "b")
+    events_before = _scalar_counts(tmp_path / "b" / "tensorboard")
     last = tmp_path / "b" / "checkpoints" / "last.ckpt"
     with caplog.at_level(logging.INFO):
         again = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), *common, f"ckpt_path={last}"]))
@@ -669,11 +670,25 @@ def test_resuming_a_finished_run_in_a_moved_folder_tests_its_own_best_checkpoint
     assert again["val/acc_best"] == first["val/acc_best"]
     assert again["best_model_path"] == again["tested_checkpoint"] == str(tmp_path / "b" / "checkpoints" / "epoch000.ckpt")
     assert again["test/acc"] == first["test/acc"]
+    # Its TensorBoard run holds its test results and figures once, however often a finished job is requeued, and its
+    # training time is the training's.
+    assert _scalar_counts(tmp_path / "b" / "tensorboard") == events_before and events_before["test/acc"] == 1
+    assert again["fit_seconds"] == first["fit_seconds"]
     # The best checkpoint's state is filed under ModelCheckpoint's key, as before RunFolderCheckpoint: older
     # checkpoints resume with their best score and path.
     keys = torch.load(last, weights_only=True)["callbacks"]
     assert any(key.startswith("ModelCheckpoint{'monitor': 'val/acc'") for key in keys), list(keys)
     assert any(key.startswith("ResumableCheckpoint{") for key in keys), list(keys)
+
+
+def _scalar_counts(folder: Path) -> dict[str, int]:
+    """How many values each scalar and image tag of a TensorBoard folder holds."""
+    from tensorboard.backend.event_processing.event_accumulator import IMAGES, SCALARS, EventAccumulator
+
+    events = EventAccumulator(str(folder), size_guidance={SCALARS: 0, IMAGES: 0})
+    events.Reload()
+    tags = events.Tags()
+    return {**{tag: len(events.Scalars(tag)) for tag in tags[SCALARS]}, **{tag: len(events.Images(tag)) for tag in tags[IMAGES]}}
 
 
 def test_extending_a_run_in_a_moved_folder_trains_and_checkpoints_there(tmp_path, synthetic_data_dir):

@@ -33,6 +33,7 @@ class DiagnosticFigures(pl.Callback):
         self._val_samples: tuple[torch.Tensor, ...] | None = None
         self._mistakes: tuple[torch.Tensor, ...] | None = None  # images, labels, predictions, losses
         self._validated_epoch: int | None = None  # val/* in callback_metrics are this epoch's, not older ones
+        self._trained = False  # in this fit
 
     def _val_figures_due(self, trainer: pl.Trainer) -> bool:
         epoch = trainer.current_epoch + 1
@@ -73,8 +74,15 @@ class DiagnosticFigures(pl.Callback):
     def load_state_dict(self, state_dict: dict) -> None:
         self.history = list(state_dict.get("history", []))
 
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._trained = False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._trained = True
+
     def on_fit_end(self, trainer, pl_module) -> None:
-        if self.history and trainer.is_global_zero:
+        # A resume with nothing left to train drew these curves before, into the PNG and TensorBoard.
+        if self.history and self._trained and trainer.is_global_zero:
             figure = learning_curves_figure(self.history, pl_module.hparams.get("label_smoothing", 0.0))
             self._log(trainer, "learning_curves", figure, trainer.global_step, "learning_curves.png")
 
