@@ -501,9 +501,12 @@ def test_parallel_jobs_count_as_joblib_does(monkeypatch, n_jobs, jobs):
     """Each job's CPU threads follow how many jobs run at once: joblib's n_jobs, counted back from the cores if < 0."""
     from hydra.core.hydra_config import HydraConfig
 
-    from src.utils.jobs import parallel_jobs, threads_per_job
+    from src.utils.jobs import parallel_jobs, threads_per_job, usable_cpus
 
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    # The cores this process may use (taskset, a SLURM allocation), as joblib counts them, not the machine's.
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert usable_cpus() == 8
     monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: OmegaConf.create({"launcher": {"n_jobs": n_jobs}})))
     assert (parallel_jobs(), threads_per_job()) == (jobs, 8 // jobs)

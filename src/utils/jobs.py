@@ -19,7 +19,7 @@ def parallel_jobs() -> int:
     n_jobs = HydraConfig.get().launcher.get("n_jobs")
     if n_jobs is None:
         return 1
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     if n_jobs < 0:  # joblib's count back from the number of cores: -1 is all of them, -2 all but one
         n_jobs = cpus + 1 + n_jobs
     return max(1, min(n_jobs, cpus))
@@ -27,4 +27,12 @@ def parallel_jobs() -> int:
 
 def threads_per_job() -> int:
     """Split the CPU cores between parallel jobs: two jobs with all cores each just fight for them."""
-    return max(1, (os.cpu_count() or 1) // parallel_jobs())
+    return max(1, usable_cpus() // parallel_jobs())
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on: fewer than the machine has under taskset, or in a SLURM allocation."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
