@@ -152,9 +152,11 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
     before = _modified(where)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        if any(isinstance(callback, GracefulStop) and callback.stop_requested for callback in trainer.callbacks):
+        graceful = next((cb for cb in trainer.callbacks if isinstance(cb, GracefulStop) and cb.stop_requested), None)
+        if graceful:
             at = f"at the end of epoch {trainer.current_epoch - 1}, step {trainer.global_step}"
-            raise RunInterrupted(_stopped("Ctrl-C", at, where), exit_code=130)
+            raise RunInterrupted(_stopped(graceful.stopped_by, at, where),
+                                 exit_code=130 if graceful.stopped_by == "Ctrl-C" else 143)
     except ValueError as err:  # Lightning checks this only once it knows the epoch's length
         if "val_check_interval" not in str(err):
             raise

@@ -215,13 +215,19 @@ def test_ctrl_c_stops_parallel_jobs_gracefully_and_skips_the_rest(tmp_path, synt
     assert not (sweep_dir / ".stop_requested").exists()
 
 
-def test_sigterm_to_the_launcher_alone_lets_running_jobs_finish_and_starts_no_more(tmp_path, synthetic_data_dir):
+def test_sigterm_to_the_launcher_alone_stops_the_running_jobs_too(tmp_path, synthetic_data_dir):
+    """`kill <launcher pid>` reaches no worker: the jobs see the launcher's stop request and stop as on a SIGTERM of
+    their own (before, they trained to the end, while the launcher said they were stopping)."""
     sweep_dir, _, output, returncode = parallel_sweep_signalled(
         tmp_path, synthetic_data_dir, "+callbacks.signal.signal_name=SIGTERM", "+callbacks.signal.launcher_only=true")
     assert returncode == 143 and "Traceback" not in output, output[-3000:]
-    assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok", "ok", "not run"]
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["interrupted", "interrupted", "not run"]
     for job_dir in sorted(sweep_dir.glob("[01]_*")):
-        assert json.loads((job_dir / "metrics.json").read_text())["epochs"] == 3
+        error = json.loads((job_dir / "metrics.json").read_text())["error"]
+        saved = torch.load(job_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
+        assert "Training stopped by SIGTERM at epoch" in error and f"step {saved}. Saved" in error, error
+    assert ("The sweep was stopped (SIGTERM); of its jobs, resume the 2 interrupted as their messages above say; the 1 "
+            "not run did not start: run them as a sweep of their own.") in output
 
 
 def test_a_stop_request_left_by_another_command_is_ignored(tmp_path):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 
 import pytorch_lightning as pl
 import torch
@@ -48,20 +49,26 @@ class ResumableCheckpoint(RunFolderCheckpoint):
 
 class GracefulStop(pl.Callback):
     """The first Ctrl-C asks training to stop after the current batch (a consistent, resumable state);
-    a second Ctrl-C aborts at once."""
+    a second Ctrl-C aborts at once. A job of a sweep whose jobs run in worker processes also stops so when the
+    launching process was asked to stop (src/utils/sweep_stop.py): SIGTERM sent to it alone reaches no worker."""
+
+    SWEEP_CHECK_SECONDS = 1.0  # how often a worker's job looks for the launching process's stop request
 
     def __init__(self) -> None:
         self._requested = False
+        self.stopped_by = "Ctrl-C"
         self._previous_handler = None
+        self._sweep_checked_at = 0.0
 
     @property
     def stop_requested(self) -> bool:
-        """A Ctrl-C came during this fit. If the fit returned all the same, it came in an epoch's last batch or in
-        the last validation: the caller must report the stop (the epoch's checkpoints were saved as usual)."""
+        """A Ctrl-C (or the sweep's stop) came during this fit. If the fit returned all the same, it came in an
+        epoch's last batch or in the last validation: the caller must report the stop (the epoch's checkpoints were
+        saved as usual)."""
         return self._requested
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._requested = False
+        self._requested, self.stopped_by = False, "Ctrl-C"
         if threading.current_thread() is threading.main_thread():  # signals can only be caught there
             self._previous_handler = signal.signal(signal.SIGINT, self._request_stop)
 
@@ -70,13 +77,31 @@ class GracefulStop(pl.Callback):
         self._requested = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
+    def _sweep_stop_requested(self) -> bool:
+        """In a worker's sweep job, at most once a second: whether the launching process was asked to stop."""
+        now = time.monotonic()
+        if now - self._sweep_checked_at < self.SWEEP_CHECK_SECONDS:
+            return False
+        self._sweep_checked_at = now
+        from src.utils.jobs import in_multirun
+        from src.utils.sweep_stop import in_launching_process, sweep_stop_code
+
+        code = sweep_stop_code() if in_multirun() and not in_launching_process() else None
+        if code is None:
+            return False
+        self.stopped_by = "Ctrl-C" if code == 130 else "SIGTERM"
+        log.warning("The sweep was asked to stop (%s): stopping after this batch and saving a checkpoint.", self.stopped_by)
+        return True
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if not self._requested and self._sweep_stop_requested():
+            self._requested = True
         # After a NaN/inf loss the weights are broken: saving them would replace a good last.ckpt. The
         # DivergenceGuard, if there is one, stops at its next check instead, before anything is saved.
         guarded = any(isinstance(cb, DivergenceGuard) for cb in trainer.callbacks)
         if self._requested and (_loss_is_finite(outputs) or not guarded):
             if not trainer.is_last_batch:
-                raise StopRequested("Ctrl-C")
+                raise StopRequested(self.stopped_by)
             # Stopped now, the epoch would never be validated: a resume starts with the next one. So the fit ends as
             # an early stop does, after this epoch's validation and checkpoints; the caller reports the stop.
             trainer.should_stop = True

@@ -81,7 +81,12 @@ def _job_sweep_dir() -> Path:
 
 def sweep_stopping() -> bool:
     """Whether this sweep was asked to stop before this job started."""
-    return requested_exit_code(_job_sweep_dir()) is not None
+    return sweep_stop_code() is not None
+
+
+def sweep_stop_code() -> int | None:
+    """The exit code this job's sweep was asked to stop with (130: Ctrl-C, 143: SIGTERM); None if it was not."""
+    return requested_exit_code(_job_sweep_dir())
 
 
 def stop_sweep_after_interruption(exit_code: int) -> bool:

@@ -183,8 +183,11 @@ class SweepSummary(Callback):
         stopped_with = requested_exit_code(sweep_dir)
         if stopped_with is not None:
             clear_stop_request(sweep_dir)
-            log.error("The sweep was stopped (%s): resume the interrupted jobs as their messages above say.",
-                      "Ctrl-C" if stopped_with == 130 else "SIGTERM")
+            advice = [f"resume the {counts['interrupted']} interrupted as their messages above say"] if counts["interrupted"] else []
+            if counts["not run"]:
+                advice.append(f"the {counts['not run']} not run did not start: run them as a sweep of their own")
+            log.error("The sweep was stopped (%s)%s.", "Ctrl-C" if stopped_with == 130 else "SIGTERM",
+                      f"; of its jobs, {'; '.join(advice)}" if advice else "")
             raise SystemExit(stopped_with)
         # Judged on the jobs this command ran: a resubmitted job that fails must not pass for a success because
         # the sweep's other jobs had finished earlier.
