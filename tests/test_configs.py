@@ -87,21 +87,6 @@ def test_experiments_compose_and_build(tmp_path, option, synthetic_data_dir):
     instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
 
 
-def test_under_slurm_lightnings_own_requeue_is_off(tmp_path, monkeypatch):
-    """Lightning's requeue on SIGUSR1 would restart the job's script, which starts a new run from scratch; SLURM's
-    SIGTERM saves last.ckpt, and the job is resubmitted with ckpt_path."""
-    from pytorch_lightning.plugins.environments import SLURMEnvironment
-
-    from src.utils.trainer_setup import build_trainer
-
-    for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_JOB_ID": "123", "SLURM_PROCID": "0",
-                        "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_NODELIST": "node1"}.items():
-        monkeypatch.setenv(name, value)
-    trainer, _ = build_trainer(compose_config(["trainer=cpu", f"paths.output_dir={tmp_path}"]))
-    environment = trainer._accelerator_connector.cluster_environment
-    assert isinstance(environment, SLURMEnvironment) and environment.auto_requeue is False
-
-
 def test_trainer_arguments_can_be_added_from_the_command_line(tmp_path):
     from src.utils.trainer_setup import build_trainer
 

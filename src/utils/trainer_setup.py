@@ -14,7 +14,6 @@ log = logging.getLogger(__name__)
 def build_trainer(cfg: DictConfig):
     """(Trainer, loggers) from the `trainer`, `callbacks` and `logger` groups."""
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar
-    from pytorch_lightning.plugins.environments import SLURMEnvironment
     from pytorch_lightning.plugins.io import TorchCheckpointIO
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -61,13 +60,7 @@ def build_trainer(cfg: DictConfig):
     if any(isinstance(cb, LearningRateMonitor) for cb in callbacks) and (reason := _learning_rate_not_charted(cfg, loggers)):
         log.info("%s", reason)
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-    cluster = {}
-    if "plugins" not in cfg.trainer and SLURMEnvironment.detect():
-        # Lightning's own requeue on SIGUSR1 restarts the job's script, which without ckpt_path starts a new run from
-        # scratch in a new folder. Pre-emption here is SLURM's SIGTERM: last.ckpt is saved, and the job is resubmitted
-        # with ckpt_path (README: Scaling out).
-        cluster["plugins"] = [SLURMEnvironment(auto_requeue=False)]
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, **cluster,
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                     refused_by=(MisconfigurationException, ValueError, TypeError, ImportError))
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not one a user configured
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
