@@ -102,9 +102,10 @@ def train(cfg: DictConfig) -> dict:
                        else f"the checkpoint had reached trainer.max_epochs={trainer.max_epochs} already")
             log.info("Nothing left to train: %s, so its run's best checkpoint is tested again.", reached)
             finished = read_metrics(output_dir / "metrics.json") if resuming_in_place else {}
-            if finished.get("status") == "ok":
-                # Its test results, figures and HParams row are in its TensorBoard run already: a job requeued after
-                # it had finished would add another copy of each every time. Its training time stays its own.
+            if finished.get("status") == "ok" and "test/acc" in finished and finished.get("epochs") == trainer.current_epoch:
+                # Tested at this very state before: its test results, figures and HParams row are in its TensorBoard
+                # run already, and a job requeued after it had finished would add another copy of each every time.
+                # Its training time stays its own.
                 trainer.loggers = []
                 metrics["fit_seconds"] = finished.get("fit_seconds", metrics["fit_seconds"])
         if resuming_in_place and is_rank_zero():

@@ -81,8 +81,10 @@ class DiagnosticFigures(pl.Callback):
         self._trained = True
 
     def on_fit_end(self, trainer, pl_module) -> None:
-        # A resume with nothing left to train drew these curves before, into the PNG and TensorBoard.
-        if self.history and self._trained and trainer.is_global_zero:
+        # A resume with nothing left to train drew these curves before, into the PNG and TensorBoard (unless the run
+        # was stopped before the end of its fit).
+        drawn = (self.output_dir / "learning_curves.png").is_file()
+        if self.history and (self._trained or not drawn) and trainer.is_global_zero:
             figure = learning_curves_figure(self.history, pl_module.hparams.get("label_smoothing", 0.0))
             self._log(trainer, "learning_curves", figure, trainer.global_step, "learning_curves.png")
 

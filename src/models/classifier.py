@@ -219,7 +219,8 @@ class DigitClassifier(pl.LightningModule):
         # A plain string, so tools can rebuild the right class from a checkpoint alone.
         checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["rng_states"] = capture_rng_states()
-        checkpoint["cpu_threads"] = torch.get_num_threads()  # CPU sums depend on it: a resume takes the same
+        if self.device.type == "cpu":  # CPU sums depend on it: a resume on the CPU takes the same
+            checkpoint["cpu_threads"] = torch.get_num_threads()
         overrides = command_overrides() or self._command_overrides
         if overrides is not None:  # what a refused resume tells the user to repeat (strings only: a plain value)
             checkpoint["command_overrides"] = overrides

@@ -150,16 +150,24 @@ def check_schedule_length(name: str, saved_steps: int | None, total_steps: int, 
 def follow_the_checkpoints_threads(checkpoint: dict, trainer) -> None:
     """Sums split over another number of CPU threads round differently, so a resume on the CPU continues bit-exact
     only with the threads the checkpoint's run used: a parallel sweep job's share of the cores, resumed alone, would
-    otherwise take them all."""
+    otherwise take them all. Not over the user's own OMP_NUM_THREADS, nor beyond the cores there are here."""
     import logging
+    import os
 
     import torch
     from pytorch_lightning.accelerators import CPUAccelerator
 
-    threads = checkpoint.get("cpu_threads")
-    if not isinstance(trainer.accelerator, CPUAccelerator) or not isinstance(threads, int) or threads < 1:
+    from src.utils.jobs import usable_cpus
+
+    threads, now = checkpoint.get("cpu_threads"), torch.get_num_threads()
+    if not isinstance(trainer.accelerator, CPUAccelerator) or not isinstance(threads, int) or threads < 1 or threads == now:
         return
-    if threads != torch.get_num_threads():
-        torch.set_num_threads(threads)
-        logging.getLogger(__name__).info("Using %d CPU threads, as the run that saved the checkpoint did (the sums "
-                                         "then continue bit-exact).", threads)
+    log = logging.getLogger(__name__)
+    if "OMP_NUM_THREADS" in os.environ or threads > usable_cpus():
+        why = "OMP_NUM_THREADS" if "OMP_NUM_THREADS" in os.environ else f"the {usable_cpus()} cores here"
+        log.info("The checkpoint was trained with %d CPU threads; this resume uses %d (%s), so it may differ from the "
+                 "run it continues in the last bits.", threads, now, why)
+        return
+    torch.set_num_threads(threads)
+    log.info("Using %d CPU threads, as the run that saved the checkpoint did (the sums then continue bit-exact).",
+             threads)
