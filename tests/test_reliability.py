@@ -752,6 +752,20 @@ def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir, strategy, extra)
     assert len(list((run_dir / "checkpoints").glob("*.ckpt"))) == 2  # best + last, written once
 
 
+def test_ddp_spawn_runs_in_parallel_sweep_jobs(tmp_path, synthetic_data_dir):
+    """The README's advice for several-process runs in sweeps, with joblib's launcher: each spawned process failed with
+    "cannot find context for 'loky'"."""
+    result = run_module(
+        "src.train", "-m", "trainer=ddp_cpu", "++trainer.strategy=ddp_spawn", f"hydra.sweep.dir={tmp_path}",
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"data.data_dir={synthetic_data_dir}", "data.download=false",
+        "data.val_size=80", "data.batch_size=32", "model=mlp", "trainer.max_epochs=1", "seed=1",
+        "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false",
+    )
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    (job_dir,) = tmp_path.glob("0_*")
+    assert json.loads((job_dir / "metrics.json").read_text())["test/images"] == 100
+
+
 def test_ddp_inside_a_multirun_is_refused_with_advice(tmp_path, synthetic_data_dir):
     result = run_module(
         "src.train", "-m", "trainer=ddp_cpu", f"hydra.sweep.dir={tmp_path}", f"data.data_dir={synthetic_data_dir}",

@@ -36,3 +36,12 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def spawn_as_usual_in_joblib_workers() -> None:
+    """joblib's worker processes (loky) make their own start method the default, which the processes torch starts from
+    them (trainer.strategy=ddp_spawn) cannot find: every one failed with "cannot find context for 'loky'"."""
+    import multiprocessing
+
+    if multiprocessing.get_start_method(allow_none=True) == "loky":
+        multiprocessing.set_start_method("spawn", force=True)

@@ -28,7 +28,7 @@ def start_run(cfg: DictConfig, save: bool = True, continuing: bool = False) -> P
     import torch
 
     from src.utils.config_io import print_config_tree, save_config
-    from src.utils.jobs import parallel_jobs, threads_per_job
+    from src.utils.jobs import parallel_jobs, spawn_as_usual_in_joblib_workers, threads_per_job
     from src.utils.output_folders import refuse_a_used_folder
 
     output_dir = Path(cfg.paths.output_dir)
@@ -38,6 +38,7 @@ def start_run(cfg: DictConfig, save: bool = True, continuing: bool = False) -> P
         print_config_tree(cfg)
         if save:
             save_config(cfg, output_dir)
+    spawn_as_usual_in_joblib_workers()
     if parallel_jobs() > 1:
         torch.set_num_threads(threads_per_job())
         log.info("%d sweep jobs run in parallel: using %d CPU threads", parallel_jobs(), threads_per_job())
