@@ -650,6 +650,15 @@ def test_a_resume_takes_the_cpu_threads_its_checkpoint_was_trained_with(tmp_path
         torch.set_num_threads(callers)
     assert ("The checkpoint was trained with 1 CPU threads; this resume uses 2 (OMP_NUM_THREADS), so it may differ "
             "from the run it continues in the last bits.") in caplog.text
+    # In a parallel sweep's job, joblib sets OMP_NUM_THREADS itself: the job keeps its share of the cores.
+    monkeypatch.setattr("src.utils.jobs.parallel_jobs", lambda: 2)
+    try:
+        torch.set_num_threads(2)
+        follow_the_checkpoints_threads({"cpu_threads": 1}, trainer)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(callers)
+    assert "this resume uses 2 (its share of the cores in this parallel sweep)" in caplog.text
 
 
 def test_a_resume_in_the_same_folder_keeps_the_first_runs_csv_log(tmp_path, synthetic_data_dir):

@@ -150,21 +150,29 @@ def check_schedule_length(name: str, saved_steps: int | None, total_steps: int, 
 def follow_the_checkpoints_threads(checkpoint: dict, trainer) -> None:
     """Sums split over another number of CPU threads round differently, so a resume on the CPU continues bit-exact
     only with the threads the checkpoint's run used: a parallel sweep job's share of the cores, resumed alone, would
-    otherwise take them all. Not over the user's own OMP_NUM_THREADS, nor beyond the cores there are here."""
+    otherwise take them all. Not over the user's own OMP_NUM_THREADS, a parallel sweep's share of the cores, nor
+    beyond the cores there are here."""
     import logging
     import os
 
     import torch
     from pytorch_lightning.accelerators import CPUAccelerator
 
-    from src.utils.jobs import usable_cpus
+    from src.utils.jobs import parallel_jobs, usable_cpus
 
     threads, now = checkpoint.get("cpu_threads"), torch.get_num_threads()
     if not isinstance(trainer.accelerator, CPUAccelerator) or not isinstance(threads, int) or threads < 1 or threads == now:
         return
     log = logging.getLogger(__name__)
-    if "OMP_NUM_THREADS" in os.environ or threads > usable_cpus():
-        why = "OMP_NUM_THREADS" if "OMP_NUM_THREADS" in os.environ else f"the {usable_cpus()} cores here"
+    if parallel_jobs() > 1:  # joblib's workers set OMP_NUM_THREADS themselves: not the user's choice
+        why = "its share of the cores in this parallel sweep"
+    elif "OMP_NUM_THREADS" in os.environ:
+        why = "OMP_NUM_THREADS"
+    elif threads > usable_cpus():
+        why = f"the cores here: {usable_cpus()}"
+    else:
+        why = None
+    if why:
         log.info("The checkpoint was trained with %d CPU threads; this resume uses %d (%s), so it may differ from the "
                  "run it continues in the last bits.", threads, now, why)
         return
