@@ -640,24 +640,21 @@ def test_a_resume_takes_the_cpu_threads_its_checkpoint_was_trained_with(tmp_path
     # The user's own thread count stands, with a word on what it means.
     from src.utils.resume_check import follow_the_checkpoints_threads
 
-    trainer = pl.Trainer(accelerator="cpu", logger=False)
+    def threads_resuming_from_one_with_two() -> int:
+        try:
+            torch.set_num_threads(2)
+            follow_the_checkpoints_threads({"cpu_threads": 1}, pl.Trainer(accelerator="cpu", logger=False))
+            return torch.get_num_threads()
+        finally:
+            torch.set_num_threads(callers)
+
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    try:
-        torch.set_num_threads(2)
-        follow_the_checkpoints_threads({"cpu_threads": 1}, trainer)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(callers)
+    assert threads_resuming_from_one_with_two() == 2
     assert ("The checkpoint was trained with 1 CPU threads; this resume uses 2 (OMP_NUM_THREADS), so it may differ "
             "from the run it continues in the last bits.") in caplog.text
     # In a parallel sweep's job, joblib sets OMP_NUM_THREADS itself: the job keeps its share of the cores.
     monkeypatch.setattr("src.utils.jobs.parallel_jobs", lambda: 2)
-    try:
-        torch.set_num_threads(2)
-        follow_the_checkpoints_threads({"cpu_threads": 1}, trainer)
-        assert torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(callers)
+    assert threads_resuming_from_one_with_two() == 2
     assert "this resume uses 2 (its share of the cores in this parallel sweep)" in caplog.text
 
 
