@@ -74,3 +74,34 @@ def test_an_unpooled_cnn_trains_from_the_command_line_settings(tmp_path, synthet
     assert metrics["status"] == "ok" and metrics["test/acc"] > 0.5
     model, _ = load_classifier(metrics["best_model_path"])  # the checkpoint rebuilds the unpooled network
     assert feature_sides(model.net) == [24, 20] and model.hparams.pool is False
+
+
+def test_conv_dropout_follows_every_block_but_the_last_and_leaves_the_weights_names_alone():
+    with_dropout = cnn_network([8, 16, 32], [5, 3, 3], 1, 32, 0.3, True, conv_dropout=0.2)
+    blocks = [block for block in with_dropout if isinstance(block, nn.Sequential)]
+    assert [type(block[-1]) for block in blocks] == [nn.Dropout, nn.Dropout, nn.MaxPool2d]
+    assert [block[-1].p for block in blocks[:2]] == [0.2, 0.2]
+    without = cnn_network([8, 16, 32], [5, 3, 3], 1, 32, 0.3, True)
+    assert not any(isinstance(layer, nn.Dropout) for block in without[:3] for layer in block)
+    # Dropout holds no weights: checkpoints from before the setting load into either network.
+    assert with_dropout.state_dict().keys() == without.state_dict().keys()
+    images = torch.randn(4, 1, 28, 28)
+    assert (with_dropout[:2](images) == 0).float().mean() > (without[:2](images) == 0).float().mean() + 0.1  # training
+    without.load_state_dict(with_dropout.state_dict())  # the batch-norm statistics that training pass updated, too
+    with_dropout.eval(), without.eval()
+    assert torch.equal(with_dropout(images), without(images))  # in evaluation, dropout passes everything on
+
+
+def test_conv_dropout_is_set_from_the_command_line_and_kept_in_the_checkpoint(tmp_path, synthetic_data_dir):
+    from src.models.loading import load_network
+
+    overrides = ["model=cnn", "model.channels=[4,8]", "model.kernel_size=3", "model.hidden_size=16",
+                 "model.conv_dropout=0.2"]
+    metrics = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), *overrides]))
+    assert metrics["status"] == "ok"
+    network, checkpoint = load_network(metrics["best_model_path"])  # rebuilt without Lightning, from the settings
+    assert checkpoint["hyper_parameters"]["conv_dropout"] == 0.2
+    assert isinstance(network[0][-1], nn.Dropout) and network[0][-1].p == 0.2
+    with pytest.raises(UserInputError, match=r"model.conv_dropout=1.0 is invalid: it must be a number in \[0, 1\)"):
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "refused"), *overrides,
+                              "model.conv_dropout=1.0"]))

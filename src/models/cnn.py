@@ -19,6 +19,7 @@ class CNN(DigitClassifier):
         pool: bool = True,
         hidden_size: int = 256,
         dropout: float = 0.25,
+        conv_dropout: float = 0.0,
         batch_norm: bool = True,
         label_smoothing: float = 0.0,
         compile: bool = False,
@@ -27,4 +28,6 @@ class CNN(DigitClassifier):
         super().__init__(
             optimizer, scheduler, label_smoothing=label_smoothing, compile=compile, channels_last=channels_last
         )
-        self.net = cnn_network(channels, kernel_size, convs_per_block, hidden_size, dropout, batch_norm, pool)
+        self.net = cnn_network(
+            channels, kernel_size, convs_per_block, hidden_size, dropout, batch_norm, pool, conv_dropout
+        )

@@ -46,10 +46,11 @@ def mlp_network(hidden_sizes: Sequence[int], dropout: float, batch_norm: bool) -
 
 
 def conv_block(
-    in_channels: int, out_channels: int, kernel_size: int, batch_norm: bool, convs: int = 1, pool: bool = True
+    in_channels: int, out_channels: int, kernel_size: int, batch_norm: bool, convs: int = 1, pool: bool = True,
+    dropout: float = 0.0,
 ) -> nn.Sequential:
-    """`convs` × (Conv -> [BatchNorm] -> ReLU). Pooled: padded convs, then a 2×2 max-pool that halves the
-    resolution (28 -> 14 -> 7 -> 3). Unpooled: unpadded convs, each shrinking the image by kernel_size - 1."""
+    """`convs` × (Conv -> [BatchNorm] -> ReLU), then [Dropout]. Pooled: padded convs, then a 2×2 max-pool that
+    halves the resolution (28 -> 14 -> 7 -> 3). Unpooled: unpadded convs, each shrinking the image by kernel_size - 1."""
     layers: list[nn.Module] = []
     for index in range(convs):
         layers += [
@@ -60,16 +61,19 @@ def conv_block(
         ]
     if pool:
         layers.append(nn.MaxPool2d(2))
+    if dropout:  # appended last, and parameter-free: the weights' names are those of a block without it
+        layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
 
 
 def cnn_network(
     channels: Sequence[int], kernel_size: int | Sequence[int], convs_per_block: int, hidden_size: int, dropout: float,
-    batch_norm: bool, pool: bool = True,
+    batch_norm: bool, pool: bool = True, conv_dropout: float = 0.0,
 ) -> nn.Sequential:
     """Conv blocks, then a hidden fully connected layer. Pooled (the default), from the first block on: most
     convolutions run at 14×14 and below, fast on a CPU. Unpooled (An et al. 2020, "no pooling layers"):
-    unpadded convolutions shrink the image instead, at several times the arithmetic."""
+    unpadded convolutions shrink the image instead, at several times the arithmetic. `conv_dropout` follows
+    every block but the last, whose output goes through the classifier's own `dropout`."""
     channels = as_size_list("channels", channels)
     check_sizes("convs_per_block", convs_per_block, [convs_per_block])
     check_sizes("hidden_size", hidden_size, [hidden_size])
@@ -84,8 +88,9 @@ def cnn_network(
             f"model.kernel_size={kernel_size} is invalid: give one size, or one per entry of model.channels={channels}."
         )
     blocks, in_channels, side = [], 1, IMAGE_SIDE
-    for out_channels, size in zip(channels, kernel_sizes):
-        blocks.append(conv_block(in_channels, out_channels, size, batch_norm, convs_per_block, pool))
+    for index, (out_channels, size) in enumerate(zip(channels, kernel_sizes)):
+        block_dropout = conv_dropout if index < len(channels) - 1 else 0.0
+        blocks.append(conv_block(in_channels, out_channels, size, batch_norm, convs_per_block, pool, block_dropout))
         # Each conv adds 2 × padding and takes kernel size - 1: an even kernel grows a padded image by one pixel.
         side += convs_per_block * (2 * (size // 2 if pool else 0) - size + 1)
         in_channels, side = out_channels, side // 2 if pool else side

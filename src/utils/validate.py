@@ -48,7 +48,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     check_optimizer_config(model.get("optimizer") or {})
     check_scheduler_config(model.get("scheduler"))
-    for key, usual in (("label_smoothing", "; 0.1 is usual"), ("dropout", "")):
+    for key, usual in (("label_smoothing", "; 0.1 is usual"), ("dropout", ""), ("conv_dropout", "")):
         value = model.get(key, 0.0)
         if not is_number(value) or not 0 <= value < 1:
             raise UserInputError(f"model.{key}={value} is invalid: it must be a number in [0, 1) (0 turns it off{usual}).")
