@@ -746,10 +746,29 @@ def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir, strategy, extra)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/images"] == 100  # each test image counted exactly once across the 2 ranks
-    assert metrics["test/acc"] > 0.5
+    assert metrics["test/acc"] > 0.5 and metrics["epochs"] == 2  # ddp_spawn's launching process trains no epoch itself
     assert (run_dir / "misclassified.png").exists() == (metrics["test/acc"] < 1)  # drawn from both ranks' mistakes
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"]  # the relaunched rank made no run dir of its own
     assert len(list((run_dir / "checkpoints").glob("*.ckpt"))) == 2  # best + last, written once
+
+
+def test_the_launching_process_of_ddp_spawn_knows_what_its_processes_trained(tmp_path, synthetic_data_dir):
+    """Lightning hands back only the weights, the best checkpoint's path and the metrics: the record said 0 epochs,
+    missed the early stop, and the resume of the finished run trained nothing but did not know it."""
+    run_dir = tmp_path / "spawn"
+    common = ["trainer=ddp_cpu", "trainer.strategy=ddp_spawn", f"hydra.run.dir={run_dir}", f"data.data_dir={synthetic_data_dir}",
+              "data.download=false", "data.val_size=80", "data.batch_size=32", "model=mlp", "trainer.max_epochs=4",
+              "callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=1",
+              "callbacks.early_stopping.min_delta=1", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false"]
+    first = run_module("src.train", *common)  # no improvement can reach min_delta=1: the second validation stops it
+    assert first.returncode == 0, first.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["stopped_early"].startswith("after 2 of 4 epochs: val/acc did not improve")
+    again = run_module("src.train", *common, f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Nothing left to train: early stopping had ended its run after 2 of 4 epochs" in again.stdout + again.stderr
+    resumed = json.loads((run_dir / "metrics.json").read_text())
+    assert resumed["epochs"] == 2 and resumed["fit_seconds"] == metrics["fit_seconds"]  # tested at this state before
 
 
 def test_ddp_spawn_runs_in_parallel_sweep_jobs(tmp_path, synthetic_data_dir):

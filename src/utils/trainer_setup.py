@@ -21,6 +21,7 @@ def build_trainer(cfg: DictConfig):
     from src.utils.checkpoint_io import AtomicCheckpointIO
     from src.utils.instantiate import build, instantiate_entries
     from src.utils.quiet_lightning import quiet_lightning
+    from src.utils.spawned_progress import return_spawned_progress
 
     quiet_lightning()
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
@@ -64,6 +65,7 @@ def build_trainer(cfg: DictConfig):
                     refused_by=(MisconfigurationException, ValueError, TypeError, ImportError))
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not one a user configured
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+    return_spawned_progress(trainer)
     return trainer, loggers
 
 

@@ -1,0 +1,42 @@
+"""trainer.strategy=ddp_spawn trains in processes it starts. Lightning hands back to the launching process only the
+weights, the best checkpoint's path and the last metrics, so that process's trainer stayed at epoch 0, step 0, with its
+callbacks as they were built: the run's record said 0 epochs, missed an early stop, and never knew that a resumed run
+had nothing left to train."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import torch
+from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+from pytorch_lightning.trainer.states import TrainerFn
+
+
+class ProgressReturningLauncher(_MultiProcessingLauncher):
+    """Also hands back rank 0's training progress (epoch and step counters) and its callbacks' state."""
+
+    def get_extra_results(self, trainer) -> dict[str, Any]:
+        extra = super().get_extra_results(trainer)
+        state = {"fit_loop": trainer.fit_loop.state_dict(),
+                 "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks}}
+        buffer = io.BytesIO()
+        torch.save(state, buffer)  # as bytes, as Lightning sends its metrics: tensors in a queue need the sender alive
+        return {**extra, "progress_bytes": buffer.getvalue()}
+
+    def update_main_process_results(self, trainer, extra: dict[str, Any]) -> None:
+        super().update_main_process_results(trainer, extra)
+        if trainer.state.fn != TrainerFn.FITTING:  # a test pass changes neither
+            return
+        state = torch.load(io.BytesIO(extra["progress_bytes"]), weights_only=True)
+        trainer.fit_loop.load_state_dict(state["fit_loop"])
+        for callback in trainer.callbacks:
+            if callback.state_key in state["callbacks"]:
+                callback.load_state_dict(state["callbacks"][callback.state_key])
+
+
+def return_spawned_progress(trainer) -> None:
+    """Give a ddp_spawn trainer the launcher above (a launcher configured otherwise is left alone)."""
+    launcher = trainer.strategy.launcher
+    if type(launcher) is _MultiProcessingLauncher:
+        trainer.strategy._launcher = ProgressReturningLauncher(trainer.strategy, start_method=launcher._start_method)
