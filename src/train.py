@@ -84,6 +84,9 @@ def train(cfg: DictConfig) -> dict:
             checkpoint = None  # not held through the fit: Lightning reads the file itself
             metrics["resumed_from"] = str(Path(ckpt_path).expanduser().resolve())
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
+        from src.utils.run_folders import drop_empty_event_files, event_files
+
+        logged_before = event_files(trainer.loggers)
         started = time.perf_counter()
         fit_or_report_interruption(trainer, model, datamodule, ckpt_path)
         from src.callbacks.early_stop import early_stop, stop_reason
@@ -101,6 +104,7 @@ def train(cfg: DictConfig) -> dict:
             reached = (f"early stopping had ended its run {stopped_after}" if stopper
                        else f"the checkpoint had reached trainer.max_epochs={trainer.max_epochs} already")
             log.info("Nothing left to train: %s, so its run's best checkpoint is tested again.", reached)
+            drop_empty_event_files(trainer.loggers, logged_before)
             finished = read_metrics(output_dir / "metrics.json") if resuming_in_place else {}
             if finished.get("status") == "ok" and "test/acc" in finished and finished.get("epochs") == trainer.current_epoch:
                 # Tested at this very state before: its test results, figures and HParams row are in its TensorBoard

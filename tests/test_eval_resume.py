@@ -24,6 +24,7 @@ from src.eval import evaluate
 from src.models.checkpoint_file import CheckpointError
 from src.models.loading import load_classifier
 from src.train import train
+from src.utils.run_folders import empty_event_file
 from tests.conftest import compose_config, hparams_values, run_module, tiny_run_overrides
 
 
@@ -716,6 +717,8 @@ def test_a_finished_run_resumed_logs_the_tests_its_tensorboard_run_lacks(tmp_pat
     (run_dir / "learning_curves.png").unlink()  # as if the first fit had been stopped before its end
     train(compose_config([*common, f"ckpt_path={last}"]))
     assert _scalar_counts(run_dir / "tensorboard")["test/acc"] == 1 and (run_dir / "learning_curves.png").is_file()
+    # The fits that trained nothing opened an event file each, and left nothing in it.
+    assert not [path for path in (run_dir / "tensorboard").iterdir() if empty_event_file(path)]
 
     one_epoch = (run_dir / "metrics.json").read_text()
     train(compose_config([*common, "trainer.max_epochs=2", f"ckpt_path={last}"]))

@@ -116,7 +116,7 @@ def discard_unused_folder(folder: Path, record_dir: str | None) -> bool:
         inside = path.relative_to(folder)
         record = (record_dir is not None and inside.is_relative_to(record_dir)) or (
             inside.parent == Path(".") and (path.suffix == ".log" or path.name == "config.yaml"))
-        if not (record or _empty_event_file(path)):
+        if not (record or empty_event_file(path)):
             return False
     try:
         shutil.rmtree(folder)
@@ -169,7 +169,27 @@ def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overr
     return job_dir.name if job_dir else job_dirname(job_num, overrides, swept_keys(sweep_dir), exclude)
 
 
-def _empty_event_file(path: Path) -> bool:
+def event_files(loggers: list) -> set[Path]:
+    """The event files in the folders of the TensorBoard loggers among `loggers`."""
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    return {path for logger in loggers if isinstance(logger, TensorBoardLogger)
+            for path in Path(logger.log_dir).glob("events.out.tfevents.*")}
+
+
+def drop_empty_event_files(loggers: list, earlier: set[Path]) -> None:
+    """Remove the event files that this process opened since `earlier` was listed and left empty: a fit that trains
+    nothing (a finished run's resume) opens one, and ends it with nothing in it but its version record."""
+    import os
+    import socket
+
+    mine = f".{socket.gethostname()}.{os.getpid()}."  # torch names each event file after its host and process
+    for path in event_files(loggers) - earlier:
+        if mine in path.name and empty_event_file(path):
+            path.unlink()
+
+
+def empty_event_file(path: Path) -> bool:
     """A TensorBoard event file holding nothing but the version record every new one starts with (the logger opens its
     file before the data is read, so a refusal then leaves one): a record is its length (8 bytes), the length's
     checksum (4), the data and the data's checksum (4)."""
