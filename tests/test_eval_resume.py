@@ -495,6 +495,23 @@ def test_resuming_with_another_model_config_names_the_original_overrides(tmp_pat
         train(cfg)
 
 
+def test_a_checkpoint_saved_before_a_setting_existed_resumes_with_the_settings_default(tmp_path, synthetic_data_dir):
+    """model.conv_dropout came later: its default (0) builds the network those checkpoints were trained with."""
+    from src.errors import UserInputError
+
+    common = [*tiny_run_overrides(synthetic_data_dir, tmp_path / "run"), "model=cnn", "model.channels=[4,8]",
+              "model.kernel_size=3", "model.hidden_size=16", "model.scheduler.name=none"]
+    train(compose_config(common))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    del checkpoint["hyper_parameters"]["conv_dropout"]
+    torch.save(checkpoint, last)
+    resume = [*common, "trainer.max_epochs=2", f"ckpt_path={last}"]
+    with pytest.raises(UserInputError, match=r"model config \(model.conv_dropout=0.0 \(this run: 0.2\)\)\. To resume"):
+        train(compose_config([*resume, "model.conv_dropout=0.2"]))
+    assert train(compose_config(resume))["epochs"] == 2
+
+
 def test_a_refused_resume_names_the_model_settings_that_differ_and_speed_switches_may_change(tmp_path, trained_run,
                                                                                               synthetic_data_dir):
     from src.errors import UserInputError

@@ -29,7 +29,7 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
     trained_data = checkpoint.get("datamodule_hyper_parameters") or {}
     changed = [key for key in FIXED_DATA_KEYS if key in trained_data and trained_data[key] != datamodule.hparams[key]]
     saved = overrides_that_saved(ckpt_path, checkpoint.get("command_overrides"))
-    model_changes = _model_changes(checkpoint["hyper_parameters"], dict(model.hparams))
+    model_changes = _model_changes(_with_defaults(type(model), checkpoint["hyper_parameters"]), dict(model.hparams))
     if checkpoint["model_class"] != this_class:
         trained_with = f"another model ({checkpoint['model_class']}; this run's is {this_class})"
     elif model_changes:
@@ -77,6 +77,15 @@ def check_latest_state(ckpt_path: str, checkpoint: dict, overrides: list[str]) -
         f"{resume_command(overrides, last)}; or, to train again from this checkpoint, copy it out of the run folder and "
         "resume from the copy, which starts a new run folder."
     )
+
+
+def _with_defaults(model_class: type, trained: dict) -> dict:
+    """The checkpoint's settings, and for those it lacks (saved before the setting existed), the class's default:
+    what the model was built with then, as a new setting's default keeps the network as it was."""
+    import inspect
+
+    takes = inspect.signature(model_class.__init__).parameters
+    return {**{name: p.default for name, p in takes.items() if p.default is not p.empty}, **trained}
 
 
 def _model_changes(trained: dict, this: dict) -> list[str]:
