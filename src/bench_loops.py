@@ -27,11 +27,10 @@ def plain_training(data_dir: Path, model_cfg: dict, data_cfg: dict, device: str,
     test_images, test_labels = load_split(data_dir, "test")
     x_test, y_test = normalize(test_images), test_labels.to(device)
 
-    size_keys = (
+    network_keys = (
         "channels", "kernel_size", "convs_per_block", "hidden_size", "dropout", "batch_norm", "pool", "conv_dropout"
     )
-    sizes = {key: model_cfg[key] for key in size_keys}
-    net = cnn_network(**sizes).to(device)
+    net = cnn_network(**{key: model_cfg[key] for key in network_keys}).to(device)
     if model_cfg.get("channels_last"):  # as DigitClassifier does; 1-channel images are already NHWC as they are
         net = net.to(memory_format=torch.channels_last)
     batch_size = data_cfg["batch_size"]

@@ -28,6 +28,7 @@ from src.errors import RunInterrupted, TrainingDiverged, UserInputError
 from src.eval import evaluate
 from src.train import train
 from src.utils.run import run_reporting_failures
+from src.utils.run_folders import empty_event_file
 from tests.conftest import compose_config, ctrl_c_as_in_a_terminal, run_module, tiny_run_overrides
 
 
@@ -746,7 +747,7 @@ def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir, strategy, extra)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/images"] == 100  # each test image counted exactly once across the 2 ranks
-    assert metrics["test/acc"] > 0.5 and metrics["epochs"] == 2  # ddp_spawn's launching process trains no epoch itself
+    assert metrics["test/acc"] > 0.5 and metrics["epochs"] == 2  # with ddp_spawn, counted by the processes it started
     assert (run_dir / "misclassified.png").exists() == (metrics["test/acc"] < 1)  # drawn from both ranks' mistakes
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"]  # the relaunched rank made no run dir of its own
     assert len(list((run_dir / "checkpoints").glob("*.ckpt"))) == 2  # best + last, written once
@@ -769,6 +770,7 @@ def test_the_launching_process_of_ddp_spawn_knows_what_its_processes_trained(tmp
     assert "Nothing left to train: early stopping had ended its run after 2 of 4 epochs" in again.stdout + again.stderr
     resumed = json.loads((run_dir / "metrics.json").read_text())
     assert resumed["epochs"] == 2 and resumed["fit_seconds"] == metrics["fit_seconds"]  # tested at this state before
+    assert not [path for path in (run_dir / "tensorboard").iterdir() if empty_event_file(path)]  # the fit's, spawned
 
 
 def test_ddp_spawn_runs_in_parallel_sweep_jobs(tmp_path, synthetic_data_dir):

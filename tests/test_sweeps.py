@@ -388,8 +388,8 @@ def test_hparams_show_the_runs_own_settings(tmp_path):
                           "model.label_smoothing=0.05", "model.batch_norm=false", "data.batch_size=48",
                           "trainer.max_epochs=7", "++trainer.precision=bf16-mixed", "seed=11"])
     assert run_hparams(cfg, num_parameters=1234) | {"model/arch": "", "data/augment": ""} == {
-        "model": "MLP", "model/arch": "", "model/parameters": 1234, "model/dropout": 0.3, "model/batch_norm": "false",
-        "model/label_smoothing": 0.05, "optimizer/name": "sgd", "optimizer/lr": 0.07, "optimizer/weight_decay": 0.002,
+        "model": "MLP", "model/arch": "", "model/parameters": 1234, "model/dropout": 0.3, "model/conv_dropout": 0.0,
+        "model/batch_norm": "false", "model/label_smoothing": 0.05, "optimizer/name": "sgd", "optimizer/lr": 0.07, "optimizer/weight_decay": 0.002,
         "optimizer/settings": "decay_norm_and_bias=true, momentum=0.8, nesterov=true", "scheduler": "cosine",
         "scheduler/settings": "min_lr=0, warmup_steps=30",
         "callbacks/ema_decay": 0.0, "data/batch_size": 48, "data/val_size": 800, "data/augment": "",

@@ -49,8 +49,9 @@ def conv_block(
     in_channels: int, out_channels: int, kernel_size: int, batch_norm: bool, convs: int = 1, pool: bool = True,
     dropout: float = 0.0,
 ) -> nn.Sequential:
-    """`convs` × (Conv -> [BatchNorm] -> ReLU), then [Dropout]. Pooled: padded convs, then a 2×2 max-pool that
-    halves the resolution (28 -> 14 -> 7 -> 3). Unpooled: unpadded convs, each shrinking the image by kernel_size - 1."""
+    """`convs` × (Conv -> [BatchNorm] -> ReLU) -> [MaxPool] -> [Dropout]. Pooled: padded convs, and a 2×2 max-pool
+    that halves the resolution (28 -> 14 -> 7 -> 3). Unpooled: unpadded convs, each shrinking the image by
+    kernel_size - 1."""
     layers: list[nn.Module] = []
     for index in range(convs):
         layers += [

@@ -10,7 +10,8 @@ from src.models.optim_config import optimizer_settings, scheduler_settings
 # The metric columns of the HParams table; their values are the scalars logged under these tags.
 HPARAM_METRICS = ("val/acc_best", "test/acc", "test/loss")
 _SHARED_MODEL_KEYS = (
-    "_target_", "optimizer", "scheduler", "dropout", "batch_norm", "label_smoothing", "compile", "channels_last",
+    "_target_", "optimizer", "scheduler", "dropout", "conv_dropout", "batch_norm", "label_smoothing", "compile",
+    "channels_last",
 )
 
 
@@ -32,6 +33,7 @@ def run_hparams(
         "model/arch": arch,
         "model/parameters": num_parameters,
         "model/dropout": float(model.get("dropout", 0.0)),
+        "model/conv_dropout": float(model.get("conv_dropout", 0.0)),  # a CNN's; 0 for other models, as for one without
         "model/batch_norm": "true" if model.get("batch_norm", False) else "false",  # a bool would show as 1.0/0.0
         "model/label_smoothing": float(model.get("label_smoothing", 0.0)),
         "optimizer/name": str(optimizer["name"]),

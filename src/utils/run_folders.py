@@ -178,14 +178,10 @@ def event_files(loggers: list) -> set[Path]:
 
 
 def drop_empty_event_files(loggers: list, earlier: set[Path]) -> None:
-    """Remove the event files that this process opened since `earlier` was listed and left empty: a fit that trains
-    nothing (a finished run's resume) opens one, and ends it with nothing in it but its version record."""
-    import os
-    import socket
-
-    mine = f".{socket.gethostname()}.{os.getpid()}."  # torch names each event file after its host and process
+    """Remove the empty event files opened since `earlier` was listed: a fit that trains nothing (a finished run's
+    resume) opens one, in this process or a ddp_spawn process, and ends it with nothing but its version record."""
     for path in event_files(loggers) - earlier:
-        if mine in path.name and empty_event_file(path):
+        if empty_event_file(path):
             path.unlink()
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 from pytorch_lightning.trainer.states import TrainerFn
+from pytorch_lightning.utilities import move_data_to_device
 
 
 class ProgressReturningLauncher(_MultiProcessingLauncher):
@@ -18,15 +19,20 @@ class ProgressReturningLauncher(_MultiProcessingLauncher):
 
     def get_extra_results(self, trainer) -> dict[str, Any]:
         extra = super().get_extra_results(trainer)
+        if trainer.state.fn != TrainerFn.FITTING:  # a test pass changes neither
+            return extra
         state = {"fit_loop": trainer.fit_loop.state_dict(),
                  "callbacks": {cb.state_key: cb.state_dict() for cb in trainer.callbacks}}
+        # On the CPU and as bytes, as Lightning sends its metrics: tensors in a queue need their sender alive, and a
+        # GPU tensor would start CUDA in the launching process, which ddp_fork then refuses to fork from.
+        state = move_data_to_device(state, "cpu")
         buffer = io.BytesIO()
-        torch.save(state, buffer)  # as bytes, as Lightning sends its metrics: tensors in a queue need the sender alive
+        torch.save(state, buffer)
         return {**extra, "progress_bytes": buffer.getvalue()}
 
     def update_main_process_results(self, trainer, extra: dict[str, Any]) -> None:
         super().update_main_process_results(trainer, extra)
-        if trainer.state.fn != TrainerFn.FITTING:  # a test pass changes neither
+        if "progress_bytes" not in extra:
             return
         state = torch.load(io.BytesIO(extra["progress_bytes"]), weights_only=True)
         trainer.fit_loop.load_state_dict(state["fit_loop"])
