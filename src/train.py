@@ -112,6 +112,8 @@ def train(cfg: DictConfig) -> dict:
                 # Its training time stays its own.
                 trainer.loggers = []
                 metrics["fit_seconds"] = finished.get("fit_seconds", metrics["fit_seconds"])
+                if not cfg.get("test"):  # its test results stand (the same best checkpoint): a later re-test is muted
+                    metrics.update({key: value for key, value in finished.items() if key.startswith("test")})
         if resuming_in_place and is_rank_zero():
             save_config(cfg, output_dir)
         import torch  # loaded by now

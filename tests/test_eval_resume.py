@@ -736,6 +736,13 @@ def test_a_finished_run_resumed_logs_the_tests_its_tensorboard_run_lacks(tmp_pat
     assert _scalar_counts(run_dir / "tensorboard")["test/acc"] == 1 and (run_dir / "learning_curves.png").is_file()
     # The fits that trained nothing opened an event file each, and left nothing in it.
     assert not [path for path in (run_dir / "tensorboard").iterdir() if empty_event_file(path)]
+    tested = json.loads((run_dir / "metrics.json").read_text())
+    train(compose_config([*common, "test=false", f"ckpt_path={last}"]))  # keeps the results of that state's test
+    kept = json.loads((run_dir / "metrics.json").read_text())
+    assert {key: kept.get(key) for key in tested if key.startswith("test")} == {
+        key: value for key, value in tested.items() if key.startswith("test")}
+    train(compose_config([*common, f"ckpt_path={last}"]))
+    assert _scalar_counts(run_dir / "tensorboard")["test/acc"] == 1
 
     one_epoch = (run_dir / "metrics.json").read_text()
     train(compose_config([*common, "trainer.max_epochs=2", f"ckpt_path={last}"]))
