@@ -29,7 +29,8 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
     trained_data = checkpoint.get("datamodule_hyper_parameters") or {}
     changed = [key for key in FIXED_DATA_KEYS if key in trained_data and trained_data[key] != datamodule.hparams[key]]
     saved = overrides_that_saved(ckpt_path, checkpoint.get("command_overrides"))
-    model_changes = _model_changes(_with_defaults(type(model), checkpoint["hyper_parameters"]), dict(model.hparams))
+    this_model = dict(model.hparams)
+    model_changes = _model_changes(_with_defaults(type(model), checkpoint["hyper_parameters"], this_model), this_model)
     if checkpoint["model_class"] != this_class:
         trained_with = f"another model ({checkpoint['model_class']}; this run's is {this_class})"
     elif model_changes:
@@ -79,13 +80,14 @@ def check_latest_state(ckpt_path: str, checkpoint: dict, overrides: list[str]) -
     )
 
 
-def _with_defaults(model_class: type, trained: dict) -> dict:
-    """The checkpoint's settings, and for those it lacks (saved before the setting existed), the class's default:
-    what the model was built with then, as a new setting's default keeps the network as it was."""
+def _with_defaults(model_class: type, trained: dict, this: dict) -> dict:
+    """The checkpoint's settings, and for those it lacks (saved before the setting existed) and this run has, the
+    class's default: what the model was built with then, as a new setting's default keeps the network as it was.
+    (A setting the class keeps out of its hyperparameters is in neither.)"""
     import inspect
 
     takes = inspect.signature(model_class.__init__).parameters
-    return {**{name: p.default for name, p in takes.items() if p.default is not p.empty}, **trained}
+    return {**{name: p.default for name, p in takes.items() if p.default is not p.empty and name in this}, **trained}
 
 
 def _model_changes(trained: dict, this: dict) -> list[str]:
