@@ -103,16 +103,19 @@ def train(cfg: DictConfig) -> dict:
         if resuming and trainer.global_step == resumed_at_step:
             reached = (f"early stopping had ended its run {stopped_after}" if stopper
                        else f"the checkpoint had reached trainer.max_epochs={trainer.max_epochs} already")
-            log.info("Nothing left to train: %s, so its run's best checkpoint is tested again.", reached)
+            then = "so its run's best checkpoint is tested again" if cfg.get("test") else "and test=false: no test"
+            log.info("Nothing left to train: %s, %s.", reached, then)
             drop_empty_event_files(trainer.loggers, logged_before)
             finished = read_metrics(output_dir / "metrics.json") if resuming_in_place else {}
-            if finished.get("status") == "ok" and "test/acc" in finished and finished.get("epochs") == trainer.current_epoch:
-                # Tested at this very state before: its test results, figures and HParams row are in its TensorBoard
-                # run already, and a job requeued after it had finished would add another copy of each every time.
-                # Its training time stays its own.
+            same_state = finished.get("status") == "ok" and finished.get("epochs") == trainer.current_epoch
+            if same_state:
+                metrics["fit_seconds"] = finished.get("fit_seconds", metrics["fit_seconds"])  # its training's own
+            if same_state and "test/acc" in finished:
+                # At this very state: its test results, figures and HParams row are in its TensorBoard run already,
+                # and a job requeued after it had finished would add another copy of each every time.
                 trainer.loggers = []
-                metrics["fit_seconds"] = finished.get("fit_seconds", metrics["fit_seconds"])
-                if not cfg.get("test"):  # its test results stand (the same best checkpoint): a later re-test is muted
+                if not cfg.get("test"):  # those results stand: the same best checkpoint (its path is set below)
+                    log.info("metrics.json keeps the results of that state's earlier test.")
                     metrics.update({key: value for key, value in finished.items() if key.startswith("test")})
         if resuming_in_place and is_rank_zero():
             save_config(cfg, output_dir)
@@ -125,6 +128,8 @@ def train(cfg: DictConfig) -> dict:
             metrics["val/acc_best"] = model.best_val_acc()
         ckpt_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
         metrics["best_model_path"] = ckpt_path or None
+        if "tested_checkpoint" in metrics:  # kept from an earlier test, perhaps before the run folder was moved
+            metrics["tested_checkpoint"] = metrics["best_model_path"]
         if not ckpt_path:
             log.warning("No best checkpoint was saved (no validation ran, or checkpointing is off): testing the final weights.")
     if cfg.get("test"):

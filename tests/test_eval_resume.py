@@ -520,6 +520,7 @@ def test_a_refused_resume_names_the_model_settings_that_differ_and_speed_switche
     # Names were taken in any case before: a checkpoint saved with name=Adam resumes with adam, as it must be written now.
     assert _model_changes({"optimizer": {"name": "Adam"}, "scheduler": {"name": "OneCycle"}},
                           {"optimizer": {"name": "adam"}, "scheduler": {"name": "onecycle"}}) == []
+    assert _model_changes({"fc": (120, 84)}, {"fc": [120, 84]}) == []  # a class's default against the config's list
 
     resume = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "data.mean=0.5", "data.std=0.6",
               f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"]
@@ -704,6 +705,10 @@ def test_resuming_a_finished_run_in_a_moved_folder_tests_its_own_best_checkpoint
     shutil.move(tmp_path / "a", tmp_path / "b")
     events_before = _scalar_counts(tmp_path / "b" / "tensorboard")
     last = tmp_path / "b" / "checkpoints" / "last.ckpt"
+    untested = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), *common, f"ckpt_path={last}",
+                                     "test=false"]))  # keeps the test results of that state, naming the moved checkpoint
+    assert untested["tested_checkpoint"] == str(tmp_path / "b" / "checkpoints" / "epoch000.ckpt")
+    assert untested["test/acc"] == first["test/acc"]
     with caplog.at_level(logging.INFO):
         again = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), *common, f"ckpt_path={last}"]))
     assert ("Nothing left to train: the checkpoint had reached trainer.max_epochs=1 already, so its run's best "
@@ -728,8 +733,8 @@ def test_a_finished_run_resumed_logs_the_tests_its_tensorboard_run_lacks(tmp_pat
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.ckpt"
     common = [*tiny_run_overrides(synthetic_data_dir, run_dir), "model=mlp", "model.scheduler.name=none"]
-    train(compose_config([*common, "test=false"]))
-    train(compose_config([*common, f"ckpt_path={last}"]))
+    first = train(compose_config([*common, "test=false"]))
+    assert train(compose_config([*common, f"ckpt_path={last}"]))["fit_seconds"] == first["fit_seconds"]
     assert _scalar_counts(run_dir / "tensorboard")["test/acc"] == 1
     (run_dir / "learning_curves.png").unlink()  # as if the first fit had been stopped before its end
     train(compose_config([*common, f"ckpt_path={last}"]))

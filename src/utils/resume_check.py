@@ -112,6 +112,8 @@ def _model_changes(trained: dict, this: dict) -> list[str]:
 def _flat(settings: dict, prefix: str) -> dict:
     flat = {}
     for key, value in settings.items():
+        if isinstance(value, tuple):  # a class default, (120, 84), is the config's [120, 84]
+            value = list(value)
         flat.update(_flat(value, f"{prefix}{key}.") if isinstance(value, dict) and value else {f"{prefix}{key}": value})
     return flat
 
