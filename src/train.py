@@ -86,7 +86,7 @@ def train(cfg: DictConfig) -> dict:
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
         from src.utils.run_folders import drop_empty_event_files, event_files
 
-        logged_before = event_files(trainer.loggers)
+        logged_before = event_files(trainer.loggers) if resuming else set()  # only a resume may train nothing
         started = time.perf_counter()
         fit_or_report_interruption(trainer, model, datamodule, ckpt_path)
         from src.callbacks.early_stop import early_stop, stop_reason
