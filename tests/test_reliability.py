@@ -97,6 +97,8 @@ CONFIG_CASES = {
     "warm-up share": (["model.scheduler.pct_start=1.5"], "model.scheduler.pct_start=1.5 is invalid: it must be a number in (0, 1)"),
     "max_epochs zero": (["trainer.max_epochs=0"], "trainer.max_epochs=0 is invalid: it must be an integer >= 1"),
     "dropout 1.5": (["model.dropout=1.5"], "model.dropout=1.5 is invalid: it must be a number in [0, 1)"),
+    "CNN setting out of range on an MLP": (["+model.conv_dropout=1.5"], "model.conv_dropout is not a setting of model "
+                                                                         "(src.models.mlp.MLP), a typo?"),
     "label smoothing 1": (["model.label_smoothing=1.0"], "model.label_smoothing=1.0 is invalid: it must be a number in [0, 1)"),
     "no full batch": (["data.batch_size=1000", "data.drop_last=true"],
                       "data.batch_size=1000 with data.drop_last=true leaves no training batch: the training split has 320 images"),

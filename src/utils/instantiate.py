@@ -23,7 +23,7 @@ def build(node: DictConfig, refused_by: tuple[type[Exception], ...] = (), **kwar
             raise err.__cause__ from None
         unknown = re.search(r"unexpected keyword argument '(\w+)'", str(err.__cause__))
         if isinstance(err.__cause__, TypeError) and unknown:  # a typo in an appended key: +model.dropuot=0.1
-            raise _not_a_setting(node, unknown.group(1)) from err
+            raise not_a_setting(node, unknown.group(1)) from err
         if isinstance(err.__cause__, refused_by):
             group = node._get_full_key(None) or "the config"
             reason = " ".join(str(err.__cause__).split())
@@ -42,7 +42,17 @@ def build_group(cfg: DictConfig, group: str, example: str) -> Any:
     return build(node, _convert_="all")
 
 
-def _not_a_setting(node: DictConfig, name: str) -> UserInputError:
+def takes_setting(node: DictConfig, name: str) -> bool:
+    """Whether the class `node` builds has a constructor argument `name` (or takes any keyword); True when `node` names
+    no class that can be found (that is reported when it is built)."""
+    try:
+        parameters = inspect.signature(get_class(node._target_)).parameters.values()
+    except Exception:
+        return True
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)
+
+
+def not_a_setting(node: DictConfig, name: str) -> UserInputError:
     group = node._get_full_key(None) or "the config"
     settings = [p for p in inspect.signature(get_class(node._target_)).parameters if p not in ("self", "args", "kwargs")]
     recipe = _experiment_setting(group, name)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserInputError
 from src.models.optim_config import check_optimizer_config, check_scheduler_config
+from src.utils.instantiate import not_a_setting, takes_setting
 from src.utils.setting_checks import is_number, is_whole, require_true_or_false
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def validate_train_config(cfg: DictConfig) -> None:
     for key, usual in (("label_smoothing", "; 0.1 is usual"), ("dropout", ""), ("conv_dropout", "")):
         value = model.get(key, 0.0)
         if not is_number(value) or not 0 <= value < 1:
+            if key in model and not takes_setting(cfg.model, key):  # +model.conv_dropout=1.5 for an MLP: a typo first
+                raise not_a_setting(cfg.model, key)
             raise UserInputError(f"model.{key}={value} is invalid: it must be a number in [0, 1) (0 turns it off{usual}).")
     for key in ("train", "test"):
         if key in cfg:
