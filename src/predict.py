@@ -84,7 +84,8 @@ def check_config(cfg: DictConfig) -> None:
 
 
 def predict(cfg: DictConfig) -> list[dict]:
-    """Classify every input image; returns one dict per classified image (path, digit, confidence, probs)."""
+    """Classify every input image; returns one dict per input file, in order: its path, digit, confidence and probs,
+    and `skipped`: null, or why it could not be classified (its other values null then)."""
     from src.models.checkpoint_file import existing_checkpoint
 
     check_config(cfg)  # before the heavy imports: a mistyped setting or path is reported at once
@@ -99,13 +100,14 @@ def predict(cfg: DictConfig) -> list[dict]:
     model, checkpoint = load_network(str(cfg.ckpt_path))
     mean, std = normalization(checkpoint)  # exactly the training preprocessing
 
-    images, classified = [], []
+    images, classified, skipped = [], [], {}
     for path in paths:
         try:
             images.append(digit_tensor(path, mean, std))
             classified.append(path)
         except DigitImageError as err:
             log.warning("skipped %s: %s", path, err)
+            skipped[path] = str(err)
     if not classified:
         raise UserInputError(f"none of the {len(paths)} input file(s) could be classified (see the reasons above).")
 
@@ -118,22 +120,26 @@ def predict(cfg: DictConfig) -> list[dict]:
             "digit": int(row.argmax()),
             "confidence": round(float(row.max()), 6),
             "probs": [round(float(value), 6) for value in row],
+            "skipped": None,
         }
         for path, row in zip(classified, probs)
     ]
+    by_path = dict(zip(classified, predictions))
+    results = [by_path.get(path) or {"path": str(path), "digit": None, "confidence": None, "probs": None,
+                                     "skipped": skipped[path]} for path in paths]  # every input, in order
 
     output_dir = Path(cfg.paths.output_dir)
     lines = ["", prediction_table(predictions, cfg.top_k), ""]
     lines.append(f"classified    : {len(predictions)} of {len(paths)} file(s) with {cfg.ckpt_path}")
     if cfg.output:
         json_path = Path(cfg.output).expanduser().resolve()
-        write_predictions(json_path, predictions)
+        write_predictions(json_path, results)
         lines.append(f"predictions   : {json_path}")
     if cfg.save_preview:
         lines.append(f"preview       : {save_preview(batch, predictions, output_dir)}")
     lines.append(f"run dir       : {output_dir}")
     log.info("\n".join(lines))
-    return predictions
+    return results
 
 
 def write_predictions(path: Path, predictions: list[dict]) -> None:

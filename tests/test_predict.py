@@ -278,8 +278,16 @@ def test_unreadable_and_blank_files_are_reported_and_skipped(tmp_path, synthetic
     save(draw_six(), folder / "six.png")
     save(Image.new("L", (30, 30), 255), folder / "blank.png")
     (folder / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    predictions = predict(predict_config(synthetic_checkpoint, folder, tmp_path / "run"))
-    assert [Path(p["path"]).name for p in predictions] == ["six.png"]
+    json_path = tmp_path / "predictions.json"
+    predictions = predict(predict_config(synthetic_checkpoint, folder, tmp_path / "run", f"output='{json_path}'"))
+    # Every input, in the folder's order; a skipped one says why, instead of a digit.
+    assert json.loads(json_path.read_text()) == predictions
+    assert [(Path(p["path"]).name, p["digit"]) for p in predictions] == [("blank.png", None), ("broken.jpg", None),
+                                                                         ("six.png", predictions[2]["digit"])]
+    assert isinstance(predictions[2]["digit"], int) and predictions[2]["skipped"] is None
+    assert predictions[0]["skipped"].startswith("no digit found: the image is blank")
+    assert predictions[1]["skipped"].startswith("not a readable image")
+    assert predictions[1]["confidence"] is None and predictions[1]["probs"] is None
     skipped = [r.getMessage() for r in caplog.records if r.getMessage().startswith("skipped")]
     assert len(skipped) == 2
     assert any("blank.png: no digit found" in line for line in skipped)
@@ -301,7 +309,7 @@ def test_json_output_and_preview_sheet(tmp_path, synthetic_checkpoint):
     written = json.loads(json_path.read_text())
     assert written == predictions and len(written) == 2
     for entry in written:
-        assert set(entry) == {"path", "digit", "confidence", "probs"}
+        assert set(entry) == {"path", "digit", "confidence", "probs", "skipped"} and entry["skipped"] is None
         assert len(entry["probs"]) == 10 and sum(entry["probs"]) == pytest.approx(1.0, abs=1e-4)
         assert entry["digit"] == int(np.argmax(entry["probs"])) and entry["confidence"] == max(entry["probs"])
     # The same drawing in either polarity (and through JPEG) is nearly the same input to the model.
