@@ -27,7 +27,7 @@ from src.utils.in_process import run_in_this_process
 class Run:
     dir: Path                                          # the run's folder, as the command line would have made it
     metrics: dict = field(default_factory=dict)        # train and evaluate: what metrics.json holds
-    predictions: list = field(default_factory=list)    # predict: one dict per input (path, digit, confidence, probs, skipped)
+    predictions: list = field(default_factory=list)    # predict: one dict per input file (src.predict)
 
     @property
     def figures(self) -> list[Path]:
