@@ -642,6 +642,24 @@ def test_metrics_files_are_strict_json_even_after_a_nan(tmp_path):
     assert json.loads(path.read_text(), parse_constant=refuse) == {"test/loss": None, "curve": [1.0, None], "test/acc": 0.5}
 
 
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
+    """SIGKILL while a checkpoint is written leaves its temporary file; the next write of that file removes it once it
+    is old and its process is gone, and leaves alone a live process's, a recent one, and another file's."""
+    from src.utils.atomic_files import STALE_AFTER_SECONDS, write_text_atomically
+
+    def ended_process() -> int:
+        return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True).stdout)
+
+    dead, dead_too, alive = ended_process(), ended_process(), os.getppid()
+    old, now = time.time() - STALE_AFTER_SECONDS - 60, time.time()
+    left = {f".last.ckpt.{alive}.partial": old, f".last.ckpt.{dead_too}.partial": now, f".best.ckpt.{dead}.partial": old}
+    for name, modified in {**left, f".last.ckpt.{dead}.partial": old}.items():
+        (tmp_path / name).write_text("half a checkpoint")
+        os.utime(tmp_path / name, (modified, modified))
+    write_text_atomically(tmp_path / "last.ckpt", "a checkpoint")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*left, "last.ckpt"])
+
+
 def test_a_read_only_folder_is_reported_under_the_files_own_name(tmp_path, monkeypatch):
     """On a read-only filesystem, removing the temporary file fails as well; that must not hide the first error."""
     from src.utils.atomic_files import write_text_atomically

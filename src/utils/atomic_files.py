@@ -6,11 +6,15 @@ only within one filesystem, which is why the temporary file never goes to $TMPDI
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+
+STALE_AFTER_SECONDS = 600  # far longer than any write here; on a shared disk, another machine's process ids mean nothing
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -21,12 +25,33 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(partial)
         os.replace(partial, path)
+        _remove_stale_partial_files(path)
     except BaseException as err:
         with contextlib.suppress(OSError):  # on a read-only filesystem this fails too, and must not hide `err`
             partial.unlink(missing_ok=True)
         if isinstance(err, OSError) and err.errno and err.filename in (None, str(partial)):
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise
+
+
+def _remove_stale_partial_files(path: Path) -> None:
+    """The temporary files of earlier writes of `path` whose process was killed (SIGKILL, a power cut) before it could
+    remove them: a checkpoint's would take its size on disk for good."""
+    for stale in path.parent.glob(f".{glob.escape(path.name)}.*.partial"):
+        pid = stale.name[len(path.name) + 2 : -len(".partial")]
+        with contextlib.suppress(OSError):
+            if pid.isdigit() and not _process_exists(int(pid)) and time.time() - stale.stat().st_mtime > STALE_AFTER_SECONDS:
+                stale.unlink()
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def write_text_atomically(path: Path, text: str) -> None:
