@@ -305,6 +305,14 @@ def test_the_commands_a_run_prints_repeat_the_config_of_ones_own_it_used(tmp_pat
     assert recorded[:2] == flags and "++trainer.strategy=ddp_spawn" in recorded
 
 
+def test_an_empty_run_folder_is_refused_before_hydra_writes_into_the_current_folder(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "src.train", "hydra.run.dir=", "trainer.max_epochs=1"], cwd=tmp_path,
+                            env={key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and result.stderr.startswith("hydra.run.dir= is empty: it must be a folder")
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("module, words, expected", [
     ("src.eval", ["runs/a/last.ckpt"], "'runs/a/last.ckpt' has no key: settings are key=value, such as ckpt_path=runs/a/last.ckpt."),
     ("src.predict", ["ckpt_path=a.ckpt", "zero.jpg"], "'zero.jpg' has no key: settings are key=value, such as inputs=zero.jpg."),
@@ -365,6 +373,18 @@ def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
      "listed: model.dropout=<value>,<value>,..."),
     (["-m", "+x=tag(log, interval(1, 2))"], "train", "+x=tag(log, interval(1, 2)) is a continuous range"),
     (["sweep=seeds", "model.dropout=interval(0.1,0.5)"], "train", "model.dropout=interval(0.1,0.5) is a continuous range"),
+    # An unset shell variable: the run would write into the current folder (hydra.run.dir), or into / (paths.log_dir).
+    (["hydra.run.dir="], "train", "hydra.run.dir= is empty: it must be a folder (an unset shell variable?). Give one, "
+     "or leave the setting out for its default."),
+    (["paths.log_dir=''"], "eval", "paths.log_dir='' is empty: it must be a folder"),
+    (["-m", "hydra.sweep.dir="], "train", "hydra.sweep.dir= is empty"),
+    (["+logger.tensorboard.save_dir="], "train", "+logger.tensorboard.save_dir= is empty"),
+    # Hydra's traceback ("Config group override must be a string or a list. Got NoneType"), or the run's.
+    (["model=null"], "train", "model=null would leave out the model config, which every train run needs: choose one of "
+     "cnn, mlp."),
+    (["~trainer"], "eval", "~trainer would leave out the trainer config, which every eval run needs: choose one of cpu,"),
+    (["experiment=null"], "train", "experiment=null: Hydra cannot set a config group to null on the command line. No "
+     "experiment is the default, so leave it out (~experiment drops one that a config of one's own chooses)."),
 ])
 def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point, message):
     """Each of these ended in a traceback (a deleted setting the run reads, a log file in a missing folder) or, for a
@@ -373,6 +393,8 @@ def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point
 
     assert overrides_problem(words, entry_point).startswith(message)
     assert overrides_problem(["~logger", "~callbacks.lr_monitor", "task_name=mine", "-m", "seed=1,2"], "train") is None
+    assert overrides_problem(["~experiment", "~sweep", "logger=null", "callbacks=null", "ckpt_path=", "model=mlp"],
+                             "train") is None
     # An optimizing sweeper chosen on the command line samples it; a single run is refused by Hydra in one line.
     assert overrides_problem(["-m", "hydra/sweeper=optuna", "model.dropout=interval(0.1,0.5)"], "train") is None
 

@@ -51,7 +51,16 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
     unknown = _unknown_setting(arguments, entry_point)
     if unknown:
         return unknown
+    for word in words_with_a_key(arguments):
+        key, _, value = word.lstrip("+").partition("=")
+        if value.strip().strip("'\"") == "" and _names_a_folder(key):
+            # `hydra.run.dir=$RUN_DIR` with the variable unset: the run would write into the current folder, or `/`.
+            return (f"{word} is empty: it must be a folder (an unset shell variable?). Give one, or leave the setting "
+                    "out for its default.")
     for word in arguments:
+        dropped = _dropped_group(word, entry_point)
+        if dropped:
+            return dropped
         key = word.lstrip("~").partition("=")[0]  # ~seed=42 deletes seed too (if it is 42)
         if word.startswith("~") and key in _top_level_settings(entry_point):
             value = "null for an unseeded run" if key == "seed" else "<value>"
@@ -59,6 +68,41 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
         if word.lstrip("+").startswith("task_name=") and "/" in word.partition("=")[2]:
             return (f"{word.lstrip('+')} is invalid: the task name names the run's log file (<task_name>.log), so it "
                     "cannot hold '/'. Use another name, e.g. task_name=my_run.")
+    return None
+
+
+def _names_a_folder(key: str) -> bool:
+    return key in ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir") or key.startswith("paths.") or (
+        key.rsplit(".", 1)[-1] in ("save_dir", "dirpath", "default_root_dir", "output_dir"))
+
+
+def _dropped_group(word: str, entry_point: str) -> str | None:
+    """Why `model=null` or `~model` is refused (Hydra fails on the first with a traceback, and the run on a config
+    without the second's group); `~experiment` leaves out an optional group, as it should. `logger` and `callbacks`,
+    groups of entries, may be none (`logger=null`)."""
+    deleted = word.startswith("~")
+    key, _, value = word.lstrip("~+").partition("=")
+    group = CONFIG_DIR / key
+    if key in ("logger", "callbacks") or key not in _config_groups(entry_point) or not group.is_dir():
+        return None
+    options = ", ".join(sorted(path.stem for path in group.glob("*.yaml")))
+    if _group_default(entry_point, key) is None:  # optional: none by default
+        if deleted or value.strip() != "null":
+            return None
+        return (f"{word}: Hydra cannot set a config group to null on the command line. No {key} is the default, so leave "
+                f"it out (~{key} drops one that a config of one's own chooses).")
+    if deleted or value.strip() == "null":
+        return f"{word} would leave out the {key} config, which every {entry_point} run needs: choose one of {options}."
+    return None
+
+
+def _group_default(entry_point: str, group: str):
+    """The option the entry point's defaults list chooses for `group` (None: none)."""
+    for entry in _entry_config(entry_point).get("defaults", []):
+        if hasattr(entry, "keys"):
+            for key, option in entry.items():
+                if str(key).split()[-1] == group:
+                    return option
     return None
 
 
