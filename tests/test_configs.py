@@ -121,6 +121,28 @@ def test_an_entry_without_target_is_an_error_not_skipped(tmp_path):
         instantiate_entries(cfg.callbacks, "callbacks")
 
 
+@pytest.mark.parametrize("override, group, message", [
+    ("callbacks.lr_monitor.logging_interval=hour", "callbacks", "callbacks.lr_monitor: pytorch_lightning.callbacks."
+     "LearningRateMonitor refused these settings: logging_interval should be `step` or `epoch` or `None`."),
+    ("callbacks.model_checkpoint.save_top_k=-2", "callbacks", "callbacks.model_checkpoint: src.callbacks.checkpoint."
+     "RunFolderCheckpoint refused these settings: Invalid value for save_top_k=-2. Must be >= -1"),
+    ("+callbacks.notes._target_=builtins.dict", "callbacks", "callbacks.notes: builtins.dict is not a Lightning Callback, "
+     "so `callbacks` cannot take it."),
+    ("+logger.notes._target_=builtins.dict", "logger", "logger.notes: builtins.dict is not a Lightning Logger"),
+])
+def test_an_entry_its_class_refuses_or_that_is_no_callback_is_one_line(tmp_path, override, group, message):
+    """Hydra's wrapped error, or a failure once training starts (a dict has no Callback hooks)."""
+    from pytorch_lightning import Callback
+    from pytorch_lightning.loggers import Logger
+
+    from src.errors import UserInputError
+
+    cfg = compose_config([override, f"paths.output_dir={tmp_path}"])
+    with pytest.raises(UserInputError) as info:
+        instantiate_entries(cfg[group], group, Callback if group == "callbacks" else Logger)
+    assert str(info.value).startswith(message)
+
+
 @pytest.mark.parametrize("override", ["callbacks.figures.every_n_epochs=0", "callbacks.figures.num_mistakes=-1"])
 def test_a_bad_figures_setting_fails_when_the_callbacks_are_built(tmp_path, override):
     from src.errors import UserInputError

@@ -69,8 +69,13 @@ def break_file(data_dir: Path, how: str) -> None:
 
 
 CONFIG_CASES = {
-    "lr zero": (["model.optimizer.lr=0"], "model.optimizer.lr=0 is invalid: it must be a number > 0"),
+    "lr zero": (["model.optimizer.lr=0"], "model.optimizer.lr=0 is invalid: it must be a finite number > 0"),
     "lr negative": (["model.optimizer.lr=-0.1"], "model.optimizer.lr=-0.1 is invalid"),
+    "lr infinite": (["model.optimizer.lr=inf"], "model.optimizer.lr=inf is invalid: it must be a finite number > 0"),
+    "patience as text": (["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=abc"],
+                         "callbacks.early_stopping.patience=abc is invalid: it must be a whole number of validations >= 0."),
+    "early stopping threshold as text": (["callbacks=[default,early_stopping]", "+callbacks.early_stopping.stopping_threshold=x"],
+                                         "callbacks.early_stopping.stopping_threshold=x is invalid: it must be a number, or null"),
     "unknown optimizer": (["model.optimizer.name=rmsprop"], "model.optimizer.name=rmsprop is unknown: choose one of adam, adamw, sgd"),
     "unknown scheduler": (["model.scheduler.name=step"], "model.scheduler.name=step is unknown: choose one of none, onecycle, cosine"),
     "batch size zero": (["data.batch_size=0"], "data.batch_size=0 is invalid"),
@@ -709,6 +714,8 @@ def test_a_disk_error_under_a_later_one_is_still_reported_as_one_line():
         problem = disk_problem(failure)
     assert str(problem).startswith("/runs/a/checkpoints/last.ckpt: no space left on the disk. Free some space")
     assert disk_problem(RuntimeError("unrelated")) is None
+    tensorboards = OSError(errno.EPERM, os.strerror(errno.EPERM), b"/runs/a/tensorboard/events.out.tfevents.1")
+    assert str(disk_problem(tensorboards)).startswith("/runs/a/tensorboard/events.out.tfevents.1: not permitted.")
 
 
 def test_a_full_disk_in_tensorboards_thread_is_one_line_not_a_traceback(monkeypatch, caplog, capsys):

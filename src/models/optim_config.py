@@ -5,6 +5,7 @@ A key that no optimizer (or scheduler) knows is a typo and an error. A key that 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 from src.errors import UserInputError
@@ -53,8 +54,8 @@ def check_optimizer_config(config: Mapping) -> None:
     _check_known_keys(config, OPTIMIZER_KEYS, "model.optimizer")
     config = optimizer_settings(config)
     lr = config.get("lr")
-    if not is_number(lr) or not lr > 0:
-        raise UserInputError(f"model.optimizer.lr={lr} is invalid: it must be a number > 0 (e.g. 1e-3).")
+    if not is_number(lr) or not 0 < lr < math.inf:
+        raise UserInputError(f"model.optimizer.lr={lr} is invalid: it must be a finite number > 0 (e.g. 1e-3).")
     name = str(config["name"])  # exactly: every place that reads the name compares it as written
     if name not in OPTIMIZERS:
         raise UserInputError(f"model.optimizer.name={name} is unknown: choose one of {', '.join(OPTIMIZERS)}.")

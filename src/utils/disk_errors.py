@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 
 from src.errors import ReportedError, UserInputError
 
@@ -47,8 +48,9 @@ def disk_problem(failure: Exception) -> UserInputError | None:
     if not disk_errors:
         return None
     err = next((e for e in disk_errors if e.filename), disk_errors[0])
+    filename = os.fsdecode(err.filename) if err.filename else "Writing a file of the run"  # TensorBoard's are bytes
     problem = UserInputError(
-        f"{err.filename or 'Writing a file of the run'}: {_DISK_PROBLEMS[err.errno]}. Free some space or fix the "
+        f"{filename}: {_DISK_PROBLEMS[err.errno]}. Free some space or fix the "
         "folder's permissions, or put the run elsewhere (hydra.run.dir=<folder>; hydra.sweep.dir=<folder> for a sweep). Checkpoints and "
         "metrics.json written before are intact."
     )

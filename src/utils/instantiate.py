@@ -85,8 +85,11 @@ def _experiment_setting(group: str, name: str) -> tuple[str, str | None] | None:
     return experiment, chosen[0] if chosen else None
 
 
-def instantiate_entries(group: DictConfig | None, group_name: str) -> list[Any]:
-    """One object per entry; an entry set to null is deliberately disabled and left out."""
+def instantiate_entries(group: DictConfig | None, group_name: str, kind: type | None = None) -> list[Any]:
+    """One object per entry, each an instance of `kind` when given; an entry set to null is deliberately disabled and
+    left out. A value the class's constructor refuses (Lightning's callbacks check theirs) is one line."""
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
     if not group:
         return []
     objects = []
@@ -98,5 +101,9 @@ def instantiate_entries(group: DictConfig | None, group_name: str) -> list[Any]:
                 f"{group_name}.{name} has no _target_: each entry of `{group_name}` must be a config "
                 f"with a _target_ class (or null to disable it), got {entry!r}."
             )
-        objects.append(build(entry))
+        built = build(entry, refused_by=(MisconfigurationException, ValueError, TypeError))
+        if kind is not None and not isinstance(built, kind):
+            raise UserInputError(f"{group_name}.{name}: {entry._target_} is not a Lightning {kind.__name__}, so "
+                                 f"`{group_name}` cannot take it.")
+        objects.append(built)
     return objects

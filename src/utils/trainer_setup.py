@@ -13,7 +13,9 @@ log = logging.getLogger(__name__)
 
 def build_trainer(cfg: DictConfig):
     """(Trainer, loggers) from the `trainer`, `callbacks` and `logger` groups."""
+    from pytorch_lightning import Callback
     from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ModelSummary, ProgressBar
+    from pytorch_lightning.loggers import Logger
     from pytorch_lightning.plugins.io import TorchCheckpointIO
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
@@ -36,7 +38,7 @@ def build_trainer(cfg: DictConfig):
     if cfg.get("test", True) and cfg.trainer.get("limit_test_batches") == 0:
         raise UserInputError("trainer.limit_test_batches=0 would test on no images. Use test=false to skip testing "
                              "(python -m src.train), or a limit above 0.")
-    callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks")
+    callbacks = instantiate_entries(cfg.get("callbacks"), "callbacks", Callback)
     # A trainer switch turned off means the callbacks it governs are not wanted: Lightning would refuse them (progress
     # bar, checkpoints) or still run them (model summary).
     for switch, kind in (("enable_model_summary", ModelSummary), ("enable_progress_bar", ProgressBar),
@@ -57,7 +59,7 @@ def build_trainer(cfg: DictConfig):
     stops = [cb for cb in callbacks if isinstance(cb, GracefulStop)]
     callbacks = [cb for cb in callbacks if cb not in stops] + stops
     _check_tensorboard_settings(cfg.get("logger"))
-    loggers = instantiate_entries(cfg.get("logger"), "logger")
+    loggers = instantiate_entries(cfg.get("logger"), "logger", Logger)
     if any(isinstance(cb, LearningRateMonitor) for cb in callbacks) and (reason := _learning_rate_not_charted(cfg, loggers)):
         log.info("%s", reason)
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]

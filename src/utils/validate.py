@@ -67,6 +67,7 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"callbacks={chosen} leaves out the checkpoint callbacks, which come with `default`: training could neither "
             f"test its best epoch nor be resumed. Keep the defaults and add to them: callbacks=[default,{options}]."
         )
+    _check_early_stopping(callbacks)
     for key in ("batch_norm", "pool", "compile", "channels_last"):
         if key in model:
             require_true_or_false(f"model.{key}", model[key])
@@ -103,19 +104,38 @@ def validate_train_config(cfg: DictConfig) -> None:
         )
 
 
-def _has_checkpoint_callback(callbacks: DictConfig | None) -> bool:
-    from hydra.utils import get_class
-    from pytorch_lightning.callbacks import ModelCheckpoint
+def _check_early_stopping(callbacks: DictConfig) -> None:
+    """EarlyStopping takes any value and compares it only at the end of an epoch: patience=abc failed with a
+    traceback after the first validation's training."""
+    for name, entry in callbacks.items():
+        if not _is_subclass(entry, "pytorch_lightning.callbacks.EarlyStopping"):
+            continue
+        patience = entry.get("patience", 3)
+        if not is_whole(patience) or patience < 0:
+            raise UserInputError(f"callbacks.{name}.patience={patience} is invalid: it must be a whole number of "
+                                 "validations >= 0.")
+        for key in ("min_delta", "stopping_threshold", "divergence_threshold"):
+            value = entry.get(key)
+            if value is not None and not is_number(value):
+                raise UserInputError(f"callbacks.{name}.{key}={value} is invalid: it must be a number"
+                                     f"{'' if key == 'min_delta' else ', or null for none'}.")
 
-    for entry in (callbacks or {}).values():
-        if isinstance(entry, DictConfig) and entry.get("_target_"):
-            try:
-                target = get_class(entry._target_)
-            except Exception:  # reported when the callbacks are built
-                continue
-            if isinstance(target, type) and issubclass(target, ModelCheckpoint):
-                return True
-    return False
+
+def _is_subclass(entry, class_path: str) -> bool:
+    """Whether a callbacks entry builds the class at `class_path`, or a subclass of it."""
+    from hydra.utils import get_class
+
+    if not isinstance(entry, DictConfig) or not entry.get("_target_"):
+        return False
+    try:
+        target = get_class(entry._target_)
+    except Exception:  # reported when the callbacks are built
+        return False
+    return isinstance(target, type) and issubclass(target, get_class(class_path))
+
+
+def _has_checkpoint_callback(callbacks: DictConfig | None) -> bool:
+    return any(_is_subclass(entry, "pytorch_lightning.callbacks.ModelCheckpoint") for entry in (callbacks or {}).values())
 
 
 def _chosen_callbacks() -> str | None:
