@@ -15,7 +15,7 @@ def config_options(group: str) -> str:
 
 # `${project_root:}` in conf/paths: data/ and outputs/ live beside conf/, wherever the command is run from.
 if not OmegaConf.has_resolver("project_root"):
-    from src.utils.run_folders import resume_job_subdir, resume_run_dir, resume_subdir, resume_sweep_dir
+    from src.utils.run_folders import logger_version, resume_job_subdir, resume_run_dir, resume_subdir, resume_sweep_dir
 
     OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     OmegaConf.register_new_resolver("config_options", config_options)
@@ -23,3 +23,4 @@ if not OmegaConf.has_resolver("project_root"):
     OmegaConf.register_new_resolver("resume_subdir", resume_subdir)
     OmegaConf.register_new_resolver("resume_sweep_dir", resume_sweep_dir)
     OmegaConf.register_new_resolver("resume_job_subdir", resume_job_subdir)
+    OmegaConf.register_new_resolver("logger_version", logger_version)

@@ -81,12 +81,12 @@ def ctrl_c_as_in_a_terminal() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def hparams_values(run_dir: Path) -> dict[str, object]:
-    """The run's row in TensorBoard's HParams tab."""
+def hparams_values(run_dir: Path, events_dir: Path | None = None) -> dict[str, object]:
+    """The run's row in TensorBoard's HParams tab (`events_dir`: its TensorBoard folder, if not <run_dir>/tensorboard)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
-    accumulator = EventAccumulator(str(run_dir / "tensorboard"))
+    accumulator = EventAccumulator(str(events_dir or run_dir / "tensorboard"))
     accumulator.Reload()
     content = accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     start = HParamsPluginData.FromString(content).session_start_info

@@ -8,6 +8,7 @@ import re
 import pytest
 import pytorch_lightning as pl
 import torch
+import yaml
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
@@ -161,6 +162,14 @@ def test_each_entry_points_help_shows_its_usage_and_only_the_groups_it_takes():
     assert "model:" not in eval_help and "experiment:" not in eval_help and "sweep:" not in eval_help
     assert predict_help.startswith("python -m src.predict ckpt_path=") and "group" not in predict_help
     assert "top_k: 3" in predict_help  # the values to set are listed
+
+
+def test_the_resolved_config_is_shown_without_a_run_folder():
+    """`--cfg job --resolve` resolves the loggers' folders without a run folder: the CSV logger's failed on it."""
+    result = run_module("src.train", "--cfg", "job", "--resolve", "logger=[tensorboard,csv]", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    shown = yaml.safe_load(result.stdout)["logger"]
+    assert shown["csv"]["name"] == "csv" and shown["csv"]["version"] == shown["tensorboard"]["version"] == ""
 
 
 @pytest.mark.parametrize("path", ["/data/Fotos, März/*.png", "/data/Photos (1)/a.png", "/data/Müller's/a.png",

@@ -100,6 +100,24 @@ def test_hparams_record_the_precision_lightning_used(tmp_path, synthetic_data_di
     assert hparams_values(tmp_path)["trainer/precision"] == "bf16-mixed"  # Lightning's fallback on a CPU
 
 
+def test_runs_sharing_a_logger_folder_get_one_subfolder_each(tmp_path, synthetic_data_dir):
+    """With save_dir shared by runs, they mixed their events in one TensorBoard run, each replacing the other's HParams
+    row, and Lightning's CSV logger deleted the other's metrics.csv. A resume continues its own subfolder."""
+    shared = tmp_path / "shared"
+    common = ["model=mlp", "model.scheduler.name=none", "logger=[tensorboard,csv]", f"paths.log_dir={tmp_path}",
+              f"logger.tensorboard.save_dir={shared}", f"logger.csv.save_dir={shared}"]
+    for run, seed in (("a", 1), ("b", 2)):
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / run), *common, f"seed={seed}"]))
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *common, "seed=1",
+                          "trainer.max_epochs=2", f"ckpt_path={last}"]))
+    assert sorted(p.name for p in (shared / "tensorboard").iterdir()) == ["a", "b"]
+    assert hparams_values(tmp_path, shared / "tensorboard" / "a")["trainer/max_epochs"] == 2
+    assert hparams_values(tmp_path, shared / "tensorboard" / "b")["seed"] == 2
+    assert (shared / "csv" / "b" / "metrics.csv").is_file()
+    assert not (tmp_path / "a" / "tensorboard").exists()
+
+
 def test_an_extended_run_shows_its_new_settings_in_hparams(tmp_path, synthetic_data_dir):
     """TensorBoard shows the first HParams session it reads in a run: the extension's must replace the first's."""
     common = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "model.scheduler.name=none"]

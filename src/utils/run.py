@@ -72,8 +72,10 @@ def finish_run(metrics: dict, output_dir: Path, loggers: list) -> None:
     lines.append(f"run dir       : {output_dir}")
     if metrics.get("best_model_path"):
         lines.append(f"checkpoint    : {metrics['best_model_path']}")
-    if any(isinstance(logger, TensorBoardLogger) for logger in loggers):
-        lines.append(f"tensorboard   : tensorboard --logdir {shlex.quote(str(output_dir))}")
+    for logger in (logger for logger in loggers if isinstance(logger, TensorBoardLogger)):
+        inside = Path(logger.log_dir).resolve().is_relative_to(output_dir.resolve())
+        shown = output_dir if inside else Path(logger.save_dir)  # a folder shared with other runs: all of them
+        lines.append(f"tensorboard   : tensorboard --logdir {shlex.quote(str(shown))}")
     lines.append("=" * 60)
     log.info("\n".join(lines))
 

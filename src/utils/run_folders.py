@@ -134,11 +134,13 @@ def holds_a_run(folder: Path) -> list[str]:
     return [name for name in ("metrics.json", "checkpoints/last.ckpt") if (folder / name).is_file()]
 
 
-def resume_subdir(ckpt_path: str | None, training: bool, output_dir: str, timestamp: str, base: str) -> str:
+def resume_subdir(ckpt_path: str | None, training: bool, output_dir: str | None, timestamp: str, base: str) -> str:
     """Where a record that a run writes once (Hydra's config and overrides, the CSV log) goes inside the run folder.
     A resume in the checkpoint's own folder writes its own beside the original's, never over it: a refused resume
     prints the original overrides, and the first run's metrics.csv would be lost. So does a new run pointed at a
-    folder that holds a run, which is then refused."""
+    folder that holds a run, which is then refused. Resolved without a run folder (--cfg job --resolve): `base`."""
+    if not output_dir:
+        return base
     resumed_here = resumed_job_dir(ckpt_path, training) == Path(output_dir).resolve()
     return f"{base}/resumed-{timestamp}" if resumed_here or holds_a_run(Path(output_dir)) else base
 
@@ -167,6 +169,20 @@ def resume_sweep_dir(ckpt_path: str | None, training: bool, new_sweep_dir: str, 
 def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overrides, exclude, sweep_dir: str) -> str:
     job_dir = _resumed_sweep_job(ckpt_path, training)
     return job_dir.name if job_dir else job_dirname(job_num, overrides, swept_keys(sweep_dir), exclude)
+
+
+def logger_version(save_dir: str | None, output_dir: str | None, log_dir: str | None) -> str:
+    """A logger's `version` (the last folder of its path): none when it writes inside this run's folder; in a folder
+    elsewhere (one TensorBoard folder shared by many runs), this run's folder's path under paths.log_dir, so that
+    runs there neither mix their events nor replace each other's HParams row or metrics.csv, and a resume continues
+    its own. Resolved without a run folder (--cfg job --resolve): none."""
+    if not save_dir or not output_dir:
+        return ""
+    save, run = Path(save_dir).expanduser().resolve(), Path(output_dir).expanduser().resolve()
+    if save == run or run in save.parents:
+        return ""
+    logs = Path(log_dir).expanduser().resolve() if log_dir else None
+    return run.relative_to(logs).as_posix() if logs in run.parents else run.name
 
 
 def event_files(loggers: list) -> set[Path]:
