@@ -1,7 +1,9 @@
 """Lightning's messages that say nothing to a user of this project, printed in every run otherwise: an advertisement
 for a cloud logger, a note that the configured model summary replaces Lightning's default one, and a deprecation
 warning about Lightning's own use of torch (nothing a user can act on). Also its warning that the checkpoint folder
-is not empty, which here comes only from a resume continuing in its run's folder (a new run is refused there)."""
+is not empty, which here comes only from a resume continuing in its run's folder (a new run is refused there), and
+its note on the checkpoint saved after Ctrl-C or SIGTERM ("An StopRequested was raised with message: ..."), which
+the run's own message says properly, with the command that resumes."""
 
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ NOISE = ("💡 Tip:", "Trainer already configured with model summary callbacks")
 
 class _DropNoise(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(NOISE)
+        message = str(record.msg)
+        return not (message.startswith(NOISE) or message.startswith("An ") and " was raised with message: " in message)
 
 
 _FILTER = _DropNoise()
