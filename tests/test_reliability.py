@@ -390,6 +390,10 @@ def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
     (["~trainer"], "eval", "~trainer would leave out the trainer config, which every eval run needs: choose one of cpu,"),
     (["experiment=null"], "train", "experiment=null: Hydra cannot set a config group to null on the command line. No "
      "experiment is the default, so leave it out (~experiment drops one that a config of one's own chooses)."),
+    (["+experiment=fast"], "train", "+experiment=fast: experiment is a config group the run has already, so an option "
+     "of it is chosen without `+`: experiment=fast."),
+    (["++model=mlp"], "train", "++model=mlp: model is a config group the run has already"),
+    (["--cfg", "job", "-m", "model=mlp,cnn"], "train", "--cfg shows the config of one run and cannot be combined with -m"),
 ])
 def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point, message):
     """Each of these ended in a traceback (a deleted setting the run reads, a log file in a missing folder) or, for a
@@ -398,8 +402,8 @@ def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point
 
     assert overrides_problem(words, entry_point).startswith(message)
     assert overrides_problem(["~logger", "~callbacks.lr_monitor", "task_name=mine", "-m", "seed=1,2"], "train") is None
-    assert overrides_problem(["~experiment", "~sweep", "logger=null", "callbacks=null", "ckpt_path=", "model=mlp"],
-                             "train") is None
+    assert overrides_problem(["~experiment", "~sweep", "logger=null", "callbacks=null", "ckpt_path=", "model=mlp",
+                              "+model.dropout=0.1", "--cfg", "job"], "train") is None
     # An optimizing sweeper chosen on the command line samples it; a single run is refused by Hydra in one line.
     assert overrides_problem(["-m", "hydra/sweeper=optuna", "model.dropout=interval(0.1,0.5)"], "train") is None
 

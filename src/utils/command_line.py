@@ -7,7 +7,7 @@ import functools
 import sys
 from pathlib import Path
 
-from src import CONFIG_DIR
+from src import CONFIG_DIR, config_options
 
 
 CHDIR_NOT_SUPPORTED = ("hydra.job.chdir=true is not supported: every run already writes all its files into its own "
@@ -36,6 +36,9 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
         return f"'{word}' has no key: settings are key=value, such as {_likely_setting(word, entry_point)}."
     multirun = {"-m", "--multirun"} & set(arguments) or any(
         a.lstrip("+").lower().replace('"', "").replace("'", "") == "hydra.mode=multirun" for a in arguments)
+    if multirun and {"--cfg", "-c"} & {argument.partition("=")[0] for argument in arguments}:
+        return ("--cfg shows the config of one run and cannot be combined with -m: leave out -m and give one value per "
+                "setting to see that job's config.")
     if entry_point == "predict" and multirun:
         return ("src.predict does not sweep: it classifies with one checkpoint (its jobs would each write the same "
                 "output= and leave no results for a sweep summary). Run it once per checkpoint.")
@@ -51,8 +54,13 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
     unknown = _unknown_setting(arguments, entry_point)
     if unknown:
         return unknown
+    own_config = any(argument.partition("=")[0] in _OWN_CONFIG_FLAGS for argument in arguments)  # its own groups
     for word in words_with_a_key(arguments):
         key, _, value = word.lstrip("+").partition("=")
+        if word.startswith("+") and key in _config_groups(entry_point) and not own_config:
+            # Hydra: "Multiple values for experiment. To override a value use 'override experiment: fast'".
+            return (f"{word}: {key} is a config group the run has already, so an option of it is chosen without `+`: "
+                    f"{word.lstrip('+')}.")
         if value.strip().strip("'\"") == "" and _names_a_folder(key):
             # `hydra.run.dir=$RUN_DIR` with the variable unset: the run would write into the current folder, or `/`.
             return (f"{word} is empty: it must be a folder (an unset shell variable?). Give one, or leave the setting "
@@ -85,7 +93,7 @@ def _dropped_group(word: str, entry_point: str) -> str | None:
     group = CONFIG_DIR / key
     if key in ("logger", "callbacks") or key not in _config_groups(entry_point) or not group.is_dir():
         return None
-    options = ", ".join(sorted(path.stem for path in group.glob("*.yaml")))
+    options = config_options(key)
     if _group_default(entry_point, key) is None:  # optional: none by default
         if deleted or value.strip() != "null":
             return None
