@@ -33,6 +33,16 @@ class Run:
     def figures(self) -> list[Path]:
         return sorted(self.dir.glob("*.png"))
 
+    def _tensorboard_folder(self) -> Path:
+        """<run dir>/tensorboard, or where its config.yaml sends the events (a folder shared by many runs)."""
+        from omegaconf import OmegaConf
+
+        config = self.dir / "config.yaml"
+        logger = OmegaConf.select(OmegaConf.load(config), "logger.tensorboard") if config.is_file() else None
+        if not logger or not logger.get("save_dir"):
+            return self.dir / "tensorboard"
+        return Path(logger.save_dir) / str(logger.get("name") or "") / str(logger.get("version") or "")
+
     def history(self) -> list[dict[str, float | int]]:
         """One row per epoch: its number and the metrics logged once per epoch (train/loss, train/acc, val/loss,
         val/acc, val/acc_best), read from the run's TensorBoard events; none without them (logger=[] or csv, or nothing
@@ -40,9 +50,10 @@ class Run:
         curve (an epoch without validation has no val/ entries)."""
         from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
-        if not (self.dir / "tensorboard").is_dir():
+        folder = self._tensorboard_folder()
+        if not folder.is_dir():
             return []
-        events = EventAccumulator(str(self.dir / "tensorboard"), size_guidance={SCALARS: 0})  # 0: every value
+        events = EventAccumulator(str(folder), size_guidance={SCALARS: 0})  # 0: every value
         events.Reload()
         tags = events.Tags()[SCALARS]
         if "epoch" not in tags:

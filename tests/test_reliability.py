@@ -74,6 +74,8 @@ CONFIG_CASES = {
     "lr infinite": (["model.optimizer.lr=inf"], "model.optimizer.lr=inf is invalid: it must be a finite number > 0"),
     "patience as text": (["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=abc"],
                          "callbacks.early_stopping.patience=abc is invalid: it must be a whole number of validations >= 0."),
+    "early stopping min_delta null": (["callbacks=[default,early_stopping]", "callbacks.early_stopping.min_delta=null"],
+                                      "callbacks.early_stopping.min_delta=None is invalid: it must be a number."),
     "early stopping threshold as text": (["callbacks=[default,early_stopping]", "+callbacks.early_stopping.stopping_threshold=x"],
                                          "callbacks.early_stopping.stopping_threshold=x is invalid: it must be a number, or null"),
     "unknown optimizer": (["model.optimizer.name=rmsprop"], "model.optimizer.name=rmsprop is unknown: choose one of adam, adamw, sgd"),
@@ -393,6 +395,7 @@ def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
     (["+experiment=fast"], "train", "+experiment=fast: experiment is a config group the run has already, so an option "
      "of it is chosen without `+`: experiment=fast."),
     (["++model=mlp"], "train", "++model=mlp: model is a config group the run has already"),
+    (["model=NULL"], "train", "model=NULL would leave out the model config"),  # Hydra reads null in any case
     (["--cfg", "job", "-m", "model=mlp,cnn"], "train", "--cfg shows the config of one run and cannot be combined with -m"),
 ])
 def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point, message):
@@ -404,6 +407,7 @@ def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point
     assert overrides_problem(["~logger", "~callbacks.lr_monitor", "task_name=mine", "-m", "seed=1,2"], "train") is None
     assert overrides_problem(["~experiment", "~sweep", "logger=null", "callbacks=null", "ckpt_path=", "model=mlp",
                               "+model.dropout=0.1", "--cfg", "job"], "train") is None
+    assert overrides_problem(["hydra.mode=MULTIRUN", "--cfg", "job"], "train") is None  # shows the sweep's config
     # An optimizing sweeper chosen on the command line samples it; a single run is refused by Hydra in one line.
     assert overrides_problem(["-m", "hydra/sweeper=optuna", "model.dropout=interval(0.1,0.5)"], "train") is None
 

@@ -517,3 +517,11 @@ def test_parallel_jobs_count_as_joblib_does(monkeypatch, n_jobs, jobs):
     monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
     monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: OmegaConf.create({"launcher": {"n_jobs": n_jobs}})))
     assert (parallel_jobs(), threads_per_job()) == (jobs, 8 // jobs)
+
+
+def test_the_sweeps_tensorboard_command_names_a_logger_folder_shared_by_its_jobs(tmp_path):
+    from src.utils.sweep_summary import _tensorboard_folder
+
+    assert _tensorboard_folder(compose_config([f"logger.tensorboard.save_dir={tmp_path}"])) == str(tmp_path)
+    assert _tensorboard_folder(compose_config([])) is None  # in the jobs' own folders: the sweep's folder shows them
+    assert _tensorboard_folder(compose_config(["logger=[]"])) is None

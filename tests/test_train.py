@@ -100,22 +100,31 @@ def test_hparams_record_the_precision_lightning_used(tmp_path, synthetic_data_di
     assert hparams_values(tmp_path)["trainer/precision"] == "bf16-mixed"  # Lightning's fallback on a CPU
 
 
-def test_runs_sharing_a_logger_folder_get_one_subfolder_each(tmp_path, synthetic_data_dir):
+def test_runs_sharing_a_logger_folder_get_one_subfolder_each(tmp_path, synthetic_data_dir, caplog):
     """With save_dir shared by runs, they mixed their events in one TensorBoard run, each replacing the other's HParams
-    row, and Lightning's CSV logger deleted the other's metrics.csv. A resume continues its own subfolder."""
-    shared = tmp_path / "shared"
-    common = ["model=mlp", "model.scheduler.name=none", "logger=[tensorboard,csv]", f"paths.log_dir={tmp_path}",
+    row, and Lightning's CSV logger deleted the other's metrics.csv. Each run's subfolder is its folder's path under
+    paths.log_dir, or its whole path elsewhere (two sweeps' jobs have the same names); a resume continues its own."""
+    from src.api import Run
+
+    shared, logs = tmp_path / "shared", tmp_path / "outputs"
+    common = ["model=mlp", "model.scheduler.name=none", "logger=[tensorboard,csv]", f"paths.log_dir={logs}",
               f"logger.tensorboard.save_dir={shared}", f"logger.csv.save_dir={shared}"]
-    for run, seed in (("a", 1), ("b", 2)):
-        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / run), *common, f"seed={seed}"]))
-    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
-    train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *common, "seed=1",
-                          "trainer.max_epochs=2", f"ckpt_path={last}"]))
-    assert sorted(p.name for p in (shared / "tensorboard").iterdir()) == ["a", "b"]
-    assert hparams_values(tmp_path, shared / "tensorboard" / "a")["trainer/max_epochs"] == 2
-    assert hparams_values(tmp_path, shared / "tensorboard" / "b")["seed"] == 2
-    assert (shared / "csv" / "b" / "metrics.csv").is_file()
-    assert not (tmp_path / "a" / "tensorboard").exists()
+    runs = {"a": logs / "2026-12-03" / "13-48-05", "b": tmp_path / "elsewhere" / "13-48-05"}
+    for seed, run in enumerate(runs.values(), start=1):
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, run), *common, f"seed={seed}"]))
+    caplog.set_level(logging.INFO)
+    last = runs["a"] / "checkpoints" / "last.ckpt"
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, runs["a"]), *common, "seed=1", "trainer.max_epochs=2",
+                          f"ckpt_path={last}"]))
+    subfolders = {"a": "2026-12-03/13-48-05", "b": runs["b"].relative_to(runs["b"].anchor).as_posix()}
+    event_folders = {p.parent.relative_to(shared / "tensorboard").as_posix()
+                     for p in (shared / "tensorboard").rglob("events.out.tfevents.*")}
+    assert event_folders == set(subfolders.values()) and not (runs["a"] / "tensorboard").exists()
+    assert hparams_values(runs["a"], shared / "tensorboard" / subfolders["a"])["trainer/max_epochs"] == 2
+    assert hparams_values(runs["b"], shared / "tensorboard" / subfolders["b"])["seed"] == 2
+    assert (shared / "csv" / subfolders["b"] / "metrics.csv").is_file()
+    assert f"tensorboard   : tensorboard --logdir {shared}" in caplog.text  # all of them, not the run's folder
+    assert [row["epoch"] for row in Run(runs["a"]).history()] == [0, 1]
 
 
 def test_an_extended_run_shows_its_new_settings_in_hparams(tmp_path, synthetic_data_dir):

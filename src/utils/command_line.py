@@ -36,7 +36,7 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
         return f"'{word}' has no key: settings are key=value, such as {_likely_setting(word, entry_point)}."
     multirun = {"-m", "--multirun"} & set(arguments) or any(
         a.lstrip("+").lower().replace('"', "").replace("'", "") == "hydra.mode=multirun" for a in arguments)
-    if multirun and {"--cfg", "-c"} & {argument.partition("=")[0] for argument in arguments}:
+    if {"-m", "--multirun"} & set(arguments) and {"--cfg", "-c"} & {argument.partition("=")[0] for argument in arguments}:
         return ("--cfg shows the config of one run and cannot be combined with -m: leave out -m and give one value per "
                 "setting to see that job's config.")
     if entry_point == "predict" and multirun:
@@ -95,11 +95,11 @@ def _dropped_group(word: str, entry_point: str) -> str | None:
         return None
     options = config_options(key)
     if _group_default(entry_point, key) is None:  # optional: none by default
-        if deleted or value.strip() != "null":
+        if deleted or value.strip().lower() != "null":  # Hydra reads null in any case
             return None
         return (f"{word}: Hydra cannot set a config group to null on the command line. No {key} is the default, so leave "
                 f"it out (~{key} drops one that a config of one's own chooses).")
-    if deleted or value.strip() == "null":
+    if deleted or value.strip().lower() == "null":
         return f"{word} would leave out the {key} config, which every {entry_point} run needs: choose one of {options}."
     return None
 

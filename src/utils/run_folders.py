@@ -182,7 +182,8 @@ def logger_version(save_dir: str | None, output_dir: str | None, log_dir: str | 
     if save == run or run in save.parents:
         return ""
     logs = Path(log_dir).expanduser().resolve() if log_dir else None
-    return run.relative_to(logs).as_posix() if logs in run.parents else run.name
+    # Elsewhere (hydra.sweep.dir=/scratch/a), its whole path: two sweeps' jobs have the same folder names.
+    return run.relative_to(logs if logs in run.parents else run.anchor).as_posix()
 
 
 def event_files(loggers: list) -> set[Path]:

@@ -179,7 +179,7 @@ class SweepSummary(Callback):
             ", ".join(f"{count} {status}" for status, count in counts.most_common()) or "no jobs", sweep_dir,
             summary_text(rows),
         )
-        log.info("TensorBoard for the whole sweep: tensorboard --logdir %s", sweep_dir)
+        log.info("TensorBoard for the whole sweep: tensorboard --logdir %s", _tensorboard_folder(config) or sweep_dir)
         stopped_with = requested_exit_code(sweep_dir)
         if stopped_with is not None:
             clear_stop_request(sweep_dir)
@@ -196,3 +196,10 @@ class SweepSummary(Callback):
             which = "the sweep that this command ran" if len(ran) < len(rows) else "the sweep"
             log.error("Every job of %s failed; see the error column above.", which)
             raise SystemExit(1)
+
+
+def _tensorboard_folder(config: DictConfig) -> str | None:
+    """The folder the sweep's TensorBoard logger was sent to, when not its jobs' folders (a folder shared by runs)."""
+    loggers = OmegaConf.to_container(config.logger, resolve=False) if isinstance(config.get("logger"), DictConfig) else {}
+    save_dir = (loggers.get("tensorboard") or {}).get("save_dir")
+    return save_dir if isinstance(save_dir, str) and "${" not in save_dir else None  # as written: not a job's folder

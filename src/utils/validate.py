@@ -115,8 +115,8 @@ def _check_early_stopping(callbacks: DictConfig) -> None:
             raise UserInputError(f"callbacks.{name}.patience={patience} is invalid: it must be a whole number of "
                                  "validations >= 0.")
         for key in ("min_delta", "stopping_threshold", "divergence_threshold"):
-            value = entry.get(key)
-            if value is not None and not is_number(value):
+            value = entry.get(key, 0.0)
+            if not is_number(value) and (value is not None or key == "min_delta"):
                 raise UserInputError(f"callbacks.{name}.{key}={value} is invalid: it must be a number"
                                      f"{'' if key == 'min_delta' else ', or null for none'}.")
 
