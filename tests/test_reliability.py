@@ -474,6 +474,14 @@ def test_a_refused_command_leaves_no_run_folder_behind(tmp_path, synthetic_data_
         result = run_module(entry_point, *words, f"paths.log_dir={log_dir}", timeout=120)
         assert result.returncode == 1 and message in result.stdout + result.stderr, result.stderr[-2000:]
         assert not log_dir.exists(), sorted(log_dir.rglob("*"))
+    # Its TensorBoard subfolder in a folder shared by many runs goes too; another run's there stays.
+    shared, kept = tmp_path / "shared", tmp_path / "shared" / "tensorboard" / "2026-01-01" / "00-00-00" / "events.out"
+    kept.parent.mkdir(parents=True)
+    kept.write_text("another run's")
+    result = run_module("src.train", *tiny, "data.val_size=100000", f"paths.log_dir={log_dir}",
+                        f"logger.tensorboard.save_dir={shared}", timeout=120)
+    assert result.returncode == 1 and not log_dir.exists(), result.stderr[-2000:]
+    assert sorted(shared.rglob("*")) == [*kept.parents[:3][::-1], kept]
 
     # Hydra's record kept under another name, or not at all.
     for record in ("meta/records", "null"):

@@ -133,20 +133,22 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
             else:
                 log.error("%s", err)
             if isinstance(err, UserInputError):
-                _discard_this_runs_folder()
+                _discard_this_runs_folder(cfg)
             sys.exit(err.exit_code)
         raise
 
 
-def _discard_this_runs_folder() -> None:
-    """A refused run's new dated folder, if it holds nothing but the command's records and the refusal's log."""
+def _discard_this_runs_folder(cfg: DictConfig | None = None) -> None:
+    """A refused run's new dated folder, if it holds nothing but the command's records and the refusal's log, and
+    then its loggers' empty subfolders in a folder shared by many runs (`cfg`: the run's config)."""
     from hydra.core.hydra_config import HydraConfig
 
     from src.utils.jobs import in_multirun
-    from src.utils.run_folders import discard_unused_folder
+    from src.utils.run_folders import discard_empty_logger_folders, discard_unused_folder
 
     if HydraConfig.initialized() and not in_multirun():  # a sweep job's folder records its failure for the summary
-        discard_unused_folder(Path(HydraConfig.get().runtime.output_dir), HydraConfig.get().output_subdir)
+        if discard_unused_folder(Path(HydraConfig.get().runtime.output_dir), HydraConfig.get().output_subdir) and cfg:
+            discard_empty_logger_folders(cfg)
 
 
 def interrupted_outside_training(by: str = "Ctrl-C", cfg: DictConfig | None = None) -> RunInterrupted:

@@ -129,6 +129,32 @@ def discard_unused_folder(folder: Path, record_dir: str | None) -> bool:
     return not folder.exists()
 
 
+def discard_empty_logger_folders(cfg: DictConfig) -> None:
+    """The subfolders a refused run's loggers made in a folder shared by many runs (logger_version), while they hold
+    nothing but empty event files (TensorBoard's is opened before the data is read), and the folders made for them."""
+    import shutil
+
+    for name in cfg.get("logger") or {}:
+        try:
+            entry = OmegaConf.to_container(cfg.logger[name], resolve=True)
+        except Exception:  # a logger config that does not resolve made no folder
+            continue
+        if not isinstance(entry, dict) or not entry.get("version") or not entry.get("save_dir"):
+            continue  # inside the run's folder, or numbered by Lightning
+        top = Path(entry["save_dir"]).expanduser() / str(entry.get("name") or "")
+        folder = top / str(entry["version"])
+        if not folder.is_dir() or not all(empty_event_file(path) for path in folder.iterdir()):
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        for above in folder.parents:
+            if above == top or not above.is_relative_to(top):
+                break
+            try:
+                above.rmdir()  # fails while it holds another run's folder, which is what should happen
+            except OSError:
+                break
+
+
 def holds_a_run(folder: Path) -> list[str]:
     """What in `folder` shows that a run has used it already (its results, its resumable state)."""
     return [name for name in ("metrics.json", "checkpoints/last.ckpt") if (folder / name).is_file()]
