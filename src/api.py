@@ -34,14 +34,15 @@ class Run:
         return sorted(self.dir.glob("*.png"))
 
     def _tensorboard_folder(self) -> Path:
-        """<run dir>/tensorboard, or where its config.yaml sends the events (a folder shared by many runs)."""
+        """<run dir>/tensorboard (wherever the run folder has been moved), or the run's subfolder of a folder shared by
+        many runs that its config.yaml names."""
         from omegaconf import OmegaConf
 
         config = self.dir / "config.yaml"
         logger = OmegaConf.select(OmegaConf.load(config), "logger.tensorboard") if config.is_file() else None
-        if not logger or not logger.get("save_dir"):
+        if not logger or not logger.get("version") or not logger.get("save_dir"):
             return self.dir / "tensorboard"
-        return Path(logger.save_dir) / str(logger.get("name") or "") / str(logger.get("version") or "")
+        return Path(logger.save_dir).expanduser() / str(logger.get("name") or "") / str(logger.version)
 
     def history(self) -> list[dict[str, float | int]]:
         """One row per epoch: its number and the metrics logged once per epoch (train/loss, train/acc, val/loss,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import types
 from datetime import datetime, timedelta
@@ -59,6 +60,11 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     assert history[1]["train/loss"] < history[0]["train/loss"]
     assert history[-1]["val/acc_best"] == pytest.approx(run.metrics["val/acc_best"])
     assert not any("lr" in row for row in history)  # logged every step here: not a per-epoch value
+    moved = tmp_path / "moved"  # config.yaml names the old folder: the events are read from the run's own
+    shutil.copytree(run.dir, moved)
+    (run.dir / "tensorboard").rename(tmp_path / "aside")  # as if the folder had been moved
+    assert api.Run(moved).history() == history
+    (tmp_path / "aside").rename(run.dir / "tensorboard")
     # The caller's logging and Hydra state are as they were.
     assert root.handlers == root_handlers and lightning.handlers == [lightnings_own] and not lightning.propagate
     logging.getLogger("notebook").warning("after the run")

@@ -75,7 +75,7 @@ CONFIG_CASES = {
     "patience as text": (["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=abc"],
                          "callbacks.early_stopping.patience=abc is invalid: it must be a whole number of validations >= 0."),
     "early stopping min_delta null": (["callbacks=[default,early_stopping]", "callbacks.early_stopping.min_delta=null"],
-                                      "callbacks.early_stopping.min_delta=None is invalid: it must be a number."),
+                                      "callbacks.early_stopping.min_delta=null is invalid: it must be a number."),
     "early stopping threshold as text": (["callbacks=[default,early_stopping]", "+callbacks.early_stopping.stopping_threshold=x"],
                                          "callbacks.early_stopping.stopping_threshold=x is invalid: it must be a number, or null"),
     "unknown optimizer": (["model.optimizer.name=rmsprop"], "model.optimizer.name=rmsprop is unknown: choose one of adam, adamw, sgd"),
@@ -482,6 +482,11 @@ def test_a_refused_command_leaves_no_run_folder_behind(tmp_path, synthetic_data_
                         f"logger.tensorboard.save_dir={shared}", timeout=120)
     assert result.returncode == 1 and not log_dir.exists(), result.stderr[-2000:]
     assert sorted(shared.rglob("*")) == [*kept.parents[:3][::-1], kept]
+    from src import api  # the same from Python
+
+    with pytest.raises(UserInputError, match="data.val_size=100000"):
+        api.train(*tiny, "data.val_size=100000", f"paths.log_dir={log_dir}", f"logger.tensorboard.save_dir={shared}")
+    assert sorted(shared.rglob("*")) == [*kept.parents[:3][::-1], kept] and not log_dir.exists()
 
     # Hydra's record kept under another name, or not at all.
     for record in ("meta/records", "null"):

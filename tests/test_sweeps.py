@@ -519,9 +519,13 @@ def test_parallel_jobs_count_as_joblib_does(monkeypatch, n_jobs, jobs):
     assert (parallel_jobs(), threads_per_job()) == (jobs, 8 // jobs)
 
 
-def test_the_sweeps_tensorboard_command_names_a_logger_folder_shared_by_its_jobs(tmp_path):
+def test_the_sweeps_tensorboard_command_names_its_subfolder_of_a_logger_folder_shared_with_other_runs(tmp_path):
     from src.utils.sweep_summary import _tensorboard_folder
 
-    assert _tensorboard_folder(compose_config([f"logger.tensorboard.save_dir={tmp_path}"])) == str(tmp_path)
-    assert _tensorboard_folder(compose_config([])) is None  # in the jobs' own folders: the sweep's folder shows them
-    assert _tensorboard_folder(compose_config(["logger=[]"])) is None
+    sweep = tmp_path / "multirun" / "2026-12-03" / "14-22-20"
+    ours = tmp_path / "tb" / "tensorboard" / sweep.relative_to(sweep.anchor)  # where its jobs' subfolders are
+    for save_dir in (tmp_path / "tb", "${paths.log_dir}/tb"):
+        config = compose_config([f"logger.tensorboard.save_dir='{save_dir}'", f"paths.log_dir={tmp_path}"])
+        assert _tensorboard_folder(config, sweep) == ours
+    assert _tensorboard_folder(compose_config([]), sweep) is None  # in the jobs' own folders: the sweep's shows them
+    assert _tensorboard_folder(compose_config(["logger=[]"]), sweep) is None

@@ -102,21 +102,22 @@ def test_hparams_record_the_precision_lightning_used(tmp_path, synthetic_data_di
 
 def test_runs_sharing_a_logger_folder_get_one_subfolder_each(tmp_path, synthetic_data_dir, caplog):
     """With save_dir shared by runs, they mixed their events in one TensorBoard run, each replacing the other's HParams
-    row, and Lightning's CSV logger deleted the other's metrics.csv. Each run's subfolder is its folder's path under
-    paths.log_dir, or its whole path elsewhere (two sweeps' jobs have the same names); a resume continues its own."""
+    row, and Lightning's CSV logger deleted the other's metrics.csv. Each run's subfolder is its folder's whole path:
+    two sweeps' jobs have the same names, and so do runs under two paths.log_dir. A resume continues its own."""
     from src.api import Run
 
-    shared, logs = tmp_path / "shared", tmp_path / "outputs"
-    common = ["model=mlp", "model.scheduler.name=none", "logger=[tensorboard,csv]", f"paths.log_dir={logs}",
+    shared = tmp_path / "shared"
+    common = ["model=mlp", "model.scheduler.name=none", "logger=[tensorboard,csv]",
               f"logger.tensorboard.save_dir={shared}", f"logger.csv.save_dir={shared}"]
-    runs = {"a": logs / "2026-12-03" / "13-48-05", "b": tmp_path / "elsewhere" / "13-48-05"}
-    for seed, run in enumerate(runs.values(), start=1):
-        train(compose_config([*tiny_run_overrides(synthetic_data_dir, run), *common, f"seed={seed}"]))
+    runs = {"a": tmp_path / "outputs" / "2026-12-03" / "13-48-05", "b": tmp_path / "elsewhere" / "2026-12-03" / "13-48-05"}
+    for seed, (name, run) in enumerate(runs.items(), start=1):
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, run), *common, f"seed={seed}",
+                              f"paths.log_dir={run.parent.parent}"]))
     caplog.set_level(logging.INFO)
     last = runs["a"] / "checkpoints" / "last.ckpt"
     train(compose_config([*tiny_run_overrides(synthetic_data_dir, runs["a"]), *common, "seed=1", "trainer.max_epochs=2",
                           f"ckpt_path={last}"]))
-    subfolders = {"a": "2026-12-03/13-48-05", "b": runs["b"].relative_to(runs["b"].anchor).as_posix()}
+    subfolders = {name: run.relative_to(run.anchor).as_posix() for name, run in runs.items()}
     event_folders = {p.parent.relative_to(shared / "tensorboard").as_posix()
                      for p in (shared / "tensorboard").rglob("events.out.tfevents.*")}
     assert event_folders == set(subfolders.values()) and not (runs["a"] / "tensorboard").exists()

@@ -31,7 +31,7 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ove
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from hydra.types import RunMode
 
-    from src.utils.run_folders import discard_unused_folder
+    from src.utils.run_folders import discard_refused_run
 
     words = _setting_words(overrides, config_name)
     callers_hydra, callers_hydra_config = get_gh_backup(), HydraConfig.instance().cfg
@@ -46,7 +46,7 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, ove
             return folder, _run_in(folder, work, cfg)
         except UserInputError:
             # As the command line does: a refused run leaves no dated folder behind.
-            discard_unused_folder(folder, cfg.hydra.output_subdir)
+            discard_refused_run(folder, cfg.hydra.output_subdir, cfg)
             raise
     finally:
         HydraConfig.instance().cfg = callers_hydra_config

@@ -97,7 +97,7 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
     problem = output_dir_problem(cfg)
     if problem:
         log.error("%s", problem)
-        _discard_this_runs_folder()
+        _discard_this_runs_folder(cfg)
         sys.exit(1)
     if in_multirun() and sweep_stopping():
         _record_job(cfg, {"status": "not run", "error": "the sweep was stopped (Ctrl-C or SIGTERM) before this job started"})
@@ -138,17 +138,16 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         raise
 
 
-def _discard_this_runs_folder(cfg: DictConfig | None = None) -> None:
+def _discard_this_runs_folder(cfg: DictConfig) -> None:
     """A refused run's new dated folder, if it holds nothing but the command's records and the refusal's log, and
     then its loggers' empty subfolders in a folder shared by many runs (`cfg`: the run's config)."""
     from hydra.core.hydra_config import HydraConfig
 
     from src.utils.jobs import in_multirun
-    from src.utils.run_folders import discard_empty_logger_folders, discard_unused_folder
+    from src.utils.run_folders import discard_refused_run
 
     if HydraConfig.initialized() and not in_multirun():  # a sweep job's folder records its failure for the summary
-        if discard_unused_folder(Path(HydraConfig.get().runtime.output_dir), HydraConfig.get().output_subdir) and cfg:
-            discard_empty_logger_folders(cfg)
+        discard_refused_run(Path(HydraConfig.get().runtime.output_dir), HydraConfig.get().output_subdir, cfg)
 
 
 def interrupted_outside_training(by: str = "Ctrl-C", cfg: DictConfig | None = None) -> RunInterrupted:

@@ -129,18 +129,27 @@ def discard_unused_folder(folder: Path, record_dir: str | None) -> bool:
     return not folder.exists()
 
 
+def discard_refused_run(folder: Path, record_dir: str | None, cfg: DictConfig) -> None:
+    """A refused run's folder (discard_unused_folder), and then its loggers' empty subfolders elsewhere."""
+    if discard_unused_folder(folder, record_dir):
+        discard_empty_logger_folders(cfg)
+
+
 def discard_empty_logger_folders(cfg: DictConfig) -> None:
     """The subfolders a refused run's loggers made in a folder shared by many runs (logger_version), while they hold
     nothing but empty event files (TensorBoard's is opened before the data is read), and the folders made for them."""
     import shutil
 
     for name in cfg.get("logger") or {}:
+        written = OmegaConf.to_container(cfg.logger, resolve=False)[name]
+        if not isinstance(written, dict) or not str(written.get("version")).startswith("${logger_version:"):
+            continue  # a version of one's own may be another run's too, one that has only just started
         try:
             entry = OmegaConf.to_container(cfg.logger[name], resolve=True)
         except Exception:  # a logger config that does not resolve made no folder
             continue
-        if not isinstance(entry, dict) or not entry.get("version") or not entry.get("save_dir"):
-            continue  # inside the run's folder, or numbered by Lightning
+        if not entry.get("version") or not entry.get("save_dir"):
+            continue  # inside the run's folder
         top = Path(entry["save_dir"]).expanduser() / str(entry.get("name") or "")
         folder = top / str(entry["version"])
         if not folder.is_dir() or not all(empty_event_file(path) for path in folder.iterdir()):
@@ -197,19 +206,16 @@ def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overr
     return job_dir.name if job_dir else job_dirname(job_num, overrides, swept_keys(sweep_dir), exclude)
 
 
-def logger_version(save_dir: str | None, output_dir: str | None, log_dir: str | None) -> str:
-    """A logger's `version` (the last folder of its path): none when it writes inside this run's folder; in a folder
-    elsewhere (one TensorBoard folder shared by many runs), this run's folder's path under paths.log_dir, so that
-    runs there neither mix their events nor replace each other's HParams row or metrics.csv, and a resume continues
-    its own. Resolved without a run folder (--cfg job --resolve): none."""
+def logger_version(save_dir: str | None, output_dir: str | None) -> str:
+    """A logger's `version` (the last folders of its path): none when it writes inside this run's folder; in a folder
+    elsewhere (one TensorBoard folder shared by many runs), this run folder's whole path, which no other run folder has
+    (two sweeps' jobs have the same names, and so do runs under two paths.log_dir), so that runs there neither mix
+    their events nor replace each other's HParams row or metrics.csv, and a resume continues its own. Resolved without
+    a run folder (--cfg job --resolve): none."""
     if not save_dir or not output_dir:
         return ""
     save, run = Path(save_dir).expanduser().resolve(), Path(output_dir).expanduser().resolve()
-    if save == run or run in save.parents:
-        return ""
-    logs = Path(log_dir).expanduser().resolve() if log_dir else None
-    # Elsewhere (hydra.sweep.dir=/scratch/a), its whole path: two sweeps' jobs have the same folder names.
-    return run.relative_to(logs if logs in run.parents else run.anchor).as_posix()
+    return "" if save == run or run in save.parents else run.relative_to(run.anchor).as_posix()
 
 
 def event_files(loggers: list) -> set[Path]:

@@ -179,7 +179,8 @@ class SweepSummary(Callback):
             ", ".join(f"{count} {status}" for status, count in counts.most_common()) or "no jobs", sweep_dir,
             summary_text(rows),
         )
-        log.info("TensorBoard for the whole sweep: tensorboard --logdir %s", _tensorboard_folder(config) or sweep_dir)
+        log.info("TensorBoard for the whole sweep: tensorboard --logdir %s",
+                 _tensorboard_folder(config, sweep_dir) or sweep_dir)
         stopped_with = requested_exit_code(sweep_dir)
         if stopped_with is not None:
             clear_stop_request(sweep_dir)
@@ -198,8 +199,17 @@ class SweepSummary(Callback):
             raise SystemExit(1)
 
 
-def _tensorboard_folder(config: DictConfig) -> str | None:
-    """The folder the sweep's TensorBoard logger was sent to, when not its jobs' folders (a folder shared by runs)."""
-    loggers = OmegaConf.to_container(config.logger, resolve=False) if isinstance(config.get("logger"), DictConfig) else {}
-    save_dir = (loggers.get("tensorboard") or {}).get("save_dir")
-    return save_dir if isinstance(save_dir, str) and "${" not in save_dir else None  # as written: not a job's folder
+def _tensorboard_folder(config: DictConfig, sweep_dir: Path) -> Path | None:
+    """Where the sweep's TensorBoard runs are when not in its jobs' folders: its subfolder of a folder shared by many
+    runs (named as src/utils/run_folders.py logger_version names its jobs')."""
+    written = OmegaConf.to_container(config.logger, resolve=False) if isinstance(config.get("logger"), DictConfig) else {}
+    logger = written.get("tensorboard") or {}
+    if not isinstance(logger.get("save_dir"), str) or "paths.output_dir" in logger["save_dir"]:
+        return None  # in each job's folder: the sweep's folder holds them all
+    try:
+        save_dir, name = (OmegaConf.select(config, f"logger.tensorboard.{key}") for key in ("save_dir", "name"))
+    except Exception:  # an interpolation only a job can resolve
+        return None
+    shared = Path(str(save_dir)).expanduser().resolve() / str(name or "")
+    ours = str(logger.get("version")).startswith("${logger_version:")
+    return shared / sweep_dir.resolve().relative_to(sweep_dir.resolve().anchor) if ours else shared

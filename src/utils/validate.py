@@ -112,13 +112,20 @@ def _check_early_stopping(callbacks: DictConfig) -> None:
             continue
         patience = entry.get("patience", 3)
         if not is_whole(patience) or patience < 0:
-            raise UserInputError(f"callbacks.{name}.patience={patience} is invalid: it must be a whole number of "
-                                 "validations >= 0.")
+            raise UserInputError(f"callbacks.{name}.patience={_as_typed(patience)} is invalid: it must be a whole number "
+                                 "of validations >= 0.")
         for key in ("min_delta", "stopping_threshold", "divergence_threshold"):
             value = entry.get(key, 0.0)
             if not is_number(value) and (value is not None or key == "min_delta"):
-                raise UserInputError(f"callbacks.{name}.{key}={value} is invalid: it must be a number"
+                raise UserInputError(f"callbacks.{name}.{key}={_as_typed(value)} is invalid: it must be a number"
                                      f"{'' if key == 'min_delta' else ', or null for none'}.")
+
+
+def _as_typed(value) -> str:
+    """A value as it is written on the command line: null, true, false."""
+    if value is None or isinstance(value, bool):
+        return str(value).lower().replace("none", "null")
+    return str(value)
 
 
 def _is_subclass(entry, class_path: str) -> bool:
