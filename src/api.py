@@ -34,15 +34,18 @@ class Run:
         return sorted(self.dir.glob("*.png"))
 
     def _tensorboard_folder(self) -> Path:
-        """<run dir>/tensorboard (wherever the run folder has been moved), or the run's subfolder of a folder shared by
-        many runs that its config.yaml names."""
+        """Where the run's config.yaml put its TensorBoard events: inside its folder (found wherever the folder has
+        been moved since), or its subfolder of a folder shared by many runs; <run dir>/tensorboard without one."""
         from omegaconf import OmegaConf
 
-        config = self.dir / "config.yaml"
-        logger = OmegaConf.select(OmegaConf.load(config), "logger.tensorboard") if config.is_file() else None
-        if not logger or not logger.get("version") or not logger.get("save_dir"):
+        config = OmegaConf.load(self.dir / "config.yaml") if (self.dir / "config.yaml").is_file() else None
+        logger = OmegaConf.select(config, "logger.tensorboard") if config else None
+        if not logger or not logger.get("save_dir"):
             return self.dir / "tensorboard"
-        return Path(logger.save_dir).expanduser() / str(logger.get("name") or "") / str(logger.version)
+        save_dir, was_here = Path(logger.save_dir).expanduser(), Path(str(OmegaConf.select(config, "paths.output_dir")))
+        if save_dir.is_relative_to(was_here):
+            save_dir = self.dir / save_dir.relative_to(was_here)
+        return save_dir / str(logger.get("name") or "") / str(logger.get("version") or "")
 
     def history(self) -> list[dict[str, float | int]]:
         """One row per epoch: its number and the metrics logged once per epoch (train/loss, train/acc, val/loss,

@@ -174,6 +174,20 @@ def test_ddp_that_relaunches_the_script_is_refused_from_python(tmp_path):
         api.train("trainer=ddp_cpu", f"paths.log_dir={tmp_path}")
 
 
+@pytest.mark.parametrize("save_dir, name, version, expected", [
+    ("{was}", "tensorboard", "", "{run}/tensorboard"),  # the run folder moved since: its own events
+    ("{was}/tb", "tensorboard", "", "{run}/tb/tensorboard"),
+    ("{was}", "tbname", "", "{run}/tbname"),
+    ("/shared", "tensorboard", "old/place", "/shared/tensorboard/old/place"),  # a folder shared by many runs
+])
+def test_history_reads_the_events_where_the_runs_config_put_them(tmp_path, save_dir, name, version, expected):
+    was, run = "/old/place", tmp_path / "moved"
+    run.mkdir()
+    (run / "config.yaml").write_text(f"paths:\n  output_dir: {was}\nlogger:\n  tensorboard:\n    save_dir: "
+                                     f"{save_dir.format(was=was)}\n    name: {name}\n    version: '{version}'\n")
+    assert api.Run(run)._tensorboard_folder() == Path(expected.format(run=run))
+
+
 def test_history_has_the_per_epoch_metrics_and_never_the_learning_rate(tmp_path):
     """The learning rate logged every 5 steps falls on the last step of every other 5-step epoch, as it would with
     trainer.log_every_n_steps=10 and 5 batches per epoch: it must not fill half the rows."""

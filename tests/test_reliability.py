@@ -487,6 +487,10 @@ def test_a_refused_command_leaves_no_run_folder_behind(tmp_path, synthetic_data_
     with pytest.raises(UserInputError, match="data.val_size=100000"):
         api.train(*tiny, "data.val_size=100000", f"paths.log_dir={log_dir}", f"logger.tensorboard.save_dir={shared}")
     assert sorted(shared.rglob("*")) == [*kept.parents[:3][::-1], kept] and not log_dir.exists()
+    new_shared = tmp_path / "new_shared"  # the first run there: the logger's folder in it goes too
+    with pytest.raises(UserInputError, match="data.val_size=100000"):
+        api.train(*tiny, "data.val_size=100000", f"paths.log_dir={log_dir}", f"logger.tensorboard.save_dir={new_shared}")
+    assert not new_shared.exists() or not any(new_shared.iterdir())
 
     # Hydra's record kept under another name, or not at all.
     for record in ("meta/records", "null"):

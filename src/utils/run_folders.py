@@ -156,7 +156,7 @@ def discard_empty_logger_folders(cfg: DictConfig) -> None:
             continue
         shutil.rmtree(folder, ignore_errors=True)
         for above in folder.parents:
-            if above == top or not above.is_relative_to(top):
+            if not above.is_relative_to(top):  # save_dir itself stays: one's own folder, perhaps made for the purpose
                 break
             try:
                 above.rmdir()  # fails while it holds another run's folder, which is what should happen
