@@ -80,8 +80,10 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
 
 
 def _names_a_folder(key: str) -> bool:
+    from src.utils.output_folders import OUTPUT_FOLDER_KEYS
+
     return key in ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir") or key.startswith("paths.") or (
-        key.rsplit(".", 1)[-1] in ("save_dir", "dirpath", "default_root_dir", "output_dir"))
+        key.rsplit(".", 1)[-1] in OUTPUT_FOLDER_KEYS)
 
 
 def _dropped_group(word: str, entry_point: str) -> str | None:
@@ -94,23 +96,13 @@ def _dropped_group(word: str, entry_point: str) -> str | None:
     if key in ("logger", "callbacks") or key not in _config_groups(entry_point) or not group.is_dir():
         return None
     options = config_options(key)
-    if _group_default(entry_point, key) is None:  # optional: none by default
+    if _group_defaults(entry_point).get(key) is None:  # optional: none by default
         if deleted or value.strip().lower() != "null":  # Hydra reads null in any case
             return None
         return (f"{word}: Hydra cannot set a config group to null on the command line. No {key} is the default, so leave "
                 f"it out (~{key} drops one that a config of one's own chooses).")
     if deleted or value.strip().lower() == "null":
         return f"{word} would leave out the {key} config, which every {entry_point} run needs: choose one of {options}."
-    return None
-
-
-def _group_default(entry_point: str, group: str):
-    """The option the entry point's defaults list chooses for `group` (None: none)."""
-    for entry in _entry_config(entry_point).get("defaults", []):
-        if hasattr(entry, "keys"):
-            for key, option in entry.items():
-                if str(key).split()[-1] == group:
-                    return option
     return None
 
 
@@ -165,12 +157,16 @@ def _entry_config(entry_point: str) -> dict:
 
 def _config_groups(entry_point: str) -> set[str]:
     """The config groups the entry point's defaults list names (data, model, ...; hydra's own aside)."""
-    defaults = _entry_config(entry_point).get("defaults", [])
-    groups = set()
-    for entry in defaults:
-        for group in (entry.keys() if hasattr(entry, "keys") else []):
-            groups.add(str(group).split()[-1].split("/", 1)[0])  # "override hydra/launcher", "optional x"
-    return groups - {"hydra"}
+    return set(_group_defaults(entry_point)) - {"hydra"}
+
+
+def _group_defaults(entry_point: str) -> dict[str, object]:
+    """Each group of the entry point's defaults list, with the option it chooses (None: none)."""
+    defaults = {}
+    for entry in _entry_config(entry_point).get("defaults", []):
+        for group, option in (entry.items() if hasattr(entry, "items") else []):
+            defaults[str(group).split()[-1].split("/", 1)[0]] = option  # "override hydra/launcher", "optional x"
+    return defaults
 
 
 def _top_level_settings(entry_point: str) -> set[str]:

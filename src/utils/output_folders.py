@@ -47,7 +47,7 @@ def output_dir_problem(cfg: DictConfig, sweeps: bool = True) -> str | None:
 
 
 # Settings that name a folder a run writes into (checkpoints, loggers, figures, Lightning's root).
-_OUTPUT_FOLDER_KEYS = ("dirpath", "save_dir", "output_dir", "default_root_dir")
+OUTPUT_FOLDER_KEYS = ("dirpath", "save_dir", "output_dir", "default_root_dir")
 
 
 def writes_into_another_run(cfg: DictConfig, made: Path) -> str | None:
@@ -88,5 +88,5 @@ def _output_folders(cfg: DictConfig, keys, prefix: str = ""):
             continue
         if isinstance(node, DictConfig):
             yield from _output_folders(node, tuple(node.keys()), f"{prefix}{key}.")
-        elif key in _OUTPUT_FOLDER_KEYS and isinstance(cfg[key], str):
+        elif key in OUTPUT_FOLDER_KEYS and isinstance(cfg[key], str):
             yield f"{prefix}{key}", cfg[key]

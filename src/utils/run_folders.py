@@ -142,7 +142,7 @@ def discard_empty_logger_folders(cfg: DictConfig) -> None:
 
     for name in cfg.get("logger") or {}:
         written = OmegaConf.to_container(cfg.logger, resolve=False)[name]
-        if not isinstance(written, dict) or not str(written.get("version")).startswith("${logger_version:"):
+        if not isinstance(written, dict) or not versioned_by_run_folder(written):
             continue  # a version of one's own may be another run's too, one that has only just started
         try:
             entry = OmegaConf.to_container(cfg.logger[name], resolve=True)
@@ -216,6 +216,11 @@ def logger_version(save_dir: str | None, output_dir: str | None) -> str:
         return ""
     save, run = Path(save_dir).expanduser().resolve(), Path(output_dir).expanduser().resolve()
     return "" if save == run or run in save.parents else run.relative_to(run.anchor).as_posix()
+
+
+def versioned_by_run_folder(logger: dict) -> bool:
+    """Whether a logger's config, as written (unresolved), takes its version from logger_version."""
+    return str(logger.get("version")).startswith("${logger_version:")
 
 
 def event_files(loggers: list) -> set[Path]:

@@ -211,5 +211,7 @@ def _tensorboard_folder(config: DictConfig, sweep_dir: Path) -> Path | None:
     except Exception:  # an interpolation only a job can resolve
         return None
     shared = Path(str(save_dir)).expanduser().resolve() / str(name or "")
-    ours = str(logger.get("version")).startswith("${logger_version:")
+    from src.utils.run_folders import versioned_by_run_folder
+
+    ours = versioned_by_run_folder(logger)
     return shared / sweep_dir.resolve().relative_to(sweep_dir.resolve().anchor) if ours else shared
