@@ -25,9 +25,19 @@ from src.utils.in_process import run_in_this_process
 
 @dataclass
 class Run:
+    """A run's results. `Run("outputs/2026-12-03/13-48-05")` reopens an earlier run (after a restart of the kernel):
+    its metrics.json, figures and history."""
+
     dir: Path                                          # the run's folder, as the command line would have made it
     metrics: dict = field(default_factory=dict)        # train and evaluate: what metrics.json holds
     predictions: list = field(default_factory=list)    # predict: one dict per input file (src.predict)
+
+    def __post_init__(self) -> None:
+        self.dir = Path(self.dir).expanduser()
+        if not self.metrics and (self.dir / "metrics.json").is_file():
+            import json
+
+            self.metrics = json.loads((self.dir / "metrics.json").read_text())
 
     @property
     def figures(self) -> list[Path]:

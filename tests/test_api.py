@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import shutil
 import sys
 import types
+import warnings
 from datetime import datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -27,6 +30,22 @@ from tests.conftest import run_module, tiny_run_overrides
 from tests.digit_drawing import draw_six, save
 
 
+LIGHTNING_NOTES = "pytorch_lightning.utilities.rank_zero"  # the logger whose lines a run filters
+
+
+def _draws() -> tuple:
+    return random.random(), float(np.random.rand()), torch.rand(1).item()
+
+
+def _seeded_draws(seed: int) -> tuple:
+    """The first draws after seeding Python's, NumPy's and torch's generators; then seeds them again, so the next
+    draws are these."""
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+    draws = _draws()
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+    return draws
+
+
 def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path, synthetic_data_dir, monkeypatch, capsys):
     overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
     overrides.append("trainer.max_epochs=2")
@@ -40,6 +59,8 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     root_handlers = root.handlers[:]
     for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # the caller's seed variables: none
         monkeypatch.delenv(name, raising=False)
+    callers_draws = _seeded_draws(123)  # the caller's own random streams, seeded before the run
+    warning_filters, lightning_filters = warnings.filters[:], logging.getLogger(LIGHTNING_NOTES).filters[:]
 
     run = api.train(*overrides, "model=mlp", f"paths.log_dir={tmp_path / 'outputs'}")
 
@@ -71,6 +92,10 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     assert "after the run" in (tmp_path / "notebook.log").read_text()  # the caller's own log still writes
     assert not HydraConfig.initialized()
     assert "PL_GLOBAL_SEED" not in os.environ and "PL_SEED_WORKERS" not in os.environ  # the run's seed left with it
+    assert _draws() == callers_draws  # the caller's streams go on where they were, not from the run's seed
+    assert warnings.filters == warning_filters and logging.getLogger(LIGHTNING_NOTES).filters == lightning_filters
+    reopened = api.Run(str(run.dir))  # after a restart of the kernel
+    assert reopened.metrics == run.metrics and reopened.figures == run.figures and reopened.history() == history
 
     # Advice names the call to make, not a command line.
     with pytest.raises(ResumeRefused) as refused:

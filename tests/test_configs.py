@@ -80,12 +80,24 @@ def test_trainer_options_build(tmp_path, option):
     assert isinstance(trainer, pl.Trainer)
 
 
+# What the README says of each recipe, as the built objects hold it: (model, its optimizer, epochs, augmentation).
+RECIPES = {"fast": ("CNN", "adam", 1, False), "best": ("CNN", "adamw", 30, True), "quickcheck": ("MLP", "adam", 1, True),
+           "cnn_sgd": ("CNN", "sgd", 8, True)}
+
+
 @pytest.mark.parametrize("option", options("experiment"))
 def test_experiments_compose_and_build(tmp_path, option, synthetic_data_dir):
     cfg = compose_config([f"experiment={option}", f"paths.output_dir={tmp_path}", f"data.data_dir={synthetic_data_dir}"])
-    instantiate(cfg.model, _convert_="all")
-    instantiate(cfg.data)
-    instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    model = instantiate(cfg.model, _convert_="all")
+    data = instantiate(cfg.data)
+    trainer = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    built = (type(model).__name__, model.hparams.optimizer["name"], trainer.max_epochs, data.hparams.augment["enabled"])
+    assert built == RECIPES[option]
+    assert cfg.callbacks.model_checkpoint.monitor == "val/acc" and cfg.callbacks.model_checkpoint.mode == "max"
+    if option == "fast":  # what costs time without helping that path is off
+        assert trainer.num_sanity_val_steps == 0 and cfg.callbacks.figures is None and model.hparams.channels_last
+    if option == "quickcheck":
+        assert (trainer.limit_train_batches, trainer.limit_val_batches) == (20, 2)
 
 
 def test_trainer_arguments_can_be_added_from_the_command_line(tmp_path):
@@ -222,3 +234,6 @@ def test_a_sweep_over_paths_keeps_each_path_whole(tmp_path):
     assert jobs_values == [[str(job) for job in jobs], ["/a", "/b"]]
     assert swept[3] == "paths.log_dir=${oc.env:HOME}"  # Hydra's own syntax is left as typed
     assert quote_paths(["-m", "inputs=choice(a.png,b.png)"]) == ["-m", "inputs=choice(a.png,b.png)"]
+    # -m spelled as a setting sweeps too: two folders, as with -m, not one folder named "/a,/b".
+    assert quote_paths(["hydra.mode=MULTIRUN", "data.data_dir=/a,/b"]) == ["hydra.mode=MULTIRUN", "data.data_dir=/a,/b"]
+    assert quote_paths(["data.data_dir=/a,/b"]) == ['data.data_dir="/a,/b"']  # a single run: one folder

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from src.callbacks.safety import GracefulStop
 from src.errors import ResumeRefused, RunInterrupted
@@ -63,6 +64,9 @@ def test_eval_reproduces_the_metrics_training_reported(tmp_path, trained_run, sy
     assert (tmp_path / "misclassified.png").exists() == (evaluated["test/acc"] < 1)  # only when there are mistakes
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
     assert hparams_values(tmp_path) == hparams_values(trained_run)  # a row with the checkpoint's settings
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()  # the row's metric columns: the checkpoint's best validation accuracy too, not only the test's
+    assert [event.value for event in events.Scalars("val/acc_best")] == [pytest.approx(trained["val/acc_best"])]
     assert "mean: 0.5\n" in (tmp_path / "config.yaml").read_text()  # the normalization used: the checkpoint's
     assert "Not used" not in caplog.text  # data.mean/std were not set here: nothing to warn about
 
@@ -534,13 +538,20 @@ def test_a_refused_resume_names_the_model_settings_that_differ_and_speed_switche
     assert resumed["status"] == "ok" and resumed["resumed_from"].endswith("last.ckpt")
 
 
-def test_resuming_with_another_validation_split_is_refused(tmp_path, trained_run, synthetic_data_dir):
+@pytest.mark.parametrize("changed, refused", [
+    ("data.val_size=96", r"data.val_size=80 \(this run: 96\)"),
+    ("data.split_seed=3", r"data.split_seed=0 \(this run: 3\)"),
+    ("data.mean=0.4", r"data.mean=0.5 \(this run: 0.4\)"),
+    ("data.std=0.7", r"data.std=0.6 \(this run: 0.7\)"),
+])
+def test_resuming_with_another_validation_split_or_normalization_is_refused(tmp_path, trained_run, synthetic_data_dir,
+                                                                            changed, refused):
     from src.errors import UserInputError
 
     # trained_run validated on 80 images, normalized with mean 0.5 and std 0.6.
-    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "data.val_size=96",
-                          "data.mean=0.5", "data.std=0.6", f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"])
-    with pytest.raises(UserInputError, match=r"was trained with other data settings or seed \(data.val_size=80 \(this run: 96\)\)"):
+    cfg = compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "data.mean=0.5", "data.std=0.6",
+                          changed, f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"])
+    with pytest.raises(UserInputError, match=rf"was trained with other data settings or seed \({refused}\)"):
         train(cfg)
 
 

@@ -4,6 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import same_color
 
 from src.callbacks.figures import DiagnosticFigures
@@ -154,3 +155,16 @@ def test_sweep_bars_show_each_jobs_accuracies_and_a_failed_job_says_why():
     assert [bar.get_width() for bar in val_bars] == [0.99, 0.0]
     assert [bar.get_width() for bar in test_bars] == [0.98, 0.0]
     assert "failed: CUDA out of memory" in [text.get_text() for text in ax.texts]
+
+
+def test_the_sweep_legend_covers_no_accuracy_label():
+    """A bar at 100% has its label past the end of the axes, where the legend once was."""
+    rows = [{"job": f"{n}_seed={n}", "varied": f"seed={n}", "status": "ok", "val/acc_best": 1.0, "test/acc": accuracy,
+             "error": ""} for n, accuracy in enumerate((1.0, 0.99, 0.995))]
+    figure = sweep_figure(rows)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)  # lays the figure out
+    (legend,) = figure.legends or [figure.axes[0].get_legend()]
+    labels = [text for text in figure.axes[0].texts if text.get_text().endswith("%")]
+    assert len(labels) == 6
+    assert not any(legend.get_window_extent(renderer).overlaps(label.get_window_extent(renderer)) for label in labels)

@@ -244,6 +244,11 @@ def test_inputs_can_be_a_file_a_folder_a_glob_or_a_list(tmp_path):
     (tmp_path / "sub").mkdir()
     assert find_inputs(str(tmp_path)) == [tmp_path / "a.JPG", tmp_path / "b.png", tmp_path / "c.bmp"]
     assert find_inputs(f"{tmp_path}/*.png") == [tmp_path / "b.png"]
+    digits = tmp_path / "digits"
+    digits.mkdir()
+    for n in reversed(range(10)):  # made out of order: the folder lists them in an order of its own
+        (digits / f"{n}.png").touch()
+    assert find_inputs(f"{digits}/*.png") == [digits / f"{n}.png" for n in range(10)]  # a glob's files: sorted too
     assert find_inputs(str(tmp_path / "notes.txt")) == [tmp_path / "notes.txt"]  # named explicitly: tried, reported
     assert find_inputs([str(tmp_path / "b.png"), f"{tmp_path}/b*"]) == [tmp_path / "b.png"]
     for inputs, message in [

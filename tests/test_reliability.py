@@ -247,6 +247,29 @@ def test_a_test_limit_of_zero_is_allowed_when_testing_is_off(tmp_path):
     assert trainer.limit_test_batches == 0
 
 
+def test_a_refused_training_setting_fails_before_importing_torch(tmp_path):
+    """A mistyped value is refused in well under a second: before torch (seconds to import) and Lightning (more)."""
+    script = f"""
+import sys
+from hydra import compose, initialize_config_dir
+from src import CONFIG_DIR
+from src.errors import UserInputError
+from src.train import train
+
+for words in (["seed=-1"], ["trainer.max_epochs=0"], ["model.batch_norm=maybe"], ["data.batch_size=1"],
+              ["trainer.log_every_n_steps=-1"], ["ckpt_path=nope.ckpt"]):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", [r"paths.output_dir={tmp_path}", *words])
+    try:
+        train(cfg)
+    except UserInputError as refused:
+        print("refused:", str(refused)[:40], "| torch imported:", "torch" in sys.modules)
+"""
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("refused:") == 6 and "torch imported: True" not in result.stdout, result.stdout
+
+
 def test_a_test_limit_that_leaves_no_batch_is_refused_before_training(tmp_path, synthetic_data_dir, caplog):
     """Lightning finds out only when testing starts, after the training (0.5 of the one test batch of 100 images)."""
     settings = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "data.eval_batch_size=100",

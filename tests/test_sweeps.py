@@ -249,6 +249,9 @@ def test_a_sweep_run_again_into_its_folder_is_refused_and_keeps_its_results(tmp_
     before = [path.read_bytes() for path in kept]
     again = multirun(sweep_dir, synthetic_data_dir, "model=mlp", "seed=1")
     assert again.returncode == 1 and f"{job_dir} holds a run already" in again.stdout + again.stderr
+    # The sweep's folder was given, and one ckpt_path would go to every job: the advice says so.
+    assert ("Choose another hydra.sweep.dir, or leave it out: each sweep then gets a new dated folder; to continue "
+            "that job instead, run it alone with its own values and 'ckpt_path=") in again.stdout + again.stderr
     assert [path.read_bytes() for path in kept] == before  # not even recorded as a failed job
 
 

@@ -11,10 +11,13 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.optim.swa_utils import AveragedModel
 
 from src.callbacks.weight_averaging import ema_with_warmup
+from src.data.mnist_datamodule import MNISTDataModule
 from src.eval import evaluate
+from src.models.loading import load_network
 from src.train import train
 from tests.conftest import compose_config, hparams_values, needs_real_mnist, run_module, tiny_run_overrides
 
@@ -77,6 +80,32 @@ def test_the_best_epoch_is_tested_not_the_last(tmp_path, synthetic_data_dir):
     last = evaluate(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "last"),
                                     f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"], config_name="eval"))
     assert last["test/acc"] < 0.3
+
+
+class GoodOnlyInTheSanityCheck(pl.Callback):
+    """The sanity check validates trained weights; training then starts from zeroed ones, which never do as well."""
+
+    weights: dict = {}  # a trained model's network weights, set by the test
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        pl_module.net.load_state_dict(self.weights)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        with torch.no_grad():
+            for parameter in pl_module.parameters():
+                parameter.zero_()
+
+
+def test_the_sanity_checks_validation_never_counts_as_the_best(tmp_path, synthetic_data_dir, monkeypatch):
+    good = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "good"), "model=mlp"]))
+    monkeypatch.setattr(GoodOnlyInTheSanityCheck, "weights",
+                        {key.removeprefix("net."): value for key, value in
+                         torch.load(good["best_model_path"], weights_only=True)["state_dict"].items() if key.startswith("net.")})
+    metrics = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "zeroed"), "model=mlp",
+                                    f"+callbacks.sanity._target_={__name__}.GoodOnlyInTheSanityCheck"]))
+    scalars = tensorboard_scalars(tmp_path / "zeroed")
+    assert good["val/acc_best"] > 0.5 and scalars["val/acc"] == [pytest.approx(metrics["val/acc_best"])]
+    assert metrics["val/acc_best"] < 0.3  # the zeroed network's, not the sanity check's
 
 
 @pytest.mark.parametrize("no_logger", ["~logger", "logger=[]"])
@@ -183,7 +212,7 @@ def test_test_only_rebuilds_the_checkpoints_own_network_and_names_a_bad_file(tmp
     # No model=mlp or data.mean/std here: the checkpoint says what it is and how its inputs were normalized.
     test_only = [*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), "train=false"]
     tested = train(compose_config([*test_only, f"ckpt_path={trained['best_model_path']}", "data.augment.enabled=false",
-                                   "seed=3", "data.batch_size=64"]))
+                                   "seed=3", "data.batch_size=64", "data.val_size=60"]))
     assert tested["test/acc"] == pytest.approx(trained["test/acc"])
     assert tested["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-5)
     # config.yaml records the network and normalization tested, not the config's model=cnn and data.mean/std.
@@ -194,7 +223,7 @@ def test_test_only_rebuilds_the_checkpoints_own_network_and_names_a_bad_file(tmp
     row, trained_row = hparams_values(tmp_path / "b"), hparams_values(tmp_path / "a")
     assert row["model"] == "MLP" and row["model/arch"] == trained_row["model/arch"]
     assert row["data/augment"] == trained_row["data/augment"] != "off"
-    assert (row["data/batch_size"], row["seed"], row["callbacks/ema_decay"]) == (16, 7, 0.999)
+    assert (row["data/batch_size"], row["data/val_size"], row["seed"], row["callbacks/ema_decay"]) == (16, 80, 7, 0.999)
     assert row["trainer/max_epochs"] == torch.load(trained["best_model_path"], weights_only=True)["epoch"] + 1
 
     truncated = tmp_path / "truncated.ckpt"
@@ -318,6 +347,20 @@ def test_ema_weights_are_the_ones_saved_and_tested(tmp_path, synthetic_data_dir)
     checkpoint = torch.load(trained["best_model_path"], weights_only=True)
     averaged, raw = checkpoint["state_dict"], checkpoint["current_model_state"]  # raw weights: kept to resume
     assert any(not torch.equal(averaged[key], raw[key]) for key in raw if key.startswith("net."))
+
+    # Validation used the averaged weights too (it picks the best epoch): the last epoch's logged val/loss is theirs.
+    events = EventAccumulator(str(tmp_path / "a" / "tensorboard"))
+    events.Reload()
+    logged = events.Scalars("val/loss")[-1].value
+    network, last = load_network(tmp_path / "a" / "checkpoints" / "last.ckpt")
+    datamodule = MNISTDataModule(**last["datamodule_hyper_parameters"])
+    datamodule.setup("fit")
+    images, labels = datamodule.val_set
+    with torch.no_grad():
+        averaged_loss = torch.nn.functional.cross_entropy(network(images), labels).item()
+        network.load_state_dict({key[len("net."):]: value for key, value in raw.items() if key.startswith("net.")})
+        raw_loss = torch.nn.functional.cross_entropy(network(images), labels).item()
+    assert logged == pytest.approx(averaged_loss, rel=1e-5) and logged != pytest.approx(raw_loss, rel=1e-3)
 
     # A test-only pass of the checkpoint, without the callback, uses its state_dict: the averaged weights.
     # The same metrics show that the test after fit used them too, not the raw weights saved beside them.

@@ -27,7 +27,8 @@ def sweep_figure(rows: list[dict]) -> Figure:
     ax.invert_yaxis()
     ax.set_xlabel("accuracy")
     ax.set_title("sweep: best validation and test accuracy per job")
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))  # outside: never over a bar's label
+    # Below the axes: beside them it covered the labels of bars at 100%, which reach past the axes.
+    figure.legend(loc="outside lower center", ncols=2)
     return figure
 
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from src import CONFIG_DIR, config_options
+from src.utils.path_overrides import is_multirun
 
 
 CHDIR_NOT_SUPPORTED = ("hydra.job.chdir=true is not supported: every run already writes all its files into its own "
@@ -34,8 +35,7 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
         return CHDIR_NOT_SUPPORTED
     for word in words_without_a_key(arguments):
         return f"'{word}' has no key: settings are key=value, such as {_likely_setting(word, entry_point)}."
-    multirun = {"-m", "--multirun"} & set(arguments) or any(
-        a.lstrip("+").lower().replace('"', "").replace("'", "") == "hydra.mode=multirun" for a in arguments)
+    multirun = is_multirun(arguments)
     if {"-m", "--multirun"} & set(arguments) and {"--cfg", "-c"} & {argument.partition("=")[0] for argument in arguments}:
         return ("--cfg shows the config of one run and cannot be combined with -m: leave out -m and give one value per "
                 "setting to see that job's config.")

@@ -77,7 +77,7 @@ def _run_in(folder: Path, work: Callable[[DictConfig], Any], cfg: DictConfig) ->
                               ("overrides", cfg.hydra.overrides.task)):
             OmegaConf.save(content, record / f"{name}.yaml")
     folder.mkdir(parents=True, exist_ok=True)
-    with _run_logging(cfg) as run_log, advice_as_calls(), _callers_seed_variables():
+    with _run_logging(cfg) as run_log, advice_as_calls(), _callers_global_state():
         return _reporting_failures(work, task_cfg, run_log)
 
 
@@ -135,21 +135,39 @@ def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_
 
 
 @contextmanager
-def _callers_seed_variables() -> Iterator[None]:
-    """Lightning's seed_everything leaves the seed in environment variables that its DataLoader workers and DDP's
-    processes read; a later run or the caller's own Lightning code must not inherit this run's."""
+def _callers_global_state() -> Iterator[None]:
+    """A run seeds Python's, NumPy's and torch's random generators (seed_everything), leaves the seed in environment
+    variables that Lightning's DataLoader workers and DDP's processes read, and silences a few of Lightning's warnings
+    and log lines: the caller's own sampling and Lightning code afterwards find all of these as they were."""
     import os
+    import random
+    import warnings
+
+    import numpy
+    import torch
 
     names = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
     callers = {name: os.environ.get(name) for name in names}
+    python_state, numpy_state, torch_state = random.getstate(), numpy.random.get_state(), torch.get_rng_state()
+    # Only a CUDA already in use: reading its state would start it, which ddp_fork (in a notebook) refuses afterwards.
+    cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    lightning_log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    log_filters = lightning_log.filters[:]
     try:
-        yield
+        with warnings.catch_warnings():
+            yield
     finally:
         for name, value in callers.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
+        random.setstate(python_state)
+        numpy.random.set_state(numpy_state)
+        torch.set_rng_state(torch_state)
+        if cuda_states is not None:
+            torch.cuda.set_rng_state_all(cuda_states)
+        lightning_log.filters = log_filters
 
 
 def _run_folder(cfg: DictConfig) -> Path:

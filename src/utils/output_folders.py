@@ -16,13 +16,20 @@ def refuse_a_used_folder(output_dir: Path, resumable: bool) -> None:
     from src.utils.command_words import ckpt_path_override, typed
     from src.utils.run_folders import holds_a_run
 
+    from src.utils.jobs import in_multirun
+
     found = holds_a_run(output_dir)
     if found:
         last = output_dir / "checkpoints" / "last.ckpt"
-        resume = f"; to continue that run instead, add {typed(ckpt_path_override(str(last)))}" if resumable and last.is_file() else ""
-        raise RunFolderTaken(
-            f"{output_dir} holds a run already ({', '.join(found)}), which this one would overwrite. Choose another "
-            f"hydra.run.dir, or leave it out: each run then gets a new dated folder{resume}.")
+        resume = typed(ckpt_path_override(str(last))) if resumable and last.is_file() else ""
+        if in_multirun():  # the sweep's folder was given; one ckpt_path would go to every job of the sweep
+            setting, which = "hydra.sweep.dir", "each sweep then gets a new dated folder"
+            resume = f"; to continue that job instead, run it alone with its own values and {resume}" if resume else ""
+        else:
+            setting, which = "hydra.run.dir", "each run then gets a new dated folder"
+            resume = f"; to continue that run instead, add {resume}" if resume else ""
+        raise RunFolderTaken(f"{output_dir} holds a run already ({', '.join(found)}), which this one would overwrite. "
+                             f"Choose another {setting}, or leave it out: {which}{resume}.")
 
 
 def output_dir_problem(cfg: DictConfig, sweeps: bool = True) -> str | None:

@@ -15,8 +15,14 @@ SWEEP_FUNCTION = re.compile(r"\w+\(.*\)")  # choice(...), glob(...): Hydra's own
 
 
 def quote_paths(arguments: list[str]) -> list[str]:
-    sweeping = any(argument in ("-m", "--multirun") for argument in arguments)
+    sweeping = is_multirun(arguments)
     return [_quoted_argument(argument, sweeping) for argument in arguments]
+
+
+def is_multirun(arguments: list[str]) -> bool:
+    """-m, or its spelling as a setting: hydra.mode=MULTIRUN."""
+    return bool({"-m", "--multirun"} & set(arguments)) or any(
+        a.lstrip("+").lower().replace('"', "").replace("'", "") == "hydra.mode=multirun" for a in arguments)
 
 
 def _quoted_argument(argument: str, sweeping: bool) -> str:

@@ -4,7 +4,6 @@ by the DataModule's constructor, which runs before any data is read."""
 from __future__ import annotations
 
 import logging
-import os
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -43,21 +42,56 @@ def check_run_settings(cfg: DictConfig) -> None:
 
 
 def validate_train_config(cfg: DictConfig) -> None:
-    from src.utils.command_words import called_from_python
-    from src.utils.jobs import in_multirun
-
+    """The checks that need no imports come first: a refused value should not wait seconds for Lightning."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     check_optimizer_config(model.get("optimizer") or {})
     check_scheduler_config(model.get("scheduler"))
+    _check_switches(cfg, model)
+    check_run_settings(cfg)
+    _check_epochs(cfg)
+    _check_fractions(cfg, model)
+    _check_callbacks(cfg)
+    _check_strategy(cfg)
+
+
+def _check_switches(cfg: DictConfig, model: dict) -> None:
+    for key in ("train", "test"):
+        if key in cfg:
+            require_true_or_false(key, cfg[key])
+    for key in ("batch_norm", "pool", "compile", "channels_last"):
+        if key in model:
+            require_true_or_false(f"model.{key}", model[key])
+    if cfg.get("train") and model.get("batch_norm") and is_whole(cfg.data.get("batch_size")) and cfg.data.batch_size == 1:
+        raise UserInputError("data.batch_size=1 cannot train with batch norm (it needs 2 or more images per batch). "
+                             "Use data.batch_size>=2, or model.batch_norm=false.")
+
+
+def _check_epochs(cfg: DictConfig) -> None:
+    max_epochs = cfg.trainer.get("max_epochs")
+    if not is_whole(max_epochs) or max_epochs < 1:
+        raise UserInputError(f"trainer.max_epochs={max_epochs} is invalid: it must be an integer >= 1.")
+    interval = cfg.trainer.get("val_check_interval")
+    if is_whole(interval) and interval < 1:  # 0 batches: a ZeroDivisionError once training runs
+        raise UserInputError(f"trainer.val_check_interval={interval} is invalid: it must be a number of training batches "
+                             ">= 1, or a fraction of an epoch such as 0.25.")
+    every = cfg.trainer.get("check_val_every_n_epoch") or 1
+    if cfg.get("train") and max_epochs % every and _rank_zero():
+        unvalidated = "no epoch is" if max_epochs < every else f"the last {max_epochs % every} epoch(s) are never"
+        log.warning("trainer.max_epochs=%d with trainer.check_val_every_n_epoch=%d: %s validated, so the weights tested "
+                    "are not the last ones trained. A multiple of %d epochs avoids that.",
+                    max_epochs, every, unvalidated, every)
+
+
+def _check_fractions(cfg: DictConfig, model: dict) -> None:
     for key, usual in (("label_smoothing", "; 0.1 is usual"), ("dropout", ""), ("conv_dropout", "")):
         value = model.get(key, 0.0)
         if not is_number(value) or not 0 <= value < 1:
             if key in model and not takes_setting(cfg.model, key):  # +model.conv_dropout=1.5 for an MLP: a typo first
                 raise not_a_setting(cfg.model, key)
             raise UserInputError(f"model.{key}={value} is invalid: it must be a number in [0, 1) (0 turns it off{usual}).")
-    for key in ("train", "test"):
-        if key in cfg:
-            require_true_or_false(key, cfg[key])
+
+
+def _check_callbacks(cfg: DictConfig) -> None:
     callbacks = cfg.get("callbacks") or {}
     # Callbacks chosen without `default` (callbacks=early_stopping); not callbacks=[] or a checkpoint set to null.
     if cfg.get("train") and callbacks and "model_checkpoint" not in callbacks and not _has_checkpoint_callback(callbacks):
@@ -68,35 +102,25 @@ def validate_train_config(cfg: DictConfig) -> None:
             f"test its best epoch nor be resumed. Keep the defaults and add to them: callbacks=[default,{options}]."
         )
     _check_early_stopping(callbacks)
-    for key in ("batch_norm", "pool", "compile", "channels_last"):
-        if key in model:
-            require_true_or_false(f"model.{key}", model[key])
-    if cfg.get("train") and model.get("batch_norm") and is_whole(cfg.data.get("batch_size")) and cfg.data.batch_size == 1:
-        raise UserInputError("data.batch_size=1 cannot train with batch norm (it needs 2 or more images per batch). "
-                             "Use data.batch_size>=2, or model.batch_norm=false.")
-    check_run_settings(cfg)
-    max_epochs = cfg.trainer.get("max_epochs")
-    if not is_whole(max_epochs) or max_epochs < 1:
-        raise UserInputError(f"trainer.max_epochs={max_epochs} is invalid: it must be an integer >= 1.")
-    every = cfg.trainer.get("check_val_every_n_epoch") or 1
-    if cfg.get("train") and max_epochs % every and _rank_zero():
-        unvalidated = "no epoch is" if max_epochs < every else f"the last {max_epochs % every} epoch(s) are never"
-        log.warning("trainer.max_epochs=%d with trainer.check_val_every_n_epoch=%d: %s validated, so the weights tested "
-                    "are not the last ones trained. A multiple of %d epochs avoids that.",
-                    max_epochs, every, unvalidated, every)
-    interval = cfg.trainer.get("val_check_interval")
-    if is_whole(interval) and interval < 1:  # 0 batches: a ZeroDivisionError once training runs
-        raise UserInputError(f"trainer.val_check_interval={interval} is invalid: it must be a number of training batches "
-                             ">= 1, or a fraction of an epoch such as 0.25.")
+
+
+def _check_strategy(cfg: DictConfig) -> None:
+    """Strategies that start this script again for each further device, where it cannot be started again."""
+    from src.utils.command_words import called_from_python
+    from src.utils.jobs import in_multirun
+
+    from_python, sweeping = called_from_python(), in_multirun()
+    if not (from_python or sweeping):  # the command line of a single run: Lightning's relaunch works
+        return
     strategy = str(cfg.trainer.get("strategy", "auto"))
     relaunches = strategy.startswith("ddp") or (strategy == "auto" and _several_processes(cfg.trainer))
-    if relaunches and called_from_python() and not strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
+    if relaunches and from_python and not strategy.startswith(("ddp_spawn", "ddp_fork", "ddp_notebook")):
         raise UserInputError(
             f"trainer.strategy={strategy} with trainer.devices={cfg.trainer.get('devices', 'auto')} would start this "
             "script again for each further device, which a call from Python (a notebook) cannot be: use "
             "++trainer.strategy=ddp_spawn, or the command line."
         )
-    if in_multirun() and relaunches and not strategy.startswith("ddp_spawn") and not _in_slurm_task():
+    if sweeping and relaunches and not strategy.startswith("ddp_spawn") and not _in_slurm_task():
         raise UserInputError(
             f"trainer.strategy={strategy} with trainer.devices={cfg.trainer.get('devices', 'auto')} cannot run inside a "
             "Hydra multirun: Lightning would relaunch the whole sweep in every process. Use ++trainer.strategy=ddp_spawn "
@@ -104,21 +128,23 @@ def validate_train_config(cfg: DictConfig) -> None:
         )
 
 
-def _check_early_stopping(callbacks: DictConfig) -> None:
+def _check_early_stopping(callbacks: DictConfig | dict) -> None:
     """EarlyStopping takes any value and compares it only at the end of an epoch: patience=abc failed with a
-    traceback after the first validation's training."""
+    traceback after the first validation's training. The values first: finding an entry's class imports Lightning,
+    which a refusal of another setting should not wait for."""
     for name, entry in callbacks.items():
-        if not _is_subclass(entry, "pytorch_lightning.callbacks.EarlyStopping"):
-            continue
-        patience = entry.get("patience", 3)
-        if not is_whole(patience) or patience < 0:
+        patience = entry.get("patience", 3) if isinstance(entry, DictConfig) else 3
+        if (not is_whole(patience) or patience < 0) and _is_subclass(entry, EARLY_STOPPING):
             raise UserInputError(f"callbacks.{name}.patience={_as_typed(patience)} is invalid: it must be a whole number "
                                  "of validations >= 0.")
         for key in ("min_delta", "stopping_threshold", "divergence_threshold"):
-            value = entry.get(key, 0.0)
-            if not is_number(value) and (value is not None or key == "min_delta"):
+            value = entry.get(key, 0.0) if isinstance(entry, DictConfig) else 0.0
+            if not is_number(value) and (value is not None or key == "min_delta") and _is_subclass(entry, EARLY_STOPPING):
                 raise UserInputError(f"callbacks.{name}.{key}={_as_typed(value)} is invalid: it must be a number"
                                      f"{'' if key == 'min_delta' else ', or null for none'}.")
+
+
+EARLY_STOPPING = "pytorch_lightning.callbacks.EarlyStopping"
 
 
 def _as_typed(value) -> str:
@@ -178,8 +204,8 @@ def _several_processes(trainer: DictConfig) -> bool:
         devices = int(devices)
     if devices == "auto":
         count = gpus or 1
-    elif devices == -1:  # every GPU; on a CPU, one process per core
-        count = gpus or os.cpu_count() or 1
+    elif devices == -1:  # every GPU (Lightning refuses it on a CPU)
+        count = gpus or 1
     elif isinstance(devices, int):
         count = devices
     else:  # a list or a comma-separated string of GPU indices
