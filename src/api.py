@@ -105,25 +105,36 @@ def _in_a_notebook() -> bool:
     return get_ipython() is not None
 
 
-def train(*overrides: str | list[str]) -> Run:
+def train(*overrides: str | list[str], **keywords) -> Run:
     """python -m src.train <overrides>: fit, then test the best checkpoint. Returns the run, metrics filled."""
     from src.train import train as train_run
 
-    folder, metrics = run_in_this_process(train_run, "train", overrides)
+    folder, metrics = run_in_this_process(train_run, "train", _as_words("train", overrides, keywords))
     return Run(folder, metrics=metrics)
 
 
-def evaluate(*overrides: str | list[str]) -> Run:
+def evaluate(*overrides: str | list[str], **keywords) -> Run:
     """python -m src.eval ckpt_path=<checkpoint> <overrides>: test a checkpoint on the official test set."""
     from src.eval import evaluate as evaluate_run
 
-    folder, metrics = run_in_this_process(evaluate_run, "eval", overrides)
+    folder, metrics = run_in_this_process(evaluate_run, "eval", _as_words("evaluate", overrides, keywords))
     return Run(folder, metrics=metrics)
 
 
-def predict(*overrides: str | list[str]) -> Run:
+def predict(*overrides: str | list[str], **keywords) -> Run:
     """python -m src.predict ckpt_path=<checkpoint> inputs=<files> <overrides>: classify image files."""
     from src.predict import predict as predict_run
 
-    folder, predictions = run_in_this_process(predict_run, "predict", overrides)
+    folder, predictions = run_in_this_process(predict_run, "predict", _as_words("predict", overrides, keywords))
     return Run(folder, predictions=predictions)
+
+
+def _as_words(function: str, overrides: tuple, keywords: dict) -> tuple:
+    """The settings; keyword arguments are refused with the call to make instead (most keys hold a dot, which a
+    keyword cannot, and the command line's syntax, model.hidden_sizes=[64,32], would not carry over)."""
+    if keywords:
+        from src.errors import UserInputError
+
+        words = [*(repr(str(word)) for word in overrides), *(repr(f"{key}={value}") for key, value in keywords.items())]
+        raise UserInputError(f"settings are strings, as on the command line: {function}({', '.join(words)}).")
+    return overrides

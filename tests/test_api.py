@@ -170,6 +170,9 @@ def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_i
         assert compose(config_name="eval").task_name == "eval"  # still usable
     assert not HydraConfig.initialized()
     assert not (tmp_path / "elsewhere").exists()
+    with pytest.raises(UserInputError, match=r"^settings are strings, as on the command line: "
+                                             r"evaluate\('ckpt_path=a.ckpt', 'model=mlp', 'seed=3'\)\.$"):
+        api.evaluate("ckpt_path=a.ckpt", model="mlp", seed=3)  # Python's own TypeError named no way out
     # A refused run leaves no dated folder behind (the date folder was new too, so it goes as well); in a folder named
     # with hydra.run.dir, which stays, its log says why it ended, as on the command line.
     assert not (tmp_path / "runs").exists()

@@ -157,7 +157,7 @@ def test_checkpoints_saved_without_checksums_are_not_taken_for_damaged(tmp_path,
         assert read_checkpoint(tmp_path / name)["model_class"] == content["model_class"]
 
 
-def test_a_resume_from_an_earlier_checkpoint_of_the_run_is_refused_and_keeps_last(tmp_path, synthetic_data_dir):
+def test_a_resume_from_an_earlier_checkpoint_of_the_run_is_refused_and_keeps_last(tmp_path, synthetic_data_dir, caplog):
     """The best epoch's checkpoint, which a run's summary prints, resumed in its run folder would train the later
     epochs again and replace last.ckpt; a copy of it, resumed elsewhere, starts a new run folder."""
     common = ["model=mlp", "trainer.max_epochs=2", "callbacks.model_checkpoint.save_top_k=-1"]  # every epoch's kept
@@ -175,6 +175,12 @@ def test_a_resume_from_an_earlier_checkpoint_of_the_run_is_refused_and_keeps_las
     again = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *common,
                                   f"ckpt_path={checkpoints / 'epoch001.ckpt'}"]))
     assert again["status"] == "ok" and again["epochs"] == 2
+    # A damaged last.ckpt is no state to go on from: the resume from the earlier checkpoint goes ahead, and says so.
+    (checkpoints / "last.ckpt").write_bytes(before["last.ckpt"][:5000])
+    resumed = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *common,
+                                    f"ckpt_path={checkpoints / 'epoch000.ckpt'}"]))
+    assert resumed["status"] == "ok" and torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 1
+    assert f"{checkpoints / 'last.ckpt'} cannot be read (damaged or truncated): resuming from " in caplog.text
 
     copy = shutil.copy(checkpoints / "epoch000.ckpt", tmp_path / "epoch000.ckpt")
     branched = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), *common, f"ckpt_path={copy}"]))

@@ -22,6 +22,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from src import CONFIG_DIR, PROJECT_ROOT
+from src.callbacks.safety import GracefulStop
 from src.utils.run_folders import job_dirname, swept_keys
 from src.utils.hparams import HPARAM_METRICS, run_hparams
 from src.utils.sweep_summary import (
@@ -128,17 +129,48 @@ def test_an_interrupted_job_stops_the_sweep_and_is_recorded(tmp_path, synthetic_
     assert result.returncode == 130, output[-3000:]
     assert "Training stopped by Ctrl-C at epoch 0, step 3" in output and "Traceback" not in output
     assert "was raised with message" not in output  # Lightning's garbled note of the same save
-    (job_dir,) = [p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]
+    job_dir, next_job = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
     assert job_dir.name.startswith("0_") and (job_dir / "checkpoints" / "last.ckpt").is_file()
     assert json.loads((job_dir / "metrics.json").read_text())["status"] == "interrupted"
-    assert [row["status"] for row in summary_rows(sweep_dir)] == ["interrupted"]  # Hydra's end-of-sweep hook never runs
+    # Hydra's end-of-sweep hook never runs: the summary is written at the stop, with the job that never started.
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["interrupted", "not run"]
+    assert next_job.name.startswith("1_") and not (next_job / "checkpoints").exists()
+    assert "the 1 later jobs did not start: run them as a sweep of their own" in output
 
     # With HYDRA_FULL_ERROR=1 too (the traceback is shown): an exception would let Hydra start the next job.
     sweep_dir = tmp_path / "full_error"
     result = multirun(sweep_dir, synthetic_data_dir, "model=mlp", "seed=1,2", "+callbacks.stop._target_=tests.test_eval_resume.InterruptAtStep",
                       "+callbacks.stop.step=3", extra_env={"HYDRA_FULL_ERROR": "1"})
     assert result.returncode == 130 and "Traceback" in result.stdout + result.stderr
-    assert len([p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir()]) == 1
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["interrupted", "not run"]
+
+
+class CtrlCIfArmed(pl.Callback):
+    """Ctrl-C in the first training batch of the first job to find the `armed` file (which it removes)."""
+
+    def __init__(self, armed: str) -> None:
+        self.armed = Path(armed)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.armed.exists():
+            self.armed.unlink()
+            (graceful_stop,) = [cb for cb in trainer.callbacks if isinstance(cb, GracefulStop)]
+            graceful_stop._request_stop(signal.SIGINT, None)
+
+
+def test_the_jobs_an_interruption_kept_from_starting_are_listed_under_their_folder_names(tmp_path, synthetic_data_dir):
+    """Each job the basic launcher did not start is recorded where Hydra would have run it: running the same sweep
+    whole gives the same folders."""
+    armed = tmp_path / "armed"
+    armed.touch()
+    sweep = ["model=mlp", "seed=1,2", "model.optimizer.lr=0.001,0.002", "data.augment.enabled=false",
+             f"+callbacks.stop._target_={__name__}.CtrlCIfArmed", f"+callbacks.stop.armed={armed}"]
+    assert multirun(tmp_path / "stopped", synthetic_data_dir, *sweep).returncode == 130
+    assert multirun(tmp_path / "whole", synthetic_data_dir, *sweep).returncode == 0
+    stopped, whole = summary_rows(tmp_path / "stopped"), summary_rows(tmp_path / "whole")
+    assert [row["job"] for row in stopped] == [row["job"] for row in whole] and len(whole) == 4
+    assert [row["status"] for row in stopped] == ["interrupted", "not run", "not run", "not run"]
+    assert [row["varied"] for row in stopped] == [row["varied"] for row in whole]
 
 
 class SigtermWhenBuilt(pl.Callback):

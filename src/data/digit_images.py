@@ -202,21 +202,21 @@ def widen(ink: np.ndarray, pixels: int) -> np.ndarray:
     return ink
 
 
-def widen_thin_strokes(ink: np.ndarray, box: int = BOX_SIZE) -> np.ndarray:
+def widen_thin_strokes(ink: np.ndarray) -> np.ndarray:
     """Widen strokes that scaling to the box would make thinner than (almost) any MNIST digit's.
 
     A pen line in a large photo would otherwise shrink to a faint half-pixel trace the model never saw."""
-    scale = box / max(ink.shape)
+    scale = BOX_SIZE / max(ink.shape)
     width = stroke_width(ink)
     if width * scale >= THIN_STROKE:
         return ink
     return widen(ink, round(MNIST_STROKE / scale - width))
 
 
-def fit_in_box(ink: np.ndarray, box: int = BOX_SIZE) -> np.ndarray:
-    """Scale so the longer side is `box` pixels, keeping the aspect ratio; anti-aliased."""
+def fit_in_box(ink: np.ndarray) -> np.ndarray:
+    """Scale so the longer side is BOX_SIZE pixels, keeping the aspect ratio; anti-aliased."""
     height, width = ink.shape
-    scale = box / max(height, width)
+    scale = BOX_SIZE / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
     # Pillow's resampling widens its filter when shrinking, so thin strokes average instead of vanishing.
     resized = Image.fromarray(ink.astype(np.float32)).resize(size, Image.Resampling.LANCZOS)
@@ -229,13 +229,13 @@ def centre_of_mass(ink: np.ndarray) -> tuple[float, float]:
     return float(ink.sum(axis=1) @ rows) / total, float(ink.sum(axis=0) @ cols) / total
 
 
-def place_by_centre_of_mass(patch: np.ndarray, size: int = FIELD_SIZE) -> np.ndarray:
-    """Paste `patch` into a size×size black field so its centre of mass lands on the field's centre."""
+def place_by_centre_of_mass(patch: np.ndarray) -> np.ndarray:
+    """Paste `patch` into a black MNIST field so its centre of mass lands on the field's centre."""
     com_row, com_col = centre_of_mass(patch)
     # Whole-pixel shifts, clamped so the patch always fits (only lopsided shapes ever need the clamp).
-    top = int(np.clip(round(FIELD_CENTRE - com_row), 0, size - patch.shape[0]))
-    left = int(np.clip(round(FIELD_CENTRE - com_col), 0, size - patch.shape[1]))
-    field = np.zeros((size, size), dtype=np.float32)
+    top = int(np.clip(round(FIELD_CENTRE - com_row), 0, FIELD_SIZE - patch.shape[0]))
+    left = int(np.clip(round(FIELD_CENTRE - com_col), 0, FIELD_SIZE - patch.shape[1]))
+    field = np.zeros((FIELD_SIZE, FIELD_SIZE), dtype=np.float32)
     field[top : top + patch.shape[0], left : left + patch.shape[1]] = patch
     return field
 

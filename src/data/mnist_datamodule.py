@@ -29,7 +29,7 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        data_dir: str,
+        data_dir: str | Path,
         download: bool = True,
         batch_size: int = 256,
         eval_batch_size: int = 1000,

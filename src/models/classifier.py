@@ -215,9 +215,14 @@ class DigitClassifier(pl.LightningModule):
         self.schedule_steps = int(total_steps)
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
+    @property
+    def class_path(self) -> str:
+        """The class as its checkpoints record it: a plain string, so tools can rebuild the right class from a
+        checkpoint alone."""
+        return f"{type(self).__module__}.{type(self).__qualname__}"
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        # A plain string, so tools can rebuild the right class from a checkpoint alone.
-        checkpoint["model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        checkpoint["model_class"] = self.class_path
         checkpoint["rng_states"] = capture_rng_states()
         if self.device.type == "cpu":  # CPU sums depend on it: a resume on the CPU takes the same
             checkpoint["cpu_threads"] = torch.get_num_threads()

@@ -54,7 +54,7 @@ def check_trainable(model: object, target: str) -> None:
         raise UserInputError(
             f"model._target_={target} is not a DigitClassifier (src/models/classifier.py), which gives a model its "
             f"loss, metrics, optimizer settings and checkpoints: subclass it ({advice}).")
-    class_path = f"{type(model).__module__}.{type(model).__qualname__}"  # what its checkpoints record
+    class_path = model.class_path
     try:
         found = model_class(class_path) is type(model)
     except CheckpointError:

@@ -57,7 +57,7 @@ def command_overrides() -> list[str] | None:
     hydra = HydraConfig.get()
     flags = [f"--config-dir={Path(hydra.runtime.cwd, source.path)}" for source in hydra.runtime.config_sources
              if source.provider == "command-line"]
-    if hydra.job.config_name not in _API_FUNCTIONS.keys() | {"predict"}:  # each entry point's own config is its name
+    if hydra.job.config_name not in _API_FUNCTIONS:  # each entry point's own config is its name
         flags.append(f"--config-name={hydra.job.config_name}")
     return [*flags, *hydra.overrides.task]
 

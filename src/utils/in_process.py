@@ -22,8 +22,8 @@ from src.utils.command_line import config_dir_problem, names_a_setting, override
 from src.utils.command_words import advice_as_calls, command
 
 
-def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str, overrides: tuple[str | list[str], ...]
-                        ) -> tuple[Path, Any]:
+def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str,
+                        overrides: tuple[str | list[str] | tuple[str, ...], ...]) -> tuple[Path, Any]:
     """What @hydra.main does for a single run, minus changing the working directory: compose the config, make the
     run folder (hydra.run.dir), keep Hydra's record in it (.hydra/), log to the console and <task_name>.log.
     Hydra's global state (a Hydra app of the caller's own) is as it was afterwards."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from src.utils.command_words import resume_command
+
+log = logging.getLogger(__name__)
 
 # Data settings a run must keep: which images validate (changed mid-run, the best score so far would have been
 # measured on other images, and images would move between training and validation), the input normalization, and
@@ -25,7 +28,7 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
 
     from src.errors import ResumeRefused
 
-    this_class = f"{type(model).__module__}.{type(model).__qualname__}"
+    this_class = model.class_path
     trained_data = checkpoint.get("datamodule_hyper_parameters") or {}
     changed = [key for key in FIXED_DATA_KEYS if key in trained_data and trained_data[key] != datamodule.hparams[key]]
     saved = overrides_that_saved(ckpt_path, checkpoint.get("command_overrides"))
@@ -66,7 +69,9 @@ def check_latest_state(ckpt_path: str, checkpoint: dict, overrides: list[str]) -
         return
     try:
         latest = read_checkpoint(last)
-    except CheckpointError:  # a damaged last.ckpt: an earlier checkpoint is what there is to go on from
+    except CheckpointError:  # an earlier checkpoint is what there is to go on from
+        log.warning("%s cannot be read (damaged or truncated): resuming from %s instead, and replacing it.", last,
+                    ckpt_path)
         return
     steps = checkpoint.get("global_step", 0), latest.get("global_step", 0)
     if steps[0] >= steps[1]:

@@ -46,7 +46,7 @@ def swept_keys(sweep_dir: str) -> set[str]:
         lines += [f"{key}={value}" for key, value in (record["sweeper"].get("params") or {}).items()]
         return {override.key_or_group for override in OverridesParser.create().parse_overrides(lines)
                 if override.is_sweep_override()}
-    except Exception:  # only the order of the names depends on it
+    except Exception:  # a folder name then lists the keys in their plain order (a cut one may lose swept ones)
         return set()
 
 

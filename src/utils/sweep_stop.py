@@ -100,9 +100,47 @@ def stop_sweep_after_interruption(exit_code: int) -> bool:
     from src.utils.sweep_summary import write_summary
 
     try:
+        not_started = record_jobs_not_started(sweep_dir, exit_code)
         write_summary(sweep_dir)
     except Exception as err:  # the interruption is the message to report, not this
         log.warning("Could not write the sweep's summary: %s: %s", type(err).__name__, err)
     else:
-        log.info("The sweep stops here; summary of the jobs so far: %s/summary.{csv,md,png}", sweep_dir)
+        later = f"; the {not_started} later jobs did not start: run them as a sweep of their own" if not_started else ""
+        log.info("The sweep stops here%s. Summary: %s/summary.{csv,md,png}", later, sweep_dir)
     return True
+
+
+def record_jobs_not_started(sweep_dir: Path, exit_code: int) -> int:
+    """The jobs that Hydra's basic launcher would have run after this one, in this process, recorded as not run in the
+    folders they would have had (as the joblib launcher's jobs record themselves), so the summary lists the whole
+    sweep. Left out: jobs resuming a checkpoint (their folder is the checkpoint's run's) and folders that exist.
+    Returns how many jobs did not start."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    from src.utils.atomic_files import write_json_atomically
+    from src.utils.run_folders import job_dirname, swept_keys
+
+    hydra = HydraConfig.get()
+    record = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
+    if not str(record.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+        return 0  # another sweeper chooses its jobs as it goes
+    # In the basic sweeper's order: its params, then the command line's overrides.
+    lines = [f"{key}={value}" for key, value in (record.sweeper.get("params") or {}).items()]
+    jobs = [job for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(
+        [*lines, *record.overrides.task]), None) for job in batch]
+    later = jobs[hydra.job.num + 1:]
+    why = f"the sweep was stopped ({'Ctrl-C' if exit_code == 130 else 'SIGTERM'}) before this job started"
+    for number, overrides in enumerate(later, start=hydra.job.num + 1):
+        if any(override.lstrip("+~").startswith("ckpt_path=") for override in overrides):
+            continue
+        job_dir = sweep_dir / job_dirname(number, overrides, swept_keys(str(sweep_dir)),
+                                          hydra.job.config.override_dirname.exclude_keys)
+        if job_dir.exists():
+            continue
+        (job_dir / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create(list(overrides)), job_dir / ".hydra" / "overrides.yaml")
+        write_json_atomically(job_dir / "metrics.json", {"status": "not run", "error": why})
+    return len(later)
