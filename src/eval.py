@@ -30,7 +30,7 @@ def evaluate(cfg: DictConfig) -> dict:
     from src.models.loading import checkpoint_record, load_classifier
     from src.utils.command_words import run_it_again
     from src.utils.config_io import take_the_checkpoints_settings
-    from src.utils.hparams import log_run_hparams
+    from src.utils.hparams import log_checkpoints_best, log_run_hparams
     from src.utils.instantiate import build_group
     from src.utils.run import finish_run, start_run, test_or_report_interruption
     from src.utils.trainer_setup import build_trainer
@@ -40,6 +40,7 @@ def evaluate(cfg: DictConfig) -> dict:
     output_dir = start_run(cfg)
     datamodule = build_group(cfg, "data", "src.data.mnist_datamodule.MNISTDataModule")
     trainer, loggers = build_trainer(cfg)
+    log_checkpoints_best(loggers, model)
     results = test_or_report_interruption(trainer, model, datamodule, None, run_it_again())
 
     metrics = {

@@ -29,7 +29,7 @@ def train(cfg: DictConfig) -> dict:
     """Fit and/or test as `cfg` says; returns the metrics also written to `<run dir>/metrics.json`."""
     started_run = time.perf_counter()
     from src.models.checkpoint_file import read_checkpoint
-    from src.utils.hparams import log_run_hparams
+    from src.utils.hparams import log_checkpoints_best, log_run_hparams
     from src.utils.instantiate import build_group
     from src.utils.config_io import save_config, take_the_checkpoints_settings
     from src.utils.run import finish_run, is_rank_zero, start_run, test_or_report_interruption
@@ -139,6 +139,8 @@ def train(cfg: DictConfig) -> dict:
         test_again = command("eval", [*eval_overrides(), ckpt_path_override(ckpt_path)]) if ckpt_path else None
         advice = f"The checkpoints are intact; test this one with: {test_again}" if ckpt_path else run_it_again()
         tested = (ckpt_path or None) if cfg.get("train") else None  # a checkpoint tested alone is loaded already
+        if ckpt_path and not cfg.get("train"):
+            log_checkpoints_best(trainer.loggers, model)
         results = test_or_report_interruption(trainer, model, datamodule, tested, advice)
         metrics["test_seconds"] = round(time.perf_counter() - started, 2)
         metrics.update({key: float(value) for key, value in results.items()})

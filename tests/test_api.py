@@ -60,6 +60,8 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # the caller's seed variables: none
         monkeypatch.delenv(name, raising=False)
     callers_draws = _seeded_draws(123)  # the caller's own random streams, seeded before the run
+    cuda_seeds = []  # CUDA is seeded lazily, when first used: after the run, it must get the caller's seed, not the run's
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", cuda_seeds.append)
     warning_filters, lightning_filters = warnings.filters[:], logging.getLogger(LIGHTNING_NOTES).filters[:]
 
     run = api.train(*overrides, "model=mlp", f"paths.log_dir={tmp_path / 'outputs'}")
@@ -93,6 +95,7 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     assert not HydraConfig.initialized()
     assert "PL_GLOBAL_SEED" not in os.environ and "PL_SEED_WORKERS" not in os.environ  # the run's seed left with it
     assert _draws() == callers_draws  # the caller's streams go on where they were, not from the run's seed
+    assert cuda_seeds[-1] == 123 and 42 in cuda_seeds  # the run seeded it with its own (seed=42) first
     assert warnings.filters == warning_filters and logging.getLogger(LIGHTNING_NOTES).filters == lightning_filters
     reopened = api.Run(str(run.dir))  # after a restart of the kernel
     assert reopened.metrics == run.metrics and reopened.figures == run.figures and reopened.history() == history
@@ -127,6 +130,7 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
                           "data.mean=0.3")
     assert tested.dir.parent.parent == tmp_path / "evals"
     assert tested.metrics["test/acc"] == pytest.approx(run.metrics["test/acc"])  # normalized as in training
+    assert tested.history() == []  # nothing trained (its events hold the checkpoint's val/acc_best, for HParams)
     assert "Not used: data.mean=0.3 (the checkpoint's: 0.1307). The checkpoint's network is tested" in capsys.readouterr().out
 
     # Runs starting within a second of each other: the dated folder of this second (and the next few) holds one.

@@ -52,7 +52,8 @@ def test_eval_reproduces_the_metrics_training_reported(tmp_path, trained_run, sy
     trained = json.loads((trained_run / "metrics.json").read_text())
     # A different eval batch size must not matter: the loss is a per-image mean.
     cfg = compose_config(
-        [*tiny_run_overrides(synthetic_data_dir, tmp_path), f"ckpt_path={trained['best_model_path']}", "data.eval_batch_size=7"],
+        [*tiny_run_overrides(synthetic_data_dir, tmp_path), f"ckpt_path={trained['best_model_path']}", "data.eval_batch_size=7",
+         "logger=[tensorboard,csv]"],
         config_name="eval",
     )
     evaluated = evaluate(cfg)
@@ -67,6 +68,10 @@ def test_eval_reproduces_the_metrics_training_reported(tmp_path, trained_run, sy
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()  # the row's metric columns: the checkpoint's best validation accuracy too, not only the test's
     assert [event.value for event in events.Scalars("val/acc_best")] == [pytest.approx(trained["val/acc_best"])]
+    assert len(list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))) == 2  # the scalars', the HParams row's
+    with open(tmp_path / "csv" / "metrics.csv") as file:
+        assert [float(row["val/acc_best"]) for row in csv.DictReader(file) if row["val/acc_best"]] == [
+            pytest.approx(trained["val/acc_best"])]
     assert "mean: 0.5\n" in (tmp_path / "config.yaml").read_text()  # the normalization used: the checkpoint's
     assert "Not used" not in caplog.text  # data.mean/std were not set here: nothing to warn about
 
@@ -180,7 +185,8 @@ def test_a_resume_from_an_earlier_checkpoint_of_the_run_is_refused_and_keeps_las
     resumed = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *common,
                                     f"ckpt_path={checkpoints / 'epoch000.ckpt'}"]))
     assert resumed["status"] == "ok" and torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 1
-    assert f"{checkpoints / 'last.ckpt'} cannot be read (damaged or truncated): resuming from " in caplog.text
+    assert (f"{checkpoints / 'last.ckpt'} cannot be read (damaged or truncated), so {checkpoints / 'epoch000.ckpt'} is "
+            "the run's latest state to go on from") in caplog.text
 
     copy = shutil.copy(checkpoints / "epoch000.ckpt", tmp_path / "epoch000.ckpt")
     branched = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "b"), *common, f"ckpt_path={copy}"]))

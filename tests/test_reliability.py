@@ -268,6 +268,15 @@ for words in (["seed=-1"], ["trainer.max_epochs=0"], ["model.batch_norm=maybe"],
     result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("refused:") == 6 and "torch imported: True" not in result.stdout, result.stdout
+    # A setting the model has, out of range: no need to import the model to tell it from a typo. (The command line
+    # itself: composed without Hydra's record of the overrides, as above, a +setting could not be told apart.)
+    for setting in ("model.dropout=1.5", "model.label_smoothing=2"):
+        refused = run_module("src.train", setting, extra_env={"PYTHONPROFILEIMPORTTIME": "1"})  # lists every import
+        assert refused.returncode == 1 and " is invalid: it must be a number in [0, 1)" in refused.stdout + refused.stderr
+        assert not re.search(r"\|\s+torch$", refused.stderr, re.MULTILINE), refused.stdout[-2000:]
+    typo = run_module("src.train", "model=mlp", "+model.conv_dropout=1.5")  # added with +: a typo is told as one
+    assert typo.returncode == 1 and "model.conv_dropout is not a setting of model (src.models.mlp.MLP), a typo?" in (
+        typo.stdout + typo.stderr)
 
 
 def test_a_test_limit_that_leaves_no_batch_is_refused_before_training(tmp_path, synthetic_data_dir, caplog):

@@ -135,7 +135,7 @@ def test_an_interrupted_job_stops_the_sweep_and_is_recorded(tmp_path, synthetic_
     # Hydra's end-of-sweep hook never runs: the summary is written at the stop, with the job that never started.
     assert [row["status"] for row in summary_rows(sweep_dir)] == ["interrupted", "not run"]
     assert next_job.name.startswith("1_") and not (next_job / "checkpoints").exists()
-    assert "the 1 later jobs did not start: run them as a sweep of their own" in output
+    assert "the 1 later job did not start: run it as a sweep of its own" in output
 
     # With HYDRA_FULL_ERROR=1 too (the traceback is shown): an exception would let Hydra start the next job.
     sweep_dir = tmp_path / "full_error"
@@ -172,6 +172,15 @@ def test_the_jobs_an_interruption_kept_from_starting_are_listed_under_their_fold
     assert [row["status"] for row in stopped] == ["interrupted", "not run", "not run", "not run"]
     assert [row["varied"] for row in stopped] == [row["varied"] for row in whole]
 
+    # Options chosen by glob() are listed too; folders named otherwise (hydra.sweep.subdir) are not guessed at.
+    for where, overrides, statuses in (("glob", ["model=glob(m*)"], ["interrupted", "not run"]),
+                                       ("subdir", ["model=mlp", "hydra.sweep.subdir=job${hydra.job.num}"], ["interrupted"])):
+        armed.touch()
+        result = multirun(tmp_path / where, synthetic_data_dir, *overrides, "seed=1,2",
+                          f"+callbacks.stop._target_={__name__}.CtrlCIfArmed", f"+callbacks.stop.armed={armed}")
+        assert result.returncode == 130 and "the 1 later job did not start" in result.stdout + result.stderr
+        assert [row["status"] for row in summary_rows(tmp_path / where)] == statuses
+
 
 class SigtermWhenBuilt(pl.Callback):
     """SIGTERM while the trainer is being built: before Lightning handles it (from trainer.fit on)."""
@@ -191,7 +200,7 @@ def test_sigterm_outside_training_is_reported_and_stops_the_sweep_with_its_summa
     # Not the same command: the sweep's folder is taken now (the job's metrics.json says it was interrupted).
     assert re.search(r"Stopped by SIGTERM outside training and testing: nothing was saved at that moment\. Run this job "
                      r"again on its own: python -m src\.train .*model=mlp seed=1 ", output) and "Traceback" not in output
-    assert [row["status"] for row in summary_rows(sweep_dir)] == ["interrupted"]
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["interrupted", "not run"]
 
 
 class SignalOnceBothJobsTrain(pl.Callback):

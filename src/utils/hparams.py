@@ -113,11 +113,16 @@ def log_run_hparams(loggers, cfg: DictConfig, model, trainer, tested_checkpoint:
     if tested_checkpoint is not None:
         model_config = {"_target_": tested_checkpoint["model_class"], **tested_checkpoint["hyper_parameters"]}
         ran.update(trained_settings(tested_checkpoint))
-        best = model.best_val_acc()
-        if best is not None:  # the table's column reads this scalar, which a test alone does not log otherwise
-            for logger in loggers:
-                logger.log_metrics({"val/acc_best": best}, step=trainer.global_step)
     log_hparams_session(loggers, run_hparams(cfg, sum(p.numel() for p in model.parameters()), model_config, ran))
+
+
+def log_checkpoints_best(loggers, model) -> None:
+    """For a checkpoint tested alone: its training's best validation accuracy, as the scalar the HParams table's
+    column reads (a test alone logs no validation). Before the test, whose end saves and closes the loggers."""
+    best = model.best_val_acc()
+    if best is not None:
+        for logger in loggers:
+            logger.log_metrics({"val/acc_best": best}, step=0)
 
 
 HPARAMS_FILE_SUFFIX = ".hparams"

@@ -151,6 +151,7 @@ def _callers_global_state() -> Iterator[None]:
     python_state, numpy_state, torch_state = random.getstate(), numpy.random.get_state(), torch.get_rng_state()
     # Only a CUDA already in use: reading its state would start it, which ddp_fork (in a notebook) refuses afterwards.
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    callers_seed = torch.initial_seed()  # what torch.manual_seed queued for CUDA (its default if never seeded)
     lightning_log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     log_filters = lightning_log.filters[:]
     try:
@@ -167,6 +168,8 @@ def _callers_global_state() -> Iterator[None]:
         torch.set_rng_state(torch_state)
         if cuda_states is not None:
             torch.cuda.set_rng_state_all(cuda_states)
+        else:  # the run's seed replaced the caller's queued one, or seeded a CUDA the run started
+            torch.cuda.manual_seed_all(callers_seed)
         lightning_log.filters = log_filters
 
 

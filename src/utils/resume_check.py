@@ -70,8 +70,8 @@ def check_latest_state(ckpt_path: str, checkpoint: dict, overrides: list[str]) -
     try:
         latest = read_checkpoint(last)
     except CheckpointError:  # an earlier checkpoint is what there is to go on from
-        log.warning("%s cannot be read (damaged or truncated): resuming from %s instead, and replacing it.", last,
-                    ckpt_path)
+        log.warning("%s cannot be read (damaged or truncated), so %s is the run's latest state to go on from; a "
+                    "resumed training replaces it.", last, ckpt_path)
         return
     steps = checkpoint.get("global_step", 0), latest.get("global_step", 0)
     if steps[0] >= steps[1]:

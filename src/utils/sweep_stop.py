@@ -99,13 +99,20 @@ def stop_sweep_after_interruption(exit_code: int) -> bool:
         return False
     from src.utils.sweep_summary import write_summary
 
+    # The interruption is the message to report: a failure here only costs part of the record.
     try:
         not_started = record_jobs_not_started(sweep_dir, exit_code)
+    except Exception as err:
+        log.warning("Could not list the jobs that did not start: %s: %s", type(err).__name__, err)
+        not_started = 0
+    try:
         write_summary(sweep_dir)
-    except Exception as err:  # the interruption is the message to report, not this
+    except Exception as err:
         log.warning("Could not write the sweep's summary: %s: %s", type(err).__name__, err)
     else:
-        later = f"; the {not_started} later jobs did not start: run them as a sweep of their own" if not_started else ""
+        later = (f"; the {not_started} later job{' did' if not_started == 1 else 's did'} not start: run "
+                 f"{'it' if not_started == 1 else 'them'} as a sweep of {'its' if not_started == 1 else 'their'} own"
+                 if not_started else "")
         log.info("The sweep stops here%s. Summary: %s/summary.{csv,md,png}", later, sweep_dir)
     return True
 
@@ -113,9 +120,10 @@ def stop_sweep_after_interruption(exit_code: int) -> bool:
 def record_jobs_not_started(sweep_dir: Path, exit_code: int) -> int:
     """The jobs that Hydra's basic launcher would have run after this one, in this process, recorded as not run in the
     folders they would have had (as the joblib launcher's jobs record themselves), so the summary lists the whole
-    sweep. Left out: jobs resuming a checkpoint (their folder is the checkpoint's run's) and folders that exist.
-    Returns how many jobs did not start."""
+    sweep. Left out: jobs resuming a checkpoint (their folder is the checkpoint's run's), folders that exist, and
+    every job when the folders are named otherwise (hydra.sweep.subdir set). Returns how many jobs did not start."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
@@ -127,17 +135,20 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int) -> int:
     record = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
     if not str(record.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
         return 0  # another sweeper chooses its jobs as it goes
-    # In the basic sweeper's order: its params, then the command line's overrides.
+    # In the basic sweeper's order: its params, then the command line's overrides (glob() needs the config loader).
     lines = [f"{key}={value}" for key, value in (record.sweeper.get("params") or {}).items()]
-    jobs = [job for batch in BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(
-        [*lines, *record.overrides.task]), None) for job in batch]
+    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    jobs = [job for batch in BasicSweeper.split_arguments(parser.parse_overrides([*lines, *record.overrides.task]), None)
+            for job in batch]
     later = jobs[hydra.job.num + 1:]
+    swept, exclude = swept_keys(str(sweep_dir)), hydra.job.config.override_dirname.exclude_keys
+    if Path(hydra.runtime.output_dir).name != job_dirname(hydra.job.num, hydra.overrides.task, swept, exclude):
+        return len(later)  # this job's folder is not named as this project names them: no telling theirs
     why = f"the sweep was stopped ({'Ctrl-C' if exit_code == 130 else 'SIGTERM'}) before this job started"
     for number, overrides in enumerate(later, start=hydra.job.num + 1):
         if any(override.lstrip("+~").startswith("ckpt_path=") for override in overrides):
             continue
-        job_dir = sweep_dir / job_dirname(number, overrides, swept_keys(str(sweep_dir)),
-                                          hydra.job.config.override_dirname.exclude_keys)
+        job_dir = sweep_dir / job_dirname(number, overrides, swept, exclude)
         if job_dir.exists():
             continue
         (job_dir / ".hydra").mkdir(parents=True)

@@ -86,9 +86,21 @@ def _check_fractions(cfg: DictConfig, model: dict) -> None:
     for key, usual in (("label_smoothing", "; 0.1 is usual"), ("dropout", ""), ("conv_dropout", "")):
         value = model.get(key, 0.0)
         if not is_number(value) or not 0 <= value < 1:
-            if key in model and not takes_setting(cfg.model, key):  # +model.conv_dropout=1.5 for an MLP: a typo first
+            # +model.conv_dropout=1.5 for an MLP: a typo first. Only for a key added so: finding out imports the model.
+            if key in model and _added_by_the_user(f"model.{key}") and not takes_setting(cfg.model, key):
                 raise not_a_setting(cfg.model, key)
             raise UserInputError(f"model.{key}={value} is invalid: it must be a number in [0, 1) (0 turns it off{usual}).")
+
+
+def _added_by_the_user(key: str) -> bool:
+    """Whether an override added `key` (+key=..., ++key=...) rather than set one the config has; True when there is
+    no record of the overrides to tell (a config composed without Hydra's app)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return True
+    return any(word.startswith("+") and word.lstrip("+").partition("=")[0] == key
+               for word in HydraConfig.get().overrides.task)
 
 
 def _check_callbacks(cfg: DictConfig) -> None:
