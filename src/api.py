@@ -81,8 +81,8 @@ class Run:
                 for event in events.Scalars(tag):
                     epoch = epoch_at_step[event.step]
                     rows.setdefault(epoch, {"epoch": epoch})[tag] = event.value
-        # Not a checkpoint's best validation accuracy, which a test of it alone logs: no epoch trained there.
-        return [rows[epoch] for epoch in sorted(rows) if any(tag.startswith("train/") for tag in rows[epoch])]
+        # Not a checkpoint's best validation accuracy alone, which a test of it logs: no epoch trained there.
+        return [rows[epoch] for epoch in sorted(rows) if set(rows[epoch]) != {"epoch", "val/acc_best"}]
 
     def show(self) -> None:
         """Display the run's figures (learning curves, confusion matrix, misclassified digits, predictions) in a

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import shutil
@@ -233,9 +234,21 @@ def test_history_has_the_per_epoch_metrics_and_never_the_learning_rate(tmp_path)
         if epoch % 2:
             writer.add_scalar("lr", 0.01, last_step)
     writer.add_scalar("test/acc", 0.95, 19)
+    # An epoch stopped after its validation (a NaN loss, Ctrl-C after a mid-epoch validation): validated, never ended.
+    writer.add_scalar("val/loss", float("nan"), 22)
+    writer.add_scalar("epoch", 4, 22)
     writer.close()
     history = api.Run(tmp_path).history()
-    assert history == [{"epoch": e, "train/loss": pytest.approx(1.0 / (e + 1)), "val/acc": pytest.approx(0.9)} for e in range(4)]
+    assert history[:4] == [{"epoch": e, "train/loss": pytest.approx(1.0 / (e + 1)), "val/acc": pytest.approx(0.9)}
+                           for e in range(4)]
+    assert len(history) == 5 and history[4]["epoch"] == 4 and math.isnan(history[4]["val/loss"])
+
+    tested = tmp_path / "tested"  # a checkpoint tested alone logs its best validation accuracy: no epoch of its own
+    writer = SummaryWriter(tested / "tensorboard")
+    for tag, value in (("val/acc_best", 0.98), ("test/acc", 0.97), ("epoch", 0)):
+        writer.add_scalar(tag, value, 0)
+    writer.close()
+    assert api.Run(tested).history() == []
 
 
 def test_show_displays_the_figures_in_a_notebook_and_lists_them_elsewhere(tmp_path, monkeypatch, capsys):

@@ -151,7 +151,7 @@ def _callers_global_state() -> Iterator[None]:
     python_state, numpy_state, torch_state = random.getstate(), numpy.random.get_state(), torch.get_rng_state()
     # Only a CUDA already in use: reading its state would start it, which ddp_fork (in a notebook) refuses afterwards.
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    callers_seed = torch.initial_seed()  # what torch.manual_seed queued for CUDA (its default if never seeded)
+    callers_seed = torch.initial_seed()  # torch.manual_seed's seed, which it queued for CUDA (the default if none)
     lightning_log = logging.getLogger("pytorch_lightning.utilities.rank_zero")
     log_filters = lightning_log.filters[:]
     try:

@@ -14,9 +14,8 @@ def refuse_a_used_folder(output_dir: Path, resumable: bool) -> None:
     """A new run in a folder that holds one (a fixed hydra.run.dir run again) would overwrite its results and its
     last.ckpt. `resumable`: whether to suggest continuing that run instead (training runs)."""
     from src.utils.command_words import ckpt_path_override, typed
-    from src.utils.run_folders import holds_a_run
-
     from src.utils.jobs import in_multirun
+    from src.utils.run_folders import holds_a_run
 
     found = holds_a_run(output_dir)
     if found:

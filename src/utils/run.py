@@ -118,7 +118,7 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
             _record_job(cfg, {"status": err.status if reported else "failed", "error": f"{type(err).__name__}: {message}",
                               "wall_seconds": round(time.perf_counter() - started, 2)})
             if isinstance(err, RunInterrupted):
-                if not stop_sweep_after_interruption(err.exit_code):
+                if not stop_sweep_after_interruption(err.exit_code, cfg):
                     log.error("%s", err)
                     return None  # the launching process ends the sweep once its running jobs are done
             else:

@@ -14,6 +14,8 @@ import os
 import signal
 from pathlib import Path
 
+from omegaconf import DictConfig, OmegaConf
+
 from src.utils.atomic_files import write_text_atomically
 
 log = logging.getLogger(__name__)
@@ -89,7 +91,7 @@ def sweep_stop_code() -> int | None:
     return requested_exit_code(_job_sweep_dir())
 
 
-def stop_sweep_after_interruption(exit_code: int) -> bool:
+def stop_sweep_after_interruption(exit_code: int, cfg: DictConfig) -> bool:
     """After this job was interrupted. True: it runs in the launching process, which must exit now (the summary of
     the jobs so far is written first: Hydra's end-of-sweep callback never runs then). False: it runs in a worker;
     the jobs not yet started are told to skip, and the launching process exits once the running ones are done."""
@@ -101,7 +103,7 @@ def stop_sweep_after_interruption(exit_code: int) -> bool:
 
     # The interruption is the message to report: a failure here only costs part of the record.
     try:
-        not_started = record_jobs_not_started(sweep_dir, exit_code)
+        not_started = record_jobs_not_started(sweep_dir, exit_code, cfg)
     except Exception as err:
         log.warning("Could not list the jobs that did not start: %s: %s", type(err).__name__, err)
         not_started = 0
@@ -110,26 +112,25 @@ def stop_sweep_after_interruption(exit_code: int) -> bool:
     except Exception as err:
         log.warning("Could not write the sweep's summary: %s: %s", type(err).__name__, err)
     else:
-        later = (f"; the {not_started} later job{' did' if not_started == 1 else 's did'} not start: run "
-                 f"{'it' if not_started == 1 else 'them'} as a sweep of {'its' if not_started == 1 else 'their'} own"
-                 if not_started else "")
+        later = {0: "", 1: "; the 1 later job did not start: run it as a sweep of its own"}.get(
+            not_started, f"; the {not_started} later jobs did not start: run them as a sweep of their own")
         log.info("The sweep stops here%s. Summary: %s/summary.{csv,md,png}", later, sweep_dir)
     return True
 
 
-def record_jobs_not_started(sweep_dir: Path, exit_code: int) -> int:
+def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) -> int:
     """The jobs that Hydra's basic launcher would have run after this one, in this process, recorded as not run in the
     folders they would have had (as the joblib launcher's jobs record themselves), so the summary lists the whole
-    sweep. Left out: jobs resuming a checkpoint (their folder is the checkpoint's run's), folders that exist, and
-    every job when the folders are named otherwise (hydra.sweep.subdir set). Returns how many jobs did not start."""
+    sweep. Left out: jobs given a checkpoint (a resume's folder is the checkpoint's run's), folders that exist, and
+    every job when this one's folder is not where this project's naming puts it (hydra.sweep.subdir set). `cfg`: this
+    job's config. Returns how many jobs did not start."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from omegaconf import OmegaConf
 
     from src.utils.atomic_files import write_json_atomically
-    from src.utils.run_folders import job_dirname, swept_keys
+    from src.utils.run_folders import job_dirname, resume_job_subdir, swept_keys
 
     hydra = HydraConfig.get()
     record = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
@@ -137,12 +138,15 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int) -> int:
         return 0  # another sweeper chooses its jobs as it goes
     # In the basic sweeper's order: its params, then the command line's overrides (glob() needs the config loader).
     lines = [f"{key}={value}" for key, value in (record.sweeper.get("params") or {}).items()]
-    parser = OverridesParser.create(config_loader=GlobalHydra.instance().config_loader())
+    hydras = GlobalHydra.instance()
+    parser = OverridesParser.create(config_loader=hydras.config_loader() if hydras.is_initialized() else None)
     jobs = [job for batch in BasicSweeper.split_arguments(parser.parse_overrides([*lines, *record.overrides.task]), None)
             for job in batch]
     later = jobs[hydra.job.num + 1:]
     swept, exclude = swept_keys(str(sweep_dir)), hydra.job.config.override_dirname.exclude_keys
-    if Path(hydra.runtime.output_dir).name != job_dirname(hydra.job.num, hydra.overrides.task, swept, exclude):
+    named = resume_job_subdir(cfg.get("ckpt_path"), cfg.get("train", False), hydra.job.num, hydra.overrides.task,
+                              exclude, str(sweep_dir))
+    if Path(hydra.runtime.output_dir).name != named:
         return len(later)  # this job's folder is not named as this project names them: no telling theirs
     why = f"the sweep was stopped ({'Ctrl-C' if exit_code == 130 else 'SIGTERM'}) before this job started"
     for number, overrides in enumerate(later, start=hydra.job.num + 1):
