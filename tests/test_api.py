@@ -151,7 +151,8 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
 def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_it_was(tmp_path):
     refusals = [
         ([["model.dropout=2"]], r"model.dropout=2 is invalid"),  # the settings as one list, too
-        (["-m", "model=mlp,cnn"], r"sweeps \(-m, sweep=<name>\) run from the command line"),
+        (["-m", "model=mlp,cnn"], r"sweeps \(-m, sweep=<name>\) run from the command line, as do Hydra's flags: "
+                                  r"python -m src.train -m model=mlp,cnn paths.log_dir="),  # the command to copy
         (["sweep=seeds"], r"run from the command line: python -m src.train sweep=seeds"),  # not one run of the three
         (["run/checkpoints/last.ckpt"], "has no key"),
         (["model=resnet"], "Available options in 'model'"),  # Hydra's own refusals too

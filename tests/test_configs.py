@@ -226,14 +226,15 @@ def test_a_sweep_over_paths_keeps_each_path_whole(tmp_path):
     for job in jobs:
         job.parent.mkdir(parents=True)
         job.touch()
-    swept = quote_paths(["-m", f"ckpt_path={jobs[0]},{jobs[1]}", "data.data_dir=/a,/b", "paths.log_dir=${oc.env:HOME}"])
+    a, b = tmp_path / "a", tmp_path / "b"  # folders that do not exist (nor does "<tmp>/a,<tmp>/b")
+    swept = quote_paths(["-m", f"ckpt_path={jobs[0]},{jobs[1]}", f"data.data_dir={a},{b}", "paths.log_dir=${oc.env:HOME}"])
     parser = OverridesParser.create()
     # Each job gets `key=<one of the values>`, quoted as typed in the sweep.
     jobs_values = [[parser.parse_override(f"x={value}").value() for value in sweep.sweep_string_iterator()]
                    for sweep in parser.parse_overrides(swept[1:3])]
-    assert jobs_values == [[str(job) for job in jobs], ["/a", "/b"]]
+    assert jobs_values == [[str(job) for job in jobs], [str(a), str(b)]]
     assert swept[3] == "paths.log_dir=${oc.env:HOME}"  # Hydra's own syntax is left as typed
     assert quote_paths(["-m", "inputs=choice(a.png,b.png)"]) == ["-m", "inputs=choice(a.png,b.png)"]
-    # -m spelled as a setting sweeps too: two folders, as with -m, not one folder named "/a,/b".
-    assert quote_paths(["hydra.mode=MULTIRUN", "data.data_dir=/a,/b"]) == ["hydra.mode=MULTIRUN", "data.data_dir=/a,/b"]
-    assert quote_paths(["data.data_dir=/a,/b"]) == ['data.data_dir="/a,/b"']  # a single run: one folder
+    # -m spelled as a setting sweeps too: two folders, as with -m, not one folder named "<a>,<b>".
+    assert quote_paths(["hydra.mode=MULTIRUN", f"data.data_dir={a},{b}"]) == ["hydra.mode=MULTIRUN", f"data.data_dir={a},{b}"]
+    assert quote_paths([f"data.data_dir={a},{b}"]) == [f'data.data_dir="{a},{b}"']  # a single run: one folder

@@ -92,8 +92,9 @@ def _setting_words(overrides: tuple[str | list[str] | tuple[str, ...], ...], con
     words = [str(word) for item in overrides for word in (item if isinstance(item, (list, tuple)) else [item])]
     flags = " ".join(shlex.quote(word) for word in words if word.startswith("-"))
     if flags:
-        raise UserInputError(f"{flags}: {_SWEEPS_RUN_FROM_THE_COMMAND_LINE}, as do Hydra's flags (python -m "
-                             f"src.{config_name} {flags} ...); here, pass key=value settings alone.")
+        typed = " ".join(shlex.quote(word) for word in words)
+        raise UserInputError(f"{flags}: {_SWEEPS_RUN_FROM_THE_COMMAND_LINE}, as do Hydra's flags: python -m "
+                             f"src.{config_name} {typed}; here, pass key=value settings alone.")
     for word in words:  # train("model=mlp trainer.max_epochs=3"), as the command line writes it: Hydra's parse error
         parts = word.split()  # not a path with a space: ckpt_path=/My Drive/1_model=mlp,seed=2/last.ckpt
         if len(parts) > 1 and all(names_a_setting(part, config_name) or _SETTING_KEY.match(part) for part in parts):
