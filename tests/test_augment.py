@@ -53,6 +53,18 @@ def test_enabled_changes_every_image(settings):
     assert (augmented - images).abs().flatten(1).amax(1).min() > 0.1
 
 
+def test_erasing_touches_its_share_of_images_with_rectangles_of_its_size():
+    torch.manual_seed(0)
+    images = torch.ones(2000, 1, 28, 28)  # bright everywhere: every erased pixel shows
+    settings = {"enabled": True, "degrees": 0, "translate": 0, "scale": [1, 1], "erasing_p": 0.25,
+                "erasing_area": [0.05, 0.1]}
+    erased = (BatchAugment(settings, BACKGROUND)(images) == BACKGROUND).flatten(1).float().mean(1)
+    touched = erased[erased > 0]
+    assert 0.22 < len(touched) / len(images) < 0.28  # erasing_p of the images
+    # erasing_area of each image's pixels (the rectangle's sides are whole pixels: a little either way)
+    assert 0.03 < touched.min() and touched.max() < 0.13 and 0.065 < touched.mean() < 0.085
+
+
 def dot_positions(settings: dict, count: int = 256) -> torch.Tensor:
     """Where a small round dot 8 pixels right of the centre lands in each of `count` augmented images: N×2 (y, x)
     relative to the centre, from the centroid of its brightness (resampling blurs a dot but keeps its centroid)."""

@@ -192,7 +192,7 @@ def test_paths_reach_hydra_as_typed(path):
     from src.utils.path_overrides import quote_paths
 
     expanded = os.path.expanduser(path)  # as a shell would: Hydra would make a folder named ~ for hydra.run.dir
-    for key in ("inputs", "+ckpt_path", "data.data_dir", "paths.log_dir", "hydra.run.dir"):
+    for key in ("inputs", "+ckpt_path", "output", "data.data_dir", "paths.log_dir", "hydra.run.dir", "hydra.sweep.dir"):
         (argument,) = quote_paths([f"{key}={path}"])
         assert OverridesParser.create().parse_override(argument).value() == expanded, argument
     if "," not in path:  # in a list, a comma separates paths

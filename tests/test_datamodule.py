@@ -171,11 +171,13 @@ def test_a_restored_loader_continues_its_epoch_after_the_batches_already_trained
     assert len(list(other_epoch)) == len(whole_epoch)
 
 
-def test_eval_loaders_cover_every_sample_once_in_order(synthetic_data_dir):
-    datamodule = make_datamodule(synthetic_data_dir)
+@pytest.mark.parametrize("drop_last", [False, True])  # dropping the last training batch never drops test images
+def test_eval_loaders_cover_every_sample_once_in_order(synthetic_data_dir, drop_last):
+    datamodule = make_datamodule(synthetic_data_dir, drop_last=drop_last)
     images, labels = all_batches(datamodule.test_dataloader())
     assert torch.equal(images, datamodule.test_set[0]) and torch.equal(labels, datamodule.test_set[1])
     assert len(datamodule.val_dataloader()) == 2  # 80 samples, batches of 50
+    assert torch.equal(all_batches(datamodule.val_dataloader())[1], datamodule.val_set[1])
 
 
 @pytest.mark.parametrize("world_size", [2, 3])

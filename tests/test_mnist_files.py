@@ -129,6 +129,16 @@ def test_wrong_magic_number_is_rejected(tmp_path):
         read_idx(path, expected_ndim=1)
 
 
+def test_an_idx_file_of_another_element_type_is_rejected(tmp_path):
+    """Signed bytes (0x09) or floats (0x0D) of the right shape are not MNIST's unsigned pixels."""
+    for type_code in (0x09, 0x0D):
+        data = bytearray(idx_bytes(np.zeros((2, 28, 28), dtype=np.uint8)))
+        data[2] = type_code
+        (tmp_path / "images").write_bytes(bytes(data))
+        with pytest.raises(IdxFormatError, match=rf"wrong IDX kind \(type 0x{type_code:02x}, 3 dims\)"):
+            read_idx(tmp_path / "images", expected_ndim=3)
+
+
 def test_swapped_files_are_rejected(data_dir):
     raw = raw_dir(data_dir)
     shutil.copy(raw / "train-labels-idx1-ubyte.gz", raw / "train-images-idx3-ubyte.gz")

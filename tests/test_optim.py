@@ -19,6 +19,34 @@ def test_each_optimizer_builds_with_the_configured_lr(name):
     optimizer = build_optimizer(params(), {"name": name, "lr": 0.01, "weight_decay": 1e-4})
     assert optimizer.param_groups[0]["lr"] == 0.01
     assert optimizer.param_groups[0]["weight_decay"] == 1e-4
+    # AdamW's decoupled weight decay is another regularizer than Adam's L2 penalty: the class must be the one named.
+    assert type(optimizer) is {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW, "sgd": torch.optim.SGD}[name]
+
+
+def test_every_optimizer_setting_reaches_torch():
+    adam = build_optimizer(params(), {"name": "adamw", "lr": 0.01, "betas": [0.8, 0.9]})
+    assert adam.defaults["betas"] == (0.8, 0.9)
+    sgd = build_optimizer(params(), {"name": "sgd", "lr": 0.05, "momentum": 0.8, "nesterov": True})
+    assert (sgd.defaults["momentum"], sgd.defaults["nesterov"]) == (0.8, True)
+
+
+def scheduled_lrs(scheduler: dict, steps: int = 100, lr: float = 0.1) -> list[float]:
+    optimizer = build_optimizer(params(), {"name": "sgd", "lr": lr})
+    config = build_scheduler(optimizer, scheduler, total_steps=steps)
+    lrs = [optimizer.param_groups[0]["lr"]]
+    for _ in range(steps - 1):
+        optimizer.step()
+        config["scheduler"].step()
+        lrs.append(optimizer.param_groups[0]["lr"])
+    return lrs
+
+
+def test_every_scheduler_setting_reaches_torch():
+    onecycle = scheduled_lrs({"name": "onecycle", "pct_start": 0.25, "div_factor": 10.0})
+    assert onecycle.index(max(onecycle)) == 24  # the peak after a quarter of the 100 steps (torch's default: 30%)
+    assert onecycle[0] == pytest.approx(0.01)  # starts at lr / div_factor
+    cosine = scheduled_lrs({"name": "cosine", "warmup_steps": 0, "min_lr": 0.02})
+    assert min(cosine) == pytest.approx(0.02, abs=1e-3) and cosine[0] == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("config", [{"name": "adam", "lr": 0}, {"name": "sgd", "lr": -1.0}, {"name": "adam"}])

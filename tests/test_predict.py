@@ -41,13 +41,16 @@ def ink_box(field: np.ndarray) -> tuple[int, int]:
 # --- Preprocessing: no model needed ---
 
 
-def test_a_digit_anywhere_in_a_large_frame_gets_the_mnist_layout(tmp_path):
-    field = prepared(draw_six(), tmp_path)  # a tall 6, about 71×163 px, near the right edge of 300×200
+@pytest.mark.parametrize("box", [(200, 20, 270, 180), (20, 70, 260, 150)], ids=["tall", "wide"])
+def test_a_digit_anywhere_in_a_large_frame_gets_the_mnist_layout(tmp_path, box):
+    drawn = draw_six(box=box)  # a tall 6 near the right edge of 300×200, or a wide one across it
+    drawn_height, drawn_width = ink_box(np.asarray(drawn, dtype=np.float32) / 255)
+    field = prepared(drawn, tmp_path)
     assert field.shape == (28, 28) and field.dtype == np.float32
     assert field.min() == 0.0 and 0.95 <= field.max() <= 1.0
-    height, width = ink_box(field)
-    assert height == 20  # the longer side fills the 20×20 box ...
-    assert abs(width - 20 * 71 / 163) <= 1.5  # ... and the aspect ratio is kept
+    long_side, short_side = sorted(ink_box(field), reverse=True)
+    assert long_side == 20  # the longer side fills the 20×20 box ...
+    assert abs(short_side - 20 * min(drawn_height, drawn_width) / max(drawn_height, drawn_width)) <= 1.5  # ... kept in ratio
     row, col = centre_of_mass(field)
     assert abs(row - 14) <= 1 and abs(col - 14) <= 1
 

@@ -404,6 +404,8 @@ def test_a_one_job_sweep_lists_all_its_overrides_as_what_varies(tmp_path):
     (job / "metrics.json").write_text(json.dumps({"status": "ok", "val/acc_best": 0.97}))
     (row,) = write_summary(tmp_path)
     assert row["varied"] == row["overrides"] == "model=mlp seed=3"
+    assert best_by_validation([row]) == []  # one finished job: nothing to choose between
+    assert "Best by validation" not in summary_text([row])
 
 
 def test_sweep_and_launcher_configs_compose():
