@@ -145,12 +145,14 @@ def _check_early_stopping(callbacks: DictConfig | dict) -> None:
     traceback after the first validation's training. The values first: finding an entry's class imports Lightning,
     which a refusal of another setting should not wait for."""
     for name, entry in callbacks.items():
-        patience = entry.get("patience", 3) if isinstance(entry, DictConfig) else 3
+        if not isinstance(entry, DictConfig):  # null: left out; no entry of another kind builds a callback
+            continue
+        patience = entry.get("patience", 3)
         if (not is_whole(patience) or patience < 0) and _is_subclass(entry, EARLY_STOPPING):
             raise UserInputError(f"callbacks.{name}.patience={_as_typed(patience)} is invalid: it must be a whole number "
                                  "of validations >= 0.")
         for key in ("min_delta", "stopping_threshold", "divergence_threshold"):
-            value = entry.get(key, 0.0) if isinstance(entry, DictConfig) else 0.0
+            value = entry.get(key, 0.0)
             if not is_number(value) and (value is not None or key == "min_delta") and _is_subclass(entry, EARLY_STOPPING):
                 raise UserInputError(f"callbacks.{name}.{key}={_as_typed(value)} is invalid: it must be a number"
                                      f"{'' if key == 'min_delta' else ', or null for none'}.")
