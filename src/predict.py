@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from src import CONFIG_DIR
 from src.errors import UserInputError
 from src.utils.command_line import run_command_line
+from src.utils.command_words import override_value
 from src.utils.setting_checks import is_whole, require_true_or_false
 
 log = logging.getLogger(__name__)
@@ -74,11 +75,11 @@ def check_config(cfg: DictConfig) -> None:
         if OmegaConf.is_missing(cfg, key) or cfg[key] in (None, ""):
             raise UserInputError(f"{key} is required, e.g. `python -m src.predict {key}={example} ...`.")
     if not is_whole(cfg.top_k) or not 1 <= cfg.top_k <= 10:
-        raise UserInputError(f"top_k={cfg.top_k} is invalid: it must be a whole number from 1 to 10.")
+        raise UserInputError(f"top_k={override_value(cfg.top_k)} is invalid: it must be a whole number from 1 to 10.")
     require_true_or_false("save_preview", cfg.save_preview)
     if cfg.output is not None and not isinstance(cfg.output, str):
-        raise UserInputError(f"output={cfg.output} is invalid: it must be a file name, e.g. output=predictions.json, "
-                             "or null for none.")
+        raise UserInputError(f"output={override_value(cfg.output)} is invalid: "
+                             "it must be a file name, e.g. output=predictions.json, or null for none.")
     if cfg.output and Path(cfg.output).expanduser().is_dir():
         raise UserInputError(f"output={cfg.output} is a folder: give a file name, e.g. output={Path(cfg.output) / 'predictions.json'}.")
 

@@ -229,7 +229,7 @@ def test_unknown_key_is_a_clear_error():
 def test_the_whole_group_set_to_false_turns_augmentation_off_and_true_asks_which_settings():
     assert augment_settings(False) == {**augment_settings(None), "enabled": False}
     assert BatchAugment(False, BACKGROUND)(images := digit_batch(4)) is images
-    with pytest.raises(UserInputError, match=r"data\.augment=True is invalid: it is a group of settings\. Switch "
+    with pytest.raises(UserInputError, match=r"data\.augment=true is invalid: it is a group of settings\. Switch "
                                              r"augmentation with data\.augment\.enabled=true"):
         augment_settings(True)
 

@@ -301,7 +301,7 @@ def test_index_batches_are_made_on_the_tensors_device_once_per_epoch(monkeypatch
 @pytest.mark.parametrize("device", ["cuda", "cuda:0", "cuda:3"])
 def test_cuda_without_cuda_is_a_clear_error(synthetic_data_dir, monkeypatch, device):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(UserInputError, match=rf"data\.device='{device}' is invalid: this machine has 0 CUDA .*auto, cpu, cuda or cuda:N"):
+    with pytest.raises(UserInputError, match=rf"data\.device={device} is invalid: this machine has 0 CUDA .*auto, cpu, cuda or cuda:N"):
         MNISTDataModule(str(synthetic_data_dir), download=False, device=device)
 
 

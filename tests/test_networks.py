@@ -54,7 +54,7 @@ def test_sizes_that_cannot_work_are_named():
         (f"model.kernel_size=[3, 2.5] {sizes}", ([8, 16], [3, 2.5], 1, 32)),
         (f"model.convs_per_block=0 {sizes}", ([8], 3, 0, 32)),
         (f"model.hidden_size=0 {sizes}", ([8], 3, 1, 0)),
-        (f"model.hidden_size=True {sizes}", ([8], 3, 1, True)),
+        (f"model.hidden_size=true {sizes}", ([8], 3, 1, True)),
     ):
         with pytest.raises(UserInputError, match="^" + re.escape(message)):
             cnn_network(*arguments, 0.0, True)

@@ -468,11 +468,11 @@ def test_required_values_and_top_k_are_checked(tmp_path, synthetic_checkpoint):
     with pytest.raises(UserInputError, match="ckpt_path is required"):
         predict(compose_config([f"paths.output_dir={tmp_path}", "inputs=x.png"], "predict"))
     for bad in ("0", "true"):
-        with pytest.raises(UserInputError, match=f"top_k={bad.capitalize() if bad == 'true' else bad} is invalid"):
+        with pytest.raises(UserInputError, match=f"top_k={bad} is invalid"):
             predict(predict_config(synthetic_checkpoint, tmp_path, tmp_path, f"top_k={bad}"))
     with pytest.raises(UserInputError, match="save_preview=maybe is invalid: it must be true or false"):
         predict(predict_config(synthetic_checkpoint, tmp_path, tmp_path, "save_preview=maybe"))
-    with pytest.raises(UserInputError, match="output=True is invalid: it must be a file name, e.g. output=predictions.json"):
+    with pytest.raises(UserInputError, match="output=true is invalid: it must be a file name, e.g. output=predictions.json"):
         predict(predict_config(synthetic_checkpoint, tmp_path, tmp_path, "output=true"))
 
 

@@ -86,15 +86,19 @@ CONFIG_CASES = {
     "one training image left": (["data.val_size=399"], "data.val_size=399 is invalid: the train file has only 400 images "
                                                        "and training needs at least 2"),
     "batch size not whole": (["data.batch_size=32.0"], "data.batch_size=32.0 is invalid: it must be a positive integer"),
-    "val size true": (["data.val_size=true"], "data.val_size=True is invalid: it must be an integer >= 1"),
+    "val size true": (["data.val_size=true"], "data.val_size=true is invalid: it must be an integer >= 1"),
     "seed text": (["seed=abc"], "seed=abc is invalid: it must be an integer from 0 to 2**32-1, or null"),
     "seed too big": (["seed=4294967296"], "seed=4294967296 is invalid: it must be an integer from 0 to 2**32-1"),
     "seed negative": (["seed=-1"], "seed=-1 is invalid: it must be an integer from 0 to 2**32-1"),
     "shuffle seed negative": (["data.shuffle_seed=-1"], "data.shuffle_seed=-1 is invalid: it must be an integer >= 0"),
     "switch as text": (["model.batch_norm=off"], "model.batch_norm=off is invalid: it must be true or false"),
     "train as text": (["train=no"], "train=no is invalid: it must be true or false"),
+    # Values are shown as an override writes them, so that the message can be typed back: null, not None.
+    "learning rate null": (["model.optimizer.lr=null"], "model.optimizer.lr=null is invalid: it must be a finite number"),
+    "download null": (["data.download=null"], "data.download=null is invalid: it must be true or false"),
+    "degrees as quoted text": (["data.augment.degrees='15'"], "data.augment.degrees='15' is invalid: it must be a number"),
     "batch of one with batch norm": (["data.batch_size=1"], "data.batch_size=1 cannot train with batch norm"),
-    "batch size true with batch norm": (["data.batch_size=true"], "data.batch_size=True is invalid: it must be a positive integer"),
+    "batch size true with batch norm": (["data.batch_size=true"], "data.batch_size=true is invalid: it must be a positive integer"),
     "model setting typo": (["+model.dropuot=0.1"], "model.dropuot is not a setting of model (src.models.mlp.MLP), a typo? "
                                                    "Its settings are: optimizer, scheduler, hidden_sizes, dropout"),
     "data setting typo": (["++data.batchsize=3"], "data.batchsize is not a setting of data"),
@@ -112,9 +116,9 @@ CONFIG_CASES = {
     "layer width zero": (["model.hidden_sizes=[64,0]"], "model.hidden_sizes=[64, 0] is invalid: sizes and counts must be whole numbers >= 1"),
     "layer list as a number": (["model.hidden_sizes=64"], "model.hidden_sizes=64 is invalid: it must be a list, e.g. model.hidden_sizes=[64,128]"),
     "ema decay as text": (["callbacks=[default,ema]", "callbacks.ema.decay=abc"], "callbacks.ema.decay=abc is invalid"),
-    "augmentation as a switch": (["data.augment=true"], "data.augment=True is invalid: it is a group of settings. "
+    "augmentation as a switch": (["data.augment=true"], "data.augment=true is invalid: it is a group of settings. "
                                                         "Switch augmentation with data.augment.enabled=true"),
-    "no data folder": (["data.data_dir=null"], "data.data_dir=None is invalid: it must be a folder"),
+    "no data folder": (["data.data_dir=null"], "data.data_dir=null is invalid: it must be a folder"),
     "no test batches": (["++trainer.limit_test_batches=0"], "trainer.limit_test_batches=0 would test on no images. "
                                                             "Use test=false to skip testing"),
     "no devices": (["trainer.devices=0"], "trainer: pytorch_lightning.Trainer refused these settings: `Trainer(devices=0)`"),
@@ -185,6 +189,18 @@ def prepared_run(tmp_path: Path, good_checkpoint: Path) -> tuple[Path, Path]:
     checkpoint.parent.mkdir(parents=True)
     shutil.copy(good_checkpoint, checkpoint)
     return data_dir, checkpoint
+
+
+@pytest.mark.parametrize("value", [None, True, False, 3, 2.5, 1e-3, "adam", "cuda:1", "", "cuda 1", "true", "15",
+                                   [0.9, 0.999], (120, 84), ["a", None]])
+def test_a_value_named_in_a_message_reads_back_as_the_same_value(value):
+    """Messages write `key=value` as an override does, so that it can be typed back (True and None could not)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from src.utils.command_words import override_value
+
+    (override,) = OverridesParser.create().parse_overrides([f"key={override_value(value)}"])
+    assert override.value() == (list(value) if isinstance(value, tuple) else value)
 
 
 @pytest.mark.parametrize("case", CONFIG_CASES)

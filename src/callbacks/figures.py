@@ -13,6 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from src.errors import UserInputError
 from src.models.networks import IMAGE_SIDE, NUM_CLASSES
+from src.utils.command_words import override_value
 from src.utils.setting_checks import is_whole
 from src.plots.confusion import confusion_matrix_figure
 from src.plots.curves import learning_curves_figure
@@ -24,7 +25,8 @@ class DiagnosticFigures(pl.Callback):
         for key, value, low in (("every_n_epochs", every_n_epochs, 1), ("num_samples", num_samples, 0),
                                 ("num_mistakes", num_mistakes, 0)):
             if not is_whole(value) or value < low:
-                raise UserInputError(f"callbacks.figures.{key}={value!r} is invalid: it must be a whole number >= {low}.")
+                raise UserInputError(f"callbacks.figures.{key}={override_value(value)} is invalid: "
+                                     f"it must be a whole number >= {low}.")
         self.output_dir = Path(output_dir)
         self.every_n_epochs = every_n_epochs
         self.num_samples = num_samples

@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
 
 from src.errors import UserInputError
+from src.utils.command_words import override_value
 from src.utils.setting_checks import is_number
 
 
@@ -47,7 +48,7 @@ class WeightEMA(WeightAveraging):
     def __init__(self, decay: float = 0.999) -> None:
         if not is_number(decay) or not 0.0 < decay < 1.0:
             raise UserInputError(
-                f"callbacks.ema.decay={decay} is invalid: it must be a number in (0, 1), e.g. 0.999 "
+                f"callbacks.ema.decay={override_value(decay)} is invalid: it must be a number in (0, 1), e.g. 0.999 "
                 "(an average over about 1/(1-decay) = 1000 steps)."
             )
         super().__init__(avg_fn=ema_with_warmup(decay))

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src.errors import UserInputError
+from src.utils.command_words import override_value
 from src.utils.setting_checks import is_number, is_pair_of_numbers, is_whole, require_true_or_false
 
 DEFAULT_AUGMENT = {
@@ -37,11 +38,12 @@ ERASING_ASPECT_RANGE = (0.3, 3.3)
 def _number(key: str, value, low: float | None = None, high: float | None = None, low_open: bool = False) -> float:
     name = f"data.augment.{key}"
     if not is_number(value):
-        raise UserInputError(f"{name}={value!r} is invalid: it must be a number.")
+        raise UserInputError(f"{name}={override_value(value)} is invalid: it must be a number.")
     too_low = low is not None and (value <= low if low_open else value < low)
     if too_low or (high is not None and value > high):
         bounds = [f"{'>' if low_open else '>='} {low}" if low is not None else "", f"<= {high}" if high is not None else ""]
-        raise UserInputError(f"{name}={value!r} is invalid: it must be {' and '.join(b for b in bounds if b)}.")
+        raise UserInputError(f"{name}={override_value(value)} is invalid: "
+                             f"it must be {' and '.join(b for b in bounds if b)}.")
     return float(value)
 
 
@@ -49,16 +51,16 @@ def _range(key: str, value, high: float | None = None) -> list[float]:
     name = f"data.augment.{key}"
     allowed = f"a pair [low, high] with 0 < low <= high{f' <= {high}' if high is not None else ''}"
     if not is_pair_of_numbers(value):
-        raise UserInputError(f"{name}={value!r} is invalid: it must be {allowed}.")
+        raise UserInputError(f"{name}={override_value(value)} is invalid: it must be {allowed}.")
     low, high_value = (float(v) for v in value)
     if not 0 < low <= high_value or (high is not None and high_value > high):
-        raise UserInputError(f"{name}={list(value)!r} is invalid: it must be {allowed}.")
+        raise UserInputError(f"{name}={override_value(list(value))} is invalid: it must be {allowed}.")
     return [low, high_value]
 
 
 def _count(key: str, value) -> int:
     if not is_whole(value) or value < 0:
-        raise UserInputError(f"data.augment.{key}={value!r} is invalid: it must be a whole number >= 0.")
+        raise UserInputError(f"data.augment.{key}={override_value(value)} is invalid: it must be a whole number >= 0.")
     return value
 
 
@@ -67,7 +69,8 @@ def augment_settings(augment: Mapping | bool | None) -> dict:
     if augment is False:  # data.augment=false: what it says (the switch proper is data.augment.enabled)
         augment = {"enabled": False}
     if augment is not None and not isinstance(augment, Mapping):  # data.augment=true: which settings?
-        raise UserInputError(f"data.augment={augment} is invalid: it is a group of settings. Switch augmentation "
+        raise UserInputError(f"data.augment={override_value(augment)} is invalid: "
+                             "it is a group of settings. Switch augmentation "
                              "with data.augment.enabled=true or data.augment.enabled=false.")
     given = dict(augment or {})
     unknown = sorted(set(given) - set(DEFAULT_AUGMENT))

@@ -15,7 +15,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 from src.errors import UserInputError
 from src.models.networks import IMAGE_SIDE, NUM_CLASSES
 from src.models.optim import build_optimizer, build_scheduler
-from src.utils.command_words import command_overrides
+from src.utils.command_words import command_overrides, override_value
 from src.utils.resume_check import check_schedule_length
 from src.utils.rng import capture_rng_states, restore_rng_states
 from src.utils.setting_checks import save_plain_hyperparameters
@@ -43,7 +43,8 @@ class DigitClassifier(pl.LightningModule):
         examples = {"optimizer": {"name": "adam", "lr": 0.001}, "scheduler": {"name": "onecycle"}}
         for group, example in examples.items():  # their values are checked when training starts
             if not isinstance(self.hparams[group], dict | None):
-                raise UserInputError(f"model.{group}={self.hparams[group]!r} is invalid: it is a group of settings, "
+                raise UserInputError(f"model.{group}={override_value(self.hparams[group])} is invalid: "
+                                     "it is a group of settings, "
                                      f"such as {example}.")
         # The run's overrides, for its checkpoints: a ddp_spawn process that saves one has no Hydra state to read them.
         self._command_overrides = command_overrides()

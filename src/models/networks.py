@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from src.errors import UserInputError
+from src.utils.command_words import override_value
 from src.utils.setting_checks import is_whole
 
 NUM_CLASSES = 10
@@ -18,13 +19,15 @@ def check_sizes(key: str, value, sizes: list) -> None:
     """Refuse a layer size or count that is not a whole number >= 1, naming the setting (torch's own message
     would come later, or never: a layer of width 0 trains as a constant)."""
     if not all(is_whole(size) and size >= 1 for size in sizes):
-        raise UserInputError(f"model.{key}={value} is invalid: sizes and counts must be whole numbers >= 1.")
+        raise UserInputError(f"model.{key}={override_value(value)} is invalid: "
+                             "sizes and counts must be whole numbers >= 1.")
 
 
 def as_size_list(key: str, value, example: str = "[64,128]") -> list[int]:
     """A list setting such as model.channels=[32,64], refused as a single number or a string."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-        raise UserInputError(f"model.{key}={value} is invalid: it must be a list, e.g. model.{key}={example}.")
+        raise UserInputError(f"model.{key}={override_value(value)} is invalid: "
+                             f"it must be a list, e.g. model.{key}={example}.")
     sizes = list(value)
     check_sizes(key, value, sizes)
     return sizes
@@ -79,14 +82,16 @@ def cnn_network(
     check_sizes("convs_per_block", convs_per_block, [convs_per_block])
     check_sizes("hidden_size", hidden_size, [hidden_size])
     if isinstance(kernel_size, float):
-        raise UserInputError(f"model.kernel_size={kernel_size} is invalid: it must be a whole number >= 1, or a list "
+        raise UserInputError(f"model.kernel_size={override_value(kernel_size)} is invalid: "
+                             "it must be a whole number >= 1, or a list "
                              "with one per block, e.g. model.kernel_size=[5,3,3].")
     kernel_sizes = ([kernel_size] * len(channels) if isinstance(kernel_size, int)
                     else as_size_list("kernel_size", kernel_size, "[5,3,3] (one per block) or 3"))
     check_sizes("kernel_size", kernel_size, kernel_sizes)
     if len(kernel_sizes) != len(channels):
         raise UserInputError(
-            f"model.kernel_size={kernel_size} is invalid: give one size, or one per entry of model.channels={channels}."
+            f"model.kernel_size={override_value(kernel_size)} is invalid: "
+            f"give one size, or one per entry of model.channels={override_value(channels)}."
         )
     blocks, in_channels, side = [], 1, IMAGE_SIDE
     for index, (out_channels, size) in enumerate(zip(channels, kernel_sizes)):
@@ -97,8 +102,9 @@ def cnn_network(
         in_channels, side = out_channels, side // 2 if pool else side
         if side < 1:
             raise UserInputError(
-                f"model.channels={channels} with model.kernel_size={kernel_size} shrinks the 28×28 image to nothing"
-                f" (model.pool={str(pool).lower()}): use fewer blocks{'' if pool else ' or smaller kernels'}."
+                f"model.channels={override_value(channels)} with model.kernel_size={override_value(kernel_size)} shrinks "
+                f"the 28×28 image to nothing (model.pool={override_value(pool)}): use fewer blocks"
+                f"{'' if pool else ' or smaller kernels'}."
             )
     return nn.Sequential(
         *blocks,

@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping
 
 from src.errors import UserInputError
+from src.utils.command_words import override_value
 from src.utils.setting_checks import is_number, is_pair_of_numbers, is_whole
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -30,7 +31,7 @@ SETTINGS_READ_BY = {
 
 def _require(ok: bool, key: str, value, allowed: str) -> None:
     if not ok:
-        raise UserInputError(f"{key}={value!r} is invalid: it must be {allowed}.")
+        raise UserInputError(f"{key}={override_value(value)} is invalid: it must be {allowed}.")
 
 
 def _check_known_keys(config: Mapping, known: set[str], group: str) -> None:
@@ -55,10 +56,12 @@ def check_optimizer_config(config: Mapping) -> None:
     config = optimizer_settings(config)
     lr = config.get("lr")
     if not is_number(lr) or not 0 < lr < math.inf:
-        raise UserInputError(f"model.optimizer.lr={lr} is invalid: it must be a finite number > 0 (e.g. 1e-3).")
+        raise UserInputError(f"model.optimizer.lr={override_value(lr)} is invalid: "
+                             "it must be a finite number > 0 (e.g. 1e-3).")
     name = str(config["name"])  # exactly: every place that reads the name compares it as written
     if name not in OPTIMIZERS:
-        raise UserInputError(f"model.optimizer.name={name} is unknown: choose one of {', '.join(OPTIMIZERS)}.")
+        raise UserInputError(f"model.optimizer.name={override_value(name)} is unknown: "
+                             f"choose one of {', '.join(OPTIMIZERS)}.")
     decay = config["weight_decay"]
     _require(is_number(decay) and decay >= 0, "model.optimizer.weight_decay", decay, "a number >= 0")
     for key in ("decay_norm_and_bias", "nesterov"):
@@ -80,7 +83,8 @@ def check_scheduler_config(config: Mapping | None) -> None:
     config = scheduler_settings(config)
     name = str(config["name"])
     if name not in SCHEDULERS:
-        raise UserInputError(f"model.scheduler.name={name} is unknown: choose one of {', '.join(SCHEDULERS)}.")
+        raise UserInputError(f"model.scheduler.name={override_value(name)} is unknown: "
+                             f"choose one of {', '.join(SCHEDULERS)}.")
     pct_start = config["pct_start"]
     _require(is_number(pct_start) and 0 < pct_start < 1, "model.scheduler.pct_start", pct_start,
              "a number in (0, 1): the share of steps spent warming up")

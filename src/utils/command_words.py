@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextvars
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,6 +35,30 @@ def command(entry_point: str, words: list[str]) -> str:
     if called_from_python() and not any(word.startswith("--config-") for word in words):
         return f"{_API_FUNCTIONS[entry_point]}({', '.join(repr(word) for word in words)})"
     return " ".join([f"python -m src.{entry_point}", *(shlex.quote(word) for word in words)])
+
+
+def override_value(value) -> str:
+    """A value as an override writes it, so that a message's `key=value` can be typed back: null, true, false, 25,
+    [0.9, 0.999] (a tuple, a class default, too); a string in quotes where the override grammar needs them ('' and
+    'cuda 1'), or where it would read another type ('true', '3')."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        plain = re.fullmatch(r"[\w./:~+-]+", value) and value.lower() not in ("null", "true", "false")
+        return value if plain and not _reads_as_number(value) else repr(value)
+    if isinstance(value, Sequence):  # a list, a tuple or a ListConfig
+        return f"[{', '.join(map(override_value, value))}]"
+    return str(value)
+
+
+def _reads_as_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 def typed(word: str) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from src.models.optim_config import optimizer_settings, scheduler_settings
+from src.utils.command_words import override_value
 
 # The metric columns of the HParams table; their values are the scalars logged under these tags.
 HPARAM_METRICS = ("val/acc_best", "test/acc", "test/loss")
@@ -66,13 +67,11 @@ def _settings_read(settings: dict) -> str:
 def _word(value) -> str:
     """A setting as an override writes it, whether it came from a config (25, [0.9, 0.999]) or a default (25.0,
     (0.9, 0.999)), so the same value gives the same text."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(int(value)) if float(value).is_integer() and abs(value) < 1e15 else repr(float(value))
     if isinstance(value, (list, tuple)):
         return f"[{', '.join(map(_word, value))}]"
-    return str(value)
+    return override_value(value)
 
 
 def trained_settings(checkpoint: dict) -> dict:

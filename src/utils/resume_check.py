@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from src.utils.command_words import resume_command
+from src.utils.command_words import override_value, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -104,10 +104,8 @@ def _model_changes(trained: dict, this: dict) -> list[str]:
     speed_only = tuple(f"model.{key}" for key in SPEED_ONLY_MODEL_KEYS)
     unset = object()
 
-    def word(value) -> str:  # as the override would be written
-        if value is unset:
-            return "(not set)"
-        return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    def word(value) -> str:
+        return "(not set)" if value is unset else override_value(value)
 
     return [f"{key}={word(trained.get(key, unset))} (this run: {word(this.get(key, unset))})"
             for key in sorted(set(trained) | set(this))

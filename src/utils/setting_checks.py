@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from pathlib import PurePath
 
 from src.errors import UserInputError
+from src.utils.command_words import override_value
 
 
 def is_whole(value) -> bool:
@@ -64,4 +65,4 @@ def is_pair_of_numbers(value) -> bool:
 
 def require_true_or_false(name: str, value) -> None:
     if not isinstance(value, bool):
-        raise UserInputError(f"{name}={value} is invalid: it must be true or false.")
+        raise UserInputError(f"{name}={override_value(value)} is invalid: it must be true or false.")

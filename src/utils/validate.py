@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserInputError
 from src.models.optim_config import check_optimizer_config, check_scheduler_config
+from src.utils.command_words import override_value
 from src.utils.instantiate import not_a_setting, takes_setting
 from src.utils.setting_checks import is_number, is_whole, require_true_or_false
 
@@ -27,18 +28,21 @@ def check_run_settings(cfg: DictConfig) -> None:
     """The settings that src.train and src.eval both read: the seed and the trainer's numbers and switches."""
     seed = cfg.get("seed")
     if seed is not None and (not is_whole(seed) or not 0 <= seed < 2**32):
-        raise UserInputError(f"seed={seed} is invalid: it must be an integer from 0 to 2**32-1, or null for an unseeded run.")
+        raise UserInputError(f"seed={override_value(seed)} is invalid: "
+                             "it must be an integer from 0 to 2**32-1, or null for an unseeded run.")
     for key, low in WHOLE_NUMBER_SETTINGS.items():
         value = OmegaConf.select(cfg, key, default=None)  # null: Lightning's default, or the callback left out
         if value is not None and (not is_whole(value) or value < low):
-            raise UserInputError(f"{key}={value} is invalid: it must be an integer >= {low}.")
+            raise UserInputError(f"{key}={override_value(value)} is invalid: it must be an integer >= {low}.")
     for key in BATCH_LIMITS:
         value = OmegaConf.select(cfg, key, default=None)
         if value is not None and not (is_whole(value) and value >= 0 or is_number(value) and 0 <= value <= 1):
-            raise UserInputError(f"{key}={value} is invalid: it must be a whole number of batches >= 0, or a fraction "
+            raise UserInputError(f"{key}={override_value(value)} is invalid: "
+                                 "it must be a whole number of batches >= 0, or a fraction "
                                  "of the batches from 0.0 to 1.0 (1.0: all of them).")
     if cfg.trainer.get("deterministic") not in (None, True, False, "warn"):  # Lightning half applies a text switch
-        raise UserInputError(f"trainer.deterministic={cfg.trainer.deterministic} is invalid: it must be true, false or warn.")
+        raise UserInputError(f"trainer.deterministic={override_value(cfg.trainer.deterministic)} is invalid: "
+                             "it must be true, false or warn.")
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -69,11 +73,11 @@ def _check_switches(cfg: DictConfig, model: dict) -> None:
 def _check_epochs(cfg: DictConfig) -> None:
     max_epochs = cfg.trainer.get("max_epochs")
     if not is_whole(max_epochs) or max_epochs < 1:
-        raise UserInputError(f"trainer.max_epochs={max_epochs} is invalid: it must be an integer >= 1.")
+        raise UserInputError(f"trainer.max_epochs={override_value(max_epochs)} is invalid: it must be an integer >= 1.")
     interval = cfg.trainer.get("val_check_interval")
     if is_whole(interval) and interval < 1:  # 0 batches: a ZeroDivisionError once training runs
-        raise UserInputError(f"trainer.val_check_interval={interval} is invalid: it must be a number of training batches "
-                             ">= 1, or a fraction of an epoch such as 0.25.")
+        raise UserInputError(f"trainer.val_check_interval={override_value(interval)} is invalid: "
+                             "it must be a number of training batches >= 1, or a fraction of an epoch such as 0.25.")
     every = cfg.trainer.get("check_val_every_n_epoch") or 1
     if cfg.get("train") and max_epochs % every and _rank_zero():
         unvalidated = "no epoch is" if max_epochs < every else f"the last {max_epochs % every} epoch(s) are never"
@@ -89,7 +93,8 @@ def _check_fractions(cfg: DictConfig, model: dict) -> None:
             # +model.conv_dropout=1.5 for an MLP: a typo first. Only for a key added so: finding out imports the model.
             if key in model and _added_by_the_user(f"model.{key}") and not takes_setting(cfg.model, key):
                 raise not_a_setting(cfg.model, key)
-            raise UserInputError(f"model.{key}={value} is invalid: it must be a number in [0, 1) (0 turns it off{usual}).")
+            raise UserInputError(f"model.{key}={override_value(value)} is invalid: "
+                                 f"it must be a number in [0, 1) (0 turns it off{usual}).")
 
 
 def _added_by_the_user(key: str) -> bool:
@@ -149,23 +154,16 @@ def _check_early_stopping(callbacks: DictConfig | dict) -> None:
             continue
         patience = entry.get("patience", 3)
         if (not is_whole(patience) or patience < 0) and _is_subclass(entry, EARLY_STOPPING):
-            raise UserInputError(f"callbacks.{name}.patience={_as_typed(patience)} is invalid: it must be a whole number "
-                                 "of validations >= 0.")
+            raise UserInputError(f"callbacks.{name}.patience={override_value(patience)} is invalid: "
+                                 "it must be a whole number of validations >= 0.")
         for key in ("min_delta", "stopping_threshold", "divergence_threshold"):
             value = entry.get(key, 0.0)
             if not is_number(value) and (value is not None or key == "min_delta") and _is_subclass(entry, EARLY_STOPPING):
-                raise UserInputError(f"callbacks.{name}.{key}={_as_typed(value)} is invalid: it must be a number"
+                raise UserInputError(f"callbacks.{name}.{key}={override_value(value)} is invalid: it must be a number"
                                      f"{'' if key == 'min_delta' else ', or null for none'}.")
 
 
 EARLY_STOPPING = "pytorch_lightning.callbacks.EarlyStopping"
-
-
-def _as_typed(value) -> str:
-    """A value as it is written on the command line: null, true, false."""
-    if value is None or isinstance(value, bool):
-        return str(value).lower().replace("none", "null")
-    return str(value)
 
 
 def _is_subclass(entry, class_path: str) -> bool:
