@@ -32,7 +32,8 @@ def evaluate(cfg: DictConfig) -> dict:
     from src.utils.config_io import take_the_checkpoints_settings
     from src.utils.hparams import log_checkpoints_best, log_run_hparams
     from src.utils.instantiate import build_group
-    from src.utils.run import finish_run, start_run, test_or_report_interruption
+    from src.utils.interruptions import test_or_report_interruption
+    from src.utils.run import finish_run, start_run
     from src.utils.trainer_setup import build_trainer
 
     model, checkpoint = load_classifier(cfg.ckpt_path, checkpoint)

@@ -18,8 +18,7 @@ from omegaconf import DictConfig
 
 from src import CONFIG_DIR
 from src.utils.command_line import run_command_line
-from src.utils.command_words import (ckpt_path_override, command, eval_overrides, original_overrides, resume_command,
-                                     run_it_again)
+from src.utils.command_words import ckpt_path_override, command, eval_overrides, original_overrides, run_it_again
 from src.utils.run_folders import resumed_job_dir
 
 log = logging.getLogger(__name__)
@@ -29,11 +28,10 @@ def train(cfg: DictConfig) -> dict:
     """Fit and/or test as `cfg` says; returns the metrics also written to `<run dir>/metrics.json`."""
     started_run = time.perf_counter()
     from src.models.checkpoint_file import read_checkpoint
-    from src.utils.hparams import log_checkpoints_best, log_run_hparams
+    from src.utils.hparams import log_run_hparams
     from src.utils.instantiate import build_group
-    from src.utils.config_io import save_config, take_the_checkpoints_settings
-    from src.utils.run import finish_run, is_rank_zero, start_run, test_or_report_interruption
-    from src.utils.sweep_summary import read_metrics
+    from src.utils.config_io import take_the_checkpoints_settings
+    from src.utils.run import finish_run, start_run
     from src.utils.trainer_setup import build_trainer
     from src.utils.validate import validate_train_config
 
@@ -74,77 +72,21 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build_group(cfg, "data", "src.data.mnist_datamodule.MNISTDataModule")
     trainer, loggers = build_trainer(cfg)
 
-    resumed_at_step = checkpoint.get("global_step") if resuming else None
     if cfg.get("train"):
+        resumed_at_step = None
         if resuming:
             from src.utils.resume_check import check_resumable, follow_the_checkpoints_threads
 
             check_resumable(ckpt_path, checkpoint, model, datamodule, trainer.callbacks)
             follow_the_checkpoints_threads(checkpoint, trainer)
+            resumed_at_step = checkpoint.get("global_step")
             checkpoint = None  # not held through the fit: Lightning reads the file itself
             metrics["resumed_from"] = str(Path(ckpt_path).expanduser().resolve())
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
-        from src.utils.run_folders import drop_empty_event_files, event_files
-
-        logged_before = event_files(trainer.loggers) if resuming else set()  # only a resume may train nothing
-        started = time.perf_counter()
-        fit_or_report_interruption(trainer, model, datamodule, ckpt_path)
-        from src.callbacks.early_stop import early_stop, stop_reason
-
-        stopper = early_stop(trainer)
-        # Stopped short of max_epochs: Lightning keeps a stop's record when min_epochs overrules it, and keeps one
-        # that comes in the last epoch.
-        if stopper and trainer.current_epoch >= trainer.max_epochs >= 0:
-            stopper = None
-        stopped_after = f"after {trainer.current_epoch} of {trainer.max_epochs} epochs"
-        if stopper:
-            metrics["stopped_early"] = f"{stopped_after}: {stop_reason(stopper)}"
-        metrics["fit_seconds"] = round(time.perf_counter() - started, 2)
-        if resuming and trainer.global_step == resumed_at_step:
-            reached = (f"early stopping had ended its run {stopped_after}" if stopper
-                       else f"the checkpoint had reached trainer.max_epochs={trainer.max_epochs} already")
-            then = "so its run's best checkpoint is tested again" if cfg.get("test") else "and test=false: no test"
-            log.info("Nothing left to train: %s, %s.", reached, then)
-            drop_empty_event_files(trainer.loggers, logged_before)
-            finished = read_metrics(output_dir / "metrics.json") if resuming_in_place else {}
-            same_state = finished.get("status") == "ok" and finished.get("epochs") == trainer.current_epoch
-            if same_state:
-                metrics["fit_seconds"] = finished.get("fit_seconds", metrics["fit_seconds"])  # its training's own
-            if same_state and "test/acc" in finished:
-                # At this very state: its test results, figures and HParams row are in its TensorBoard run already,
-                # and a job requeued after it had finished would add another copy of each every time.
-                trainer.loggers = []
-                if not cfg.get("test"):  # those results stand: the same best checkpoint (its path is set below)
-                    log.info("metrics.json keeps the results of that state's earlier test.")
-                    metrics.update({key: value for key, value in finished.items() if key.startswith("test")})
-        if resuming_in_place and is_rank_zero():
-            save_config(cfg, output_dir)
-        import torch  # loaded by now
-
-        # The CPU results depend on it (sums split over threads round differently); parallel sweep jobs use fewer.
-        metrics["cpu_threads"] = torch.get_num_threads()
-        metrics["epochs"] = trainer.current_epoch
-        if model.best_val_acc() is not None:
-            metrics["val/acc_best"] = model.best_val_acc()
-        ckpt_path = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
-        metrics["best_model_path"] = ckpt_path or None
-        if "tested_checkpoint" in metrics:  # kept from an earlier test, perhaps before the run folder was moved
-            metrics["tested_checkpoint"] = metrics["best_model_path"]
-        if not ckpt_path:
-            log.warning("No best checkpoint was saved (no validation ran, or checkpointing is off): testing the final weights.")
+        ckpt_path = _fit(cfg, trainer, model, datamodule, ckpt_path, resumed_at_step, resuming_in_place, output_dir,
+                         metrics)
     if cfg.get("test"):
-        if not cfg.get("train") and not ckpt_path:
-            log.warning("test without train and without ckpt_path: testing an untrained model.")
-        started = time.perf_counter()
-        test_again = command("eval", [*eval_overrides(), ckpt_path_override(ckpt_path)]) if ckpt_path else None
-        advice = f"The checkpoints are intact; test this one with: {test_again}" if ckpt_path else run_it_again()
-        tested = (ckpt_path or None) if cfg.get("train") else None  # a checkpoint tested alone is loaded already
-        if ckpt_path and not cfg.get("train"):
-            log_checkpoints_best(trainer.loggers, model)
-        results = test_or_report_interruption(trainer, model, datamodule, tested, advice)
-        metrics["test_seconds"] = round(time.perf_counter() - started, 2)
-        metrics.update({key: float(value) for key, value in results.items()})
-        metrics["tested_checkpoint"] = ckpt_path or None
+        _test(cfg, trainer, model, datamodule, ckpt_path, metrics)
 
     # The HParams row describes this run's config, or for a checkpoint tested alone, the checkpoint's.
     log_run_hparams(trainer.loggers, cfg, model, trainer, None if cfg.get("train") else checkpoint)
@@ -153,87 +95,92 @@ def train(cfg: DictConfig) -> dict:
     return metrics
 
 
-def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None) -> None:
-    """trainer.fit; after SIGTERM or Ctrl-C (a checkpoint was saved at a batch boundary), or a second Ctrl-C (nothing
-    saved then), say how to resume."""
-    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+def _fit(cfg: DictConfig, trainer, model, datamodule, ckpt_path: str | None, resumed_at_step: int | None,
+         resuming_in_place: bool, output_dir: Path, metrics: dict) -> str | None:
+    """Train (or resume, from `ckpt_path` at `resumed_at_step`), recording in `metrics` how it went; returns the best
+    checkpoint's path (None: none saved)."""
+    import torch
 
-    from src.callbacks.safety import INTERRUPTIONS, GracefulStop, ResumableCheckpoint, aborted_by_ctrl_c
-    from src.errors import RunInterrupted, UserInputError
+    from src.callbacks.early_stop import early_stop, stop_reason
+    from src.utils.config_io import save_config
+    from src.utils.interruptions import fit_or_report_interruption
+    from src.utils.run import is_rank_zero
+    from src.utils.run_folders import event_files
 
-    saved = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
-    where = f"{saved[0].dirpath}/{saved[0].filename}{saved[0].FILE_EXTENSION}" if saved else None
-    before = _modified(where)
-    try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        graceful = next((cb for cb in trainer.callbacks if isinstance(cb, GracefulStop) and cb.stop_requested), None)
-        if graceful:
-            at = f"at the end of epoch {trainer.current_epoch - 1}, step {trainer.global_step}"
-            raise RunInterrupted(_stopped(graceful.stopped_by, at, where),
-                                 exit_code=130 if graceful.stopped_by == "Ctrl-C" else 143)
-    except ValueError as err:  # Lightning checks this only once it knows the epoch's length
-        if "val_check_interval" not in str(err):
-            raise
-        batches = trainer.fit_loop.max_batches
-        raise UserInputError(
-            f"trainer.val_check_interval={trainer.val_check_interval} is more than the {batches} training batches of an "
-            f"epoch, so validation would never run; nothing was trained. Use at most {batches}, a fraction of an epoch "
-            "(0.25 validates four times per epoch), or add ++trainer.check_val_every_n_epoch=null to count batches "
-            "across epochs."
-        ) from err
-    except INTERRUPTIONS as stop:
-        by_ctrl_c = "Ctrl-C" in str(stop)
-        at = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
-        written = where if where and _modified(where) != before else None
-        raise RunInterrupted(_stopped("Ctrl-C" if by_ctrl_c else "SIGTERM", at, written, ckpt_path, bool(where)),
-                             exit_code=130 if by_ctrl_c else 143) from stop
-    except (RuntimeError, MisconfigurationException) as err:
-        # A callback's `monitor` that no metric has (callbacks.early_stopping.monitor=val/los): Lightning finds out at
-        # the end of the first validation, and its message lists the metrics there are.
-        reason = " ".join(str(err).split())
-        if "conditioned on metric" not in reason and "could not find the monitored key" not in reason:
-            raise
-        raise UserInputError(f"A callback watches a metric this run does not log: {reason}") from err
-    except (SystemExit, KeyboardInterrupt) as stop:  # a second Ctrl-C, or one before training began: no save
-        if not aborted_by_ctrl_c(stop):
-            raise
-        last = where if where and Path(where).is_file() else ckpt_path  # this run's last save, else its starting point
-        # Nothing to say before the first step, nor in the launching process of ddp_spawn (its trainer never steps).
-        at = f" at epoch {trainer.current_epoch}, step {trainer.global_step}" if trainer.global_step else ""
-        raise RunInterrupted(
-            f"Training aborted by Ctrl-C{at}, without saving. "
-            + (f"{last} holds the last saved state; resume with: "
-               f"{resume_command(original_overrides(), last)}" if last
-               else "No checkpoint had been saved yet."),
-            exit_code=130,
-        ) from stop
-    finally:  # after any failure too: in a sweep, a later job's Ctrl-C would otherwise go to this job's handler
-        for callback in trainer.callbacks:
-            if isinstance(callback, GracefulStop):
-                callback.give_back_ctrl_c()
+    resuming = resumed_at_step is not None
+    logged_before = event_files(trainer.loggers) if resuming else set()  # only a resume may train nothing
+    started = time.perf_counter()
+    fit_or_report_interruption(trainer, model, datamodule, ckpt_path)
+    stopper = early_stop(trainer)
+    # Stopped short of max_epochs: Lightning keeps a stop's record when min_epochs overrules it, and keeps one that
+    # comes in the last epoch.
+    if stopper and trainer.current_epoch >= trainer.max_epochs >= 0:
+        stopper = None
+    stopped_after = f"after {trainer.current_epoch} of {trainer.max_epochs} epochs"
+    if stopper:
+        metrics["stopped_early"] = f"{stopped_after}: {stop_reason(stopper)}"
+    metrics["fit_seconds"] = round(time.perf_counter() - started, 2)
+    if resuming and trainer.global_step == resumed_at_step:
+        reached = (f"early stopping had ended its run {stopped_after}" if stopper
+                   else f"the checkpoint had reached trainer.max_epochs={trainer.max_epochs} already")
+        _nothing_left_to_train(cfg, trainer, reached, logged_before, resuming_in_place, output_dir, metrics)
+    if resuming_in_place and is_rank_zero():
+        save_config(cfg, output_dir)
+    # The CPU results depend on it (sums split over threads round differently); parallel sweep jobs use fewer.
+    metrics["cpu_threads"] = torch.get_num_threads()
+    metrics["epochs"] = trainer.current_epoch
+    if model.best_val_acc() is not None:
+        metrics["val/acc_best"] = model.best_val_acc()
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
+    metrics["best_model_path"] = best or None
+    if "tested_checkpoint" in metrics:  # kept from an earlier test, perhaps before the run folder was moved
+        metrics["tested_checkpoint"] = metrics["best_model_path"]
+    if not best:
+        log.warning("No best checkpoint was saved (no validation ran, or checkpointing is off): testing the final weights.")
+    return best
 
 
-def _stopped(by: str, at: str, saved: str | None, started_from: str | None = None, saving: bool = True) -> str:
-    """What was saved when training stopped, and how to go on. `saved`: the checkpoint written now; `started_from`:
-    this run's ckpt_path; `saving`: whether a checkpoint callback could have saved."""
-    if saved:
-        return (f"Training stopped by {by} {at}. Saved {saved}; resume with: "
-                f"{resume_command(original_overrides(), saved)}")
-    if not saving:
-        return f"Training stopped by {by} {at}. No checkpoint callback was configured, so nothing was saved."
-    # Stopped before its first training step (in the sanity check, whose epoch and step Lightning has not restored).
-    if started_from:
-        return (f"Training stopped by {by} before its first step, so nothing was saved: {started_from} is still the "
-                f"last state; resume with: {resume_command(original_overrides(), started_from)}")
-    return f"Training stopped by {by} before its first step: nothing was trained or saved. {run_it_again()}"
+def _nothing_left_to_train(cfg: DictConfig, trainer, reached: str, logged_before: set, resuming_in_place: bool,
+                           output_dir: Path, metrics: dict) -> None:
+    """A resume of a run that had ended (`reached` says how): say so, and keep out of TensorBoard what it logged at
+    this very state before."""
+    from src.utils.run_folders import drop_empty_event_files
+    from src.utils.sweep_summary import read_metrics
+
+    then = "so its run's best checkpoint is tested again" if cfg.get("test") else "and test=false: no test"
+    log.info("Nothing left to train: %s, %s.", reached, then)
+    drop_empty_event_files(trainer.loggers, logged_before)
+    finished = read_metrics(output_dir / "metrics.json") if resuming_in_place else {}
+    same_state = finished.get("status") == "ok" and finished.get("epochs") == trainer.current_epoch
+    if same_state:
+        metrics["fit_seconds"] = finished.get("fit_seconds", metrics["fit_seconds"])  # its training's own
+    if same_state and "test/acc" in finished:
+        # At this very state: its test results, figures and HParams row are in its TensorBoard run already, and a job
+        # requeued after it had finished would add another copy of each every time.
+        trainer.loggers = []
+        if not cfg.get("test"):  # those results stand: the same best checkpoint (its path is set after this)
+            log.info("metrics.json keeps the results of that state's earlier test.")
+            metrics.update({key: value for key, value in finished.items() if key.startswith("test")})
 
 
-def _modified(path: str | None) -> int | None:
-    """When the file at `path` was last written (None: no such file)."""
-    try:
-        return Path(path).stat().st_mtime_ns if path else None
-    except FileNotFoundError:
-        return None
+def _test(cfg: DictConfig, trainer, model, datamodule, ckpt_path: str | None, metrics: dict) -> None:
+    """Test the best checkpoint (after a fit), the checkpoint given (loaded as `model` already), or else `model` as it
+    is; the results go into `metrics`."""
+    from src.utils.hparams import log_checkpoints_best
+    from src.utils.interruptions import test_or_report_interruption
+
+    if not cfg.get("train") and not ckpt_path:
+        log.warning("test without train and without ckpt_path: testing an untrained model.")
+    started = time.perf_counter()
+    test_again = command("eval", [*eval_overrides(), ckpt_path_override(ckpt_path)]) if ckpt_path else None
+    advice = f"The checkpoints are intact; test this one with: {test_again}" if ckpt_path else run_it_again()
+    tested = (ckpt_path or None) if cfg.get("train") else None  # a checkpoint tested alone is loaded already
+    if ckpt_path and not cfg.get("train"):
+        log_checkpoints_best(trainer.loggers, model)
+    results = test_or_report_interruption(trainer, model, datamodule, tested, advice)
+    metrics["test_seconds"] = round(time.perf_counter() - started, 2)
+    metrics.update({key: float(value) for key, value in results.items()})
+    metrics["tested_checkpoint"] = ckpt_path or None
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")

@@ -41,7 +41,8 @@ def start_run(cfg: DictConfig, save: bool = True, continuing: bool = False) -> P
     spawn_as_usual_in_joblib_workers()
     if parallel_jobs() > 1:
         torch.set_num_threads(threads_per_job())
-        log.info("%d sweep jobs run in parallel: using %d CPU threads", parallel_jobs(), threads_per_job())
+        threads = threads_per_job()
+        log.info("%d sweep jobs run in parallel: using %d CPU thread%s", parallel_jobs(), threads, "" if threads == 1 else "s")
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     return output_dir
@@ -181,25 +182,3 @@ def _record_job(cfg: DictConfig, record: dict) -> None:
     if kept:
         record["earlier_run"] = kept
     write_json_atomically(metrics_file, record)
-
-
-def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None, advice: str) -> dict:
-    """trainer.test's results. After SIGTERM Lightning ends the test pass with a SystemExit that would exit 0 as if
-    all went well, and after Ctrl-C with exit code 1; here each becomes one message, with `advice` on what to run
-    next, and exit code 143 or 130. A setting Lightning refuses only now is one line too."""
-    from pytorch_lightning.utilities.exceptions import MisconfigurationException
-
-    from src.callbacks.safety import INTERRUPTIONS, aborted_by_ctrl_c
-
-    try:
-        (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    except MisconfigurationException as err:  # limit_test_batches=0.05 leaving no batch of the test set, say
-        reason = " ".join(str(err).split()).rstrip(".")
-        raise UserInputError(f"Testing could not start: {reason}. Nothing was tested; checkpoints written are kept.") from err
-    except INTERRUPTIONS as stop:
-        raise RunInterrupted(f"Testing stopped by SIGTERM: no test results were written. {advice}", exit_code=143) from stop
-    except (SystemExit, KeyboardInterrupt) as stop:  # Lightning's exit code 1 after Ctrl-C would read as a failure
-        if not aborted_by_ctrl_c(stop):
-            raise
-        raise RunInterrupted(f"Testing stopped by Ctrl-C: no test results were written. {advice}", exit_code=130) from stop
-    return results

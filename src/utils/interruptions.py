@@ -1,0 +1,113 @@
+"""Training and testing that turn a stop (SIGTERM, Ctrl-C) or a setting Lightning refuses only once running into one
+message: what was saved, and the command that resumes or tests it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from src.errors import RunInterrupted, UserInputError
+from src.utils.command_words import original_overrides, resume_command, run_it_again
+
+
+def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None) -> None:
+    """trainer.fit; after SIGTERM or Ctrl-C (a checkpoint was saved at a batch boundary), or a second Ctrl-C (nothing
+    saved then), say how to resume."""
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    from src.callbacks.safety import INTERRUPTIONS, GracefulStop, ResumableCheckpoint, aborted_by_ctrl_c
+
+    saved = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
+    where = f"{saved[0].dirpath}/{saved[0].filename}{saved[0].FILE_EXTENSION}" if saved else None
+    before = _modified(where)
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        graceful = next((cb for cb in trainer.callbacks if isinstance(cb, GracefulStop) and cb.stop_requested), None)
+        if graceful:
+            at = f"at the end of epoch {trainer.current_epoch - 1}, step {trainer.global_step}"
+            raise RunInterrupted(_stopped(graceful.stopped_by, at, where),
+                                 exit_code=130 if graceful.stopped_by == "Ctrl-C" else 143)
+    except ValueError as err:  # Lightning checks this only once it knows the epoch's length
+        if "val_check_interval" not in str(err):
+            raise
+        batches = trainer.fit_loop.max_batches
+        raise UserInputError(
+            f"trainer.val_check_interval={trainer.val_check_interval} is more than the {batches} training batches of an "
+            f"epoch, so validation would never run; nothing was trained. Use at most {batches}, a fraction of an epoch "
+            "(0.25 validates four times per epoch), or add ++trainer.check_val_every_n_epoch=null to count batches "
+            "across epochs."
+        ) from err
+    except INTERRUPTIONS as stop:
+        by_ctrl_c = "Ctrl-C" in str(stop)
+        at = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
+        written = where if where and _modified(where) != before else None
+        raise RunInterrupted(_stopped("Ctrl-C" if by_ctrl_c else "SIGTERM", at, written, ckpt_path, bool(where)),
+                             exit_code=130 if by_ctrl_c else 143) from stop
+    except (RuntimeError, MisconfigurationException) as err:
+        # A callback's `monitor` that no metric has (callbacks.early_stopping.monitor=val/los): Lightning finds out at
+        # the end of the first validation, and its message lists the metrics there are.
+        reason = " ".join(str(err).split())
+        if "conditioned on metric" not in reason and "could not find the monitored key" not in reason:
+            raise
+        raise UserInputError(f"A callback watches a metric this run does not log: {reason}") from err
+    except (SystemExit, KeyboardInterrupt) as stop:  # a second Ctrl-C, or one before training began: no save
+        if not aborted_by_ctrl_c(stop):
+            raise
+        last = where if where and Path(where).is_file() else ckpt_path  # this run's last save, else its starting point
+        # Nothing to say before the first step, nor in the launching process of ddp_spawn (its trainer never steps).
+        at = f" at epoch {trainer.current_epoch}, step {trainer.global_step}" if trainer.global_step else ""
+        raise RunInterrupted(
+            f"Training aborted by Ctrl-C{at}, without saving. "
+            + (f"{last} holds the last saved state; resume with: "
+               f"{resume_command(original_overrides(), last)}" if last
+               else "No checkpoint had been saved yet."),
+            exit_code=130,
+        ) from stop
+    finally:  # after any failure too: in a sweep, a later job's Ctrl-C would otherwise go to this job's handler
+        for callback in trainer.callbacks:
+            if isinstance(callback, GracefulStop):
+                callback.give_back_ctrl_c()
+
+
+def _stopped(by: str, at: str, saved: str | None, started_from: str | None = None, saving: bool = True) -> str:
+    """What was saved when training stopped, and how to go on. `saved`: the checkpoint written now; `started_from`:
+    this run's ckpt_path; `saving`: whether a checkpoint callback could have saved."""
+    if saved:
+        return (f"Training stopped by {by} {at}. Saved {saved}; resume with: "
+                f"{resume_command(original_overrides(), saved)}")
+    if not saving:
+        return f"Training stopped by {by} {at}. No checkpoint callback was configured, so nothing was saved."
+    # Stopped before its first training step (in the sanity check, whose epoch and step Lightning has not restored).
+    if started_from:
+        return (f"Training stopped by {by} before its first step, so nothing was saved: {started_from} is still the "
+                f"last state; resume with: {resume_command(original_overrides(), started_from)}")
+    return f"Training stopped by {by} before its first step: nothing was trained or saved. {run_it_again()}"
+
+
+def _modified(path: str | None) -> int | None:
+    """When the file at `path` was last written (None: no such file)."""
+    try:
+        return Path(path).stat().st_mtime_ns if path else None
+    except FileNotFoundError:
+        return None
+
+
+def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None, advice: str) -> dict:
+    """trainer.test's results. After SIGTERM Lightning ends the test pass with a SystemExit that would exit 0 as if
+    all went well, and after Ctrl-C with exit code 1; here each becomes one message, with `advice` on what to run
+    next, and exit code 143 or 130. A setting Lightning refuses only now is one line too."""
+    from pytorch_lightning.utilities.exceptions import MisconfigurationException
+
+    from src.callbacks.safety import INTERRUPTIONS, aborted_by_ctrl_c
+
+    try:
+        (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    except MisconfigurationException as err:  # limit_test_batches=0.05 leaving no batch of the test set, say
+        reason = " ".join(str(err).split()).rstrip(".")
+        raise UserInputError(f"Testing could not start: {reason}. Nothing was tested; checkpoints written are kept.") from err
+    except INTERRUPTIONS as stop:
+        raise RunInterrupted(f"Testing stopped by SIGTERM: no test results were written. {advice}", exit_code=143) from stop
+    except (SystemExit, KeyboardInterrupt) as stop:  # Lightning's exit code 1 after Ctrl-C would read as a failure
+        if not aborted_by_ctrl_c(stop):
+            raise
+        raise RunInterrupted(f"Testing stopped by Ctrl-C: no test results were written. {advice}", exit_code=130) from stop
+    return results
