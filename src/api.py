@@ -34,6 +34,11 @@ class Run:
 
     def __post_init__(self) -> None:
         self.dir = Path(self.dir).expanduser()
+        if not self.dir.is_dir():  # a mistyped folder would read as a run with no results
+            from src.errors import UserInputError
+
+            raise UserInputError(f"Run({str(self.dir)!r}): no such folder. A run's folder is the one its command "
+                                 "printed (outputs/<date>/<time>, or run.dir in the session that ran it).")
         if not self.metrics and (self.dir / "metrics.json").is_file():
             import json
 

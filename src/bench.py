@@ -158,7 +158,7 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, s
     plain_acc = json.loads((work / "plain.log").read_text().strip().splitlines()[-1])["test_acc"]
 
     ours, per_sample = data_path(cfg, args.device, max_batches=5 if args.quick else 40)
-    rows.append(("1. data path, samples/s", f"{ours:,.0f}", f"{per_sample:,.0f} (torchvision per-sample)", f"{ours / per_sample:.0f}×"))
+    rows.append(("1. data path, samples/s", f"{ours:,.0f}", f"{per_sample:,.0f} (torchvision per-sample)", f"{ours / per_sample:.3g}×"))
 
     lightning, plain = interleaved_fits(cfg, args.data_dir, args.device, args.repeats)
     ratio = statistics.median(lt["fit_seconds"] / pt["fit_seconds"] for lt, pt in zip(lightning, plain))
@@ -169,7 +169,7 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, s
     lightning_ms, plain_ms = (1000 * statistics.median(r["step_seconds"] for r in runs) / plain[0]["steps"]
                               for runs in (lightning, plain))
     rows.append(("2b. tiny CNN, batch 32: time per step, ms", f"{lightning_ms:.3f}", f"{plain_ms:.3f} (plain loop)",
-                 f"+{lightning_ms - plain_ms:.3f} ms"))
+                 f"{lightning_ms - plain_ms:+.3f} ms"))
     rows.append(("3. whole process, start to exit, s", f"{train_wall:.1f}", f"{plain_wall:.1f} (plain script)", f"{train_wall / plain_wall:.2f}×"))
     rows.append(("   test accuracy (>= 99%?)", f"{train_acc:.2%} ({'yes' if train_acc >= 0.99 else 'NO'})", f"{plain_acc:.2%} (plain script)", ""))
     rows.append(("   peak memory (RSS), MiB", f"{train_rss:.0f}", f"{plain_rss:.0f} (plain script)", ""))

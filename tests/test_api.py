@@ -99,6 +99,8 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     assert cuda_seeds[-1] == 123 and 42 in cuda_seeds  # the run seeded it with its own (seed=42) first
     assert warnings.filters == warning_filters and logging.getLogger(LIGHTNING_NOTES).filters == lightning_filters
     reopened = api.Run(str(run.dir))  # after a restart of the kernel
+    with pytest.raises(UserInputError, match=r"^Run\('.*/no-such-run'\): no such folder\. A run's folder is"):
+        api.Run(str(tmp_path / "no-such-run"))  # a mistyped folder, not a run without results
     assert reopened.metrics == run.metrics and reopened.figures == run.figures and reopened.history() == history
 
     # Advice names the call to make, not a command line.

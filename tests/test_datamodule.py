@@ -92,6 +92,11 @@ def test_each_split_is_loaded_once(synthetic_data_dir, monkeypatch):
     assert sorted(calls) == ["test", "train"]
 
 
+def test_augmentation_fills_with_the_normalized_value_of_a_blank_pixel(synthetic_data_dir):
+    datamodule = MNISTDataModule(str(synthetic_data_dir), download=False, mean=0.5, std=0.6, augment={"enabled": True})
+    assert datamodule.batch_augment.background == pytest.approx((0 - 0.5) / 0.6)
+
+
 def test_training_order_is_seeded_and_changes_every_epoch(synthetic_data_dir):
     loader = make_datamodule(synthetic_data_dir, shuffle_seed=3).train_dataloader()
     twin = make_datamodule(synthetic_data_dir, shuffle_seed=3).train_dataloader()
@@ -105,6 +110,10 @@ def test_training_order_is_seeded_and_changes_every_epoch(synthetic_data_dir):
     assert torch.equal(epoch0.sort().values, epoch1.sort().values)  # same samples, new order
     loader.sampler.set_epoch(0)
     assert torch.equal(all_batches(loader)[1], epoch0)  # a function of (seed, epoch): resumable
+    later_seed = EpochBatches(400, 32, shuffle=True, seed=4)  # not seed + epoch: seed 4's first epoch is not 3's second
+    sampler = EpochBatches(400, 32, shuffle=True, seed=3)
+    sampler.epoch = 1
+    assert not torch.equal(later_seed.indices(), sampler.indices())
 
 
 def test_a_loop_of_ones_own_gets_a_new_order_each_pass_as_with_a_shuffling_dataloader(synthetic_data_dir):

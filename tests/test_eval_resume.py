@@ -14,6 +14,7 @@ import signal
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -583,6 +584,30 @@ def test_resuming_with_another_seed_is_refused(tmp_path, trained_run, synthetic_
                                              r"overrides of the run that saved it: python -m src.train model=mlp data.shuffle_seed=42 "):
         train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "data.mean=0.5",
                               "data.std=0.6", "seed=7", f"ckpt_path={tmp_path / 'own_seed.ckpt'}"]))
+
+
+def test_resuming_on_other_data_is_refused_and_a_copy_of_the_same_data_is_not(tmp_path, trained_run, synthetic_data_dir):
+    """Another data.data_dir went on, without a word, with the best validation accuracy of the checkpoint's own
+    validation set, and tested that checkpoint."""
+    from src.data.idx import read_idx, write_idx
+    from src.data.synthetic import write_synthetic_mnist
+    from src.errors import ResumeRefused
+
+    last = trained_run / "checkpoints" / "last.ckpt"
+    saved = last.read_bytes()
+    resume = ["model=mlp", "data.mean=0.5", "data.std=0.6", f"ckpt_path={last}"]
+    # As many images (the schedule's length is checked already), other labels.
+    other_data = write_synthetic_mnist(tmp_path / "other")
+    labels_file = other_data / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
+    write_idx(labels_file, np.roll(read_idx(labels_file, expected_ndim=1).numpy(), 1))
+    with pytest.raises(ResumeRefused, match=r"^The checkpoint was trained on other data: a train file of 400 images "
+                                            rf"\(labels \w+\), while data.data_dir={other_data} holds 400 \(labels "):
+        train(compose_config([*tiny_run_overrides(other_data, tmp_path / "refused"), *resume]))
+    assert last.read_bytes() == saved
+    # The same files elsewhere (moved, another machine) are the same data.
+    moved = tmp_path / "moved"
+    shutil.copytree(synthetic_data_dir, moved)
+    assert train(compose_config([*tiny_run_overrides(moved, tmp_path / "resumed"), *resume]))["status"] == "ok"
 
 
 def test_a_refused_resume_names_the_overrides_of_the_run_that_saved_the_checkpoint(tmp_path):

@@ -76,6 +76,13 @@ def test_an_unpooled_cnn_trains_from_the_command_line_settings(tmp_path, synthet
     assert feature_sides(model.net) == [24, 20] and model.hparams.pool is False
 
 
+def test_the_mlp_drops_out_as_much_as_model_dropout_says():
+    from src.models.networks import mlp_network
+
+    dropouts = [layer.p for layer in mlp_network([32, 16], 0.1, True) if isinstance(layer, nn.Dropout)]
+    assert dropouts == [0.1, 0.1]
+
+
 def test_conv_dropout_follows_every_block_but_the_last_and_leaves_the_weights_names_alone():
     with_dropout = cnn_network([8, 16, 32], [5, 3, 3], 1, 32, 0.3, True, conv_dropout=0.2)
     blocks = [block for block in with_dropout if isinstance(block, nn.Sequential)]

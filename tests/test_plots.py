@@ -146,19 +146,21 @@ def test_flagged_digits_have_red_captions_and_frames():
     assert [same_color(patch.get_edgecolor(), "tab:red") for patch in flagged.patches] == [True] and not plain.patches
 
 
-def test_sweep_bars_show_each_jobs_accuracies_and_a_failed_job_says_why():
+def test_sweep_dots_show_each_jobs_accuracies_and_a_failed_job_says_why():
     rows = [{"job": "0_model=cnn", "varied": "model=cnn", "status": "ok", "val/acc_best": 0.99, "test/acc": 0.98, "error": ""},
             {"job": "1_model=mlp", "varied": "model=mlp", "status": "failed", "val/acc_best": None, "test/acc": None,
              "error": "CUDA out of memory"}]
     ax = sweep_figure(rows).axes[0]
-    val_bars, test_bars = ax.containers  # blue, then orange
-    assert [bar.get_width() for bar in val_bars] == [0.99, 0.0]
-    assert [bar.get_width() for bar in test_bars] == [0.98, 0.0]
+    val_dots, test_dots = ax.lines  # blue, then orange; none for the failed job
+    assert list(val_dots.get_xdata()) == [0.99] and list(test_dots.get_xdata()) == [0.98]
+    assert list(val_dots.get_ydata()) < list(test_dots.get_ydata()) < [1]  # in the first job's row
+    assert not ax.containers  # no bars, whose length from a cut axis would mislead
+    assert {"99.00%", "98.00%"} <= {text.get_text() for text in ax.texts}
     assert "failed: CUDA out of memory" in [text.get_text() for text in ax.texts]
 
 
 def test_the_sweep_legend_covers_no_accuracy_label():
-    """A bar at 100% has its label past the end of the axes, where the legend once was."""
+    """A dot at 100% has its label past the end of the axes, where the legend once was."""
     rows = [{"job": f"{n}_seed={n}", "varied": f"seed={n}", "status": "ok", "val/acc_best": 1.0, "test/acc": accuracy,
              "error": ""} for n, accuracy in enumerate((1.0, 0.99, 0.995))]
     figure = sweep_figure(rows)

@@ -252,6 +252,10 @@ def test_inputs_can_be_a_file_a_folder_a_glob_or_a_list(tmp_path):
     for n in reversed(range(10)):  # made out of order: the folder lists them in an order of its own
         (digits / f"{n}.png").touch()
     assert find_inputs(f"{digits}/*.png") == [digits / f"{n}.png" for n in range(10)]  # a glob's files: sorted too
+    deep = tmp_path / "sub" / "a" / "b" / "deep.png"
+    deep.parent.mkdir(parents=True)
+    deep.touch()
+    assert find_inputs(f"{tmp_path}/sub/**/*.png") == [deep]  # ** goes down any number of folders
     assert find_inputs(str(tmp_path / "notes.txt")) == [tmp_path / "notes.txt"]  # named explicitly: tried, reported
     assert find_inputs([str(tmp_path / "b.png"), f"{tmp_path}/b*"]) == [tmp_path / "b.png"]
     for inputs, message in [
@@ -329,6 +333,8 @@ def test_json_output_and_preview_sheet(tmp_path, synthetic_checkpoint):
     with torch.inference_mode():  # prepared with the checkpoint's normalization, the fixture's mean 0.5 and std 0.6
         expected = model(digit_tensor(Path(written[0]["path"]), 0.5, 0.6).unsqueeze(0)).softmax(dim=1)[0]
     assert written[0]["probs"] == pytest.approx(expected.tolist(), abs=1e-5)
+    plain = digit_tensor(Path(written[0]["path"]), 0.0, 1.0)  # ink in [0, 1], as the training images before theirs
+    assert torch.allclose(digit_tensor(Path(written[0]["path"]), 0.5, 0.6), (plain - 0.5) / 0.6)
 
     with Image.open(tmp_path / "run" / "predictions.png") as preview:
         assert preview.format == "PNG" and preview.width > 100
@@ -346,6 +352,9 @@ def test_low_confidence_is_marked_in_the_table_and_in_red_on_the_preview(tmp_pat
     sure_line, unsure_line = prediction_table(predictions, top_k=2).splitlines()[1:]
     assert sure_line.startswith("sure.png") and "low confidence" not in sure_line
     assert unsure_line.startswith("unsure.png") and unsure_line.endswith("  <- low confidence")
+    ranked = {"path": "ranked.png", "digit": 7, "confidence": 0.6,
+              "probs": [0.0, 0.05, 0.0, 0.0, 0.0, 0.0, 0.0, 0.6, 0.3, 0.05]}
+    assert prediction_table([ranked], top_k=3).splitlines()[1].endswith("7 (0.60)  8 (0.30)  1 (0.05)")  # likeliest first
 
     sheets = []
     real_sheet = src.plots.digit_sheet.digit_sheet

@@ -309,6 +309,11 @@ def test_a_test_limit_that_leaves_no_batch_is_refused_before_training(tmp_path, 
         assert exited.value.code == 1 and len(errors) == 1 and errors[0].startswith(message), errors
         assert not (tmp_path / "checkpoints").exists()  # nothing trained
     assert train(compose_config([*settings, "test=false"]))["status"] == "ok"  # nothing to test: nothing to refuse
+    # The least fraction it names is enough: 0.333 of 3 batches is still none.
+    three_batches = [*tiny_run_overrides(synthetic_data_dir, tmp_path / "three"), "model=mlp", "data.eval_batch_size=34"]
+    with pytest.raises(UserInputError, match=r"the test set is 3 batches of up to 34 images\. Use at least 0\.334, "):
+        train(compose_config([*three_batches, "++trainer.limit_test_batches=0.333"]))
+    assert train(compose_config([*three_batches, "++trainer.limit_test_batches=0.334"]))["status"] == "ok"
 
 
 def test_a_recipe_for_another_model_is_named_as_such(tmp_path, synthetic_data_dir):
@@ -368,8 +373,30 @@ def test_an_empty_run_folder_is_refused_before_hydra_writes_into_the_current_fol
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_run_folder_that_cannot_be_made_is_one_line_before_any_work(tmp_path):
+    """Hydra made it first, and a file in the way or a read-only place ended in a traceback of three exceptions."""
+    in_the_way = tmp_path / "a_file"
+    in_the_way.write_text("")
+    for words, setting in ((["model=mlp"], "hydra.run.dir"), (["-m", "seed=1,2"], "hydra.sweep.dir")):
+        result = run_module("src.train", *words, f"paths.log_dir={in_the_way}/runs")
+        assert result.returncode == 1 and result.stderr.startswith(
+            f"Cannot make the folder {in_the_way}/runs/"), result.stderr[-2000:]
+        assert f": {in_the_way} is a file, not a folder. Give a folder you can write to: paths.log_dir=<folder> " \
+               f"(where dated run folders are made) or {setting}=<folder>.\n" in result.stderr
+        assert "Traceback" not in result.stderr
+    from src import api
+
+    with pytest.raises(UserInputError, match=rf"^Cannot make the folder {in_the_way}/run: {in_the_way} is a file"):
+        api.evaluate("ckpt_path=x.ckpt", f"hydra.run.dir={in_the_way}/run")
+    assert in_the_way.read_text() == ""
+
+
 @pytest.mark.parametrize("module, words, expected", [
     ("src.eval", ["runs/a/last.ckpt"], "'runs/a/last.ckpt' has no key: settings are key=value, such as ckpt_path=runs/a/last.ckpt."),
+    ("src.train", ["runs/a/last.ckpt"], "'runs/a/last.ckpt' has no key: settings are key=value, such as ckpt_path=runs/a/last.ckpt."),
+    ("src.eval", ["runs/a/best"], "'runs/a/best' has no key: settings are key=value, such as ckpt_path=runs/a/best."),
+    ("src.train", ["-c", "job", "-m", "seed=1,2"], "--cfg shows the config of one run and cannot be combined with -m: "
+                                                   "leave out -m and give one value per setting to see that job's config."),
     ("src.predict", ["ckpt_path=a.ckpt", "zero.jpg"], "'zero.jpg' has no key: settings are key=value, such as inputs=zero.jpg."),
     ("src.train", ["model=cnn", "mlp"], "'mlp' has no key: settings are key=value, such as model=mlp or trainer.max_epochs=3."),
 ])

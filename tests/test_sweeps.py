@@ -170,6 +170,7 @@ def test_the_jobs_an_interruption_kept_from_starting_are_listed_under_their_fold
     stopped, whole = summary_rows(tmp_path / "stopped"), summary_rows(tmp_path / "whole")
     assert [row["job"] for row in stopped] == [row["job"] for row in whole] and len(whole) == 4
     assert [row["status"] for row in stopped] == ["interrupted", "not run", "not run", "not run"]
+    assert {row["error"] for row in stopped[1:]} == {"the sweep was stopped (Ctrl-C) before this job started"}
     assert [row["varied"] for row in stopped] == [row["varied"] for row in whole]
 
     # Options chosen by glob() are listed too; folders named otherwise (hydra.sweep.subdir) are not guessed at.
@@ -200,7 +201,9 @@ def test_sigterm_outside_training_is_reported_and_stops_the_sweep_with_its_summa
     # Not the same command: the sweep's folder is taken now (the job's metrics.json says it was interrupted).
     assert re.search(r"Stopped by SIGTERM outside training and testing: nothing was saved at that moment\. Run this job "
                      r"again on its own: python -m src\.train .*model=mlp seed=1 ", output) and "Traceback" not in output
-    assert [row["status"] for row in summary_rows(sweep_dir)] == ["interrupted", "not run"]
+    rows = summary_rows(sweep_dir)
+    assert [row["status"] for row in rows] == ["interrupted", "not run"]
+    assert rows[1]["error"] == "the sweep was stopped (SIGTERM) before this job started"
 
 
 class SignalOnceBothJobsTrain(pl.Callback):
@@ -279,6 +282,8 @@ def test_a_stop_request_left_by_another_command_is_ignored(tmp_path):
     (tmp_path / MARKER).write_text("130 999999999")
     assert requested_exit_code(tmp_path) is None
     request_stop(tmp_path, 143)
+    assert requested_exit_code(tmp_path) == 143
+    request_stop(tmp_path, 130)  # a second signal (Ctrl-C after SIGTERM): the sweep ends with the first one's code
     assert requested_exit_code(tmp_path) == 143
 
 

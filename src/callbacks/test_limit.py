@@ -3,6 +3,8 @@ the whole training: a run that tests after fitting checks it as fitting starts, 
 
 from __future__ import annotations
 
+import math
+
 import pytorch_lightning as pl
 
 from src.errors import UserInputError
@@ -15,9 +17,10 @@ class TestLimitCheck(pl.Callback):
             return
         batches = len(trainer.datamodule.test_dataloader())  # this process's share of the test set
         if int(batches * limit) < 1:
+            enough = math.ceil(1000 / batches) / 1000  # 1/3 shown as 0.333 would be refused again
             share = f"each of the {trainer.world_size} processes tests" if trainer.world_size > 1 else "the test set is"
             raise UserInputError(
                 f"trainer.limit_test_batches={limit} leaves no batch to test: {share} {batches} "
                 f"batch{'es' if batches > 1 else ''} of up to {trainer.datamodule.hparams.eval_batch_size} images. Use at "
-                f"least {1 / batches:.3g}, or a number of batches such as ++trainer.limit_test_batches=1."
+                f"least {enough:g}, or a number of batches such as ++trainer.limit_test_batches=1."
             )

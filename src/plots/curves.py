@@ -30,6 +30,7 @@ def learning_curves_figure(history: Sequence[dict[str, float]], label_smoothing:
         if ax.get_legend_handles_labels()[0]:  # nothing logged for this metric (a run stopped early): no legend
             ax.legend()
     loss_ax.set_yscale("log")
+    loss_ax.set_ylabel("log scale")
     # Plain numbers (0.6, 1.5) rather than matplotlib's 6×10^-1 on a log axis; minor ticks labelled only where the
     # losses span less than a decade or two, as matplotlib decides for its own labels.
     loss_ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))

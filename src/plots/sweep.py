@@ -1,21 +1,25 @@
 from __future__ import annotations
 
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from src.plots import short_label
 
 
 def sweep_figure(rows: list[dict]) -> Figure:
-    """Horizontal bars per job: best validation and test accuracy; failed jobs are labelled as such."""
+    """A row per job with its best validation and test accuracy as dots; failed jobs are labelled as such."""
     figure = Figure(figsize=(9, 1.0 + 0.5 * len(rows)), layout="constrained")
     ax = figure.subplots()
     varied = _with_short_keys([row["varied"] for row in rows])
     labels = [short_label(f"{row['job'].split('_', 1)[0]}: {text}", 48) for row, text in zip(rows, varied)]
     positions = range(len(rows))
-    for offset, key, color in ((-0.2, "val/acc_best", "tab:blue"), (0.2, "test/acc", "tab:orange")):
-        values = [row[key] if row["status"] == "ok" and row[key] is not None else 0.0 for row in rows]
-        bars = ax.barh([p + offset for p in positions], values, height=0.4, color=color, label=key)
-        ax.bar_label(bars, labels=[f"{v:.2%}" if v else "" for v in values], fontsize=7, padding=2)
+    # Dots, not bars: the axis starts near the lowest accuracy, where a bar's length would overstate differences.
+    for offset, key, color in ((-0.15, "val/acc_best", "tab:blue"), (0.15, "test/acc", "tab:orange")):
+        points = [(row[key], position + offset) for position, row in zip(positions, rows)
+                  if row["status"] == "ok" and row[key] is not None]
+        ax.plot([x for x, _ in points], [y for _, y in points], "o", color=color, label=key)
+        for x, y in points:
+            ax.annotate(f"{x:.2%}", (x, y), xytext=(5, 0), textcoords="offset points", va="center", fontsize=7)
     for position, row in zip(positions, rows):
         if row["status"] != "ok":
             ax.text(0.01, position, f"{row['status']}: {row['error'][:60]}", va="center", color="tab:red", fontsize=8,
@@ -24,8 +28,10 @@ def sweep_figure(rows: list[dict]) -> Figure:
     low = min(ok_values, default=0.0)
     ax.set_xlim(max(0.0, low - (1 - low) * 0.5 - 0.002), 1.0)
     ax.set_yticks(list(positions), labels, fontsize=8)
-    ax.invert_yaxis()
+    ax.set_ylim(len(rows) - 0.5, -0.5)  # the first job on top, each row its full height
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{100 * x:.4g}%"))  # 99.6%, not 99.600%
     ax.set_xlabel("accuracy")
+    ax.grid(axis="y", alpha=0.3)  # a line along each job's row
     ax.set_title("sweep: best validation and test accuracy per job")
     # Below the axes: beside them it covered the labels of bars at 100%, which reach past the axes.
     figure.legend(loc="outside lower center", ncols=2)

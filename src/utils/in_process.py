@@ -31,6 +31,7 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str,
     from hydra.initialize import get_gh_backup, restore_gh_from_backup
     from hydra.types import RunMode
 
+    from src.utils.output_folders import folder_problem
     from src.utils.run_folders import discard_refused_run
 
     words = _setting_words(overrides, config_name)
@@ -42,6 +43,9 @@ def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str,
                                  f"{' '.join(words)}")
         HydraConfig.instance().set_config(cfg)  # hydra.run.dir and paths.output_dir read it
         folder = _run_folder(cfg)
+        problem = folder_problem(folder, "hydra.run.dir")
+        if problem:
+            raise UserInputError(problem)
         try:
             return folder, _run_in(folder, work, cfg)
         except UserInputError:

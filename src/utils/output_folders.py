@@ -3,11 +3,43 @@ TensorBoard run it would overwrite or mix with its own)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from src.errors import RunFolderTaken
+
+
+class FolderCheck(Callback):
+    """A run or sweep folder that cannot be made (a read-only place, a file in the way) is one line and exit code 1
+    before Hydra tries to make it, which ended in a traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        problem = folder_problem(Path(str(config.hydra.run.dir)), "hydra.run.dir")  # resolved once: this run's
+        if problem:
+            sys.exit(problem)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        problem = folder_problem(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
+        if problem:
+            sys.exit(problem)
+
+
+def folder_problem(folder: Path, setting: str) -> str | None:
+    """Why `folder` (the value of `setting`) cannot be made or written into, or None."""
+    folder = folder.expanduser().absolute()
+    existing = next(path for path in [folder, *folder.parents] if path.exists())
+    if not existing.is_dir():
+        why = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{existing} cannot be written to (no permission, or a read-only file system)"
+    else:
+        return None
+    return (f"Cannot make the folder {folder}: {why}. Give a folder you can write to: paths.log_dir=<folder> (where "
+            f"dated run folders are made) or {setting}=<folder>.")
 
 
 def refuse_a_used_folder(output_dir: Path, resumable: bool) -> None:
