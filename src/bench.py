@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -91,8 +92,14 @@ def whole_process(command: list[str], log: Path) -> tuple[float, float]:
         _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
     if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{log.read_text()[-2000:]}")
+        lines = log.read_text().splitlines()
+        errors = [line.split("[ERROR] - ", 1)[1] for line in lines if "[ERROR] - " in line]  # the run's own message
+        raise BenchFailed(f"{' '.join(command)} failed: " + (errors[-1] if errors else "\n" + "\n".join(lines[-20:])))
     return wall, usage.ru_maxrss / 1024
+
+
+class BenchFailed(Exception):
+    """A run the benchmark started failed: its message, without this process's traceback."""
 
 
 def main() -> None:
@@ -113,6 +120,15 @@ def main() -> None:
         print(json.dumps(plain_training(args.data_dir, config["model"], config["data"], args.device, config["seed"])))
         return
 
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
+        parser.error(f"--device {args.device}: it must be cpu, cuda or cuda:N.")
+    if not args.quick:  # each run would fail on its own after the others had run, with the same message
+        from src.data.mnist_files import MNISTDataError, ensure_mnist_files
+
+        try:
+            ensure_mnist_files(args.data_dir, download=False)
+        except MNISTDataError as err:
+            parser.error(f"--data-dir {args.data_dir}: {err}")
     if args.device.startswith("cuda"):
         import torch
 
@@ -122,6 +138,8 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="mnist-bench-"))
     try:
         rows = measure(args, work)
+    except BenchFailed as err:
+        sys.exit(f"python -m src.bench: {err}")
     finally:
         shutil.rmtree(work, ignore_errors=True)  # runs, checkpoints, logs: a failure's log tail is in its error
 

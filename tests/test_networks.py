@@ -37,8 +37,11 @@ def test_pooled_blocks_halve_the_image_and_unpooled_ones_shrink_it_by_the_kernel
 
 
 def test_sizes_that_cannot_work_are_named():
-    with pytest.raises(UserInputError, match=r"model.kernel_size=\[5, 3\] is invalid: give one size, or one per entry"):
+    with pytest.raises(UserInputError, match=r"^model\.channels=\[8, 16, 32\] makes 3 blocks, but model\.kernel_size=\[5, 3\] "
+                                             r"gives 2 sizes: give one size per block, or one for all \(model\.kernel_size=3\)\.$"):
         cnn_network([8, 16, 32], [5, 3], 1, 32, 0.0, True)
+    with pytest.raises(UserInputError, match=r"^model\.channels=\[\] is invalid: the CNN needs at least one block"):
+        cnn_network([], 3, 1, 32, 0.0, True)
     with pytest.raises(UserInputError, match=r"to nothing \(model.pool=false\): use fewer blocks or smaller kernels\.$"):
         cnn_network([8] * 7, 5, 1, 32, 0.0, True, pool=False)
     with pytest.raises(UserInputError, match=r"model.channels=\[8, 8, 8, 8, 8\] .* \(model.pool=true\): use fewer blocks\.$"):

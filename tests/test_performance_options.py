@@ -116,6 +116,19 @@ def test_the_benchmark_on_cuda_without_a_gpu_is_one_clear_message():
     assert "Traceback" not in result.stderr
 
 
+def test_the_benchmark_refuses_a_bad_device_or_missing_data_at_once_and_names_a_failed_runs_error(tmp_path):
+    """Each ended in a traceback and 2,000 characters of a child process's log, the cause somewhere inside."""
+    from src.bench import BenchFailed, whole_process
+
+    for arguments, message in ((["--device", "gpu"], "--device gpu: it must be cpu, cuda or cuda:N."),
+                               (["--data-dir", str(tmp_path)], f"--data-dir {tmp_path}: MNIST files are missing")):
+        result = run_module("src.bench", *arguments, timeout=120)
+        assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+    failing = [sys.executable, "-c", "print('[2026-12-03][src.utils.run][ERROR] - data.val_size=0 is invalid'); exit(1)"]
+    with pytest.raises(BenchFailed, match=r" failed: data.val_size=0 is invalid$"):
+        whole_process(failing, tmp_path / "run.log")
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script would run its 8 minutes")
 def test_gpu_figures_script_stops_with_one_clear_message_without_a_gpu(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # this venv's python

@@ -241,6 +241,15 @@ def test_non_images_are_a_clear_error(tmp_path):
             read_grayscale(tmp_path / name)
 
 
+def test_an_image_past_pillows_size_limit_is_told_to_be_scaled_down(tmp_path, monkeypatch):
+    """A 200-megapixel phone photo is past it: it read as "not a readable image (... decompression bomb DOS attack)"."""
+    save(draw_six(), tmp_path / "six.png")  # 300×200 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 20_000)  # an error from 2 × 20,000 pixels on
+    with pytest.raises(DigitImageError, match=r"^too large to read \(0.06 megapixels, more than Pillow's limit of 0.04\): "
+                                              r"scale it down, e.g. to 2000 pixels on its longer side$"):
+        read_grayscale(tmp_path / "six.png")
+
+
 def test_inputs_can_be_a_file_a_folder_a_glob_or_a_list(tmp_path):
     for name in ("b.png", "a.JPG", "c.bmp", ".hidden.png", "notes.txt"):
         (tmp_path / name).touch()

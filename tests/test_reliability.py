@@ -4,6 +4,7 @@ atomic checkpoint writes; DDP on 2 CPU processes."""
 from __future__ import annotations
 
 import errno
+import gzip
 import json
 import logging
 import os
@@ -51,6 +52,9 @@ def break_file(data_dir: Path, how: str) -> None:
         (raw / "t10k-labels-idx1-ubyte").write_bytes(b"PK\x03\x04" + bytes(200))
     elif how == "gzip under a plain name":
         (raw / "t10k-labels-idx1-ubyte.gz").rename(raw / "t10k-labels-idx1-ubyte")
+    elif how == "plain under a gzip name":  # a browser decompressed it and kept the name
+        labels = raw / "t10k-labels-idx1-ubyte.gz"
+        labels.write_bytes(gzip.decompress(labels.read_bytes()))
     elif how == "counts disagree":
         write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(399, dtype=np.uint8))
     elif how == "label out of range":
@@ -150,6 +154,8 @@ DATA_CASES = {
     "truncated": "train-images-idx3-ubyte.gz: cannot read this file",
     "wrong magic": "t10k-labels-idx1-ubyte: not an IDX file (bad magic number 504b0304). It is not an MNIST file",
     "gzip under a plain name": "t10k-labels-idx1-ubyte: a gzip archive under a plain name. Rename it to t10k-labels-idx1-ubyte.gz",
+    "plain under a gzip name": "t10k-labels-idx1-ubyte.gz: an uncompressed IDX file under a .gz name. Rename it to "
+                               "t10k-labels-idx1-ubyte (it is read as it is).",
     "counts disagree": "has 400 images but",
     "label out of range": "t10k-labels-idx1-ubyte.gz: labels must be digits 0-9, found 11",
     "a file as data_dir": "is a file; it must name a folder: the one that holds MNIST/raw/",
@@ -447,6 +453,15 @@ def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
     (["~seed=42"], "eval", "~seed=42 would delete `seed`, which every eval run reads"),
     (["~top_k"], "predict", "~top_k would delete `top_k`, which every predict run reads: set it instead (top_k=<value>)."),
     (["++task_name=my/run"], "train", "task_name=my/run is invalid: the task name names the run's log file"),
+    (["task_name=''"], "train", "task_name='' is invalid: the task name names the run's log file (<task_name>.log), so "
+                                "it cannot be empty or hold '/'."),
+    (["trainer.max_epochs", "=", "3"], "train", "'trainer.max_epochs = 3': a setting is one word, without spaces "
+                                                "around '=': trainer.max_epochs=3."),
+    (["model=mlp", "inputs=", "a.png"], "predict", "'inputs= a.png': a setting is one word, without spaces around '=': "
+                                                   "inputs=a.png."),
+    (["model.optimizer.lr", "=0.01"], "train", "'model.optimizer.lr =0.01': a setting is one word"),
+    (["model.optimizer.lr:0.01"], "train", "'model.optimizer.lr:0.01' has no key: settings are key=value, such as "
+                                           "model.optimizer.lr=0.01."),
     (["-m", "ckpt_path=a.ckpt,b.ckpt", "inputs=x.png"], "predict", "src.predict does not sweep: it classifies with one checkpoint"),
     (["hydra.mode=MULTIRUN", "inputs=x.png"], "predict", "src.predict does not sweep"),
     (["hydra.mode='MULTIRUN'", "inputs=x.png"], "predict", "src.predict does not sweep"),

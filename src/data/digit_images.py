@@ -9,6 +9,7 @@ and pen strokes too thin to survive the shrink to 20×20 widened.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -42,13 +43,23 @@ class DigitImageError(UserInputError):
     """One input file that is not a readable image, or has no digit on it."""
 
 
+def _megapixels(err: Exception) -> str:
+    """The image's size in Pillow's message ("Image size (196000000 pixels) exceeds ..."), in megapixels."""
+    found = re.search(r"\((\d+) pixels\)", str(err))
+    return f"{int(found.group(1)) / 1e6:.3g}" if found else "too many"
+
+
 def read_grayscale(path: str | Path) -> np.ndarray:
     """The image as H×W float32 in [0, 1], transparent parts replaced by the paper colour."""
     try:
         with Image.open(path) as opened:
             # Phone photos are often stored sideways, with a tag that says how to turn them upright.
             image = ImageOps.exif_transpose(opened)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
+    except Image.DecompressionBombError as err:  # Pillow's guard against files that unpack to gigabytes
+        raise DigitImageError(f"too large to read ({_megapixels(err)} megapixels, more than Pillow's limit of "
+                              f"{Image.MAX_IMAGE_PIXELS * 2 / 1e6:.3g}): scale it down, e.g. to 2000 pixels on its "
+                              "longer side") from err
+    except (UnidentifiedImageError, OSError, ValueError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DigitImageError(f"not a readable image ({reason})") from err
     if image.mode in ("P", "PA"):

@@ -88,10 +88,13 @@ def cnn_network(
     kernel_sizes = ([kernel_size] * len(channels) if isinstance(kernel_size, int)
                     else as_size_list("kernel_size", kernel_size, "[5,3,3] (one per block) or 3"))
     check_sizes("kernel_size", kernel_size, kernel_sizes)
-    if len(kernel_sizes) != len(channels):
+    if not channels:
+        raise UserInputError("model.channels=[] is invalid: the CNN needs at least one block, e.g. model.channels=[32,64].")
+    if len(kernel_sizes) != len(channels):  # either may be the one changed: the config sets both
         raise UserInputError(
-            f"model.kernel_size={override_value(kernel_size)} is invalid: "
-            f"give one size, or one per entry of model.channels={override_value(channels)}."
+            f"model.channels={override_value(channels)} makes {len(channels)} blocks, but "
+            f"model.kernel_size={override_value(kernel_size)} gives {len(kernel_sizes)} sizes: give one size per block, "
+            f"or one for all (model.kernel_size={kernel_sizes[-1]})."
         )
     blocks, in_channels, side = [], 1, IMAGE_SIDE
     for index, (out_channels, size) in enumerate(zip(channels, kernel_sizes)):

@@ -4,6 +4,7 @@ with one line each, paths quoted for Hydra, `logger=null`/`callbacks=null` read 
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from pathlib import Path
 
@@ -33,6 +34,9 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
         # Relative paths given on the command line (ckpt_path, inputs, data.data_dir) would be read inside the new run
         # folder, and a resume would take its checkpoint's run for a new one and overwrite that run's records.
         return CHDIR_NOT_SUPPORTED
+    spaced = _spaced_setting(arguments)
+    if spaced:
+        return spaced
     for word in words_without_a_key(arguments):
         return f"'{word}' has no key: settings are key=value, such as {_likely_setting(word, entry_point)}."
     multirun = is_multirun(arguments)
@@ -73,9 +77,10 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
         if word.startswith("~") and key in _top_level_settings(entry_point):
             value = "null for an unseeded run" if key == "seed" else "<value>"
             return f"{word} would delete `{key}`, which every {entry_point} run reads: set it instead ({key}={value})."
-        if word.lstrip("+").startswith("task_name=") and "/" in word.partition("=")[2]:
+        task_name = word.partition("=")[2]
+        if word.lstrip("+").startswith("task_name=") and ("/" in task_name or not task_name.strip("'\" ")):
             return (f"{word.lstrip('+')} is invalid: the task name names the run's log file (<task_name>.log), so it "
-                    "cannot hold '/'. Use another name, e.g. task_name=my_run.")
+                    "cannot be empty or hold '/'. Use another name, e.g. task_name=my_run.")
     return None
 
 
@@ -214,7 +219,27 @@ def words_without_a_key(arguments: list[str]) -> list[str]:
             if "=" not in word and not word.startswith(("-", "~")) and before not in _FLAGS_WITH_A_VALUE]
 
 
+def _spaced_setting(arguments: list[str]) -> str | None:
+    """Why `key = value` (or `key =value`, `key= value`) is refused: the shell made several words of one setting,
+    which Hydra reads as a word without a key, or as an empty value and another word."""
+    for index, word in enumerate(arguments):
+        before = arguments[index - 1] if index else ""
+        after = arguments[index + 1] if index + 1 < len(arguments) else ""
+        if word == "=" and before and after:
+            typed, meant = f"{before} = {after}", f"{before}={after}"
+        elif word.startswith("=") and len(word) > 1 and before and "=" not in before:
+            typed, meant = f"{before} {word}", before + word
+        elif word.endswith("=") and word.count("=") == 1 and after and "=" not in after and not after.startswith("-"):
+            typed, meant = f"{word} {after}", word + after
+        else:
+            continue
+        return f"'{typed}': a setting is one word, without spaces around '=': {meant}."
+    return None
+
+
 def _likely_setting(word: str, entry_point: str) -> str:
+    if re.fullmatch(r"[A-Za-z_][\w.]*:[^/]+", word):  # model.optimizer.lr:0.01, as YAML writes it
+        return word.replace(":", "=", 1)
     if word.endswith(".ckpt") or entry_point == "eval":
         return f"ckpt_path={word}"
     return f"inputs={word}" if entry_point == "predict" else "model=mlp or trainer.max_epochs=3"
