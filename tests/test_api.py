@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -47,7 +48,8 @@ def _seeded_draws(seed: int) -> tuple:
     return draws
 
 
-def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path, synthetic_data_dir, monkeypatch, capsys):
+def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path, synthetic_data_dir, monkeypatch, capsys,
+                                                                      request):
     overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
     overrides.append("trainer.max_epochs=2")
     root, lightning = logging.getLogger(), logging.getLogger("pytorch_lightning")
@@ -58,6 +60,8 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     callers_log = logging.FileHandler(tmp_path / "notebook.log")
     monkeypatch.setattr(root, "handlers", [*root.handlers, callers_log])
     root_handlers = root.handlers[:]
+    request.addfinalizer(functools.partial(root.setLevel, root.level))
+    root.setLevel(logging.WARNING)  # the notebook's own level: the run logs at INFO, then leaves it as it was
     for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # the caller's seed variables: none
         monkeypatch.delenv(name, raising=False)
     callers_draws = _seeded_draws(123)  # the caller's own random streams, seeded before the run
@@ -91,6 +95,7 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     (tmp_path / "aside").rename(run.dir / "tensorboard")
     # The caller's logging and Hydra state are as they were.
     assert root.handlers == root_handlers and lightning.handlers == [lightnings_own] and not lightning.propagate
+    assert root.level == logging.WARNING
     logging.getLogger("notebook").warning("after the run")
     assert "after the run" in (tmp_path / "notebook.log").read_text()  # the caller's own log still writes
     assert not HydraConfig.initialized()
@@ -271,6 +276,29 @@ def test_show_displays_the_figures_in_a_notebook_and_lists_them_elsewhere(tmp_pa
         run.show()
         assert shown == expected
     assert capsys.readouterr().out.split() == [str(tmp_path / "confusion_matrix.png"), str(tmp_path / "learning_curves.png")]
+    # No figures: a prediction run is told how to get its preview; a run that trains draws its figures itself.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    api.Run(empty, predictions=[{"path": "six.png"}]).show()
+    api.Run(empty, metrics={"status": "ok"}).show()
+    assert capsys.readouterr().out.splitlines() == [f"No figures in {empty} (save_preview=true draws the predictions)",
+                                                    f"No figures in {empty}"]
+
+
+def test_a_run_prints_through_the_callers_console_handler_alone_when_there_is_one(tmp_path, monkeypatch):
+    """A second console handler printed every line twice."""
+    from src.utils.in_process import _run_handlers
+
+    log_config = {"handlers": {"console": {"stream": "ext://sys.stdout", "formatter": "simple"},
+                               "file": {"filename": str(tmp_path / "train.log"), "formatter": "simple"}},
+                  "formatters": {"simple": {"format": "%(message)s"}}}
+    console, log_file = _run_handlers(log_config, ["console", "file"])
+    assert type(console) is logging.StreamHandler and console.stream is sys.stdout
+    log_file.close()
+    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.StreamHandler(sys.stdout)])
+    (log_file,) = _run_handlers(log_config, ["console", "file"])
+    assert isinstance(log_file, logging.FileHandler)
+    log_file.close()
 
 
 def test_a_notebook_shows_a_reported_error_as_its_message_alone(monkeypatch):
@@ -295,7 +323,8 @@ def test_a_ctrl_c_outside_training_is_reported_and_logged_as_on_the_command_line
 
     monkeypatch.setattr(src.train, "train", interrupted_while_loading)
     callers_hook = threading.excepthook
-    with pytest.raises(RunInterrupted, match="Stopped by Ctrl-C outside training and testing"):
+    with pytest.raises(RunInterrupted, match=r"^Stopped by Ctrl-C outside training and testing: nothing was saved at "
+                                             r"that moment\. Run the same call again\.$"):  # a call, not a command
         api.train(f"paths.log_dir={tmp_path}", "hydra.output_subdir=null")
     # A full disk in TensorBoard's thread is one line during the run, as on the command line; the hook is put back.
     assert getattr(hooks_during_the_run[0], "reports_disk_errors", False) and threading.excepthook is callers_hook

@@ -715,6 +715,15 @@ def test_a_resume_takes_the_cpu_threads_its_checkpoint_was_trained_with(tmp_path
         finally:
             torch.set_num_threads(callers)
 
+    # All the cores here, as the checkpoint's run had: followed, up to and with the last one.
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("src.utils.jobs.usable_cpus", lambda: 2)
+    try:
+        torch.set_num_threads(1)
+        follow_the_checkpoints_threads({"cpu_threads": 2}, pl.Trainer(accelerator="cpu", logger=False))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(callers)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert threads_resuming_from_one_with_two() == 2
     assert ("The checkpoint was trained with 1 CPU threads; this resume uses 2 (OMP_NUM_THREADS), so it may differ "
@@ -723,6 +732,19 @@ def test_a_resume_takes_the_cpu_threads_its_checkpoint_was_trained_with(tmp_path
     monkeypatch.setattr("src.utils.jobs.parallel_jobs", lambda: 2)
     assert threads_resuming_from_one_with_two() == 2
     assert "this resume uses 2 (its share of the cores in this parallel sweep)" in caplog.text
+
+
+def test_only_a_normalization_given_other_than_the_checkpoints_is_named_as_not_used(monkeypatch, caplog):
+    from omegaconf import OmegaConf
+
+    from src.utils.config_io import take_the_checkpoints_settings
+
+    monkeypatch.setattr("src.utils.command_words.command_overrides", lambda: ["data.mean=0.5", "data.std=0.7"])
+    cfg = OmegaConf.create({"data": {"mean": 0.5, "std": 0.7}})
+    with caplog.at_level(logging.WARNING):
+        take_the_checkpoints_settings(cfg, {"datamodule_hyper_parameters": {"mean": 0.5, "std": 0.6}})
+    assert "Not used: data.std=0.7 (the checkpoint's: 0.6). The checkpoint's network is tested" in caplog.text
+    assert "data.mean" not in caplog.text and (cfg.data.mean, cfg.data.std) == (0.5, 0.6)
 
 
 def test_a_resume_in_the_same_folder_keeps_the_first_runs_csv_log(tmp_path, synthetic_data_dir):

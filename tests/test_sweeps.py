@@ -337,6 +337,9 @@ def test_summary_table_shows_accuracies_to_four_places_and_seconds_to_two():
     row = {"job": "0_model=mlp", "varied": "model=mlp", "status": "ok", "val/acc_best": 0.965, "test/acc": 0.96981,
            "test/loss": 0.104719, "wall_seconds": 13.7, "error": None, "overrides": "model=mlp"}
     assert markdown_table([row]).splitlines()[-1] == "| 0_model=mlp | model=mlp | ok | 0.9650 | 0.9698 | 0.1047 | 13.70 |  |"
+    # An error with a '|' or a line break stays in its cell: the table keeps its columns.
+    failed = {**row, "status": "failed", "error": "ValueError: expected a|b,\ngot c"}
+    assert markdown_table([failed]).splitlines()[-1].endswith(" | ValueError: expected a\\|b, got c |")
 
 
 def test_one_damaged_metrics_file_does_not_cost_the_summary_of_the_others(tmp_path):
@@ -580,3 +583,5 @@ def test_the_sweeps_tensorboard_command_names_its_subfolder_of_a_logger_folder_s
         assert _tensorboard_folder(config, sweep) == ours
     assert _tensorboard_folder(compose_config([]), sweep) is None  # in the jobs' own folders: the sweep's shows them
     assert _tensorboard_folder(compose_config(["logger=[]"]), sweep) is None
+    # The default save_dir (paths.output_dir, each job's folder) as it resolves in a run: not a shared folder either.
+    assert _tensorboard_folder(compose_config([f"paths.output_dir={tmp_path / 'job'}"]), sweep) is None
