@@ -63,6 +63,8 @@ def test_erasing_touches_its_share_of_images_with_rectangles_of_its_size():
     assert 0.22 < len(touched) / len(images) < 0.28  # erasing_p of the images
     # erasing_area of each image's pixels (the rectangle's sides are whole pixels: a little either way)
     assert 0.03 < touched.min() and touched.max() < 0.13 and 0.065 < touched.mean() < 0.085
+    reached = (BatchAugment(settings, BACKGROUND)(images) == BACKGROUND)[:, 0].any(0)  # H×W: erased in some image
+    assert reached.any(1).all() and reached.any(0).all()  # every row and column, the last ones too
 
 
 def dot_positions(settings: dict, count: int = 256) -> torch.Tensor:
@@ -90,6 +92,17 @@ def test_the_augmentation_moves_digits_as_far_as_configured_and_no_further():
 
     zoomed = dot_positions({**still, "scale": [0.9, 1.1]}).norm(dim=1)
     assert zoomed.min() >= 7.2 - 0.1 and zoomed.max() <= 8.8 + 0.1 and zoomed.max() - zoomed.min() > 1.2
+
+
+def test_an_elastic_field_moves_pixels_by_elastic_alpha_pixels(monkeypatch):
+    """A field of constant noise (each draw at its upper end) moves the whole image by elastic_alpha pixels along
+    each axis: the output reads the input that far to the right and below."""
+    import src.data.augment
+
+    monkeypatch.setattr(src.data.augment, "_uniform", lambda size, low, high, like: torch.full(size, float(high)))
+    moved = dot_positions({"degrees": 0, "translate": 0.0, "scale": [1.0, 1.0], "elastic_alpha": 2.0,
+                           "elastic_sigma": 1.0}, count=1)
+    assert torch.allclose(moved, torch.tensor([[-2.0, 6.0]]), atol=0.05)  # from (0, 8): two pixels up and left
 
 
 def test_uncovered_and_erased_pixels_get_the_background_value():

@@ -116,6 +116,19 @@ def test_the_benchmark_on_cuda_without_a_gpu_is_one_clear_message():
     assert "Traceback" not in result.stderr
 
 
+def test_the_plain_loops_accuracy_is_measured_without_dropout():
+    from src.bench_loops import accuracy
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Dropout(0.9), torch.nn.Linear(4, 2))  # in training mode, as after a fit
+    with torch.no_grad():
+        net[1].weight.copy_(torch.tensor([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]))
+        net[1].bias.zero_()
+    images = torch.tensor([[2.0, 1.0, 0, 0], [1.0, 2.0, 0, 0]]).repeat(500, 1)
+    labels = torch.tensor([0, 1]).repeat(500)
+    assert accuracy(net, images, labels) == 1.0 and net.training  # every one right, and the mode given back
+
+
 def test_the_benchmark_refuses_a_bad_device_or_missing_data_at_once_and_names_a_failed_runs_error(tmp_path):
     """Each ended in a traceback and 2,000 characters of a child process's log, the cause somewhere inside."""
     from src.bench import BenchFailed, whole_process

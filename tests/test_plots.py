@@ -146,6 +146,29 @@ def test_flagged_digits_have_red_captions_and_frames():
     assert [same_color(patch.get_edgecolor(), "tab:red") for patch in flagged.patches] == [True] and not plain.patches
 
 
+def test_validation_figures_come_every_n_epochs_and_at_the_last():
+    figures = DiagnosticFigures(output_dir="unused", every_n_epochs=2)
+    due = [figures._val_figures_due(SimpleNamespace(current_epoch=epoch, max_epochs=5, sanity_checking=False))
+           for epoch in range(5)]
+    assert due == [False, True, False, True, True]  # after epochs 2, 4 and the last, 5 (counted from 1)
+    assert not figures._val_figures_due(SimpleNamespace(current_epoch=1, max_epochs=5, sanity_checking=True))
+
+
+def test_the_validation_sample_sheet_flags_and_captions_the_mistakes_alone(monkeypatch):
+    import src.callbacks.figures
+
+    sheets = []
+    monkeypatch.setattr(src.callbacks.figures, "digit_sheet",
+                        lambda images, captions, flagged, title: sheets.append((captions, flagged, title)))
+    figures = DiagnosticFigures(output_dir="unused")
+    monkeypatch.setattr(figures, "_log", lambda *args: None)
+    figures._val_samples = (torch.zeros(3, 1, 28, 28), torch.tensor([1, 2, 3]), torch.tensor([1, 5, 3]))
+    trainer = SimpleNamespace(sanity_checking=False, current_epoch=1, max_epochs=2, is_global_zero=True, global_step=8)
+    figures.on_validation_end(trainer, SimpleNamespace(confusion={}))
+    assert sheets == [(["1", "5 (true 2)", "3"], [False, True, False],
+                       "validation samples, epoch 1: prediction (true label if wrong)")]
+
+
 def test_sweep_dots_show_each_jobs_accuracies_and_a_failed_job_says_why():
     rows = [{"job": "0_model=cnn", "varied": "model=cnn", "status": "ok", "val/acc_best": 0.99, "test/acc": 0.98, "error": ""},
             {"job": "1_model=mlp", "varied": "model=mlp", "status": "failed", "val/acc_best": None, "test/acc": None,
