@@ -700,7 +700,7 @@ def test_a_resume_takes_the_cpu_threads_its_checkpoint_was_trained_with(tmp_path
                                         f"ckpt_path={last}"]))
     finally:
         torch.set_num_threads(callers)
-    assert "Using 1 CPU threads, as the run that saved the checkpoint did" in caplog.text
+    assert "Using 1 CPU thread, as the run that saved the checkpoint did" in caplog.text
     assert resumed["cpu_threads"] == straight["cpu_threads"] == 1
     assert all(resumed[key] == straight[key] for key in ("val/acc_best", "test/acc", "test/loss"))
 
@@ -726,7 +726,7 @@ def test_a_resume_takes_the_cpu_threads_its_checkpoint_was_trained_with(tmp_path
         torch.set_num_threads(callers)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
     assert threads_resuming_from_one_with_two() == 2
-    assert ("The checkpoint was trained with 1 CPU threads; this resume uses 2 (OMP_NUM_THREADS), so it may differ "
+    assert ("The checkpoint was trained with 1 CPU thread; this resume uses 2 (OMP_NUM_THREADS), so it may differ "
             "from the run it continues in the last bits.") in caplog.text
     # In a parallel sweep's job, joblib sets OMP_NUM_THREADS itself: the job keeps its share of the cores.
     monkeypatch.setattr("src.utils.jobs.parallel_jobs", lambda: 2)

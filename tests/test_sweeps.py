@@ -321,7 +321,7 @@ def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synt
     logs = sorted(sweep_dir.glob("*/train.log"))
     assert len(logs) == 2
     for log_file in logs:
-        assert f"using {threads} CPU threads" in log_file.read_text()
+        assert f"using {threads} CPU thread{'' if threads == 1 else 's'}\n" in log_file.read_text()
         # Recorded, since the CPU results depend on it: a job repeated alone needs OMP_NUM_THREADS=<that number>.
         assert json.loads((log_file.parent / "metrics.json").read_text())["cpu_threads"] == threads
 

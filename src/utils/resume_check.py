@@ -189,9 +189,13 @@ def follow_the_checkpoints_threads(checkpoint: dict, trainer) -> None:
     else:
         why = None
     if why:
-        log.info("The checkpoint was trained with %d CPU threads; this resume uses %d (%s), so it may differ from the "
-                 "run it continues in the last bits.", threads, now, why)
+        log.info("The checkpoint was trained with %s; this resume uses %d (%s), so it may differ from the run it "
+                 "continues in the last bits.", _cpu_threads(threads), now, why)
         return
     torch.set_num_threads(threads)
-    log.info("Using %d CPU threads, as the run that saved the checkpoint did (the sums then continue bit-exact).",
-             threads)
+    log.info("Using %s, as the run that saved the checkpoint did (the sums then continue bit-exact).",
+             _cpu_threads(threads))
+
+
+def _cpu_threads(count: int) -> str:
+    return f"{count} CPU thread{'' if count == 1 else 's'}"
