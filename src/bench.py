@@ -123,12 +123,14 @@ def main() -> None:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         parser.error(f"--device {args.device}: it must be cpu, cuda or cuda:N.")
     if not args.quick:  # each run would fail on its own after the others had run, with the same message
-        from src.data.mnist_files import MNISTDataError, ensure_mnist_files
+        from src.data.mnist_files import missing_files, raw_dir
 
-        try:
-            ensure_mnist_files(args.data_dir, download=False)
-        except MNISTDataError as err:
-            parser.error(f"--data-dir {args.data_dir}: {err}")
+        missing = missing_files(args.data_dir)
+        if missing:
+            parser.error(f"--data-dir {args.data_dir}: {', '.join(missing)} missing in {raw_dir(args.data_dir)}/ (the "
+                         "benchmark does not download). Get them with python -m src.train "
+                         f"data.data_dir={args.data_dir}, which downloads them, or copy them there (README: MNIST "
+                         "offline); or run with --quick.")
     if args.device.startswith("cuda"):
         import torch
 
@@ -176,7 +178,9 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, s
     plain_acc = json.loads((work / "plain.log").read_text().strip().splitlines()[-1])["test_acc"]
 
     ours, per_sample = data_path(cfg, args.device, max_batches=5 if args.quick else 40)
-    rows.append(("1. data path, samples/s", f"{ours:,.0f}", f"{per_sample:,.0f} (torchvision per-sample)", f"{ours / per_sample:.3g}×"))
+    speedup = ours / per_sample
+    rows.append(("1. data path, samples/s", f"{ours:,.0f}", f"{per_sample:,.0f} (torchvision per-sample)",
+                 f"{speedup:,.0f}×" if speedup >= 10 else f"{speedup:.2f}×"))
 
     lightning, plain = interleaved_fits(cfg, args.data_dir, args.device, args.repeats)
     ratio = statistics.median(lt["fit_seconds"] / pt["fit_seconds"] for lt, pt in zip(lightning, plain))

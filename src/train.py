@@ -29,8 +29,8 @@ def train(cfg: DictConfig) -> dict:
     started_run = time.perf_counter()
     from src.models.checkpoint_file import read_checkpoint
     from src.utils.hparams import log_run_hparams
-    from src.utils.instantiate import build_group
     from src.utils.config_io import take_the_checkpoints_settings
+    from src.utils.instantiate import build_group
     from src.utils.run import finish_run, start_run
     from src.utils.trainer_setup import build_trainer
     from src.utils.validate import validate_train_config
@@ -131,12 +131,13 @@ def _fit(cfg: DictConfig, trainer, model, datamodule, ckpt_path: str | None, res
     metrics["epochs"] = trainer.current_epoch
     if model.best_val_acc() is not None:
         metrics["val/acc_best"] = model.best_val_acc()
-    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None
-    metrics["best_model_path"] = best or None
+    best = (trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else None) or None
+    metrics["best_model_path"] = best
     if "tested_checkpoint" in metrics:  # kept from an earlier test, perhaps before the run folder was moved
         metrics["tested_checkpoint"] = metrics["best_model_path"]
     if not best:
-        log.warning("No best checkpoint was saved (no validation ran, or checkpointing is off): testing the final weights.")
+        log.warning("No best checkpoint was saved (no validation ran, or checkpointing is off): testing the final "
+                    "weights.")
     return best
 
 

@@ -106,6 +106,8 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     reopened = api.Run(str(run.dir))  # after a restart of the kernel
     with pytest.raises(UserInputError, match=r"^Run\('.*/no-such-run'\): no such folder\. A run's folder is"):
         api.Run(str(tmp_path / "no-such-run"))  # a mistyped folder, not a run without results
+    with pytest.raises(UserInputError, match=r"metrics\.json'\): no such folder"):
+        api.Run(run.dir / "metrics.json")
     assert reopened.metrics == run.metrics and reopened.figures == run.figures and reopened.history() == history
 
     # Advice names the call to make, not a command line.

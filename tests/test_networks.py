@@ -40,6 +40,8 @@ def test_sizes_that_cannot_work_are_named():
     with pytest.raises(UserInputError, match=r"^model\.channels=\[8, 16, 32\] makes 3 blocks, but model\.kernel_size=\[5, 3\] "
                                              r"gives 2 sizes: give one size per block, or one for all \(model\.kernel_size=3\)\.$"):
         cnn_network([8, 16, 32], [5, 3], 1, 32, 0.0, True)
+    with pytest.raises(UserInputError, match=r"^model\.channels=\[8\] makes 1 block, but model\.kernel_size=\[5, 3\] gives 2"):
+        cnn_network([8], [5, 3], 1, 32, 0.0, True)  # more sizes than blocks: not silently cut
     with pytest.raises(UserInputError, match=r"^model\.channels=\[\] is invalid: the CNN needs at least one block"):
         cnn_network([], 3, 1, 32, 0.0, True)
     with pytest.raises(UserInputError, match=r"to nothing \(model.pool=false\): use fewer blocks or smaller kernels\.$"):

@@ -163,17 +163,30 @@ def test_the_plain_loops_accuracy_is_measured_without_dropout():
     assert accuracy(net, images, labels) == 1.0 and net.training  # every one right, and the mode given back
 
 
-def test_the_benchmark_refuses_a_bad_device_or_missing_data_at_once_and_names_a_failed_runs_error(tmp_path):
+def test_the_benchmark_refuses_a_bad_device_or_missing_data_at_once_and_names_a_failed_runs_error(tmp_path, monkeypatch):
     """Each ended in a traceback and 2,000 characters of a child process's log, the cause somewhere inside."""
     from src.bench import BenchFailed, whole_process
 
     for arguments, message in ((["--device", "gpu"], "--device gpu: it must be cpu, cuda or cuda:N."),
-                               (["--data-dir", str(tmp_path)], f"--data-dir {tmp_path}: MNIST files are missing")):
+                               (["--device", "cuda:1x"], "--device cuda:1x: it must be cpu, cuda or cuda:N."),
+                               (["--data-dir", str(tmp_path)], f"--data-dir {tmp_path}: train-images-idx3-ubyte, "
+                                                               "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
+                                                               "t10k-labels-idx1-ubyte missing in ")):
         result = run_module("src.bench", *arguments, timeout=120)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
-    failing = [sys.executable, "-c", "print('[2026-12-03][src.utils.run][ERROR] - data.val_size=0 is invalid'); exit(1)"]
-    with pytest.raises(BenchFailed, match=r" failed: data.val_size=0 is invalid$"):
+    failing = [sys.executable, "-c", "print('[a][ERROR] - first'); print('[b][ERROR] - data.val_size=0 is invalid'); exit(1)"]
+    with pytest.raises(BenchFailed, match=r" failed: data.val_size=0 is invalid$"):  # the last error: the run's own
         whole_process(failing, tmp_path / "run.log")
+    import src.bench
+
+    def measure(args, work):
+        raise BenchFailed("python -m src.train experiment=fast failed: it broke")
+
+    monkeypatch.setattr(src.bench, "measure", measure)
+    monkeypatch.setattr(sys, "argv", ["src.bench", "--quick"])
+    with pytest.raises(SystemExit) as exited:
+        src.bench.main()
+    assert exited.value.code == "python -m src.bench: python -m src.train experiment=fast failed: it broke"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script would run its 8 minutes")

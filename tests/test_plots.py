@@ -178,6 +178,10 @@ def test_sweep_dots_show_each_jobs_accuracies_and_a_failed_job_says_why():
     assert list(val_dots.get_xdata()) == [0.99] and list(test_dots.get_xdata()) == [0.98]
     assert list(val_dots.get_ydata()) < list(test_dots.get_ydata()) < [1]  # in the first job's row
     assert not ax.containers  # no bars, whose length from a cut axis would mislead
+    bottom, top = ax.get_ylim()
+    assert bottom > top  # the first job on top
+    interrupted = {**rows[0], "status": "interrupted"}  # its metrics are an earlier attempt's: no dot
+    assert not any(len(line.get_xdata()) for line in sweep_figure([interrupted]).axes[0].lines)
     assert {"99.00%", "98.00%"} <= {text.get_text() for text in ax.texts}
     assert "failed: CUDA out of memory" in [text.get_text() for text in ax.texts]
 

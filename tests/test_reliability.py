@@ -53,8 +53,8 @@ def break_file(data_dir: Path, how: str) -> None:
     elif how == "gzip under a plain name":
         (raw / "t10k-labels-idx1-ubyte.gz").rename(raw / "t10k-labels-idx1-ubyte")
     elif how == "plain under a gzip name":  # a browser decompressed it and kept the name
-        labels = raw / "t10k-labels-idx1-ubyte.gz"
-        labels.write_bytes(gzip.decompress(labels.read_bytes()))
+        images = raw / "t10k-images-idx3-ubyte.gz"
+        images.write_bytes(gzip.decompress(images.read_bytes()))
     elif how == "counts disagree":
         write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(399, dtype=np.uint8))
     elif how == "label out of range":
@@ -154,8 +154,8 @@ DATA_CASES = {
     "truncated": "train-images-idx3-ubyte.gz: cannot read this file",
     "wrong magic": "t10k-labels-idx1-ubyte: not an IDX file (bad magic number 504b0304). It is not an MNIST file",
     "gzip under a plain name": "t10k-labels-idx1-ubyte: a gzip archive under a plain name. Rename it to t10k-labels-idx1-ubyte.gz",
-    "plain under a gzip name": "t10k-labels-idx1-ubyte.gz: an uncompressed IDX file under a .gz name. Rename it to "
-                               "t10k-labels-idx1-ubyte (it is read as it is).",
+    "plain under a gzip name": "t10k-images-idx3-ubyte.gz: an uncompressed IDX file under a .gz name. Rename it to "
+                               "t10k-images-idx3-ubyte (it is read as it is).",
     "counts disagree": "has 400 images but",
     "label out of range": "t10k-labels-idx1-ubyte.gz: labels must be digits 0-9, found 11",
     "a file as data_dir": "is a file; it must name a folder: the one that holds MNIST/raw/",
@@ -197,8 +197,9 @@ def prepared_run(tmp_path: Path, good_checkpoint: Path) -> tuple[Path, Path]:
     return data_dir, checkpoint
 
 
-@pytest.mark.parametrize("value", [None, True, False, 3, 2.5, 1e-3, "adam", "cuda:1", "", "cuda 1", "true", "15",
-                                   [0.9, 0.999], (120, 84), ["a", None]])
+@pytest.mark.parametrize("value", [None, True, False, 3, 2.5, 1e-3, "adam", "cuda:1", "", "cuda 1", "true", "True",
+                                   "NULL", "15", "~/data", "/données", "it's", "C:\\digits", [0.9, 0.999], (120, 84),
+                                   ["a", None]])
 def test_a_value_named_in_a_message_reads_back_as_the_same_value(value):
     """Messages write `key=value` as an override does, so that it can be typed back (True and None could not)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -379,6 +380,13 @@ def test_an_empty_run_folder_is_refused_before_hydra_writes_into_the_current_fol
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_stop_without_a_checkpoint_callback_says_nothing_was_saved():
+    from src.utils.interruptions import _stopped
+
+    assert _stopped("SIGTERM", "at epoch 2, step 40", None, saving=False) == (
+        "Training stopped by SIGTERM at epoch 2, step 40. No checkpoint callback was configured, so nothing was saved.")
+
+
 def test_a_run_folder_that_cannot_be_made_is_one_line_before_any_work(tmp_path):
     """Hydra made it first, and a file in the way or a read-only place ended in a traceback of three exceptions."""
     in_the_way = tmp_path / "a_file"
@@ -394,6 +402,10 @@ def test_a_run_folder_that_cannot_be_made_is_one_line_before_any_work(tmp_path):
 
     with pytest.raises(UserInputError, match=rf"^Cannot make the folder {in_the_way}/run: {in_the_way} is a file"):
         api.evaluate("ckpt_path=x.ckpt", f"hydra.run.dir={in_the_way}/run")
+    with pytest.raises(UserInputError, match=rf"^Cannot make the folder {in_the_way}: {in_the_way} is a file"):
+        api.evaluate("ckpt_path=x.ckpt", f"hydra.run.dir={in_the_way}")  # the folder itself a file
+    swept = run_module("src.train", "-m", "seed=1,2", f"hydra.sweep.dir={in_the_way}/sweep")  # paths.log_dir as it is
+    assert swept.returncode == 1 and swept.stderr.startswith(f"Cannot make the folder {in_the_way}/sweep: ")
     assert in_the_way.read_text() == ""
 
 
@@ -401,6 +413,8 @@ def test_a_run_folder_that_cannot_be_made_is_one_line_before_any_work(tmp_path):
     ("src.eval", ["runs/a/last.ckpt"], "'runs/a/last.ckpt' has no key: settings are key=value, such as ckpt_path=runs/a/last.ckpt."),
     ("src.train", ["runs/a/last.ckpt"], "'runs/a/last.ckpt' has no key: settings are key=value, such as ckpt_path=runs/a/last.ckpt."),
     ("src.eval", ["runs/a/best"], "'runs/a/best' has no key: settings are key=value, such as ckpt_path=runs/a/best."),
+    ("src.predict", ["ckpt_path=a.ckpt", "scans:2/seven.png"], "'scans:2/seven.png' has no key: settings are key=value, "
+                                                                 "such as inputs=scans:2/seven.png."),
     ("src.train", ["-c", "job", "-m", "seed=1,2"], "--cfg shows the config of one run and cannot be combined with -m: "
                                                    "leave out -m and give one value per setting to see that job's config."),
     ("src.predict", ["ckpt_path=a.ckpt", "zero.jpg"], "'zero.jpg' has no key: settings are key=value, such as inputs=zero.jpg."),
@@ -457,11 +471,15 @@ def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
                                 "it cannot be empty or hold '/'."),
     (["trainer.max_epochs", "=", "3"], "train", "'trainer.max_epochs = 3': a setting is one word, without spaces "
                                                 "around '=': trainer.max_epochs=3."),
-    (["model=mlp", "inputs=", "a.png"], "predict", "'inputs= a.png': a setting is one word, without spaces around '=': "
-                                                   "inputs=a.png."),
-    (["model.optimizer.lr", "=0.01"], "train", "'model.optimizer.lr =0.01': a setting is one word"),
+    (["top_k=", "3"], "predict", "'top_k= 3': a setting is one word, without spaces around '=': top_k=3."),
+    (["model.optimizer.lr", "=0.01"], "train", "'model.optimizer.lr =0.01': a setting is one word, without spaces "
+                                               "around '=': model.optimizer.lr=0.01."),
     (["model.optimizer.lr:0.01"], "train", "'model.optimizer.lr:0.01' has no key: settings are key=value, such as "
                                            "model.optimizer.lr=0.01."),
+    # An empty path (an unset shell variable) before another word: told as such, not joined to it.
+    (["hydra.run.dir=", "~callbacks.figures"], "train", "hydra.run.dir= is empty: it must be a folder"),
+    (["ckpt_path=", "photo.png"], "predict", "'photo.png' has no key: settings are key=value, such as inputs=photo.png."),
+    (["best:epoch3.ckpt"], "eval", "'best:epoch3.ckpt' has no key: settings are key=value, such as ckpt_path=best:epoch3.ckpt."),
     (["-m", "ckpt_path=a.ckpt,b.ckpt", "inputs=x.png"], "predict", "src.predict does not sweep: it classifies with one checkpoint"),
     (["hydra.mode=MULTIRUN", "inputs=x.png"], "predict", "src.predict does not sweep"),
     (["hydra.mode='MULTIRUN'", "inputs=x.png"], "predict", "src.predict does not sweep"),
@@ -497,6 +515,9 @@ def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point
     assert overrides_problem(["~logger", "~callbacks.lr_monitor", "task_name=mine", "-m", "seed=1,2"], "train") is None
     assert overrides_problem(["~experiment", "~sweep", "logger=null", "callbacks=null", "ckpt_path=", "model=mlp",
                               "+model.dropout=0.1", "--cfg", "job"], "train") is None
+    # An empty value (a script's ckpt_path=$CKPT, unset) before a flag or a deletion is one word of its own.
+    assert overrides_problem(["ckpt_path=", "-m", "seed=1,2"], "train") is None
+    assert overrides_problem(["ckpt_path=", "~logger", "seed=", "~callbacks.lr_monitor"], "train") is None
     assert overrides_problem(["hydra.mode=MULTIRUN", "--cfg", "job"], "train") is None  # shows the sweep's config
     # An optimizing sweeper chosen on the command line samples it; a single run is refused by Hydra in one line.
     assert overrides_problem(["-m", "hydra/sweeper=optuna", "model.dropout=interval(0.1,0.5)"], "train") is None

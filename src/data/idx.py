@@ -28,13 +28,19 @@ def read_idx_bytes(path: Path) -> bytes:
         raise IdxFormatError(f"{path}: cannot read this file (permission denied). Make it readable: chmod a+r {path}") from err
     except (OSError, EOFError, zlib.error) as err:
         # gzip raises BadGzipFile (an OSError) or EOFError for a truncated archive.
-        if isinstance(err, gzip.BadGzipFile) and path.read_bytes()[:3] == b"\x00\x00\x08":  # IDX of bytes: a browser
+        if isinstance(err, gzip.BadGzipFile) and _starts_as_idx(path):  # a browser decompressed it, kept the name
             raise IdxFormatError(f"{path}: an uncompressed IDX file under a .gz name. Rename it to {path.stem} (it is "
-                                 "read as it is).") from err  # decompressed it and kept the name
+                                 "read as it is).") from err
         raise IdxFormatError(
             f"{path}: cannot read this file ({err}). It is corrupt or truncated: "
             "delete it and download or copy it again."
         ) from err
+
+
+def _starts_as_idx(path: Path) -> bool:
+    """Whether the file begins as an IDX file of bytes (MNIST's) does."""
+    with open(path, "rb") as file:
+        return file.read(3) == b"\x00\x00\x08"
 
 
 def parse_idx(data: bytes, path: Path, expected_ndim: int) -> torch.Tensor:

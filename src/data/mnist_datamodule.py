@@ -6,7 +6,6 @@ copy per step. Training batches can be augmented on their device (`augment`, see
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import secrets
 from pathlib import Path
@@ -17,8 +16,8 @@ import torch
 from src.data.augment import BatchAugment, augment_settings
 from src.data.batches import EpochBatches, TensorBatchLoader, validation_split
 from src.data.data_settings import check_data_settings
-from src.data.mnist_files import MNISTDataError, ensure_mnist_files, load_split
-from src.errors import ResumeRefused, UserInputError
+from src.data.mnist_files import MNISTDataError, ensure_mnist_files, labels_record, load_split
+from src.errors import UserInputError
 from src.utils.setting_checks import save_plain_hyperparameters
 
 
@@ -151,8 +150,7 @@ class MNISTDataModule(pl.LightningDataModule):
                 f"data.batch_size={batch_size} with data.drop_last=true leaves no training batch: the training split "
                 f"has {train_size} images{per_process}. Use a smaller data.batch_size, or data.drop_last=false."
             )
-        self._train_file = {"images": len(images),
-                            "labels_sha256": hashlib.sha256(labels.to(torch.uint8).numpy().tobytes()).hexdigest()[:16]}
+        self._train_file = labels_record(labels)
         val_idx, train_idx = validation_split(len(images), val_size, self.hparams.split_seed)
         normalized = self.normalize(images)
         self.train_set = (normalized[train_idx], labels[train_idx])
@@ -188,8 +186,8 @@ class MNISTDataModule(pl.LightningDataModule):
     # The position in the training epoch travels in the datamodule's checkpoint state, not only in the
     # loader's: Lightning restores loader states only into a loader built after its loops are restored,
     # and `estimated_stepping_batches` (OneCycle's total steps) builds it before that (Lightning issue #20550).
-    # The train file's size and labels too: a resume on other data (another data.data_dir) would go on with the
-    # checkpoint's best validation accuracy, from the other validation set, and test its checkpoint.
+    # What the train file holds, too: a resume checks it (src/utils/resume_check.py), as one on other data would go on
+    # with the checkpoint's best validation accuracy, on the other validation set, and test its checkpoint.
     def state_dict(self) -> dict:
         state = {"train_file": self._train_file} if self._train_file else {}
         if self._train_loader is not None:
@@ -197,14 +195,6 @@ class MNISTDataModule(pl.LightningDataModule):
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
-        trained_on = state_dict.get("train_file")  # not in checkpoints of older versions
-        if trained_on and self._train_file and trained_on != self._train_file:
-            raise ResumeRefused(
-                f"The checkpoint was trained on other data: a train file of {trained_on['images']} images (labels "
-                f"{trained_on['labels_sha256']}), while data.data_dir={self.data_dir} holds {self._train_file['images']} "
-                f"(labels {self._train_file['labels_sha256']}). Resume with the data.data_dir it was trained on, or "
-                "train on this data in a new run (without ckpt_path). Nothing was trained."
-            )
         self._train_position = state_dict.get("train_position")
 
     def val_dataloader(self) -> TensorBatchLoader:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -80,6 +81,23 @@ def ensure_mnist_files(data_dir: str | Path, download: bool) -> None:
         + "".join(f"    {name}[.gz]\n" for name in ALL_FILE_NAMES)
         + "  or point data.data_dir=<dir> at a folder that has MNIST/raw/ with them."
     )
+
+
+def labels_record(labels: torch.Tensor) -> dict:
+    """What checkpoints record of the train file: its image count and a digest of its labels, which differ for other
+    data (Fashion-MNIST, a subset) and not for the same files moved."""
+    digest = hashlib.sha256(labels.to(torch.uint8).numpy().tobytes()).hexdigest()
+    return {"images": len(labels), "labels_sha256": digest[:16]}
+
+
+def train_file_record(data_dir: str | Path) -> dict | None:
+    """labels_record of the train file in `data_dir` (its labels file alone is read); None if it is missing or
+    unreadable (the run reports that where it reads the data)."""
+    path = find_file(raw_dir(data_dir), MNIST_FILES["train"][1])
+    try:
+        return labels_record(read_idx(path, expected_ndim=1)) if path else None
+    except IdxFormatError:
+        return None
 
 
 def load_split(data_dir: str | Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:

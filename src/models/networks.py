@@ -23,6 +23,10 @@ def check_sizes(key: str, value, sizes: list) -> None:
                              "sizes and counts must be whole numbers >= 1.")
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def as_size_list(key: str, value, example: str = "[64,128]") -> list[int]:
     """A list setting such as model.channels=[32,64], refused as a single number or a string."""
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
@@ -89,12 +93,13 @@ def cnn_network(
                     else as_size_list("kernel_size", kernel_size, "[5,3,3] (one per block) or 3"))
     check_sizes("kernel_size", kernel_size, kernel_sizes)
     if not channels:
-        raise UserInputError("model.channels=[] is invalid: the CNN needs at least one block, e.g. model.channels=[32,64].")
+        raise UserInputError("model.channels=[] is invalid: the CNN needs at least one block, "
+                             "e.g. model.channels=[32,64].")
     if len(kernel_sizes) != len(channels):  # either may be the one changed: the config sets both
         raise UserInputError(
-            f"model.channels={override_value(channels)} makes {len(channels)} blocks, but "
-            f"model.kernel_size={override_value(kernel_size)} gives {len(kernel_sizes)} sizes: give one size per block, "
-            f"or one for all (model.kernel_size={kernel_sizes[-1]})."
+            f"model.channels={override_value(channels)} makes {_count(len(channels), 'block')}, but "
+            f"model.kernel_size={override_value(kernel_size)} gives {_count(len(kernel_sizes), 'size')}: give one size "
+            f"per block, or one for all (model.kernel_size={kernel_sizes[-1]})."
         )
     blocks, in_channels, side = [], 1, IMAGE_SIDE
     for index, (out_channels, size) in enumerate(zip(channels, kernel_sizes)):
@@ -105,8 +110,8 @@ def cnn_network(
         in_channels, side = out_channels, side // 2 if pool else side
         if side < 1:
             raise UserInputError(
-                f"model.channels={override_value(channels)} with model.kernel_size={override_value(kernel_size)} shrinks "
-                f"the 28×28 image to nothing (model.pool={override_value(pool)}): use fewer blocks"
+                f"model.channels={override_value(channels)} with model.kernel_size={override_value(kernel_size)} "
+                f"shrinks the 28×28 image to nothing (model.pool={override_value(pool)}): use fewer blocks"
                 f"{'' if pool else ' or smaller kernels'}."
             )
     return nn.Sequential(

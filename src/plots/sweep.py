@@ -17,7 +17,7 @@ def sweep_figure(rows: list[dict]) -> Figure:
     for offset, key, color in ((-0.15, "val/acc_best", "tab:blue"), (0.15, "test/acc", "tab:orange")):
         points = [(row[key], position + offset) for position, row in zip(positions, rows)
                   if row["status"] == "ok" and row[key] is not None]
-        ax.plot([x for x, _ in points], [y for _, y in points], "o", color=color, label=key)
+        ax.plot([x for x, _ in points], [y for _, y in points], "o", color=color, label=key, clip_on=False)  # 100%
         for x, y in points:
             ax.annotate(f"{x:.2%}", (x, y), xytext=(5, 0), textcoords="offset points", va="center", fontsize=7)
     for position, row in zip(positions, rows):

@@ -229,7 +229,8 @@ def _spaced_setting(arguments: list[str]) -> str | None:
             typed, meant = f"{before} = {after}", f"{before}={after}"
         elif word.startswith("=") and len(word) > 1 and before and "=" not in before:
             typed, meant = f"{before} {word}", before + word
-        elif word.endswith("=") and word.count("=") == 1 and after and "=" not in after and not after.startswith("-"):
+        elif (word.endswith("=") and word.count("=") == 1 and after and "=" not in after
+              and not after.startswith(("-", "~", "+")) and not _takes_a_path(word[:-1].lstrip("+"))):
             typed, meant = f"{word} {after}", word + after
         else:
             continue
@@ -237,9 +238,16 @@ def _spaced_setting(arguments: list[str]) -> str | None:
     return None
 
 
+def _takes_a_path(key: str) -> bool:
+    """An empty path (an unset shell variable) before an input file is likelier than a space after `=`: the checks of
+    an empty folder and of a word without a key answer those."""
+    return key in ("ckpt_path", "inputs", "output") or _names_a_folder(key) or key.endswith(("_dir", "_path"))
+
+
 def _likely_setting(word: str, entry_point: str) -> str:
-    if re.fullmatch(r"[A-Za-z_][\w.]*:[^/]+", word):  # model.optimizer.lr:0.01, as YAML writes it
-        return word.replace(":", "=", 1)
     if word.endswith(".ckpt") or entry_point == "eval":
         return f"ckpt_path={word}"
+    key = word.partition(":")[0]
+    if ":" in word and (key in _top_level_settings(entry_point) or _first_key(key) in _config_groups(entry_point)):
+        return word.replace(":", "=", 1)  # model.optimizer.lr:0.01, as YAML writes it
     return f"inputs={word}" if entry_point == "predict" else "model=mlp or trainer.max_epochs=3"

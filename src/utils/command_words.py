@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _CALLED_FROM_PYTHON = contextvars.ContextVar("called_from_python", default=False)
+# What Hydra's override grammar reads as a value unquoted: not `~`, spaces, `=`, `,`, brackets, letters beyond ASCII.
+_PLAIN_VALUE = re.compile(r"[\w./:+-]+", re.ASCII)
 _API_FUNCTIONS = {"train": "train", "eval": "evaluate", "predict": "predict"}
 
 
@@ -46,8 +48,8 @@ def override_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
-        plain = re.fullmatch(r"[\w./:~+-]+", value) and value.lower() not in ("null", "true", "false")
-        return value if plain and not _reads_as_number(value) else repr(value)
+        plain = _PLAIN_VALUE.fullmatch(value) and value.lower() not in ("null", "true", "false")
+        return value if plain and not _reads_as_number(value) else "'" + value.replace("'", "\\'") + "'"
     if isinstance(value, Sequence):  # a list, a tuple or a ListConfig
         return f"[{', '.join(map(override_value, value))}]"
     return str(value)
@@ -120,7 +122,7 @@ def without_ckpt_path(overrides) -> list[str]:
 def ckpt_path_override(path: str) -> str:
     """`ckpt_path=<path>` as Hydra must read it. A sweep job's folder name holds `=` and `,`, which Hydra's override
     grammar reads as syntax unless the value is quoted."""
-    if re.fullmatch(r"[\w./~+-]+", str(path), re.ASCII):  # Hydra reads other letters only inside quotes
+    if _PLAIN_VALUE.fullmatch(str(path)):
         return f"ckpt_path={path}"
     escaped = str(path).replace('"', '\\"')
     return f'ckpt_path="{escaped}"'

@@ -31,10 +31,10 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
             raise
         batches = trainer.fit_loop.max_batches
         raise UserInputError(
-            f"trainer.val_check_interval={trainer.val_check_interval} is more than the {batches} training batches of an "
-            f"epoch, so validation would never run; nothing was trained. Use at most {batches}, a fraction of an epoch "
-            "(0.25 validates four times per epoch), or add ++trainer.check_val_every_n_epoch=null to count batches "
-            "across epochs."
+            f"trainer.val_check_interval={trainer.val_check_interval} is more than the {batches} training batches of "
+            f"an epoch, so validation would never run; nothing was trained. Use at most {batches}, a fraction of an "
+            "epoch (0.25 validates four times per epoch), or add ++trainer.check_val_every_n_epoch=null to count "
+            "batches across epochs."
         ) from err
     except INTERRUPTIONS as stop:
         by_ctrl_c = "Ctrl-C" in str(stop)
@@ -103,11 +103,14 @@ def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | Non
         (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except MisconfigurationException as err:  # limit_test_batches=0.05 leaving no batch of the test set, say
         reason = " ".join(str(err).split()).rstrip(".")
-        raise UserInputError(f"Testing could not start: {reason}. Nothing was tested; checkpoints written are kept.") from err
+        raise UserInputError(f"Testing could not start: {reason}. Nothing was tested; checkpoints written are "
+                             "kept.") from err
     except INTERRUPTIONS as stop:
-        raise RunInterrupted(f"Testing stopped by SIGTERM: no test results were written. {advice}", exit_code=143) from stop
+        raise RunInterrupted(f"Testing stopped by SIGTERM: no test results were written. {advice}",
+                             exit_code=143) from stop
     except (SystemExit, KeyboardInterrupt) as stop:  # Lightning's exit code 1 after Ctrl-C would read as a failure
         if not aborted_by_ctrl_c(stop):
             raise
-        raise RunInterrupted(f"Testing stopped by Ctrl-C: no test results were written. {advice}", exit_code=130) from stop
+        raise RunInterrupted(f"Testing stopped by Ctrl-C: no test results were written. {advice}",
+                             exit_code=130) from stop
     return results

@@ -8,30 +8,32 @@ import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src.errors import RunFolderTaken
 
 
 class FolderCheck(Callback):
-    """A run or sweep folder that cannot be made (a read-only place, a file in the way) is one line and exit code 1
-    before Hydra tries to make it, which ended in a traceback."""
+    """A run or sweep folder that cannot be made (a read-only place, a file in the way) is one line and exit code 1,
+    not the traceback of Hydra's attempt to make it (resolving a new run's dated folder tries first: run_folders.py)."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
-        problem = folder_problem(Path(str(config.hydra.run.dir)), "hydra.run.dir")  # resolved once: this run's
-        if problem:
-            sys.exit(problem)
+        _exit_if_unusable(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        problem = folder_problem(Path(str(config.hydra.sweep.dir)), "hydra.sweep.dir")
-        if problem:
-            sys.exit(problem)
+        _exit_if_unusable(config, "hydra.sweep.dir")
+
+
+def _exit_if_unusable(config: DictConfig, setting: str) -> None:
+    problem = folder_problem(Path(str(OmegaConf.select(config, setting))), setting)  # resolved once: this run's
+    if problem:
+        sys.exit(problem)
 
 
 def folder_problem(folder: Path, setting: str) -> str | None:
     """Why `folder` (the value of `setting`) cannot be made or written into, or None."""
     folder = folder.expanduser().absolute()
-    existing = next(path for path in [folder, *folder.parents] if path.exists())
+    existing = next(path for path in [folder, *folder.parents] if os.path.exists(path))  # no error where unreadable
     if not existing.is_dir():
         why = f"{existing} is a file, not a folder"
     elif not os.access(existing, os.W_OK | os.X_OK):

@@ -22,14 +22,18 @@ SPEED_ONLY_MODEL_KEYS = ("compile", "channels_last")
 
 def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbacks: list) -> None:
     """Fail before any work if the checkpoint (`ckpt_path`, read) was trained with another model config, validation
-    split, normalization or seed, or holds averaged weights this run would not average on, naming the overrides of
-    the run that wrote it (they must be repeated to resume)."""
+    split, normalization, seed or train file, or holds averaged weights this run would not average on, naming the
+    overrides of the run that wrote it (they must be repeated to resume)."""
     from pytorch_lightning.callbacks import WeightAveraging
 
+    from src.data.mnist_files import train_file_record
     from src.errors import ResumeRefused
 
     this_class = model.class_path
     trained_data = checkpoint.get("datamodule_hyper_parameters") or {}
+    trained_file = (checkpoint.get(type(datamodule).__qualname__) or {}).get("train_file")  # older ones: none
+    data_dir = getattr(datamodule, "data_dir", None)
+    file_here = train_file_record(data_dir) if trained_file and data_dir else None
     changed = [key for key in FIXED_DATA_KEYS if key in trained_data and trained_data[key] != datamodule.hparams[key]]
     saved = overrides_that_saved(ckpt_path, checkpoint.get("command_overrides"))
     this_model = dict(model.hparams)
@@ -42,8 +46,13 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
         # The shuffle seed follows `seed`, unless the run set data.shuffle_seed itself.
         own_seed = any(override.lstrip("+").startswith("data.shuffle_seed=") for override in saved or [])
         names = {key: "seed" if key == "shuffle_seed" and not own_seed else f"data.{key}" for key in changed}
-        differ = "; ".join(f"{names[key]}={trained_data[key]} (this run: {datamodule.hparams[key]})" for key in changed)
+        differ = "; ".join(f"{names[key]}={override_value(trained_data[key])} "
+                           f"(this run: {override_value(datamodule.hparams[key])})" for key in changed)
         trained_with = f"other data settings or seed ({differ})"
+    elif file_here and file_here != trained_file:
+        # The best validation accuracy so far would be the other validation set's, and its checkpoint tested.
+        trained_with = (f"another train file ({_file(trained_file)}; data.data_dir={data_dir} holds "
+                        f"{_file(file_here)})")
     elif "current_model_state" in checkpoint and not any(isinstance(cb, WeightAveraging) for cb in callbacks):
         # Without the callback, the averaged weights would silently replace the raw ones and averaging would stop.
         trained_with = "weight averaging (callbacks.ema), which this run lacks"
@@ -54,6 +63,10 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
         f"ckpt_path={ckpt_path} was trained with {trained_with}. To resume, repeat the overrides of the run that "
         f"saved it: {resume_command(original, ckpt_path)}"
     )
+
+
+def _file(record: dict) -> str:
+    return f"{record['images']} images, labels {record['labels_sha256']}"
 
 
 def check_latest_state(ckpt_path: str, checkpoint: dict, overrides: list[str]) -> None:

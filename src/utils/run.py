@@ -42,7 +42,8 @@ def start_run(cfg: DictConfig, save: bool = True, continuing: bool = False) -> P
     if parallel_jobs() > 1:
         torch.set_num_threads(threads_per_job())
         threads = threads_per_job()
-        log.info("%d sweep jobs run in parallel: using %d CPU thread%s", parallel_jobs(), threads, "" if threads == 1 else "s")
+        log.info("%d sweep jobs run in parallel: using %d CPU thread%s", parallel_jobs(), threads,
+                 "" if threads == 1 else "s")
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     return output_dir
