@@ -368,6 +368,7 @@ def test_ema_weights_are_the_ones_saved_and_tested(tmp_path, synthetic_data_dir)
                                    f"ckpt_path={trained['best_model_path']}"]))
     assert tested["test/loss"] == pytest.approx(trained["test/loss"], rel=1e-6)
     assert tested["test/acc"] == pytest.approx(trained["test/acc"])
+    assert tested["val/acc_best"] == trained["val/acc_best"]  # the averaged copy's own metric never validated
     events = EventAccumulator(str(tmp_path / "b" / "tensorboard"))
     events.Reload()  # the HParams row's val/acc_best column: the checkpoint's, as src.eval logs it
     assert [event.value for event in events.Scalars("val/acc_best")] == [pytest.approx(trained["val/acc_best"])]

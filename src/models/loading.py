@@ -84,6 +84,11 @@ def load_classifier(path: str | Path, checkpoint: dict | None = None) -> tuple[D
     checkpoint = read_checkpoint(path) if checkpoint is None else checkpoint
     model = classifier_like(checkpoint)
     _load_weights(model, checkpoint["state_dict"], path)
+    best_so_far = (checkpoint.get("current_model_state") or {}).get("val_acc_best.max_value")
+    if model.best_val_acc() is None and best_so_far is not None:
+        # With weight averaging, state_dict is the averaged copy's, whose metric never saw a validation: the training
+        # model's (kept beside it to resume) holds the best validation accuracy.
+        model.val_acc_best.max_value = best_so_far.clone()
     return model.eval(), checkpoint
 
 
