@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from src.errors import UserInputError
-from src.utils.command_words import override_value
+from src.utils.command_words import counted, override_value
 from src.utils.setting_checks import is_whole
 
 NUM_CLASSES = 10
@@ -21,10 +21,6 @@ def check_sizes(key: str, value, sizes: list) -> None:
     if not all(is_whole(size) and size >= 1 for size in sizes):
         raise UserInputError(f"model.{key}={override_value(value)} is invalid: "
                              "sizes and counts must be whole numbers >= 1.")
-
-
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def as_size_list(key: str, value, example: str = "[64,128]") -> list[int]:
@@ -97,8 +93,8 @@ def cnn_network(
                              "e.g. model.channels=[32,64].")
     if len(kernel_sizes) != len(channels):  # either may be the one changed: the config sets both
         raise UserInputError(
-            f"model.channels={override_value(channels)} makes {_count(len(channels), 'block')}, but "
-            f"model.kernel_size={override_value(kernel_size)} gives {_count(len(kernel_sizes), 'size')}: give one size "
+            f"model.channels={override_value(channels)} makes {counted(len(channels), 'block')}, but "
+            f"model.kernel_size={override_value(kernel_size)} gives {counted(len(kernel_sizes), 'size')}: give one size "
             f"per block, or one for all (model.kernel_size={kernel_sizes[-1]})."
         )
     blocks, in_channels, side = [], 1, IMAGE_SIDE

@@ -55,6 +55,11 @@ def override_value(value) -> str:
     return str(value)
 
 
+def counted(number: int, noun: str) -> str:
+    """`1 block`, `3 blocks`."""
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 def _reads_as_number(word: str) -> bool:
     try:
         float(word)

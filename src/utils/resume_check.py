@@ -7,7 +7,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from src.utils.command_words import override_value, resume_command
+from src.utils.command_words import counted, override_value, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -203,12 +203,9 @@ def follow_the_checkpoints_threads(checkpoint: dict, trainer) -> None:
         why = None
     if why:
         log.info("The checkpoint was trained with %s; this resume uses %d (%s), so it may differ from the run it "
-                 "continues in the last bits.", _cpu_threads(threads), now, why)
+                 "continues in the last bits.", counted(threads, "CPU thread"), now, why)
         return
     torch.set_num_threads(threads)
     log.info("Using %s, as the run that saved the checkpoint did (the sums then continue bit-exact).",
-             _cpu_threads(threads))
+             counted(threads, "CPU thread"))
 
-
-def _cpu_threads(count: int) -> str:
-    return f"{count} CPU thread{'' if count == 1 else 's'}"

@@ -27,6 +27,7 @@ def start_run(cfg: DictConfig, save: bool = True, continuing: bool = False) -> P
     import pytorch_lightning as pl
     import torch
 
+    from src.utils.command_words import counted
     from src.utils.config_io import print_config_tree, save_config
     from src.utils.jobs import parallel_jobs, spawn_as_usual_in_joblib_workers, threads_per_job
     from src.utils.output_folders import refuse_a_used_folder
@@ -41,9 +42,7 @@ def start_run(cfg: DictConfig, save: bool = True, continuing: bool = False) -> P
     spawn_as_usual_in_joblib_workers()
     if parallel_jobs() > 1:
         torch.set_num_threads(threads_per_job())
-        threads = threads_per_job()
-        log.info("%d sweep jobs run in parallel: using %d CPU thread%s", parallel_jobs(), threads,
-                 "" if threads == 1 else "s")
+        log.info("%d sweep jobs run in parallel: using %s", parallel_jobs(), counted(threads_per_job(), "CPU thread"))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     return output_dir
