@@ -728,6 +728,26 @@ def test_same_seed_gives_bit_identical_runs(tmp_path, synthetic_data_dir):
     assert all(torch.equal(runs[0][1][name], runs[1][1][name]) for name in runs[0][1])
 
 
+@pytest.mark.parametrize("errors_too, lines_read", [(False, 1), (True, 1), (False, 0)],
+                         ids=["stdout", "stdout and stderr", "before the config is shown"])
+def test_a_run_whose_console_reader_goes_away_goes_on_quietly(tmp_path, synthetic_data_dir, errors_too, lines_read):
+    # `python -m src.train ... | head -1` (with 2>&1: `errors_too`): once head has its line, nobody reads. Reading
+    # one line leaves the config in the pipe: the first write that fails is a log line; reading none, the config's.
+    errors = tmp_path / "stderr.txt"
+    with errors.open("w") as error_file:
+        overrides = [word for word in tiny_run_overrides(synthetic_data_dir, tmp_path) if not word.startswith("paths.")]
+        process = subprocess.Popen([sys.executable, "-m", "src.train", *overrides, f"hydra.run.dir={tmp_path / 'run'}",
+                                    "model=mlp"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT if errors_too else error_file)
+        for _ in range(lines_read):
+            process.stdout.readline()
+        process.stdout.close()
+        assert process.wait(timeout=300) == 0, errors.read_text()[-3000:]
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "ok"
+    assert "test accuracy" in (tmp_path / "run" / "train.log").read_text()
+    assert "Logging error" not in errors.read_text() and "BrokenPipe" not in errors.read_text()
+
+
 @pytest.mark.parametrize("signum, exit_code, by", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "Ctrl-C")])
 def test_interrupt_saves_a_resumable_checkpoint(tmp_path, synthetic_data_dir, signum, exit_code, by):
     run_dir = tmp_path / "run"
