@@ -588,12 +588,13 @@ def test_resuming_with_another_seed_is_refused(tmp_path, trained_run, synthetic_
                               "data.std=0.6", "seed=7", f"ckpt_path={tmp_path / 'own_seed.ckpt'}"]))
 
 
-def test_resuming_on_other_data_is_refused_and_a_copy_of_the_same_data_is_not(tmp_path, trained_run, synthetic_data_dir):
+def test_resuming_on_other_data_is_refused_and_a_copy_of_the_same_data_is_not(tmp_path, trained_run, synthetic_data_dir,
+                                                                                monkeypatch):
     """Another data.data_dir went on, without a word, with the best validation accuracy of the checkpoint's own
     validation set, and tested that checkpoint."""
     from src.data.idx import read_idx, write_idx
+    from src.data.mnist_datamodule import MNISTDataModule
     from src.data.synthetic import write_synthetic_mnist
-    from src.errors import ResumeRefused
 
     last = trained_run / "checkpoints" / "last.ckpt"
     saved = last.read_bytes()
@@ -607,6 +608,13 @@ def test_resuming_on_other_data_is_refused_and_a_copy_of_the_same_data_is_not(tm
                                             rf"data.data_dir={other_data} holds 400 images, labels (?!{trained_on})\w+\)\. "
                                             r"To resume, repeat the overrides of the run that saved it: python -m src\.train "):
         train(compose_config([*tiny_run_overrides(other_data, tmp_path / "refused"), *resume]))
+    assert last.read_bytes() == saved
+    # Files still to be downloaded are checked once there: fetched before the check, as the fit would.
+    to_download = tmp_path / "to_download"
+    monkeypatch.setattr(MNISTDataModule, "prepare_data", lambda self: shutil.copytree(other_data, to_download))
+    with pytest.raises(ResumeRefused, match=rf"data.data_dir={to_download} holds 400 images"):
+        train(compose_config([*tiny_run_overrides(to_download, tmp_path / "refused"), *resume]))
+    monkeypatch.undo()
     assert last.read_bytes() == saved
     # The same files elsewhere (moved, another machine) are the same data.
     moved = tmp_path / "moved"

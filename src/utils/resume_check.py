@@ -34,6 +34,9 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
     trained_file = (checkpoint.get(type(datamodule).__qualname__) or {}).get("train_file")  # older ones: none
     data_dir = getattr(datamodule, "data_dir", None)
     file_here = train_file_record(data_dir) if trained_file and data_dir else None
+    if trained_file and data_dir and file_here is None:  # not there yet: fetched (downloaded) now, as fit would
+        datamodule.prepare_data()
+        file_here = train_file_record(data_dir)
     changed = [key for key in FIXED_DATA_KEYS if key in trained_data and trained_data[key] != datamodule.hparams[key]]
     saved = overrides_that_saved(ckpt_path, checkpoint.get("command_overrides"))
     this_model = dict(model.hparams)
