@@ -2,8 +2,19 @@
 traceback (set HYDRA_FULL_ERROR=1 to see it); in a sweep the job is recorded as failed and the sweep goes on
 (except after ResumeRefused or RunInterrupted)."""
 
+import importlib
 import os
+import re
+import sys
 import traceback
+
+# The exit code of a run stopped by Ctrl-C or SIGTERM: 128 + the signal's number, as a shell reports it.
+STOP_EXIT_CODES = {"Ctrl-C": 130, "SIGTERM": 143}
+
+
+def what_stopped(exit_code: int) -> str:
+    """"Ctrl-C" or "SIGTERM", from the exit code of a stopped run."""
+    return "Ctrl-C" if exit_code == STOP_EXIT_CODES["Ctrl-C"] else "SIGTERM"
 
 
 class ReportedError(RuntimeError):
@@ -23,8 +34,9 @@ class UserInputError(ReportedError):
 
 
 class ResumeRefused(UserInputError):
-    """This command cannot continue that checkpoint (another model, data split, schedule length or averaging). It stops even a
-    sweep: a resubmission with the wrong overrides must fail loudly and leave the job's folder as it was."""
+    """This command cannot continue that checkpoint (another model, data settings, seed, train file, schedule length or
+    averaging, or a checkpoint older than its run's latest state). It stops even a sweep: a resubmission with the wrong
+    overrides must fail loudly and leave the job's folder as it was."""
 
 
 class RunFolderTaken(ResumeRefused):
@@ -45,3 +57,24 @@ class RunInterrupted(ReportedError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def raised_in_a_spawned_process(failure: BaseException) -> ReportedError | None:
+    """The error a process started by `trainer.strategy=ddp_spawn` reported (a refused resume, bad data), which torch
+    hands back as a ProcessRaisedException holding that process's traceback as text; None for any other failure."""
+    spawn = sys.modules.get("torch.multiprocessing.spawn")
+    if spawn is None or not isinstance(failure, spawn.ProcessRaisedException):
+        return None
+    raised = list(re.finditer(r"^(src(?:\.\w+)*)\.(\w+): ", str(failure), re.MULTILINE))
+    if not raised:
+        return None
+    module, name = raised[-1].groups()  # the last: the error the others led to
+    try:
+        error_class = getattr(importlib.import_module(module), name, None)
+    except ImportError:
+        return None
+    if not isinstance(error_class, type) or not issubclass(error_class, ReportedError) or error_class is RunInterrupted:
+        return None  # RunInterrupted: its exit code is not in the text
+    error = error_class(str(failure)[raised[-1].end():].strip())
+    error.__cause__ = failure  # shown with HYDRA_FULL_ERROR=1
+    return error

@@ -958,6 +958,18 @@ def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir, strategy, extra)
     assert len(list((run_dir / "checkpoints").glob("*.ckpt"))) == 2  # best + last, written once
 
 
+def test_a_refusal_in_a_process_ddp_spawn_started_is_one_line(tmp_path, synthetic_data_dir, good_checkpoint):
+    """Raised inside fit, where the schedule's length is known: torch handed it back as the process's traceback."""
+    result = run_module("src.train", "trainer=ddp_cpu", "trainer.strategy=ddp_spawn", f"hydra.run.dir={tmp_path}",
+                        f"data.data_dir={synthetic_data_dir}", "data.download=false", "data.val_size=80", "data.batch_size=32",
+                        "model=mlp", "trainer.max_epochs=3", f"ckpt_path={good_checkpoint}", "callbacks.progress_bar=null")
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if "[ERROR]" in line]
+    assert result.returncode == 1 and "Traceback" not in output and "ProcessRaisedException" not in output, output[-3000:]
+    assert len(errors) == 1 and "- The checkpoint was trained with a onecycle learning-rate schedule of" in errors[0]
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_the_launching_process_of_ddp_spawn_knows_what_its_processes_trained(tmp_path, synthetic_data_dir):
     """Lightning hands back only the weights, the best checkpoint's path and the metrics: the record said 0 epochs,
     missed the early stop, and the resume of the finished run trained nothing but did not know it."""

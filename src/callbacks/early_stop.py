@@ -7,6 +7,8 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 from pytorch_lightning.callbacks.early_stopping import EarlyStoppingReason
 
+from src.utils.command_words import counted
+
 
 def early_stop(trainer: pl.Trainer) -> EarlyStopping | None:
     """The early stopping callback that ended this run's training (in this attempt, or before a resume), if one did."""
@@ -19,7 +21,7 @@ def stop_reason(callback: EarlyStopping) -> str:
     mode=max, and prints raw floats)."""
     monitor, reason = callback.monitor, callback.stopping_reason
     if reason == EarlyStoppingReason.PATIENCE_EXHAUSTED:
-        validations = f"{callback.patience} validation{'s' if callback.patience != 1 else ''}"
+        validations = counted(callback.patience, "validation")
         return (f"{monitor} did not improve by more than {abs(float(callback.min_delta)):g} in {validations} "
                 f"(best {float(callback.best_score):.4f})")
     if reason == EarlyStoppingReason.STOPPING_THRESHOLD:

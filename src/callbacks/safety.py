@@ -14,7 +14,7 @@ import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from src.callbacks.checkpoint import RunFolderCheckpoint
-from src.errors import TrainingDiverged
+from src.errors import TrainingDiverged, what_stopped
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class GracefulStop(pl.Callback):
         code = sweep_stop_code() if in_multirun() and not in_launching_process() else None
         if code is None:
             return False
-        self.stopped_by = "Ctrl-C" if code == 130 else "SIGTERM"
+        self.stopped_by = what_stopped(code)
         log.warning("The sweep was asked to stop (%s): stopping after this batch and saving a checkpoint.", self.stopped_by)
         return True
 
@@ -151,8 +151,7 @@ class DivergenceGuard(pl.Callback):
             loss = loss.to("cpu", non_blocking=True)  # into pinned memory; `done` says when it has arrived
             done = torch.cuda.Event()
             done.record()
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
-        self._pending = (loss, done, trainer.current_epoch, trainer.global_step, lr)
+        self._pending = (loss, done, trainer.current_epoch, trainer.global_step, _current_lr(trainer))
 
     def on_validation_start(self, trainer, pl_module) -> None:
         self._check_pending(pl_module)
@@ -164,7 +163,7 @@ class DivergenceGuard(pl.Callback):
         val_loss = trainer.callback_metrics.get("val/loss")
         if trainer.sanity_checking or val_loss is None or bool(torch.isfinite(val_loss)):
             return
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        lr = _current_lr(trainer)
         raise _diverged(f"Training diverged at epoch {trainer.current_epoch}: the validation loss is {val_loss.item()} "
                         f"(learning rate {lr:.3g} at the last step)", pl_module, lr, "from this epoch")
 
@@ -183,6 +182,10 @@ class DivergenceGuard(pl.Callback):
         if not torch.isfinite(loss):
             raise _diverged(f"Training diverged at epoch {epoch}, step {step}: the loss is {loss.item()} (learning rate "
                             f"{lr:.3g} at that step)", pl_module, lr, "after that step")
+
+
+def _current_lr(trainer) -> float:
+    return trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
 
 
 def _diverged(what: str, pl_module, lr: float, unsaved: str) -> TrainingDiverged:

@@ -8,6 +8,7 @@ import math
 import pytorch_lightning as pl
 
 from src.errors import UserInputError
+from src.utils.command_words import counted
 
 
 class TestLimitCheck(pl.Callback):
@@ -20,7 +21,7 @@ class TestLimitCheck(pl.Callback):
             enough = math.ceil(1000 / batches) / 1000  # 1/3 shown as 0.333 would be refused again
             share = f"each of the {trainer.world_size} processes tests" if trainer.world_size > 1 else "the test set is"
             raise UserInputError(
-                f"trainer.limit_test_batches={limit} leaves no batch to test: {share} {batches} "
-                f"batch{'es' if batches > 1 else ''} of up to {trainer.datamodule.hparams.eval_batch_size} images. Use at "
+                f"trainer.limit_test_batches={limit} leaves no batch to test: {share} "
+                f"{counted(batches, 'batch', 'batches')} of up to {trainer.datamodule.hparams.eval_batch_size} images. Use at "
                 f"least {enough:g}, or a number of batches such as ++trainer.limit_test_batches=1."
             )

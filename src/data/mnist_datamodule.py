@@ -18,6 +18,7 @@ from src.data.batches import EpochBatches, TensorBatchLoader, validation_split
 from src.data.data_settings import check_data_settings
 from src.data.mnist_files import MNISTDataError, ensure_mnist_files, labels_record, load_split
 from src.errors import UserInputError
+from src.utils.command_words import counted
 from src.utils.setting_checks import save_plain_hyperparameters
 
 
@@ -129,8 +130,7 @@ class MNISTDataModule(pl.LightningDataModule):
         images, labels = load_split(self.data_dir, "train")
         val_size = self.hparams.val_size
         if len(images) < 3:  # no data.val_size helps
-            images_word = "image" if len(images) == 1 else "images"
-            raise MNISTDataError(f"The train file holds only {len(images)} {images_word}: too few to validate on one "
+            raise MNISTDataError(f"The train file holds only {counted(len(images), 'image')}: too few to validate on one "
                                  "and train on two. It is not the MNIST train file: download or copy it again.")
         if val_size > len(images) - 2:  # a batch of one image cannot train batch norm
             raise UserInputError(

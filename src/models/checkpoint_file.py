@@ -13,7 +13,7 @@ class CheckpointError(UserInputError):
     """A checkpoint path that is missing, unreadable, or not one of this project's checkpoints."""
 
 
-def existing_checkpoint(path: str | Path | float) -> Path:
+def existing_checkpoint(path: str | Path | int | float) -> Path:
     """The path, checked to name a file: cheap, so entry points can check it before importing torch."""
     path = Path(str(path)).expanduser()  # str: Hydra reads ckpt_path=123 as a number
     if path.is_file():
@@ -33,7 +33,7 @@ def existing_checkpoint(path: str | Path | float) -> Path:
     raise CheckpointError(f"ckpt_path={path}: no such file. Checkpoints are in <run dir>/checkpoints/.")
 
 
-def read_checkpoint(path: str | Path | float) -> dict:
+def read_checkpoint(path: str | Path | int | float) -> dict:
     """The checkpoint dict, read with `weights_only=True` (no arbitrary code can run)."""
     path = existing_checkpoint(path)
     import torch  # here, after the cheap check: a mistyped path fails at once

@@ -4,7 +4,6 @@ with one line each, paths quoted for Hydra, `logger=null`/`callbacks=null` read 
 from __future__ import annotations
 
 import functools
-import re
 import sys
 from pathlib import Path
 
@@ -58,7 +57,7 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
     unknown = _unknown_setting(arguments, entry_point)
     if unknown:
         return unknown
-    own_config = any(argument.partition("=")[0] in _OWN_CONFIG_FLAGS for argument in arguments)  # its own groups
+    own_config = _uses_own_config(arguments)  # its own groups
     for word in words_with_a_key(arguments):
         key, _, value = word.lstrip("+").partition("=")
         if word.startswith("+") and key in _config_groups(entry_point) and not own_config:
@@ -114,11 +113,16 @@ def _dropped_group(word: str, entry_point: str) -> str | None:
 _OWN_CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd"}
 
 
+def _uses_own_config(arguments: list[str]) -> bool:
+    """-cd x, --config-dir=x and the like."""
+    return any(argument.partition("=")[0] in _OWN_CONFIG_FLAGS for argument in arguments)
+
+
 def _unknown_setting(arguments: list[str], entry_point: str) -> str | None:
     """A word whose key starts with neither a setting nor a config group of the entry point: `+modle=mlp`, which Hydra
     suggests for a mistyped `modle=mlp` and then adds to the config, where nothing reads it. Not checked with a config
     of one's own (-cd/-cn), which may have keys of its own."""
-    if any(argument.partition("=")[0] in _OWN_CONFIG_FLAGS for argument in arguments):  # -cd x, --config-dir=x
+    if _uses_own_config(arguments):
         return None
     settings, groups = _top_level_settings(entry_point), _config_groups(entry_point)
     if not settings:

@@ -10,6 +10,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from src.utils.path_overrides import quoted_path
+
 _CALLED_FROM_PYTHON = contextvars.ContextVar("called_from_python", default=False)
 # What Hydra's override grammar reads as a value unquoted: not `~`, spaces, `=`, `,`, brackets, letters beyond ASCII.
 _PLAIN_VALUE = re.compile(r"[\w./:+-]+", re.ASCII)
@@ -31,7 +33,7 @@ def called_from_python() -> bool:
 
 
 def command(entry_point: str, words: list[str]) -> str:
-    """`python -m src.<entry_point> <words>` (train, eval), or within advice_as_calls the call: train('model=mlp', ...).
+    """`python -m src.<entry_point> <words>` (train, eval, predict), or within advice_as_calls the call: train('model=mlp', ...).
     `words` are Hydra overrides as Hydra reads them; each is quoted as the shell or Python needs it. A run from a
     config of one's own (--config-dir, --config-name) is named as a command line even there: src.api takes no flags."""
     if called_from_python() and not any(word.startswith("--config-") for word in words):
@@ -55,9 +57,9 @@ def override_value(value) -> str:
     return str(value)
 
 
-def counted(number: int, noun: str) -> str:
-    """`1 block`, `3 blocks`."""
-    return f"{number} {noun}{'' if number == 1 else 's'}"
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """`1 block`, `3 blocks`; `plural` where it is not the noun and an s (batches)."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"
 
 
 def _reads_as_number(word: str) -> bool:
@@ -127,7 +129,4 @@ def without_ckpt_path(overrides) -> list[str]:
 def ckpt_path_override(path: str) -> str:
     """`ckpt_path=<path>` as Hydra must read it. A sweep job's folder name holds `=` and `,`, which Hydra's override
     grammar reads as syntax unless the value is quoted."""
-    if _PLAIN_VALUE.fullmatch(str(path)):
-        return f"ckpt_path={path}"
-    escaped = str(path).replace('"', '\\"')
-    return f'ckpt_path="{escaped}"'
+    return f"ckpt_path={quoted_path(str(path))}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from src.errors import RunInterrupted, UserInputError
+from src.errors import STOP_EXIT_CODES, RunInterrupted, UserInputError
 from src.utils.command_words import original_overrides, resume_command, run_it_again
 
 
@@ -22,10 +22,11 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         graceful = next((cb for cb in trainer.callbacks if isinstance(cb, GracefulStop) and cb.stop_requested), None)
-        if graceful:
+        if graceful:  # asked for in the last batch of an epoch, which Lightning ends as usual
             at = f"at the end of epoch {trainer.current_epoch - 1}, step {trainer.global_step}"
-            raise RunInterrupted(_stopped(graceful.stopped_by, at, where),
-                                 exit_code=130 if graceful.stopped_by == "Ctrl-C" else 143)
+            if 0 <= (trainer.max_epochs or -1) <= trainer.current_epoch or 0 <= trainer.max_steps <= trainer.global_step:
+                at = f"after its last epoch ({trainer.current_epoch - 1}) had trained, before testing"
+            raise RunInterrupted(_stopped(graceful.stopped_by, at, where), exit_code=STOP_EXIT_CODES[graceful.stopped_by])
     except ValueError as err:  # Lightning checks this only once it knows the epoch's length
         if "val_check_interval" not in str(err):
             raise
@@ -37,11 +38,10 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
             "batches across epochs."
         ) from err
     except INTERRUPTIONS as stop:
-        by_ctrl_c = "Ctrl-C" in str(stop)
+        by = "Ctrl-C" if "Ctrl-C" in str(stop) else "SIGTERM"
         at = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
         written = where if where and _modified(where) != before else None
-        raise RunInterrupted(_stopped("Ctrl-C" if by_ctrl_c else "SIGTERM", at, written, ckpt_path, bool(where)),
-                             exit_code=130 if by_ctrl_c else 143) from stop
+        raise RunInterrupted(_stopped(by, at, written, ckpt_path, bool(where)), exit_code=STOP_EXIT_CODES[by]) from stop
     except (RuntimeError, MisconfigurationException) as err:
         # A callback's `monitor` that no metric has (callbacks.early_stopping.monitor=val/los): Lightning finds out at
         # the end of the first validation, and its message lists the metrics there are.
@@ -60,7 +60,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
             + (f"{last} holds the last saved state; resume with: "
                f"{resume_command(original_overrides(), last)}" if last
                else "No checkpoint had been saved yet."),
-            exit_code=130,
+            exit_code=STOP_EXIT_CODES["Ctrl-C"],
         ) from stop
     finally:  # after any failure too: in a sweep, a later job's Ctrl-C would otherwise go to this job's handler
         for callback in trainer.callbacks:
@@ -107,10 +107,10 @@ def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | Non
                              "kept.") from err
     except INTERRUPTIONS as stop:
         raise RunInterrupted(f"Testing stopped by SIGTERM: no test results were written. {advice}",
-                             exit_code=143) from stop
+                             exit_code=STOP_EXIT_CODES["SIGTERM"]) from stop
     except (SystemExit, KeyboardInterrupt) as stop:  # Lightning's exit code 1 after Ctrl-C would read as a failure
         if not aborted_by_ctrl_c(stop):
             raise
         raise RunInterrupted(f"Testing stopped by Ctrl-C: no test results were written. {advice}",
-                             exit_code=130) from stop
+                             exit_code=STOP_EXIT_CODES["Ctrl-C"]) from stop
     return results

@@ -35,10 +35,11 @@ def _quoted_argument(argument: str, sweeping: bool) -> str:
     if value.startswith("[") and value.endswith("]"):  # a list of paths (predict's inputs)
         return f"{key}=[{','.join(_list_elements(value[1:-1]))}]"
     paths = _sweep_values(value) if sweeping else [value]
-    return f"{key}={','.join(_quote(path) for path in paths)}"
+    return f"{key}={','.join(quoted_path(path) for path in paths)}"
 
 
-def _quote(path: str) -> str:
+def quoted_path(path: str) -> str:
+    """`path` as Hydra's override grammar must read it: quoted where needed, a leading `~` expanded."""
     path = os.path.expanduser(path)
     return path if HYDRA_UNQUOTED.fullmatch(path) else '"' + path.replace('"', '\\"') + '"'
 
@@ -51,13 +52,13 @@ def _list_elements(inner: str) -> list[str]:
         rest = rest.lstrip(" ")
         if rest[:1] in ("'", '"'):
             end = next((i for i in range(1, len(rest)) if rest[i] == rest[0] and rest[i - 1] != "\\"), len(rest) - 1)
-            elements += [_quote(path.strip()) for path in _sweep_values(",".join(unquoted))] if unquoted else []
+            elements += [quoted_path(path.strip()) for path in _sweep_values(",".join(unquoted))] if unquoted else []
             elements.append(rest[: end + 1])
             unquoted, rest = [], rest[end + 1 :].lstrip(" ").removeprefix(",")
         else:
             part, _, rest = rest.partition(",")
             unquoted.append(part)
-    elements += [_quote(path.strip()) for path in _sweep_values(",".join(unquoted))] if unquoted else []
+    elements += [quoted_path(path.strip()) for path in _sweep_values(",".join(unquoted))] if unquoted else []
     return elements
 
 

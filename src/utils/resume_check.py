@@ -184,7 +184,6 @@ def follow_the_checkpoints_threads(checkpoint: dict, trainer) -> None:
     only with the threads the checkpoint's run used: a parallel sweep job's share of the cores, resumed alone, would
     otherwise take them all. Not over the user's own OMP_NUM_THREADS, a parallel sweep's share of the cores, nor
     beyond the cores there are here."""
-    import logging
     import os
 
     import torch
@@ -195,7 +194,6 @@ def follow_the_checkpoints_threads(checkpoint: dict, trainer) -> None:
     threads, now = checkpoint.get("cpu_threads"), torch.get_num_threads()
     if not isinstance(trainer.accelerator, CPUAccelerator) or not isinstance(threads, int) or threads < 1 or threads == now:
         return
-    log = logging.getLogger(__name__)
     if parallel_jobs() > 1:  # joblib's workers set OMP_NUM_THREADS themselves: not the user's choice
         why = "its share of the cores in this parallel sweep"
     elif "OMP_NUM_THREADS" in os.environ:

@@ -15,7 +15,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.errors import ReportedError, ResumeRefused, RunInterrupted, UserInputError
+from src.errors import (STOP_EXIT_CODES, ReportedError, ResumeRefused, RunInterrupted, UserInputError,
+                        raised_in_a_spawned_process)
 from src.utils.atomic_files import write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
     from src.utils.jobs import in_multirun
     from src.utils.output_folders import output_dir_problem
     from src.utils.sigterm import Terminated, sigterm_raises
-    from src.utils.sweep_stop import stop_sweep_after_interruption, sweep_stopping
+    from src.utils.sweep_stop import not_run_record, stop_sweep_after_interruption, sweep_stop_code
 
     started = time.perf_counter()
     one_line_for_disk_errors_in_threads()
@@ -100,8 +101,9 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         log.error("%s", problem)
         _discard_this_runs_folder(cfg)
         sys.exit(1)
-    if in_multirun() and sweep_stopping():
-        _record_job(cfg, {"status": "not run", "error": "the sweep was stopped (Ctrl-C or SIGTERM) before this job started"})
+    stop_code = sweep_stop_code() if in_multirun() else None
+    if stop_code is not None:
+        _record_job(cfg, not_run_record(stop_code))
         return None
     try:
         try:
@@ -112,7 +114,7 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         except Terminated as stop:
             raise interrupted_outside_training(by="SIGTERM", cfg=cfg) from stop
     except Exception as failure:
-        err = disk_problem(failure) or failure
+        err = disk_problem(failure) or raised_in_a_spawned_process(failure) or failure
         reported = isinstance(err, ReportedError)
         if in_multirun() and not isinstance(err, ResumeRefused):
             message = str(err).splitlines()[0] if str(err) else ""
@@ -168,7 +170,7 @@ def interrupted_outside_training(by: str = "Ctrl-C", cfg: DictConfig | None = No
         advice = f"Run this job again on its own: {command('train' if 'train' in cfg else 'eval', command_overrides())}"
     else:
         advice = run_it_again()
-    return RunInterrupted(f"{stopped} {advice}", exit_code=130 if by == "Ctrl-C" else 143)
+    return RunInterrupted(f"{stopped} {advice}", exit_code=STOP_EXIT_CODES[by])
 
 
 def _record_job(cfg: DictConfig, record: dict) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from src.errors import what_stopped
 from src.utils.atomic_files import write_text_atomically
 
 log = logging.getLogger(__name__)
@@ -81,14 +82,14 @@ def _job_sweep_dir() -> Path:
     return Path(HydraConfig.get().sweep.dir)
 
 
-def sweep_stopping() -> bool:
-    """Whether this sweep was asked to stop before this job started."""
-    return sweep_stop_code() is not None
-
-
 def sweep_stop_code() -> int | None:
     """The exit code this job's sweep was asked to stop with (130: Ctrl-C, 143: SIGTERM); None if it was not."""
     return requested_exit_code(_job_sweep_dir())
+
+
+def not_run_record(exit_code: int) -> dict:
+    """metrics.json of a job the sweep never started, stopped with `exit_code` before it."""
+    return {"status": "not run", "error": f"the sweep was stopped ({what_stopped(exit_code)}) before this job started"}
 
 
 def stop_sweep_after_interruption(exit_code: int, cfg: DictConfig) -> bool:
@@ -148,7 +149,6 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) ->
                               exclude, str(sweep_dir))
     if Path(hydra.runtime.output_dir).name != named:
         return len(later)  # this job's folder is not named as this project names them: no telling theirs
-    why = f"the sweep was stopped ({'Ctrl-C' if exit_code == 130 else 'SIGTERM'}) before this job started"
     for number, overrides in enumerate(later, start=hydra.job.num + 1):
         if any(override.lstrip("+~").startswith("ckpt_path=") for override in overrides):
             continue
@@ -157,5 +157,5 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) ->
             continue
         (job_dir / ".hydra").mkdir(parents=True)
         OmegaConf.save(OmegaConf.create(list(overrides)), job_dir / ".hydra" / "overrides.yaml")
-        write_json_atomically(job_dir / "metrics.json", {"status": "not run", "error": why})
+        write_json_atomically(job_dir / "metrics.json", not_run_record(exit_code))
     return len(later)

@@ -20,6 +20,8 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from src.errors import what_stopped
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ("job", "varied", "status", "val/acc_best", "test/acc", "test/loss", "wall_seconds", "error", "overrides")
@@ -187,7 +189,7 @@ class SweepSummary(Callback):
             advice = [f"resume the {counts['interrupted']} interrupted as their messages above say"] if counts["interrupted"] else []
             if counts["not run"]:
                 advice.append(f"the {counts['not run']} not run did not start: run them as a sweep of their own")
-            log.error("The sweep was stopped (%s)%s.", "Ctrl-C" if stopped_with == 130 else "SIGTERM",
+            log.error("The sweep was stopped (%s)%s.", what_stopped(stopped_with),
                       f"; of its jobs, {'; '.join(advice)}" if advice else "")
             raise SystemExit(stopped_with)
         # Judged on the jobs this command ran: a resubmitted job that fails must not pass for a success because
