@@ -39,6 +39,13 @@ class Run:
 
             raise UserInputError(f"Run({str(self.dir)!r}): no such folder. A run's folder is the one its command "
                                  "printed (outputs/<date>/<time>, or run.dir in the session that ran it).")
+        if (self.dir / "multirun.yaml").is_file():  # it would read as a run with no results
+            from src.errors import UserInputError
+
+            jobs = sorted(path.name for path in self.dir.iterdir() if (path / ".hydra").is_dir())
+            example = str(self.dir / jobs[0]) if jobs else f"{self.dir}/<job>"
+            raise UserInputError(f"Run({str(self.dir)!r}) is a sweep's folder: open one of its jobs, Run({example!r}), "
+                                 f"or read all of them as a table: pandas.read_csv({str(self.dir / 'summary.csv')!r}).")
         if not self.metrics and (self.dir / "metrics.json").is_file():
             import json
 

@@ -108,6 +108,14 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
         api.Run(str(tmp_path / "no-such-run"))  # a mistyped folder, not a run without results
     with pytest.raises(UserInputError, match=r"metrics\.json'\): no such folder"):
         api.Run(run.dir / "metrics.json")
+    sweep = tmp_path / "sweep"  # as Hydra leaves one: multirun.yaml beside the jobs' folders
+    for job in ("0_seed=1", "1_seed=2"):
+        (sweep / job / ".hydra").mkdir(parents=True)
+    (sweep / "multirun.yaml").write_text("{}\n")
+    with pytest.raises(UserInputError, match=rf"^Run\('{sweep}'\) is a sweep's folder: open one of its jobs, "
+                                             rf"Run\('{sweep}/0_seed=1'\), or read all of them as a table: "
+                                             rf"pandas\.read_csv\('{sweep}/summary\.csv'\)\.$"):
+        api.Run(sweep)  # it read as a run with no results
     assert reopened.metrics == run.metrics and reopened.figures == run.figures and reopened.history() == history
 
     # Advice names the call to make, not a command line.

@@ -87,10 +87,17 @@ def test_sweep_labels_show_what_varies_in_short_and_cut_in_the_middle():
              "varied": f"model.optimizer.lr=0.001 model.optimizer.weight_decay={wd}"} for n, wd in enumerate((0, 0.0001))]
     labels = [label.get_text() for label in sweep_figure(rows).axes[0].get_yticklabels()]
     assert labels == ["0: lr=0.001 weight_decay=0", "1: lr=0.001 weight_decay=0.0001"]
-    # Keys whose last parts coincide stay whole; a label still too long loses its middle, not its distinct end.
-    rows = [{**rows[0], "varied": "model.optimizer.lr=0.001 data.augment.degrees=10 callbacks.ema.lr=5 seed=1"}]
+    # Keys whose last parts coincide keep as much more as tells them apart (adam and sgd rows once read the same).
+    rows = [{**rows[0], "job": f"{n}_x", "varied": f"model.optimizer.name={name} model.scheduler.name=onecycle seed=1"}
+            for n, name in enumerate(("adam", "sgd"))]
+    labels = [label.get_text() for label in sweep_figure(rows).axes[0].get_yticklabels()]
+    assert labels == ["0: optimizer.name=adam scheduler.name=onecycle seed=1",
+                      "1: optimizer.name=sgd scheduler.name=onecycle seed=1"]
+    # A label still too long loses its middle, not its distinct end.
+    rows = [{**rows[0], "varied": "model.optimizer.lr=0.001 data.augment.degrees=10 data.augment.translate=0.1 "
+                                  "data.augment.scale=[0.9,1.1] callbacks.ema.lr=5 seed=1"}]
     (label,) = [label.get_text() for label in sweep_figure(rows).axes[0].get_yticklabels()]
-    assert label == "0: model.optimizer.lr=0…allbacks.ema.lr=5 seed=1" and len(label) == 48
+    assert label == "0: optimizer.lr=0.001 degrees=1… scale=[0.9,1.1] ema.lr=5 seed=1" and len(label) == 64
     assert short_label("IMG_20261124_135501.png", 16) == "IMG_202…5501.png"
 
 
@@ -184,6 +191,22 @@ def test_sweep_dots_show_each_jobs_accuracies_and_a_failed_job_says_why():
     assert not any(len(line.get_xdata()) for line in sweep_figure([interrupted]).axes[0].lines)
     assert {"99.00%", "98.00%"} <= {text.get_text() for text in ax.texts}
     assert "failed: CUDA out of memory" in [text.get_text() for text in ax.texts]
+    long_error = {**rows[1], "error": "ValueError: model.optimizer.lr=0 is invalid: it must be a positive number."}
+    (cut,) = [text.get_text() for text in sweep_figure([long_error]).axes[0].texts]
+    assert cut == "failed: ValueError: model.optimizer.lr=0 is invalid: it must be a p…"  # marked as cut
+
+
+def test_sweep_accuracy_ticks_have_the_decimals_their_spacing_needs():
+    """Rounded to 4 digits, ticks 0.025% apart read 99.8%, 99.83%, 99.85%: unevenly spaced."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    rows = [{"job": "0_seed=1", "varied": "seed=1", "status": "ok", "val/acc_best": 0.9999, "test/acc": 1.0, "error": ""}]
+    figure = sweep_figure(rows)
+    FigureCanvasAgg(figure).draw()
+    ax = figure.axes[0]
+    low, high = ax.get_xlim()
+    ticks = [(tick, label.get_text()) for tick, label in zip(ax.get_xticks(), ax.get_xticklabels()) if low <= tick <= high]
+    assert len(ticks) > 2 and all(float(text.rstrip("%")) == pytest.approx(100 * tick) for tick, text in ticks), ticks
 
 
 def test_the_sweep_legend_covers_no_accuracy_label():
@@ -197,3 +220,51 @@ def test_the_sweep_legend_covers_no_accuracy_label():
     labels = [text for text in figure.axes[0].texts if text.get_text().endswith("%")]
     assert len(labels) == 6
     assert not any(legend.get_window_extent(renderer).overlaps(label.get_window_extent(renderer)) for label in labels)
+
+
+def test_confusion_counts_sit_in_their_cells_and_the_axes_say_which_is_which():
+    confusion = torch.zeros(10, 10, dtype=torch.long)
+    confusion[3, 5] = 1  # one 3 read as a 5
+    ax = confusion_matrix_figure(confusion, "test").axes[0]
+    assert [(text.get_position(), text.get_text()) for text in ax.texts] == [((5, 3), "1")]  # column: the prediction
+    assert ax.get_xlabel() == "predicted digit" and ax.get_ylabel().startswith("true digit")
+
+
+def test_learning_curve_panels_are_titled_loss_then_accuracy():
+    titles = [ax.get_title() for ax in learning_curves_figure([_row(0, 0.9), _row(1, 0.95)]).axes]
+    assert titles == ["cross-entropy loss", "accuracy"]
+
+
+def test_the_lowest_sweep_dot_sits_inside_the_axes():
+    rows = [{"job": f"{n}_x", "varied": f"seed={n}", "status": "ok", "val/acc_best": value, "test/acc": value + 0.001,
+             "error": ""} for n, value in enumerate((0.95, 0.97))]
+    assert sweep_figure(rows).axes[0].get_xlim()[0] < 0.95  # not half cut by the axis' edge
+
+
+def test_short_labels_are_cut_only_past_their_limit():
+    assert short_label("a" * 16, 16) == "a" * 16 and short_label("a" * 17, 16) == "a" * 7 + "…" + "a" * 8
+
+
+def test_a_digit_sheet_shows_normalized_images_with_their_own_range():
+    """Validation samples and the predict preview are normalized (about -0.4 to 2.8): drawn as 0..1 they saturate."""
+    sheet = digit_sheet(torch.linspace(-1, 3, 2 * 28 * 28).reshape(2, 28, 28), ["a", "b"])
+    assert [ax.images[0].get_clim() for ax in sheet.axes] == [(-1.0, 3.0)] * 2
+
+
+def test_the_sample_sheet_has_num_samples_images_and_none_with_zero():
+    trainer = SimpleNamespace(sanity_checking=False, current_epoch=1, max_epochs=2)
+    batch = (torch.zeros(10, 1, 28, 28), torch.arange(10))
+    for num_samples, kept in ((4, 4), (0, None)):
+        figures = DiagnosticFigures(output_dir="unused", num_samples=num_samples)  # 0: the way to switch it off
+        figures.on_validation_batch_end(trainer, None, torch.zeros(10, 10), batch, batch_idx=0)
+        assert (figures._val_samples and len(figures._val_samples[0])) == kept
+
+
+def test_no_mistakes_no_picture_of_them(monkeypatch):
+    """A test pass without a mistake (or num_mistakes=0): no empty misclassified.png."""
+    figures = DiagnosticFigures(output_dir="unused")
+    logged = []
+    monkeypatch.setattr(figures, "_log", lambda trainer, tag, *args: logged.append(tag))
+    figures.on_test_batch_end(None, None, torch.eye(10)[:3] * 5, (torch.zeros(3, 1, 28, 28), torch.arange(3)), batch_idx=0)
+    figures.on_test_end(SimpleNamespace(world_size=1, is_global_zero=True, global_step=1), SimpleNamespace(confusion={}))
+    assert logged == []

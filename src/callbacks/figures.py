@@ -42,7 +42,7 @@ class DiagnosticFigures(pl.Callback):
         return not trainer.sanity_checking and (epoch % self.every_n_epochs == 0 or epoch == trainer.max_epochs)
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if batch_idx == 0 and self._val_figures_due(trainer):
+        if batch_idx == 0 and self.num_samples and self._val_figures_due(trainer):  # 0: no sample sheet
             images, labels = batch
             n = self.num_samples
             self._val_samples = (images[:n].cpu(), labels[:n].cpu(), outputs[:n].argmax(1).cpu())

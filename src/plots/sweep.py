@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter
+from matplotlib.ticker import PercentFormatter
 
 from src.plots import short_label
 
@@ -11,7 +11,7 @@ def sweep_figure(rows: list[dict]) -> Figure:
     figure = Figure(figsize=(9, 1.0 + 0.5 * len(rows)), layout="constrained")
     ax = figure.subplots()
     varied = _with_short_keys([row["varied"] for row in rows])
-    labels = [short_label(f"{row['job'].split('_', 1)[0]}: {text}", 48) for row, text in zip(rows, varied)]
+    labels = [short_label(f"{row['job'].split('_', 1)[0]}: {text}", 64) for row, text in zip(rows, varied)]
     positions = range(len(rows))
     # Dots, not bars: the axis starts near the lowest accuracy, where a bar's length would overstate differences.
     for offset, key, color in ((-0.15, "val/acc_best", "tab:blue"), (0.15, "test/acc", "tab:orange")):
@@ -22,32 +22,40 @@ def sweep_figure(rows: list[dict]) -> Figure:
             ax.annotate(f"{x:.2%}", (x, y), xytext=(5, 0), textcoords="offset points", va="center", fontsize=7)
     for position, row in zip(positions, rows):
         if row["status"] != "ok":
-            ax.text(0.01, position, f"{row['status']}: {row['error'][:60]}", va="center", color="tab:red", fontsize=8,
+            error = row["error"] if len(row["error"]) <= 60 else row["error"][:59] + "…"
+            ax.text(0.01, position, f"{row['status']}: {error}", va="center", color="tab:red", fontsize=8,
                     transform=ax.get_yaxis_transform())
     ok_values = [row[k] for row in rows for k in ("val/acc_best", "test/acc") if row["status"] == "ok" and row[k]]
     low = min(ok_values, default=0.0)
     ax.set_xlim(max(0.0, low - (1 - low) * 0.5 - 0.002), 1.0)
     ax.set_yticks(list(positions), labels, fontsize=8)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # the first job on top, each row its full height
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{100 * x:.4g}%"))  # 99.6%, not 99.600%
+    ax.xaxis.set_major_formatter(PercentFormatter(1.0))  # as many decimals as the ticks' spacing needs
     ax.set_xlabel("accuracy")
     ax.grid(axis="y", alpha=0.3)  # a line along each job's row
     ax.set_title("sweep: best validation and test accuracy per job")
-    # Below the axes: beside them it covered the labels of bars at 100%, which reach past the axes.
+    # Below the axes: beside them it covered the labels of dots at 100%, which reach past the axes.
     figure.legend(loc="outside lower center", ncols=2)
     return figure
 
 
 def _with_short_keys(varied: list[str]) -> list[str]:
-    """Each "key=value ..." with the keys' last parts only (model.optimizer.lr -> lr), unless two keys would then
-    read the same."""
+    """Each "key=value ..." with each key cut to its shortest ending no other key has: model.optimizer.lr -> lr, and
+    beside model.scheduler.name, model.optimizer.name -> optimizer.name."""
     keys = {word.partition("=")[0] for text in varied for word in text.split() if "=" in word}
-    short = {key: key.rsplit(".", 1)[-1] for key in keys}
-    if len(set(short.values())) < len(keys):
-        return varied
+    short = {key: _shortest_distinct_ending(key, keys) for key in keys}
 
     def shorten(word: str) -> str:
         key, equals, value = word.partition("=")
         return f"{short[key]}={value}" if equals else word
 
     return [" ".join(shorten(word) for word in text.split()) for text in varied]
+
+
+def _shortest_distinct_ending(key: str, keys: set[str]) -> str:
+    parts = key.split(".")
+    for count in range(1, len(parts)):
+        ending = ".".join(parts[-count:])
+        if not any(other != key and (other == ending or other.endswith("." + ending)) for other in keys):
+            return ending
+    return key
