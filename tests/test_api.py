@@ -305,10 +305,11 @@ def test_a_run_prints_through_the_callers_console_handler_alone_when_there_is_on
     console, log_file = _run_handlers(log_config, ["console", "file"])
     assert type(console) is logging.StreamHandler and console.stream is sys.stdout
     log_file.close()
-    monkeypatch.setattr(logging.getLogger(), "handlers", [logging.StreamHandler(sys.stdout)])
-    (log_file,) = _run_handlers(log_config, ["console", "file"])
-    assert isinstance(log_file, logging.FileHandler)
-    log_file.close()
+    for callers_console in (sys.stdout, sys.stderr):  # stderr: logging.basicConfig()'s
+        monkeypatch.setattr(logging.getLogger(), "handlers", [logging.StreamHandler(callers_console)])
+        (log_file,) = _run_handlers(log_config, ["console", "file"])
+        assert isinstance(log_file, logging.FileHandler)
+        log_file.close()
 
 
 def test_a_notebook_shows_a_reported_error_as_its_message_alone(monkeypatch):

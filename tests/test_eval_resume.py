@@ -338,7 +338,24 @@ def test_a_ctrl_c_during_the_last_validation_stops_the_run_before_testing(tmp_pa
     assert (tmp_path / "checkpoints" / "epoch000.ckpt").exists() and not (tmp_path / "metrics.json").exists()
 
 
+def test_weights_that_do_not_fit_their_settings_are_a_clear_error(tmp_path, trained_run):
+    from src.models.loading import load_network
+
+    checkpoint = torch.load(trained_run / "checkpoints" / "last.ckpt", weights_only=True)
+    checkpoint["hyper_parameters"]["hidden_sizes"] = [size + 1 for size in checkpoint["hyper_parameters"]["hidden_sizes"]]
+    altered = tmp_path / "altered.ckpt"
+    torch.save(checkpoint, altered)
+    for load in (load_classifier, load_network):
+        with pytest.raises(CheckpointError, match=r"altered\.ckpt: its weights do not fit the network its settings "
+                                                  r"describe \(size mismatch for (net\.)?1\.weight: copying a param "):
+            load(altered)
+
+
 def test_bad_checkpoints_are_clear_errors(tmp_path, trained_run):
+    no_checkpoint = run_module("src.eval", f"hydra.run.dir={tmp_path / 'no_checkpoint'}")  # the likeliest first slip
+    output = no_checkpoint.stdout + no_checkpoint.stderr
+    assert no_checkpoint.returncode == 1 and "Traceback" not in output and "omegaconf" not in output, output[-3000:]
+    assert "ckpt_path is required: python -m src.eval ckpt_path=<run dir>/checkpoints/<name>.ckpt" in output
     with pytest.raises(CheckpointError, match="no such file. Checkpoints are in <run dir>/checkpoints/"):
         load_classifier(tmp_path / "missing.ckpt")
     with pytest.raises(CheckpointError, match="^ckpt_path=123: no such file"):  # Hydra reads ckpt_path=123 as a number
@@ -424,6 +441,12 @@ def test_resuming_with_another_schedule_length_is_refused_before_training(tmp_pa
     )
     assert ("resume with the overrides of the run that saved it: python -m src.train model=mlp data.mean=0.5 data.std=0.6 "
             f"ckpt_path={tmp_path / 'recorded.ckpt'}, or start a new run.") in result.stdout + result.stderr
+    # A shorter run too: its schedule would stop before annealing, without a word.
+    from src.utils.resume_check import check_schedule_length
+
+    with pytest.raises(ResumeRefused, match="schedule of 20 steps; this run would take 10 "):
+        check_schedule_length("cosine", 20, 10, str(last), ["model=mlp"])
+    check_schedule_length("cosine", 20, 20, str(last), ["model=mlp"])  # the same length resumes
 
 
 @pytest.mark.parametrize("path", ["outputs/2026-11-24/13-27-54/checkpoints/last.ckpt",
@@ -637,6 +660,8 @@ def test_a_refused_resume_names_the_overrides_of_the_run_that_saved_the_checkpoi
         os.utime(records[written_at], (written_at, written_at))
     os.utime(checkpoint, (20, 20))
     assert overrides_that_wrote(checkpoint) == records[10]  # the extension that saved it, not the refused attempt at 30
+    os.utime(checkpoint, (10, 10))  # written in the same second as that record (file times rounded to seconds)
+    assert overrides_that_wrote(checkpoint) == records[10]
     os.utime(checkpoint, (5, 5))
     assert overrides_that_wrote(checkpoint) == records[0]
     os.utime(records[0], (40, 40))  # a folder copied without its times: no record is older than the checkpoint

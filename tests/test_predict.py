@@ -138,6 +138,10 @@ def test_sixteen_bit_and_sideways_stored_images_are_read_as_shown(tmp_path):
     sixteen_bit = Image.fromarray(np.asarray(upright, dtype=np.uint16) * 200)  # ink 51000 of 65535, not clipped
     read_back = read_grayscale(save(sixteen_bit, tmp_path / "16bit.png"))
     np.testing.assert_allclose(read_back, expected * 51000 / 65535, atol=1e-4)
+    thirty_two_bit = Image.fromarray(np.asarray(upright, dtype=np.int32) * 200)  # a 32-bit TIFF: Pillow's mode I
+    assert thirty_two_bit.mode == "I"
+    np.testing.assert_allclose(read_grayscale(save(thirty_two_bit, tmp_path / "32bit.tif")), expected * 51000 / 65535,
+                               atol=1e-4)
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: "turn 90° clockwise to display", as phones store portrait photos
     sideways = save(upright.transpose(Image.Transpose.ROTATE_90), tmp_path / "phone.png", exif=exif)
@@ -295,6 +299,7 @@ def predict_config(ckpt_path: Path, inputs: Path | str, output_dir: Path, *overr
 
 
 def test_unreadable_and_blank_files_are_reported_and_skipped(tmp_path, synthetic_checkpoint, caplog):
+    caplog.set_level("INFO", logger="src.predict")
     folder = tmp_path / "images"
     save(draw_six(), folder / "six.png")
     save(Image.new("L", (30, 30), 255), folder / "blank.png")
@@ -313,6 +318,11 @@ def test_unreadable_and_blank_files_are_reported_and_skipped(tmp_path, synthetic
     assert len(skipped) == 2
     assert any("blank.png: no digit found" in line for line in skipped)
     assert any("broken.jpg: not a readable image" in line for line in skipped)
+    assert "classified    : 1 of 3 file(s) with" in caplog.text  # the skipped ones are not counted as classified
+    # A list of files (inputs=[a,b], as Hydra hands it over: a ListConfig), in its own order.
+    listed = predict(compose_config([f"ckpt_path='{synthetic_checkpoint}'", f"paths.output_dir='{tmp_path / 'listed'}'",
+                                     f"inputs=['{folder / 'six.png'}','{folder / 'blank.png'}']"], "predict"))
+    assert [Path(p["path"]).name for p in listed] == ["six.png", "blank.png"]
 
     (folder / "six.png").unlink()
     with pytest.raises(UserInputError, match="none of the 2 input file"):
@@ -485,9 +495,12 @@ def test_a_bad_checkpoint_is_one_clear_error(tmp_path):
 def test_required_values_and_top_k_are_checked(tmp_path, synthetic_checkpoint):
     with pytest.raises(UserInputError, match="ckpt_path is required"):
         predict(compose_config([f"paths.output_dir={tmp_path}", "inputs=x.png"], "predict"))
-    for bad in ("0", "true"):
+    for bad in ("0", "true", "11"):
         with pytest.raises(UserInputError, match=f"top_k={bad} is invalid"):
             predict(predict_config(synthetic_checkpoint, tmp_path, tmp_path, f"top_k={bad}"))
+    save(draw_six(), tmp_path / "six.png")
+    (ranked,) = predict(predict_config(synthetic_checkpoint, tmp_path / "six.png", tmp_path / "run", "top_k=10"))
+    assert ranked["digit"] is not None  # 10, the most there are, is allowed
     with pytest.raises(UserInputError, match="save_preview=maybe is invalid: it must be true or false"):
         predict(predict_config(synthetic_checkpoint, tmp_path, tmp_path, "save_preview=maybe"))
     with pytest.raises(UserInputError, match="output=true is invalid: it must be a file name, e.g. output=predictions.json"):

@@ -144,6 +144,7 @@ CONFIG_CASES = {
     "batch fraction over 1": (["++trainer.limit_val_batches=1.5"], "trainer.limit_val_batches=1.5 is invalid: it must be a whole number"),
     "deterministic as text": (["trainer.deterministic=yes"], "trainer.deterministic=yes is invalid: it must be true, false or warn"),
     "ema decay 1": (["callbacks=[default,ema]", "callbacks.ema.decay=1"], "callbacks.ema.decay=1 is invalid: it must be a number in (0, 1)"),
+    "ema decay 0": (["callbacks=[default,ema]", "callbacks.ema.decay=0"], "callbacks.ema.decay=0 is invalid: it must be a number in (0, 1)"),
     "diverging lr": (
         ["model.batch_norm=false", "model.optimizer.name=sgd", "model.optimizer.lr=1e30", "model.scheduler.name=none"],
         "Training diverged at epoch 0",
@@ -601,7 +602,7 @@ def test_a_refused_command_leaves_no_run_folder_behind(tmp_path, synthetic_data_
     new_shared = tmp_path / "new_shared"  # the first run there: the logger's folder in it goes too
     with pytest.raises(UserInputError, match="data.val_size=100000"):
         api.train(*tiny, "data.val_size=100000", f"paths.log_dir={log_dir}", f"logger.tensorboard.save_dir={new_shared}")
-    assert not new_shared.exists() or not any(new_shared.iterdir())
+    assert new_shared.is_dir() and not any(new_shared.iterdir())  # save_dir itself stays: one's own folder
 
     # Hydra's record kept under another name, or not at all.
     for record in ("meta/records", "null"):
@@ -940,6 +941,15 @@ def test_a_full_disk_is_one_message_and_keeps_the_last_good_checkpoint(tmp_path,
     assert not list(run_dir.rglob("*.partial"))
 
 
+def test_a_full_disk_in_a_notebook_run_is_the_same_one_line_error(tmp_path, synthetic_data_dir):
+    from src import api
+
+    with pytest.raises(UserInputError, match=r"checkpoints/(last|epoch001)\.ckpt: no space left on the disk\. Free some"):
+        api.train(f"hydra.run.dir={tmp_path}", f"data.data_dir={synthetic_data_dir}", "data.download=false",
+                  "data.val_size=80", "data.batch_size=32", "model=mlp", "trainer.max_epochs=3", "callbacks.progress_bar=null",
+                  f"+callbacks.disk_full._target_={__name__}.DiskFullAfterEpoch", "+callbacks.disk_full.epoch=1")
+
+
 @pytest.mark.parametrize("strategy, extra", [("ddp", []), ("ddp_spawn", ["callbacks=[default,ema]", "callbacks.ema.decay=0.9"])],
                          ids=["ddp", "ddp_spawn with weight averaging"])
 def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir, strategy, extra):
@@ -1245,7 +1255,7 @@ def test_a_ctrl_c_while_lightning_handles_a_stop_is_reported_too(tmp_path, synth
         signal.signal(signal.SIGINT, previous_handler)
 
 
-def test_a_second_ctrl_c_aborts_at_once_with_advice_and_keeps_the_last_checkpoint(tmp_path, synthetic_data_dir):
+def test_a_second_ctrl_c_aborts_at_once_with_advice_and_keeps_the_last_checkpoint(tmp_path, synthetic_data_dir, caplog):
     """Lightning answers that KeyboardInterrupt with exit code 1 and leaves Ctrl-C ignored from then on."""
     overrides = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "model.scheduler.name=none",
                  "trainer.max_epochs=2", f"+callbacks.ctrl_c._target_={__name__}.DoubleCtrlCAtStep", "+callbacks.ctrl_c.step=13"]
@@ -1257,6 +1267,8 @@ def test_a_second_ctrl_c_aborts_at_once_with_advice_and_keeps_the_last_checkpoin
             train(compose_config(overrides))
         assert stop.value.exit_code == 130
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # not left ignored
+        # The first Ctrl-C told what a second one does.
+        assert "Ctrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to abort at once)." in caplog.text
     finally:
         signal.signal(signal.SIGINT, previous_handler)
     assert torch.load(last, weights_only=True)["global_step"] == 10  # epoch 0's save, untouched

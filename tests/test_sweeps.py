@@ -555,6 +555,8 @@ def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_dat
         record = json.loads((job_dir / "metrics.json").read_text())
         assert failed.returncode == 1 and record["status"] == "failed" and "MNIST files are missing" in record["error"]
         assert record["earlier_run"] == json.loads(finished)
+        # Not "every job of the sweep": the sweep's other job had finished before.
+        assert "Every job of the sweep that this command ran failed" in failed.stdout + failed.stderr
 
 
 @pytest.mark.parametrize("n_jobs, jobs", [(None, 1), (1, 1), (3, 3), (16, 8), (-1, 8), (-2, 7), (-8, 1), (-20, 1)])
@@ -585,3 +587,52 @@ def test_the_sweeps_tensorboard_command_names_its_subfolder_of_a_logger_folder_s
     assert _tensorboard_folder(compose_config(["logger=[]"]), sweep) is None
     # The default save_dir (paths.output_dir, each job's folder) as it resolves in a run: not a shared folder either.
     assert _tensorboard_folder(compose_config([f"paths.output_dir={tmp_path / 'job'}"]), sweep) is None
+
+
+def test_hparams_tell_augmentation_off_and_an_unaveraged_checkpoint_apart(tmp_path):
+    from src.utils.hparams import trained_settings
+
+    described = {enabled: run_hparams(compose_config([f"data.augment.enabled={enabled}", f"paths.output_dir={tmp_path}"]),
+                                      num_parameters=1)["data/augment"] for enabled in ("true", "false")}
+    assert described["false"] == "off" and "degrees=8.0" in described["true"]  # a sweep over it: two values
+    assert trained_settings({})["callbacks/ema_decay"] == 0.0  # trained without weight averaging
+    assert trained_settings({"current_model_state": {}})["callbacks/ema_decay"] == -1.0  # averaged, decay unrecorded
+
+
+def test_a_stop_request_a_killed_launcher_left_is_cleared_when_the_sweep_starts_again(tmp_path):
+    """It is ignored only while its process id differs; in a container the next launcher often has the same one."""
+    from src.utils.sweep_stop import MARKER, requested_exit_code
+    from src.utils.sweep_summary import SweepSummary
+
+    (tmp_path / MARKER).write_text(f"130 {os.getpid()}")
+    assert requested_exit_code(tmp_path) == 130
+    config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}, "launcher": {"_target_": "basic"}}})
+    SweepSummary().on_multirun_start(config)
+    assert requested_exit_code(tmp_path) is None
+
+
+def test_the_launcher_takes_two_ctrl_cs_as_requests_and_the_third_as_an_abort(tmp_path, monkeypatch):
+    from src.utils.sweep_stop import leave_interruptions_to_the_jobs, requested_exit_code
+
+    handlers: dict = {}
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: handlers.setdefault(signum, handler))
+    monkeypatch.setenv("MNIST_SWEEP_LAUNCHER_PID", "")  # set by the call: put back as it was
+    leave_interruptions_to_the_jobs(tmp_path)
+    monkeypatch.undo()
+    try:
+        for _ in range(2):
+            handlers[signal.SIGINT](signal.SIGINT, None)  # "Ctrl-C twice more to abandon them at once"
+    except KeyboardInterrupt:
+        pytest.fail("a second Ctrl-C abandoned the running jobs")
+    assert requested_exit_code(tmp_path) == 130
+    with pytest.raises(KeyboardInterrupt):
+        handlers[signal.SIGINT](signal.SIGINT, None)
+
+
+def test_a_logger_inside_the_run_folder_needs_no_version_and_a_fixed_one_is_kept():
+    from src.utils.run_folders import logger_version, versioned_by_run_folder
+
+    assert logger_version("/r/tb", "/r") == logger_version("/r", "/r") == ""  # ${paths.output_dir}/tb: inside it
+    assert logger_version("/shared", "/runs/a") == "runs/a"
+    assert versioned_by_run_folder({"version": "${logger_version:${logger.tensorboard.save_dir},x}"})
+    assert not versioned_by_run_folder({"version": "mine"})  # the user's own: never the run folder's to remove

@@ -372,6 +372,7 @@ def test_ema_weights_are_the_ones_saved_and_tested(tmp_path, synthetic_data_dir)
     events = EventAccumulator(str(tmp_path / "b" / "tensorboard"))
     events.Reload()  # the HParams row's val/acc_best column: the checkpoint's, as src.eval logs it
     assert [event.value for event in events.Scalars("val/acc_best")] == [pytest.approx(trained["val/acc_best"])]
+    assert hparams_values(tmp_path / "b")["callbacks/ema_decay"] == pytest.approx(0.9)  # the checkpoint's, recorded
 
 
 def test_validating_every_other_epoch_still_saves_last_every_epoch_and_keeps_curves_honest(tmp_path, synthetic_data_dir,

@@ -129,5 +129,8 @@ def _load_weights(module: nn.Module, state_dict: dict, path: str | Path) -> None
     try:
         module.load_state_dict(state_dict)
     except (RuntimeError, TypeError, AttributeError) as err:  # weights of another shape or name than its settings say
+        # torch's first line only says "Error(s) in loading state_dict for MLP:"; the next names the first misfit.
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()] or [type(err).__name__]
+        reason = lines[1] if len(lines) > 1 and lines[0].startswith("Error(s) in loading") else lines[0]
         raise CheckpointError(f"ckpt_path={path}: its weights do not fit the network its settings describe "
-                              f"({str(err).splitlines()[0]}). It was altered or damaged; use another checkpoint.") from err
+                              f"({reason.rstrip('.')}). It was altered or damaged; use another checkpoint.") from err
