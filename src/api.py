@@ -20,6 +20,7 @@ from pathlib import Path
 import pytorch_lightning  # noqa: F401
 import torch  # noqa: F401
 
+from src.errors import UserInputError
 from src.utils.in_process import run_in_this_process
 
 
@@ -35,13 +36,9 @@ class Run:
     def __post_init__(self) -> None:
         self.dir = Path(self.dir).expanduser()
         if not self.dir.is_dir():  # a mistyped folder would read as a run with no results
-            from src.errors import UserInputError
-
             raise UserInputError(f"Run({str(self.dir)!r}): no such folder. A run's folder is the one its command "
                                  "printed (outputs/<date>/<time>, or run.dir in the session that ran it).")
         if (self.dir / "multirun.yaml").is_file():  # it would read as a run with no results
-            from src.errors import UserInputError
-
             jobs = sorted(path.name for path in self.dir.iterdir() if (path / ".hydra").is_dir())
             example = str(self.dir / jobs[0]) if jobs else f"{self.dir}/<job>"
             raise UserInputError(f"Run({str(self.dir)!r}) is a sweep's folder: open one of its jobs, Run({example!r}), "
@@ -146,8 +143,6 @@ def _as_words(function: str, overrides: tuple, keywords: dict) -> tuple:
     """The settings; keyword arguments are refused with the call to make instead (most keys hold a dot, which a
     keyword cannot, and the command line's syntax, model.hidden_sizes=[64,32], would not carry over)."""
     if keywords:
-        from src.errors import UserInputError
-
         words = [*(repr(str(word)) for word in overrides), *(repr(f"{key}={value}") for key, value in keywords.items())]
         raise UserInputError(f"settings are strings, as on the command line: {function}({', '.join(words)}).")
     return overrides

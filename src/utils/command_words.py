@@ -33,9 +33,10 @@ def called_from_python() -> bool:
 
 
 def command(entry_point: str, words: list[str]) -> str:
-    """`python -m src.<entry_point> <words>` (train, eval, predict), or within advice_as_calls the call: train('model=mlp', ...).
-    `words` are Hydra overrides as Hydra reads them; each is quoted as the shell or Python needs it. A run from a
-    config of one's own (--config-dir, --config-name) is named as a command line even there: src.api takes no flags."""
+    """`python -m src.<entry_point> <words>` (train, eval, predict), or within advice_as_calls the call:
+    train('model=mlp', ...). `words` are Hydra overrides as Hydra reads them; each is quoted as the shell or Python
+    needs it. A run from a config of one's own (--config-dir, --config-name) is named as a command line even there:
+    src.api takes no flags."""
     if called_from_python() and not any(word.startswith("--config-") for word in words):
         return f"{_API_FUNCTIONS[entry_point]}({', '.join(repr(word) for word in words)})"
     return " ".join([f"python -m src.{entry_point}", *(shlex.quote(word) for word in words)])
