@@ -636,3 +636,25 @@ def test_a_logger_inside_the_run_folder_needs_no_version_and_a_fixed_one_is_kept
     assert logger_version("/shared", "/runs/a") == "runs/a"
     assert versioned_by_run_folder({"version": "${logger_version:${logger.tensorboard.save_dir},x}"})
     assert not versioned_by_run_folder({"version": "mine"})  # the user's own: never the run folder's to remove
+
+
+@pytest.mark.parametrize("statuses, advice", [
+    (["interrupted", "interrupted"], "; of its jobs, resume the 2 interrupted as their messages above say."),
+    (["interrupted", "not run"], "; of its jobs, resume the 1 interrupted as their messages above say; the 1 not run "
+                                 "did not start: run them as a sweep of their own."),
+    (["ok", "ok"], "."),
+])
+def test_a_stopped_sweep_ends_with_advice_for_the_jobs_it_has(tmp_path, caplog, statuses, advice):
+    from src.utils.sweep_stop import request_stop
+    from src.utils.sweep_summary import SweepSummary
+
+    for number, status in enumerate(statuses):
+        job = tmp_path / f"{number}_seed={number}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- seed={number}\n")
+        (job / "metrics.json").write_text(json.dumps({"status": status}))
+    request_stop(tmp_path, 143)
+    with pytest.raises(SystemExit) as exited:
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert exited.value.code == 143
+    assert f"The sweep was stopped (SIGTERM){advice}" in caplog.text  # no "the 0 not run"
