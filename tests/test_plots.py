@@ -49,6 +49,27 @@ def test_learning_curves_point_at_the_best_validation_epoch():
     assert note.get_text() == "best val 99.00%" and tuple(note.xy) == (1, 0.99)
 
 
+def test_the_best_validation_note_covers_no_curve():
+    """Beside the best point it covered the validation curve leading up to it (100% at epoch 2 of 4)."""
+    import numpy as np
+    from matplotlib.text import Text
+
+    history = [{**_row(epoch, val), "train/acc": train} for epoch, (val, train) in enumerate(
+        [(0.9, 0.8), (0.95, 0.9), (1.0, 0.95), (1.0, 0.97)])]
+    figure = learning_curves_figure(history)
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    acc_ax = figure.axes[1]
+    (note,) = acc_ax.texts
+    box = Text.get_window_extent(note, renderer)  # the words alone: an Annotation's own extent includes its arrow
+    for line in acc_ax.lines:
+        xs, ys = (np.asarray(values, dtype=float) for values in line.get_data())
+        along = np.linspace(0, 1, 50)  # points along each segment, not only the markers
+        points = np.concatenate([np.stack([x0 + (x1 - x0) * along, y0 + (y1 - y0) * along], axis=1)
+                                 for x0, x1, y0, y1 in zip(xs[:-1], xs[1:], ys[:-1], ys[1:])])
+        assert not any(box.contains(*point) for point in acc_ax.transData.transform(points)), line.get_label()
+
+
 def test_confusion_matrix_title_and_row_labels_give_overall_and_per_digit_accuracy():
     confusion = torch.zeros(10, 10, dtype=torch.long)
     confusion.fill_diagonal_(9)
