@@ -658,3 +658,15 @@ def test_a_stopped_sweep_ends_with_advice_for_the_jobs_it_has(tmp_path, caplog, 
         SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert exited.value.code == 143
     assert f"The sweep was stopped (SIGTERM){advice}" in caplog.text  # no "the 0 not run"
+
+
+def test_a_stop_one_worker_notes_is_the_launchers_for_every_job(tmp_path, monkeypatch):
+    """A joblib worker stopped on its own (SIGTERM to that process) writes the note in its launcher's name: the
+    launcher and the other workers read only notes of their own sweep command."""
+    from src.utils.sweep_stop import request_stop, requested_exit_code
+
+    monkeypatch.setenv("MNIST_SWEEP_LAUNCHER_PID", str(os.getpid() + 1))  # this process: a worker of that launcher
+    request_stop(tmp_path, 143)
+    assert requested_exit_code(tmp_path) == 143  # as every process of the sweep reads it
+    monkeypatch.setenv("MNIST_SWEEP_LAUNCHER_PID", str(os.getpid() + 2))  # a later command's launcher: not its stop
+    assert requested_exit_code(tmp_path) is None
