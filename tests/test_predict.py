@@ -13,7 +13,6 @@ import torch
 from PIL import Image, ImageDraw
 
 from src.data.digit_images import (
-    THIN_STROKE,
     DigitImageError,
     centre_of_mass,
     light_ink_on_black,
@@ -116,7 +115,8 @@ def test_paper_lit_more_on_one_side_is_still_paper(tmp_path, darker):
 def test_thin_pen_strokes_are_widened_like_mnist_strokes(tmp_path, pen):
     # A 2 px pen line on a 163 px tall digit would shrink to a faint 0.2 px trace in the 20×20 box.
     field = prepared(draw_six(stroke=pen), tmp_path)
-    assert THIN_STROKE <= stroke_width(field) <= 3 and field.max() == pytest.approx(1.0, abs=0.05)
+    # About MNIST's median width (1.8 px), not merely past the thinnest (THIN_STROKE, 1 px).
+    assert 1.5 <= stroke_width(field) <= 3 and field.max() == pytest.approx(1.0, abs=0.05)
 
 
 def test_transparent_background_counts_as_paper(tmp_path):
