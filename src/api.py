@@ -42,7 +42,8 @@ class Run:
             jobs = sorted(path.name for path in self.dir.iterdir() if (path / ".hydra").is_dir())
             example = str(self.dir / jobs[0]) if jobs else f"{self.dir}/<job>"
             raise UserInputError(f"Run({str(self.dir)!r}) is a sweep's folder: open one of its jobs, Run({example!r}), "
-                                 f"or read all of them as a table: pandas.read_csv({str(self.dir / 'summary.csv')!r}).")
+                                 f"or read all of them as a table from {self.dir / 'summary.csv'} (csv.DictReader, "
+                                 "or pandas.read_csv where pandas is installed).")
         if not self.metrics and (self.dir / "metrics.json").is_file():
             import json
 

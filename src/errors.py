@@ -65,16 +65,19 @@ def raised_in_a_spawned_process(failure: BaseException) -> ReportedError | None:
     spawn = sys.modules.get("torch.multiprocessing.spawn")
     if spawn is None or not isinstance(failure, spawn.ProcessRaisedException):
         return None
-    raised = list(re.finditer(r"^(src(?:\.\w+)*)\.(\w+): ", str(failure), re.MULTILINE))
-    if not raised:
+    # The last traceback's exception: the one that ended the process (one raised while handling ours is not ours).
+    lines = str(failure).rsplit("Traceback (most recent call last):", 1)[-1].splitlines()
+    raised = next((number for number, line in enumerate(lines) if line and not line[0].isspace()), None)
+    found = re.fullmatch(r"(src(?:\.\w+)*)\.(\w+): (.*)", lines[raised]) if raised is not None else None
+    if not found:
         return None
-    module, name = raised[-1].groups()  # the last: the error the others led to
+    module, name, first_line = found.groups()
     try:
         error_class = getattr(importlib.import_module(module), name, None)
     except ImportError:
         return None
     if not isinstance(error_class, type) or not issubclass(error_class, ReportedError) or error_class is RunInterrupted:
         return None  # RunInterrupted: its exit code is not in the text
-    error = error_class(str(failure)[raised[-1].end():].strip())
+    error = error_class("\n".join([first_line, *lines[raised + 1:]]).strip())
     error.__cause__ = failure  # shown with HYDRA_FULL_ERROR=1
     return error

@@ -110,7 +110,7 @@ def _fit(cfg: DictConfig, trainer, model, datamodule, ckpt_path: str | None, res
     resuming = resumed_at_step is not None
     logged_before = event_files(trainer.loggers) if resuming else set()  # only a resume may train nothing
     started = time.perf_counter()
-    fit_or_report_interruption(trainer, model, datamodule, ckpt_path)
+    fit_or_report_interruption(trainer, model, datamodule, ckpt_path, tests=bool(cfg.get("test")))
     stopper = early_stop(trainer)
     # Stopped short of max_epochs: Lightning keeps a stop's record when min_epochs overrules it, and keeps one that
     # comes in the last epoch.

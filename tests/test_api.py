@@ -113,8 +113,8 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
         (sweep / job / ".hydra").mkdir(parents=True)
     (sweep / "multirun.yaml").write_text("{}\n")
     with pytest.raises(UserInputError, match=rf"^Run\('{sweep}'\) is a sweep's folder: open one of its jobs, "
-                                             rf"Run\('{sweep}/0_seed=1'\), or read all of them as a table: "
-                                             rf"pandas\.read_csv\('{sweep}/summary\.csv'\)\.$"):
+                                             rf"Run\('{sweep}/0_seed=1'\), or read all of them as a table from "
+                                             rf"{sweep}/summary\.csv \(csv\.DictReader, or pandas\.read_csv"):
         api.Run(sweep)  # it read as a run with no results
     assert reopened.metrics == run.metrics and reopened.figures == run.figures and reopened.history() == history
 

@@ -336,6 +336,9 @@ def test_a_ctrl_c_during_the_last_validation_stops_the_run_before_testing(tmp_pa
                                              r"testing\. Saved "):  # not "at the end of epoch 0", as if more were left
         train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", *stop]))
     assert (tmp_path / "checkpoints" / "epoch000.ckpt").exists() and not (tmp_path / "metrics.json").exists()
+    with pytest.raises(RunInterrupted, match=r"after its last epoch \(0\) had trained\. Saved "):  # nothing to test
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "untested"), "model=mlp", *stop,
+                              "test=false"]))
 
 
 def test_weights_that_do_not_fit_their_settings_are_a_clear_error(tmp_path, trained_run):
@@ -452,7 +455,8 @@ def test_resuming_with_another_schedule_length_is_refused_before_training(tmp_pa
 @pytest.mark.parametrize("path", ["outputs/2026-11-24/13-27-54/checkpoints/last.ckpt",
                                   "outputs/multirun/2026-11-24/13-27-54/1_model=cnn,seed=2/checkpoints/last.ckpt",
                                   "/tmp/Läufe/checkpoints/last.ckpt", "/tmp/bob's runs/last.ckpt", '/tmp/a "b"/last.ckpt',
-                                  "/scratch/run~2/checkpoints/last.ckpt"])
+                                  "/scratch/run~2/checkpoints/last.ckpt", "/tmp/my runs/last.ckpt", "/tmp/runs $HOME/x",
+                                  "/tmp/folder ending in a space /last.ckpt", " /tmp/starts with a space"])
 def test_the_printed_resume_override_reads_back_as_the_path(path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

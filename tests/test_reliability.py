@@ -729,23 +729,32 @@ def test_same_seed_gives_bit_identical_runs(tmp_path, synthetic_data_dir):
     assert all(torch.equal(runs[0][1][name], runs[1][1][name]) for name in runs[0][1])
 
 
-@pytest.mark.parametrize("errors_too, lines_read", [(False, 1), (True, 1), (False, 0)],
-                         ids=["stdout", "stdout and stderr", "before the config is shown"])
-def test_a_run_whose_console_reader_goes_away_goes_on_quietly(tmp_path, synthetic_data_dir, errors_too, lines_read):
-    # `python -m src.train ... | head -1` (with 2>&1: `errors_too`): once head has its line, nobody reads. Reading
-    # one line leaves the config in the pipe: the first write that fails is a log line; reading none, the config's.
+@pytest.mark.parametrize("errors_too, read_until, progress_bar", [
+    (False, b"", False), (False, b"config", False), (False, b"Epoch 0", True), (True, b"Epoch 0", True)],
+    ids=["before the config is shown", "after the config", "during training", "during training, with stderr"])
+def test_a_run_whose_console_reader_goes_away_goes_on_quietly(tmp_path, synthetic_data_dir, errors_too, read_until,
+                                                              progress_bar):
+    """`python -m src.train ... | head -1` or quitting `less` (with 2>&1: `errors_too`): nobody reads from then on.
+    The first write that failed was rich's (the config, the model summary), a log line's, or the progress bar's; each
+    ended the run or printed a traceback per line."""
     errors = tmp_path / "stderr.txt"
+    overrides = [word for word in tiny_run_overrides(synthetic_data_dir, tmp_path) if not word.startswith("paths.")
+                 and not (progress_bar and "progress_bar" in word)]
     with errors.open("w") as error_file:
-        overrides = [word for word in tiny_run_overrides(synthetic_data_dir, tmp_path) if not word.startswith("paths.")]
         process = subprocess.Popen([sys.executable, "-m", "src.train", *overrides, f"hydra.run.dir={tmp_path / 'run'}",
-                                    "model=mlp"], cwd=PROJECT_ROOT, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT if errors_too else error_file)
-        for _ in range(lines_read):
-            process.stdout.readline()
+                                    "model=mlp", "trainer.max_epochs=3", "callbacks.figures=null"], cwd=PROJECT_ROOT,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT if errors_too else error_file)
+        seen = b""
+        while read_until not in seen:
+            chunk = os.read(process.stdout.fileno(), 4096)
+            assert chunk, seen[-3000:]  # the run ended before showing it
+            seen += chunk
         process.stdout.close()
-        assert process.wait(timeout=300) == 0, errors.read_text()[-3000:]
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["status"] == "ok"
+        assert process.wait(timeout=300) == 0, (seen + errors.read_bytes())[-3000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["epochs"] == 3
     assert "test accuracy" in (tmp_path / "run" / "train.log").read_text()
+    # With stderr in the pipe too, nothing is left to show what went to it.
     assert "Logging error" not in errors.read_text() and "BrokenPipe" not in errors.read_text()
 
 
@@ -978,6 +987,47 @@ def test_a_refusal_in_a_process_ddp_spawn_started_is_one_line(tmp_path, syntheti
     assert result.returncode == 1 and "Traceback" not in output and "ProcessRaisedException" not in output, output[-3000:]
     assert len(errors) == 1 and "- The checkpoint was trained with a onecycle learning-rate schedule of" in errors[0]
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_only_a_reported_error_that_ended_a_spawned_process_is_taken_for_one():
+    """torch hands back the process's traceback as text; one raised while handling ours (a failed clean-up) is not
+    a refusal, and in a sweep a refusal would stop the whole sweep."""
+    import torch.multiprocessing  # noqa: F401  (loads torch.multiprocessing.spawn)
+
+    from src.errors import ResumeRefused, raised_in_a_spawned_process
+
+    handed_back = sys.modules["torch.multiprocessing.spawn"].ProcessRaisedException
+    frame = '  File "x.py", line 1, in f\n    g()\n'
+    ours = (f"\n\n-- Process 1 terminated with the following error:\nTraceback (most recent call last):\n{frame}"
+            "src.errors.ResumeRefused: The checkpoint was trained with\nanother schedule\n")
+    error = raised_in_a_spawned_process(handed_back(ours, 1, 123))
+    assert type(error) is ResumeRefused and str(error) == "The checkpoint was trained with\nanother schedule"
+    later = f"{ours}\nDuring handling of the above exception, another exception occurred:\n\n" \
+            f"Traceback (most recent call last):\n{frame}RuntimeError: teardown failed\n"
+    assert raised_in_a_spawned_process(handed_back(later, 1, 123)) is None
+    caused_by = f"Traceback (most recent call last):\n{frame}KeyError: 'x'\n\nThe above exception was the direct cause " \
+                f"of the following exception:\n\n{ours.split(chr(10), 3)[-1]}"
+    assert type(raised_in_a_spawned_process(handed_back(caused_by, 0, 123))) is ResumeRefused
+    assert raised_in_a_spawned_process(RuntimeError(ours)) is None  # not handed back by torch
+
+
+def test_a_refusal_in_a_spawned_process_of_a_notebook_run_is_the_same_error(tmp_path, synthetic_data_dir, monkeypatch):
+    import torch.multiprocessing  # noqa: F401  (loads torch.multiprocessing.spawn)
+
+    import src.train
+    from src import api
+    from src.errors import ResumeRefused
+
+    handed_back = sys.modules["torch.multiprocessing.spawn"].ProcessRaisedException(
+        "Traceback (most recent call last):\n  File \"x.py\", line 1\n    f()\nsrc.errors.ResumeRefused: another schedule\n",
+        1, 123)
+
+    def spawned_refusal(cfg):
+        raise handed_back
+
+    monkeypatch.setattr(src.train, "train", spawned_refusal)
+    with pytest.raises(ResumeRefused, match="^another schedule$"):
+        api.train(f"hydra.run.dir={tmp_path}", f"data.data_dir={synthetic_data_dir}", "model=mlp")
 
 
 def test_the_launching_process_of_ddp_spawn_knows_what_its_processes_trained(tmp_path, synthetic_data_dir):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from src import CONFIG_DIR, config_options
+from src.utils.console_output import guard_standard_streams
 from src.utils.path_overrides import is_multirun
 
 
@@ -17,7 +18,9 @@ CHDIR_NOT_SUPPORTED = ("hydra.job.chdir=true is not supported: every run already
 
 def run_command_line(main) -> None:
     """`main()` of an entry point (a @hydra.main function), with its command line's paths quoted and
-    `logger=null`/`callbacks=null` read as none; refused words exit with one line."""
+    `logger=null`/`callbacks=null` read as none; refused words exit with one line. Output whose reader has gone is
+    discarded (src/utils/console_output.py)."""
+    guard_standard_streams()  # a closed pipe (`| head`) does not end the run
     require_config_dir()
     problem = overrides_problem(sys.argv[1:], Path(sys.argv[0]).stem)
     if problem:

@@ -6,14 +6,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.utils.console_output import discard_closed_output
-
 # Top-level groups first, in the order a reader wants them; anything else follows.
 _ORDER = ("data", "model", "trainer", "callbacks", "logger", "paths")
 
 
 def print_config_tree(cfg: DictConfig) -> None:
-    from rich.console import Console
+    from rich import print as rich_print
     from rich.syntax import Syntax
     from rich.tree import Tree
 
@@ -23,9 +21,7 @@ def print_config_tree(cfg: DictConfig) -> None:
         value = cfg[key]
         text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
         tree.add(f"[bold]{key}[/bold]").add(Syntax(text.rstrip(), "yaml", theme="ansi_dark"))
-    console = Console()
-    console.on_broken_pipe = lambda: discard_closed_output(console.file)  # instead of ending the run: see there
-    console.print(tree)
+    rich_print(tree)
 
 
 def take_the_checkpoints_settings(cfg: DictConfig, checkpoint: dict) -> None:

@@ -1,34 +1,55 @@
 """A run whose console reader goes away (`| head`, quitting `less`) goes on to the end, writing its log file only.
 
-Python raises BrokenPipeError on every later write to such a pipe: logging would print a traceback per message and
-rich would end the process in the middle of training. The first failed write points the closed output at the null
-device instead, so nothing later fails."""
+Python raises BrokenPipeError on every later write to such a pipe: logging would print a traceback per message, and
+the progress bar or rich (the config tree, the model summary) would end the process in the middle of training. The
+command line's standard streams are wrapped so that the first failed write points the closed output at the null
+device instead, and nothing later fails."""
 
 from __future__ import annotations
 
-import logging
 import os
 import select
 import sys
 
 
-class ConsoleHandler(logging.StreamHandler):
-    """Hydra's console handler, quiet once nobody reads the console."""
+class ReaderProofStream:
+    """`stream` (sys.stdout or sys.stderr), whose writes cannot fail for want of a reader."""
 
-    def handleError(self, record: logging.LogRecord) -> None:
-        if isinstance(sys.exc_info()[1], BrokenPipeError):
-            discard_closed_output(self.stream)
-        else:
-            super().handleError(record)
+    def __init__(self, stream) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            discard_closed_output(self._stream)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            discard_closed_output(self._stream)
+
+    def __getattr__(self, name: str):  # isatty, fileno, encoding, ...: the stream's own
+        return getattr(self._stream, name)
+
+
+def guard_standard_streams() -> None:
+    if not isinstance(sys.stdout, ReaderProofStream):
+        sys.stdout, sys.stderr = ReaderProofStream(sys.stdout), ReaderProofStream(sys.stderr)
 
 
 def discard_closed_output(broken_stream) -> None:
     """Point `broken_stream` (whose reader is gone) and any other standard output whose reader is gone at the
-    null device."""
-    descriptors = {broken_stream.fileno()} | {fd for fd in (1, 2) if _reader_gone(fd)}
+    null device. What it had buffered goes there too, on its next flush."""
+    try:
+        broken = {broken_stream.fileno()}
+    except (AttributeError, OSError, ValueError):  # not a file (a notebook's stream): nothing to point elsewhere
+        broken = set()
     null = os.open(os.devnull, os.O_WRONLY)
     try:
-        for fd in descriptors:
+        for fd in broken | {fd for fd in (1, 2) if _reader_gone(fd)}:
             os.dup2(null, fd)
     finally:
         os.close(null)

@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from src import CONFIG_DIR
-from src.errors import ReportedError, UserInputError
+from src.errors import ReportedError, UserInputError, raised_in_a_spawned_process
 from src.utils.command_line import config_dir_problem, names_a_setting, overrides_problem, prepared_overrides
 from src.utils.command_words import advice_as_calls, command
 
@@ -128,7 +128,7 @@ def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_
         except KeyboardInterrupt as stop:
             raise interrupted_outside_training(cfg=cfg) from stop
     except Exception as failure:
-        reported = disk_problem(failure) or failure
+        reported = disk_problem(failure) or raised_in_a_spawned_process(failure) or failure
         if isinstance(reported, ReportedError) and run_log is not None:
             run_log.handle(logging.makeLogRecord({"name": __name__, "levelno": logging.ERROR, "levelname": "ERROR",
                                                   "msg": str(reported)}))

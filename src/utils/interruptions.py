@@ -9,9 +9,9 @@ from src.errors import STOP_EXIT_CODES, RunInterrupted, UserInputError
 from src.utils.command_words import original_overrides, resume_command, run_it_again
 
 
-def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None) -> None:
+def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None, tests: bool = True) -> None:
     """trainer.fit; after SIGTERM or Ctrl-C (a checkpoint was saved at a batch boundary), or a second Ctrl-C (nothing
-    saved then), say how to resume."""
+    saved then), say how to resume. `tests`: whether the run tests after its training."""
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
     from src.callbacks.safety import INTERRUPTIONS, GracefulStop, ResumableCheckpoint, aborted_by_ctrl_c
@@ -25,7 +25,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         if graceful:  # asked for in the last batch of an epoch, which Lightning ends as usual
             at = f"at the end of epoch {trainer.current_epoch - 1}, step {trainer.global_step}"
             if 0 <= (trainer.max_epochs or -1) <= trainer.current_epoch or 0 <= trainer.max_steps <= trainer.global_step:
-                at = f"after its last epoch ({trainer.current_epoch - 1}) had trained, before testing"
+                at = f"after its last epoch ({trainer.current_epoch - 1}) had trained" + (", before testing" if tests else "")
             raise RunInterrupted(_stopped(graceful.stopped_by, at, where), exit_code=STOP_EXIT_CODES[graceful.stopped_by])
     except ValueError as err:  # Lightning checks this only once it knows the epoch's length
         if "val_check_interval" not in str(err):

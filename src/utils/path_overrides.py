@@ -41,7 +41,8 @@ def _quoted_argument(argument: str, sweeping: bool) -> str:
 def quoted_path(path: str) -> str:
     """`path` as Hydra's override grammar must read it: quoted where needed, a leading `~` expanded."""
     path = os.path.expanduser(path)
-    return path if HYDRA_UNQUOTED.fullmatch(path) else '"' + path.replace('"', '\\"') + '"'
+    plain = HYDRA_UNQUOTED.fullmatch(path) and path == path.strip()  # Hydra would drop spaces at either end
+    return path if plain else '"' + path.replace('"', '\\"') + '"'
 
 
 def _list_elements(inner: str) -> list[str]:
