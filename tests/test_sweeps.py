@@ -270,7 +270,8 @@ def test_sigterm_to_the_launcher_alone_stops_the_running_jobs_too(tmp_path, synt
     for job_dir in sorted(sweep_dir.glob("[01]_*")):
         error = json.loads((job_dir / "metrics.json").read_text())["error"]
         saved = torch.load(job_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
-        assert "Training stopped by SIGTERM at epoch" in error and f"step {saved}. Saved" in error, error
+        # "at the end of epoch 1" when the job saw the request in an epoch's last batch (a loaded machine's timing).
+        assert re.search(rf"Training stopped by SIGTERM at (the end of )?epoch \d+, step {saved}\. Saved", error), error
     assert ("The sweep was stopped (SIGTERM); of its jobs, resume the 2 interrupted as their messages above say; the 1 "
             "not run did not start: run them as a sweep of their own.") in output
 
