@@ -45,7 +45,7 @@ def discard_closed_output(broken_stream) -> None:
     null device. What it had buffered goes there too, on its next flush."""
     try:
         broken = {broken_stream.fileno()}
-    except (AttributeError, OSError, ValueError):  # not a file (a notebook's stream): nothing to point elsewhere
+    except (AttributeError, OSError, ValueError):  # a stream that is not a file: no descriptor to point elsewhere
         broken = set()
     null = os.open(os.devnull, os.O_WRONLY)
     try:
