@@ -214,10 +214,12 @@ def test_clean_last_epochs_without_an_augmented_epoch_is_a_clear_error(synthetic
 
 
 def test_hyperparameters_stay_plain_values(synthetic_data_dir, tmp_path):
-    datamodule = MNISTDataModule(str(synthetic_data_dir), download=False, augment={"enabled": True, "degrees": 5})
+    # data_dir as a Path, as a notebook passes it: a pickled PosixPath would make the checkpoint unloadable.
+    datamodule = MNISTDataModule(synthetic_data_dir, download=False, augment={"enabled": True, "degrees": 5})
     assert datamodule.hparams.augment == {**DEFAULT_AUGMENT, "enabled": True, "degrees": 5.0}
     torch.save(dict(datamodule.hparams), tmp_path / "hparams.pt")
-    assert torch.load(tmp_path / "hparams.pt", weights_only=True)["augment"]["degrees"] == 5.0
+    saved = torch.load(tmp_path / "hparams.pt", weights_only=True)
+    assert saved["augment"]["degrees"] == 5.0 and saved["data_dir"] == str(synthetic_data_dir)
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,20 @@ def test_every_scheduler_setting_reaches_torch():
     assert onecycle[0] == pytest.approx(0.01)  # starts at lr / div_factor
     cosine = scheduled_lrs({"name": "cosine", "warmup_steps": 0, "min_lr": 0.02})
     assert min(cosine) == pytest.approx(0.02, abs=1e-3) and cosine[0] == pytest.approx(0.1)
+    ends = scheduled_lrs({"name": "onecycle", "div_factor": 10.0, "final_div_factor": 100.0})
+    assert ends[-1] == pytest.approx(0.1 / 10 / 100, rel=1e-3)  # lr / div_factor / final_div_factor
+    warmed = scheduled_lrs({"name": "cosine", "warmup_steps": 20, "min_lr": 0.02})
+    assert warmed[0] == pytest.approx(0.1 * 1e-3) and max(warmed) == pytest.approx(0.1, rel=1e-3)
+    assert warmed[-1] == pytest.approx(0.02, abs=1e-3)  # the cosine takes the steps after the warm-up
+    # A warm-up longer than the run is cut to it; the scheduler steps once per training step, the last one included.
+    optimizer = build_optimizer(params(), {"name": "sgd", "lr": 0.1})
+    longer = build_scheduler(optimizer, {"name": "cosine", "warmup_steps": 500, "min_lr": 0.0}, total_steps=100)
+    for _ in range(100):
+        optimizer.step()
+        longer["scheduler"].step()  # the cosine after it had no step left: a division by zero
+    assert 0 <= optimizer.param_groups[0]["lr"] <= 0.1
+    with pytest.raises(UserInputError, match="model.scheduler.name=onecycle needs at least one training step"):
+        build_scheduler(build_optimizer(params(), {"name": "sgd", "lr": 0.1}), {"name": "onecycle"}, total_steps=0)
 
 
 @pytest.mark.parametrize("config", [{"name": "adam", "lr": 0}, {"name": "sgd", "lr": -1.0}, {"name": "adam"}])
@@ -107,6 +121,8 @@ def test_biases_and_batch_norm_can_be_exempt_from_weight_decay(name):
     ({"name": "adam", "lr": 1e-3, "weight_decay": -1}, "model.optimizer.weight_decay=-1 is invalid: it must be a number >= 0"),
     ({"name": "adam", "lr": 1e-3, "betas": [0.9]}, "model.optimizer.betas=[0.9] is invalid"),
     ({"name": "sgd", "lr": 0.1, "momentum": 0}, "set model.optimizer.nesterov=false"),
+    ({"name": "adam", "lr": 1e-3, "betas": [0.9, 1.0]}, "is invalid: it must be a pair [beta1, beta2] of numbers in [0, 1"),
+    ({"name": "sgd", "lr": 0.1, "momentum": 1}, "model.optimizer.momentum=1 is invalid: it must be a number in [0, 1"),
     ({"name": "Adam", "lr": 1e-3}, "model.optimizer.name=Adam is unknown: choose one of adam, adamw, sgd"),
     ({"name": "sgd", "lr": 0.1, "nesterov": "yes"}, "model.optimizer.nesterov=yes is invalid: it must be true or false"),
 ])
@@ -121,6 +137,7 @@ def test_bad_optimizer_settings_are_clear_errors(config, message):
     ({"name": "cosine", "warmup_steps": -5}, "model.scheduler.warmup_steps=-5 is invalid: it must be a whole number >= 0"),
     ({"name": "cosine", "min_lr": -0.1}, "model.scheduler.min_lr=-0.1 is invalid"),
     ({"name": "onecycle", "pct_strat": 0.3}, "model.scheduler.pct_strat is not a setting of model.scheduler"),
+    ({"name": "onecycle", "div_factor": 0}, "model.scheduler.div_factor=0 is invalid: it must be a number > 0"),
     # Names as written: the learning-rate monitor and the HParams table compare them so too.
     ({"name": "OneCycle"}, "model.scheduler.name=OneCycle is unknown: choose one of none, onecycle, cosine"),
     ({"name": None}, "model.scheduler.name=None is unknown"),
@@ -135,6 +152,7 @@ def test_a_setting_of_another_choice_is_accepted_so_one_config_can_sweep_over_na
     check_scheduler_config({"name": "cosine", "pct_start": 0.25, "warmup_steps": 200})
     optimizer = build_optimizer(params(), {"name": "adam", "lr": 1e-3, "momentum": 0.9, "nesterov": True})
     assert isinstance(optimizer, torch.optim.Adam)
+    check_optimizer_config({"name": "adam", "lr": 1e-3, "momentum": 0})  # SGD's nesterov check is SGD's alone
 
 
 def test_a_onecycle_warm_up_of_exactly_one_step_is_a_clear_error():

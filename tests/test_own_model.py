@@ -133,7 +133,7 @@ def test_a_run_ended_by_early_stopping_stays_ended_when_resumed(tmp_path, synthe
     assert json.loads((run_dir / "metrics.json").read_text())["stopped_early"] == first["stopped_early"]
 
 
-def test_stopped_early_says_so_only_when_the_run_ended_before_max_epochs(tmp_path, synthetic_data_dir):
+def test_stopped_early_says_so_only_when_the_run_ended_before_max_epochs(tmp_path, synthetic_data_dir, caplog):
     """Lightning keeps the record of a stop that min_epochs overruled, or that came in the last epoch."""
     def run(folder: str, *stopping: str) -> dict:
         return train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / folder), "model=mlp",
@@ -141,7 +141,14 @@ def test_stopped_early_says_so_only_when_the_run_ended_before_max_epochs(tmp_pat
 
     never_better = ["callbacks.early_stopping.patience=1", "callbacks.early_stopping.min_delta=1"]
     assert "stopped_early" not in run("a", *never_better, "++trainer.min_epochs=3")  # stopped at epoch 2, overruled
-    assert run("b", *never_better, "++trainer.min_epochs=1")["stopped_early"].startswith("after 2 of 3 epochs: ")
+    caplog.clear()
+    with caplog.at_level("INFO", logger="src.utils.run"):
+        stopped = run("b", *never_better, "++trainer.min_epochs=1")
+    assert stopped["stopped_early"].startswith("after 2 of 3 epochs: ")
+    # The run's closing summary says so too, beside its best validation accuracy and best checkpoint.
+    assert f"best val acc  : {stopped['val/acc_best']:.2%}" in caplog.text
+    assert f"stopped early : {stopped['stopped_early']}" in caplog.text
+    assert f"checkpoint    : {stopped['best_model_path']}" in caplog.text
     # Lightning's own message has the comparison the wrong way round here: 'val/acc = 0.4 > 1.01'.
     assert run("c", "+callbacks.early_stopping.divergence_threshold=1.01")["stopped_early"] == (
         "after 1 of 3 epochs: val/acc fell below the divergence threshold 1.01")

@@ -171,12 +171,15 @@ def test_the_benchmark_refuses_a_bad_device_or_missing_data_at_once_and_names_a_
                                (["--device", "cuda:1x"], "--device cuda:1x: it must be cpu, cuda or cuda:N."),
                                (["--data-dir", str(tmp_path)], f"--data-dir {tmp_path}: train-images-idx3-ubyte, "
                                                                "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                                                               "t10k-labels-idx1-ubyte missing in ")):
+                                                               "t10k-labels-idx1-ubyte missing in "),
+                               (["--repeats", "0"], "--repeats 0: it must be 1 or more")):
         result = run_module("src.bench", *arguments, timeout=120)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     failing = [sys.executable, "-c", "print('[a][ERROR] - first'); print('[b][ERROR] - data.val_size=0 is invalid'); exit(1)"]
     with pytest.raises(BenchFailed, match=r" failed: data.val_size=0 is invalid$"):  # the last error: the run's own
         whole_process(failing, tmp_path / "run.log")
+    wall, peak_mib = whole_process([sys.executable, "-c", "bytearray(200 * 2**20)"], tmp_path / "run.log")
+    assert 200 < peak_mib < 1000  # the peak memory row's unit: MiB (the OS counts KiB)
     import src.bench
 
     def measure(args, work):

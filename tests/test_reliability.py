@@ -145,6 +145,9 @@ CONFIG_CASES = {
     "deterministic as text": (["trainer.deterministic=yes"], "trainer.deterministic=yes is invalid: it must be true, false or warn"),
     "ema decay 1": (["callbacks=[default,ema]", "callbacks.ema.decay=1"], "callbacks.ema.decay=1 is invalid: it must be a number in (0, 1)"),
     "ema decay 0": (["callbacks=[default,ema]", "callbacks.ema.decay=0"], "callbacks.ema.decay=0 is invalid: it must be a number in (0, 1)"),
+    "betas of three": (["+model.optimizer.betas=[0.9,0.99,0.5]"], "model.optimizer.betas=[0.9, 0.99, 0.5] is invalid"),
+    "rotation past 180": (["data.augment.degrees=181"], "data.augment.degrees=181 is invalid"),
+    "tensorboard log_dir": (["+logger.tensorboard.log_dir=x"], "logger.tensorboard.log_dir is not a setting of logger.tensorboard"),
     "diverging lr": (
         ["model.batch_norm=false", "model.optimizer.name=sgd", "model.optimizer.lr=1e30", "model.scheduler.name=none"],
         "Training diverged at epoch 0",
@@ -882,6 +885,31 @@ def test_a_disk_error_under_a_later_one_is_still_reported_as_one_line():
     assert disk_problem(RuntimeError("unrelated")) is None
     tensorboards = OSError(errno.EPERM, os.strerror(errno.EPERM), b"/runs/a/tensorboard/events.out.tfevents.1")
     assert str(disk_problem(tensorboards)).startswith("/runs/a/tensorboard/events.out.tfevents.1: not permitted.")
+    not_owned = OSError(errno.EACCES, os.strerror(errno.EACCES), "/runs/b/metrics.json")  # another user's folder
+    assert str(disk_problem(not_owned)).startswith("/runs/b/metrics.json: permission denied.")
+    ours = UserInputError("data.data_dir=/data: cannot be read")  # our own message, raised from the disk's error
+    ours.__cause__ = not_owned
+    assert disk_problem(ours) is None
+
+
+def test_a_folder_that_cannot_be_written_to_is_refused_in_one_line(tmp_path, monkeypatch):
+    """The tests run as root, for whom every folder is writable: the check asks os.access."""
+    from src.utils import output_folders
+
+    assert output_folders.folder_problem(tmp_path / "new" / "run", "hydra.run.dir") is None
+    monkeypatch.setattr(output_folders.os, "access", lambda path, mode: not mode & os.W_OK)
+    assert (f"Cannot make the folder {tmp_path / 'new' / 'run'}: {tmp_path} cannot be written to (no permission, or a "
+            "read-only file system)") in output_folders.folder_problem(tmp_path / "new" / "run", "hydra.run.dir")
+
+
+def test_a_used_folder_without_a_checkpoint_is_refused_without_resume_advice(tmp_path):
+    from src.errors import RunFolderTaken
+    from src.utils.output_folders import refuse_a_used_folder
+
+    (tmp_path / "metrics.json").write_text("{}")  # tested a checkpoint there, or its last.ckpt was deleted
+    with pytest.raises(RunFolderTaken, match=r"holds a run already \(metrics\.json\)") as refused:
+        refuse_a_used_folder(tmp_path, resumable=True)
+    assert "ckpt_path" not in str(refused.value)  # no checkpoint there to continue from
 
 
 def test_a_full_disk_in_tensorboards_thread_is_one_line_not_a_traceback(monkeypatch, caplog, capsys):
@@ -1013,6 +1041,8 @@ def test_only_a_reported_error_that_ended_a_spawned_process_is_taken_for_one():
                 f"of the following exception:\n\n{ours.split(chr(10), 3)[-1]}"
     assert type(raised_in_a_spawned_process(handed_back(caused_by, 0, 123))) is ResumeRefused
     assert raised_in_a_spawned_process(RuntimeError(ours)) is None  # not handed back by torch
+    stopped = ours.replace("src.errors.ResumeRefused:", "src.errors.RunInterrupted:")  # its exit code is not in the text
+    assert raised_in_a_spawned_process(handed_back(stopped, 1, 123)) is None
 
 
 def test_a_refusal_in_a_spawned_process_of_a_notebook_run_is_the_same_error(tmp_path, synthetic_data_dir, monkeypatch):
@@ -1131,7 +1161,11 @@ def test_callbacks_without_the_usual_checkpoint_are_allowed_when_chosen_delibera
     ["trainer.log_every_n_steps=0"],  # turns step logging off
     ["trainer.deterministic=warn"],  # Lightning's own third choice
     ["train=false", "model=cnn", "data.batch_size=1"],  # batch norm needs 2 images per batch to train, not to test
-], ids=["no step logging", "deterministic warn", "testing batch norm on batches of 1"])
+    ["++trainer.limit_val_batches=1.0"],  # all of them, as the message for a wrong one says
+    ["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=0"],  # stop at the first non-improvement
+    ["train=false", "callbacks=[early_stopping]"],  # testing only: no checkpoint callback needed
+], ids=["no step logging", "deterministic warn", "testing batch norm on batches of 1", "all validation batches",
+        "patience 0", "early stopping when only testing"])
 def test_edge_values_that_are_valid_are_accepted(tmp_path, overrides):
     from src.utils.validate import validate_train_config
 

@@ -294,6 +294,7 @@ def test_per_class_accuracy_is_the_share_of_each_digits_images_read_right():
     per_class = {key: value for key, value in results.items() if key.startswith("test/acc_class/")}
     assert per_class == {"test/acc_class/0": 0.75, "test/acc_class/1": 1.0, "test/acc_class/2": 0.0}
     assert results["test/acc"] == pytest.approx(5 / 7)
+    assert results["test/images"] == 7  # all of them, not those read right
 
 
 def test_missing_data_offline_is_one_clear_error(tmp_path):
