@@ -3,6 +3,7 @@
     python -m src.train model=cnn trainer.max_epochs=5
     python -m src.train -m model=mlp,cnn model.optimizer.lr=1e-3,3e-3
     python -m src.train ckpt_path=<run dir>/checkpoints/last.ckpt      # resume
+    python -m src.train hydra.run.dir=<run dir> ckpt_path=last         # resume if it has a last.ckpt, else start
 
 Heavy imports (torch, Lightning) happen inside `train`, so `--help` and `--cfg job` stay fast.
 """
@@ -30,11 +31,13 @@ def train(cfg: DictConfig) -> dict:
     from src.models.checkpoint_file import read_checkpoint
     from src.utils.hparams import log_run_hparams
     from src.utils.config_io import take_the_checkpoints_settings
+    from src.utils.continue_run import take_this_runs_last_checkpoint
     from src.utils.instantiate import build_group
     from src.utils.run import finish_run, start_run
     from src.utils.trainer_setup import build_trainer
     from src.utils.validate import validate_train_config
 
+    starting_over = take_this_runs_last_checkpoint(cfg)  # ckpt_path=last
     validate_train_config(cfg)  # before any work: a bad value fails in a second, not after loading data
     ckpt_path = cfg.get("ckpt_path")
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # a mistyped path too, before the run folder
@@ -53,7 +56,7 @@ def train(cfg: DictConfig) -> dict:
         from src.utils.resume_check import check_latest_state
 
         check_latest_state(ckpt_path, checkpoint, original_overrides())
-    output_dir = start_run(cfg, save=not resuming_in_place, continuing=continuing)
+    output_dir = start_run(cfg, save=not resuming_in_place, continuing=continuing or starting_over)
     metrics: dict = {"status": "ok"}
     if ckpt_path and not cfg.get("train"):
         from src.models.loading import checkpoint_record, load_classifier

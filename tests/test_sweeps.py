@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -135,7 +136,8 @@ def test_an_interrupted_job_stops_the_sweep_and_is_recorded(tmp_path, synthetic_
     # Hydra's end-of-sweep hook never runs: the summary is written at the stop, with the job that never started.
     assert [row["status"] for row in summary_rows(sweep_dir)] == ["interrupted", "not run"]
     assert next_job.name.startswith("1_") and not (next_job / "checkpoints").exists()
-    assert "the 1 later job did not start: run it as a sweep of its own" in output
+    assert re.search(r"The sweep stops here; 1 later job did not start\. Summary: .*summary\.\{csv,md,png\}\. Finish the "
+                     r"sweep in its folder .*: python -m src\.train -m .* ckpt_path=last\n", output)
 
     # With HYDRA_FULL_ERROR=1 too (the traceback is shown): an exception would let Hydra start the next job.
     sweep_dir = tmp_path / "full_error"
@@ -165,7 +167,8 @@ def test_the_jobs_an_interruption_kept_from_starting_are_listed_under_their_fold
     armed.touch()
     sweep = ["model=mlp", "seed=1,2", "model.optimizer.lr=0.001,0.002", "data.augment.enabled=false",
              f"+callbacks.stop._target_={__name__}.CtrlCIfArmed", f"+callbacks.stop.armed={armed}"]
-    assert multirun(tmp_path / "stopped", synthetic_data_dir, *sweep).returncode == 130
+    stop = multirun(tmp_path / "stopped", synthetic_data_dir, *sweep)
+    assert stop.returncode == 130
     assert multirun(tmp_path / "whole", synthetic_data_dir, *sweep).returncode == 0
     stopped, whole = summary_rows(tmp_path / "stopped"), summary_rows(tmp_path / "whole")
     assert [row["job"] for row in stopped] == [row["job"] for row in whole] and len(whole) == 4
@@ -173,13 +176,27 @@ def test_the_jobs_an_interruption_kept_from_starting_are_listed_under_their_fold
     assert {row["error"] for row in stopped[1:]} == {"the sweep was stopped (Ctrl-C) before this job started"}
     assert [row["varied"] for row in stopped] == [row["varied"] for row in whole]
 
+    # The command printed at the stop finishes the sweep in its folder: the interrupted job resumes from its mid-epoch
+    # last.ckpt, the others start, and every result equals the sweep run whole.
+    (finish,) = re.findall(r"Finish the sweep in its folder .*?: python -m src\.train (-m .*)\n", stop.stdout + stop.stderr)
+    result = run_module("src.train", *shlex.split(finish), timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    finished = summary_rows(tmp_path / "stopped")
+    assert [row["job"] for row in finished] == [row["job"] for row in whole]
+    assert [row["varied"] for row in finished] == [row["varied"] for row in whole]  # ckpt_path=last is not a setting
+    for key in ("status", "val/acc_best", "test/acc", "test/loss"):
+        assert [row[key] for row in finished] == [row[key] for row in whole], key
+    resumed = [json.loads((tmp_path / "stopped" / row["job"] / "metrics.json").read_text()).get("resumed_from")
+               for row in finished]
+    assert resumed[0].endswith("/checkpoints/last.ckpt") and resumed[1:] == [None, None, None]
+
     # Options chosen by glob() are listed too; folders named otherwise (hydra.sweep.subdir) are not guessed at.
     for where, overrides, statuses in (("glob", ["model=glob(m*)"], ["interrupted", "not run"]),
                                        ("subdir", ["model=mlp", "hydra.sweep.subdir=job${hydra.job.num}"], ["interrupted"])):
         armed.touch()
         result = multirun(tmp_path / where, synthetic_data_dir, *overrides, "seed=1,2",
                           f"+callbacks.stop._target_={__name__}.CtrlCIfArmed", f"+callbacks.stop.armed={armed}")
-        assert result.returncode == 130 and "the 1 later job did not start" in result.stdout + result.stderr
+        assert result.returncode == 130 and "; 1 later job did not start" in result.stdout + result.stderr
         assert [row["status"] for row in summary_rows(tmp_path / where)] == statuses
 
 
@@ -272,8 +289,9 @@ def test_sigterm_to_the_launcher_alone_stops_the_running_jobs_too(tmp_path, synt
         saved = torch.load(job_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"]
         # "at the end of epoch 1" when the job saw the request in an epoch's last batch (a loaded machine's timing).
         assert re.search(rf"Training stopped by SIGTERM at (the end of )?epoch \d+, step {saved}\. Saved", error), error
-    assert ("The sweep was stopped (SIGTERM); of its jobs, resume the 2 interrupted as their messages above say; the 1 "
-            "not run did not start: run them as a sweep of their own.") in output
+    assert re.search(r"The sweep was stopped \(SIGTERM\): 2 interrupted, 1 not run\. Finish the sweep in its folder with "
+                     r"its own command and ckpt_path=last \(.*\): python -m src\.train -m .*hydra/launcher=joblib "
+                     r"hydra\.launcher\.n_jobs=2 .*seed=1,2,3 .*hydra\.sweep\.dir=.* ckpt_path=last\n", output)
 
 
 def test_a_stop_request_left_by_another_command_is_ignored(tmp_path):
@@ -296,9 +314,9 @@ def test_a_sweep_run_again_into_its_folder_is_refused_and_keeps_its_results(tmp_
     before = [path.read_bytes() for path in kept]
     again = multirun(sweep_dir, synthetic_data_dir, "model=mlp", "seed=1")
     assert again.returncode == 1 and f"{job_dir} holds a run already" in again.stdout + again.stderr
-    # The sweep's folder was given, and one ckpt_path would go to every job: the advice says so.
-    assert ("Choose another hydra.sweep.dir, or leave it out: each sweep then gets a new dated folder; to continue "
-            "that job instead, run it alone with its own values and 'ckpt_path=") in again.stdout + again.stderr
+    # The sweep's folder was given: ckpt_path=last (not one job's checkpoint) continues each job in it.
+    assert ("Choose another hydra.sweep.dir, or leave it out: each sweep then gets a new dated folder; to continue the "
+            "sweep in it instead (each job from its own last.ckpt), add ckpt_path=last.") in again.stdout + again.stderr
     assert [path.read_bytes() for path in kept] == before  # not even recorded as a failed job
 
 
@@ -640,9 +658,9 @@ def test_a_logger_inside_the_run_folder_needs_no_version_and_a_fixed_one_is_kept
 
 
 @pytest.mark.parametrize("statuses, advice", [
-    (["interrupted", "interrupted"], "; of its jobs, resume the 2 interrupted as their messages above say."),
-    (["interrupted", "not run"], "; of its jobs, resume the 1 interrupted as their messages above say; the 1 not run "
-                                 "did not start: run them as a sweep of their own."),
+    (["interrupted", "interrupted"], ": 2 interrupted. Resume each interrupted job as its message says, and run the "
+                                     "jobs not run as a sweep of their own."),  # no multirun.yaml to repeat
+    (["interrupted", "not run", "ok"], ": 1 interrupted, 1 not run. Resume"),
     (["ok", "ok"], "."),
 ])
 def test_a_stopped_sweep_ends_with_advice_for_the_jobs_it_has(tmp_path, caplog, statuses, advice):
@@ -658,7 +676,7 @@ def test_a_stopped_sweep_ends_with_advice_for_the_jobs_it_has(tmp_path, caplog, 
     with pytest.raises(SystemExit) as exited:
         SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert exited.value.code == 143
-    assert f"The sweep was stopped (SIGTERM){advice}" in caplog.text  # no "the 0 not run"
+    assert f"The sweep was stopped (SIGTERM){advice}" in caplog.text  # no "0 not run"
 
 
 def test_a_stop_one_worker_notes_is_the_launchers_for_every_job(tmp_path, monkeypatch):

@@ -55,9 +55,10 @@ def refuse_a_used_folder(output_dir: Path, resumable: bool) -> None:
     if found:
         last = output_dir / "checkpoints" / "last.ckpt"
         resume = typed(ckpt_path_override(str(last))) if resumable and last.is_file() else ""
-        if in_multirun():  # the sweep's folder was given; one ckpt_path would go to every job of the sweep
+        if in_multirun():  # the sweep's folder was given: ckpt_path=last sends each job to its own last.ckpt
             setting, which = "hydra.sweep.dir", "each sweep then gets a new dated folder"
-            resume = f"; to continue that job instead, run it alone with its own values and {resume}" if resume else ""
+            each_its_own = "; to continue the sweep in it instead (each job from its own last.ckpt), add ckpt_path=last"
+            resume = each_its_own if resume else ""
         else:
             setting, which = "hydra.run.dir", "each run then gets a new dated folder"
             resume = f"; to continue that run instead, add {resume}" if resume else ""

@@ -164,9 +164,19 @@ def discard_empty_logger_folders(cfg: DictConfig) -> None:
                 break
 
 
-def holds_a_run(folder: Path) -> list[str]:
-    """What in `folder` shows that a run has used it already (its results, its resumable state)."""
-    return [name for name in ("metrics.json", "checkpoints/last.ckpt") if (folder / name).is_file()]
+def holds_a_run(folder: Path, unfinished: bool = True) -> list[str]:
+    """What in `folder` shows that a run has used it already: its results (the record of a job that a stopped sweep
+    never started is none), its resumable state. With `unfinished=False`, neither is a failed or interrupted run's
+    record (ckpt_path=last starts such a run over when it left no last.ckpt)."""
+    from src.utils.sweep_summary import read_metrics
+
+    found = ["checkpoints/last.ckpt"] if (folder / "checkpoints" / "last.ckpt").is_file() else []
+    if not (folder / "metrics.json").is_file():
+        return found
+    status = read_metrics(folder / "metrics.json").get("status")  # "unreadable metrics.json": it may hold results
+    if status == "not run" or (not unfinished and status in ("failed", "interrupted")):
+        return found
+    return ["metrics.json", *found]
 
 
 def resume_subdir(ckpt_path: str | None, training: bool, output_dir: str | None, timestamp: str, base: str) -> str:

@@ -113,16 +113,19 @@ def stop_sweep_after_interruption(exit_code: int, cfg: DictConfig) -> bool:
     except Exception as err:
         log.warning("Could not write the sweep's summary: %s: %s", type(err).__name__, err)
     else:
-        later = {0: "", 1: "; the 1 later job did not start: run it as a sweep of its own"}.get(
-            not_started, f"; the {not_started} later jobs did not start: run them as a sweep of their own")
-        log.info("The sweep stops here%s. Summary: %s/summary.{csv,md,png}", later, sweep_dir)
+        from src.utils.command_words import counted
+        from src.utils.continue_run import finish_the_sweep_advice
+
+        later = f"; {counted(not_started, 'later job')} did not start" if not_started else ""
+        log.info("The sweep stops here%s. Summary: %s/summary.{csv,md,png}. %s", later, sweep_dir,
+                 finish_the_sweep_advice(sweep_dir))
     return True
 
 
 def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) -> int:
     """The jobs that Hydra's basic launcher would have run after this one, in this process, recorded as not run in the
     folders they would have had (as the joblib launcher's jobs record themselves), so the summary lists the whole
-    sweep. Left out: jobs given a checkpoint (a resume's folder is the checkpoint's run's), folders that exist, and
+    sweep. Left out: jobs given a checkpoint file (a resume's folder is the checkpoint's run's), folders that exist, and
     every job when this one's folder is not where this project's naming puts it (hydra.sweep.subdir set). `cfg`: this
     job's config. Returns how many jobs did not start."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
@@ -131,6 +134,7 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) ->
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from src.utils.atomic_files import write_json_atomically
+    from src.utils.continue_run import LATEST
     from src.utils.run_folders import job_dirname, resume_job_subdir, swept_keys
 
     hydra = HydraConfig.get()
@@ -150,8 +154,9 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) ->
     if Path(hydra.runtime.output_dir).name != named:
         return len(later)  # this job's folder is not named as this project names them: no telling theirs
     for number, overrides in enumerate(later, start=hydra.job.num + 1):
-        if any(override.lstrip("+~").startswith("ckpt_path=") for override in overrides):
-            continue
+        if any(override.lstrip("+~").startswith("ckpt_path=") and override != f"ckpt_path={LATEST}"
+               for override in overrides):
+            continue  # a resume of a checkpoint's own run, in that run's folder
         job_dir = sweep_dir / job_dirname(number, overrides, swept, exclude)
         if job_dir.exists():
             continue

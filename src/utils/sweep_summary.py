@@ -64,7 +64,11 @@ def read_metrics(path: Path) -> dict:
 
 def _mark_varied(rows: list[dict]) -> None:
     """`varied`: the overrides that differ between jobs (what the sweep compares); `overrides`: all of them."""
-    settings = [dict(o.split("=", 1) if "=" in o else (o, "") for o in row["overrides"]) for row in rows]
+    from src.utils.continue_run import LATEST
+
+    # ckpt_path=last says where a job continued, not what it is: a job the sweep's first command finished lacks it.
+    settings = [dict(o.split("=", 1) if "=" in o else (o, "") for o in row["overrides"] if o != f"ckpt_path={LATEST}")
+                for row in rows]
     keys = {key for setting in settings for key in setting}
     varied = sorted(key for key in keys if len({setting.get(key) for setting in settings}) > 1)
     for row, setting in zip(rows, settings):
@@ -185,12 +189,12 @@ class SweepSummary(Callback):
                  _tensorboard_folder(config, sweep_dir) or sweep_dir)
         stopped_with = requested_exit_code(sweep_dir)
         if stopped_with is not None:
+            from src.utils.continue_run import finish_the_sweep_advice
+
             clear_stop_request(sweep_dir)
-            advice = [f"resume the {counts['interrupted']} interrupted as their messages above say"] if counts["interrupted"] else []
-            if counts["not run"]:
-                advice.append(f"the {counts['not run']} not run did not start: run them as a sweep of their own")
-            log.error("The sweep was stopped (%s)%s.", what_stopped(stopped_with),
-                      f"; of its jobs, {'; '.join(advice)}" if advice else "")
+            left = ", ".join(f"{counts[status]} {status}" for status in ("interrupted", "not run") if counts[status])
+            log.error("The sweep was stopped (%s)%s", what_stopped(stopped_with),
+                      f": {left}. {finish_the_sweep_advice(sweep_dir)}" if left else ".")
             raise SystemExit(stopped_with)
         # Judged on the jobs this command ran: a resubmitted job that fails must not pass for a success because
         # the sweep's other jobs had finished earlier.
