@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,21 @@ def test_model_summary_counts_layer_sizes_and_flops_of_one_image():
     assert mlp.in_sizes[mlp.layer_names.index("net")] == [1, 1, 28, 28]
     assert ModelSummary(CNN(optimizer=adam)).total_flops > 0
     assert CNN(optimizer=adam, compile=True).example_input_array is None  # no summary-only compilation
+
+
+def test_the_model_summary_shows_the_network_without_the_metric_objects(capsys):
+    from types import SimpleNamespace
+
+    from src.callbacks.network_summary import NetworkSummary
+
+    assert compose_config([]).callbacks.model_summary._target_ == "src.callbacks.network_summary.NetworkSummary"
+    mlp = MLP(optimizer={"name": "adam", "lr": 1e-3}, hidden_sizes=[64])
+    assert any(name.startswith("val_acc") for name, _ in mlp.named_modules())  # what Lightning's summary listed too
+    NetworkSummary(max_depth=3).on_fit_start(SimpleNamespace(is_global_zero=True, strategy=None), mlp)
+    table = capsys.readouterr().out
+    rows = re.findall(r"^│ *\d+ *│ *([\w.]+) *│", table, flags=re.MULTILINE)
+    assert rows == ["net", "net.0", "net.1", "net.2", "net.3", "net.4", "net.5"], table
+    assert "Modules in train mode: 7" in table and "Total FLOPs: 101 K" in table  # 2 × (784 × 64 + 64 × 10)
 
 
 def test_weights_converted_to_bfloat16_train_with_the_model_summary_on(tmp_path, synthetic_data_dir):

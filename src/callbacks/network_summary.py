@@ -1,0 +1,31 @@
+"""The summary printed before training, of the network alone. A classifier also holds its metrics (torchmetrics
+modules: no parameters, no sizes), which filled half the rows of Lightning's summary with question marks."""
+
+from __future__ import annotations
+
+from pytorch_lightning.callbacks import RichModelSummary
+from pytorch_lightning.utilities.model_summary import ModelSummary
+from torchmetrics import Metric
+
+
+class _WithoutMetrics(ModelSummary):
+    def _metric_parts(self) -> set[int]:
+        return {id(part) for module in self._model.modules() if isinstance(module, Metric) for part in module.modules()}
+
+    def summarize(self):
+        metric_parts = self._metric_parts()
+        return {name: layer for name, layer in super().summarize().items() if id(layer._module) not in metric_parts}
+
+    @property
+    def total_training_modes(self) -> dict[str, int]:
+        metric_parts = self._metric_parts()
+        modes = [module.training for module in self._model.modules() if id(module) not in metric_parts][1:]  # not the root
+        return {"train": modes.count(True), "eval": modes.count(False)}
+
+
+class NetworkSummary(RichModelSummary):
+    """Lightning's rich model summary (each layer's parameters, input and output sizes and FLOPs for one image),
+    without the metric objects."""
+
+    def _summary(self, trainer, pl_module) -> ModelSummary:
+        return _WithoutMetrics(pl_module, max_depth=self._max_depth)
