@@ -218,3 +218,25 @@ def test_gpu_figures_script_stops_with_one_clear_message_without_a_gpu(tmp_path)
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and "gpu-figures: no CUDA device here" in result.stderr
     assert not out.exists()  # nothing run, nothing written
+
+
+def test_the_plain_loop_trains_the_recipes_network_with_its_label_smoothing_and_layout(synthetic_data_dir, monkeypatch):
+    """The benchmark's baseline must do the recipe's training: a loss without smoothing or the default layout would
+    make the comparison unfair either way."""
+    import torch.nn.functional as F
+    from omegaconf import OmegaConf
+
+    from src import bench_loops
+    from src.models import networks
+
+    cfg = compose_config(["experiment=fast", "data.val_size=80"])
+    model_cfg, data_cfg = (OmegaConf.to_container(part, resolve=True) for part in (cfg.model, cfg.data))
+    smoothing, made = [], []
+    cross_entropy, cnn_network = F.cross_entropy, networks.cnn_network
+    monkeypatch.setattr(F, "cross_entropy", lambda *a, **kw: smoothing.append(kw.get("label_smoothing")) or cross_entropy(*a, **kw))
+    monkeypatch.setattr(networks, "cnn_network", lambda **kw: made.append(cnn_network(**kw)) or made[-1])
+    result = bench_loops.plain_training(synthetic_data_dir, model_cfg, data_cfg, "cpu", seed=1)
+    assert result["steps"] == len(smoothing) > 0 and set(smoothing) == {cfg.model.label_smoothing} == {0.1}
+    convs = [module for module in made[0].modules() if isinstance(module, torch.nn.Conv2d)]
+    assert [conv.out_channels for conv in convs] == list(cfg.model.channels)
+    assert convs[1].weight.is_contiguous(memory_format=torch.channels_last) and not convs[1].weight.is_contiguous()
