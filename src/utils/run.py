@@ -116,12 +116,14 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
     except Exception as failure:
         err = disk_problem(failure) or raised_in_a_spawned_process(failure) or failure
         reported = isinstance(err, ReportedError)
+        sweep_closing = None  # an interrupted sweep's last words, after the job's own
         if in_multirun() and not isinstance(err, ResumeRefused):
             message = str(err).splitlines()[0] if str(err) else ""
             _record_job(cfg, {"status": err.status if reported else "failed", "error": f"{type(err).__name__}: {message}",
                               "wall_seconds": round(time.perf_counter() - started, 2)})
             if isinstance(err, RunInterrupted):
-                if not stop_sweep_after_interruption(err.exit_code, cfg):
+                sweep_closing = stop_sweep_after_interruption(err.exit_code, cfg)
+                if sweep_closing is None:
                     log.error("%s", err)
                     return None  # the launching process ends the sweep once its running jobs are done
             else:
@@ -135,6 +137,8 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
                 log.exception("%s", err)
             else:
                 log.error("%s", err)
+            if sweep_closing:
+                log.info("%s", sweep_closing)
             if isinstance(err, UserInputError):
                 _discard_this_runs_folder(cfg)
             sys.exit(err.exit_code)

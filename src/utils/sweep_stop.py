@@ -92,14 +92,17 @@ def not_run_record(exit_code: int) -> dict:
     return {"status": "not run", "error": f"the sweep was stopped ({what_stopped(exit_code)}) before this job started"}
 
 
-def stop_sweep_after_interruption(exit_code: int, cfg: DictConfig) -> bool:
-    """After this job was interrupted. True: it runs in the launching process, which must exit now (the summary of
-    the jobs so far is written first: Hydra's end-of-sweep callback never runs then). False: it runs in a worker;
-    the jobs not yet started are told to skip, and the launching process exits once the running ones are done."""
+def stop_sweep_after_interruption(exit_code: int, cfg: DictConfig) -> str | None:
+    """After this job was interrupted. In the launching process, which must exit now: the summary of the jobs so far
+    is written first (Hydra's end-of-sweep callback never runs then), and the sweep's closing message, to log after
+    the job's own, is returned. In a worker: None; the jobs not yet started are told to skip, and the launching process
+    exits once the running ones are done."""
     sweep_dir = _job_sweep_dir()
     if not in_launching_process():
         request_stop(sweep_dir, exit_code)
-        return False
+        return None
+    from src.utils.command_words import counted
+    from src.utils.continue_run import finish_the_sweep_advice
     from src.utils.sweep_summary import write_summary
 
     # The interruption is the message to report: a failure here only costs part of the record.
@@ -108,18 +111,14 @@ def stop_sweep_after_interruption(exit_code: int, cfg: DictConfig) -> bool:
     except Exception as err:
         log.warning("Could not list the jobs that did not start: %s: %s", type(err).__name__, err)
         not_started = 0
+    summary = f" Summary: {sweep_dir}/summary.{{csv,md,png}}."
     try:
         write_summary(sweep_dir)
     except Exception as err:
         log.warning("Could not write the sweep's summary: %s: %s", type(err).__name__, err)
-    else:
-        from src.utils.command_words import counted
-        from src.utils.continue_run import finish_the_sweep_advice
-
-        later = f"; {counted(not_started, 'later job')} did not start" if not_started else ""
-        log.info("The sweep stops here%s. Summary: %s/summary.{csv,md,png}. %s", later, sweep_dir,
-                 finish_the_sweep_advice(sweep_dir))
-    return True
+        summary = ""
+    later = f"; {counted(not_started, 'later job')} did not start" if not_started else ""
+    return f"The sweep stops here{later}.{summary} {finish_the_sweep_advice(sweep_dir)}"
 
 
 def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) -> int:
