@@ -37,7 +37,11 @@ def train(cfg: DictConfig) -> dict:
     from src.utils.trainer_setup import build_trainer
     from src.utils.validate import validate_train_config
 
-    starting_over = take_this_runs_last_checkpoint(cfg)  # ckpt_path=last
+    continuation = take_this_runs_last_checkpoint(cfg)  # ckpt_path=last
+    if continuation == "keep":
+        from src.utils.sweep_summary import read_metrics
+
+        return read_metrics(Path(cfg.paths.output_dir) / "metrics.json")
     validate_train_config(cfg)  # before any work: a bad value fails in a second, not after loading data
     ckpt_path = cfg.get("ckpt_path")
     checkpoint = read_checkpoint(ckpt_path) if ckpt_path else None  # a mistyped path too, before the run folder
@@ -50,13 +54,13 @@ def train(cfg: DictConfig) -> dict:
         take_the_checkpoints_settings(cfg, checkpoint)  # the network and normalization it is tested with
     output_folder = Path(cfg.paths.output_dir).resolve()
     # A resume in the checkpoint's own run folder saves config.yaml only after its fit: a refused one changes nothing.
-    resuming_in_place = resuming and resumed_job_dir(ckpt_path, True) == output_folder
+    resuming_in_place = resuming and (continuation == "resume" or resumed_job_dir(ckpt_path, True) == output_folder)
     continuing = resuming and Path(ckpt_path).expanduser().resolve().is_relative_to(output_folder)
     if resuming_in_place:
         from src.utils.resume_check import check_latest_state
 
         check_latest_state(ckpt_path, checkpoint, original_overrides())
-    output_dir = start_run(cfg, save=not resuming_in_place, continuing=continuing or starting_over)
+    output_dir = start_run(cfg, save=not resuming_in_place, continuing=continuing or continuation == "start")
     metrics: dict = {"status": "ok"}
     if ckpt_path and not cfg.get("train"):
         from src.models.loading import checkpoint_record, load_classifier

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from unittest.mock import ANY
 
 import pytest
 from omegaconf import OmegaConf
@@ -33,23 +34,58 @@ def test_ckpt_path_last_starts_a_run_in_its_folder_then_continues_it(tmp_path, s
         assert resumed[key] == straight[key], key
 
 
-def test_ckpt_path_last_starts_a_failed_run_over_but_never_a_finished_one(tmp_path, synthetic_data_dir):
+@pytest.mark.parametrize("record, ended", [
+    ({"status": "failed", "error": "the loss diverged"}, "failed"),
+    ({"status": "ok", "test/acc": 0.99}, "finished"),  # its last.ckpt deleted to free space, say
+    ("{not json", "left unreadable metrics.json"),
+])
+def test_ckpt_path_last_leaves_a_run_that_ended_without_last_ckpt_as_it_is(tmp_path, synthetic_data_dir, caplog,
+                                                                          record, ended):
+    """Nothing to continue, and nothing to write over: a requeued job ends, a continued sweep goes on to its next."""
     folder = tmp_path / "run"
     folder.mkdir()
-    (folder / "metrics.json").write_text(json.dumps({"status": "failed", "error": "the loss diverged"}))
+    (folder / "metrics.json").write_text(record if isinstance(record, str) else json.dumps(record))
+    before = (folder / "metrics.json").read_bytes()
+    metrics = train(compose_config([*tiny_run_overrides(synthetic_data_dir, folder), "model=mlp", "ckpt_path=last"]))
+    assert metrics == (record if isinstance(record, dict) else {"status": "unreadable metrics.json", "error": ANY})
+    assert (folder / "metrics.json").read_bytes() == before and sorted(folder.iterdir()) == [folder / "metrics.json"]
+    assert (f"ckpt_path=last: {folder} holds a run that {ended}, and no {folder}/checkpoints/last.ckpt to continue "
+            "from: it is left as it is. To run it again, remove that folder or choose another hydra.run.dir.") in caplog.text
+
+
+def test_ckpt_path_last_starts_a_run_stopped_before_it_saved_anything(tmp_path, synthetic_data_dir):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "metrics.json").write_text(json.dumps({"status": "interrupted", "error": "Stopped by SIGTERM outside "
+                                                     "training and testing: nothing was saved at that moment."}))
     run = [*tiny_run_overrides(synthetic_data_dir, folder), "model=mlp"]
     with pytest.raises(RunFolderTaken, match="holds a run already"):  # without ckpt_path=last: the folder is taken
         train(compose_config(run))
     metrics = train(compose_config([*run, "ckpt_path=last"]))
     assert metrics["status"] == "ok" and "resumed_from" not in metrics and "earlier_run" not in metrics
 
-    # A finished run whose last.ckpt is gone: nothing to continue, and its results are not written over.
-    (folder / "checkpoints" / "last.ckpt").unlink()
-    before = (folder / "metrics.json").read_bytes()
-    with pytest.raises(RunFolderTaken, match=rf"ckpt_path=last: {folder} holds a finished run \(metrics\.json\) but not "
-                                             r"its last\.ckpt to continue from.* or choose another hydra\.run\.dir\."):
-        train(compose_config([*run, "ckpt_path=last"]))
-    assert (folder / "metrics.json").read_bytes() == before
+
+def test_ckpt_path_last_finds_a_last_checkpoint_saved_elsewhere_in_the_run_folder(tmp_path, synthetic_data_dir):
+    from src.errors import ResumeRefused
+    from src.utils.run_folders import resume_subdir
+
+    folder = tmp_path / "run"
+    run = [*tiny_run_overrides(synthetic_data_dir, folder), "model=mlp", "trainer.max_epochs=2", "ckpt_path=last",
+           "callbacks.last_checkpoint.dirpath=${paths.output_dir}/ckpts", "callbacks.last_checkpoint.filename=latest"]
+    with pytest.raises(RunInterrupted):
+        train(compose_config([*run, "+callbacks.stop._target_=tests.test_eval_resume.InterruptAtStep",
+                              "+callbacks.stop.step=3"]))
+    config = (folder / "config.yaml").read_bytes()
+    with pytest.raises(ResumeRefused, match="seed"):  # a resume in place: the run's config is kept as it was
+        train(compose_config([*run, "seed=7"]))
+    assert (folder / "config.yaml").read_bytes() == config
+    resumed = train(compose_config(run))
+    assert resumed["resumed_from"] == str((folder / "ckpts" / "latest.ckpt").resolve()) and resumed["epochs"] == 2
+    # Hydra's record of such a resume goes beside the run's own, as for checkpoints in checkpoints/.
+    (folder / ".hydra").mkdir()
+    (folder / ".hydra" / "config.yaml").touch()
+    assert resume_subdir("last", True, str(folder), "T", ".hydra") == ".hydra/resumed-T"
+    assert resume_subdir(None, True, str(tmp_path / "new"), "T", ".hydra") == ".hydra"
 
 
 def test_ckpt_path_last_is_refused_for_testing_alone(tmp_path, synthetic_data_dir):
@@ -58,18 +94,18 @@ def test_ckpt_path_last_is_refused_for_testing_alone(tmp_path, synthetic_data_di
         train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "train=false", "ckpt_path=last"]))
 
 
-@pytest.mark.parametrize("record, found, finished", [
-    ('{"status": "not run", "error": "the sweep was stopped (Ctrl-C) before this job started"}', [], []),
-    ('{"status": "failed"}', ["metrics.json"], []),
-    ('{"status": "interrupted"}', ["metrics.json"], []),
-    ('{"status": "ok"}', ["metrics.json"], ["metrics.json"]),
-    ('{"status": "ok", "test/ac', ["metrics.json"], ["metrics.json"]),  # unreadable: it may hold results
+@pytest.mark.parametrize("record, found", [
+    ('{"status": "not run", "error": "the sweep was stopped (Ctrl-C) before this job started"}', []),
+    ('{"status": "failed"}', ["metrics.json"]),
+    ('{"status": "interrupted"}', ["metrics.json"]),
+    ('{"status": "ok"}', ["metrics.json"]),
+    ('{"status": "ok", "test/ac', ["metrics.json"]),  # unreadable: it may hold results
 ])
-def test_what_shows_a_folder_holds_a_run(tmp_path, record, found, finished):
+def test_what_shows_a_folder_holds_a_run(tmp_path, record, found):
     from src.utils.run_folders import holds_a_run
 
     (tmp_path / "metrics.json").write_text(record)
-    assert holds_a_run(tmp_path) == found and holds_a_run(tmp_path, unfinished=False) == finished
+    assert holds_a_run(tmp_path) == found
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").touch()
     assert holds_a_run(tmp_path) == [*found, "checkpoints/last.ckpt"]
@@ -99,7 +135,57 @@ def test_a_stopped_sweep_is_finished_by_its_own_command_with_ckpt_path_last(tmp_
     assert continue_sweep_command(again) == (
         f"python -m src.train -m --config-dir=/work/project/myconf --config-name=mine seed=1,2 "
         f"hydra.sweep.dir={again} ckpt_path=last")
+    # Overrides holding ${...} are repeated as written; ckpt_path=null names no checkpoint.
+    written = _sweep_record(tmp_path / "written", ["seed=1,2", "ckpt_path=null", "hydra.sweep.subdir=job${hydra.job.num}"], [])
+    assert continue_sweep_command(written) == (
+        f"python -m src.train -m seed=1,2 'hydra.sweep.subdir=job${{hydra.job.num}}' hydra.sweep.dir={written} ckpt_path=last")
     # A sweep that resumed given checkpoints continued in their runs' folders, and without a record there is no command.
     given = _sweep_record(tmp_path / "given", ["ckpt_path=/runs/a/checkpoints/last.ckpt,/runs/b/checkpoints/last.ckpt"], [])
     assert continue_sweep_command(given) is None
     assert continue_sweep_command(tmp_path / "no record") is None
+
+
+def test_a_job_is_found_by_its_overrides_whatever_its_number(tmp_path):
+    from src.utils.run_folders import job_folder_in_sweep, resume_job_subdir
+
+    for name, overrides in (("0_seed=1,lr=0.1", ["seed=1", "lr=0.1"]), ("1_seed=1,lr=0.2", ["seed=1", "lr=0.2"])):
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        OmegaConf.save(OmegaConf.create(overrides), tmp_path / name / ".hydra" / "overrides.yaml")
+    assert job_folder_in_sweep(tmp_path, ["lr=0.2", "ckpt_path=last", "seed=1"]) == tmp_path / "1_seed=1,lr=0.2"
+    assert job_folder_in_sweep(tmp_path, ["lr=0.2", "seed=2"]) is None
+    # With ckpt_path=last a job continues in that folder, under the number the earlier command gave it.
+    assert resume_job_subdir("last", True, 0, ["lr=0.2", "seed=1", "ckpt_path=last"], [], str(tmp_path)) == "1_seed=1,lr=0.2"
+    assert resume_job_subdir(None, True, 0, ["lr=0.2", "seed=1"], [], str(tmp_path)).startswith("0_")
+
+
+def test_a_sweep_that_left_earlier_jobs_unfinished_says_how_to_finish_them(tmp_path, caplog):
+    """A continuation given other overrides runs other jobs: the earlier ones' records stay, and the sweep says so."""
+    from src.utils.sweep_summary import SweepSummary
+
+    for number, status in enumerate(["ok", "not run", "interrupted"]):
+        job = tmp_path / f"{number}_seed={number}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- seed={number}\n")
+        (job / "metrics.json").write_text(json.dumps({"status": status}))
+    _sweep_record(tmp_path, ["seed=0,1,2"], [])
+    (tmp_path / "multirun.yaml").rename(tmp_path / "multirun-2026-12-03_10-00-00.yaml")  # the earlier command's
+    SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert ("The sweep's folder still holds jobs that this command did not run (1 interrupted, 1 not run): their "
+            "overrides are not among its jobs'. Finish them with the command that made them and ckpt_path=last: "
+            f"python -m src.train -m seed=0,1,2 hydra.sweep.dir={tmp_path} ckpt_path=last") in caplog.text
+
+
+
+def test_ckpt_path_last_outside_training_or_in_a_new_folder_says_what_it_is_for(tmp_path, synthetic_data_dir, caplog,
+                                                                                monkeypatch):
+    from src.models.checkpoint_file import CheckpointError, existing_checkpoint
+    from src.utils import run_folders
+
+    with pytest.raises(CheckpointError, match=r"ckpt_path=last continues training in a run's own folder \(python -m "
+                                              r"src\.train\); name the checkpoint file here"):
+        existing_checkpoint("last")  # src.eval's and src.predict's check
+    # A new dated folder (no hydra.run.dir given) never holds a last.ckpt: the log says how to continue one run.
+    monkeypatch.setattr(run_folders, "_MADE_HERE", {tmp_path.resolve()})
+    caplog.set_level(logging.INFO, logger="src.utils.continue_run")
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "ckpt_path=last"]))
+    assert "so this run starts from the beginning (a new folder: give hydra.run.dir=<folder> to continue one run)" in caplog.text

@@ -177,10 +177,15 @@ def test_the_jobs_an_interruption_kept_from_starting_are_listed_under_their_fold
     assert [row["varied"] for row in stopped] == [row["varied"] for row in whole]
 
     # The command printed at the stop finishes the sweep in its folder: the interrupted job resumes from its mid-epoch
-    # last.ckpt, the others start, and every result equals the sweep run whole.
+    # last.ckpt, the others start, and every result equals the sweep run whole. Each job is found by its overrides,
+    # so the swept values may come in another order (which numbers the jobs otherwise).
     (finish,) = re.findall(r"Finish the sweep in its folder .*?: python -m src\.train (-m .*)\n", stop.stdout + stop.stderr)
-    result = run_module("src.train", *shlex.split(finish), timeout=600)
+    words = shlex.split(finish)
+    assert "seed=1,2" in words and "model.optimizer.lr=0.001,0.002" in words
+    reordered = [word for word in words if word not in ("seed=1,2", "model.optimizer.lr=0.001,0.002")]
+    result = run_module("src.train", *reordered, "model.optimizer.lr=0.002,0.001", "seed=2,1", timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert "still holds jobs that this command did not run" not in result.stdout + result.stderr
     finished = summary_rows(tmp_path / "stopped")
     assert [row["job"] for row in finished] == [row["job"] for row in whole]
     assert [row["varied"] for row in finished] == [row["varied"] for row in whole]  # ckpt_path=last is not a setting

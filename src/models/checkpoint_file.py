@@ -18,6 +18,9 @@ def existing_checkpoint(path: str | Path | int | float) -> Path:
     path = Path(str(path)).expanduser()  # str: Hydra reads ckpt_path=123 as a number
     if path.is_file():
         return path
+    if str(path) == "last":  # src.train's word for a run folder's own last.ckpt
+        raise CheckpointError("ckpt_path=last continues training in a run's own folder (python -m src.train); name the "
+                              "checkpoint file here: <run dir>/checkpoints/last.ckpt or epochNNN.ckpt.")
     folder = path if path.is_dir() else path.parent  # a run folder given, or a checkpoint's name mistyped
     for candidates in (folder / "checkpoints", folder):
         found = sorted(candidates.glob("*.ckpt")) if candidates.is_dir() else []

@@ -9,57 +9,69 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from src.errors import RunFolderTaken, UserInputError
+from src.errors import UserInputError
 from src.utils.jobs import in_multirun
-from src.utils.run_folders import holds_a_run
+from src.utils.run_folders import made_here, run_status
 
 log = logging.getLogger(__name__)
 
 LATEST = "last"
 
 
-def take_this_runs_last_checkpoint(cfg: DictConfig) -> bool:
-    """Replace ckpt_path=last by this run folder's last.ckpt, or by null when it has none yet. Returns whether the run
-    then starts over in its folder, which may hold a failed or interrupted run's record (replaced), never a finished
-    run's (refused)."""
+def take_this_runs_last_checkpoint(cfg: DictConfig) -> str | None:
+    """Replace ckpt_path=last by this run folder's last checkpoint, or by null. Returns None without ckpt_path=last,
+    else what the run is to do: "resume" (from that file); "start" (the folder holds no run, a sweep job that never
+    ran, or one stopped before it saved anything); "keep" (a run that ended, finished or failed, without leaving the
+    file: nothing to continue, and its results stay as they are)."""
     if cfg.get("ckpt_path") != LATEST:
-        return False
+        return None
     if not cfg.get("train"):
         raise UserInputError("ckpt_path=last resumes training in this run's folder; with train=false name the "
                              "checkpoint to test: ckpt_path=<run dir>/checkpoints/last.ckpt or epochNNN.ckpt.")
-    folder = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath", default=None)
-    last = Path(str(folder or f"{cfg.paths.output_dir}/checkpoints")) / "last.ckpt"
+    saved = OmegaConf.select(cfg, "callbacks.last_checkpoint", default=None) or {}
+    folder = saved.get("dirpath") or f"{cfg.paths.output_dir}/checkpoints"
+    last = Path(str(folder)) / f"{saved.get('filename') or 'last'}.ckpt"
+    output_dir = Path(cfg.paths.output_dir)
     if last.is_file():
         cfg.ckpt_path = str(last)
-        return False
-    output_dir = Path(cfg.paths.output_dir)
-    finished = holds_a_run(output_dir, unfinished=False)
-    if finished:
-        which = "hydra.sweep.dir" if in_multirun() else "hydra.run.dir"
-        raise RunFolderTaken(f"ckpt_path=last: {output_dir} holds a finished run ({', '.join(finished)}) but not its "
-                             f"{last.name} to continue from, and starting over would overwrite its results. Put "
-                             f"{last} back, or choose another {which}.")
-    log.info("ckpt_path=last: %s does not exist yet, so this run starts from the beginning", last)
+        return "resume"
     cfg.ckpt_path = None
-    return True
+    status = run_status(output_dir)
+    if status in (None, "not run", "interrupted"):
+        new = " (a new folder: give hydra.run.dir=<folder> to continue one run)" if made_here(output_dir) else ""
+        log.info("ckpt_path=last: %s does not exist yet, so this run starts from the beginning%s", last, new)
+        return "start"
+    ended = {"ok": "finished", "failed": "failed"}.get(status, f"left {status}")
+    log.warning("ckpt_path=last: %s holds a run that %s, and no %s to continue from: it is left as it is. To run it "
+                "again, remove that folder or choose another %s.", output_dir, ended, last,
+                "hydra.sweep.dir" if in_multirun() else "hydra.run.dir")
+    return "keep"
 
 
-def continue_sweep_command(sweep_dir: Path) -> str | None:
-    """The command that finishes a stopped sweep in its folder: the sweep's own command line (from its multirun.yaml)
-    with ckpt_path=last. None where that would not do it: a sweep that resumed checkpoints of its own (ckpt_path=<file>
-    goes to those checkpoints' folders), or one whose record cannot be read."""
+def names_a_checkpoint_file(override: str) -> bool:
+    """Whether a sweep job's override gives it a checkpoint of its own (whose run's folder it continues in)."""
+    key, _, value = override.lstrip("+~").partition("=")
+    return key == "ckpt_path" and value not in ("", LATEST, "null")
+
+
+def continue_sweep_command(sweep_dir: Path, record: str = "multirun.yaml") -> str | None:
+    """The command that finishes a stopped sweep in its folder: the sweep's own command line (from its `record`, which
+    Hydra wrote) with ckpt_path=last. None where that would not do it: a sweep that resumed checkpoints of its own
+    (ckpt_path=<file> goes to those checkpoints' folders), or one whose record cannot be read."""
     from src.utils.command_words import command, config_flags, without_ckpt_path
     from src.utils.path_overrides import quoted_path
 
     try:
-        record = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
-        task, hydra_overrides = list(record.overrides.task), list(record.overrides.hydra)
-        flags = config_flags(record)
+        hydra = OmegaConf.load(sweep_dir / record).hydra
+        written = OmegaConf.to_container(hydra.overrides, resolve=False)  # an override may hold ${...}: as written
+        task, hydra_overrides = list(written["task"]), list(written["hydra"])
+        flags = config_flags(hydra)
     except Exception:  # a record written by another tool, or none: no command rather than a wrong one
         return None
-    if any(override.startswith("ckpt_path=") and override != f"ckpt_path={LATEST}" for override in task):
+    if any(names_a_checkpoint_file(override) for override in task):
         return None
-    kept = [override for override in hydra_overrides if not override.startswith(("hydra.sweep.dir=", "hydra.mode="))]
+    kept = [override for override in hydra_overrides
+            if not override.lstrip("+~").startswith(("hydra.sweep.dir=", "hydra.mode="))]
     return command("train", ["-m", *flags, *kept, *without_ckpt_path(task),
                              f"hydra.sweep.dir={quoted_path(str(sweep_dir))}", f"ckpt_path={LATEST}"])
 
@@ -71,3 +83,12 @@ def finish_the_sweep_advice(sweep_dir: Path) -> str:
         return "Resume each interrupted job as its message says, and run the jobs not run as a sweep of their own."
     return ("Finish the sweep in its folder with its own command and ckpt_path=last (interrupted jobs resume from "
             f"their last.ckpt, jobs not run start, finished ones are tested again): {continued}")
+
+
+def unfinished_jobs_advice(sweep_dir: Path) -> str:
+    """For jobs a sweep's folder still holds as interrupted or not run after a command that ran others (their
+    overrides were not among its jobs'): the command that made them, from the record of it that Hydra's replaced."""
+    earlier = sorted(sweep_dir.glob("multirun-*.yaml"))
+    continued = continue_sweep_command(sweep_dir, earlier[-1].name) if earlier else None
+    return f"Finish them with the command that made them and ckpt_path=last: {continued}" if continued else (
+        "Finish them with the command that made them and ckpt_path=last.")

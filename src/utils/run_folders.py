@@ -100,6 +100,11 @@ def new_folder(folder: Path) -> Path:
             return candidate
 
 
+def made_here(folder: Path) -> bool:
+    """Whether this process made `folder` as a new run folder (not one named by hydra.run.dir)."""
+    return folder.resolve() in _MADE_HERE
+
+
 def discard_unused_folder(folder: Path, record_dir: str | None) -> bool:
     """Remove a run folder made in this process (not one named by hydra.run.dir) that holds nothing of a refused run
     but Hydra's record of the command (in `record_dir`, hydra.output_subdir), the saved config and the log, which
@@ -164,19 +169,36 @@ def discard_empty_logger_folders(cfg: DictConfig) -> None:
                 break
 
 
-def holds_a_run(folder: Path, unfinished: bool = True) -> list[str]:
+def holds_a_run(folder: Path) -> list[str]:
     """What in `folder` shows that a run has used it already: its results (the record of a job that a stopped sweep
-    never started is none), its resumable state. With `unfinished=False`, neither is a failed or interrupted run's
-    record (ckpt_path=last starts such a run over when it left no last.ckpt)."""
+    never started is none), its resumable state."""
+    found = ["metrics.json"] if run_status(folder) not in (None, "not run") else []
+    return [*found, "checkpoints/last.ckpt"] if (folder / "checkpoints" / "last.ckpt").is_file() else found
+
+
+def run_status(folder: Path) -> str | None:
+    """The status its metrics.json records (ok, failed, interrupted, not run, unreadable metrics.json); None without
+    one."""
     from src.utils.sweep_summary import read_metrics
 
-    found = ["checkpoints/last.ckpt"] if (folder / "checkpoints" / "last.ckpt").is_file() else []
-    if not (folder / "metrics.json").is_file():
-        return found
-    status = read_metrics(folder / "metrics.json").get("status")  # "unreadable metrics.json": it may hold results
-    if status == "not run" or (not unfinished and status in ("failed", "interrupted")):
-        return found
-    return ["metrics.json", *found]
+    path = folder / "metrics.json"
+    return read_metrics(path).get("status", "unreadable metrics.json") if path.is_file() else None
+
+
+def job_folder_in_sweep(sweep_dir: Path, overrides) -> Path | None:
+    """The folder of the sweep's job with these overrides (ckpt_path aside, in any order), whatever its number: where
+    ckpt_path=last continues that job when the swept values are listed in another order."""
+    def settings(words) -> set[str]:
+        return {str(word) for word in words if not str(word).lstrip("+~").startswith("ckpt_path=")}
+
+    wanted = settings(overrides)
+    for record in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        try:
+            if settings(OmegaConf.to_container(OmegaConf.load(record), resolve=False)) == wanted:
+                return record.parent.parent
+        except Exception:  # not a list of overrides: not a job of this project's sweeps
+            continue
+    return None
 
 
 def resume_subdir(ckpt_path: str | None, training: bool, output_dir: str | None, timestamp: str, base: str) -> str:
@@ -186,8 +208,12 @@ def resume_subdir(ckpt_path: str | None, training: bool, output_dir: str | None,
     folder that holds a run, which is then refused. Resolved without a run folder (--cfg job --resolve): `base`."""
     if not output_dir:
         return base
+    from src.utils.continue_run import LATEST
+
     resumed_here = resumed_job_dir(ckpt_path, training) == Path(output_dir).resolve()
-    return f"{base}/resumed-{timestamp}" if resumed_here or holds_a_run(Path(output_dir)) else base
+    # ckpt_path=last continues a run there, wherever in it that run kept its checkpoints (callbacks.*.dirpath).
+    continued = ckpt_path == LATEST and (Path(output_dir) / base / "config.yaml").is_file()
+    return f"{base}/resumed-{timestamp}" if resumed_here or continued or holds_a_run(Path(output_dir)) else base
 
 
 def _resumed_sweep_job(ckpt_path: str | None, training: bool) -> Path | None:
@@ -212,7 +238,11 @@ def resume_sweep_dir(ckpt_path: str | None, training: bool, new_sweep_dir: str, 
 
 
 def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overrides, exclude, sweep_dir: str) -> str:
+    from src.utils.continue_run import LATEST
+
     job_dir = _resumed_sweep_job(ckpt_path, training)
+    if job_dir is None and ckpt_path == LATEST and training:
+        job_dir = job_folder_in_sweep(Path(sweep_dir), overrides)
     return job_dir.name if job_dir else job_dirname(job_num, overrides, swept_keys(sweep_dir), exclude)
 
 

@@ -133,29 +133,32 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) ->
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from src.utils.atomic_files import write_json_atomically
-    from src.utils.continue_run import LATEST
-    from src.utils.run_folders import job_dirname, resume_job_subdir, swept_keys
+    from src.utils.continue_run import LATEST, names_a_checkpoint_file
+    from src.utils.run_folders import job_dirname, job_folder_in_sweep, resume_job_subdir, swept_keys
 
     hydra = HydraConfig.get()
     record = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
     if not str(record.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
         return 0  # another sweeper chooses its jobs as it goes
     # In the basic sweeper's order: its params, then the command line's overrides (glob() needs the config loader).
-    lines = [f"{key}={value}" for key, value in (record.sweeper.get("params") or {}).items()]
+    written = OmegaConf.to_container(record, resolve=False)  # an override may hold ${...}: kept as written
+    lines = [f"{key}={value}" for key, value in (written["sweeper"].get("params") or {}).items()]
     hydras = GlobalHydra.instance()
     parser = OverridesParser.create(config_loader=hydras.config_loader() if hydras.is_initialized() else None)
-    jobs = [job for batch in BasicSweeper.split_arguments(parser.parse_overrides([*lines, *record.overrides.task]), None)
-            for job in batch]
+    jobs = [job for batch in BasicSweeper.split_arguments(parser.parse_overrides([*lines, *written["overrides"]["task"]]),
+                                                          None) for job in batch]
     later = jobs[hydra.job.num + 1:]
     swept, exclude = swept_keys(str(sweep_dir)), hydra.job.config.override_dirname.exclude_keys
-    named = resume_job_subdir(cfg.get("ckpt_path"), cfg.get("train", False), hydra.job.num, hydra.overrides.task,
-                              exclude, str(sweep_dir))
+    continued = f"ckpt_path={LATEST}" in hydra.overrides.task  # then cfg.ckpt_path is the file it found, or null
+    named = resume_job_subdir(LATEST if continued else cfg.get("ckpt_path"), cfg.get("train", False), hydra.job.num,
+                              hydra.overrides.task, exclude, str(sweep_dir))
     if Path(hydra.runtime.output_dir).name != named:
         return len(later)  # this job's folder is not named as this project names them: no telling theirs
     for number, overrides in enumerate(later, start=hydra.job.num + 1):
-        if any(override.lstrip("+~").startswith("ckpt_path=") and override != f"ckpt_path={LATEST}"
-               for override in overrides):
+        if any(names_a_checkpoint_file(override) for override in overrides):
             continue  # a resume of a checkpoint's own run, in that run's folder
+        if f"ckpt_path={LATEST}" in overrides and job_folder_in_sweep(sweep_dir, overrides):
+            continue  # it has a folder already, perhaps under another number
         job_dir = sweep_dir / job_dirname(number, overrides, swept, exclude)
         if job_dir.exists():
             continue

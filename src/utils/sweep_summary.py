@@ -187,15 +187,18 @@ class SweepSummary(Callback):
         )
         log.info("TensorBoard for the whole sweep: tensorboard --logdir %s",
                  _tensorboard_folder(config, sweep_dir) or sweep_dir)
-        stopped_with = requested_exit_code(sweep_dir)
-        if stopped_with is not None:
-            from src.utils.continue_run import finish_the_sweep_advice
+        from src.utils.continue_run import finish_the_sweep_advice, unfinished_jobs_advice
 
+        stopped_with = requested_exit_code(sweep_dir)
+        left = ", ".join(f"{counts[status]} {status}" for status in ("interrupted", "not run") if counts[status])
+        if stopped_with is not None:
             clear_stop_request(sweep_dir)
-            left = ", ".join(f"{counts[status]} {status}" for status in ("interrupted", "not run") if counts[status])
             log.error("The sweep was stopped (%s)%s", what_stopped(stopped_with),
                       f": {left}. {finish_the_sweep_advice(sweep_dir)}" if left else ".")
             raise SystemExit(stopped_with)
+        if left:  # jobs of an earlier command, given other overrides this time
+            log.warning("The sweep's folder still holds jobs that this command did not run (%s): their overrides are "
+                        "not among its jobs'. %s", left, unfinished_jobs_advice(sweep_dir))
         # Judged on the jobs this command ran: a resubmitted job that fails must not pass for a success because
         # the sweep's other jobs had finished earlier.
         ran = [row for row in rows if _ran_since(sweep_dir / row["job"], getattr(self, "_started", 0.0))]
