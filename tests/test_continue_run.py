@@ -142,6 +142,10 @@ def test_a_stopped_sweep_is_finished_by_its_own_command_with_ckpt_path_last(tmp_
     # A sweep that resumed given checkpoints continued in their runs' folders, and without a record there is no command.
     given = _sweep_record(tmp_path / "given", ["ckpt_path=/runs/a/checkpoints/last.ckpt,/runs/b/checkpoints/last.ckpt"], [])
     assert continue_sweep_command(given) is None
+    plus = _sweep_record(tmp_path / "plus", ["seed=1,2", "++ckpt_path=/runs/a/checkpoints/last.ckpt"], [])
+    assert continue_sweep_command(plus) is None  # written with ++ too
+    plus_last = _sweep_record(tmp_path / "plus_last", ["seed=1,2", "++ckpt_path=last"], [])
+    assert continue_sweep_command(plus_last) == f"python -m src.train -m seed=1,2 hydra.sweep.dir={plus_last} ckpt_path=last"
     assert continue_sweep_command(tmp_path / "no record") is None
 
 

@@ -85,11 +85,13 @@ def test_the_model_summary_shows_the_network_without_the_metric_objects(capsys):
     assert compose_config([]).callbacks.model_summary._target_ == "src.callbacks.network_summary.NetworkSummary"
     mlp = MLP(optimizer={"name": "adam", "lr": 1e-3}, hidden_sizes=[64])
     assert any(name.startswith("val_acc") for name, _ in mlp.named_modules())  # what Lightning's summary listed too
+    mlp.net[4].eval()  # a layer in eval mode is counted as such
     NetworkSummary(max_depth=3).on_fit_start(SimpleNamespace(is_global_zero=True, strategy=None), mlp)
     table = capsys.readouterr().out
     rows = re.findall(r"^│ *\d+ *│ *([\w.]+) *│", table, flags=re.MULTILINE)
     assert rows == ["net", "net.0", "net.1", "net.2", "net.3", "net.4", "net.5"], table
-    assert "Modules in train mode: 7" in table and "Total FLOPs: 101 K" in table  # 2 × (784 × 64 + 64 × 10)
+    assert "Modules in train mode: 6" in table and "Modules in eval mode: 1" in table
+    assert "Total FLOPs: 101 K" in table  # 2 × (784 × 64 + 64 × 10)
 
 
 def test_weights_converted_to_bfloat16_train_with_the_model_summary_on(tmp_path, synthetic_data_dir):

@@ -138,6 +138,8 @@ def test_an_interrupted_job_stops_the_sweep_and_is_recorded(tmp_path, synthetic_
     assert next_job.name.startswith("1_") and not (next_job / "checkpoints").exists()
     assert re.search(r"The sweep stops here; 1 later job did not start\. Summary: .*summary\.\{csv,md,png\}\. Finish the "
                      r"sweep in its folder .*: python -m src\.train -m .* ckpt_path=last\n", output)
+    # The sweep's command comes last, after the job's own resume command.
+    assert output.index("Training stopped by Ctrl-C") < output.index("The sweep stops here")
 
     # With HYDRA_FULL_ERROR=1 too (the traceback is shown): an exception would let Hydra start the next job.
     sweep_dir = tmp_path / "full_error"
@@ -173,6 +175,7 @@ def test_the_jobs_an_interruption_kept_from_starting_are_listed_under_their_fold
     stopped, whole = summary_rows(tmp_path / "stopped"), summary_rows(tmp_path / "whole")
     assert [row["job"] for row in stopped] == [row["job"] for row in whole] and len(whole) == 4
     assert [row["status"] for row in stopped] == ["interrupted", "not run", "not run", "not run"]
+    assert "The sweep stops here; 3 later jobs did not start. Summary:" in stop.stdout + stop.stderr
     assert {row["error"] for row in stopped[1:]} == {"the sweep was stopped (Ctrl-C) before this job started"}
     assert [row["varied"] for row in stopped] == [row["varied"] for row in whole]
 
@@ -323,6 +326,34 @@ def test_a_sweep_run_again_into_its_folder_is_refused_and_keeps_its_results(tmp_
     assert ("Choose another hydra.sweep.dir, or leave it out: each sweep then gets a new dated folder; to continue the "
             "sweep in it instead (each job from its own last.ckpt), add ckpt_path=last.") in again.stdout + again.stderr
     assert [path.read_bytes() for path in kept] == before  # not even recorded as a failed job
+    # Without its last.ckpt the job has nothing to continue: ckpt_path=last is not offered.
+    (job_dir / "checkpoints" / "last.ckpt").unlink()
+    again = multirun(sweep_dir, synthetic_data_dir, "model=mlp", "seed=1")
+    assert again.returncode == 1 and f"{job_dir} holds a run already (metrics.json)" in again.stdout + again.stderr
+    assert "ckpt_path=last" not in again.stdout + again.stderr
+
+
+def test_a_sweep_given_ckpt_path_last_from_the_start_is_stopped_and_finished_like_any(tmp_path, synthetic_data_dir):
+    """A cluster array requeued with ckpt_path=last: a stop records its later jobs as not run; its continuation goes
+    past a job that had failed without a last.ckpt, leaving its record as it is."""
+    armed, sweep_dir = tmp_path / "armed", tmp_path / "sweep"
+    armed.touch()
+    sweep = ["model=mlp", "seed=1,2,3", "ckpt_path=last", f"+callbacks.stop._target_={__name__}.CtrlCIfArmed",
+             f"+callbacks.stop.armed={armed}"]
+    stop = multirun(sweep_dir, synthetic_data_dir, *sweep)
+    assert stop.returncode == 130 and "; 2 later jobs did not start" in stop.stdout + stop.stderr
+    rows = summary_rows(sweep_dir)
+    assert [row["status"] for row in rows] == ["interrupted", "not run", "not run"]
+    failed = sweep_dir / rows[1]["job"] / "metrics.json"
+    failed.write_text(json.dumps({"status": "failed", "error": "RuntimeError: out of memory"}))  # as if it had run
+    result = multirun(sweep_dir, synthetic_data_dir, *sweep)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok", "failed", "ok"]
+    assert json.loads(failed.read_text())["error"] == "RuntimeError: out of memory"
+    assert (f"ckpt_path=last: {sweep_dir / rows[1]['job']} holds a run that failed, and no "
+            f"{sweep_dir / rows[1]['job']}/checkpoints/last.ckpt to continue from: it is left as it is. To run it again, "
+            "remove that folder or choose another hydra.sweep.dir.") in output
 
 
 def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synthetic_data_dir):

@@ -130,7 +130,7 @@ def resume_command(overrides, ckpt_path) -> str:
 
 
 def without_ckpt_path(overrides) -> list[str]:
-    return [override for override in overrides if not override.startswith("ckpt_path=")]
+    return [override for override in overrides if override.lstrip("+~").partition("=")[0] != "ckpt_path"]
 
 
 def ckpt_path_override(path: str) -> str:

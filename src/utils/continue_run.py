@@ -48,6 +48,11 @@ def take_this_runs_last_checkpoint(cfg: DictConfig) -> str | None:
     return "keep"
 
 
+def asks_for_last(overrides) -> bool:
+    """Whether these overrides (a job's, as Hydra records them) include ckpt_path=last."""
+    return any(str(override).lstrip("+~") == f"ckpt_path={LATEST}" for override in overrides)
+
+
 def names_a_checkpoint_file(override: str) -> bool:
     """Whether a sweep job's override gives it a checkpoint of its own (whose run's folder it continues in)."""
     key, _, value = override.lstrip("+~").partition("=")

@@ -133,7 +133,7 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) ->
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from src.utils.atomic_files import write_json_atomically
-    from src.utils.continue_run import LATEST, names_a_checkpoint_file
+    from src.utils.continue_run import LATEST, asks_for_last, names_a_checkpoint_file
     from src.utils.run_folders import job_dirname, job_folder_in_sweep, resume_job_subdir, swept_keys
 
     hydra = HydraConfig.get()
@@ -149,15 +149,15 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) ->
                                                           None) for job in batch]
     later = jobs[hydra.job.num + 1:]
     swept, exclude = swept_keys(str(sweep_dir)), hydra.job.config.override_dirname.exclude_keys
-    continued = f"ckpt_path={LATEST}" in hydra.overrides.task  # then cfg.ckpt_path is the file it found, or null
-    named = resume_job_subdir(LATEST if continued else cfg.get("ckpt_path"), cfg.get("train", False), hydra.job.num,
-                              hydra.overrides.task, exclude, str(sweep_dir))
+    # With ckpt_path=last, cfg.ckpt_path is now the file it found, or null: the folder was chosen for "last".
+    asked = LATEST if asks_for_last(hydra.overrides.task) else cfg.get("ckpt_path")
+    named = resume_job_subdir(asked, cfg.get("train", False), hydra.job.num, hydra.overrides.task, exclude, str(sweep_dir))
     if Path(hydra.runtime.output_dir).name != named:
         return len(later)  # this job's folder is not named as this project names them: no telling theirs
     for number, overrides in enumerate(later, start=hydra.job.num + 1):
         if any(names_a_checkpoint_file(override) for override in overrides):
             continue  # a resume of a checkpoint's own run, in that run's folder
-        if f"ckpt_path={LATEST}" in overrides and job_folder_in_sweep(sweep_dir, overrides):
+        if asks_for_last(overrides) and job_folder_in_sweep(sweep_dir, overrides):
             continue  # it has a folder already, perhaps under another number
         job_dir = sweep_dir / job_dirname(number, overrides, swept, exclude)
         if job_dir.exists():

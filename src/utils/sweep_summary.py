@@ -64,10 +64,10 @@ def read_metrics(path: Path) -> dict:
 
 def _mark_varied(rows: list[dict]) -> None:
     """`varied`: the overrides that differ between jobs (what the sweep compares); `overrides`: all of them."""
-    from src.utils.continue_run import LATEST
+    from src.utils.continue_run import asks_for_last
 
     # ckpt_path=last says where a job continued, not what it is: a job the sweep's first command finished lacks it.
-    settings = [dict(o.split("=", 1) if "=" in o else (o, "") for o in row["overrides"] if o != f"ckpt_path={LATEST}")
+    settings = [dict(o.split("=", 1) if "=" in o else (o, "") for o in row["overrides"] if not asks_for_last([o]))
                 for row in rows]
     keys = {key for setting in settings for key in setting}
     varied = sorted(key for key in keys if len({setting.get(key) for setting in settings}) > 1)
