@@ -55,7 +55,8 @@ def train(cfg: DictConfig) -> dict:
     output_folder = Path(cfg.paths.output_dir).resolve()
     # A resume in the checkpoint's own run folder saves config.yaml only after its fit: a refused one changes nothing.
     resuming_in_place = resuming and (continuation == "resume" or resumed_job_dir(ckpt_path, True) == output_folder)
-    continuing = resuming and Path(ckpt_path).expanduser().resolve().is_relative_to(output_folder)
+    continuing = resuming and (continuation == "resume" or Path(ckpt_path).expanduser().resolve().is_relative_to(
+        output_folder))
     if resuming_in_place:
         from src.utils.resume_check import check_latest_state
 

@@ -149,6 +149,19 @@ def test_a_stopped_sweep_is_finished_by_its_own_command_with_ckpt_path_last(tmp_
     assert continue_sweep_command(tmp_path / "no record") is None
 
 
+@pytest.mark.parametrize("override, word", [
+    ("ckpt_path=last", "last"), ("++ckpt_path=last", "last"), ("ckpt_path='last'", "last"), ('+ckpt_path="a b"', "a b"),
+    ("ckpt_path=Null", "null"), ("~ckpt_path", ""), ("ckpt_path_x=1", None), ("seed=1", None),
+])
+def test_a_ckpt_path_override_is_read_as_hydra_reads_it(override, word):
+    from src.utils.continue_run import names_a_checkpoint_file
+    from src.utils.run_folders import asks_for_last, ckpt_path_word
+
+    assert ckpt_path_word(override) == word
+    assert asks_for_last([override]) == (word == "last")
+    assert names_a_checkpoint_file(override) == (word == "a b")
+
+
 def test_a_job_is_found_by_its_overrides_whatever_its_number(tmp_path):
     from src.utils.run_folders import job_folder_in_sweep, resume_job_subdir
 
@@ -157,6 +170,9 @@ def test_a_job_is_found_by_its_overrides_whatever_its_number(tmp_path):
         OmegaConf.save(OmegaConf.create(overrides), tmp_path / name / ".hydra" / "overrides.yaml")
     assert job_folder_in_sweep(tmp_path, ["lr=0.2", "ckpt_path=last", "seed=1"]) == tmp_path / "1_seed=1,lr=0.2"
     assert job_folder_in_sweep(tmp_path, ["lr=0.2", "seed=2"]) is None
+    # Keys that do not name jobs (a data folder, the progress bar) may differ, as they may in the folder names.
+    assert job_folder_in_sweep(tmp_path, ["data.data_dir=/d", "lr=0.2", "seed=1"], exclude=["data.data_dir"]) == (
+        tmp_path / "1_seed=1,lr=0.2")
     # With ckpt_path=last a job continues in that folder, under the number the earlier command gave it.
     assert resume_job_subdir("last", True, 0, ["lr=0.2", "seed=1", "ckpt_path=last"], [], str(tmp_path)) == "1_seed=1,lr=0.2"
     assert resume_job_subdir(None, True, 0, ["lr=0.2", "seed=1"], [], str(tmp_path)).startswith("0_")
@@ -171,12 +187,10 @@ def test_a_sweep_that_left_earlier_jobs_unfinished_says_how_to_finish_them(tmp_p
         (job / ".hydra").mkdir(parents=True)
         (job / ".hydra" / "overrides.yaml").write_text(f"- seed={number}\n")
         (job / "metrics.json").write_text(json.dumps({"status": status}))
-    _sweep_record(tmp_path, ["seed=0,1,2"], [])
-    (tmp_path / "multirun.yaml").rename(tmp_path / "multirun-2026-12-03_10-00-00.yaml")  # the earlier command's
     SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
-    assert ("The sweep's folder still holds jobs that this command did not run (1 interrupted, 1 not run): their "
-            "overrides are not among its jobs'. Finish them with the command that made them and ckpt_path=last: "
-            f"python -m src.train -m seed=0,1,2 hydra.sweep.dir={tmp_path} ckpt_path=last") in caplog.text
+    assert ("The sweep's folder still holds jobs that this command did not run (1 interrupted, 1 not run: 1_seed=1, "
+            "2_seed=2): their overrides are not among its jobs'. Finish them with the command that made them "
+            "(multirun-<time>.yaml records each earlier command) and ckpt_path=last.") in caplog.text
 
 
 
@@ -193,3 +207,33 @@ def test_ckpt_path_last_outside_training_or_in_a_new_folder_says_what_it_is_for(
     caplog.set_level(logging.INFO, logger="src.utils.continue_run")
     train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "ckpt_path=last"]))
     assert "so this run starts from the beginning (a new folder: give hydra.run.dir=<folder> to continue one run)" in caplog.text
+
+
+def test_ckpt_path_last_may_find_its_checkpoints_outside_the_run_folder(tmp_path):
+    """callbacks.last_checkpoint.dirpath on a scratch disk: that folder holds this run's checkpoints, not another's."""
+    from src.utils.output_folders import writes_into_another_run
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "last.ckpt").touch()
+    run = [f"paths.output_dir={tmp_path / 'run'}", f"callbacks.last_checkpoint.dirpath={scratch}"]
+    assert writes_into_another_run(compose_config([*run, "ckpt_path=last"]), tmp_path / "run") is None
+    assert "lies in another run's folder" in writes_into_another_run(compose_config(run), tmp_path / "run")
+
+
+def test_a_stopped_sweeps_job_that_has_a_record_keeps_it(tmp_path, monkeypatch):
+    """A parallel job sent by ckpt_path=last to its folder, when the stop came first: a finished or failed job's
+    record stays; only a job with none (or a not-run one) is recorded as not run."""
+    from src.utils import jobs, run, sweep_stop
+
+    monkeypatch.setattr(jobs, "in_multirun", lambda: True)
+    monkeypatch.setattr(sweep_stop, "sweep_stop_code", lambda: 130)
+    for status in ("ok", "failed", None):
+        folder = tmp_path / str(status)
+        folder.mkdir()
+        if status:
+            (folder / "metrics.json").write_text(json.dumps({"status": status}))
+        cfg = compose_config([f"paths.output_dir={folder}"])
+        assert run.run_reporting_failures(lambda cfg: pytest.fail("the job ran"), cfg) is None
+        recorded = json.loads((folder / "metrics.json").read_text())
+        assert recorded["status"] == (status or "not run")

@@ -19,7 +19,8 @@ class _WithoutMetrics(ModelSummary):
     @property
     def total_training_modes(self) -> dict[str, int]:
         metric_parts = self._metric_parts()
-        modes = [module.training for module in self._model.modules() if id(module) not in metric_parts][1:]  # not the root
+        network = [module for module in self._model.modules() if id(module) not in metric_parts][1:]  # not the root
+        modes = [module.training for module in network]
         return {"train": modes.count(True), "eval": modes.count(False)}
 
 

@@ -130,7 +130,9 @@ def resume_command(overrides, ckpt_path) -> str:
 
 
 def without_ckpt_path(overrides) -> list[str]:
-    return [override for override in overrides if override.lstrip("+~").partition("=")[0] != "ckpt_path"]
+    from src.utils.run_folders import ckpt_path_word
+
+    return [override for override in overrides if ckpt_path_word(override) is None]
 
 
 def ckpt_path_override(path: str) -> str:

@@ -11,11 +11,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserInputError
 from src.utils.jobs import in_multirun
-from src.utils.run_folders import made_here, run_status
+from src.utils.run_folders import LATEST, ckpt_path_word, made_here, run_status
 
 log = logging.getLogger(__name__)
-
-LATEST = "last"
 
 
 def take_this_runs_last_checkpoint(cfg: DictConfig) -> str | None:
@@ -28,9 +26,7 @@ def take_this_runs_last_checkpoint(cfg: DictConfig) -> str | None:
     if not cfg.get("train"):
         raise UserInputError("ckpt_path=last resumes training in this run's folder; with train=false name the "
                              "checkpoint to test: ckpt_path=<run dir>/checkpoints/last.ckpt or epochNNN.ckpt.")
-    saved = OmegaConf.select(cfg, "callbacks.last_checkpoint", default=None) or {}
-    folder = saved.get("dirpath") or f"{cfg.paths.output_dir}/checkpoints"
-    last = Path(str(folder)) / f"{saved.get('filename') or 'last'}.ckpt"
+    last = last_checkpoint_file(cfg)
     output_dir = Path(cfg.paths.output_dir)
     if last.is_file():
         cfg.ckpt_path = str(last)
@@ -48,15 +44,16 @@ def take_this_runs_last_checkpoint(cfg: DictConfig) -> str | None:
     return "keep"
 
 
-def asks_for_last(overrides) -> bool:
-    """Whether these overrides (a job's, as Hydra records them) include ckpt_path=last."""
-    return any(str(override).lstrip("+~") == f"ckpt_path={LATEST}" for override in overrides)
+def last_checkpoint_file(cfg: DictConfig) -> Path:
+    """Where this run's last checkpoint is saved (callbacks.last_checkpoint: <run dir>/checkpoints/last.ckpt)."""
+    saved = OmegaConf.select(cfg, "callbacks.last_checkpoint", default=None) or {}
+    folder = saved.get("dirpath") or f"{cfg.paths.output_dir}/checkpoints"
+    return Path(str(folder)) / f"{saved.get('filename') or 'last'}.ckpt"
 
 
 def names_a_checkpoint_file(override: str) -> bool:
     """Whether a sweep job's override gives it a checkpoint of its own (whose run's folder it continues in)."""
-    key, _, value = override.lstrip("+~").partition("=")
-    return key == "ckpt_path" and value not in ("", LATEST, "null")
+    return ckpt_path_word(override) not in (None, "", LATEST, "null")
 
 
 def continue_sweep_command(sweep_dir: Path, record: str = "multirun.yaml") -> str | None:
@@ -88,12 +85,3 @@ def finish_the_sweep_advice(sweep_dir: Path) -> str:
         return "Resume each interrupted job as its message says, and run the jobs not run as a sweep of their own."
     return ("Finish the sweep in its folder with its own command and ckpt_path=last (interrupted jobs resume from "
             f"their last.ckpt, jobs not run start, finished ones are tested again): {continued}")
-
-
-def unfinished_jobs_advice(sweep_dir: Path) -> str:
-    """For jobs a sweep's folder still holds as interrupted or not run after a command that ran others (their
-    overrides were not among its jobs'): the command that made them, from the record of it that Hydra's replaced."""
-    earlier = sorted(sweep_dir.glob("multirun-*.yaml"))
-    continued = continue_sweep_command(sweep_dir, earlier[-1].name) if earlier else None
-    return f"Finish them with the command that made them and ckpt_path=last: {continued}" if continued else (
-        "Finish them with the command that made them and ckpt_path=last.")

@@ -103,7 +103,10 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         sys.exit(1)
     stop_code = sweep_stop_code() if in_multirun() else None
     if stop_code is not None:
-        _record_job(cfg, not_run_record(stop_code))
+        from src.utils.run_folders import run_status
+
+        if run_status(Path(cfg.paths.output_dir)) in (None, "not run"):  # a job continued there keeps its record
+            _record_job(cfg, not_run_record(stop_code))
         return None
     try:
         try:
@@ -165,9 +168,10 @@ def interrupted_outside_training(by: str = "Ctrl-C", cfg: DictConfig | None = No
     from src.utils.jobs import in_multirun
 
     stopped = f"Stopped by {by} outside training and testing: nothing was saved at that moment."
+    from src.utils.continue_run import last_checkpoint_file
+
     training = cfg is not None and cfg.get("train")
-    folder = OmegaConf.select(cfg, "callbacks.last_checkpoint.dirpath") if training else None
-    last = Path(str(folder)) / "last.ckpt" if folder else None
+    last = last_checkpoint_file(cfg) if training and OmegaConf.select(cfg, "callbacks.last_checkpoint") else None
     if last is not None and last.is_file():
         advice = f"{last} holds the latest training state; resume with: {resume_command(original_overrides(), last)}"
     elif cfg is not None and in_multirun():

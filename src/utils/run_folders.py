@@ -169,6 +169,25 @@ def discard_empty_logger_folders(cfg: DictConfig) -> None:
                 break
 
 
+LATEST = "last"  # ckpt_path=last: the run folder's own last checkpoint (src/utils/continue_run.py)
+
+
+def ckpt_path_word(override) -> str | None:
+    """The value an override gives ckpt_path, as Hydra reads it (`last`, a path, `null`; quotes removed, null in any
+    case), "" for `~ckpt_path`; None when the override sets something else."""
+    key, _, value = str(override).lstrip("+~").partition("=")
+    if key != "ckpt_path":
+        return None
+    value = value.strip()
+    value = value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+    return "null" if value.lower() == "null" else value
+
+
+def asks_for_last(overrides) -> bool:
+    """Whether these overrides (a job's, as Hydra records them) include ckpt_path=last."""
+    return any(ckpt_path_word(override) == LATEST for override in overrides)
+
+
 def holds_a_run(folder: Path) -> list[str]:
     """What in `folder` shows that a run has used it already: its results (the record of a job that a stopped sweep
     never started is none), its resumable state."""
@@ -185,11 +204,13 @@ def run_status(folder: Path) -> str | None:
     return read_metrics(path).get("status", "unreadable metrics.json") if path.is_file() else None
 
 
-def job_folder_in_sweep(sweep_dir: Path, overrides) -> Path | None:
-    """The folder of the sweep's job with these overrides (ckpt_path aside, in any order), whatever its number: where
-    ckpt_path=last continues that job when the swept values are listed in another order."""
+def job_folder_in_sweep(sweep_dir: Path, overrides, exclude=()) -> Path | None:
+    """The folder of the sweep's job with these overrides (in any order; ckpt_path and the `exclude` keys that do not
+    name jobs aside), whatever its number: where ckpt_path=last continues that job when the swept values are listed in
+    another order."""
     def settings(words) -> set[str]:
-        return {str(word) for word in words if not str(word).lstrip("+~").startswith("ckpt_path=")}
+        return {str(word) for word in words
+                if ckpt_path_word(word) is None and str(word).lstrip("+~").partition("=")[0] not in exclude}
 
     wanted = settings(overrides)
     for record in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
@@ -208,11 +229,10 @@ def resume_subdir(ckpt_path: str | None, training: bool, output_dir: str | None,
     folder that holds a run, which is then refused. Resolved without a run folder (--cfg job --resolve): `base`."""
     if not output_dir:
         return base
-    from src.utils.continue_run import LATEST
-
     resumed_here = resumed_job_dir(ckpt_path, training) == Path(output_dir).resolve()
-    # ckpt_path=last continues a run there, wherever in it that run kept its checkpoints (callbacks.*.dirpath).
-    continued = ckpt_path == LATEST and (Path(output_dir) / base / "config.yaml").is_file()
+    # ckpt_path=last continues a run there, wherever that run kept its checkpoints (callbacks.*.dirpath).
+    continued = ckpt_path == LATEST and any((Path(output_dir) / saved).is_file() for saved in (".hydra/config.yaml",
+                                                                                                "config.yaml"))
     return f"{base}/resumed-{timestamp}" if resumed_here or continued or holds_a_run(Path(output_dir)) else base
 
 
@@ -238,11 +258,9 @@ def resume_sweep_dir(ckpt_path: str | None, training: bool, new_sweep_dir: str, 
 
 
 def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overrides, exclude, sweep_dir: str) -> str:
-    from src.utils.continue_run import LATEST
-
     job_dir = _resumed_sweep_job(ckpt_path, training)
     if job_dir is None and ckpt_path == LATEST and training:
-        job_dir = job_folder_in_sweep(Path(sweep_dir), overrides)
+        job_dir = job_folder_in_sweep(Path(sweep_dir), overrides, exclude)
     return job_dir.name if job_dir else job_dirname(job_num, overrides, swept_keys(sweep_dir), exclude)
 
 

@@ -133,8 +133,9 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) ->
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from src.utils.atomic_files import write_json_atomically
-    from src.utils.continue_run import LATEST, asks_for_last, names_a_checkpoint_file
-    from src.utils.run_folders import job_dirname, job_folder_in_sweep, resume_job_subdir, swept_keys
+    from src.utils.continue_run import names_a_checkpoint_file
+    from src.utils.run_folders import (LATEST, asks_for_last, job_dirname, job_folder_in_sweep, resume_job_subdir,
+                                       swept_keys)
 
     hydra = HydraConfig.get()
     record = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
@@ -145,19 +146,20 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) ->
     lines = [f"{key}={value}" for key, value in (written["sweeper"].get("params") or {}).items()]
     hydras = GlobalHydra.instance()
     parser = OverridesParser.create(config_loader=hydras.config_loader() if hydras.is_initialized() else None)
-    jobs = [job for batch in BasicSweeper.split_arguments(parser.parse_overrides([*lines, *written["overrides"]["task"]]),
-                                                          None) for job in batch]
+    parsed = parser.parse_overrides([*lines, *written["overrides"]["task"]])
+    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
     later = jobs[hydra.job.num + 1:]
     swept, exclude = swept_keys(str(sweep_dir)), hydra.job.config.override_dirname.exclude_keys
     # With ckpt_path=last, cfg.ckpt_path is now the file it found, or null: the folder was chosen for "last".
     asked = LATEST if asks_for_last(hydra.overrides.task) else cfg.get("ckpt_path")
-    named = resume_job_subdir(asked, cfg.get("train", False), hydra.job.num, hydra.overrides.task, exclude, str(sweep_dir))
+    named = resume_job_subdir(asked, cfg.get("train", False), hydra.job.num, hydra.overrides.task, exclude,
+                              str(sweep_dir))
     if Path(hydra.runtime.output_dir).name != named:
         return len(later)  # this job's folder is not named as this project names them: no telling theirs
     for number, overrides in enumerate(later, start=hydra.job.num + 1):
         if any(names_a_checkpoint_file(override) for override in overrides):
             continue  # a resume of a checkpoint's own run, in that run's folder
-        if asks_for_last(overrides) and job_folder_in_sweep(sweep_dir, overrides):
+        if asks_for_last(overrides) and job_folder_in_sweep(sweep_dir, overrides, exclude):
             continue  # it has a folder already, perhaps under another number
         job_dir = sweep_dir / job_dirname(number, overrides, swept, exclude)
         if job_dir.exists():

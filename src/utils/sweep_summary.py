@@ -64,7 +64,7 @@ def read_metrics(path: Path) -> dict:
 
 def _mark_varied(rows: list[dict]) -> None:
     """`varied`: the overrides that differ between jobs (what the sweep compares); `overrides`: all of them."""
-    from src.utils.continue_run import asks_for_last
+    from src.utils.run_folders import asks_for_last
 
     # ckpt_path=last says where a job continued, not what it is: a job the sweep's first command finished lacks it.
     settings = [dict(o.split("=", 1) if "=" in o else (o, "") for o in row["overrides"] if not asks_for_last([o]))
@@ -187,7 +187,7 @@ class SweepSummary(Callback):
         )
         log.info("TensorBoard for the whole sweep: tensorboard --logdir %s",
                  _tensorboard_folder(config, sweep_dir) or sweep_dir)
-        from src.utils.continue_run import finish_the_sweep_advice, unfinished_jobs_advice
+        from src.utils.continue_run import finish_the_sweep_advice
 
         stopped_with = requested_exit_code(sweep_dir)
         left = ", ".join(f"{counts[status]} {status}" for status in ("interrupted", "not run") if counts[status])
@@ -197,8 +197,10 @@ class SweepSummary(Callback):
                       f": {left}. {finish_the_sweep_advice(sweep_dir)}" if left else ".")
             raise SystemExit(stopped_with)
         if left:  # jobs of an earlier command, given other overrides this time
-            log.warning("The sweep's folder still holds jobs that this command did not run (%s): their overrides are "
-                        "not among its jobs'. %s", left, unfinished_jobs_advice(sweep_dir))
+            log.warning("The sweep's folder still holds jobs that this command did not run (%s: %s): their overrides "
+                        "are not among its jobs'. Finish them with the command that made them (multirun-<time>.yaml "
+                        "records each earlier command) and ckpt_path=last.", left,
+                        ", ".join(row["job"] for row in rows if row["status"] in ("interrupted", "not run")))
         # Judged on the jobs this command ran: a resubmitted job that fails must not pass for a success because
         # the sweep's other jobs had finished earlier.
         ran = [row for row in rows if _ran_since(sweep_dir / row["job"], getattr(self, "_started", 0.0))]
