@@ -170,9 +170,8 @@ def test_a_job_is_found_by_its_overrides_whatever_its_number(tmp_path):
         OmegaConf.save(OmegaConf.create(overrides), tmp_path / name / ".hydra" / "overrides.yaml")
     assert job_folder_in_sweep(tmp_path, ["lr=0.2", "ckpt_path=last", "seed=1"]) == tmp_path / "1_seed=1,lr=0.2"
     assert job_folder_in_sweep(tmp_path, ["lr=0.2", "seed=2"]) is None
-    # Keys that do not name jobs (a data folder, the progress bar) may differ, as they may in the folder names.
-    assert job_folder_in_sweep(tmp_path, ["data.data_dir=/d", "lr=0.2", "seed=1"], exclude=["data.data_dir"]) == (
-        tmp_path / "1_seed=1,lr=0.2")
+    # Keys left out of folder names count too: two jobs may differ only in their data folder.
+    assert job_folder_in_sweep(tmp_path, ["data.data_dir=/d", "lr=0.2", "seed=1"]) is None
     # With ckpt_path=last a job continues in that folder, under the number the earlier command gave it.
     assert resume_job_subdir("last", True, 0, ["lr=0.2", "seed=1", "ckpt_path=last"], [], str(tmp_path)) == "1_seed=1,lr=0.2"
     assert resume_job_subdir(None, True, 0, ["lr=0.2", "seed=1"], [], str(tmp_path)).startswith("0_")
@@ -237,3 +236,27 @@ def test_a_stopped_sweeps_job_that_has_a_record_keeps_it(tmp_path, monkeypatch):
         assert run.run_reporting_failures(lambda cfg: pytest.fail("the job ran"), cfg) is None
         recorded = json.loads((folder / "metrics.json").read_text())
         assert recorded["status"] == (status or "not run")
+
+
+def test_a_run_continued_from_a_scratch_disk_is_told_to_continue_in_its_folder(tmp_path, synthetic_data_dir):
+    """Its checkpoint alone (outside any run folder's checkpoints/) would start a new folder: the printed command
+    names the run's folder and ckpt_path=last again, and continues there."""
+    import re
+    import shlex
+
+    from tests.conftest import run_module
+
+    folder, scratch = tmp_path / "run", tmp_path / "scratch"
+    run = [f"data.data_dir={synthetic_data_dir}", "data.download=false", "data.val_size=80", "model=mlp",
+           "trainer.max_epochs=2", "callbacks.progress_bar=null", f"callbacks.last_checkpoint.dirpath={scratch}",
+           f"hydra.run.dir={folder}", "ckpt_path=last"]
+    stopped = run_module("src.train", *run, "+callbacks.stop._target_=tests.test_eval_resume.InterruptAtStep",
+                         "+callbacks.stop.step=3")
+    assert stopped.returncode == 130, (stopped.stdout + stopped.stderr)[-3000:]
+    (again,) = re.findall(r"resume with: python -m src\.train (.*)\n", stopped.stdout + stopped.stderr)
+    words = shlex.split(again)
+    assert words[-2:] == [f"hydra.run.dir={folder}", "ckpt_path=last"]
+    resumed = run_module("src.train", *[word for word in words if not word.startswith("+callbacks.stop")])
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert json.loads((folder / "metrics.json").read_text())["resumed_from"] == str(scratch / "last.ckpt")
+

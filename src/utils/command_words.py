@@ -125,8 +125,17 @@ def eval_overrides() -> list[str]:
 
 def resume_command(overrides, ckpt_path) -> str:
     """The command (in a run of src.api, the call) that resumes from `ckpt_path` with `overrides` (their own ckpt_path
-    left out)."""
-    return command("train", [*without_ckpt_path(overrides), ckpt_path_override(str(ckpt_path))])
+    left out). For a run given ckpt_path=last whose checkpoint lies outside a run folder's checkpoints/ (a scratch
+    disk), which alone would start a new folder: this run's folder and ckpt_path=last again."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from src.utils.run_folders import LATEST, asks_for_last, resumed_job_dir
+
+    words = without_ckpt_path(overrides)
+    if resumed_job_dir(str(ckpt_path), True) is None and asks_for_last(command_overrides() or []):
+        folder = quoted_path(HydraConfig.get().runtime.output_dir)
+        return command("train", [*words, f"hydra.run.dir={folder}", f"ckpt_path={LATEST}"])
+    return command("train", [*words, ckpt_path_override(str(ckpt_path))])
 
 
 def without_ckpt_path(overrides) -> list[str]:

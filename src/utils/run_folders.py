@@ -179,7 +179,8 @@ def ckpt_path_word(override) -> str | None:
     if key != "ckpt_path":
         return None
     value = value.strip()
-    value = value[1:-1] if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"" else value
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]  # quoted: a string, 'null' too
     return "null" if value.lower() == "null" else value
 
 
@@ -204,13 +205,12 @@ def run_status(folder: Path) -> str | None:
     return read_metrics(path).get("status", "unreadable metrics.json") if path.is_file() else None
 
 
-def job_folder_in_sweep(sweep_dir: Path, overrides, exclude=()) -> Path | None:
-    """The folder of the sweep's job with these overrides (in any order; ckpt_path and the `exclude` keys that do not
-    name jobs aside), whatever its number: where ckpt_path=last continues that job when the swept values are listed in
-    another order."""
+def job_folder_in_sweep(sweep_dir: Path, overrides) -> Path | None:
+    """The folder of the sweep's job with these overrides (in any order, ckpt_path aside), whatever its number: where
+    ckpt_path=last continues that job when the swept values are listed in another order. Every other override counts,
+    even those left out of folder names (two jobs may differ only in data.data_dir)."""
     def settings(words) -> set[str]:
-        return {str(word) for word in words
-                if ckpt_path_word(word) is None and str(word).lstrip("+~").partition("=")[0] not in exclude}
+        return {str(word) for word in words if ckpt_path_word(word) is None}
 
     wanted = settings(overrides)
     for record in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
@@ -260,7 +260,7 @@ def resume_sweep_dir(ckpt_path: str | None, training: bool, new_sweep_dir: str, 
 def resume_job_subdir(ckpt_path: str | None, training: bool, job_num: int, overrides, exclude, sweep_dir: str) -> str:
     job_dir = _resumed_sweep_job(ckpt_path, training)
     if job_dir is None and ckpt_path == LATEST and training:
-        job_dir = job_folder_in_sweep(Path(sweep_dir), overrides, exclude)
+        job_dir = job_folder_in_sweep(Path(sweep_dir), overrides)
     return job_dir.name if job_dir else job_dirname(job_num, overrides, swept_keys(sweep_dir), exclude)
 
 

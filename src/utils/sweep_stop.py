@@ -159,7 +159,7 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) ->
     for number, overrides in enumerate(later, start=hydra.job.num + 1):
         if any(names_a_checkpoint_file(override) for override in overrides):
             continue  # a resume of a checkpoint's own run, in that run's folder
-        if asks_for_last(overrides) and job_folder_in_sweep(sweep_dir, overrides, exclude):
+        if asks_for_last(overrides) and job_folder_in_sweep(sweep_dir, overrides):
             continue  # it has a folder already, perhaps under another number
         job_dir = sweep_dir / job_dirname(number, overrides, swept, exclude)
         if job_dir.exists():
