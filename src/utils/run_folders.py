@@ -230,9 +230,8 @@ def resume_subdir(ckpt_path: str | None, training: bool, output_dir: str | None,
     if not output_dir:
         return base
     resumed_here = resumed_job_dir(ckpt_path, training) == Path(output_dir).resolve()
-    # ckpt_path=last continues a run there, wherever that run kept its checkpoints (callbacks.*.dirpath).
-    continued = ckpt_path == LATEST and any((Path(output_dir) / saved).is_file() for saved in (".hydra/config.yaml",
-                                                                                                "config.yaml"))
+    recorded = any((Path(output_dir) / name).is_file() for name in (".hydra/config.yaml", "config.yaml"))
+    continued = ckpt_path == LATEST and recorded  # a run there, wherever it kept its checkpoints (callbacks.*.dirpath)
     return f"{base}/resumed-{timestamp}" if resumed_here or continued or holds_a_run(Path(output_dir)) else base
 
 

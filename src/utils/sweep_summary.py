@@ -21,6 +21,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import what_stopped
+from src.utils.continue_run import finish_the_sweep_advice
+from src.utils.run_folders import asks_for_last
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,6 @@ def read_metrics(path: Path) -> dict:
 
 def _mark_varied(rows: list[dict]) -> None:
     """`varied`: the overrides that differ between jobs (what the sweep compares); `overrides`: all of them."""
-    from src.utils.run_folders import asks_for_last
-
     # ckpt_path=last says where a job continued, not what it is: a job the sweep's first command finished lacks it.
     settings = [dict(o.split("=", 1) if "=" in o else (o, "") for o in row["overrides"] if not asks_for_last([o]))
                 for row in rows]
@@ -187,8 +187,6 @@ class SweepSummary(Callback):
         )
         log.info("TensorBoard for the whole sweep: tensorboard --logdir %s",
                  _tensorboard_folder(config, sweep_dir) or sweep_dir)
-        from src.utils.continue_run import finish_the_sweep_advice
-
         stopped_with = requested_exit_code(sweep_dir)
         left = ", ".join(f"{counts[status]} {status}" for status in ("interrupted", "not run") if counts[status])
         if stopped_with is not None:
