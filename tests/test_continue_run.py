@@ -154,8 +154,7 @@ def test_a_stopped_sweep_is_finished_by_its_own_command_with_ckpt_path_last(tmp_
     ("ckpt_path=Null", "null"), ("~ckpt_path", ""), ("ckpt_path_x=1", None), ("seed=1", None),
 ])
 def test_a_ckpt_path_override_is_read_as_hydra_reads_it(override, word):
-    from src.utils.continue_run import names_a_checkpoint_file
-    from src.utils.run_folders import asks_for_last, ckpt_path_word
+    from src.utils.run_folders import asks_for_last, ckpt_path_word, names_a_checkpoint_file
 
     assert ckpt_path_word(override) == word
     assert asks_for_last([override]) == (word == "last")

@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserInputError
 from src.utils.jobs import in_multirun
-from src.utils.run_folders import LATEST, ckpt_path_word, made_here, run_status
+from src.utils.run_folders import LATEST, made_here, names_a_checkpoint_file, run_status
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,6 @@ def last_checkpoint_file(cfg: DictConfig) -> Path:
     saved = OmegaConf.select(cfg, "callbacks.last_checkpoint", default=None) or {}
     folder = saved.get("dirpath") or f"{cfg.paths.output_dir}/checkpoints"
     return Path(str(folder)) / f"{saved.get('filename') or 'last'}.ckpt"
-
-
-def names_a_checkpoint_file(override: str) -> bool:
-    """Whether a sweep job's override gives it a checkpoint of its own (whose run's folder it continues in)."""
-    return ckpt_path_word(override) not in (None, "", LATEST, "null")
 
 
 def continue_sweep_command(sweep_dir: Path, record: str = "multirun.yaml") -> str | None:

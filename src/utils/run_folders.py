@@ -189,6 +189,11 @@ def asks_for_last(overrides) -> bool:
     return any(ckpt_path_word(override) == LATEST for override in overrides)
 
 
+def names_a_checkpoint_file(override) -> bool:
+    """Whether a sweep job's override gives it a checkpoint of its own (whose run's folder it continues in)."""
+    return ckpt_path_word(override) not in (None, "", LATEST, "null")
+
+
 def holds_a_run(folder: Path) -> list[str]:
     """What in `folder` shows that a run has used it already: its results (the record of a job that a stopped sweep
     never started is none), its resumable state."""

@@ -133,9 +133,8 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) ->
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from src.utils.atomic_files import write_json_atomically
-    from src.utils.continue_run import names_a_checkpoint_file
-    from src.utils.run_folders import (LATEST, asks_for_last, job_dirname, job_folder_in_sweep, resume_job_subdir,
-                                       swept_keys)
+    from src.utils.run_folders import (LATEST, asks_for_last, job_dirname, job_folder_in_sweep, names_a_checkpoint_file,
+                                       resume_job_subdir, swept_keys)
 
     hydra = HydraConfig.get()
     record = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
