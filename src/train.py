@@ -79,6 +79,10 @@ def train(cfg: DictConfig) -> dict:
         check_trainable(model, cfg.model._target_)
     datamodule = build_group(cfg, "data", "src.data.mnist_datamodule.MNISTDataModule")
     trainer, loggers = build_trainer(cfg)
+    if continuation == "start" and trainer.is_global_zero:
+        from src.utils.continue_run import set_aside_earlier_attempt
+
+        set_aside_earlier_attempt(loggers)
 
     if cfg.get("train"):
         resumed_at_step = None

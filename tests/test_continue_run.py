@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from unittest.mock import ANY
 
@@ -63,6 +64,28 @@ def test_ckpt_path_last_starts_a_run_stopped_before_it_saved_anything(tmp_path, 
         train(compose_config(run))
     metrics = train(compose_config([*run, "ckpt_path=last"]))
     assert metrics["status"] == "ok" and "resumed_from" not in metrics and "earlier_run" not in metrics
+
+
+def test_ckpt_path_last_keeps_a_killed_attempts_curves_apart_from_the_new_ones(tmp_path, synthetic_data_dir, caplog):
+    """A job killed outright (SIGKILL, the OOM killer) before its first save leaves events but no record and no
+    last.ckpt: its requeued command starts over in the folder, and TensorBoard must not draw both attempts as one run."""
+    from src.api import Run
+
+    folder = tmp_path / "run"
+    run = [*tiny_run_overrides(synthetic_data_dir, folder), "model=mlp", "trainer.max_epochs=2", "ckpt_path=last"]
+    train(compose_config(run))
+    for killed in (folder / "metrics.json", folder / "checkpoints"):  # what a kill before the first save leaves
+        shutil.rmtree(killed) if killed.is_dir() else killed.unlink()
+    tensorboard = folder / "tensorboard"
+    killed_events = sorted(path.name for path in tensorboard.glob("events.out.tfevents.*"))
+    caplog.set_level(logging.INFO, logger="src.utils.continue_run")
+    metrics = train(compose_config(run))
+    assert metrics["status"] == "ok" and "resumed_from" not in metrics
+    [attempt] = [path for path in tensorboard.iterdir() if path.is_dir()]
+    assert attempt.name.startswith("attempt-") and sorted(path.name for path in attempt.iterdir()) == killed_events
+    assert not {path.name for path in tensorboard.glob("events.out.tfevents.*")} & set(killed_events)
+    assert [row["epoch"] for row in Run(folder).history()] == [0, 1]  # this attempt's two epochs, each once
+    assert f"earlier attempt, which saved no checkpoint, were moved to {attempt}" in caplog.text
 
 
 def test_ckpt_path_last_finds_a_last_checkpoint_saved_elsewhere_in_the_run_folder(tmp_path, synthetic_data_dir):

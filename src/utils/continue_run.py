@@ -44,6 +44,35 @@ def take_this_runs_last_checkpoint(cfg: DictConfig) -> str | None:
     return "keep"
 
 
+def set_aside_earlier_attempt(loggers: list) -> None:
+    """For a run that ckpt_path=last starts in a folder where an earlier attempt stopped before saving anything (killed
+    outright, say): that attempt's TensorBoard events go into a folder of their own beside this attempt's, named by the
+    time it started, so TensorBoard shows it as a run apart instead of drawing both attempts' curves as one."""
+    import time
+
+    from src.utils.run_folders import empty_event_file, event_files
+
+    by_run: dict[Path, list[Path]] = {}
+    for path in event_files(loggers):
+        if not empty_event_file(path):
+            by_run.setdefault(path.parent, []).append(path)
+    for log_dir, earlier in by_run.items():
+        started = min(_event_file_time(path) for path in earlier)
+        folder = log_dir / f"attempt-{time.strftime('%Y-%m-%d_%H-%M-%S', time.localtime(started))}"
+        folder.mkdir(exist_ok=True)
+        for path in earlier:
+            path.rename(folder / path.name)
+        log.info("ckpt_path=last: the TensorBoard events of the earlier attempt, which saved no checkpoint, were "
+                 "moved to %s", folder)
+
+
+def _event_file_time(path: Path) -> float:
+    """When an event file was opened: the time in its name (events.out.tfevents.<seconds>.<host>...), else its
+    modification time."""
+    stamp = path.name.split(".")[3]
+    return float(stamp) if stamp.isdigit() else path.stat().st_mtime
+
+
 def last_checkpoint_file(cfg: DictConfig) -> Path:
     """Where this run's last checkpoint is saved (callbacks.last_checkpoint: <run dir>/checkpoints/last.ckpt)."""
     saved = OmegaConf.select(cfg, "callbacks.last_checkpoint", default=None) or {}
