@@ -230,6 +230,24 @@ def test_ckpt_path_last_outside_training_or_in_a_new_folder_says_what_it_is_for(
     assert "so this run starts from the beginning (a new folder: give hydra.run.dir=<folder> to continue one run)" in caplog.text
 
 
+def test_a_sweep_given_ckpt_path_last_in_a_new_folder_says_how_to_finish_a_stopped_one(tmp_path, caplog, monkeypatch):
+    from src.utils import run_folders
+    from src.utils.sweep_summary import SweepSummary
+
+    new, named = tmp_path / "new", tmp_path / "named"
+    monkeypatch.setattr(run_folders, "_MADE_HERE", {new.resolve()})
+    caplog.set_level(logging.INFO, logger="src.utils.continue_run")
+    for sweep_dir, task in ((new, ["seed=1,2", "ckpt_path=last"]), (named, ["seed=1,2", "ckpt_path=last"]),
+                            (new, ["seed=1,2"])):
+        sweep_dir.mkdir(exist_ok=True)
+        caplog.clear()
+        SweepSummary().on_multirun_start(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep_dir)},
+                                                                    "overrides": {"task": task}}}))
+        told = (f"ckpt_path=last in a new sweep folder, {sweep_dir}: its jobs start from the beginning. To finish a "
+                "stopped sweep, give its folder: hydra.sweep.dir=<that sweep's folder>.") in caplog.text
+        assert told == (sweep_dir == new and "ckpt_path=last" in task), (sweep_dir, task)
+
+
 def test_ckpt_path_last_may_find_its_checkpoints_outside_the_run_folder(tmp_path):
     """callbacks.last_checkpoint.dirpath on a scratch disk: that folder holds this run's checkpoints, not another's."""
     from src.utils.output_folders import writes_into_another_run

@@ -129,6 +129,7 @@ def test_an_interrupted_job_stops_the_sweep_and_is_recorded(tmp_path, synthetic_
     output = result.stdout + result.stderr
     assert result.returncode == 130, output[-3000:]
     assert "Training stopped by Ctrl-C at epoch 0, step 3" in output and "Traceback" not in output
+    assert "last.ckpt; resume this job on its own with: python -m src.train " in output  # the sweep's command: below
     assert "was raised with message" not in output  # Lightning's garbled note of the same save
     job_dir, next_job = sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
     assert job_dir.name.startswith("0_") and (job_dir / "checkpoints" / "last.ckpt").is_file()

@@ -125,17 +125,27 @@ def eval_overrides() -> list[str]:
 
 def resume_command(overrides, ckpt_path) -> str:
     """The command (in a run of src.api, the call) that resumes from `ckpt_path` with `overrides` (their own ckpt_path
-    left out). For a run given ckpt_path=last whose checkpoint lies outside a run folder's checkpoints/ (a scratch
-    disk), which alone would start a new folder: this run's folder and ckpt_path=last again."""
+    left out). For a run given ckpt_path=last: its own command, with its folder and ckpt_path=last again (what a job
+    script says; it also finds a last.ckpt saved outside the run folder, on a scratch disk, which named alone would
+    start a new folder)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from src.utils.run_folders import LATEST, asks_for_last, resumed_job_dir
+    from src.utils.run_folders import LATEST, asks_for_last
 
     words = without_ckpt_path(overrides)
-    if resumed_job_dir(str(ckpt_path), True) is None and asks_for_last(command_overrides() or []):
+    if asks_for_last(command_overrides() or []):  # the run's own command goes on: in its folder, from its last.ckpt
         folder = quoted_path(HydraConfig.get().runtime.output_dir)
         return command("train", [*words, f"hydra.run.dir={folder}", f"ckpt_path={LATEST}"])
     return command("train", [*words, ckpt_path_override(str(ckpt_path))])
+
+
+def resume_with(checkpoint) -> str:
+    """"resume with: <command>" for this run, from `checkpoint`; a sweep job's says that it resumes this job on its own
+    (the sweep's closing message has the command that finishes the whole sweep)."""
+    from src.utils.jobs import in_multirun
+
+    alone = " this job on its own" if in_multirun() else ""
+    return f"resume{alone} with: {resume_command(original_overrides(), checkpoint)}"
 
 
 def without_ckpt_path(overrides) -> list[str]:

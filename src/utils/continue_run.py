@@ -44,6 +44,17 @@ def take_this_runs_last_checkpoint(cfg: DictConfig) -> str | None:
     return "keep"
 
 
+def say_the_sweep_folder_is_new(config: DictConfig) -> None:
+    """A sweep given ckpt_path=last without the folder of the sweep it is to finish (hydra.sweep.dir) got a new one:
+    every job starts from the beginning. Said once, when the sweep starts."""
+    from src.utils.run_folders import asks_for_last
+
+    sweep_dir = Path(config.hydra.sweep.dir)
+    if asks_for_last(OmegaConf.select(config, "hydra.overrides.task", default=None) or []) and made_here(sweep_dir):
+        log.info("ckpt_path=last in a new sweep folder, %s: its jobs start from the beginning. To finish a stopped "
+                 "sweep, give its folder: hydra.sweep.dir=<that sweep's folder>.", sweep_dir)
+
+
 def set_aside_earlier_attempt(loggers: list) -> None:
     """For a run that ckpt_path=last starts in a folder where an earlier attempt stopped before saving anything (killed
     outright, say): that attempt's TensorBoard events go into a folder of their own beside this attempt's, named by the

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from src.errors import STOP_EXIT_CODES, RunInterrupted, UserInputError
-from src.utils.command_words import original_overrides, resume_command, run_it_again
+from src.utils.command_words import resume_with, run_it_again
 
 
 def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None, tests: bool = True) -> None:
@@ -57,8 +57,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         at = f" at epoch {trainer.current_epoch}, step {trainer.global_step}" if trainer.global_step else ""
         raise RunInterrupted(
             f"Training aborted by Ctrl-C{at}, without saving. "
-            + (f"{last} holds the last saved state; resume with: "
-               f"{resume_command(original_overrides(), last)}" if last
+            + (f"{last} holds the last saved state; {resume_with(last)}" if last
                else "No checkpoint had been saved yet."),
             exit_code=STOP_EXIT_CODES["Ctrl-C"],
         ) from stop
@@ -72,14 +71,13 @@ def _stopped(by: str, at: str, saved: str | None, started_from: str | None = Non
     """What was saved when training stopped, and how to go on. `saved`: the checkpoint written now; `started_from`:
     this run's ckpt_path; `saving`: whether a checkpoint callback could have saved."""
     if saved:
-        return (f"Training stopped by {by} {at}. Saved {saved}; resume with: "
-                f"{resume_command(original_overrides(), saved)}")
+        return f"Training stopped by {by} {at}. Saved {saved}; {resume_with(saved)}"
     if not saving:
         return f"Training stopped by {by} {at}. No checkpoint callback was configured, so nothing was saved."
     # Stopped before its first training step (in the sanity check, whose epoch and step Lightning has not restored).
     if started_from:
         return (f"Training stopped by {by} before its first step, so nothing was saved: {started_from} is still the "
-                f"last state; resume with: {resume_command(original_overrides(), started_from)}")
+                f"last state; {resume_with(started_from)}")
     return f"Training stopped by {by} before its first step: nothing was trained or saved. {run_it_again()}"
 
 

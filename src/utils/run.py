@@ -92,10 +92,12 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
     from src.utils.jobs import in_multirun
     from src.utils.output_folders import output_dir_problem
     from src.utils.sigterm import Terminated, sigterm_raises
+    from src.utils.slurm import stop_on_slurms_warning
     from src.utils.sweep_stop import not_run_record, stop_sweep_after_interruption, sweep_stop_code
 
     started = time.perf_counter()
     one_line_for_disk_errors_in_threads()
+    stop_on_slurms_warning()  # in a worker process of a sweep too
     problem = output_dir_problem(cfg)
     if problem:
         log.error("%s", problem)
@@ -164,7 +166,7 @@ def interrupted_outside_training(by: str = "Ctrl-C", cfg: DictConfig | None = No
     """The stop, with what to run next (`cfg`: the run's config, where known): once training has saved last.ckpt
     (stopped after it, before the results were written), resuming from it, which tests the best checkpoint again; in a
     sweep, the job on its own (the sweep's folder is taken); else the same command."""
-    from src.utils.command_words import command, command_overrides, original_overrides, resume_command, run_it_again
+    from src.utils.command_words import command, command_overrides, resume_with, run_it_again
     from src.utils.jobs import in_multirun
 
     stopped = f"Stopped by {by} outside training and testing: nothing was saved at that moment."
@@ -173,7 +175,7 @@ def interrupted_outside_training(by: str = "Ctrl-C", cfg: DictConfig | None = No
     training = cfg is not None and cfg.get("train")
     last = last_checkpoint_file(cfg) if training and OmegaConf.select(cfg, "callbacks.last_checkpoint") else None
     if last is not None and last.is_file():
-        advice = f"{last} holds the latest training state; resume with: {resume_command(original_overrides(), last)}"
+        advice = f"{last} holds the latest training state; {resume_with(last)}"
     elif cfg is not None and in_multirun():
         advice = f"Run this job again on its own: {command('train' if 'train' in cfg else 'eval', command_overrides())}"
     else:

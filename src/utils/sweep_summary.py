@@ -165,10 +165,12 @@ def _ran_since(job_dir: Path, started: float) -> bool:
 
 class SweepSummary(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from src.utils.continue_run import say_the_sweep_folder_is_new
         from src.utils.sweep_stop import clear_stop_request, leave_interruptions_to_the_jobs
 
         self._started = time.time() - 1  # file times may be rounded down to the second
         sweep_dir = Path(config.hydra.sweep.dir)
+        say_the_sweep_folder_is_new(config)
         clear_stop_request(sweep_dir)  # an earlier, stopped run of this sweep left one behind
         keep_earlier_sweep_record(sweep_dir)
         if "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_", default="")):

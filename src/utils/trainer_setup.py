@@ -63,12 +63,40 @@ def build_trainer(cfg: DictConfig):
     if any(isinstance(cb, LearningRateMonitor) for cb in callbacks) and (reason := _learning_rate_not_charted(cfg, loggers)):
         log.info("%s", reason)
         callbacks = [cb for cb in callbacks if not isinstance(cb, LearningRateMonitor)]
-    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+    trainer = build(cfg.trainer, callbacks=callbacks, logger=loggers or False, **_slurm_plugin(cfg.trainer),
                     refused_by=(MisconfigurationException, ValueError, TypeError, ImportError))
+    _refuse_lightnings_slurm_checkpoints(trainer.default_root_dir)
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # Lightning's default, not one a user configured
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
     return_spawned_progress(trainer)
     return trainer, loggers
+
+
+def _slurm_plugin(trainer: DictConfig) -> dict:
+    """In a SLURM job, Lightning's SLURM environment without its auto-requeue (src/utils/slurm.py stops and requeues
+    instead); none where the trainer config names plugins of its own."""
+    from src.utils.slurm import in_slurm_job
+
+    if not in_slurm_job() or trainer.get("plugins"):
+        return {}
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    return {"plugins": [SLURMEnvironment(auto_requeue=False)]}
+
+
+def _refuse_lightnings_slurm_checkpoints(folder: str) -> None:
+    """In a SLURM job Lightning would resume from (and test) an hpc_ckpt_<n>.ckpt in the run folder whenever it is given
+    no checkpoint, unchecked. This project never writes one (src/utils/slurm.py); one left by another tool is refused."""
+    from pathlib import Path
+
+    from src.utils.slurm import in_slurm_job
+
+    found = sorted(Path(folder).glob("hpc_ckpt_*.ckpt")) if in_slurm_job() else []
+    if found:
+        raise UserInputError(
+            f"{found[-1]} is a checkpoint of Lightning's own SLURM auto-requeue, which Lightning would resume from "
+            "without this run's checks. Move the hpc_ckpt_*.ckpt files out of that folder; this project continues a run "
+            "from its checkpoints/last.ckpt (ckpt_path=last).")
 
 
 def _check_tensorboard_settings(loggers: DictConfig | None) -> None:

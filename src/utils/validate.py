@@ -125,7 +125,11 @@ def _check_strategy(cfg: DictConfig) -> None:
     """Strategies that start this script again for each further device, where it cannot be started again."""
     from src.utils.command_words import called_from_python
     from src.utils.jobs import in_multirun
+    from src.utils.slurm import in_slurm_job
 
+    if in_slurm_job():
+        _check_slurm_tasks(cfg.trainer)
+        return  # SLURM starts every DDP process itself (srun, hydra/launcher=slurm): Lightning relaunches nothing
     from_python, sweeping = called_from_python(), in_multirun()
     if not (from_python or sweeping):  # the command line of a single run: Lightning's relaunch works
         return
@@ -137,12 +141,26 @@ def _check_strategy(cfg: DictConfig) -> None:
             "script again for each further device, which a call from Python (a notebook) cannot be: use "
             "++trainer.strategy=ddp_spawn, or the command line."
         )
-    if sweeping and relaunches and not strategy.startswith("ddp_spawn") and not _in_slurm_task():
+    if sweeping and relaunches and not strategy.startswith("ddp_spawn"):
         raise UserInputError(
             f"trainer.strategy={strategy} with trainer.devices={cfg.trainer.get('devices', 'auto')} cannot run inside a "
             "Hydra multirun: Lightning would relaunch the whole sweep in every process. Use ++trainer.strategy=ddp_spawn "
             "in sweeps, or hydra/launcher=slurm for clusters."
         )
+
+
+def _check_slurm_tasks(trainer: DictConfig) -> None:
+    """In a SLURM job each DDP process is one of its tasks, started by SLURM: with fewer tasks than the trainer's
+    processes Lightning would train in fewer processes without a word (more: it fails with a traceback)."""
+    import os
+
+    tasks, processes = os.environ.get("SLURM_NTASKS", "1"), _process_count(trainer)
+    if tasks.isdigit() and int(tasks) != processes:
+        raise UserInputError(
+            f"This SLURM job has {tasks} task(s) (SLURM_NTASKS), but trainer.devices={trainer.get('devices', 'auto')} "
+            f"and trainer.num_nodes={trainer.get('num_nodes', 1)} make {processes} training process(es): in a SLURM "
+            "job SLURM starts each of them as a task. Ask for as many tasks (--ntasks-per-node=<devices per node>, "
+            "--nodes=<num_nodes>) and start the run with srun, or set trainer.devices to the tasks there are.")
 
 
 def _check_early_stopping(callbacks: DictConfig | dict) -> None:
@@ -208,6 +226,11 @@ def _rank_zero() -> bool:
 
 def _several_processes(trainer: DictConfig) -> bool:
     """Whether Lightning's automatic strategy starts more than one process (it picks DDP for several devices)."""
+    return _process_count(trainer) > 1
+
+
+def _process_count(trainer: DictConfig) -> int:
+    """How many training processes the trainer's devices and nodes make (one per device, on each node)."""
     import torch
 
     devices, nodes = trainer.get("devices", "auto"), trainer.get("num_nodes", 1)
@@ -222,11 +245,4 @@ def _several_processes(trainer: DictConfig) -> bool:
         count = devices
     else:  # a list or a comma-separated string of GPU indices
         count = len(devices) if not isinstance(devices, str) else len([d for d in devices.split(",") if d.strip()])
-    return count > 1 or (isinstance(nodes, int) and nodes > 1)
-
-
-def _in_slurm_task() -> bool:
-    """Inside a SLURM task (hydra/launcher=slurm), SLURM starts every DDP process itself: Lightning relaunches nothing."""
-    from pytorch_lightning.plugins.environments import SLURMEnvironment
-
-    return SLURMEnvironment.detect()
+    return count * (nodes if isinstance(nodes, int) and nodes > 0 else 1)

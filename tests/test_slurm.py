@@ -1,0 +1,132 @@
+"""A run inside a SLURM job (simulated by its environment variables): SIGUSR1, the warning a job script asks for
+before the time limit, saves and stops as SIGTERM does, and requeues a job whose command continues where it stopped;
+Lightning's own auto-requeue (its hpc_ckpt_<n>.ckpt files) stays out of it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytorch_lightning as pl
+import pytest
+
+from src.errors import UserInputError
+from src.train import train
+from tests.conftest import compose_config, run_module, tiny_run_overrides
+
+SLURM_JOB = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "train", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}
+
+
+class SignalIfArmed(pl.Callback):
+    """SIGUSR1 to this process at the first training batch after the `armed` file appears (which it removes)."""
+
+    def __init__(self, armed: str) -> None:
+        self.armed = Path(armed)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == 1 and self.armed.exists():
+            self.armed.unlink()
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+
+def _fake_scontrol(tmp_path: Path) -> tuple[dict, Path]:
+    """An environment whose PATH has an `scontrol` that writes its arguments into the file returned."""
+    bin_dir, calls = tmp_path / "bin", tmp_path / "scontrol_calls"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    return {**SLURM_JOB, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}, calls
+
+
+def _run_words(synthetic_data_dir: Path, armed: Path) -> list[str]:
+    words = [word for word in tiny_run_overrides(synthetic_data_dir, Path("unused")) if not word.startswith("paths.")]
+    return [*words, "model=mlp", "trainer.max_epochs=2", f"+callbacks.usr1._target_={__name__}.SignalIfArmed",
+            f"+callbacks.usr1.armed={armed}"]
+
+
+def test_slurms_warning_saves_stops_and_requeues_a_job_that_continues(tmp_path, synthetic_data_dir):
+    env, calls = _fake_scontrol(tmp_path)
+    folder, armed = tmp_path / "run", tmp_path / "armed"
+    armed.touch()
+    command = [*_run_words(synthetic_data_dir, armed), f"hydra.run.dir={folder}", "ckpt_path=last"]
+    stopped = run_module("src.train", *command, extra_env=env)
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 143, output[-3000:]
+    assert "SIGUSR1 (SLURM's warning before the job's time limit): stopping as for SIGTERM." in output
+    assert "Training stopped by SIGTERM at epoch 0, step 2. Saved" in output
+    assert calls.read_text() == "requeue 4242\n" and "Requeued SLURM job 4242" in output
+    assert (folder / "checkpoints" / "last.ckpt").is_file() and not list(folder.rglob("hpc_ckpt_*"))
+    assert "SLURM auto-requeueing enabled" not in output  # Lightning's own, which saves hpc_ckpt_<n>.ckpt files
+    # The command it prints is the job's own, which continues from last.ckpt wherever it is saved.
+    assert f"resume with: python -m src.train {' '.join(command[:-2])} hydra.run.dir={folder} ckpt_path=last\n" in output
+
+    requeued = run_module("src.train", *command, extra_env=env)  # what SLURM runs again
+    assert requeued.returncode == 0, (requeued.stdout + requeued.stderr)[-3000:]
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["status"] == "ok" and metrics["epochs"] == 2
+    assert metrics["resumed_from"] == str((folder / "checkpoints" / "last.ckpt").resolve())
+    assert calls.read_text() == "requeue 4242\n"  # not again: no warning this time
+
+
+def test_a_job_that_would_start_over_is_not_requeued(tmp_path, synthetic_data_dir):
+    env, calls = _fake_scontrol(tmp_path)
+    armed = tmp_path / "armed"
+    armed.touch()
+    stopped = run_module("src.train", *_run_words(synthetic_data_dir, armed), f"hydra.run.dir={tmp_path / 'run'}",
+                         extra_env=env)
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 143, output[-3000:]
+    assert ("SLURM job 4242 is not requeued: its command would start over in a new folder. To have it continue where "
+            "it stopped, give the run a folder and ckpt_path=last") in output
+    assert not calls.exists()
+
+
+def test_lightnings_own_slurm_checkpoint_in_the_run_folder_is_refused(tmp_path, synthetic_data_dir, monkeypatch):
+    """Lightning would resume from it, or test it in place of the final weights, unchecked."""
+    for key, value in SLURM_JOB.items():
+        monkeypatch.setenv(key, value)
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "hpc_ckpt_1.ckpt").write_bytes(b"")
+    with pytest.raises(UserInputError, match=r"hpc_ckpt_1\.ckpt is a checkpoint of Lightning's own SLURM auto-requeue"):
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, folder), "model=mlp"]))
+
+
+def test_slurms_warning_is_taken_for_sigterm_from_the_start_of_the_command(tmp_path):
+    """Also before any job runs (starting up, a sweep's launching process), where SIGUSR1 would kill the process."""
+    import subprocess
+    import sys
+
+    from tests.conftest import PROJECT_ROOT
+
+    script = ("import os, signal, time\n"
+              "from src.utils.command_line import run_command_line\n"
+              "signal.signal(signal.SIGTERM, lambda *_: print('SIGTERM came', flush=True))\n"
+              "run_command_line(lambda: (os.kill(os.getpid(), signal.SIGUSR1), time.sleep(0.5)))\n")
+    ran = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, env={**os.environ, **SLURM_JOB},
+                         capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0 and "SIGTERM came" in ran.stdout, ran.stdout + ran.stderr
+
+
+@pytest.mark.parametrize("tasks, trainer, refused", [
+    ("1", ["trainer=ddp_cpu"], True),     # Lightning would train in one process, without a word
+    ("2", [], True),                      # Lightning fails with a traceback
+    ("2", ["trainer=ddp_cpu"], False),    # srun started both processes
+    ("4", ["trainer=ddp_cpu", "+trainer.num_nodes=2"], False),
+    ("1", [], False),
+])
+def test_a_slurm_job_must_have_a_task_for_each_training_process(tmp_path, monkeypatch, tasks, trainer, refused):
+    from src.utils.validate import validate_train_config
+
+    for key, value in {**SLURM_JOB, "SLURM_NTASKS": tasks}.items():
+        monkeypatch.setenv(key, value)
+    cfg = compose_config([f"paths.output_dir={tmp_path}", *trainer])
+    if not refused:
+        validate_train_config(cfg)
+        return
+    with pytest.raises(UserInputError, match=rf"This SLURM job has {tasks} task\(s\) \(SLURM_NTASKS\), but "
+                                             r"trainer\.devices=\S+ and trainer\.num_nodes=1 make \d training process"):
+        validate_train_config(cfg)
