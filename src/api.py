@@ -35,6 +35,10 @@ class Run:
 
     def __post_init__(self) -> None:
         self.dir = Path(self.dir).expanduser()
+        if not self.dir.is_absolute() and not self.dir.is_dir():  # outputs/<date>/<time> from a notebook elsewhere
+            from src import PROJECT_ROOT
+
+            self.dir = PROJECT_ROOT / self.dir if (PROJECT_ROOT / self.dir).is_dir() else self.dir
         if not self.dir.is_dir():  # a mistyped folder would read as a run with no results
             raise UserInputError(f"Run({str(self.dir)!r}): no such folder. A run's folder is the one its command "
                                  "printed (outputs/<date>/<time>, or run.dir in the session that ran it).")

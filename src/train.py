@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from src import CONFIG_DIR
 from src.utils.command_line import run_command_line
@@ -73,8 +73,9 @@ def train(cfg: DictConfig) -> dict:
         metrics.update(checkpoint_record(ckpt_path, checkpoint, model))
         ckpt_path = metrics["checkpoint"]
     else:
-        from src.models.loading import check_trainable
+        from src.models.loading import check_model_class, check_trainable
 
+        check_model_class(str(OmegaConf.select(cfg, "model._target_", default="")))
         model = build_group(cfg, "model", "src.models.cnn.CNN")
         check_trainable(model, cfg.model._target_)
     datamodule = build_group(cfg, "data", "src.data.mnist_datamodule.MNISTDataModule")

@@ -165,6 +165,21 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     assert classified.figures == [classified.dir / "predictions.png"]
 
 
+def test_a_run_is_reopened_by_its_folder_under_the_project_from_a_notebook_elsewhere(tmp_path, monkeypatch):
+    import src
+
+    project, notebooks = tmp_path / "project", tmp_path / "notebooks"
+    (project / "outputs" / "2026-12-04" / "10-00-00").mkdir(parents=True)
+    (project / "outputs" / "2026-12-04" / "10-00-00" / "metrics.json").write_text('{"status": "ok"}')
+    notebooks.mkdir()
+    monkeypatch.setattr(src, "PROJECT_ROOT", project)
+    monkeypatch.chdir(notebooks)
+    run = api.Run("outputs/2026-12-04/10-00-00")
+    assert run.dir == project / "outputs" / "2026-12-04" / "10-00-00" and run.metrics == {"status": "ok"}
+    (notebooks / "outputs" / "2026-12-04" / "10-00-00").mkdir(parents=True)  # one beside the notebook comes first
+    assert api.Run("outputs/2026-12-04/10-00-00").dir == Path("outputs/2026-12-04/10-00-00")
+
+
 def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_it_was(tmp_path):
     refusals = [
         ([["model.dropout=2"]], r"model.dropout=2 is invalid"),  # the settings as one list, too

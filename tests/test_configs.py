@@ -238,3 +238,5 @@ def test_a_sweep_over_paths_keeps_each_path_whole(tmp_path):
     # -m spelled as a setting sweeps too: two folders, as with -m, not one folder named "<a>,<b>".
     assert quote_paths(["hydra.mode=MULTIRUN", f"data.data_dir={a},{b}"]) == ["hydra.mode=MULTIRUN", f"data.data_dir={a},{b}"]
     assert quote_paths([f"data.data_dir={a},{b}"]) == [f'data.data_dir="{a},{b}"']  # a single run: one folder
+    # Hydra sweeps none of its own settings: a sweep's folder is one path, commas and all.
+    assert quote_paths(["-m", f"hydra.sweep.dir={a}=1,b"]) == ["-m", f'hydra.sweep.dir="{a}=1,b"']

@@ -125,6 +125,10 @@ def test_a_loop_of_ones_own_gets_a_new_order_each_pass_as_with_a_shuffling_datal
         reference.sampler.set_epoch(epoch)
         assert torch.equal(labels, all_batches(reference)[1])  # the same orders as Lightning's epochs 0, 1, 2
     assert not torch.equal(passes[0], passes[1])
+    # `for x, y in data.train_dataloader():` inside the epoch loop: a new loader each epoch, the same orders.
+    datamodule = make_datamodule(synthetic_data_dir, shuffle_seed=3)
+    for labels in passes:
+        assert torch.equal(all_batches(datamodule.train_dataloader())[1], labels)
 
 
 def test_loaders_before_setup_and_predict_batches(synthetic_data_dir, tmp_path):

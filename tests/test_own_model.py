@@ -90,6 +90,8 @@ def test_a_model_of_ones_own_trains_evaluates_and_classifies(tmp_path, synthetic
                                          r"checkpoints could not be loaded as"),  # a class made inside a function
     ("src.models.tinynet.PlainModule", r"model._target_=src.models.tinynet.PlainModule is not a DigitClassifier "
                                        r"\(src/models/classifier.py\)"),
+    ("torch.nn.Linear", r"^model._target_=torch.nn.Linear is not a DigitClassifier"),  # not: "hidden_sizes is not a setting"
+    ("src.models.no_such_module.Net", r"^model._target_=src.models.no_such_module.Net cannot be imported: .*No module named"),
 ])
 def test_a_model_whose_checkpoints_could_not_be_used_is_refused_before_training(tmp_path, synthetic_data_dir, modules,
                                                                                 target, message):

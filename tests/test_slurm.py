@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -112,21 +113,23 @@ def test_slurms_warning_is_taken_for_sigterm_from_the_start_of_the_command(tmp_p
 
 
 @pytest.mark.parametrize("tasks, trainer, refused", [
-    ("1", ["trainer=ddp_cpu"], True),     # Lightning would train in one process, without a word
-    ("2", [], True),                      # Lightning fails with a traceback
-    ("2", ["trainer=ddp_cpu"], False),    # srun started both processes
-    ("4", ["trainer=ddp_cpu", "+trainer.num_nodes=2"], False),
-    ("1", [], False),
+    ({"SLURM_NTASKS": "1"}, ["trainer=ddp_cpu"], "1 task(s) (SLURM_NTASKS)"),  # Lightning: one process, without a word
+    ({"SLURM_NTASKS": "2"}, [], "2 task(s) (SLURM_NTASKS)"),  # Lightning: a traceback
+    ({"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1"}, ["trainer=ddp_cpu"],
+     "1 task(s) per node (SLURM_NTASKS_PER_NODE)"),  # Lightning: a traceback
+    ({"SLURM_NTASKS": "2"}, ["trainer=ddp_cpu"], None),  # srun started both processes
+    ({"SLURM_NTASKS": "4", "SLURM_NTASKS_PER_NODE": "2"}, ["trainer=ddp_cpu", "+trainer.num_nodes=2"], None),
+    ({"SLURM_NTASKS": "1"}, [], None),
 ])
 def test_a_slurm_job_must_have_a_task_for_each_training_process(tmp_path, monkeypatch, tasks, trainer, refused):
     from src.utils.validate import validate_train_config
 
-    for key, value in {**SLURM_JOB, "SLURM_NTASKS": tasks}.items():
+    for key, value in {**SLURM_JOB, **tasks}.items():
         monkeypatch.setenv(key, value)
     cfg = compose_config([f"paths.output_dir={tmp_path}", *trainer])
-    if not refused:
+    if refused is None:
         validate_train_config(cfg)
         return
-    with pytest.raises(UserInputError, match=rf"This SLURM job has {tasks} task\(s\) \(SLURM_NTASKS\), but "
-                                             r"trainer\.devices=\S+ and trainer\.num_nodes=1 make \d training process"):
+    with pytest.raises(UserInputError, match=rf"^This SLURM job has {re.escape(refused)}, but trainer\.devices=\S+ and "
+                                             r"trainer\.num_nodes=1 make \d training process"):
         validate_train_config(cfg)

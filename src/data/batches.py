@@ -103,6 +103,10 @@ class TensorBatchLoader:
     def __len__(self) -> int:
         return len(self.sampler)
 
+    def continue_after(self, earlier: TensorBatchLoader) -> None:
+        """Iterate as `earlier` would next: a new loader per epoch shuffles as one loader iterated again does."""
+        self.sampler.epoch, self._passes = earlier.sampler.epoch, earlier._passes
+
     def state_dict(self) -> dict:
         return dict(self.position)
 

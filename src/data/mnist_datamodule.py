@@ -25,8 +25,9 @@ from src.utils.setting_checks import save_plain_hyperparameters
 class MNISTDataModule(pl.LightningDataModule):
     """Train/validation batches from the 60k train set, test (and predict) batches from the official 10k, as
     normalized float32 N×1×28×28 images and int64 labels. Outside a Trainer: call prepare_data() and setup("fit"),
-    then iterate train_dataloader() once per epoch (each pass is the next epoch's shuffle); augmentation is applied
-    by the Trainer to training batches, in a loop of one's own call `batch_augment(images)` on them."""
+    then iterate train_dataloader() once per epoch (each pass, of one loader or a new one, is the next epoch's
+    shuffle); augmentation is applied by the Trainer to training batches, in a loop of one's own call
+    `batch_augment(images)` on them."""
 
     def __init__(
         self,
@@ -177,7 +178,10 @@ class MNISTDataModule(pl.LightningDataModule):
         return TensorBatchLoader(tensors, sampler)
 
     def train_dataloader(self) -> TensorBatchLoader:
+        previous = self._train_loader
         self._train_loader = self._loader(self.train_set, self.hparams.batch_size, shuffle=True)
+        if previous is not None:  # a loop of one's own asking for a loader each epoch: the next epoch's shuffle
+            self._train_loader.continue_after(previous)
         if self._train_position is not None:
             self._train_loader.load_state_dict(self._train_position)
             self._train_position = None

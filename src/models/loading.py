@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,17 +44,50 @@ def model_class(class_path: object) -> type[DigitClassifier]:
     return cls
 
 
+_ADVICE = "see \"Add a model of your own\" in README.md"
+
+
+def check_model_class(target: str) -> None:
+    """Before the model is built: a class that is not a DigitClassifier is refused as such, not for the settings it
+    does not take (model=mlp model._target_=torch.nn.Linear); one that cannot be imported, in one line (the traceback
+    of an error in its module: HYDRA_FULL_ERROR=1)."""
+    from hydra.utils import get_object
+
+    from src.errors import UserInputError
+    from src.models.classifier import DigitClassifier
+
+    if not target:
+        return  # no class named: build_group says so
+    hydras_log = logging.getLogger("hydra.utils")  # which would log the reason as an error, before the message
+    level = hydras_log.level
+    hydras_log.setLevel(logging.CRITICAL)
+    try:
+        found = get_object(target)
+    except Exception as err:
+        reason = " ".join(str(err).split())
+        raise UserInputError(f"model._target_={target} cannot be imported: {reason}") from err
+    finally:
+        hydras_log.setLevel(level)
+    if isinstance(found, type) and not issubclass(found, DigitClassifier):  # a function making one: built first
+        raise _not_a_classifier(target)
+
+
+def _not_a_classifier(target: str) -> Exception:
+    from src.errors import UserInputError
+
+    return UserInputError(
+        f"model._target_={target} is not a DigitClassifier (src/models/classifier.py), which gives a model its loss, "
+        f"metrics, optimizer settings and checkpoints: subclass it ({_ADVICE}).")
+
+
 def check_trainable(model: object, target: str) -> None:
     """Refuse, before training, a model whose checkpoints could not be used: they name the model's class, which
     model_class must find again (a subclass of DigitClassifier, defined at the top of a module under src/models/)."""
     from src.errors import UserInputError
     from src.models.classifier import DigitClassifier
 
-    advice = "see \"Add a model of your own\" in README.md"
     if not isinstance(model, DigitClassifier):
-        raise UserInputError(
-            f"model._target_={target} is not a DigitClassifier (src/models/classifier.py), which gives a model its "
-            f"loss, metrics, optimizer settings and checkpoints: subclass it ({advice}).")
+        raise _not_a_classifier(target)
     class_path = model.class_path
     try:
         found = model_class(class_path) is type(model)
@@ -63,7 +97,7 @@ def check_trainable(model: object, target: str) -> None:
         raise UserInputError(
             f"model._target_={target} makes a {class_path}, which its checkpoints could not be loaded as: src.eval, "
             "src.predict and a resume load a model class only from the top level of a module under src/models/. "
-            f"Define it there ({advice}).")
+            f"Define it there ({_ADVICE}).")
 
 
 def classifier_like(checkpoint: dict) -> DigitClassifier:

@@ -34,7 +34,8 @@ def _quoted_argument(argument: str, sweeping: bool) -> str:
         return argument
     if value.startswith("[") and value.endswith("]"):  # a list of paths (predict's inputs)
         return f"{key}=[{','.join(_list_elements(value[1:-1]))}]"
-    paths = _sweep_values(value) if sweeping else [value]
+    # Hydra's own folders take one path even in a sweep (Hydra sweeps no hydra.* setting): a comma is part of it.
+    paths = _sweep_values(value) if sweeping and not bare_key.startswith("hydra.") else [value]
     return f"{key}={','.join(quoted_path(path) for path in paths)}"
 
 

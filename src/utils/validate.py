@@ -154,13 +154,20 @@ def _check_slurm_tasks(trainer: DictConfig) -> None:
     processes Lightning would train in fewer processes without a word (more: it fails with a traceback)."""
     import os
 
-    tasks, processes = os.environ.get("SLURM_NTASKS", "1"), _process_count(trainer)
-    if tasks.isdigit() and int(tasks) != processes:
-        raise UserInputError(
-            f"This SLURM job has {tasks} task(s) (SLURM_NTASKS), but trainer.devices={trainer.get('devices', 'auto')} "
-            f"and trainer.num_nodes={trainer.get('num_nodes', 1)} make {processes} training process(es): in a SLURM "
-            "job SLURM starts each of them as a task. Ask for as many tasks (--ntasks-per-node=<devices per node>, "
-            "--nodes=<num_nodes>) and start the run with srun, or set trainer.devices to the tasks there are.")
+    processes = _process_count(trainer)
+    nodes = trainer.get("num_nodes", 1) if isinstance(trainer.get("num_nodes", 1), int) else 1
+    tasks, per_node = os.environ.get("SLURM_NTASKS", "1"), os.environ.get("SLURM_NTASKS_PER_NODE", "")
+    if per_node.isdigit() and int(per_node) * max(nodes, 1) != processes:  # Lightning: a traceback
+        have = f"{per_node} task(s) per node (SLURM_NTASKS_PER_NODE)"
+    elif tasks.isdigit() and int(tasks) != processes:
+        have = f"{tasks} task(s) (SLURM_NTASKS)"
+    else:
+        return
+    raise UserInputError(
+        f"This SLURM job has {have}, but trainer.devices={trainer.get('devices', 'auto')} and "
+        f"trainer.num_nodes={trainer.get('num_nodes', 1)} make {processes} training process(es): in a SLURM job SLURM "
+        "starts each of them as a task. Ask for as many tasks (--ntasks-per-node=<devices per node>, "
+        "--nodes=<num_nodes>) and start the run with srun, or set trainer.devices to the tasks there are.")
 
 
 def _check_early_stopping(callbacks: DictConfig | dict) -> None:
