@@ -81,7 +81,8 @@ def test_a_job_that_would_start_over_is_not_requeued(tmp_path, synthetic_data_di
     output = stopped.stdout + stopped.stderr
     assert stopped.returncode == 143, output[-3000:]
     assert ("SLURM job 4242 is not requeued: its command would start over in a new folder. To have it continue where "
-            "it stopped, give the run a folder and ckpt_path=last") in output
+            "it stopped, give it its folder on the command line, and ckpt_path=last: hydra.run.dir=<folder> "
+            "ckpt_path=last.") in output
     assert not calls.exists()
 
 
@@ -97,7 +98,8 @@ def test_lightnings_own_slurm_checkpoint_in_the_run_folder_is_refused(tmp_path, 
 
 
 def test_slurms_warning_is_taken_for_sigterm_from_the_start_of_the_command(tmp_path):
-    """Also before any job runs (starting up, a sweep's launching process), where SIGUSR1 would kill the process."""
+    """From the start of the command on (a sweep's launching process too), SIGUSR1 does what SIGTERM does (before a
+    run's own handling is in place, that ends the process, as SIGTERM would)."""
     import subprocess
     import sys
 
@@ -133,3 +135,47 @@ def test_a_slurm_job_must_have_a_task_for_each_training_process(tmp_path, monkey
     with pytest.raises(UserInputError, match=rf"^This SLURM job has {re.escape(refused)}, but trainer\.devices=\S+ and "
                                              r"trainer\.num_nodes=1 make \d training process"):
         validate_train_config(cfg)
+
+
+@pytest.mark.parametrize("arguments, entry_point, requeued", [
+    (["hydra.run.dir=runs/a", "ckpt_path=last"], "train", True),
+    (["-m", "seed=1,2", "hydra.sweep.dir=sweeps/a", "ckpt_path=last"], "train", True),
+    (["-m", "seed=1,2", "hydra.run.dir=runs/a", "ckpt_path=last"], "train", False),  # a new sweep folder each time
+    (["hydra.sweep.dir=sweeps/a", "ckpt_path=last"], "train", False),  # a single run: a new run folder each time
+    (["hydra.run.dir=runs/a"], "train", False),  # starts over
+    (["hydra.run.dir=runs/a", "ckpt_path=last"], "eval", False),  # nothing to continue: src.eval refuses it
+])
+def test_only_a_command_that_continues_where_it_stopped_is_requeued(tmp_path, monkeypatch, caplog, arguments,
+                                                                   entry_point, requeued):
+    from src.utils import slurm
+
+    env, calls = _fake_scontrol(tmp_path)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(slurm, "_warned", slurm.threading.Event())
+    slurm.requeue_if_warned(arguments, entry_point)
+    assert not calls.exists()  # no SIGUSR1, no requeue
+    slurm._warned.set()
+    monkeypatch.setenv("SLURM_PROCID", "1")
+    slurm.requeue_if_warned(arguments, entry_point)
+    assert not calls.exists()  # the first task requeues the job, once
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    slurm.requeue_if_warned(arguments, entry_point)
+    assert calls.exists() == requeued and ("SLURM job 4242 is not requeued" in caplog.text) != requeued
+
+
+def test_a_run_of_several_slurm_tasks_must_be_given_its_folder(tmp_path, monkeypatch):
+    env = {**SLURM_JOB, "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2"}
+    refused = run_module("src.train", "trainer=ddp_cpu", f"paths.log_dir={tmp_path / 'outputs'}", extra_env=env)
+    assert refused.returncode == 1 and not (tmp_path / "outputs").exists()
+    assert refused.stderr.strip().endswith(
+        "This SLURM job runs the command in 2 tasks (one training process each), which must share one run folder: give "
+        "it on the command line, e.g. hydra.run.dir=runs/$SLURM_JOB_ID (with ckpt_path=last, a requeued job continues "
+        "there).")
+    from src.utils.slurm import shared_folder_problem
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert shared_folder_problem(["trainer=ddp_cpu"]) is not None
+    assert shared_folder_problem(["trainer=ddp_cpu", "hydra.run.dir=runs/1"]) is None
+    assert shared_folder_problem(["-m", "trainer=ddp_cpu", "hydra/launcher=slurm"]) is None  # submitit's job folders

@@ -10,7 +10,7 @@ from pathlib import Path
 from src import CONFIG_DIR, config_options
 from src.utils.console_output import guard_standard_streams
 from src.utils.path_overrides import is_multirun
-from src.utils.slurm import requeue_if_warned, stop_on_slurms_warning
+from src.utils.slurm import requeue_if_warned, shared_folder_problem, stop_on_slurms_warning
 
 
 CHDIR_NOT_SUPPORTED = ("hydra.job.chdir=true is not supported: every run already writes all its files into its own "
@@ -27,11 +27,14 @@ def run_command_line(main) -> None:
     if problem:
         sys.exit(problem)
     sys.argv[1:] = prepared_overrides(sys.argv[1:])
+    problem = shared_folder_problem(sys.argv[1:])
+    if problem:
+        sys.exit(problem)
     stop_on_slurms_warning()
     try:
         main()
     finally:
-        requeue_if_warned(sys.argv[1:])
+        requeue_if_warned(sys.argv[1:], Path(sys.argv[0]).stem)
 
 
 def overrides_problem(arguments: list[str], entry_point: str) -> str | None:

@@ -140,8 +140,8 @@ def resume_command(overrides, ckpt_path) -> str:
 
 
 def resume_with(checkpoint) -> str:
-    """"resume with: <command>" for this run, from `checkpoint`; a sweep job's says that it resumes this job on its own
-    (the sweep's closing message has the command that finishes the whole sweep)."""
+    """The words "resume with: <command>" for this run, from `checkpoint`; a sweep job's say that they resume this job
+    on its own (the sweep's closing message has the command that finishes the whole sweep)."""
     from src.utils.jobs import in_multirun
 
     alone = " this job on its own" if in_multirun() else ""

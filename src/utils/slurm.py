@@ -1,9 +1,9 @@
 """Running as a SLURM job. SLURM warns a job before its time limit with the signal its script asks for; Lightning's
-auto-requeue expects SIGUSR1 (`#SBATCH --signal=USR1@90`). Here SIGUSR1 stops the run as SIGTERM does (last.ckpt saved
-at a batch boundary), and then the job is requeued if its command continues its own folder (ckpt_path=last with
-hydra.run.dir or hydra.sweep.dir): run again, it goes on where it stopped. Lightning's own auto-requeue is never set
-up (it leaves SIGUSR1 to a handler that is there already): it saved hpc_ckpt_<n>.ckpt into the run folder, which
-Lightning then resumed from, and even tested, without any of this project's resume checks."""
+auto-requeue expects SIGUSR1 (`#SBATCH --signal=USR1@120`). Here SIGUSR1 stops the run as SIGTERM does (last.ckpt saved
+at a batch boundary), and then the job is requeued if its command (one an sbatch script runs) continues its own folder
+(src.train with ckpt_path=last and hydra.run.dir, or a sweep's hydra.sweep.dir): run again, it goes on where it
+stopped. Lightning's own auto-requeue is off (src/utils/trainer_setup.py): it saved hpc_ckpt_<n>.ckpt into the run
+folder, which Lightning then resumed from, and even tested, without any of this project's resume checks."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import threading
 log = logging.getLogger(__name__)
 
 WARNING_SIGNAL = signal.SIGUSR1
-_warned: list[bool] = []  # whether SIGUSR1 came in this process
+_warned = threading.Event()  # SIGUSR1 came in this process
 
 
 def in_slurm_job() -> bool:
@@ -34,27 +34,32 @@ def stop_on_slurms_warning() -> None:
 
 
 def _stop_as_for_sigterm(signum, frame) -> None:
-    if not _warned:
+    if not _warned.is_set():
         log.warning("SIGUSR1 (SLURM's warning before the job's time limit): stopping as for SIGTERM.")
-    _warned.append(True)
+    _warned.set()
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def requeue_if_warned(arguments: list[str]) -> None:
+def requeue_if_warned(arguments: list[str], entry_point: str) -> None:
     """After SIGUSR1 stopped this command: requeue the SLURM job (from its first task only) when the command continues
     where it stopped, else say why not (it would start over, each time it reached the time limit)."""
+    from src.utils.path_overrides import is_multirun
     from src.utils.run_folders import asks_for_last
 
-    if not _warned or os.environ.get("SLURM_PROCID", "0") != "0":
+    if not _warned.is_set() or os.environ.get("SLURM_PROCID", "0") != "0":
         return
     job = os.environ.get("SLURM_JOB_ID", "")
     if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
         job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
-    folder_given = any(word.lstrip("+").startswith(("hydra.run.dir=", "hydra.sweep.dir=")) for word in arguments)
-    if not (asks_for_last(arguments) and folder_given):
+    if entry_point != "train":
+        log.warning("SLURM job %s is not requeued: src.%s has nothing to continue from; submit the job again.", job,
+                    entry_point)
+        return
+    folder = "hydra.sweep.dir" if is_multirun(arguments) else "hydra.run.dir"
+    if not (asks_for_last(arguments) and any(word.lstrip("+").startswith(f"{folder}=") for word in arguments)):
         log.warning("SLURM job %s is not requeued: its command would start over in a new folder. To have it continue "
-                    "where it stopped, give the run a folder and ckpt_path=last: hydra.run.dir=<folder> "
-                    "ckpt_path=last (a sweep: hydra.sweep.dir=<folder> ckpt_path=last).", job)
+                    "where it stopped, give it its folder on the command line, and ckpt_path=last: %s=<folder> "
+                    "ckpt_path=last.", job, folder)
         return
     try:
         result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True, timeout=60)
@@ -67,3 +72,18 @@ def requeue_if_warned(arguments: list[str]) -> None:
     else:
         log.error("Requeueing SLURM job %s failed (%s): requeue it with scontrol requeue %s, or submit the job "
                   "again.", job, failure, job)
+
+
+def shared_folder_problem(arguments: list[str]) -> str | None:
+    """Why a run that several SLURM tasks start (one DDP process each) is refused: without a folder given, each task
+    would make a run folder of its own (they start seconds apart), and only the first would hold the run."""
+    from src.utils.path_overrides import is_multirun
+
+    tasks = os.environ.get("SLURM_NTASKS", "1")
+    if not in_slurm_job() or not tasks.isdigit() or int(tasks) < 2 or is_multirun(arguments):
+        return None
+    if any(word.lstrip("+").startswith("hydra.run.dir=") for word in arguments):
+        return None
+    return (f"This SLURM job runs the command in {tasks} tasks (one training process each), which must share one run "
+            "folder: give it on the command line, e.g. hydra.run.dir=runs/$SLURM_JOB_ID (with ckpt_path=last, a "
+            "requeued job continues there).")

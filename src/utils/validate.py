@@ -154,10 +154,10 @@ def _check_slurm_tasks(trainer: DictConfig) -> None:
     processes Lightning would train in fewer processes without a word (more: it fails with a traceback)."""
     import os
 
-    processes = _process_count(trainer)
-    nodes = trainer.get("num_nodes", 1) if isinstance(trainer.get("num_nodes", 1), int) else 1
+    processes, nodes = _process_count(trainer), trainer.get("num_nodes", 1)
+    on_each_node = processes // nodes if isinstance(nodes, int) and nodes > 0 else processes
     tasks, per_node = os.environ.get("SLURM_NTASKS", "1"), os.environ.get("SLURM_NTASKS_PER_NODE", "")
-    if per_node.isdigit() and int(per_node) * max(nodes, 1) != processes:  # Lightning: a traceback
+    if per_node.isdigit() and int(per_node) != on_each_node:  # Lightning: a traceback
         have = f"{per_node} task(s) per node (SLURM_NTASKS_PER_NODE)"
     elif tasks.isdigit() and int(tasks) != processes:
         have = f"{tasks} task(s) (SLURM_NTASKS)"
