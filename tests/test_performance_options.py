@@ -212,7 +212,7 @@ def test_the_benchmark_refuses_a_bad_device_or_missing_data_at_once_and_names_a_
     assert exited.value.code == "python -m src.bench: python -m src.train experiment=fast failed: it broke"
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script would run its 8 minutes")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script would run its 5 minutes")
 def test_gpu_figures_script_stops_with_one_clear_message_without_a_gpu(tmp_path):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # this venv's python
     out = tmp_path / "figures"
