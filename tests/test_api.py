@@ -178,6 +178,8 @@ def test_a_run_is_reopened_by_its_folder_under_the_project_from_a_notebook_elsew
     assert run.dir == project / "outputs" / "2026-12-04" / "10-00-00" and run.metrics == {"status": "ok"}
     (notebooks / "outputs" / "2026-12-04" / "10-00-00").mkdir(parents=True)  # one beside the notebook comes first
     assert api.Run("outputs/2026-12-04/10-00-00").dir == Path("outputs/2026-12-04/10-00-00")
+    with pytest.raises(UserInputError, match=r"^Run\('outputs/2026-12-04/no-such-run'\): no such folder"):
+        api.Run("outputs/2026-12-04/no-such-run")  # named as given, not as a path under the project
 
 
 def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_it_was(tmp_path):

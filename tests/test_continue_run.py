@@ -12,6 +12,7 @@ from unittest.mock import ANY
 import pytest
 from omegaconf import OmegaConf
 
+from src.api import Run
 from src.errors import RunFolderTaken, RunInterrupted, UserInputError
 from src.train import train
 from tests.conftest import compose_config, tiny_run_overrides
@@ -29,6 +30,8 @@ def test_ckpt_path_last_starts_a_run_in_its_folder_then_continues_it(tmp_path, s
     resumed = train(compose_config(run))
     assert resumed["resumed_from"] == str(last.resolve()) and resumed["epochs"] == 2
     assert OmegaConf.load(folder / "config.yaml").ckpt_path == str(last)  # the checkpoint it did continue from
+    assert not list(folder.rglob("attempt-*"))  # an attempt that saved last.ckpt is continued, its curves with it
+    assert [row["epoch"] for row in Run(folder).history()] == [0, 1]
     straight = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "straight"), "model=mlp",
                                      "trainer.max_epochs=2"]))
     for key in ("val/acc_best", "test/acc", "test/loss"):
@@ -300,3 +303,28 @@ def test_a_run_continued_from_a_scratch_disk_is_told_to_continue_in_its_folder(t
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
     assert json.loads((folder / "metrics.json").read_text())["resumed_from"] == str(scratch / "last.ckpt")
 
+
+
+def test_a_killed_attempts_folder_is_named_by_when_it_started_in_local_time(tmp_path, monkeypatch):
+    import time
+
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    from src.utils.continue_run import set_aside_earlier_attempt
+
+    logger = TensorBoardLogger(str(tmp_path), name="tensorboard", version="")
+    log_dir = Path(logger.log_dir)
+    log_dir.mkdir(parents=True)
+    record = (10).to_bytes(8, "little") + bytes(4 + 10 + 4)  # one record beyond the version record: not empty
+    for stamp in (1700000100, 1700000000):  # the earlier file names the start
+        (log_dir / f"events.out.tfevents.{stamp}.host.1.0").write_bytes(record + record)
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+5:30, to tell local time from UTC
+    time.tzset()
+    try:
+        set_aside_earlier_attempt([logger])
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    [attempt] = [path for path in log_dir.iterdir()]
+    assert attempt.name == "attempt-2023-11-15_03-43-20"  # 1700000000 is 2023-11-14 22:13:20 UTC
+    assert len(list(attempt.iterdir())) == 2

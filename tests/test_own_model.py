@@ -196,3 +196,19 @@ def test_the_readmes_model_of_ones_own_works_as_written(tmp_path, synthetic_data
     tested = run("src.eval", f"ckpt_path={metrics['best_model_path']}", f"hydra.run.dir={tmp_path / 'eval'}")
     assert tested.returncode == 0, tested.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["test/acc"] == metrics["test/acc"]
+
+
+def test_a_class_that_cannot_be_imported_is_one_message_with_nothing_logged_before_it(caplog):
+    from src.models.loading import check_model_class
+
+    hydras_log = logging.getLogger("hydra.utils")
+    level = hydras_log.level
+    hydras_log.setLevel(logging.INFO)
+    try:
+        with caplog.at_level(logging.DEBUG), pytest.raises(
+                UserInputError, match=r"^model\._target_=src\.models\.cnn\.CNN\. cannot be imported: \S"):
+            check_model_class("src.models.cnn.CNN.")
+        assert not [record for record in caplog.records if record.name == "hydra.utils"]
+        assert hydras_log.level == logging.INFO  # Hydra's own logging as it was
+    finally:
+        hydras_log.setLevel(level)

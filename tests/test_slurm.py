@@ -179,3 +179,61 @@ def test_a_run_of_several_slurm_tasks_must_be_given_its_folder(tmp_path, monkeyp
     assert shared_folder_problem(["trainer=ddp_cpu"]) is not None
     assert shared_folder_problem(["trainer=ddp_cpu", "hydra.run.dir=runs/1"]) is None
     assert shared_folder_problem(["-m", "trainer=ddp_cpu", "hydra/launcher=slurm"]) is None  # submitit's job folders
+
+
+def test_an_array_task_is_requeued_by_its_own_id(tmp_path, monkeypatch):
+    from src.utils import slurm
+
+    env, calls = _fake_scontrol(tmp_path)
+    for key, value in {**env, "SLURM_ARRAY_JOB_ID": "100", "SLURM_ARRAY_TASK_ID": "3", "SLURM_JOB_ID": "103"}.items():
+        monkeypatch.setenv(key, value)
+    warned = slurm.threading.Event()
+    warned.set()
+    monkeypatch.setattr(slurm, "_warned", warned)
+    slurm.requeue_if_warned(["hydra.run.dir=runs/a", "ckpt_path=last"], "train")
+    assert calls.read_text().split() == ["requeue", "100_3"]  # not the whole array, not another task's id
+
+
+@pytest.mark.parametrize("job_name, in_job", [("train", True), ("bash", False), ("interactive", False)])
+def test_an_interactive_allocation_is_not_taken_for_a_job(monkeypatch, job_name, in_job):
+    """salloc's shell (job name bash or interactive): SIGUSR1 keeps its meaning there, as in Lightning."""
+    from src.utils.slurm import in_slurm_job
+
+    for key, value in {**SLURM_JOB, "SLURM_JOB_NAME": job_name}.items():
+        monkeypatch.setenv(key, value)
+    assert in_slurm_job() == in_job
+    monkeypatch.delenv("SLURM_NTASKS")
+    assert not in_slurm_job()
+
+
+@pytest.mark.parametrize("plugins, expected", [
+    ([], "SLURMEnvironment"),
+    (["+trainer.plugins=[{_target_:pytorch_lightning.plugins.environments.LightningEnvironment}]"], "LightningEnvironment"),
+])
+def test_lightnings_slurm_environment_comes_without_its_auto_requeue_unless_the_config_names_plugins(
+        tmp_path, synthetic_data_dir, monkeypatch, plugins, expected):
+    from src.utils.trainer_setup import build_trainer
+
+    for key, value in SLURM_JOB.items():
+        monkeypatch.setenv(key, value)
+    trainer, _ = build_trainer(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "run"), *plugins]))
+    environment = trainer._accelerator_connector.cluster_environment
+    assert type(environment).__name__ == expected
+    assert getattr(environment, "auto_requeue", False) is False  # Lightning's SIGUSR1 handler and hpc_ckpt files off
+
+
+def test_slurms_warning_stops_a_job_in_a_sweeps_worker_process_as_sigterm_does(tmp_path, synthetic_data_dir):
+    """joblib runs each job in a worker process, which SLURM warns too: left alone, SIGUSR1 would kill it outright."""
+    env, calls = _fake_scontrol(tmp_path)
+    sweep, armed = tmp_path / "sweep", tmp_path / "armed"
+    armed.touch()
+    stopped = run_module("src.train", "-m", *_run_words(synthetic_data_dir, armed), "seed=1,2", "hydra/launcher=joblib",
+                         "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", extra_env=env)  # 1 job: in-process
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 143, output[-3000:]
+    assert "SIGUSR1 (SLURM's warning before the job's time limit): stopping as for SIGTERM." in output
+    assert "Training stopped by SIGTERM at epoch 0, step 2. Saved" in output
+    statuses = {json.loads((job / "metrics.json").read_text())["status"]: job for job in sweep.iterdir()
+                if (job / ".hydra").is_dir()}  # the other job may have finished before the sweep stopped
+    assert (statuses["interrupted"] / "checkpoints" / "last.ckpt").is_file()
+    assert not calls.exists()  # the launching process was not warned: a job requeues only what its own process saw
