@@ -304,7 +304,6 @@ def test_a_run_continued_from_a_scratch_disk_is_told_to_continue_in_its_folder(t
     assert json.loads((folder / "metrics.json").read_text())["resumed_from"] == str(scratch / "last.ckpt")
 
 
-
 def test_a_killed_attempts_folder_is_named_by_when_it_started_in_local_time(tmp_path, monkeypatch):
     import time
 

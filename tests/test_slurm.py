@@ -228,7 +228,7 @@ def test_slurms_warning_stops_a_job_in_a_sweeps_worker_process_as_sigterm_does(t
     sweep, armed = tmp_path / "sweep", tmp_path / "armed"
     armed.touch()
     stopped = run_module("src.train", "-m", *_run_words(synthetic_data_dir, armed), "seed=1,2", "hydra/launcher=joblib",
-                         "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", extra_env=env)  # 1 job: in-process
+                         "hydra.launcher.n_jobs=2", f"hydra.sweep.dir={sweep}", extra_env=env)  # a single job would run in this process
     output = stopped.stdout + stopped.stderr
     assert stopped.returncode == 143, output[-3000:]
     assert "SIGUSR1 (SLURM's warning before the job's time limit): stopping as for SIGTERM." in output
