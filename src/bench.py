@@ -10,6 +10,7 @@
 
     python -m src.bench                  # real MNIST from data/MNIST/raw
     python -m src.bench --device cuda    # on a GPU machine
+    python -m src.bench --device cuda --cuda-graph    # both loops replaying each training step as a CUDA graph
     python -m src.bench --quick          # synthetic data, one repeat: checks that it all runs
 """
 
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=PROJECT_ROOT / "data",
                         help="the folder holding MNIST/raw/ (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="synthetic data, one repeat: a smoke test")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="both loops replay each training step as a CUDA graph (model.cuda_graph=true)")
     parser.add_argument("--plain-process", action="store_true", help=argparse.SUPPRESS)  # the plain script of item 3
     args = parser.parse_args()
     require_config_dir()
@@ -131,6 +134,8 @@ def main() -> None:
                          "benchmark does not download). Get them with python -m src.train "
                          f"data.data_dir={args.data_dir}, which downloads them, or copy them there (README: MNIST "
                          "offline); or run with --quick.")
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        parser.error("--cuda-graph needs --device cuda (CUDA graphs are recorded on a GPU).")
     if args.device.startswith("cuda"):
         import torch
 
@@ -146,7 +151,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)  # runs, checkpoints, logs: a failure's log tail is in its error
 
     data = "synthetic (--quick)" if args.quick else args.data_dir
-    print(f"\nmnist-lightning-hydra benchmark: device={args.device}, data={data}, repeats={args.repeats}")
+    graph = ", each training step a CUDA graph" if args.cuda_graph else ""
+    print(f"\nmnist-lightning-hydra benchmark: device={args.device}{graph}, data={data}, repeats={args.repeats}")
     widths = [max(len(str(row[i])) for row in rows) for i in range(4)]
     print("  ".join(h.ljust(w) for h, w in zip(("measure", "this framework", "baseline", "ratio"), widths)))
     for row in rows:
@@ -161,7 +167,8 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, s
         from src.data.synthetic import write_synthetic_mnist
 
         args.data_dir, args.repeats = write_synthetic_mnist(work / "data", train_count=6000, test_count=1000), 1
-    cfg = fast_config(args.data_dir, args.device, work / "run")
+    recipe = ["model.cuda_graph=true"] if args.cuda_graph else []
+    cfg = fast_config(args.data_dir, args.device, work / "run", recipe)
     plain_cfg = {"model": OmegaConf.to_container(cfg.model, resolve=True),
                  "data": OmegaConf.to_container(cfg.data, resolve=True), "seed": cfg.seed}
     rows = []
@@ -169,7 +176,7 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, s
     # 3 first, while this process is still small (see whole_process).
     accelerator = "gpu" if args.device.startswith("cuda") else "cpu"  # as in item 2: the device asked for, not auto
     train_cmd = [sys.executable, "-m", "src.train", "experiment=fast", f"data.data_dir={args.data_dir}", "data.download=false",
-                 f"data.device={args.device}", f"trainer.accelerator={accelerator}", f"hydra.run.dir={work / 'process'}"]
+                 f"data.device={args.device}", f"trainer.accelerator={accelerator}", f"hydra.run.dir={work / 'process'}", *recipe]
     plain_cmd = [sys.executable, "-m", "src.bench", "--plain-process", f"--data-dir={args.data_dir}", f"--device={args.device}"]
     os.environ["BENCH_PLAIN_CONFIG"] = json.dumps(plain_cfg)
     train_wall, train_rss = whole_process(train_cmd, work / "train.log")
@@ -186,7 +193,7 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, s
     ratio = statistics.median(lt["fit_seconds"] / pt["fit_seconds"] for lt, pt in zip(lightning, plain))
     rows.append(("2. fast recipe fit (1 epoch + val), s", f"{statistics.median(r['fit_seconds'] for r in lightning):.2f}",
                  f"{statistics.median(r['fit_seconds'] for r in plain):.2f} (plain loop)", f"{ratio:.2f}×"))
-    tiny_cfg = fast_config(args.data_dir, args.device, work / "run", TINY_STEP_OVERRIDES)
+    tiny_cfg = fast_config(args.data_dir, args.device, work / "run", [*TINY_STEP_OVERRIDES, *recipe])
     lightning, plain = interleaved_fits(tiny_cfg, args.data_dir, args.device, args.repeats)
     lightning_ms, plain_ms = (1000 * statistics.median(r["step_seconds"] for r in runs) / plain[0]["steps"]
                               for runs in (lightning, plain))

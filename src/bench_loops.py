@@ -14,8 +14,10 @@ def plain_training(data_dir: Path, model_cfg: dict, data_cfg: dict, device: str,
 
     from src.data.batches import validation_split
     from src.data.mnist_files import load_split
+    from src.models.cuda_graph import GraphedTrainingStep, cuda_graph_blockers
     from src.models.networks import cnn_network
     from src.models.optim import build_optimizer, build_scheduler
+    from src.models.optim_config import optimizer_settings
 
     started = time.perf_counter()
     torch.manual_seed(seed)
@@ -37,13 +39,30 @@ def plain_training(data_dir: Path, model_cfg: dict, data_cfg: dict, device: str,
     optimizer = build_optimizer(net.parameters(), model_cfg["optimizer"])
     steps = -(-len(x_train) // batch_size)
     scheduler = build_scheduler(optimizer, model_cfg["scheduler"], steps)["scheduler"]
+    smoothing = model_cfg.get("label_smoothing", 0.0)
+
+    def loss_and_logits(images, labels):
+        logits = net(images)
+        return F.cross_entropy(logits, labels, label_smoothing=smoothing), logits
+
+    # As the Lightning run does (model.cuda_graph): a graph where the settings allow it.
+    graphed = None
+    blockers = cuda_graph_blockers(
+        on_cuda=torch.device(device).type == "cuda", strategy="SingleDeviceStrategy", precision="32-true",
+        compiled=bool(model_cfg.get("compile")), optimizer_name=optimizer_settings(model_cfg["optimizer"])["name"],
+        gradient_clip_val=None, accumulate_grad_batches=1, detect_anomaly=False)
+    if model_cfg.get("cuda_graph") in (True, "auto") and not blockers:
+        graphed = GraphedTrainingStep(loss_and_logits, optimizer)
     fit_started = time.perf_counter()
     net.train()
     for idx in torch.randperm(len(x_train), device=device).split(batch_size):
-        loss = F.cross_entropy(net(x_train[idx]), y_train[idx], label_smoothing=model_cfg.get("label_smoothing", 0.0))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if graphed is not None:
+            graphed.step(x_train[idx], y_train[idx])
+        else:
+            loss = loss_and_logits(x_train[idx], y_train[idx])[0]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
         scheduler.step()
     synchronize(device)
     step_seconds = time.perf_counter() - fit_started

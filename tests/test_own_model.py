@@ -28,9 +28,10 @@ class TinyNet(DigitClassifier):
     """One hidden layer of `width` units; `outputs` other than 10 is the mistake of a wrong head."""
 
     def __init__(self, optimizer: dict, scheduler: dict | None = None, width: int = 16, outputs: int = 10,
-                 label_smoothing: float = 0.0, compile: bool = False, channels_last: bool = False) -> None:
+                 label_smoothing: float = 0.0, compile: bool = False, channels_last: bool = False,
+                 cuda_graph: bool | str = False) -> None:
         super().__init__(optimizer, scheduler, label_smoothing=label_smoothing, compile=compile,
-                         channels_last=channels_last)
+                         channels_last=channels_last, cuda_graph=cuda_graph)
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, width), nn.ReLU(), nn.Linear(width, outputs))
 
 

@@ -157,7 +157,7 @@ def test_the_benchmark_table_reports_medians_of_paired_ratios(tmp_path, syntheti
     monkeypatch.setattr(src.bench, "whole_process", whole_process)
     monkeypatch.setattr(src.bench, "data_path", lambda cfg, device, max_batches: (40_000.0, 2_000.0))
     monkeypatch.setattr(src.bench, "interleaved_fits", lambda *args: next(fits))
-    args = argparse.Namespace(quick=False, data_dir=synthetic_data_dir, device="cpu", repeats=3)
+    args = argparse.Namespace(quick=False, data_dir=synthetic_data_dir, device="cpu", repeats=3, cuda_graph=False)
     assert src.bench.measure(args, tmp_path) == [
         ("1. data path, samples/s", "40,000", "2,000 (torchvision per-sample)", "20×"),
         ("2. fast recipe fit (1 epoch + val), s", "13.00", "10.00 (plain loop)", "1.20×"),  # pairs: 1.2, 3.0, 1.08
@@ -166,6 +166,37 @@ def test_the_benchmark_table_reports_medians_of_paired_ratios(tmp_path, syntheti
         ("   test accuracy (>= 99%?)", "99.10% (yes)", "99.05% (plain script)", ""),
         ("   peak memory (RSS), MiB", "1000", "800 (plain script)", ""),
     ]
+
+
+def test_the_benchmark_with_cuda_graph_runs_every_loop_with_it(tmp_path, synthetic_data_dir, monkeypatch):
+    import argparse
+    import json
+
+    import src.bench
+
+    commands, configs = [], []
+
+    def whole_process(command, log):
+        commands.append(command)
+        (tmp_path / "process").mkdir(exist_ok=True)
+        (tmp_path / "process" / "metrics.json").write_text(json.dumps({"test/acc": 0.99}))
+        log.write_text(json.dumps({"test_acc": 0.99}) + "\n")
+        return 1.0, 1.0
+
+    def interleaved_fits(cfg, *args):
+        configs.append(cfg)
+        return [{"fit_seconds": 1.0, "step_seconds": 1.0}], [{"fit_seconds": 1.0, "step_seconds": 1.0, "steps": 1}]
+
+    monkeypatch.setattr(src.bench, "whole_process", whole_process)
+    monkeypatch.setattr(src.bench, "data_path", lambda cfg, device, max_batches: (1.0, 1.0))
+    monkeypatch.setattr(src.bench, "interleaved_fits", interleaved_fits)
+    monkeypatch.delenv("BENCH_PLAIN_CONFIG", raising=False)
+    args = argparse.Namespace(quick=False, data_dir=synthetic_data_dir, device="cuda", repeats=1, cuda_graph=True)
+    src.bench.measure(args, tmp_path)
+    train_command, plain_command = commands
+    assert "model.cuda_graph=true" in train_command and "--plain-process" in plain_command
+    assert json.loads(os.environ["BENCH_PLAIN_CONFIG"])["model"]["cuda_graph"] is True  # the plain script's settings
+    assert len(configs) == 2 and all(cfg.model.cuda_graph is True for cfg in configs)  # rows 2 and 2b
 
 
 def test_the_plain_loops_accuracy_is_measured_without_dropout():
@@ -190,7 +221,8 @@ def test_the_benchmark_refuses_a_bad_device_or_missing_data_at_once_and_names_a_
                                (["--data-dir", str(tmp_path)], f"--data-dir {tmp_path}: train-images-idx3-ubyte, "
                                                                "train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
                                                                "t10k-labels-idx1-ubyte missing in "),
-                               (["--repeats", "0"], "--repeats 0: it must be 1 or more")):
+                               (["--repeats", "0"], "--repeats 0: it must be 1 or more"),
+                               (["--cuda-graph", "--quick"], "--cuda-graph needs --device cuda")):
         result = run_module("src.bench", *arguments, timeout=120)
         assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     failing = [sys.executable, "-c", "print('[a][ERROR] - first'); print('[b][ERROR] - data.val_size=0 is invalid'); exit(1)"]

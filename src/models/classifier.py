@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
+import logging
 import math
 
 import pytorch_lightning as pl
@@ -13,12 +15,16 @@ from torchmetrics import MaxMetric, MeanMetric, Metric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from src.errors import UserInputError
+from src.models.cuda_graph import GraphedTrainingStep, cuda_graph_blockers
 from src.models.networks import IMAGE_SIDE, NUM_CLASSES
 from src.models.optim import build_optimizer, build_scheduler
+from src.models.optim_config import optimizer_settings
 from src.utils.command_words import command_overrides, override_value
 from src.utils.resume_check import check_schedule_length
 from src.utils.rng import capture_rng_states, restore_rng_states
 from src.utils.setting_checks import save_plain_hyperparameters
+
+log = logging.getLogger(__name__)
 
 
 class DigitClassifier(pl.LightningModule):
@@ -37,6 +43,7 @@ class DigitClassifier(pl.LightningModule):
         label_smoothing: float = 0.0,
         compile: bool = False,
         channels_last: bool = False,
+        cuda_graph: bool | str = False,
     ) -> None:
         super().__init__()
         save_plain_hyperparameters(self, inspect.currentframe())  # the subclass's arguments too
@@ -46,6 +53,10 @@ class DigitClassifier(pl.LightningModule):
                 raise UserInputError(f"model.{group}={override_value(self.hparams[group])} is invalid: "
                                      "it is a group of settings, "
                                      f"such as {example}.")
+        if not (isinstance(cuda_graph, bool) or cuda_graph == "auto"):
+            raise UserInputError(f"model.cuda_graph={override_value(cuda_graph)} is invalid: it must be true, false or "
+                                 "auto (on where the run allows it: one CUDA GPU, 32-bit precision, Adam or AdamW).")
+        self._graphed_step: GraphedTrainingStep | None = None  # set by on_fit_start when model.cuda_graph is on
         # The run's overrides, for its checkpoints: a ddp_spawn process that saves one has no Hydra state to read them.
         self._command_overrides = command_overrides()
         # Without torchmetrics' input checks: each reads a value back from the GPU (NaN check, unique labels),
@@ -112,18 +123,24 @@ class DigitClassifier(pl.LightningModule):
     def _step(self, batch: tuple[torch.Tensor, torch.Tensor], split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(loss, logits) of one batch, with the split's metrics updated (they are logged once per epoch)."""
         images, labels = batch
+        loss, logits = self._loss_and_logits(images, labels, split)
+        self._update_metrics(split, loss, logits, labels)
+        return loss, logits.detach()
+
+    def _loss_and_logits(self, images: torch.Tensor, labels: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(images)
         if logits.shape != (len(labels), NUM_CLASSES):  # sizes are known on the host: no wait for the GPU
             raise UserInputError(f"{type(self).__name__} returned {tuple(logits.shape)} for {len(labels)} images: a model "
                                  f"must return {NUM_CLASSES} logits per image, N×{NUM_CLASSES}.")
         # Smoothing regularizes training only: val/test losses stay plain cross-entropy, comparable across runs.
         smoothing = self.hparams.label_smoothing if split == "train" else 0.0
-        loss = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        return F.cross_entropy(logits, labels, label_smoothing=smoothing), logits
+
+    def _update_metrics(self, split: str, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         # One value per image, so the epoch loss is the per-image mean however the data was batched (not
         # `weight=`: with nan_strategy="disable", torchmetrics <= 1.9 replaces the weights by ones).
         getattr(self, f"{split}_loss").update(loss.detach().expand(len(labels)))
         getattr(self, f"{split}_acc").update(logits.detach(), labels)
-        return loss, logits.detach()
 
     def _log_epoch_metrics(self, split: str) -> None:
         """Log the split's loss and accuracy over the epoch (synchronized across ranks), then start afresh.
@@ -144,7 +161,52 @@ class DigitClassifier(pl.LightningModule):
         acc.reset()
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")[0]
+        if self._graphed_step is None:
+            return self._step(batch, "train")[0]
+        images, labels = batch
+        loss, logits = self._graphed_step.step(images, labels)  # the weights are updated already
+        self._update_metrics("train", loss, logits, labels)
+        return loss
+
+    def on_fit_start(self) -> None:
+        self._graphed_step = None
+        if self.hparams.cuda_graph is False:
+            return
+        trainer = self.trainer
+        blockers = cuda_graph_blockers(
+            on_cuda=self.device.type == "cuda", strategy=type(trainer.strategy).__name__,
+            precision=str(trainer.precision), compiled=self.hparams.compile,
+            optimizer_name=str(optimizer_settings(self.hparams.optimizer)["name"]),
+            gradient_clip_val=trainer.gradient_clip_val, accumulate_grad_batches=trainer.accumulate_grad_batches,
+            detect_anomaly=bool(getattr(trainer, "_detect_anomaly", False)))  # Trainer(detect_anomaly=) keeps it there
+        if blockers and self.hparams.cuda_graph is True:
+            raise UserInputError(f"model.cuda_graph=true cannot be used in this run: {'; '.join(blockers)}. Change "
+                                 "that, or set model.cuda_graph=auto (a graph where the run allows it) or false.")
+        if blockers:
+            if self.device.type == "cuda":  # on a CPU, off is what auto means
+                log.info("model.cuda_graph=auto: no CUDA graph in this run (%s).", "; ".join(blockers))
+            return
+        loss_fn = functools.partial(self._loss_and_logits, split="train")
+        self._graphed_step = GraphedTrainingStep(loss_fn, trainer.optimizers[0])
+
+    def on_fit_end(self) -> None:
+        self._graphed_step = None  # frees the graph's memory; a later fit records its own
+
+    # With a CUDA graph, training_step has done the whole update (forward, backward and optimizer step), so
+    # Lightning's zero_grad, backward and step have nothing left to do; its step counting and hooks are unchanged.
+    def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
+        if self._graphed_step is None:
+            super().optimizer_zero_grad(epoch, batch_idx, optimizer)
+
+    def backward(self, loss: torch.Tensor, *args, **kwargs) -> None:
+        if self._graphed_step is None:
+            super().backward(loss, *args, **kwargs)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer, optimizer_closure=None) -> None:
+        if self._graphed_step is None:
+            super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        else:
+            optimizer_closure()  # runs training_step
 
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
         # After the epoch's last batch rather than in `on_train_epoch_end`, which Lightning calls on callbacks
@@ -224,6 +286,8 @@ class DigitClassifier(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["model_class"] = self.class_path
+        if self._graphed_step is not None and checkpoint.get("optimizer_states"):
+            self._graphed_step.plain_optimizer_state(checkpoint["optimizer_states"][0])
         checkpoint["rng_states"] = capture_rng_states()
         if self.device.type == "cpu":  # CPU sums depend on it: a resume on the CPU takes the same
             checkpoint["cpu_threads"] = torch.get_num_threads()

@@ -24,10 +24,10 @@ class CNN(DigitClassifier):
         label_smoothing: float = 0.0,
         compile: bool = False,
         channels_last: bool = False,
+        cuda_graph: bool | str = False,
     ) -> None:
-        super().__init__(
-            optimizer, scheduler, label_smoothing=label_smoothing, compile=compile, channels_last=channels_last
-        )
+        super().__init__(optimizer, scheduler, label_smoothing=label_smoothing, compile=compile,
+                         channels_last=channels_last, cuda_graph=cuda_graph)
         self.net = cnn_network(
             channels, kernel_size, convs_per_block, hidden_size, dropout, batch_norm, pool, conv_dropout
         )

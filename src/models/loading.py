@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 
 # The settings of the classifier base itself, not of its network (a test keeps this in step with its constructor).
-CLASSIFIER_SETTINGS = frozenset({"optimizer", "scheduler", "label_smoothing", "compile", "channels_last"})
+CLASSIFIER_SETTINGS = frozenset({"optimizer", "scheduler", "label_smoothing", "compile", "channels_last",
+                                 "cuda_graph"})
 
 
 def model_class(class_path: object) -> type[DigitClassifier]:

@@ -19,8 +19,8 @@ class MLP(DigitClassifier):
         label_smoothing: float = 0.0,
         compile: bool = False,
         channels_last: bool = False,
+        cuda_graph: bool | str = False,
     ) -> None:
-        super().__init__(
-            optimizer, scheduler, label_smoothing=label_smoothing, compile=compile, channels_last=channels_last
-        )
+        super().__init__(optimizer, scheduler, label_smoothing=label_smoothing, compile=compile,
+                         channels_last=channels_last, cuda_graph=cuda_graph)
         self.net = mlp_network(hidden_sizes, dropout, batch_norm)

@@ -12,7 +12,7 @@ from src.utils.command_words import override_value
 HPARAM_METRICS = ("val/acc_best", "test/acc", "test/loss")
 _SHARED_MODEL_KEYS = (
     "_target_", "optimizer", "scheduler", "dropout", "conv_dropout", "batch_norm", "label_smoothing", "compile",
-    "channels_last",
+    "channels_last", "cuda_graph",
 )
 
 

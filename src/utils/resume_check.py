@@ -16,8 +16,8 @@ log = logging.getLogger(__name__)
 # the seed of the batch order (it follows `seed`: a resume that forgot seed=7 would not continue the same run).
 FIXED_DATA_KEYS = ("val_size", "split_seed", "mean", "std", "shuffle_seed")
 # Model settings that change only how fast the same arithmetic runs: a resume may switch them (a CPU run continued on
-# a GPU, with channels_last or compile).
-SPEED_ONLY_MODEL_KEYS = ("compile", "channels_last")
+# a GPU, with channels_last, compile or a CUDA graph).
+SPEED_ONLY_MODEL_KEYS = ("compile", "channels_last", "cuda_graph")
 
 
 def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbacks: list) -> None:
