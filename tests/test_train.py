@@ -482,14 +482,19 @@ def test_an_interruption_after_training_says_to_resume_from_the_saved_state(tmp_
 
 def test_ema_decay_warms_up_so_the_average_follows_early_training():
     update = ema_with_warmup(0.999)
-    average, current = torch.zeros(3), torch.ones(3)
-    torch.testing.assert_close(update(average, current, torch.tensor(1)), torch.full((3,), 1 - 2 / 11))
-    torch.testing.assert_close(update(average, current, torch.tensor(100_000)), torch.full((3,), 0.001))
+    for n, expected in ((1, 1 - 2 / 11), (100_000, 0.001)):
+        averages, currents = [torch.zeros(3), torch.zeros(2)], [torch.ones(3), torch.ones(2)]
+        update(averages, currents, torch.tensor(n))  # every tensor of a device and dtype at once, in place
+        for average in averages:
+            torch.testing.assert_close(average, torch.full_like(average, expected))
+    counters = [torch.tensor(100)]  # batch norm's num_batches_tracked: averaged as well, rounded down
+    update(counters, [torch.tensor(200)], torch.tensor(100_000))
+    assert counters[0].dtype == torch.int64 and counters[0].item() == 100
 
     # A weight that moves 1.0 per step: after 200 steps the warmed-up average sits near the recent values,
     # where a fixed 0.999 would still be mostly the initial weight (about 20).
     network = torch.nn.Linear(1, 1, bias=False)
-    averaged = AveragedModel(network, avg_fn=update)
+    averaged = AveragedModel(network, multi_avg_fn=update)
     for step in range(1, 201):
         network.weight.data.fill_(step)
         averaged.update_parameters(network)
