@@ -67,7 +67,8 @@ def test_the_graphs_adam_step_is_torchs_with_the_rate_and_betas_as_tensors(optim
     """On the CPU: the update a graph records, against torch's own, while OneCycle changes the rate and beta1."""
     images, labels = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
     nets = [tiny_network(), tiny_network()]
-    optimizers = [optimizer_class(net.parameters(), lr=0.01, weight_decay=weight_decay) for net in nets]
+    # eps 1e-3: large enough to matter in every update, so where it is added counts.
+    optimizers = [optimizer_class(net.parameters(), lr=0.01, weight_decay=weight_decay, eps=1e-3) for net in nets]
     schedulers = [torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=12) for opt in optimizers]
     for step in range(12):
         for net, optimizer, scheduler in zip(nets, optimizers, schedulers):
