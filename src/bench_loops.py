@@ -45,7 +45,7 @@ def plain_training(data_dir: Path, model_cfg: dict, data_cfg: dict, device: str,
         logits = net(images)
         return F.cross_entropy(logits, labels, label_smoothing=smoothing), logits
 
-    # As the Lightning run does (model.cuda_graph): a graph where the settings allow it.
+    # model.cuda_graph: a graph where the settings allow it (`true` with a blocker has failed Lightning's run already).
     graphed = None
     blockers = cuda_graph_blockers(
         on_cuda=torch.device(device).type == "cuda", strategy="SingleDeviceStrategy", precision="32-true",

@@ -155,7 +155,7 @@ def test_a_graphed_run_trains_and_its_checkpoint_resumes_on_the_cpu(tmp_path, sy
     checkpoint = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert checkpoint["global_step"] == 22 and checkpoint["lr_schedulers"][0]["last_epoch"] == 22
     saved = checkpoint["optimizer_states"][0]
-    assert all(not group["capturable"] and isinstance(group["lr"], float) for group in saved["param_groups"])
+    assert not any(group["capturable"] for group in saved["param_groups"])
     assert all(state["step"].item() == 22 for state in saved["state"].values())  # replays counted Adam's steps
     # What an eager run saves, so it continues on a CPU too (where capturable Adam cannot run).
     model, _ = load_classifier(run_dir / "checkpoints" / "last.ckpt")

@@ -31,7 +31,7 @@ def ema_with_warmup(decay: float) -> Callable[[list[torch.Tensor], list[torch.Te
 def _warmed_up_update(averages: list[torch.Tensor], currents: list[torch.Tensor], num_averaged: torch.Tensor,
                       decay: float) -> None:
     """All tensors of one device and dtype at once (foreach): updated one by one, a step's update of the best
-    recipe's CNN took 3.1 ms on one CPU thread, and on a GPU its ~70 launches made a run 1.8x as long."""
+    recipe's CNN took 1.8-3.1 ms on one CPU thread against 1.0 ms, and some 260 kernel launches on a GPU."""
     n = torch.as_tensor(num_averaged, dtype=torch.float32, device=averages[0].device)  # a tensor: no host sync
     weight = 1 - torch.clamp((1 + n) / (10 + n), max=decay)
     if not averages[0].is_floating_point():  # batch norm's step counters: averaged too, then rounded down

@@ -127,7 +127,8 @@ class DigitClassifier(pl.LightningModule):
         self._update_metrics(split, loss, logits, labels)
         return loss, logits.detach()
 
-    def _loss_and_logits(self, images: torch.Tensor, labels: torch.Tensor, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss_and_logits(self, images: torch.Tensor, labels: torch.Tensor,
+                         split: str) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self(images)
         if logits.shape != (len(labels), NUM_CLASSES):  # sizes are known on the host: no wait for the GPU
             raise UserInputError(f"{type(self).__name__} returned {tuple(logits.shape)} for {len(labels)} images: a model "
@@ -193,7 +194,8 @@ class DigitClassifier(pl.LightningModule):
         self._graphed_step = None  # frees the graph's memory; a later fit records its own
 
     # With a CUDA graph, training_step has done the whole update (forward, backward and optimizer step), so
-    # Lightning's zero_grad, backward and step have nothing left to do; its step counting and hooks are unchanged.
+    # Lightning's zero_grad, backward and step have nothing left to do. Its step counting, scheduler and other hooks
+    # are unchanged, but `on_before_optimizer_step` is not called (no callback here uses it).
     def optimizer_zero_grad(self, epoch: int, batch_idx: int, optimizer) -> None:
         if self._graphed_step is None:
             super().optimizer_zero_grad(epoch, batch_idx, optimizer)

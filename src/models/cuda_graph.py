@@ -1,7 +1,7 @@
 """A whole training step (forward, loss, backward, optimizer step) recorded once as a CUDA graph and replayed.
 
-A small network's step on a GPU is the host launching ~100 tiny kernels: 3.4 ms on an H200 in a plain loop, of which
-a replayed graph (one launch) left 0.55 ms at the same accuracy (`model.cuda_graph`, README "CUDA graphs").
+A small network's step on a GPU is the host launching ~100 tiny kernels: 3.4 ms on an H200 in a probe loop, of which
+a replayed graph (one launch) left 0.54 ms at the same accuracy (README "CUDA graphs": not yet measured with this code).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import torch
 WARMUP_STEPS = 3  # eager steps before the capture: the optimizer's state and cuDNN's plans are created lazily
 GRAPH_OPTIMIZERS = ("adam", "adamw")  # adam_step below
 
-_GRAPH_FLAGS = ("capturable", "foreach", "fused")
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -61,27 +60,26 @@ class GraphedTrainingStep:
         self.eager_steps = 0
         self.replays = 0
         self.steps_by_shape: dict[tuple, int] = {}  # eager steps per batch shape: a graph is recorded for a warm one
-        self.plain_flags: list[dict] | None = None  # the param groups' flags before the first step changed them
+        self.plain_capturable: list | None = None  # the param groups' `capturable` before the first step set it
 
     def _prepare_optimizer(self) -> None:
         """At the first step, after Lightning has restored a resumed run's optimizer state."""
-        self.plain_flags = [{key: group.get(key) for key in _GRAPH_FLAGS} for group in self.optimizer.param_groups]
+        self.plain_capturable = [group.get("capturable") for group in self.optimizer.param_groups]
         for group in self.optimizer.param_groups:
-            # capturable: eager steps keep the step counter on the GPU, where adam_step reads it in the graph.
-            group.update(capturable=True, foreach=True, fused=False)
+            group["capturable"] = True  # eager steps keep the step counter on the GPU, where adam_step reads it
         for param, state in self.optimizer.state.items():  # a restored counter is on the host
             if isinstance(state.get("step"), torch.Tensor):
                 state["step"] = state["step"].to(param.device, torch.float32)
-        # torch warns at each eager capturable step that it is slower than recording it: only a few steps are eager.
+        # Else torch warns that a capturable step run eagerly is slow: only a few steps are eager here.
         self.optimizer._warned_capturable_if_run_uncaptured = True
 
     def plain_optimizer_state(self, optimizer_state: dict) -> None:
         """Make a saved `optimizer.state_dict()` what an eager run saves: a checkpoint of a graphed run then resumes
         anywhere, a CPU included (where capturable Adam cannot run)."""
-        if self.plain_flags is None:
+        if self.plain_capturable is None:
             return  # nothing changed yet
-        for group, flags in zip(optimizer_state["param_groups"], self.plain_flags):
-            group.update(flags)
+        for group, capturable in zip(optimizer_state["param_groups"], self.plain_capturable):
+            group["capturable"] = capturable
         for key, state in optimizer_state["state"].items():  # the live optimizer's dicts: replaced, not changed
             if isinstance(state.get("step"), torch.Tensor):
                 optimizer_state["state"][key] = {**state, "step": state["step"].cpu()}
@@ -94,7 +92,7 @@ class GraphedTrainingStep:
             self.graph.replay()
             self.replays += 1
             return self.loss, self.logits
-        if self.plain_flags is None:
+        if self.plain_capturable is None:
             self._prepare_optimizer()
         shape = (tuple(images.shape), tuple(labels.shape))
         if self.graph is None and self.steps_by_shape.get(shape, 0) >= WARMUP_STEPS:
