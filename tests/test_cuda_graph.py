@@ -133,6 +133,40 @@ def test_graphed_steps_update_the_weights_as_eager_steps_do(weight_decay):
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5, msg=name)
 
 
+def test_lightning_around_a_graphed_step_trains_as_its_own_loop_does(tmp_path, synthetic_data_dir, monkeypatch):
+    """What a CPU can check of a graphed run: the module's hooks that hand the whole update to the graph's `step`
+    (backward skipped, Lightning's optimizer step running only the closure). With a stand-in `step` doing the eager
+    update, the run must end with the weights, step count and schedule of a run without it."""
+    import src.models.classifier as classifier
+
+    class EagerStandIn(GraphedTrainingStep):
+        calls = 0
+
+        def step(self, images, labels):
+            EagerStandIn.calls += 1
+            self.optimizer.zero_grad()
+            loss, logits = self.loss_fn(images, labels)
+            loss.backward()
+            self.optimizer.step()
+            return loss.detach(), logits.detach()
+
+    def run(name: str, *extra: str):
+        metrics = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / name), "model=cnn",
+                                        "trainer.max_epochs=2", "seed=3", *extra]))
+        assert metrics["status"] == "ok"
+        return torch.load(tmp_path / name / "checkpoints" / "last.ckpt", weights_only=True)
+
+    eager = run("eager")
+    monkeypatch.setattr(classifier, "cuda_graph_blockers", lambda **settings: [])
+    monkeypatch.setattr(classifier, "GraphedTrainingStep", EagerStandIn)
+    handed_over = run("handed_over", "model.cuda_graph=true")
+    assert EagerStandIn.calls == handed_over["global_step"] == eager["global_step"] == 2 * 10  # 320 images, batch 32
+    assert handed_over["lr_schedulers"] == eager["lr_schedulers"]
+    assert handed_over["optimizer_states"][0]["state"][0]["step"] == eager["optimizer_states"][0]["state"][0]["step"]
+    for name, expected in eager["state_dict"].items():
+        torch.testing.assert_close(handed_over["state_dict"][name], expected, rtol=0, atol=0, msg=name)
+
+
 @needs_cuda
 def test_a_graphed_run_trains_and_its_checkpoint_resumes_on_the_cpu(tmp_path, synthetic_data_dir, monkeypatch):
     replays = []

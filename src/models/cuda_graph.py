@@ -101,7 +101,8 @@ class GraphedTrainingStep:
         return self._eager_step(images, labels)
 
     def _eager_step(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Gradients zeroed in place: after the capture they are the graph's own tensors.
+        # In place after the capture: the gradients are the graph's own tensors then, unless Lightning set them to None
+        # before a validation (replays never read `.grad`: the graph writes and reads the tensors it recorded).
         self.optimizer.zero_grad(set_to_none=self.graph is None)
         if self.graph is None:  # warm-up: on a side stream, as the capture will be
             side = torch.cuda.Stream()
