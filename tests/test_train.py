@@ -501,6 +501,37 @@ def test_ema_decay_warms_up_so_the_average_follows_early_training():
     assert 170 < averaged.module.weight.item() < 200
 
 
+def test_the_ema_update_is_torchs_without_reading_its_counter_back(monkeypatch):
+    """On a GPU every read of the counter makes the host wait for the step. The update must equal torch's
+    AveragedModel.update_parameters, bitwise, batch norm's statistics and integer step counter included."""
+    from src.callbacks.weight_averaging import update_average
+    from src.models.cnn import CNN
+
+    network = CNN(optimizer={"name": "adam", "lr": 1e-3}).net
+    torch_average = AveragedModel(network, multi_avg_fn=ema_with_warmup(0.99), use_buffers=True)
+    our_average = AveragedModel(network, multi_avg_fn=ema_with_warmup(0.99), use_buffers=True)
+    generator = torch.Generator().manual_seed(0)
+    reads = []
+    for update in range(12):
+        with torch.no_grad():
+            for tensor in [*network.parameters(), *network.buffers()]:
+                tensor.add_(torch.randn(tensor.shape, generator=generator).to(tensor.dtype) if tensor.is_floating_point()
+                            else torch.tensor(3))
+        torch_average.update_parameters(network)
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.Tensor, "__bool__", lambda tensor: reads.append(tensor) or True)
+            patch.setattr(torch.Tensor, "item", lambda tensor: reads.append(tensor))
+            update_average(our_average, network, first=update == 0)
+        for (name, expected), actual in zip(torch_average.state_dict().items(), our_average.state_dict().values()):
+            assert torch.equal(actual, expected), (update, name)
+    assert not reads and int(our_average.n_averaged) == 12
+
+    with monkeypatch.context() as patch:  # the check above can fail: torch's own update reads the counter back
+        patch.setattr(torch.Tensor, "__bool__", lambda tensor: reads.append(tensor) or True)
+        torch_average.update_parameters(network)
+    assert reads
+
+
 def train_metrics_seen_by_callbacks() -> tuple[list[dict[str, float]], pl.Callback]:
     """(what a callback's `on_train_epoch_end` sees of this epoch's training metrics, that callback)."""
     seen: list[dict[str, float]] = []

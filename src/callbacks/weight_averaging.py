@@ -10,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import WeightAveraging
 from pytorch_lightning.trainer.states import TrainerFn
+from torch.optim.swa_utils import AveragedModel
 
 from src.errors import UserInputError
 from src.utils.command_words import override_value
@@ -43,6 +44,27 @@ def _warmed_up_update(averages: list[torch.Tensor], currents: list[torch.Tensor]
     torch._foreach_add_(averages, differences)
 
 
+@torch.no_grad()
+def update_average(average: AveragedModel, model: torch.nn.Module, first: bool) -> None:
+    """`average.update_parameters(model)` (buffers averaged too, by its `multi_avg_fn`) without reading its update
+    counter: torch's reads `n_averaged` back from the device twice per update, and on a GPU the host then waits for
+    every step to finish. `first`, counted by the caller on the host, says whether to copy instead of averaging."""
+    averages = [*average.module.parameters(), *average.module.buffers()]
+    currents = [*model.parameters(), *model.buffers()]
+    if first:
+        for averaged, current in zip(averages, currents, strict=True):
+            averaged.copy_(current)
+    else:
+        groups: dict[tuple, tuple[list, list]] = {}  # the update runs per device and dtype, as torch's does
+        for averaged, current in zip(averages, currents, strict=True):
+            group = groups.setdefault((averaged.device, averaged.dtype), ([], []))
+            group[0].append(averaged)
+            group[1].append(current.detach().to(averaged.device))
+        for (device, _), (group_averages, group_currents) in groups.items():
+            average.multi_avg_fn(group_averages, group_currents, average.n_averaged.to(device))
+    average.n_averaged += 1  # on the device, in place: nothing read back
+
+
 class WeightEMA(WeightAveraging):
     """EMA of the weights (and batch-norm statistics), updated after every optimizer step; a range check on
     `decay`, a warm-up of the decay (`ema_with_warmup`) and three fixes to Lightning's weight averaging:
@@ -53,6 +75,8 @@ class WeightEMA(WeightAveraging):
       hook would reload the raw weights saved next to them, as it does to resume training;
     - an interruption during validation, while the averaged weights are in the module, swaps them back before
       last.ckpt is saved (checkpoint callbacks run last): it would otherwise store the two the wrong way round.
+
+    And its update (`update_average`) reads nothing back from the GPU.
     """
 
     def __init__(self, decay: float = 0.999) -> None:
@@ -64,6 +88,7 @@ class WeightEMA(WeightAveraging):
         super().__init__(multi_avg_fn=ema_with_warmup(decay))
         self.decay = decay
         self._average_in_module = False
+        self._updates_counted: int | None = None  # the average's update counter, mirrored on the host once read
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "decay": self.decay}  # so a run that only tests the checkpoint can show it
@@ -84,6 +109,17 @@ class WeightEMA(WeightAveraging):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._average_model is not None:
             self._average_model.to(pl_module.device)
+        self._updates_counted = None  # read at the first update, after a resumed run's average is restored
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        """Lightning's, with `update_average` for AveragedModel.update_parameters."""
+        if trainer.global_step > self._latest_update_step and self.should_update(step_idx=trainer.global_step - 1):
+            if self._updates_counted is None:
+                self._updates_counted = int(self._average_model.n_averaged)  # read back once per fit
+            update_average(self._average_model, pl_module, first=self._updates_counted == 0)
+            self._updates_counted += 1
+            self._latest_update_step = trainer.global_step
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
         if trainer.state.fn == TrainerFn.FITTING:  # resuming: restore the raw weights and the average
