@@ -14,9 +14,10 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.optim.swa_utils import AveragedModel
 
-from src.callbacks.weight_averaging import ema_with_warmup
+from src.callbacks.weight_averaging import ema_with_warmup, update_average
 from src.data.mnist_datamodule import MNISTDataModule
 from src.eval import evaluate
+from src.models.cnn import CNN
 from src.models.loading import load_network
 from src.train import train
 from tests.conftest import compose_config, hparams_values, needs_real_mnist, run_module, tiny_run_overrides
@@ -504,9 +505,6 @@ def test_ema_decay_warms_up_so_the_average_follows_early_training():
 def test_the_ema_update_is_torchs_without_reading_its_counter_back(monkeypatch):
     """On a GPU every read of the counter makes the host wait for the step. The update must equal torch's
     AveragedModel.update_parameters, bitwise, batch norm's statistics and integer step counter included."""
-    from src.callbacks.weight_averaging import update_average
-    from src.models.cnn import CNN
-
     network = CNN(optimizer={"name": "adam", "lr": 1e-3}).net
     torch_average = AveragedModel(network, multi_avg_fn=ema_with_warmup(0.99), use_buffers=True)
     our_average = AveragedModel(network, multi_avg_fn=ema_with_warmup(0.99), use_buffers=True)
