@@ -20,10 +20,8 @@ class IdxFormatError(ValueError):
 def read_idx_bytes(path: Path) -> bytes:
     """Return the decompressed content of `path` (a `.gz` suffix means gzip)."""
     try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
+        data = path.read_bytes()
+        return gzip.decompress(data) if path.suffix == ".gz" else data  # in one call: faster than reading a stream
     except PermissionError as err:
         raise IdxFormatError(f"{path}: cannot read this file (permission denied). Make it readable: chmod a+r {path}") from err
     except (OSError, EOFError, zlib.error) as err:

@@ -66,7 +66,9 @@ class MNISTDataModule(pl.LightningDataModule):
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 N×28×28 -> float32 N×1×28×28, scaled to [0, 1] then standardized."""
-        return ((images.float() / 255.0 - self.hparams.mean) / self.hparams.std).unsqueeze(1)
+        # In place on one new tensor: the same arithmetic, bitwise, without a 200 MB temporary per operation.
+        scaled = images.to(torch.float32, copy=True).div_(255.0)
+        return scaled.sub_(self.hparams.mean).div_(self.hparams.std).unsqueeze(1)
 
     def setup(self, stage: str | None = None) -> None:
         if stage == "fit" and self.trainer is not None:
@@ -153,9 +155,9 @@ class MNISTDataModule(pl.LightningDataModule):
             )
         self._train_file = labels_record(labels)
         val_idx, train_idx = validation_split(len(images), val_size, self.hparams.split_seed)
-        normalized = self.normalize(images)
-        self.train_set = (normalized[train_idx], labels[train_idx])
-        self.val_set = (normalized[val_idx], labels[val_idx])
+        # Split the bytes, then normalize: indexing a quarter of the data, and no third copy of the images.
+        self.train_set = (self.normalize(images[train_idx]), labels[train_idx])
+        self.val_set = (self.normalize(images[val_idx]), labels[val_idx])
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer
