@@ -57,6 +57,7 @@ def test_tensors_have_expected_shapes_dtypes_and_normalization(synthetic_data_di
     assert black == pytest.approx(-mean / std) and white == pytest.approx((1 - mean) / std)
     assert images.min() >= black - 1e-6 and images.max() <= white + 1e-6
 
+
 def test_normalization_is_the_formula_bit_for_bit_and_leaves_its_input_alone(synthetic_data_dir):
     """Runs recorded in the README were made with (x / 255 - mean) / std, one new tensor per operation."""
     datamodule = make_datamodule(synthetic_data_dir)
@@ -66,7 +67,6 @@ def test_normalization_is_the_formula_bit_for_bit_and_leaves_its_input_alone(syn
     as_floats = every_byte.float()  # pixel values already as floats: normalized too, not overwritten
     assert torch.equal(datamodule.normalize(as_floats), expected)
     assert torch.equal(as_floats, every_byte.float())
-
 
 
 def test_validation_split_depends_on_split_seed_only(synthetic_data_dir):
