@@ -84,7 +84,7 @@ def test_the_model_summary_shows_the_network_without_the_metric_objects(capsys):
 
     assert compose_config([]).callbacks.model_summary._target_ == "src.callbacks.network_summary.NetworkSummary"
     mlp = MLP(optimizer={"name": "adam", "lr": 1e-3}, hidden_sizes=[64])
-    assert any(name.startswith("val_acc") for name, _ in mlp.named_modules())  # what Lightning's summary listed too
+    assert any(name.startswith("val_metrics") for name, _ in mlp.named_modules())  # what Lightning's summary listed too
     mlp.net[4].eval()  # a layer in eval mode is counted as such
     NetworkSummary(max_depth=3).on_fit_start(SimpleNamespace(is_global_zero=True, strategy=None), mlp)
     table = capsys.readouterr().out

@@ -559,7 +559,7 @@ def test_training_metrics_are_logged_once_per_epoch_before_callbacks_read_them(s
     if "max_epochs" in stop:
         assert len(seen) == 2 and seen[-1] == final  # this epoch's values, not the previous epoch's
         assert seen[0] != seen[1]
-    assert not model.train_loss.update_called  # reset for the next epoch
+    assert not model.train_metrics.update_called  # reset for the next epoch
 
 
 def test_epoch_loss_and_accuracy_are_per_image_over_uneven_batches():
@@ -571,5 +571,41 @@ def test_epoch_loss_and_accuracy_are_per_image_over_uneven_batches():
     with torch.no_grad():
         losses = [float(model._step(batch, "train")[0]) for batch in batches]
         correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in batches)
-    assert float(model.train_loss.compute()) == pytest.approx((3 * losses[0] + losses[1]) / 4)  # not the mean of the 2
-    assert float(model.train_acc.compute()) == pytest.approx(correct / 4)
+    loss, acc = model.train_metrics.compute()
+    assert float(loss) == pytest.approx((3 * losses[0] + losses[1]) / 4)  # not the mean of the 2
+    assert float(acc) == correct / 4
+
+
+def test_checkpoints_with_the_older_torchmetrics_training_states_still_load():
+    """Checkpoints saved before LossAndAccuracy hold the epoch's training sums as MeanMetric and MulticlassAccuracy
+    states (`train_loss.*`, `train_acc.*`): they load strictly, as the same sums, also inside weight averaging's copy."""
+    from torchmetrics import MeanMetric
+    from torchmetrics.classification import MulticlassAccuracy
+
+    from src.models.mlp import MLP
+
+    settings = {"optimizer": {"name": "adam", "lr": 1e-3}, "hidden_sizes": [16], "dropout": 0.0}
+    model = MLP(**settings).eval()
+    older_loss = MeanMetric(nan_strategy="disable")
+    older_acc = MulticlassAccuracy(num_classes=10, average="micro", validate_args=False)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n in (5, 3):
+            images, labels = torch.randn(n, 1, 28, 28, generator=generator), torch.randint(0, 10, (n,), generator=generator)
+            loss, logits = model._step((images, labels), "train")
+            older_loss.update(loss.expand(n))  # what the classifier did before
+            older_acc.update(logits, labels)
+    older = {key: value for key, value in model.state_dict().items() if not key.startswith("train_metrics.")}
+    for name, metric in (("train_loss", older_loss), ("train_acc", older_acc)):
+        metric.persistent(True)
+        older.update({f"{name}.{key}": value for key, value in metric.state_dict().items()})
+
+    restored = MLP(**settings)
+    restored.load_state_dict(older)
+    restored_sums, sums = (
+        {name: getattr(metric, name) for name in ("loss_sum", "correct", "images")}
+        for metric in (restored.train_metrics, model.train_metrics))
+    torch.testing.assert_close(restored_sums, sums)  # dtypes and shapes too
+    averaged = AveragedModel(MLP(**settings))
+    averaged.load_state_dict({"n_averaged": torch.tensor(1), **{f"module.{key}": value for key, value in older.items()}})
+    assert int(averaged.module.train_metrics.correct) == int(model.train_metrics.correct)
