@@ -11,12 +11,12 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from pytorch_lightning.trainer.states import TrainerFn
-from torchmetrics import MaxMetric, Metric
+from torchmetrics import Metric
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from src.errors import UserInputError
 from src.models.cuda_graph import GraphedTrainingStep, cuda_graph_blockers
-from src.models.epoch_metrics import LossAndAccuracy
+from src.models.epoch_metrics import BestAccuracy, LossAndAccuracy
 from src.models.networks import IMAGE_SIDE, NUM_CLASSES
 from src.models.optim import build_optimizer, build_scheduler
 from src.models.optim_config import optimizer_settings
@@ -64,7 +64,7 @@ class DigitClassifier(pl.LightningModule):
             setattr(self, f"{split}_metrics", LossAndAccuracy())
         # Stored in the state dict, so they survive a resume: the best validation accuracy, and the training
         # loss and accuracy of an epoch interrupted halfway (end-of-epoch checkpoints hold them already reset).
-        self.val_acc_best = MaxMetric()
+        self.val_acc_best = BestAccuracy()
         for metric in (self.val_acc_best, self.train_metrics):
             metric.persistent(True)
         self.register_load_state_dict_pre_hook(_rename_older_metric_states)
@@ -313,7 +313,8 @@ def _rename_older_metric_states(module, state_dict: dict, prefix: str, *args) ->
     MeanMetric (`train_loss`) and MulticlassAccuracy (`train_acc`) states. Renamed in place, so those checkpoints
     still load (resumed, tested, or with `load_from_checkpoint`)."""
     older = {"loss_sum": "train_loss.mean_value", "images": "train_loss.weight", "correct": "train_acc.tp"}
-    if prefix + older["loss_sum"] not in state_dict:
+    # All of them and no new one, else the strict load names what does not fit (a damaged file, a subclass's own metric).
+    if any(prefix + key not in state_dict for key in older.values()) or prefix + "train_metrics.loss_sum" in state_dict:
         return
     for name, key in older.items():
         value = state_dict.pop(prefix + key).reshape(())

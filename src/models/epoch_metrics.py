@@ -1,12 +1,36 @@
-"""An epoch's mean loss per image and accuracy, as three running sums."""
+"""The classifier's metrics: an epoch's mean loss per image and accuracy as three running sums, and the best validation
+accuracy; both keep float32 states when the module is converted to 16 bits."""
 
 from __future__ import annotations
 
 import torch
-from torchmetrics import Metric
+from torchmetrics import MaxMetric, Metric
 
 
-class LossAndAccuracy(Metric):
+class KeepsDtype:
+    """A torchmetrics Metric whose floating states keep their dtype when the module is converted with `.to(dtype)`
+    (Lightning's `trainer.precision=bf16-true` and `16-true` do), as torchmetrics keeps them for `.half()` and the
+    like: a bfloat16 sum of an epoch's losses stops growing at a few thousand, and a bfloat16 accuracy moves in steps of
+    0.004 near 99%. `set_dtype` still converts them."""
+
+    def _apply(self, fn, *args, **kwargs):
+        if self._dtype_convert:  # set_dtype: a conversion asked of the metric itself
+            return super()._apply(fn, *args, **kwargs)
+        dtype = self.dtype
+        metric = super()._apply(fn, *args, **kwargs)
+        metric._dtype = dtype  # what update() casts its inputs to
+        for name, default in metric._defaults.items():
+            if isinstance(default, torch.Tensor) and default.is_floating_point():
+                metric._defaults[name] = default.to(dtype)
+                setattr(metric, name, getattr(metric, name).to(dtype))
+        return metric
+
+
+class BestAccuracy(KeepsDtype, MaxMetric):
+    """The best validation accuracy so far."""
+
+
+class LossAndAccuracy(KeepsDtype, Metric):
     """`update(loss, logits, labels)` per batch (loss: the batch's mean), `compute()` -> (mean loss per image,
     accuracy) over every image since the last `reset()`, summed across ranks.
 
@@ -31,4 +55,3 @@ class LossAndAccuracy(Metric):
 
     def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.loss_sum / self.images, self.correct / self.images
-
