@@ -156,6 +156,7 @@ def save_preview(batch, predictions: list[dict], output_dir: Path) -> Path:
     """<run dir>/predictions.png: each input as the model saw it (28×28), captioned with its prediction."""
     from src.plots import short_label
     from src.plots.digit_sheet import digit_sheet
+    from src.utils.atomic_files import write_atomically
 
     title = f"predictions (red: confidence < {LOW_CONFIDENCE})"
     if len(predictions) > MAX_PREVIEW_IMAGES:  # a taller figure would pass the PNG size limit; the JSON has all
@@ -165,8 +166,7 @@ def save_preview(batch, predictions: list[dict], output_dir: Path) -> Path:
     flagged = [p["confidence"] < LOW_CONFIDENCE for p in predictions]
     figure = digit_sheet(batch, captions, flagged, title=title)
     path = output_dir / "predictions.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=120)
+    write_atomically(path, lambda partial: figure.savefig(partial, format="png", dpi=120))
     return path
 
 

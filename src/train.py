@@ -10,6 +10,7 @@ Heavy imports (torch, Lightning) happen inside `train`, so `--help` and `--cfg j
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -18,6 +19,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from src import CONFIG_DIR
+from src.errors import RunInterrupted, TrainingDiverged
 from src.utils.command_line import run_command_line
 from src.utils.command_words import ckpt_path_override, command, eval_overrides, original_overrides, run_it_again
 from src.utils.run_folders import resumed_job_dir
@@ -96,16 +98,32 @@ def train(cfg: DictConfig) -> dict:
             checkpoint = None  # not held through the fit: Lightning reads the file itself
             metrics["resumed_from"] = str(Path(ckpt_path).expanduser().resolve())
             log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
-        ckpt_path = _fit(cfg, trainer, model, datamodule, ckpt_path, resumed_at_step, resuming_in_place, output_dir,
-                         metrics)
+        with _row_kept_if_stopped(cfg, trainer, model, None):
+            ckpt_path = _fit(cfg, trainer, model, datamodule, ckpt_path, resumed_at_step, resuming_in_place, output_dir,
+                             metrics)
     if cfg.get("test"):
-        _test(cfg, trainer, model, datamodule, ckpt_path, metrics)
+        with _row_kept_if_stopped(cfg, trainer, model, None if cfg.get("train") else checkpoint):
+            _test(cfg, trainer, model, datamodule, ckpt_path, metrics)
 
     # The HParams row describes this run's config, or for a checkpoint tested alone, the checkpoint's.
     log_run_hparams(trainer.loggers, cfg, model, trainer, None if cfg.get("train") else checkpoint)
     metrics["wall_seconds"] = round(time.perf_counter() - started_run, 2)
     finish_run(metrics, output_dir, loggers)
     return metrics
+
+
+@contextlib.contextmanager
+def _row_kept_if_stopped(cfg: DictConfig, trainer, model, tested_checkpoint: dict | None):
+    """A sweep's diverged or stopped job keeps its row in the HParams table, with the metrics it had reached (the row
+    is otherwise written when the run ends). A full disk then must not hide why the run stopped."""
+    from src.utils.hparams import log_run_hparams
+
+    try:
+        yield
+    except (TrainingDiverged, RunInterrupted):
+        with contextlib.suppress(OSError):
+            log_run_hparams(trainer.loggers, cfg, model, trainer, tested_checkpoint)
+        raise
 
 
 def _fit(cfg: DictConfig, trainer, model, datamodule, ckpt_path: str | None, resumed_at_step: int | None,

@@ -227,7 +227,9 @@ def test_hyperparameters_stay_plain_values(synthetic_data_dir, tmp_path):
     [("degrees", -1), ("translate", -0.1), ("translate", 1.5), ("scale", [1.1, 0.9]), ("scale", [0, 1]),
      ("scale", 1.0), ("scale", [0.9]), ("elastic_alpha", -1), ("elastic_sigma", 0), ("erasing_p", 1.5),
      ("erasing_p", -0.1), ("erasing_area", [0.1, 1.5]), ("enabled", "yes"), ("degrees", "ten"),
-     ("clean_last_epochs", -1), ("clean_last_epochs", 1.5)],
+     ("clean_last_epochs", -1), ("clean_last_epochs", 1.5),
+     # Not numbers to train with: they passed the bounds and the run stopped as diverged, blaming the learning rate.
+     ("degrees", float("nan")), ("elastic_alpha", float("inf")), ("scale", [0.9, float("inf")])],
 )
 def test_bad_values_are_clear_errors(synthetic_data_dir, key, value):
     with pytest.raises(UserInputError, match=rf"data\.augment\.{key}=.* is invalid: it must be"):

@@ -185,7 +185,8 @@ def test_the_resolved_config_is_shown_without_a_run_folder():
 
 
 @pytest.mark.parametrize("path", ["/data/Fotos, März/*.png", "/data/Photos (1)/a.png", "/data/Müller's/a.png",
-                                  "~/digits/a.png", "/data/img[0-9].png", '/data/say "hi"/a.png', "/plain/a.png"])
+                                  "~/digits/a.png", "/data/img[0-9].png", '/data/say "hi"/a.png', "/plain/a.png",
+                                  "2024", "1e3"])  # folders Hydra would read as numbers
 def test_paths_reach_hydra_as_typed(path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

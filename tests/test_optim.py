@@ -118,7 +118,8 @@ def test_biases_and_batch_norm_can_be_exempt_from_weight_decay(name):
 
 @pytest.mark.parametrize("config, message", [
     ({"name": "adam", "lr": 1e-3, "weight_decy": 0.1}, "model.optimizer.weight_decy is not a setting of model.optimizer"),
-    ({"name": "adam", "lr": 1e-3, "weight_decay": -1}, "model.optimizer.weight_decay=-1 is invalid: it must be a number >= 0"),
+    ({"name": "adam", "lr": 1e-3, "weight_decay": -1}, "model.optimizer.weight_decay=-1 is invalid: it must be a finite number >= 0"),
+    ({"name": "adamw", "lr": 1e-3, "weight_decay": float("inf")}, "model.optimizer.weight_decay=inf is invalid"),
     ({"name": "adam", "lr": 1e-3, "betas": [0.9]}, "model.optimizer.betas=[0.9] is invalid"),
     ({"name": "sgd", "lr": 0.1, "momentum": 0}, "set model.optimizer.nesterov=false"),
     ({"name": "adam", "lr": 1e-3, "betas": [0.9, 1.0]}, "is invalid: it must be a pair [beta1, beta2] of numbers in [0, 1"),
@@ -137,7 +138,9 @@ def test_bad_optimizer_settings_are_clear_errors(config, message):
     ({"name": "cosine", "warmup_steps": -5}, "model.scheduler.warmup_steps=-5 is invalid: it must be a whole number >= 0"),
     ({"name": "cosine", "min_lr": -0.1}, "model.scheduler.min_lr=-0.1 is invalid"),
     ({"name": "onecycle", "pct_strat": 0.3}, "model.scheduler.pct_strat is not a setting of model.scheduler"),
-    ({"name": "onecycle", "div_factor": 0}, "model.scheduler.div_factor=0 is invalid: it must be a number > 0"),
+    ({"name": "onecycle", "div_factor": 0}, "model.scheduler.div_factor=0 is invalid: it must be a finite number > 0"),
+    ({"name": "onecycle", "final_div_factor": float("inf")}, "model.scheduler.final_div_factor=inf is invalid"),
+    ({"name": "cosine", "min_lr": float("nan")}, "model.scheduler.min_lr=nan is invalid"),
     # Names as written: the learning-rate monitor and the HParams table compare them so too.
     ({"name": "OneCycle"}, "model.scheduler.name=OneCycle is unknown: choose one of none, onecycle, cosine"),
     ({"name": None}, "model.scheduler.name=None is unknown"),

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +135,26 @@ def test_transparent_background_counts_as_paper(tmp_path):
     np.testing.assert_allclose(prepared(palette, tmp_path, "p.png"), expected, atol=1e-5)
 
 
+def test_a_sheet_in_a_transparent_frame_counts_as_paper(tmp_path):
+    """A photo rotated in an editor leaves transparent corners, a cut-out a transparent surround: the sheet is the
+    paper there, not ink (the whole sheet was taken for a light digit, with the 6 a hole in it)."""
+    on_paper = draw_six(paper=235, ink=25).convert("RGBA")
+    rotated = on_paper.rotate(15, expand=True)  # transparent black corners
+    flattened = Image.alpha_composite(Image.new("RGBA", rotated.size, (235, 235, 235, 255)), rotated).convert("L")
+    expected = prepared(flattened, tmp_path, "flattened.png")
+    np.testing.assert_allclose(prepared(rotated, tmp_path, "rotated.png"), expected, atol=0.02)
+    cut_out = Image.new("RGBA", (400, 300), (0, 0, 0, 0))
+    cut_out.paste(on_paper, (50, 50))
+    np.testing.assert_allclose(prepared(cut_out, tmp_path, "cut_out.png"), prepared(on_paper.convert("L"), tmp_path),
+                               atol=1e-5)
+    # Bold strokes alone, covering more than that share of their canvas, are still ink on transparent paper.
+    bold = draw_six(size=(90, 170), box=(5, 5, 85, 165), stroke=30)
+    black = Image.new("L", bold.size, 0)
+    assert (np.asarray(bold) > 127).mean() > 0.4
+    np.testing.assert_allclose(prepared(Image.merge("LA", (black, bold)), tmp_path, "bold.png"), prepared(bold, tmp_path),
+                               atol=1e-5)
+
+
 def test_sixteen_bit_and_sideways_stored_images_are_read_as_shown(tmp_path):
     upright = draw_six()
     expected = read_grayscale(save(upright, tmp_path / "upright.png"))
@@ -236,11 +259,30 @@ def test_a_digit_cropped_tight_with_bars_along_two_opposite_edges_prepares_as_wi
     assert ink_box(field) == ink_box(expected) and np.abs(field - expected).mean() < 0.02
 
 
+def png_with_a_damaged_chunk(image: Image.Image) -> bytes:
+    """The image as a PNG whose pixel data is split in two chunks, the second under a garbage chunk type."""
+    stream = io.BytesIO()
+    image.save(stream, "PNG", compress_level=1)
+    data, chunks, position = stream.getvalue(), {}, 8
+    while position < len(data):
+        length = struct.unpack(">I", data[position : position + 4])[0]
+        chunks[data[position + 4 : position + 8]] = data[position + 8 : position + 8 + length]
+        position += length + 12
+    half = len(chunks[b"IDAT"]) // 2
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    return (data[:8] + chunk(b"IHDR", chunks[b"IHDR"]) + chunk(b"IDAT", chunks[b"IDAT"][:half])
+            + chunk(b"\x01\x02\x03\x04", chunks[b"IDAT"][half:]) + chunk(b"IEND", b""))
+
+
 def test_non_images_are_a_clear_error(tmp_path):
     (tmp_path / "notes.png").write_text("not an image")
     save(draw_six(), tmp_path / "whole.png")
     (tmp_path / "truncated.png").write_bytes((tmp_path / "whole.png").read_bytes()[:200])
-    for name in ("notes.png", "truncated.png", "missing.png"):
+    (tmp_path / "bad_chunk.png").write_bytes(png_with_a_damaged_chunk(draw_six()))  # Pillow raises SyntaxError
+    for name in ("notes.png", "truncated.png", "bad_chunk.png", "missing.png"):
         with pytest.raises(DigitImageError, match="not a readable image"):
             read_grayscale(tmp_path / name)
 

@@ -55,6 +55,9 @@ def break_file(data_dir: Path, how: str) -> None:
     elif how == "plain under a gzip name":  # a browser decompressed it and kept the name
         images = raw / "t10k-images-idx3-ubyte.gz"
         images.write_bytes(gzip.decompress(images.read_bytes()))
+    elif how == "compressed twice":
+        images = raw / "t10k-images-idx3-ubyte.gz"
+        images.write_bytes(gzip.compress(images.read_bytes()))
     elif how == "counts disagree":
         write_idx(raw / "train-labels-idx1-ubyte.gz", np.zeros(399, dtype=np.uint8))
     elif how == "label out of range":
@@ -100,7 +103,8 @@ CONFIG_CASES = {
     # Values are shown as an override writes them, so that the message can be typed back: null, not None.
     "learning rate null": (["model.optimizer.lr=null"], "model.optimizer.lr=null is invalid: it must be a finite number"),
     "download null": (["data.download=null"], "data.download=null is invalid: it must be true or false"),
-    "degrees as quoted text": (["data.augment.degrees='15'"], "data.augment.degrees='15' is invalid: it must be a number"),
+    "degrees as quoted text": (["data.augment.degrees='15'"], "data.augment.degrees='15' is invalid: it must be a finite number"),
+    "degrees nan": (["data.augment.degrees=nan"], "data.augment.degrees=nan is invalid: it must be a finite number"),
     "batch of one with batch norm": (["data.batch_size=1"], "data.batch_size=1 cannot train with batch norm"),
     "batch size true with batch norm": (["data.batch_size=true"], "data.batch_size=true is invalid: it must be a positive integer"),
     "model setting typo": (["+model.dropuot=0.1"], "model.dropuot is not a setting of model (src.models.mlp.MLP), a typo? "
@@ -160,6 +164,8 @@ DATA_CASES = {
     "gzip under a plain name": "t10k-labels-idx1-ubyte: a gzip archive under a plain name. Rename it to t10k-labels-idx1-ubyte.gz",
     "plain under a gzip name": "t10k-images-idx3-ubyte.gz: an uncompressed IDX file under a .gz name. Rename it to "
                                "t10k-images-idx3-ubyte (it is read as it is).",
+    "compressed twice": "t10k-images-idx3-ubyte.gz: compressed twice (a gzip archive inside the gzip archive). Decompress "
+                        "it once: gunzip ",
     "counts disagree": "has 400 images but",
     "label out of range": "t10k-labels-idx1-ubyte.gz: labels must be digits 0-9, found 11",
     "a file as data_dir": "is a file; it must name a folder: the one that holds MNIST/raw/",
@@ -497,6 +503,11 @@ def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
      "or leave the setting out for its default."),
     (["paths.log_dir=''"], "eval", "paths.log_dir='' is empty: it must be a folder"),
     (["-m", "hydra.sweep.dir="], "train", "hydra.sweep.dir= is empty"),
+    # Read as no checkpoint, it trained from scratch, and Lightning then failed on it after the set-up (or train=false
+    # tested an untrained model and exited 0).
+    (["ckpt_path="], "train", "ckpt_path= is empty (an unset shell variable?): give a checkpoint to resume from (or "
+     "last), or leave it out to train from scratch."),
+    (["ckpt_path=''", "~logger"], "eval", "ckpt_path='' is empty (an unset shell variable?): give a checkpoint file"),
     (["+logger.tensorboard.save_dir="], "train", "+logger.tensorboard.save_dir= is empty"),
     # Hydra's traceback ("Config group override must be a string or a list. Got NoneType"), or the run's.
     (["model=null"], "train", "model=null would leave out the model config, which every train run needs: choose one of "
@@ -517,11 +528,11 @@ def test_words_that_would_crash_a_run_are_refused_in_one_line(words, entry_point
 
     assert overrides_problem(words, entry_point).startswith(message)
     assert overrides_problem(["~logger", "~callbacks.lr_monitor", "task_name=mine", "-m", "seed=1,2"], "train") is None
-    assert overrides_problem(["~experiment", "~sweep", "logger=null", "callbacks=null", "ckpt_path=", "model=mlp",
+    assert overrides_problem(["~experiment", "~sweep", "logger=null", "callbacks=null", "seed=", "model=mlp",
                               "+model.dropout=0.1", "--cfg", "job"], "train") is None
-    # An empty value (a script's ckpt_path=$CKPT, unset) before a flag or a deletion is one word of its own.
-    assert overrides_problem(["ckpt_path=", "-m", "seed=1,2"], "train") is None
-    assert overrides_problem(["ckpt_path=", "~logger", "seed=", "~callbacks.lr_monitor"], "train") is None
+    # An empty value (a script's seed=$SEED, unset) before a flag or a deletion is one word of its own.
+    assert overrides_problem(["seed=", "-m", "model=mlp,cnn"], "train") is None
+    assert overrides_problem(["seed=", "~logger", "~callbacks.lr_monitor"], "train") is None
     assert overrides_problem(["hydra.mode=MULTIRUN", "--cfg", "job"], "train") is None  # shows the sweep's config
     # An optimizing sweeper chosen on the command line samples it; a single run is refused by Hydra in one line.
     assert overrides_problem(["-m", "hydra/sweeper=optuna", "model.dropout=interval(0.1,0.5)"], "train") is None
@@ -978,6 +989,38 @@ def test_a_full_disk_is_one_message_and_keeps_the_last_good_checkpoint(tmp_path,
     assert not list(run_dir.rglob("*.partial"))
 
 
+class DiskFullForFigures(pl.Callback):
+    """Every figure's PNG finds the disk full after its first bytes (Pillow's error names no file)."""
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        from matplotlib.figure import Figure
+
+        def half_a_png(figure, target, **options) -> None:
+            with open(target, "wb") as file:
+                file.write(b"\x89PNG\r\n\x1a\n")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        Figure.savefig = half_a_png
+
+
+def test_a_full_disk_while_writing_a_figure_names_it_and_keeps_the_one_before(tmp_path, synthetic_data_dir):
+    """A finished run tested again (resumed from its last.ckpt) writes its figures again: they were written in place,
+    so a full disk left a broken PNG where a good one had been, and the message named no file."""
+    run_dir = tmp_path / "run"
+    common = [f"hydra.run.dir={run_dir}", f"data.data_dir={synthetic_data_dir}", "data.download=false", "data.val_size=80",
+              "data.batch_size=32", "model=mlp", "trainer.max_epochs=1", "callbacks.progress_bar=null",
+              "++trainer.enable_progress_bar=false"]
+    assert run_module("src.train", *common).returncode == 0
+    figures = {path: path.read_bytes() for path in run_dir.glob("*.png")}
+    assert "confusion_matrix.png" in {path.name for path in figures}
+    result = run_module("src.train", *common, "ckpt_path=last", f"+callbacks.disk_full._target_={__name__}.DiskFullForFigures")
+    output = result.stdout + result.stderr
+    assert result.returncode == 1 and "Traceback" not in output, output[-3000:]
+    assert re.search(rf"{run_dir}/\w+\.png: no space left on the disk\. Free some space", output), output[-3000:]
+    assert {path: path.read_bytes() for path in run_dir.glob("*.png")} == figures
+    assert not list(run_dir.rglob("*.partial"))
+
+
 def test_a_full_disk_in_a_notebook_run_is_the_same_one_line_error(tmp_path, synthetic_data_dir, monkeypatch):
     from src import api
     from src.utils import checkpoint_io
@@ -1302,6 +1345,24 @@ def test_training_gives_ctrl_c_back_to_the_program_afterwards(tmp_path, syntheti
     assert signal.getsignal(signal.SIGINT) is before
 
 
+class HandlerDuringTraining(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        HandlerDuringTraining.seen = signal.getsignal(signal.SIGINT)
+
+
+def test_an_ignored_ctrl_c_stays_ignored_during_training(tmp_path, synthetic_data_dir):
+    """A script's background job (`python -m src.train &`) gets Ctrl-C ignored from its shell, as the script's
+    Ctrl-C reaches it too: the graceful-stop handler took it over, and Ctrl-C meant for the script stopped the run."""
+    previous_handler = signal.getsignal(signal.SIGINT)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "test=false",
+                              f"+callbacks.seen._target_={__name__}.HandlerDuringTraining"]))
+        assert HandlerDuringTraining.seen is signal.SIG_IGN and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+
+
 class CtrlCOnADivergingStep(pl.Callback):
     """At training step `step` the weights turn NaN (so that step's loss is NaN) and Ctrl-C arrives meanwhile."""
 
@@ -1365,6 +1426,7 @@ def test_a_ctrl_c_while_lightning_handles_a_stop_is_reported_too(tmp_path, synth
                  f"+callbacks.again._target_={__name__}.CtrlCWhileStopping"]
     previous_handler = signal.getsignal(signal.SIGINT)
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, even when the tests run in the background
         with pytest.raises(RunInterrupted, match=r"Training aborted by Ctrl-C at epoch 0, step \d+, without saving") as stop:
             train(compose_config(overrides))
         assert stop.value.exit_code == 130

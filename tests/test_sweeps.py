@@ -101,6 +101,15 @@ def test_two_job_sweep_is_comparable_in_tensorboard(tmp_path, synthetic_data_dir
     assert all(float(row["test/acc"]) > 0 and float(row["wall_seconds"]) > 0 for row in rows)
     assert (sweep_dir / "summary.md").exists() and (sweep_dir / "summary.png").exists()
     assert "Sweep summary: 2 ok (" in result.stdout + result.stderr
+    assert f"TensorBoard for the whole sweep: tensorboard --logdir {sweep_dir}" in result.stdout + result.stderr
+
+
+def test_a_sweep_without_tensorboard_names_no_tensorboard_command():
+    """logger=csv printed the command all the same, which opened an empty TensorBoard."""
+    from src.utils.sweep_summary import _logs_to_tensorboard
+
+    assert _logs_to_tensorboard(compose_config([])) and _logs_to_tensorboard(compose_config(["logger=[csv,tensorboard]"]))
+    assert not _logs_to_tensorboard(compose_config(["logger=csv"])) and not _logs_to_tensorboard(compose_config(["logger=[]"]))
 
 
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path, synthetic_data_dir):

@@ -460,6 +460,52 @@ def test_an_interruption_before_the_first_step_names_no_checkpoint_that_was_not_
     assert not (tmp_path / "resumed" / "checkpoints" / "last.ckpt").exists()
 
 
+def test_a_run_that_diverges_keeps_its_row_in_the_hparams_table(tmp_path, synthetic_data_dir):
+    """The row was written only at the end of a run: a sweep's diverged jobs, the ones a learning-rate sweep is run to
+    find, were missing from the HParams table."""
+    from src.errors import TrainingDiverged
+
+    diverging = ["model=mlp", "model.batch_norm=false", "model.optimizer.name=sgd", "model.optimizer.lr=1e30",
+                 "model.scheduler.name=none"]
+    with pytest.raises(TrainingDiverged):
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), *diverging]))
+    row = hparams_values(tmp_path)
+    assert row["optimizer/lr"] == 1e30 and row["optimizer/name"] == "sgd" and row["model"] == "MLP"
+
+
+class CtrlCInSanityCheck(pl.Callback):
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0) -> None:
+        import signal
+
+        from src.callbacks.safety import GracefulStop
+
+        if trainer.sanity_checking and batch_idx == 0:
+            (stop,) = [cb for cb in trainer.callbacks if isinstance(cb, GracefulStop)]
+            stop._request_stop(signal.SIGINT, None)
+
+
+def test_ctrl_c_in_the_sanity_check_stops_it_at_once(tmp_path, synthetic_data_dir, caplog):
+    """It waited for the end of the first training batch: the whole sanity check ran (all of validation with
+    num_sanity_val_steps=-1), then a step was trained and saved."""
+    import signal
+
+    from src.errors import RunInterrupted
+
+    stop = ["model=mlp", "++trainer.num_sanity_val_steps=2", f"+callbacks.stop._target_={__name__}.CtrlCInSanityCheck"]
+    previous_handler = signal.getsignal(signal.SIGINT)
+    try:
+        with caplog.at_level(logging.WARNING), pytest.raises(RunInterrupted) as stopped:
+            train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), *stop]))
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)  # the callback stood in for a real Ctrl-C
+    assert str(stopped.value) == ("Training stopped by Ctrl-C before its first step: nothing was trained or saved. "
+                                  "Run the same command again.")
+    assert stopped.value.exit_code == 130
+    assert "Ctrl-C: stopping the sanity check after this batch (nothing is trained yet)." in caplog.messages
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+    assert hparams_values(tmp_path)["model"] == "MLP"  # a stopped sweep job has its row in the HParams table too
+
+
 def test_an_interruption_after_training_says_to_resume_from_the_saved_state(tmp_path, synthetic_data_dir, monkeypatch,
                                                                            caplog):
     """After the fit, before the results are written, last.ckpt is there: "run the same command again" would be

@@ -13,6 +13,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from src.errors import UserInputError
 from src.models.networks import IMAGE_SIDE, NUM_CLASSES
+from src.utils.atomic_files import write_atomically
 from src.utils.command_words import override_value
 from src.utils.setting_checks import is_whole
 from src.plots.confusion import confusion_matrix_figure
@@ -136,9 +137,8 @@ class DiagnosticFigures(pl.Callback):
         return images[keep], labels[keep], probs[keep], confidence[keep]
 
     def _log(self, trainer: pl.Trainer, tag: str, figure, step: int, png_name: str | None = None) -> None:
-        if png_name:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            figure.savefig(self.output_dir / png_name, dpi=110)
+        if png_name:  # a full disk must not leave half a PNG in place of a good one, and is told with its name
+            write_atomically(self.output_dir / png_name, lambda partial: figure.savefig(partial, format="png", dpi=110))
         for logger in trainer.loggers:
             if isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_figure(tag, figure, global_step=step, close=False)

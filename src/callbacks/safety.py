@@ -59,6 +59,7 @@ class GracefulStop(pl.Callback):
         self.stopped_by = "Ctrl-C"
         self._previous_handler = None
         self._sweep_checked_at = 0.0
+        self._trainer: pl.Trainer | None = None
 
     @property
     def stop_requested(self) -> bool:
@@ -68,12 +69,18 @@ class GracefulStop(pl.Callback):
         return self._requested
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._requested, self.stopped_by = False, "Ctrl-C"
-        if threading.current_thread() is threading.main_thread():  # signals can only be caught there
+        self._requested, self.stopped_by, self._trainer = False, "Ctrl-C", trainer
+        # Signals can only be caught in the main thread. An ignored Ctrl-C stays ignored: a script's background job
+        # (`python -m src.train &`) shares the terminal's Ctrl-C with the script, which its shell keeps from it.
+        main_thread = threading.current_thread() is threading.main_thread()
+        if main_thread and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous_handler = signal.signal(signal.SIGINT, self._request_stop)
 
     def _request_stop(self, signum, frame) -> None:
-        log.warning("Ctrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to abort at once).")
+        if self._trainer is not None and self._trainer.sanity_checking:
+            log.warning("Ctrl-C: stopping the sanity check after this batch (nothing is trained yet).")
+        else:
+            log.warning("Ctrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to abort at once).")
         self._requested = True
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
@@ -92,6 +99,10 @@ class GracefulStop(pl.Callback):
         self.stopped_by = what_stopped(code)
         log.warning("The sweep was asked to stop (%s): stopping after this batch and saving a checkpoint.", self.stopped_by)
         return True
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self._requested and trainer.sanity_checking:  # nothing trained yet, nothing to save: stop at once
+            raise StopRequested(self.stopped_by)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if not self._requested and self._sweep_stop_requested():
@@ -113,6 +124,7 @@ class GracefulStop(pl.Callback):
         """Reinstate the handler from before the fit. When the fit raises, Lightning skips the callbacks' teardown
         and puts this callback's handler back itself (its own signal handling restores what it found at the
         start), so whoever calls trainer.fit must call this afterwards."""
+        self._trainer = None
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None

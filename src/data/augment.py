@@ -18,7 +18,7 @@ from torch import nn
 
 from src.errors import UserInputError
 from src.utils.command_words import override_value
-from src.utils.setting_checks import is_number, is_pair_of_numbers, is_whole, require_true_or_false
+from src.utils.setting_checks import is_finite_number, is_pair_of_numbers, is_whole, require_true_or_false
 
 DEFAULT_AUGMENT = {
     "enabled": False,
@@ -37,8 +37,8 @@ ERASING_ASPECT_RANGE = (0.3, 3.3)
 
 def _number(key: str, value, low: float | None = None, high: float | None = None, low_open: bool = False) -> float:
     name = f"data.augment.{key}"
-    if not is_number(value):
-        raise UserInputError(f"{name}={override_value(value)} is invalid: it must be a number.")
+    if not is_finite_number(value):
+        raise UserInputError(f"{name}={override_value(value)} is invalid: it must be a finite number.")
     too_low = low is not None and (value <= low if low_open else value < low)
     if too_low or (high is not None and value > high):
         bounds = [f"{'>' if low_open else '>='} {low}" if low is not None else "", f"<= {high}" if high is not None else ""]

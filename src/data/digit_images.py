@@ -10,6 +10,7 @@ and pen strokes too thin to survive the shrink to 20×20 widened.
 from __future__ import annotations
 
 import re
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,10 @@ SMOOTHED_SIZE = 96
 STRAY_INK = 0.001
 # Edge medians of evenly or gradually lit paper have top + bottom = left + right to within this (see paper_shade).
 UNEVEN_EDGES = 0.15
+# Opaque pixels in an image with a transparent border: from this share of the image on, with more than SHEET_INK of
+# them standing out from the rest, they are a sheet of paper with ink on it (see paper_behind_transparency).
+SHEET_SHARE = 0.35
+SHEET_INK = 0.001
 # Stroke widths in the 20×20 box as `stroke_width` measures them on MNIST: 1st percentile and median.
 THIN_STROKE = 1.0
 MNIST_STROKE = 1.8
@@ -59,7 +64,8 @@ def read_grayscale(path: str | Path) -> np.ndarray:
         raise DigitImageError(f"too large to read ({_megapixels(err)} megapixels, more than Pillow's limit of "
                               f"{Image.MAX_IMAGE_PIXELS * 2 / 1e6:.3g}): scale it down, e.g. to 2000 pixels on its "
                               "longer side") from err
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    # SyntaxError: Pillow's for a damaged PNG chunk; EOFError and struct.error: other formats cut short.
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError, struct.error) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DigitImageError(f"not a readable image ({reason})") from err
     if image.mode in ("P", "PA"):
@@ -103,6 +109,13 @@ def paper_behind_transparency(gray: np.ndarray, alpha: np.ndarray) -> float:
         return float(np.median(edge_gray[opaque_edge]))
     if alpha.sum() == 0:
         return 0.0  # fully transparent: blank, reported later
+    opaque = gray[alpha > 0.5]
+    if opaque.size >= SHEET_SHARE * alpha.size:
+        # A sheet of paper in a transparent frame (a photo rotated in an editor, a cut-out): most of it is paper, and
+        # the ink on it contrasts with that shade. Strokes alone, however bold, are one shade.
+        sheet = float(np.median(opaque))
+        if np.mean(np.abs(opaque - sheet) > MIN_CONTRAST) > SHEET_INK:
+            return sheet
     # Ink on a transparent sheet: the paper is whatever contrasts with the ink.
     ink = float((gray * alpha).sum() / alpha.sum())
     return 1.0 if ink < 0.5 else 0.0

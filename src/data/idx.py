@@ -43,6 +43,9 @@ def _starts_as_idx(path: Path) -> bool:
 
 def parse_idx(data: bytes, path: Path, expected_ndim: int) -> torch.Tensor:
     """Parse IDX `data` (read from `path`, used in messages) into a uint8 tensor of `expected_ndim` dims."""
+    if data[:2] == b"\x1f\x8b" and path.suffix == ".gz":
+        raise IdxFormatError(f"{path}: compressed twice (a gzip archive inside the gzip archive). Decompress it "
+                             f"once: gunzip {path} && mv {path.with_suffix('')} {path}")
     if data[:2] == b"\x1f\x8b":
         raise IdxFormatError(f"{path}: a gzip archive under a plain name. Rename it to {path.name}.gz (it is read as it "
                              f"is), or decompress it: mv {path} {path}.gz && gunzip {path}.gz")

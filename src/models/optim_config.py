@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 from src.errors import UserInputError
 from src.utils.command_words import override_value
-from src.utils.setting_checks import is_number, is_pair_of_numbers, is_whole
+from src.utils.setting_checks import is_finite_number, is_number, is_pair_of_numbers, is_whole
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("none", "onecycle", "cosine")
@@ -63,7 +63,7 @@ def check_optimizer_config(config: Mapping) -> None:
         raise UserInputError(f"model.optimizer.name={override_value(name)} is unknown: "
                              f"choose one of {', '.join(OPTIMIZERS)}.")
     decay = config["weight_decay"]
-    _require(is_number(decay) and decay >= 0, "model.optimizer.weight_decay", decay, "a number >= 0")
+    _require(is_finite_number(decay) and decay >= 0, "model.optimizer.weight_decay", decay, "a finite number >= 0")
     for key in ("decay_norm_and_bias", "nesterov"):
         _require(isinstance(config[key], bool), f"model.optimizer.{key}", config[key], "true or false")
     betas = config["betas"]
@@ -90,9 +90,9 @@ def check_scheduler_config(config: Mapping | None) -> None:
              "a number in (0, 1): the share of steps spent warming up")
     for key in ("div_factor", "final_div_factor"):
         value = config[key]
-        _require(is_number(value) and value > 0, f"model.scheduler.{key}", value, "a number > 0")
+        _require(is_finite_number(value) and value > 0, f"model.scheduler.{key}", value, "a finite number > 0")
     warmup = config["warmup_steps"]
     _require(is_whole(warmup) and warmup >= 0,
              "model.scheduler.warmup_steps", warmup, "a whole number >= 0")
     min_lr = config["min_lr"]
-    _require(is_number(min_lr) and min_lr >= 0, "model.scheduler.min_lr", min_lr, "a number >= 0")
+    _require(is_finite_number(min_lr) and min_lr >= 0, "model.scheduler.min_lr", min_lr, "a finite number >= 0")

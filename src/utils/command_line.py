@@ -79,6 +79,11 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
             # `hydra.run.dir=$RUN_DIR` with the variable unset: the run would write into the current folder, or `/`.
             return (f"{word} is empty: it must be a folder (an unset shell variable?). Give one, or leave the setting "
                     "out for its default.")
+        if value.strip().strip("'\"") == "" and key == "ckpt_path":  # train: it read as none, then Lightning failed
+            instead = ("a checkpoint to resume from (or last), or leave it out to train from scratch"
+                       if entry_point == "train" else
+                       "a checkpoint file, e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt")
+            return f"{word} is empty (an unset shell variable?): give {instead}."
     for word in arguments:
         dropped = _dropped_group(word, entry_point)
         if dropped:

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from src.utils.path_overrides import quoted_path
+from src.utils.path_overrides import quoted_path, reads_as_number
 
 _CALLED_FROM_PYTHON = contextvars.ContextVar("called_from_python", default=False)
 # What Hydra's override grammar reads as a value unquoted: not `~`, spaces, `=`, `,`, brackets, letters beyond ASCII.
@@ -52,7 +52,7 @@ def override_value(value) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         plain = _PLAIN_VALUE.fullmatch(value) and value.lower() not in ("null", "true", "false")
-        return value if plain and not _reads_as_number(value) else "'" + value.replace("'", "\\'") + "'"
+        return value if plain and not reads_as_number(value) else "'" + value.replace("'", "\\'") + "'"
     if isinstance(value, Sequence):  # a list, a tuple or a ListConfig
         return f"[{', '.join(map(override_value, value))}]"
     return str(value)
@@ -61,14 +61,6 @@ def override_value(value) -> str:
 def counted(number: int, noun: str, plural: str | None = None) -> str:
     """`1 block`, `3 blocks`; `plural` where it is not the noun and an s (batches)."""
     return f"{number} {noun if number == 1 else plural or noun + 's'}"
-
-
-def _reads_as_number(word: str) -> bool:
-    try:
-        float(word)
-    except ValueError:
-        return False
-    return True
 
 
 def typed(word: str) -> str:

@@ -42,8 +42,18 @@ def _quoted_argument(argument: str, sweeping: bool) -> str:
 def quoted_path(path: str) -> str:
     """`path` as Hydra's override grammar must read it: quoted where needed, a leading `~` expanded."""
     path = os.path.expanduser(path)
-    plain = HYDRA_UNQUOTED.fullmatch(path) and path == path.strip()  # Hydra would drop spaces at either end
+    # Hydra would drop spaces at either end, and read a folder named 2024 as a number.
+    plain = HYDRA_UNQUOTED.fullmatch(path) and path == path.strip() and not reads_as_number(path)
     return path if plain else '"' + path.replace('"', '\\"') + '"'
+
+
+def reads_as_number(word: str) -> bool:
+    """Whether Hydra's grammar would read `word` as a number (2024, 1e3, inf, nan) rather than as text."""
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
 
 
 def _list_elements(inner: str) -> list[str]:

@@ -3,6 +3,7 @@ strings, which Python would count as true; and Python counts a bool as an int, w
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 from pathlib import PurePath
@@ -18,6 +19,11 @@ def is_whole(value) -> bool:
 
 def is_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def is_finite_number(value) -> bool:
+    """A number that is not nan or ±inf (Hydra reads `nan`, `inf` and `.inf` as floats)."""
+    return is_number(value) and math.isfinite(value)
 
 
 def plain_values(value):
@@ -60,7 +66,7 @@ def save_plain_hyperparameters(owner, frame) -> None:
 def is_pair_of_numbers(value) -> bool:
     """A list such as [0.9, 1.1] (a ListConfig too); not a string or a mapping of two keys."""
     is_pair = not isinstance(value, (str, bytes, Mapping)) and hasattr(value, "__len__") and len(value) == 2
-    return is_pair and all(is_number(v) for v in value)
+    return is_pair and all(is_finite_number(v) for v in value)
 
 
 def require_true_or_false(name: str, value) -> None:

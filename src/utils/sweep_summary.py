@@ -187,8 +187,9 @@ class SweepSummary(Callback):
             ", ".join(f"{count} {status}" for status, count in counts.most_common()) or "no jobs", sweep_dir,
             summary_text(rows),
         )
-        log.info("TensorBoard for the whole sweep: tensorboard --logdir %s",
-                 _tensorboard_folder(config, sweep_dir) or sweep_dir)
+        if _logs_to_tensorboard(config):  # logger=csv or logger=[]: the command would open an empty TensorBoard
+            log.info("TensorBoard for the whole sweep: tensorboard --logdir %s",
+                     _tensorboard_folder(config, sweep_dir) or sweep_dir)
         stopped_with = requested_exit_code(sweep_dir)
         left = ", ".join(f"{counts[status]} {status}" for status in ("interrupted", "not run") if counts[status])
         if stopped_with is not None:
@@ -208,6 +209,12 @@ class SweepSummary(Callback):
             which = "the sweep that this command ran" if len(ran) < len(rows) else "the sweep"
             log.error("Every job of %s failed; see the error column above.", which)
             raise SystemExit(1)
+
+
+def _logs_to_tensorboard(config: DictConfig) -> bool:
+    loggers = OmegaConf.to_container(config.logger, resolve=False) if isinstance(config.get("logger"), DictConfig) else {}
+    return any(isinstance(logger, dict) and str(logger.get("_target_", "")).endswith("TensorBoardLogger")
+               for logger in loggers.values())
 
 
 def _tensorboard_folder(config: DictConfig, sweep_dir: Path) -> Path | None:
