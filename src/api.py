@@ -67,6 +67,9 @@ class Run:
         if not logger or not logger.get("save_dir"):
             return self.dir / "tensorboard"
         save_dir, was_here = Path(logger.save_dir).expanduser(), Path(str(OmegaConf.select(config, "paths.output_dir")))
+        hydra_record = self.dir / ".hydra" / "hydra.yaml"
+        if not save_dir.is_absolute() and hydra_record.is_file():  # relative to where the run was started, not to here
+            save_dir = Path(str(OmegaConf.select(OmegaConf.load(hydra_record), "hydra.runtime.cwd"))) / save_dir
         if save_dir.is_relative_to(was_here):
             save_dir = self.dir / save_dir.relative_to(was_here)
         return save_dir / str(logger.get("name") or "") / str(logger.get("version") or "")

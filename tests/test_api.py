@@ -182,6 +182,21 @@ def test_a_run_is_reopened_by_its_folder_under_the_project_from_a_notebook_elsew
         api.Run("outputs/2026-12-04/no-such-run")  # named as given, not as a path under the project
 
 
+def test_a_runs_history_is_found_in_a_relative_tensorboard_folder_from_anywhere(tmp_path, synthetic_data_dir,
+                                                                              monkeypatch):
+    """logger.tensorboard.save_dir=tb (a folder shared by runs, given relative to where they start) was looked up
+    relative to the notebook's folder of the moment: history() was empty from anywhere else."""
+    overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
+    (tmp_path / "here").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    run = api.train(*overrides, "model=mlp", "logger.tensorboard.save_dir=tb", f"paths.log_dir={tmp_path / 'outputs'}")
+    history = run.history()
+    assert history and (tmp_path / "here" / "tb").is_dir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert api.Run(run.dir).history() == history
+
+
 def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_it_was(tmp_path):
     refusals = [
         ([["model.dropout=2"]], r"model.dropout=2 is invalid"),  # the settings as one list, too
@@ -234,6 +249,27 @@ def test_a_loop_over_learning_rates_goes_on_past_a_diverging_one(tmp_path, synth
             assert isinstance(err, ReportedError)
             results[lr] = str(err)
     assert results["1e30"].startswith("Training diverged at epoch 0") and results["0.01"] == "ok"
+
+
+def test_a_resume_from_python_leaves_the_callers_torch_settings_as_they_were(tmp_path, synthetic_data_dir, monkeypatch,
+                                                                          request, caplog):
+    """A resume takes its checkpoint's CPU threads, and Lightning's Trainer sets torch's deterministic mode: the
+    notebook's own work after the run, and its later runs, went on with those."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # set, it would keep the resume from changing the threads
+    request.addfinalizer(functools.partial(torch.set_num_threads, torch.get_num_threads()))
+    request.addfinalizer(functools.partial(torch.use_deterministic_algorithms, torch.are_deterministic_algorithms_enabled(),
+                                           warn_only=torch.is_deterministic_algorithms_warn_only_enabled()))
+    overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
+    overrides += ["model=mlp", "model.scheduler.name=none", f"paths.log_dir={tmp_path}"]
+    torch.set_num_threads(1)
+    first = api.train(*overrides, "trainer.max_epochs=1")
+    torch.set_num_threads(2)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    with caplog.at_level(logging.INFO):
+        api.train(*overrides, "trainer.max_epochs=2", f"ckpt_path={first.dir / 'checkpoints' / 'last.ckpt'}")
+    assert "Using 1 CPU thread, as the run that saved the checkpoint did" in caplog.text
+    assert torch.get_num_threads() == 2
+    assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
 
 
 def test_ddp_that_relaunches_the_script_is_refused_from_python(tmp_path):

@@ -53,6 +53,9 @@ def test_speed_switches_train_and_checkpoint_normally(tmp_path, synthetic_data_d
     # Checkpoints look the same with or without the switches: an uncompiled model loads them.
     model, _ = load_classifier(metrics["best_model_path"])
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    # Tested (src.eval, train=false) without compiling, which a machine without a C++ compiler could not do.
+    model.setup("test")
+    assert "_compiled_net" not in model.__dict__
 
 
 def test_channels_last_changes_the_layout_not_the_function():
@@ -92,6 +95,14 @@ def test_the_model_summary_shows_the_network_without_the_metric_objects(capsys):
     assert rows == ["net", "net.0", "net.1", "net.2", "net.3", "net.4", "net.5"], table
     assert "Modules in train mode: 6" in table and "Modules in eval mode: 1" in table
     assert "Total FLOPs: 101 K" in table  # 2 × (784 × 64 + 64 × 10)
+    # Compiled, through its network uncompiled (it showed 0 FLOPs and no sizes): the compiled one is kept for training.
+    compiled = MLP(optimizer={"name": "adam", "lr": 1e-3}, hidden_sizes=[64], compile=True)
+    compiled.setup("fit")
+    kept = compiled.__dict__["_compiled_net"]
+    NetworkSummary(max_depth=3).on_fit_start(SimpleNamespace(is_global_zero=True, strategy=None), compiled)
+    table = capsys.readouterr().out
+    assert "Total FLOPs: 101 K" in table and "In sizes" in table and "[1, 784]" in table
+    assert compiled.__dict__["_compiled_net"] is kept and compiled.example_input_array is None
 
 
 def test_weights_converted_to_bfloat16_train_with_the_model_summary_on(tmp_path, synthetic_data_dir):

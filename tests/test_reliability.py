@@ -151,6 +151,9 @@ CONFIG_CASES = {
     "ema decay 0": (["callbacks=[default,ema]", "callbacks.ema.decay=0"], "callbacks.ema.decay=0 is invalid: it must be a number in (0, 1)"),
     "betas of three": (["+model.optimizer.betas=[0.9,0.99,0.5]"], "model.optimizer.betas=[0.9, 0.99, 0.5] is invalid"),
     "rotation past 180": (["data.augment.degrees=181"], "data.augment.degrees=181 is invalid"),
+    # It trained into nan at once, then advised a lower learning rate, which could not help.
+    "float16 weights with adam": (["trainer.precision=16-true"], "trainer.precision=16-true cannot train with "
+                                  "model.optimizer.name=adam: its running averages underflow in float16"),
     "tensorboard log_dir": (["+logger.tensorboard.log_dir=x"], "logger.tensorboard.log_dir is not a setting of logger.tensorboard"),
     "diverging lr": (
         ["model.batch_norm=false", "model.optimizer.name=sgd", "model.optimizer.lr=1e30", "model.scheduler.name=none"],
@@ -1236,8 +1239,10 @@ def test_callbacks_without_the_usual_checkpoint_are_allowed_when_chosen_delibera
     ["++trainer.limit_val_batches=1.0"],  # all of them, as the message for a wrong one says
     ["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=0"],  # stop at the first non-improvement
     ["train=false", "callbacks=[early_stopping]"],  # testing only: no checkpoint callback needed
+    ["trainer.precision=16-true", "model.optimizer.name=sgd"],  # float16 weights train with SGD
+    ["trainer.precision=16-true", "train=false"],  # and test with any optimizer's checkpoint
 ], ids=["no step logging", "deterministic warn", "testing batch norm on batches of 1", "all validation batches",
-        "patience 0", "early stopping when only testing"])
+        "patience 0", "early stopping when only testing", "float16 with sgd", "float16 testing"])
 def test_edge_values_that_are_valid_are_accepted(tmp_path, overrides):
     from src.utils.validate import validate_train_config
 

@@ -343,6 +343,19 @@ def test_label_smoothing_applies_to_the_training_loss_only():
     assert abs(float(train_loss - val_loss)) > 1e-3  # the two are told apart
 
 
+def test_ema_keeps_float64_weights_whole_under_64_true(tmp_path, synthetic_data_dir):
+    """The average was made before Lightning converted the module to float64: it stayed float32, and the swaps around
+    each validation rounded the training weights to float32."""
+    ema = ["model=mlp", "callbacks=[default,ema]", "callbacks.ema.decay=0.9", "trainer.precision=64-true"]
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), *ema]))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    raw = {key: value for key, value in checkpoint["current_model_state"].items() if key.startswith("net.")}
+    assert all(value.dtype == torch.float64 for value in raw.values() if value.is_floating_point())
+    assert any(not torch.equal(value, value.float().double()) for value in raw.values() if value.is_floating_point())
+    averaged = [value for key, value in checkpoint["state_dict"].items() if key.startswith("net.")]
+    assert all(value.dtype == torch.float64 for value in averaged if value.is_floating_point())
+
+
 def test_ema_weights_are_the_ones_saved_and_tested(tmp_path, synthetic_data_dir):
     ema = ["model=mlp", "callbacks=[default,ema]", "callbacks.ema.decay=0.9", "trainer.max_epochs=2"]
     trained = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *ema]))

@@ -3,9 +3,14 @@ modules: no parameters, no sizes), which filled half the rows of Lightning's sum
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
+import torch
 from pytorch_lightning.callbacks import RichModelSummary
 from pytorch_lightning.utilities.model_summary import ModelSummary
 from torchmetrics import Metric
+
+from src.models.networks import IMAGE_SIDE
 
 
 class _WithoutMetrics(ModelSummary):
@@ -30,3 +35,24 @@ class NetworkSummary(RichModelSummary):
 
     def _summary(self, trainer, pl_module) -> ModelSummary:
         return _WithoutMetrics(pl_module, max_depth=self._max_depth)
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        with _eager_with_an_example(pl_module):
+            super().on_fit_start(trainer, pl_module)
+
+
+@contextmanager
+def _eager_with_an_example(pl_module):
+    """A compiled classifier has no example image (through the compiled network it would compile a graph for batches
+    of one): the summary, which showed 0 FLOPs and no sizes then, runs one through the network uncompiled."""
+    compiled = pl_module.__dict__.get("_compiled_net")
+    if compiled is None or pl_module.example_input_array is not None:
+        yield
+        return
+    del pl_module.__dict__["_compiled_net"]
+    pl_module.example_input_array = torch.zeros(1, 1, IMAGE_SIDE, IMAGE_SIDE)
+    try:
+        yield
+    finally:
+        pl_module.example_input_array = None
+        pl_module.__dict__["_compiled_net"] = compiled

@@ -108,7 +108,10 @@ class WeightEMA(WeightAveraging):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._average_model is not None:
-            self._average_model.to(pl_module.device)
+            # Made before trainer.precision=64-true converted the module: a float32 average rounded the float64 weights
+            # at every swap for validation. In bf16-true/16-true the average stays float32, where it sums finely.
+            weights = next(pl_module.parameters())
+            self._average_model.to(pl_module.device, dtype=torch.promote_types(torch.float32, weights.dtype))
         self._updates_counted = None  # read at the first update, after a resumed run's average is restored
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,

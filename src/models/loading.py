@@ -102,10 +102,15 @@ def check_trainable(model: object, target: str) -> None:
 
 
 def classifier_like(checkpoint: dict) -> DigitClassifier:
-    """A new classifier of the checkpoint's class and hyperparameters; its weights are not loaded."""
+    """A new classifier of the checkpoint's class and hyperparameters; its weights are not loaded. Not compiled, for
+    testing and predicting: model.compile is for speed in training, and a machine without a C++ compiler (a laptop
+    testing a GPU run's checkpoint) cannot compile at all."""
     cls = model_class(checkpoint["model_class"])
+    settings = checkpoint["hyper_parameters"]
+    if isinstance(settings, dict) and settings.get("compile"):
+        settings = {**settings, "compile": False}
     try:
-        return cls(**checkpoint["hyper_parameters"])
+        return cls(**settings)
     except TypeError as err:  # a setting this version's class does not take
         raise CheckpointError(
             f"checkpoint's {checkpoint['model_class']} settings do not fit this version of it ({err}). "

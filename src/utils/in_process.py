@@ -142,8 +142,9 @@ def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_
 @contextmanager
 def _callers_global_state() -> Iterator[None]:
     """A run seeds Python's, NumPy's and torch's random generators (seed_everything), leaves the seed in environment
-    variables that Lightning's DataLoader workers and DDP's processes read, and silences a few of Lightning's warnings
-    and log lines: the caller's own sampling and Lightning code afterwards find all of these as they were."""
+    variables that Lightning's DataLoader workers and DDP's processes read, sets torch's CPU threads (a resume takes its
+    checkpoint's) and, through Lightning's Trainer, torch's deterministic mode, and silences a few of Lightning's
+    warnings and log lines: the caller's own work and Lightning code afterwards find all of these as they were."""
     import os
     import random
     import warnings
@@ -151,8 +152,11 @@ def _callers_global_state() -> Iterator[None]:
     import numpy
     import torch
 
-    names = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS")
+    names = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "CUBLAS_WORKSPACE_CONFIG")
     callers = {name: os.environ.get(name) for name in names}
+    threads, cudnn_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    deterministic_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     python_state, numpy_state, torch_state = random.getstate(), numpy.random.get_state(), torch.get_rng_state()
     # Only a CUDA already in use: reading its state would start it, which ddp_fork (in a notebook) refuses afterwards.
     cuda_states = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
@@ -176,6 +180,9 @@ def _callers_global_state() -> Iterator[None]:
         else:  # the run's seed replaced the caller's queued one, or seeded a CUDA the run started
             torch.cuda.manual_seed_all(callers_seed)
         lightning_log.filters = log_filters
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=deterministic_warn_only)
+        torch.backends.cudnn.benchmark = cudnn_benchmark
 
 
 def _run_folder(cfg: DictConfig) -> Path:

@@ -8,7 +8,7 @@ import logging
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserInputError
-from src.models.optim_config import check_optimizer_config, check_scheduler_config
+from src.models.optim_config import check_optimizer_config, check_scheduler_config, optimizer_settings
 from src.utils.command_words import override_value
 from src.utils.instantiate import not_a_setting, takes_setting
 from src.utils.setting_checks import is_number, is_whole, require_true_or_false
@@ -68,6 +68,13 @@ def _check_switches(cfg: DictConfig, model: dict) -> None:
     if cfg.get("train") and model.get("batch_norm") and is_whole(cfg.data.get("batch_size")) and cfg.data.batch_size == 1:
         raise UserInputError("data.batch_size=1 cannot train with batch norm (it needs 2 or more images per batch). "
                              "Use data.batch_size>=2, or model.batch_norm=false.")
+    optimizer = optimizer_settings(model.get("optimizer") or {})["name"]
+    if cfg.get("train") and str(cfg.trainer.get("precision")) == "16-true" and optimizer in ("adam", "adamw"):
+        # Adam's eps (1e-8) is 0 in float16 and small squared gradients underflow to 0: updates of 0/0 from the start.
+        raise UserInputError(f"trainer.precision=16-true cannot train with model.optimizer.name={optimizer}: its "
+                             "running averages underflow in float16, and the first steps give nan. Use "
+                             "trainer.precision=bf16-true (the same memory, float32's range), 16-mixed, or "
+                             "model.optimizer.name=sgd.")
 
 
 def _check_epochs(cfg: DictConfig) -> None:
