@@ -120,6 +120,7 @@ def test_biases_and_batch_norm_can_be_exempt_from_weight_decay(name):
     ({"name": "adam", "lr": 1e-3, "weight_decy": 0.1}, "model.optimizer.weight_decy is not a setting of model.optimizer"),
     ({"name": "adam", "lr": 1e-3, "weight_decay": -1}, "model.optimizer.weight_decay=-1 is invalid: it must be a finite number >= 0"),
     ({"name": "adamw", "lr": 1e-3, "weight_decay": float("inf")}, "model.optimizer.weight_decay=inf is invalid"),
+    ({"name": "adamw", "lr": 1e-3, "weight_decay": 10**400}, "model.optimizer.weight_decay=1000.* is invalid"),  # no float
     ({"name": "adam", "lr": 1e-3, "betas": [0.9]}, "model.optimizer.betas=[0.9] is invalid"),
     ({"name": "sgd", "lr": 0.1, "momentum": 0}, "set model.optimizer.nesterov=false"),
     ({"name": "adam", "lr": 1e-3, "betas": [0.9, 1.0]}, "is invalid: it must be a pair [beta1, beta2] of numbers in [0, 1"),

@@ -139,20 +139,26 @@ def test_a_sheet_in_a_transparent_frame_counts_as_paper(tmp_path):
     """A photo rotated in an editor leaves transparent corners, a cut-out a transparent surround: the sheet is the
     paper there, not ink (the whole sheet was taken for a light digit, with the 6 a hole in it)."""
     on_paper = draw_six(paper=235, ink=25).convert("RGBA")
-    rotated = on_paper.rotate(15, expand=True)  # transparent black corners
-    flattened = Image.alpha_composite(Image.new("RGBA", rotated.size, (235, 235, 235, 255)), rotated).convert("L")
-    expected = prepared(flattened, tmp_path, "flattened.png")
-    np.testing.assert_allclose(prepared(rotated, tmp_path, "rotated.png"), expected, atol=0.02)
+    for resample in (Image.Resampling.NEAREST, Image.Resampling.BICUBIC):
+        rotated = on_paper.rotate(15, expand=True, resample=resample)  # transparent black corners
+        flattened = Image.alpha_composite(Image.new("RGBA", rotated.size, (235, 235, 235, 255)), rotated).convert("L")
+        expected = prepared(flattened, tmp_path, "flattened.png")
+        np.testing.assert_allclose(prepared(rotated, tmp_path, "rotated.png"), expected, atol=0.02)
     cut_out = Image.new("RGBA", (400, 300), (0, 0, 0, 0))
     cut_out.paste(on_paper, (50, 50))
     np.testing.assert_allclose(prepared(cut_out, tmp_path, "cut_out.png"), prepared(on_paper.convert("L"), tmp_path),
                                atol=1e-5)
-    # Bold strokes alone, covering more than that share of their canvas, are still ink on transparent paper.
+    # Bold strokes alone, covering more than that share of their canvas, are still ink on transparent paper: drawn in
+    # one shade, and cut out of a scan with their anti-aliased rim of greys (which stand out from the ink's shade).
     bold = draw_six(size=(90, 170), box=(5, 5, 85, 165), stroke=30)
     black = Image.new("L", bold.size, 0)
     assert (np.asarray(bold) > 127).mean() > 0.4
     np.testing.assert_allclose(prepared(Image.merge("LA", (black, bold)), tmp_path, "bold.png"), prepared(bold, tmp_path),
                                atol=1e-5)
+    scan = draw_six(size=(360, 680), box=(20, 20, 340, 660), paper=255, ink=0, stroke=120).resize(
+        (90, 170), Image.Resampling.LANCZOS)
+    cut_out = Image.merge("LA", (scan, scan.point(lambda shade: 0 if shade > 230 else 255)))  # the white removed
+    np.testing.assert_allclose(prepared(cut_out, tmp_path, "bold_cut_out.png"), prepared(scan, tmp_path), atol=1e-5)
 
 
 def test_sixteen_bit_and_sideways_stored_images_are_read_as_shown(tmp_path):

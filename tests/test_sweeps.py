@@ -681,8 +681,15 @@ def test_the_launcher_takes_two_ctrl_cs_as_requests_and_the_third_as_an_abort(tm
 
     handlers: dict = {}
     monkeypatch.setattr(signal, "signal", lambda signum, handler: handlers.setdefault(signum, handler))
+    monkeypatch.setattr(signal, "getsignal", lambda signum: signal.default_int_handler)  # as in a terminal
     monkeypatch.setenv("MNIST_SWEEP_LAUNCHER_PID", "")  # set by the call: put back as it was
     leave_interruptions_to_the_jobs(tmp_path)
+    # Started with Ctrl-C ignored (a script's background job), it leaves it so: its jobs would take it over too.
+    ignored: dict = {}
+    monkeypatch.setattr(signal, "signal", lambda signum, handler: ignored.setdefault(signum, handler))
+    monkeypatch.setattr(signal, "getsignal", lambda signum: signal.SIG_IGN)
+    leave_interruptions_to_the_jobs(tmp_path)
+    assert set(ignored) == {signal.SIGTERM}
     monkeypatch.undo()
     try:
         for _ in range(2):

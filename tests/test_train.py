@@ -514,7 +514,7 @@ def test_ctrl_c_in_the_sanity_check_stops_it_at_once(tmp_path, synthetic_data_di
     assert str(stopped.value) == ("Training stopped by Ctrl-C before its first step: nothing was trained or saved. "
                                   "Run the same command again.")
     assert stopped.value.exit_code == 130
-    assert "Ctrl-C: stopping the sanity check after this batch (nothing is trained yet)." in caplog.messages
+    assert "Ctrl-C: stopping the sanity check after this batch, before any training step." in caplog.messages
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
     assert hparams_values(tmp_path)["model"] == "MLP"  # a stopped sweep job has its row in the HParams table too
 

@@ -78,7 +78,7 @@ class GracefulStop(pl.Callback):
 
     def _request_stop(self, signum, frame) -> None:
         if self._trainer is not None and self._trainer.sanity_checking:
-            log.warning("Ctrl-C: stopping the sanity check after this batch (nothing is trained yet).")
+            log.warning("Ctrl-C: stopping the sanity check after this batch, before any training step.")
         else:
             log.warning("Ctrl-C: stopping after this batch and saving a checkpoint (Ctrl-C again to abort at once).")
         self._requested = True

@@ -35,9 +35,11 @@ STRAY_INK = 0.001
 # Edge medians of evenly or gradually lit paper have top + bottom = left + right to within this (see paper_shade).
 UNEVEN_EDGES = 0.15
 # Opaque pixels in an image with a transparent border: from this share of the image on, with more than SHEET_INK of
-# them standing out from the rest, they are a sheet of paper with ink on it (see paper_behind_transparency).
+# them standing out from the rest at more than SHEET_RIM pixels from the transparency, they are a sheet of paper with
+# ink on it (see paper_behind_transparency).
 SHEET_SHARE = 0.35
 SHEET_INK = 0.001
+SHEET_RIM = 2
 # Stroke widths in the 20×20 box as `stroke_width` measures them on MNIST: 1st percentile and median.
 THIN_STROKE = 1.0
 MNIST_STROKE = 1.8
@@ -109,16 +111,28 @@ def paper_behind_transparency(gray: np.ndarray, alpha: np.ndarray) -> float:
         return float(np.median(edge_gray[opaque_edge]))
     if alpha.sum() == 0:
         return 0.0  # fully transparent: blank, reported later
-    opaque = gray[alpha > 0.5]
-    if opaque.size >= SHEET_SHARE * alpha.size:
+    opaque = alpha > 0.5
+    if opaque.mean() >= SHEET_SHARE:
         # A sheet of paper in a transparent frame (a photo rotated in an editor, a cut-out): most of it is paper, and
-        # the ink on it contrasts with that shade. Strokes alone, however bold, are one shade.
-        sheet = float(np.median(opaque))
-        if np.mean(np.abs(opaque - sheet) > MIN_CONTRAST) > SHEET_INK:
+        # the ink that stands out from that shade lies inside it. What stands out from bold strokes (their
+        # anti-aliased rim) lies at their edge.
+        sheet = float(np.median(gray[opaque]))
+        standing_out = opaque & (np.abs(gray - sheet) > MIN_CONTRAST)
+        inside = standing_out & _inside(opaque, SHEET_RIM)
+        if inside.sum() > max(SHEET_INK * opaque.sum(), standing_out.sum() / 2):
             return sheet
     # Ink on a transparent sheet: the paper is whatever contrasts with the ink.
     ink = float((gray * alpha).sum() / alpha.sum())
     return 1.0 if ink < 0.5 else 0.0
+
+
+def _inside(mask: np.ndarray, rim: int) -> np.ndarray:
+    """The pixels of `mask` more than `rim` pixels (along rows, columns or diagonals) from any pixel outside it,
+    the image's edge included."""
+    outside = torch.from_numpy(~mask).float()[None, None]
+    outside = torch.nn.functional.pad(outside, (rim, rim, rim, rim), value=1.0)
+    near_outside = torch.nn.functional.max_pool2d(outside, 2 * rim + 1, stride=1)[0, 0].numpy() > 0
+    return mask & ~near_outside
 
 
 def paper_shade(gray: np.ndarray) -> np.ndarray:

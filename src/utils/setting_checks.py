@@ -22,8 +22,12 @@ def is_number(value) -> bool:
 
 
 def is_finite_number(value) -> bool:
-    """A number that is not nan or ±inf (Hydra reads `nan`, `inf` and `.inf` as floats)."""
-    return is_number(value) and math.isfinite(value)
+    """A number that is not nan or ±inf (Hydra reads `nan`, `inf` and `.inf` as floats), nor an int past a float's
+    range."""
+    try:
+        return is_number(value) and math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def plain_values(value):

@@ -69,7 +69,8 @@ def leave_interruptions_to_the_jobs(sweep_dir: Path) -> None:
                     "Ctrl-C" if signum == signal.SIGINT else "SIGTERM",
                     " (Ctrl-C twice more to abandon them at once)" if signum == signal.SIGINT else "")
 
-    signal.signal(signal.SIGINT, note)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # ignored, as in a script's background job: it stays so
+        signal.signal(signal.SIGINT, note)
     signal.signal(signal.SIGTERM, note)
 
 
