@@ -239,5 +239,20 @@ def test_a_sweep_over_paths_keeps_each_path_whole(tmp_path):
     # -m spelled as a setting sweeps too: two folders, as with -m, not one folder named "<a>,<b>".
     assert quote_paths(["hydra.mode=MULTIRUN", f"data.data_dir={a},{b}"]) == ["hydra.mode=MULTIRUN", f"data.data_dir={a},{b}"]
     assert quote_paths([f"data.data_dir={a},{b}"]) == [f'data.data_dir="{a},{b}"']  # a single run: one folder
+    # A ready-made sweep (sweep=<name>) is a multirun too: both folders were taken for one, and every job failed.
+    assert quote_paths(["sweep=seeds", f"data.data_dir={a},{b}"]) == ["sweep=seeds", f"data.data_dir={a},{b}"]
+    # Its job resumed on its own runs once (hydra.mode=RUN, which its resume command adds), in one folder.
+    assert quote_paths(["sweep=seeds", "hydra.mode=RUN", f"data.data_dir={a},{b}"])[2] == f'data.data_dir="{a},{b}"'
     # Hydra sweeps none of its own settings: a sweep's folder is one path, commas and all.
     assert quote_paths(["-m", f"hydra.sweep.dir={a}=1,b"]) == ["-m", f'hydra.sweep.dir="{a}=1,b"']
+
+
+def test_a_ready_made_sweeps_job_is_resumed_on_its_own_as_one_run():
+    """Its resume command repeated sweep=seeds, which made it a new sweep that started from scratch elsewhere."""
+    from src.utils.command_words import resume_command
+    from src.utils.path_overrides import is_multirun
+
+    command = resume_command(["sweep=seeds", "seed=1"], "/runs/0_seed=1/checkpoints/last.ckpt")
+    assert command.startswith("python -m src.train sweep=seeds seed=1 hydra.mode=RUN ")
+    assert is_multirun(["sweep=seeds", "seed=1"]) and not is_multirun(["sweep=seeds", "seed=1", "hydra.mode=RUN"])
+    assert resume_command(["seed=1"], "/runs/a/last.ckpt") == "python -m src.train seed=1 ckpt_path=/runs/a/last.ckpt"

@@ -141,6 +141,8 @@ def test_a_slurm_job_must_have_a_task_for_each_training_process(tmp_path, monkey
     (["hydra.run.dir=runs/a", "ckpt_path=last"], "train", True),
     (["-m", "seed=1,2", "hydra.sweep.dir=sweeps/a", "ckpt_path=last"], "train", True),
     (["-m", "seed=1,2", "hydra.run.dir=runs/a", "ckpt_path=last"], "train", False),  # a new sweep folder each time
+    (["sweep=seeds", "hydra.sweep.dir=sweeps/a", "ckpt_path=last"], "train", True),  # a ready-made sweep: the same
+    (["sweep=seeds", "hydra.run.dir=runs/a", "ckpt_path=last"], "train", False),
     (["hydra.sweep.dir=sweeps/a", "ckpt_path=last"], "train", False),  # a single run: a new run folder each time
     (["hydra.run.dir=runs/a"], "train", False),  # starts over
     (["hydra.run.dir=runs/a", "ckpt_path=last"], "eval", False),  # nothing to continue: src.eval refuses it

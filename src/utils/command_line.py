@@ -57,8 +57,7 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
         return ("src.predict does not sweep: it classifies with one checkpoint (its jobs would each write the same "
                 "output= and leave no results for a sweep summary). Run it once per checkpoint.")
     own_sweeper = any(a.lstrip("+").startswith("hydra/sweeper=") for a in arguments)
-    sweeps = multirun or any(a.lstrip("+").startswith("sweep=") for a in arguments)  # a ready-made sweep is a multirun
-    for word in arguments if sweeps and not own_sweeper else []:
+    for word in arguments if multirun and not own_sweeper else []:
         key, _, value = word.partition("=")
         if value.replace(" ", "").startswith(("interval(", "tag(")) and "interval(" in value:
             # Hydra's basic sweeper fails on it with a traceback that names no fix.

@@ -125,6 +125,8 @@ def resume_command(overrides, ckpt_path) -> str:
     from src.utils.run_folders import LATEST, asks_for_last
 
     words = without_ckpt_path(overrides)
+    if any(word.lstrip("+").startswith("sweep=") for word in words):  # a ready-made sweep's job: this one run of it
+        words.append("hydra.mode=RUN")
     if asks_for_last(command_overrides() or []):  # the run's own command goes on: in its folder, from its last.ckpt
         folder = quoted_path(HydraConfig.get().runtime.output_dir)
         return command("train", [*words, f"hydra.run.dir={folder}", f"ckpt_path={LATEST}"])

@@ -20,9 +20,15 @@ def quote_paths(arguments: list[str]) -> list[str]:
 
 
 def is_multirun(arguments: list[str]) -> bool:
-    """-m, or its spelling as a setting: hydra.mode=MULTIRUN."""
-    return bool({"-m", "--multirun"} & set(arguments)) or any(
-        a.lstrip("+").lower().replace('"', "").replace("'", "") == "hydra.mode=multirun" for a in arguments)
+    """-m, its spelling as a setting (hydra.mode=MULTIRUN), or a ready-made sweep (sweep=<name>, whose config sets
+    that mode) unless hydra.mode=RUN makes it one run (a sweep job resumed on its own)."""
+    if {"-m", "--multirun"} & set(arguments):
+        return True
+    words = [a.lstrip("+").lower().replace('"', "").replace("'", "") for a in arguments]
+    if "hydra.mode=run" in words:
+        return False
+    ready_made = any(word.startswith("sweep=") and word not in ("sweep=", "sweep=null") for word in words)
+    return ready_made or "hydra.mode=multirun" in words
 
 
 def _quoted_argument(argument: str, sweeping: bool) -> str:

@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import logging
+import shlex
 import shutil
 import time
 from collections import Counter
@@ -189,7 +190,7 @@ class SweepSummary(Callback):
         )
         if _logs_to_tensorboard(config):  # logger=csv or logger=[]: the command would open an empty TensorBoard
             log.info("TensorBoard for the whole sweep: tensorboard --logdir %s",
-                     _tensorboard_folder(config, sweep_dir) or sweep_dir)
+                     shlex.quote(str(_tensorboard_folder(config, sweep_dir) or sweep_dir)))
         stopped_with = requested_exit_code(sweep_dir)
         left = ", ".join(f"{counts[status]} {status}" for status in ("interrupted", "not run") if counts[status])
         if stopped_with is not None:
