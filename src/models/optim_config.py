@@ -5,7 +5,6 @@ A key that no optimizer (or scheduler) knows is a typo and an error. A key that 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 
 from src.errors import UserInputError
@@ -55,7 +54,7 @@ def check_optimizer_config(config: Mapping) -> None:
     _check_known_keys(config, OPTIMIZER_KEYS, "model.optimizer")
     config = optimizer_settings(config)
     lr = config.get("lr")
-    if not is_number(lr) or not 0 < lr < math.inf:
+    if not is_finite_number(lr) or lr <= 0:
         raise UserInputError(f"model.optimizer.lr={override_value(lr)} is invalid: "
                              "it must be a finite number > 0 (e.g. 1e-3).")
     name = str(config["name"])  # exactly: every place that reads the name compares it as written

@@ -74,11 +74,12 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
             # Hydra: "Multiple values for experiment. To override a value use 'override experiment: fast'".
             return (f"{word}: {key} is a config group the run has already, so an option of it is chosen without `+`: "
                     f"{word.lstrip('+')}.")
-        if value.strip().strip("'\"") == "" and _names_a_folder(key):
+        empty = value.strip().strip("'\"") == ""
+        if empty and _names_a_folder(key):
             # `hydra.run.dir=$RUN_DIR` with the variable unset: the run would write into the current folder, or `/`.
             return (f"{word} is empty: it must be a folder (an unset shell variable?). Give one, or leave the setting "
                     "out for its default.")
-        if value.strip().strip("'\"") == "" and key == "ckpt_path":  # train: it read as none, then Lightning failed
+        if empty and key == "ckpt_path":  # train: it read as none, then Lightning failed
             instead = ("a checkpoint to resume from (or last), or leave it out to train from scratch"
                        if entry_point == "train" else
                        "a checkpoint file, e.g. ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt")

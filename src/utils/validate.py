@@ -51,6 +51,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     check_optimizer_config(model.get("optimizer") or {})
     check_scheduler_config(model.get("scheduler"))
     _check_switches(cfg, model)
+    _check_precision(cfg, model)
     check_run_settings(cfg)
     _check_epochs(cfg)
     _check_fractions(cfg, model)
@@ -68,6 +69,9 @@ def _check_switches(cfg: DictConfig, model: dict) -> None:
     if cfg.get("train") and model.get("batch_norm") and is_whole(cfg.data.get("batch_size")) and cfg.data.batch_size == 1:
         raise UserInputError("data.batch_size=1 cannot train with batch norm (it needs 2 or more images per batch). "
                              "Use data.batch_size>=2, or model.batch_norm=false.")
+
+
+def _check_precision(cfg: DictConfig, model: dict) -> None:
     optimizer = optimizer_settings(model.get("optimizer") or {})["name"]
     if cfg.get("train") and str(cfg.trainer.get("precision")) == "16-true" and optimizer in ("adam", "adamw"):
         # Adam's eps (1e-8) is 0 in float16 and small squared gradients underflow to 0: updates of 0/0 from the start.
