@@ -82,9 +82,16 @@ CONFIG_CASES = {
     "patience as text": (["callbacks=[default,early_stopping]", "callbacks.early_stopping.patience=abc"],
                          "callbacks.early_stopping.patience=abc is invalid: it must be a whole number of validations >= 0."),
     "early stopping min_delta null": (["callbacks=[default,early_stopping]", "callbacks.early_stopping.min_delta=null"],
-                                      "callbacks.early_stopping.min_delta=null is invalid: it must be a number."),
+                                      "callbacks.early_stopping.min_delta=null is invalid: it must be a finite number."),
+    # nan never compares as an improvement: the run stopped after `patience` epochs however well it trained.
+    "early stopping min_delta nan": (["callbacks=[default,early_stopping]", "callbacks.early_stopping.min_delta=nan"],
+                                     "callbacks.early_stopping.min_delta=nan is invalid: it must be a finite number."),
     "early stopping threshold as text": (["callbacks=[default,early_stopping]", "+callbacks.early_stopping.stopping_threshold=x"],
-                                         "callbacks.early_stopping.stopping_threshold=x is invalid: it must be a number, or null"),
+                                         "callbacks.early_stopping.stopping_threshold=x is invalid: it must be a finite number, or null"),
+    "gradient clipping nan": (["++trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val=nan is invalid: it must be "
+                              "a finite number > 0, or 0 or null for no clipping."),
+    # Lightning took it as no clipping without a word.
+    "gradient clipping negative": (["++trainer.gradient_clip_val=-1"], "trainer.gradient_clip_val=-1 is invalid"),
     "unknown optimizer": (["model.optimizer.name=rmsprop"], "model.optimizer.name=rmsprop is unknown: choose one of adam, adamw, sgd"),
     "unknown scheduler": (["model.scheduler.name=step"], "model.scheduler.name=step is unknown: choose one of none, onecycle, cosine"),
     "batch size zero": (["data.batch_size=0"], "data.batch_size=0 is invalid"),

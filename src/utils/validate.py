@@ -11,7 +11,7 @@ from src.errors import UserInputError
 from src.models.optim_config import check_optimizer_config, check_scheduler_config, optimizer_settings
 from src.utils.command_words import override_value
 from src.utils.instantiate import not_a_setting, takes_setting
-from src.utils.setting_checks import is_number, is_whole, require_true_or_false
+from src.utils.setting_checks import is_finite_number, is_number, is_whole, require_true_or_false
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,11 @@ def check_run_settings(cfg: DictConfig) -> None:
             raise UserInputError(f"{key}={override_value(value)} is invalid: "
                                  "it must be a whole number of batches >= 0, or a fraction "
                                  "of the batches from 0.0 to 1.0 (1.0: all of them).")
+    clip = cfg.trainer.get("gradient_clip_val")
+    # Lightning fails on nan only mid-step, and takes a negative value as no clipping without a word.
+    if clip is not None and not (is_finite_number(clip) and clip >= 0):
+        raise UserInputError(f"trainer.gradient_clip_val={override_value(clip)} is invalid: "
+                             "it must be a finite number > 0, or 0 or null for no clipping.")
     if cfg.trainer.get("deterministic") not in (None, True, False, "warn"):  # Lightning half applies a text switch
         raise UserInputError(f"trainer.deterministic={override_value(cfg.trainer.deterministic)} is invalid: "
                              "it must be true, false or warn.")
@@ -194,9 +199,10 @@ def _check_early_stopping(callbacks: DictConfig | dict) -> None:
                                  "it must be a whole number of validations >= 0.")
         for key in ("min_delta", "stopping_threshold", "divergence_threshold"):
             value = entry.get(key, 0.0)
-            if not is_number(value) and (value is not None or key == "min_delta") and _is_subclass(entry, EARLY_STOPPING):
-                raise UserInputError(f"callbacks.{name}.{key}={override_value(value)} is invalid: it must be a number"
-                                     f"{'' if key == 'min_delta' else ', or null for none'}.")
+            # nan compares false with everything: min_delta=nan stopped a run that was improving, without a word.
+            if not is_finite_number(value) and (value is not None or key == "min_delta") and _is_subclass(entry, EARLY_STOPPING):
+                raise UserInputError(f"callbacks.{name}.{key}={override_value(value)} is invalid: it must be a finite "
+                                     f"number{'' if key == 'min_delta' else ', or null for none'}.")
 
 
 EARLY_STOPPING = "pytorch_lightning.callbacks.EarlyStopping"
