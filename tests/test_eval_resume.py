@@ -771,7 +771,7 @@ def test_a_resume_takes_the_cpu_threads_its_checkpoint_was_trained_with(tmp_path
     assert ("The checkpoint was trained with 1 CPU thread; this resume uses 2 (OMP_NUM_THREADS), so it may differ "
             "from the run it continues in the last bits.") in caplog.text
     # In a parallel sweep's job, joblib sets OMP_NUM_THREADS itself: the job keeps its share of the cores.
-    monkeypatch.setattr("src.utils.jobs.parallel_jobs", lambda: 2)
+    monkeypatch.setattr("src.utils.jobs.joblib_workers", lambda: 2)
     assert threads_resuming_from_one_with_two() == 2
     assert "this resume uses 2 (its share of the cores in this parallel sweep)" in caplog.text
 

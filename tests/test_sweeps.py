@@ -627,17 +627,60 @@ def test_a_resumed_sweep_job_continues_in_its_own_folder(tmp_path, synthetic_dat
 @pytest.mark.parametrize("n_jobs, jobs", [(None, 1), (1, 1), (3, 3), (16, 8), (-1, 8), (-2, 7), (-8, 1), (-20, 1)])
 def test_parallel_jobs_count_as_joblib_does(monkeypatch, n_jobs, jobs):
     """Each job's CPU threads follow how many jobs run at once: joblib's n_jobs, counted back from the cores if < 0."""
-    from hydra.core.hydra_config import HydraConfig
-
     from src.utils.jobs import parallel_jobs, threads_per_job, usable_cpus
 
-    # The cores this process may use (taskset, a SLURM allocation), as joblib counts them, not the machine's.
+    pretend_a_sweep_job(monkeypatch, n_jobs, sweep_dir="no-such-folder")  # no record of the sweep: n_jobs counts
+    assert usable_cpus() == 8
+    assert (parallel_jobs(), threads_per_job()) == (jobs, 8 // jobs)
+
+
+def pretend_a_sweep_job(monkeypatch, n_jobs: int | None, sweep_dir: str) -> None:
+    """A sweep job's Hydra config with joblib's `n_jobs`, on 8 of the machine's 64 cores (taskset, a SLURM allocation:
+    joblib counts those, not the machine's)."""
+    from hydra.core.hydra_config import HydraConfig
+
     monkeypatch.setattr(os, "cpu_count", lambda: 64)
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-    assert usable_cpus() == 8
     monkeypatch.setattr(HydraConfig, "initialized", staticmethod(lambda: True))
-    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: OmegaConf.create({"launcher": {"n_jobs": n_jobs}})))
+    job = OmegaConf.create({"launcher": {"n_jobs": n_jobs}, "sweep": {"dir": sweep_dir}})
+    monkeypatch.setattr(HydraConfig, "get", staticmethod(lambda: job))
+
+
+@pytest.mark.parametrize("task, params, max_batch_size, jobs", [
+    (["model=mlp,cnn"], {}, None, 2),
+    (["model=mlp,cnn", "seed=1,2,3", "trainer.max_epochs=1"], {}, None, 6),
+    (["model=mlp,cnn", "seed=1,2,3"], {}, 4, 4),
+    (["trainer.max_epochs=1"], {"seed": "1,2,3"}, None, 3),  # sweep=seeds: its values in hydra.sweeper.params
+    (["seed=7"], {"seed": "1,2,3"}, None, 1),  # the command line's value replaces the sweep's
+    (["seed=range(1,30)"], {}, None, 8),  # more jobs than cores: as many as joblib runs
+])
+def test_a_sweep_of_fewer_jobs_than_joblib_workers_shares_the_cores_between_its_jobs(tmp_path, monkeypatch, task, params,
+                                                                                      max_batch_size, jobs):
+    """With n_jobs=-1 on 8 cores, a sweep of 2 jobs ran each with 1 thread: 6 cores stood idle."""
+    from src.utils.jobs import parallel_jobs, threads_per_job
+
+    sweeper = {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "max_batch_size": max_batch_size,
+               "params": params}
+    OmegaConf.save({"hydra": {"sweeper": sweeper, "overrides": {"task": task}}}, tmp_path / "multirun.yaml")
+    pretend_a_sweep_job(monkeypatch, -1, sweep_dir=str(tmp_path))
     assert (parallel_jobs(), threads_per_job()) == (jobs, 8 // jobs)
+    sweeper["_target_"] = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"  # its params mean other things
+    OmegaConf.save({"hydra": {"sweeper": sweeper, "overrides": {"task": task}}}, tmp_path / "multirun.yaml")
+    assert parallel_jobs() == 8
+
+
+def test_a_parallel_sweep_job_that_runs_alone_takes_every_core(tmp_path, synthetic_data_dir):
+    """joblib starts its workers with (cores / n_jobs) threads each: a sweep of one job took that, not every core."""
+    from src.utils.jobs import usable_cpus
+
+    if usable_cpus() < 2:
+        pytest.skip("one core: every run takes 1 thread")
+    result = multirun(tmp_path, synthetic_data_dir, "hydra/launcher=joblib", f"hydra.launcher.n_jobs={usable_cpus()}",
+                      "model=mlp", "test=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    (metrics,) = tmp_path.glob("*/metrics.json")
+    assert json.loads(metrics.read_text())["cpu_threads"] == usable_cpus()
+    assert "sweep jobs run in parallel" not in metrics.with_name("train.log").read_text()
 
 
 def test_the_sweeps_tensorboard_command_names_its_subfolder_of_a_logger_folder_shared_with_other_runs(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -12,8 +13,9 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def parallel_jobs() -> int:
-    """How many jobs of this sweep run at the same time on this machine (joblib's n_jobs; else 1)."""
+def joblib_workers() -> int:
+    """How many worker processes joblib's launcher runs this sweep's jobs in (its n_jobs; else 1). joblib starts each
+    with OMP_NUM_THREADS set to the cores divided by this, however few jobs the sweep has."""
     if not HydraConfig.initialized():
         return 1
     n_jobs = HydraConfig.get().launcher.get("n_jobs")
@@ -23,6 +25,35 @@ def parallel_jobs() -> int:
     if n_jobs < 0:  # joblib's count back from the number of cores: -1 is all of them, -2 all but one
         n_jobs = cpus + 1 + n_jobs
     return max(1, min(n_jobs, cpus))
+
+
+def parallel_jobs() -> int:
+    """How many jobs of this sweep run at the same time on this machine: joblib's workers, but no more than the jobs
+    the sweep hands them (a sweep of 2 jobs with n_jobs=-1 on 16 cores runs 2 at a time, not 16)."""
+    workers = joblib_workers()
+    return min(workers, sweep_batch_size() or workers) if workers > 1 else 1
+
+
+def sweep_batch_size() -> int | None:
+    """How many jobs Hydra's basic sweeper launches at once (all of them, unless hydra.sweeper.max_batch_size), from
+    the sweep's record (multirun.yaml, written before its first job starts); None where that cannot be told."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    try:
+        record = OmegaConf.load(Path(HydraConfig.get().sweep.dir) / "multirun.yaml").hydra
+        if not str(record.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+            return None
+        settings = [f"{key}={value}" for key, value in (record.sweeper.get("params") or {}).items()]
+        # A glob over a config group's options needs the config loader to list them.
+        loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+        overrides = OverridesParser.create(config_loader=loader).parse_overrides(settings + list(record.overrides.task))
+        batches = BasicSweeper.split_arguments(overrides, record.sweeper.get("max_batch_size"))
+    except Exception:  # no record (a job run by other means), another sweeper's settings: count joblib's workers
+        return None
+    return max((len(batch) for batch in batches), default=None)
 
 
 def threads_per_job() -> int:

@@ -189,12 +189,12 @@ def follow_the_checkpoints_threads(checkpoint: dict, trainer) -> None:
     import torch
     from pytorch_lightning.accelerators import CPUAccelerator
 
-    from src.utils.jobs import parallel_jobs, usable_cpus
+    from src.utils.jobs import joblib_workers, usable_cpus
 
     threads, now = checkpoint.get("cpu_threads"), torch.get_num_threads()
     if not isinstance(trainer.accelerator, CPUAccelerator) or not isinstance(threads, int) or threads < 1 or threads == now:
         return
-    if parallel_jobs() > 1:  # joblib's workers set OMP_NUM_THREADS themselves: not the user's choice
+    if joblib_workers() > 1:  # joblib's workers set OMP_NUM_THREADS themselves: not the user's choice
         why = "its share of the cores in this parallel sweep"
     elif "OMP_NUM_THREADS" in os.environ:
         why = "OMP_NUM_THREADS"

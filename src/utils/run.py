@@ -30,7 +30,7 @@ def start_run(cfg: DictConfig, save: bool = True, continuing: bool = False) -> P
 
     from src.utils.command_words import counted
     from src.utils.config_io import print_config_tree, save_config
-    from src.utils.jobs import parallel_jobs, spawn_as_usual_in_joblib_workers, threads_per_job
+    from src.utils.jobs import joblib_workers, parallel_jobs, spawn_as_usual_in_joblib_workers, threads_per_job
     from src.utils.output_folders import refuse_a_used_folder
 
     output_dir = Path(cfg.paths.output_dir)
@@ -41,8 +41,9 @@ def start_run(cfg: DictConfig, save: bool = True, continuing: bool = False) -> P
         if save:
             save_config(cfg, output_dir)
     spawn_as_usual_in_joblib_workers()
-    if parallel_jobs() > 1:
+    if joblib_workers() > 1:  # also for one job at a time: joblib starts its workers with cores / n_jobs threads each
         torch.set_num_threads(threads_per_job())
+    if parallel_jobs() > 1:
         log.info("%d sweep jobs run in parallel: using %s", parallel_jobs(), counted(threads_per_job(), "CPU thread"))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
