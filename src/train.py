@@ -52,6 +52,10 @@ def train(cfg: DictConfig) -> dict:
         from src.utils.rng import unseeded_run_seed
 
         cfg.seed = unseeded_run_seed(checkpoint if resuming else None)
+    if OmegaConf.select(cfg, "data.shuffle_seed", default=0) is None:  # recorded in config.yaml and HParams too
+        from src.utils.rng import unseeded_shuffle_seed
+
+        cfg.data.shuffle_seed = unseeded_shuffle_seed(checkpoint if resuming else None)
     if ckpt_path and not cfg.get("train"):
         take_the_checkpoints_settings(cfg, checkpoint)  # the network and normalization it is tested with
     output_folder = Path(cfg.paths.output_dir).resolve()

@@ -1062,6 +1062,37 @@ def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir, strategy, extra)
     assert len(list((run_dir / "checkpoints").glob("*.ckpt"))) == 2  # best + last, written once
 
 
+class RecordShuffleSeed(pl.Callback):
+    """Writes each process's shuffle seed into `folder`/rank<N>."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        (self.folder / f"rank{trainer.global_rank}").write_text(str(trainer.datamodule.hparams.shuffle_seed))
+
+
+def test_an_unseeded_shuffle_is_drawn_once_for_every_ddp_process_and_kept_by_a_resume(tmp_path, synthetic_data_dir):
+    """data.shuffle_seed=null: each process drew its own, so the ranks' shards overlapped, and the resume command the
+    run printed was refused for its new draw."""
+    from omegaconf import OmegaConf
+
+    run_dir = tmp_path / "run"
+    command = ["src.train", "trainer=ddp_cpu", "data.shuffle_seed=null", f"hydra.run.dir={run_dir}",
+               f"data.data_dir={synthetic_data_dir}", "data.download=false", "data.val_size=80", "data.batch_size=32",
+               "model=mlp", "model.scheduler.name=none", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false",
+               "test=false",
+               f"+callbacks.seeds._target_={__name__}.RecordShuffleSeed", f"+callbacks.seeds.folder={tmp_path}"]
+    result = run_module(*command, "trainer.max_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    drawn = {path.name: int(path.read_text()) for path in tmp_path.glob("rank*")}
+    assert set(drawn) == {"rank0", "rank1"} and drawn["rank0"] == drawn["rank1"], drawn
+    assert OmegaConf.load(run_dir / "config.yaml").data.shuffle_seed == drawn["rank0"]
+    resumed = run_module(*command, "trainer.max_epochs=2", "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert {int(path.read_text()) for path in tmp_path.glob("rank*")} == {drawn["rank0"]}
+
+
 def test_a_refusal_in_a_process_ddp_spawn_started_is_one_line(tmp_path, synthetic_data_dir, good_checkpoint):
     """Raised inside fit, where the schedule's length is known: torch handed it back as the process's traceback."""
     result = run_module("src.train", "trainer=ddp_cpu", "trainer.strategy=ddp_spawn", f"hydra.run.dir={tmp_path}",

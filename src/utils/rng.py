@@ -35,9 +35,21 @@ def restore_rng_states(states: dict) -> None:
 
 
 def unseeded_run_seed(resumed_checkpoint: dict | None) -> int:
-    """The seed of a `seed=null` run, fixed once so that DDP's processes shuffle alike and a resume continues the
-    same order: the resumed checkpoint's (its content, as read), rank 0's draw (which DDP's other processes
-    inherit), or a new draw."""
+    """The seed of a `seed=null` run; see seed_drawn_once. Lightning's seed_everything hands rank 0's to DDP's other
+    processes."""
+    return seed_drawn_once(resumed_checkpoint, shared_by="PL_GLOBAL_SEED")
+
+
+def unseeded_shuffle_seed(resumed_checkpoint: dict | None) -> int:
+    """`data.shuffle_seed=null` in a run with a seed: drawn once per run as a seed=null run's is (the DataModule would
+    draw one in each process, so DDP's ranks took shards of different orders, and a resume refused its new draw)."""
+    return seed_drawn_once(resumed_checkpoint, shared_by="MNIST_SHUFFLE_SEED")
+
+
+def seed_drawn_once(resumed_checkpoint: dict | None, shared_by: str) -> int:
+    """A seed fixed once per run, so that DDP's processes shuffle alike and a resume continues the same order: the
+    resumed checkpoint's shuffle seed (its content, as read), rank 0's draw (which DDP's other processes, started
+    with its environment, find in the variable `shared_by`), or a new draw."""
     import os
     import secrets
 
@@ -47,6 +59,8 @@ def unseeded_run_seed(resumed_checkpoint: dict | None) -> int:
         saved = (resumed_checkpoint.get("datamodule_hyper_parameters") or {}).get("shuffle_seed")
         if saved is not None:
             return int(saved)
-    if not is_rank_zero() and "PL_GLOBAL_SEED" in os.environ:
-        return int(os.environ["PL_GLOBAL_SEED"])
-    return secrets.randbits(31)
+    if not is_rank_zero() and shared_by in os.environ:
+        return int(os.environ[shared_by])
+    seed = secrets.randbits(31)
+    os.environ[shared_by] = str(seed)
+    return seed
