@@ -32,6 +32,7 @@ from pathlib import Path
 from src import CONFIG_DIR, PROJECT_ROOT
 from src.bench_loops import interleaved_fits, plain_training, synchronize
 from src.utils.command_line import require_config_dir
+from src.utils.path_overrides import quoted_path
 
 
 # The fast recipe shrunk until a training step costs almost nothing (row 2b).
@@ -44,8 +45,8 @@ def fast_config(data_dir: Path, device: str, output_dir: Path, extra_overrides: 
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         return compose("train", overrides=[
-            "experiment=fast", f"data.data_dir={data_dir}", "data.download=false", f"data.device={device}",
-            f"paths.output_dir={output_dir}", *extra_overrides,
+            "experiment=fast", f"data.data_dir={quoted_path(str(data_dir))}", "data.download=false",
+            f"data.device={device}", f"paths.output_dir={quoted_path(str(output_dir))}", *extra_overrides,
         ])
 
 
@@ -126,9 +127,14 @@ def main() -> None:
     if not re.fullmatch(r"cpu|cuda(:\d+)?", args.device):
         parser.error(f"--device {args.device}: it must be cpu, cuda or cuda:N.")
     if not args.quick:  # each run would fail on its own after the others had run, with the same message
-        from src.data.mnist_files import missing_files, raw_dir
+        from src.data.mnist_files import folder_above_mnist_raw, missing_files, raw_dir
 
+        # Absolute: the runs start in the project's folder, not this one.
+        args.data_dir = args.data_dir.expanduser().absolute()
         missing = missing_files(args.data_dir)
+        if missing and folder_above_mnist_raw(args.data_dir):
+            parser.error(f"--data-dir {args.data_dir} holds the MNIST files itself: name the folder above MNIST/raw/, "
+                         f"--data-dir {folder_above_mnist_raw(args.data_dir)}.")
         if missing:
             parser.error(f"--data-dir {args.data_dir}: {', '.join(missing)} missing in {raw_dir(args.data_dir)}/ (the "
                          "benchmark does not download). Get them with python -m src.train "
@@ -173,10 +179,11 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, s
                  "data": OmegaConf.to_container(cfg.data, resolve=True), "seed": cfg.seed}
     rows = []
 
-    # 3 first, while this process is still small (see whole_process); alternating, as in item 2.
+    # 3 first, while this process is still small (see whole_process); alternating, as in item 2. src.train quotes the
+    # paths on its command line itself.
     accelerator = "gpu" if args.device.startswith("cuda") else "cpu"  # as in item 2: the device asked for, not auto
-    train_cmd = [sys.executable, "-m", "src.train", "experiment=fast", f"data.data_dir={args.data_dir}", "data.download=false",
-                 f"data.device={args.device}", f"trainer.accelerator={accelerator}", *recipe]
+    train_cmd = [sys.executable, "-m", "src.train", "experiment=fast", f"data.data_dir={args.data_dir}",
+                 "data.download=false", f"data.device={args.device}", f"trainer.accelerator={accelerator}", *recipe]
     plain_cmd = [sys.executable, "-m", "src.bench", "--plain-process", f"--data-dir={args.data_dir}", f"--device={args.device}"]
     os.environ["BENCH_PLAIN_CONFIG"] = json.dumps(plain_cfg)
     processes = {"train": [], "plain": []}  # (wall seconds, peak MiB, test accuracy) of each run

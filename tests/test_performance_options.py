@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -265,6 +266,33 @@ def test_the_benchmark_refuses_a_bad_device_or_missing_data_at_once_and_names_a_
     with pytest.raises(SystemExit) as exited:
         src.bench.main()
     assert exited.value.code == "python -m src.bench: python -m src.train experiment=fast failed: it broke"
+
+
+def test_the_benchmark_reads_its_data_folder_from_where_it_runs_whatever_its_name(tmp_path, synthetic_data_dir, monkeypatch,
+                                                                                    capsys):
+    """A relative --data-dir was read from the project's folder by the runs (files "missing" that were there), one with
+    `,` or `=` failed in Hydra's grammar with a traceback, and the MNIST/raw/ folder itself was told to be empty."""
+    import src.bench
+
+    folder = tmp_path / "mnist, v2=clean"
+    shutil.copytree(synthetic_data_dir, folder)
+    monkeypatch.chdir(tmp_path)
+    data_dirs = []
+
+    def measure(args, work):
+        data_dirs.append(src.bench.fast_config(args.data_dir, args.device, work / "run").data.data_dir)
+        return [("measure", "1", "1", "1×")]
+
+    monkeypatch.setattr(src.bench, "measure", measure)
+    monkeypatch.setattr(sys, "argv", ["src.bench", "--data-dir", folder.name])
+    src.bench.main()
+    assert data_dirs == [str(folder)]
+    monkeypatch.setattr(sys, "argv", ["src.bench", "--data-dir", f"{folder.name}/MNIST/raw"])
+    with pytest.raises(SystemExit) as exited:
+        src.bench.main()
+    assert exited.value.code == 2
+    assert (f"holds the MNIST files itself: name the folder above MNIST/raw/, --data-dir {folder}.\n"
+            in capsys.readouterr().err)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script would run its 5 minutes")
