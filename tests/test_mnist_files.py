@@ -73,6 +73,20 @@ def test_a_data_dir_naming_the_mnist_folder_gets_the_folder_above(data_dir, no_d
         ensure_mnist_files(data_dir / "MNIST", download=True)
 
 
+def test_a_data_folder_this_user_may_not_enter_is_named_as_such(data_dir, monkeypatch):
+    """It was reported as a full or read-only disk while writing the run, with advice to put the run elsewhere."""
+    from pathlib import Path
+
+    def no_entry(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Path, "is_file", no_entry)
+    folder = raw_dir(data_dir)
+    with pytest.raises(MNISTDataError, match=rf"^{folder}/train-images-idx3-ubyte: cannot look for this file \(permission "
+                                             rf"denied\)\. Make the folders readable: chmod a\+rx {folder}$"):
+        load_split(data_dir, "train")
+
+
 @pytest.mark.parametrize("download", [False, True])
 def test_missing_files_explain_what_to_place_where(tmp_path, monkeypatch, download):
     import torchvision.datasets

@@ -32,14 +32,29 @@ def raw_dir(data_dir: str | Path) -> Path:
 def find_file(folder: Path, name: str) -> Path | None:
     """The plain file if present, else its `.gz`; None when neither exists."""
     for candidate in (folder / name, folder / f"{name}.gz"):
-        if candidate.is_file():
-            return candidate
+        try:
+            if candidate.is_file():
+                return candidate
+        except PermissionError as err:  # a folder on the way that this user may not enter
+            raise MNISTDataError(f"{candidate}: cannot look for this file (permission denied). Make the folders "
+                                 f"readable: chmod a+rx {folder}") from err
     return None
 
 
 def missing_files(data_dir: str | Path) -> list[str]:
     folder = raw_dir(data_dir)
     return [name for name in ALL_FILE_NAMES if find_file(folder, name) is None]
+
+
+def folder_above_mnist_raw(folder: str | Path) -> Path | None:
+    """The data folder meant, when `folder` is the MNIST/raw/ or MNIST/ folder that holds the four files (the usual
+    slip); else None."""
+    given = Path(folder).expanduser()
+    if given.parts[-2:] == ("MNIST", "raw") and all(find_file(given, name) for name in ALL_FILE_NAMES):
+        return given.parent.parent
+    if given.name == "MNIST" and all(find_file(given / "raw", name) for name in ALL_FILE_NAMES):
+        return given.parent
+    return None
 
 
 def ensure_mnist_files(data_dir: str | Path, download: bool) -> None:
@@ -52,13 +67,13 @@ def ensure_mnist_files(data_dir: str | Path, download: bool) -> None:
         raise MNISTDataError(f"data.data_dir={data_dir} is a file; it must name a folder: the one that holds "
                              "MNIST/raw/ (downloaded into it if missing).")
     if all(find_file(given, name) for name in ALL_FILE_NAMES):  # data.data_dir named the raw folder itself
-        above = given.parent.parent if given.parts[-2:] == ("MNIST", "raw") else None
+        above = folder_above_mnist_raw(given)
         raise MNISTDataError(
             f"data.data_dir={data_dir} holds the four MNIST files itself, but data.data_dir must name the folder above "
             "MNIST/raw/. "
             + (f"Use data.data_dir={above}." if above else f"Move the files into {raw_dir(data_dir)}/.")
         )
-    if given.name == "MNIST" and all(find_file(given / "raw", name) for name in ALL_FILE_NAMES):
+    if given.name == "MNIST" and folder_above_mnist_raw(given):
         raise MNISTDataError(f"data.data_dir={data_dir} is the MNIST folder itself, but data.data_dir must name the "
                              f"folder above MNIST/raw/. Use data.data_dir={given.parent}.")
     reason = "downloading is disabled (data.download=false)"
