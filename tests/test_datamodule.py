@@ -261,6 +261,22 @@ def test_a_validation_set_smaller_than_the_number_of_processes_is_a_clear_error(
         datamodule.setup("fit")
 
 
+def test_a_training_split_too_small_for_each_process_is_a_clear_error(synthetic_data_dir):
+    """3 images for 2 processes: one image for each, on which batch norm failed with a traceback in the first step."""
+    from types import SimpleNamespace
+
+    datamodule = MNISTDataModule(str(synthetic_data_dir), download=False, val_size=397)  # of 400
+    datamodule.trainer = SimpleNamespace(global_rank=0, world_size=2, max_epochs=1)
+    with pytest.raises(UserInputError, match=r"data.val_size=397 is invalid with 2 processes: it leaves 3 training images, "
+                                             r"and each process trains on its own share, which needs at least 2\."):
+        datamodule.setup("fit")
+    datamodule = MNISTDataModule(str(synthetic_data_dir), download=False, val_size=396)
+    datamodule.trainer = SimpleNamespace(global_rank=0, world_size=2, max_epochs=1,
+                                         strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    datamodule.setup("fit")
+    assert len(datamodule.train_set[0]) == 4
+
+
 def attach_cpu_trainer(datamodule: MNISTDataModule) -> MNISTDataModule:
     datamodule.trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False)
     return datamodule

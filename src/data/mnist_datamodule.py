@@ -147,6 +147,11 @@ class MNISTDataModule(pl.LightningDataModule):
                 f"so it must be at least {world_size}."
             )
         train_size, batch_size = len(images) - val_size, self.hparams.batch_size
+        if train_size // world_size < 2:  # as above, for each process's share
+            raise UserInputError(
+                f"data.val_size={val_size} is invalid with {world_size} processes: it leaves {train_size} training "
+                f"images, and each process trains on its own share, which needs at least 2. Use a smaller data.val_size."
+            )
         if self.hparams.drop_last and train_size // world_size < batch_size:
             per_process = f" ({train_size // world_size} per process)" if world_size > 1 else ""
             raise UserInputError(
