@@ -103,6 +103,30 @@ def test_missing_files_explain_what_to_place_where(tmp_path, monkeypatch, downlo
     assert ("download failed" in message) if download else ("data.download=false" in message)
 
 
+def test_a_failed_download_is_one_line_and_a_stalled_one_times_out(tmp_path, monkeypatch):
+    """torchvision sets no timeout (a server that accepts and never answers hung the run at "Downloading MNIST"), and
+    its error lists each mirror on lines of its own."""
+    import socket
+
+    import torchvision.datasets
+
+    timeouts = []
+
+    def stalled(*args, **kwargs):
+        timeouts.append(socket.getdefaulttimeout())
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz:\nTried https://a/, got:\n<urlopen error timed "
+                           "out>\nTried https://b/, got:\n<urlopen error timed out>\n")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", stalled)
+    with pytest.raises(MNISTDataError) as info:
+        ensure_mnist_files(tmp_path, download=True)
+    assert timeouts == [60] and socket.getdefaulttimeout() is None  # given back
+    assert str(info.value).splitlines()[0] == (
+        f"MNIST files are missing in {raw_dir(tmp_path)} and the download failed (RuntimeError: Error downloading "
+        "train-images-idx3-ubyte.gz: Tried https://a/, got: <urlopen error timed out> Tried https://b/, got: <urlopen "
+        "error timed out>).")
+
+
 def test_download_is_used_when_files_are_missing(tmp_path, monkeypatch):
     import torchvision.datasets
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import socket
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ MNIST_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 ALL_FILE_NAMES = [name for pair in MNIST_FILES.values() for name in pair]
+DOWNLOAD_TIMEOUT_SECONDS = 60  # without a byte from the server, per connection and read
 
 
 class MNISTDataError(UserInputError):
@@ -79,12 +81,16 @@ def ensure_mnist_files(data_dir: str | Path, download: bool) -> None:
     reason = "downloading is disabled (data.download=false)"
     if download:
         log.info("Downloading MNIST into %s", raw_dir(data_dir))
+        previous_timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)  # torchvision sets none: a stalled connection waited forever
         try:
             from torchvision.datasets import MNIST
 
             MNIST(root=str(Path(data_dir).expanduser()), train=True, download=True)
         except Exception as err:  # any network/HTTP/checksum failure: the message below says what to do
-            reason = f"the download failed ({type(err).__name__}: {err})"
+            reason = f"the download failed ({type(err).__name__}: {' '.join(str(err).split())})"  # one line per mirror
+        finally:
+            socket.setdefaulttimeout(previous_timeout)
         missing = missing_files(data_dir)
         if not missing:
             return
