@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 
@@ -41,7 +43,7 @@ def scheduled_lrs(scheduler: dict, steps: int = 100, lr: float = 0.1) -> list[fl
     return lrs
 
 
-def test_every_scheduler_setting_reaches_torch():
+def test_every_scheduler_setting_reaches_torch(caplog):
     onecycle = scheduled_lrs({"name": "onecycle", "pct_start": 0.25, "div_factor": 10.0})
     assert onecycle.index(max(onecycle)) == 24  # the peak after a quarter of the 100 steps (torch's default: 30%)
     assert onecycle[0] == pytest.approx(0.01)  # starts at lr / div_factor
@@ -54,7 +56,10 @@ def test_every_scheduler_setting_reaches_torch():
     assert warmed[-1] == pytest.approx(0.02, abs=1e-3)  # the cosine takes the steps after the warm-up
     # A warm-up longer than the run is cut to it; the scheduler steps once per training step, the last one included.
     optimizer = build_optimizer(params(), {"name": "sgd", "lr": 0.1})
-    longer = build_scheduler(optimizer, {"name": "cosine", "warmup_steps": 500, "min_lr": 0.0}, total_steps=100)
+    with caplog.at_level(logging.WARNING):
+        longer = build_scheduler(optimizer, {"name": "cosine", "warmup_steps": 500, "min_lr": 0.0}, total_steps=100)
+    assert ("model.scheduler.warmup_steps=500 is not shorter than this run's 100 training steps: the learning rate warms "
+            "up for 99 of them and falls to min_lr in the last one.") in caplog.text
     for _ in range(100):
         optimizer.step()
         longer["scheduler"].step()  # the cosine after it had no step left: a division by zero
@@ -139,7 +144,11 @@ def test_bad_optimizer_settings_are_clear_errors(config, message):
     ({"name": "cosine", "warmup_steps": -5}, "model.scheduler.warmup_steps=-5 is invalid: it must be a whole number >= 0"),
     ({"name": "cosine", "min_lr": -0.1}, "model.scheduler.min_lr=-0.1 is invalid"),
     ({"name": "onecycle", "pct_strat": 0.3}, "model.scheduler.pct_strat is not a setting of model.scheduler"),
-    ({"name": "onecycle", "div_factor": 0}, "model.scheduler.div_factor=0 is invalid: it must be a finite number > 0"),
+    ({"name": "onecycle", "div_factor": 0}, "model.scheduler.div_factor=0 is invalid: it must be a finite number >= 1"),
+    # Below 1, onecycle started 10 times above its peak, or ended 4 times above it, without a word.
+    ({"name": "onecycle", "div_factor": 0.1}, "model.scheduler.div_factor=0.1 is invalid: it must be a finite number >= 1 "
+                                              "\\(it divides lr for the start\\)"),
+    ({"name": "onecycle", "final_div_factor": 0.01}, "model.scheduler.final_div_factor=0.01 is invalid"),
     ({"name": "onecycle", "final_div_factor": float("inf")}, "model.scheduler.final_div_factor=inf is invalid"),
     ({"name": "cosine", "min_lr": float("nan")}, "model.scheduler.min_lr=nan is invalid"),
     # Names as written: the learning-rate monitor and the HParams table compare them so too.
@@ -149,6 +158,18 @@ def test_bad_optimizer_settings_are_clear_errors(config, message):
 def test_bad_scheduler_settings_are_clear_errors(config, message):
     with pytest.raises(UserInputError, match=message):
         check_scheduler_config(config)
+
+
+def test_a_cosine_min_lr_above_the_learning_rate_is_refused():
+    """The schedule climbed from lr to min_lr (0.003 to 0.5: a test loss of 52), without a word."""
+    message = (r"model.scheduler.min_lr=0.5 is invalid with model.optimizer.lr=0.003: the cosine schedule falls from lr "
+               r"to min_lr, so it must be at most lr.")
+    with pytest.raises(UserInputError, match=message):
+        check_scheduler_config({"name": "cosine", "min_lr": 0.5}, lr=0.003)
+    with pytest.raises(UserInputError, match=message):
+        build_scheduler(build_optimizer(params(), {"name": "adam", "lr": 0.003}), {"name": "cosine", "min_lr": 0.5}, 10)
+    check_scheduler_config({"name": "cosine", "min_lr": 0.003}, lr=0.003)
+    check_scheduler_config({"name": "onecycle", "min_lr": 0.5}, lr=0.003)  # cosine's setting, ignored by onecycle
 
 
 def test_a_setting_of_another_choice_is_accepted_so_one_config_can_sweep_over_names():

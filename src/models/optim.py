@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import torch
@@ -13,6 +14,8 @@ from src.models.optim_config import (
     optimizer_settings,
     scheduler_settings,
 )
+
+log = logging.getLogger(__name__)
 
 
 def build_optimizer(params: Iterable[torch.nn.Parameter], config: dict) -> torch.optim.Optimizer:
@@ -46,14 +49,14 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total
 
     config: {name: none|onecycle|cosine, pct_start (onecycle), warmup_steps (cosine), min_lr (cosine)}.
     """
-    check_scheduler_config(config)
+    base_lr = optimizer.param_groups[0]["lr"]
+    check_scheduler_config(config, lr=base_lr)
     config = scheduler_settings(config)
     name = str(config["name"])
     if name == "none":
         return None
     if total_steps < 1:
         raise UserInputError(f"model.scheduler.name={name} needs at least one training step.")
-    base_lr = optimizer.param_groups[0]["lr"]
     if name == "onecycle":
         pct_start = config["pct_start"]
         if float(pct_start * total_steps) == 1.0:  # torch divides by (warm-up steps - 1): ZeroDivisionError
@@ -72,6 +75,10 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total
         )
     else:  # cosine
         warmup = min(int(config["warmup_steps"]), total_steps - 1)
+        if warmup < config["warmup_steps"]:
+            log.warning("model.scheduler.warmup_steps=%d is not shorter than this run's %d training steps: the learning "
+                        "rate warms up for %d of them and falls to min_lr in the last one.", config["warmup_steps"],
+                        total_steps, warmup)
         min_lr = config["min_lr"]
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps - warmup, eta_min=min_lr)
         if warmup > 0:

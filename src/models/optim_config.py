@@ -77,7 +77,8 @@ def check_optimizer_config(config: Mapping) -> None:
         )
 
 
-def check_scheduler_config(config: Mapping | None) -> None:
+def check_scheduler_config(config: Mapping | None, lr: float | None = None) -> None:
+    """`lr`: the optimizer's (already checked), the schedule's peak, which min_lr must not pass."""
     _check_known_keys(config or {}, SCHEDULER_KEYS, "model.scheduler")
     config = scheduler_settings(config)
     name = str(config["name"])
@@ -87,11 +88,17 @@ def check_scheduler_config(config: Mapping | None) -> None:
     pct_start = config["pct_start"]
     _require(is_number(pct_start) and 0 < pct_start < 1, "model.scheduler.pct_start", pct_start,
              "a number in (0, 1): the share of steps spent warming up")
-    for key in ("div_factor", "final_div_factor"):
+    # Below 1, onecycle would start (div_factor) or end (final_div_factor) above its peak, model.optimizer.lr.
+    for key, divides in (("div_factor", "lr for the start"), ("final_div_factor", "the start's lr for the end")):
         value = config[key]
-        _require(is_finite_number(value) and value > 0, f"model.scheduler.{key}", value, "a finite number > 0")
+        _require(is_finite_number(value) and value >= 1, f"model.scheduler.{key}", value,
+                 f"a finite number >= 1 (it divides {divides})")
     warmup = config["warmup_steps"]
     _require(is_whole(warmup) and warmup >= 0,
              "model.scheduler.warmup_steps", warmup, "a whole number >= 0")
     min_lr = config["min_lr"]
     _require(is_finite_number(min_lr) and min_lr >= 0, "model.scheduler.min_lr", min_lr, "a finite number >= 0")
+    if name == "cosine" and lr is not None and min_lr > lr:  # the schedule climbed from lr to min_lr, without a word
+        raise UserInputError(f"model.scheduler.min_lr={override_value(min_lr)} is invalid with model.optimizer.lr="
+                             f"{override_value(lr)}: the cosine schedule falls from lr to min_lr, so it must be at most "
+                             "lr.")

@@ -54,7 +54,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     """The checks that need no imports come first: a refused value should not wait seconds for Lightning."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
     check_optimizer_config(model.get("optimizer") or {})
-    check_scheduler_config(model.get("scheduler"))
+    check_scheduler_config(model.get("scheduler"), lr=(model.get("optimizer") or {}).get("lr"))
     _check_switches(cfg, model)
     _check_precision(cfg, model)
     check_run_settings(cfg)
