@@ -88,6 +88,10 @@ CONFIG_CASES = {
                                      "callbacks.early_stopping.min_delta=nan is invalid: it must be a finite number."),
     "early stopping threshold as text": (["callbacks=[default,early_stopping]", "+callbacks.early_stopping.stopping_threshold=x"],
                                          "callbacks.early_stopping.stopping_threshold=x is invalid: it must be a finite number, or null"),
+    # Replaced by the logger and callbacks groups' objects without a word (TensorBoard wrote its events all the same).
+    "trainer logger": (["++trainer.logger=false"], "trainer.logger is not a setting here: the logger group chooses them. "
+                                                   "Use logger=[] for none, or logger=csv."),
+    "trainer callbacks": (["++trainer.callbacks=[]"], "trainer.callbacks is not a setting here: the callbacks group"),
     "gradient clipping nan": (["++trainer.gradient_clip_val=nan"], "trainer.gradient_clip_val=nan is invalid: it must be "
                               "a finite number > 0, or 0 or null for no clipping."),
     # Lightning took it as no clipping without a word.
@@ -488,7 +492,8 @@ def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
     (["~top_k"], "predict", "~top_k would delete `top_k`, which every predict run reads: set it instead (top_k=<value>)."),
     (["++task_name=my/run"], "train", "task_name=my/run is invalid: the task name names the run's log file"),
     (["task_name=''"], "train", "task_name='' is invalid: the task name names the run's log file (<task_name>.log), so "
-                                "it cannot be empty or hold '/'."),
+                                "it cannot be empty or null or hold '/'."),
+    (["task_name=null"], "eval", "task_name=null is invalid: the task name names the run's log file"),  # None.log
     (["trainer.max_epochs", "=", "3"], "train", "'trainer.max_epochs = 3': a setting is one word, without spaces "
                                                 "around '=': trainer.max_epochs=3."),
     (["top_k=", "3"], "predict", "'top_k= 3': a setting is one word, without spaces around '=': top_k=3."),

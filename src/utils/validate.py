@@ -40,6 +40,11 @@ def check_run_settings(cfg: DictConfig) -> None:
             raise UserInputError(f"{key}={override_value(value)} is invalid: "
                                  "it must be a whole number of batches >= 0, or a fraction "
                                  "of the batches from 0.0 to 1.0 (1.0: all of them).")
+    # The trainer is built with the logger and callbacks groups' objects, which would replace these without a word.
+    for key, instead in (("logger", "logger=[] for none, or logger=csv"),
+                         ("callbacks", "callbacks=[default,early_stopping], or +callbacks.<name>._target_=<class>")):
+        if key in cfg.trainer:
+            raise UserInputError(f"trainer.{key} is not a setting here: the {key} group chooses them. Use {instead}.")
     clip = cfg.trainer.get("gradient_clip_val")
     # Lightning fails on nan only mid-step, and takes a negative value as no clipping without a word.
     if clip is not None and not (is_finite_number(clip) and clip >= 0):
