@@ -22,8 +22,9 @@ def stop_reason(callback: EarlyStopping) -> str:
     monitor, reason = callback.monitor, callback.stopping_reason
     if reason == EarlyStoppingReason.PATIENCE_EXHAUSTED:
         validations = counted(callback.patience, "validation")
-        return (f"{monitor} did not improve by more than {abs(float(callback.min_delta)):g} in {validations} "
-                f"(best {float(callback.best_score):.4f})")
+        # Its reference moves only with a gain of more than min_delta: smaller gains can leave the run's best above it.
+        return (f"{monitor} did not improve on {float(callback.best_score):.4f} by more than "
+                f"{abs(float(callback.min_delta)):g} in {validations}")
     if reason == EarlyStoppingReason.STOPPING_THRESHOLD:
         return f"{monitor} reached the stopping threshold {callback.stopping_threshold:g}"
     if reason == EarlyStoppingReason.DIVERGENCE_THRESHOLD:
