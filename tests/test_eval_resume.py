@@ -562,11 +562,11 @@ def test_a_checkpoint_saved_before_a_setting_existed_resumes_with_the_settings_d
 def test_a_refused_resume_names_the_model_settings_that_differ_and_speed_switches_may_change(tmp_path, trained_run,
                                                                                               synthetic_data_dir):
     from src.errors import UserInputError
-    from src.utils.resume_check import _model_changes
+    from src.utils.resume_check import _in_effect, _model_changes
 
     # Names were taken in any case before: a checkpoint saved with name=Adam resumes with adam, as it must be written now.
-    assert _model_changes({"optimizer": {"name": "Adam"}, "scheduler": {"name": "OneCycle"}},
-                          {"optimizer": {"name": "adam"}, "scheduler": {"name": "onecycle"}}) == []
+    assert _model_changes(_in_effect({"optimizer": {"name": "Adam", "lr": 0.1}, "scheduler": {"name": "OneCycle"}}),
+                          _in_effect({"optimizer": {"name": "adam", "lr": 0.1}, "scheduler": {"name": "onecycle"}})) == []
     assert _model_changes({"fc": (120, 84)}, {"fc": [120, 84]}) == []  # a class's default against the config's list
 
     resume = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "data.mean=0.5", "data.std=0.6",
@@ -579,6 +579,14 @@ def test_a_refused_resume_names_the_model_settings_that_differ_and_speed_switche
     # Switches that change only the speed: the run (finished already) resumes and tests its best checkpoint again.
     resumed = train(compose_config([*resume, "model=mlp", "model.channels_last=true"]))
     assert resumed["status"] == "ok" and resumed["resumed_from"].endswith("last.ckpt")
+    # Defaults written out, a setting of another optimizer: the same training (each was refused as "(not set)").
+    as_before = ["+model.optimizer.betas=[0.9,0.999]", "++model.optimizer.decay_norm_and_bias=true",
+                 "+model.scheduler.div_factor=25", "+model.optimizer.momentum=0.5", "+model.scheduler.min_lr=0.5"]
+    assert train(compose_config([*resume, *tiny_run_overrides(synthetic_data_dir, tmp_path / "again"), "model=mlp",
+                                 *as_before]))["status"] == "ok"
+    with pytest.raises(UserInputError, match=r"model config \(model.scheduler.div_factor=25.0 \(this run: 10\)\)\. To"):
+        train(compose_config([*resume, *tiny_run_overrides(synthetic_data_dir, tmp_path / "other"), "model=mlp",
+                              "+model.scheduler.div_factor=10"]))
 
 
 @pytest.mark.parametrize("changed, refused", [

@@ -40,7 +40,8 @@ def check_resumable(ckpt_path: str, checkpoint: dict, model, datamodule, callbac
     changed = [key for key in FIXED_DATA_KEYS if key in trained_data and trained_data[key] != datamodule.hparams[key]]
     saved = overrides_that_saved(ckpt_path, checkpoint.get("command_overrides"))
     this_model = dict(model.hparams)
-    model_changes = _model_changes(_with_defaults(type(model), checkpoint["hyper_parameters"], this_model), this_model)
+    model_changes = _model_changes(_in_effect(_with_defaults(type(model), checkpoint["hyper_parameters"], this_model)),
+                                   _in_effect(this_model))
     if checkpoint["model_class"] != this_class:
         trained_with = f"another model ({checkpoint['model_class']}; this run's is {this_class})"
     elif model_changes:
@@ -111,12 +112,26 @@ def _with_defaults(model_class: type, trained: dict, this: dict) -> dict:
     return {**{name: p.default for name, p in takes.items() if p.default is not p.empty and name in this}, **trained}
 
 
+def _in_effect(settings: dict) -> dict:
+    """The model settings as training reads them: the optimizer's and the scheduler's at their defaults where left out,
+    without those the chosen one ignores. A default written out (+model.scheduler.div_factor=25), or a setting of
+    another choice (momentum with adam), trains the same."""
+    from src.models.optim_config import SETTINGS_READ_BY, optimizer_settings, scheduler_settings
+
+    settings = dict(settings)
+    for key, filled_in, always_read in (("optimizer", optimizer_settings, {"name", "lr", "weight_decay"}),
+                                        ("scheduler", scheduler_settings, {"name"})):
+        if key in settings and (settings[key] is None or isinstance(settings[key], dict)):
+            full = filled_in(settings[key] or {})
+            name = str(full["name"]).lower()  # taken in any case before; now only as written
+            read = always_read | SETTINGS_READ_BY.get(name, set(full))  # a name unknown now: every setting counts
+            settings[key] = {**{setting: value for setting, value in full.items() if setting in read}, "name": name}
+    return settings
+
+
 def _model_changes(trained: dict, this: dict) -> list[str]:
     """The model settings that differ, as `model.<key>=<checkpoint's value> (this run: <value>)`."""
     trained, this = _flat(trained, "model."), _flat(this, "model.")
-    for key in ("model.optimizer.name", "model.scheduler.name"):  # taken in any case before; now only as written
-        if isinstance(trained.get(key), str):
-            trained[key] = trained[key].lower()
     speed_only = tuple(f"model.{key}" for key in SPEED_ONLY_MODEL_KEYS)
     unset = object()
 
