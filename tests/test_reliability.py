@@ -396,6 +396,42 @@ def test_the_commands_a_run_prints_repeat_the_config_of_ones_own_it_used(tmp_pat
     assert recorded[:2] == flags and "++trainer.strategy=ddp_spawn" in recorded
 
 
+def test_a_config_of_ones_own_that_hydra_would_pass_over_is_refused(tmp_path):
+    """Hydra searches the project's conf/ before --config-dir: a model/mlp.yaml there trained the project's MLP, and a
+    train.yaml the project's CNN, without a word."""
+    from src.utils.command_line import overrides_problem
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mlp.yaml").write_text("hidden_sizes: [64]\n")
+    (tmp_path / "mine.yaml").write_text("defaults:\n  - train\n  - override model: mlp\n  - _self_\n")
+    assert overrides_problem(["-cd", str(tmp_path), "-cn", "mine"], "train") == (
+        f"{tmp_path}/model/mlp.yaml: the project's conf/model/mlp.yaml has the same name, and Hydra reads the project's "
+        "configs first, so this file would be passed over without a word. Give it a name of its own: model/<name>.yaml, "
+        "chosen with model=<name>.")
+    (tmp_path / "model" / "mlp.yaml").rename(tmp_path / "model" / "narrow.yaml")
+    assert overrides_problem([f"--config-dir={tmp_path}", "--config-name=mine"], "train") is None
+    (tmp_path / "train.yaml").write_text("defaults:\n  - override model: mlp\n")
+    assert overrides_problem(["-cd", str(tmp_path), "-cn", "train"], "train").endswith(
+        "Give it a name of its own: --config-name <name>.")
+
+
+@pytest.mark.parametrize("flags, entry_point, based_on", [
+    (["--config-name", "eval"], "train", "eval"),  # a traceback: Key 'model' is not in struct
+    (["-cn", "predict"], "eval", "predict"),
+    (["-cd", "{conf}", "-cn", "mine"], "eval", "train"),  # resumed into the training run's folder, then refused
+    (["--config-dir={conf}", "--config-name=mine_eval"], "train", "eval"),
+])
+def test_a_config_made_for_another_command_is_refused_in_one_line(tmp_path, flags, entry_point, based_on):
+    (tmp_path / "mine.yaml").write_text("defaults:\n  - train\n  - _self_\n")
+    (tmp_path / "mine_eval.yaml").write_text("defaults:\n  - eval\n  - _self_\n")
+    flags = [flag.format(conf=tmp_path) for flag in flags]
+    result = run_module(f"src.{entry_point}", *flags, "ckpt_path=x.ckpt", f"hydra.run.dir={tmp_path / 'run'}", timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert f"is a config for src.{based_on}" in result.stderr and f"src.{entry_point} needs its own, {entry_point}, " \
+        f"or a config that extends it (defaults: [{entry_point}, _self_])." in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_empty_run_folder_is_refused_before_hydra_writes_into_the_current_folder(tmp_path):
     result = subprocess.run([sys.executable, "-m", "src.train", "hydra.run.dir=", "trainer.max_epochs=1"], cwd=tmp_path,
                             env={key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"},

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from src import CONFIG_DIR, config_options
 from src.utils.console_output import guard_standard_streams
+from src.utils.own_configs import own_config_problem
 from src.utils.path_overrides import is_multirun
 from src.utils.slurm import requeue_if_warned, shared_folder_problem, stop_on_slurms_warning
 
@@ -64,7 +65,7 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
             return (f"{word} is a continuous range, which only an optimizing sweeper (such as Optuna's) can sample; "
                     f"Hydra's basic sweeper, used here, runs the values listed: {key.lstrip('+')}=<value>,<value>,... "
                     "(or range(start,stop,step) for evenly spaced ones).")
-    unknown = _unknown_setting(arguments, entry_point)
+    unknown = _unknown_setting(arguments, entry_point) or own_config_problem(arguments, entry_point)
     if unknown:
         return unknown
     own_config = _uses_own_config(arguments)  # its own groups

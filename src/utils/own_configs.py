@@ -1,0 +1,70 @@
+"""A config of one's own (--config-dir, --config-name) that Hydra would pass over, or that is another command's: each
+refused in one line before Hydra starts. Hydra searches the project's conf/ before --config-dir, so a file there with
+the name of one of the project's is never read; and a config made for another command failed with a traceback
+(src.train with eval's) or ran as a resume of the checkpoint's training run (src.eval with one that extends train)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from src import CONFIG_DIR
+
+ENTRY_POINTS = ("train", "eval", "predict")
+
+
+def own_config_problem(arguments: list[str], entry_point: str) -> str | None:
+    return _passed_over(arguments) or _another_commands_config(arguments, entry_point)
+
+
+def flag_value(arguments: list[str], names: tuple[str, ...]) -> str | None:
+    """The value of the last of these flags, given as `--flag value` or `--flag=value`."""
+    value = None
+    for before, word in zip(["", *arguments], arguments):
+        if before in names:
+            value = word
+        elif word.partition("=")[0] in names and "=" in word:
+            value = word.partition("=")[2]
+    return value
+
+
+def _passed_over(arguments: list[str]) -> str | None:
+    folder = flag_value(arguments, ("--config-dir", "-cd"))
+    if not folder:
+        return None
+    folder = Path(folder).expanduser()
+    for project_file in sorted(CONFIG_DIR.rglob("*.yaml")):
+        name = project_file.relative_to(CONFIG_DIR)
+        if (folder / name).is_file():
+            group = name.parent.as_posix()
+            instead = f"{group}/<name>.yaml, chosen with {group}=<name>" if group != "." else "--config-name <name>"
+            return (f"{folder / name}: the project's conf/{name.as_posix()} has the same name, and Hydra reads the "
+                    f"project's configs first, so this file would be passed over without a word. Give it a name of its "
+                    f"own: {instead}.")
+    return None
+
+
+def _another_commands_config(arguments: list[str], entry_point: str) -> str | None:
+    name = flag_value(arguments, ("--config-name", "-cn"))
+    if not name:
+        return None
+    name = name.removesuffix(".yaml")
+    based_on = name if name in ENTRY_POINTS else _extends(flag_value(arguments, ("--config-dir", "-cd")), name)
+    if based_on is None or based_on == entry_point:
+        return None
+    what = "" if name == based_on else f" (it extends {based_on})"
+    return (f"--config-name {name} is a config for src.{based_on}{what}: src.{entry_point} needs its own, "
+            f"{entry_point}, or a config that extends it (defaults: [{entry_point}, _self_]).")
+
+
+def _extends(folder: str | None, name: str) -> str | None:
+    """The entry point's config that `<folder>/<name>.yaml` lists in its defaults (None: none, or not one)."""
+    import yaml
+
+    if not folder:
+        return None
+    try:
+        defaults = (yaml.safe_load((Path(folder).expanduser() / f"{name}.yaml").read_text()) or {}).get("defaults")
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
+        return None  # Hydra says what is wrong with it
+    bases = {entry for entry in defaults or [] if isinstance(entry, str) and entry in ENTRY_POINTS}
+    return bases.pop() if len(bases) == 1 else None
