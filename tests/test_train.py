@@ -473,6 +473,32 @@ def test_an_interruption_before_the_first_step_names_no_checkpoint_that_was_not_
     assert not (tmp_path / "resumed" / "checkpoints" / "last.ckpt").exists()
 
 
+def test_a_stop_without_the_runs_checkpoints_names_lightnings_checkpoint_of_the_last_epoch(tmp_path, synthetic_data_dir,
+                                                                                          monkeypatch):
+    """callbacks=null: "nothing was saved", while Lightning's own checkpoint of epoch 0 lay in the logger's folder."""
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from src.errors import RunInterrupted
+    from src.models.classifier import DigitClassifier
+
+    trains = DigitClassifier.on_train_batch_end
+
+    def sigterm_in_the_second_epoch(self, outputs, batch, batch_idx):  # no callback of one's own: callbacks=null
+        trains(self, outputs, batch, batch_idx)
+        if self.trainer.current_epoch == 1:
+            raise SIGTERMException()
+
+    monkeypatch.setattr(DigitClassifier, "on_train_batch_end", sigterm_in_the_second_epoch)
+    tiny = [word for word in tiny_run_overrides(synthetic_data_dir, tmp_path) if not word.startswith("callbacks.")]
+    with pytest.raises(RunInterrupted) as stopped:
+        train(compose_config([*tiny, "model=mlp", "callbacks=[]", "trainer.max_epochs=3"]))
+    (kept,) = tmp_path.glob("tensorboard/**/checkpoints/*.ckpt")
+    assert str(stopped.value).startswith(
+        "Training stopped by SIGTERM at epoch 1, step 11, without a checkpoint of this state (the run has none of its "
+        f"own checkpoint callbacks). Lightning's own checkpoint of the last finished epoch is {kept}; resume with: ")
+    assert torch.load(kept, weights_only=True)["epoch"] == 0
+
+
 def test_a_run_that_diverges_keeps_its_row_in_the_hparams_table(tmp_path, synthetic_data_dir):
     """The row was written only at the end of a run: a sweep's diverged jobs, the ones a learning-rate sweep is run to
     find, were missing from the HParams table."""

@@ -41,7 +41,14 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         by = "Ctrl-C" if "Ctrl-C" in str(stop) else "SIGTERM"
         at = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
         written = where if where and _modified(where) != before else None
-        raise RunInterrupted(_stopped(by, at, written, ckpt_path, bool(where)), exit_code=STOP_EXIT_CODES[by]) from stop
+        message = _stopped(by, at, written, ckpt_path, bool(where))
+        lightnings = getattr(trainer.checkpoint_callback, "best_model_path", "")  # monitoring nothing: the latest
+        if not saved and lightnings and trainer.checkpoint_callback.monitor is None:
+            # callbacks=null: Lightning's own checkpoint callback, which saves at each epoch's end, not at a stop.
+            message = (f"Training stopped by {by} {at}, without a checkpoint of this state (the run has none of its own "
+                       f"checkpoint callbacks). Lightning's own checkpoint of the last finished epoch is {lightnings}; "
+                       f"{resume_with(lightnings)}")
+        raise RunInterrupted(message, exit_code=STOP_EXIT_CODES[by]) from stop
     except (RuntimeError, MisconfigurationException) as err:
         # A callback's `monitor` that no metric has (callbacks.early_stopping.monitor=val/los): Lightning finds out at
         # the end of the first validation, and its message lists the metrics there are.
