@@ -12,6 +12,7 @@ from the command line.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,21 +77,26 @@ class Run:
 
     def history(self) -> list[dict[str, float | int]]:
         """One row per epoch: its number and the metrics logged once per epoch (train/loss, train/acc, val/loss,
-        val/acc, val/acc_best), read from the run's TensorBoard events; none without them (logger=[] or csv, or nothing
-        trained). `pandas.DataFrame(run.history())` is a table, `[row.get("val/acc") for row in run.history()]` a
-        curve (an epoch without validation has no val/ entries)."""
+        val/acc, val/acc_best), read from the run's TensorBoard events, or without them its CSV log (logger=csv); none
+        without either (logger=[], or nothing trained). `pandas.DataFrame(run.history())` is a table,
+        `[row.get("val/acc") for row in run.history()]` a curve (an epoch without validation has no val/ entries)."""
+        rows = self._tensorboard_rows() or self._csv_rows()
+        # Not a checkpoint's best validation accuracy alone, which a test of it logs: no epoch trained there.
+        return [rows[epoch] for epoch in sorted(rows) if set(rows[epoch]) != {"epoch", "val/acc_best"}]
+
+    def _tensorboard_rows(self) -> dict[int, dict]:
         from tensorboard.backend.event_processing.event_accumulator import SCALARS, EventAccumulator
 
         folder = self._tensorboard_folder()
         if not folder.is_dir():
-            return []
+            return {}
         events = EventAccumulator(str(folder), size_guidance={SCALARS: 0})  # 0: every value
         events.Reload()
         tags = events.Tags()[SCALARS]
         if "epoch" not in tags:
-            return []
+            return {}
         epoch_at_step = {event.step: int(event.value) for event in events.Scalars("epoch")}  # Lightning logs it with each
-        rows: dict[int, dict[str, float]] = {}
+        rows: dict[int, dict] = {}
         for tag in tags:
             # What the model logs once per epoch; not the learning rate, logged every few steps, which would land in
             # the rows of the epochs whose last step it fell on and not in the others.
@@ -98,8 +104,23 @@ class Run:
                 for event in events.Scalars(tag):
                     epoch = epoch_at_step[event.step]
                     rows.setdefault(epoch, {"epoch": epoch})[tag] = event.value
-        # Not a checkpoint's best validation accuracy alone, which a test of it logs: no epoch trained there.
-        return [rows[epoch] for epoch in sorted(rows) if set(rows[epoch]) != {"epoch", "val/acc_best"}]
+        return rows
+
+    def _csv_rows(self) -> dict[int, dict]:
+        """From <run dir>/csv/metrics.csv, then its resumes' csv/resumed-<time>/metrics.csv, in the order written."""
+        import csv
+
+        rows: dict[int, dict] = {}
+        for path in [self.dir / "csv" / "metrics.csv", *sorted((self.dir / "csv").glob("resumed-*/metrics.csv"))]:
+            with contextlib.suppress(FileNotFoundError), open(path, newline="") as file:
+                for record in csv.DictReader(file):
+                    if not record.get("epoch"):
+                        continue
+                    epoch = int(float(record["epoch"]))
+                    for tag, value in record.items():
+                        if tag.startswith(("train/", "val/")) and value:
+                            rows.setdefault(epoch, {"epoch": epoch})[tag] = float(value)
+        return rows
 
     def show(self) -> None:
         """Display the run's figures (learning curves, confusion matrix, misclassified digits, predictions) in a

@@ -197,6 +197,21 @@ def test_a_runs_history_is_found_in_a_relative_tensorboard_folder_from_anywhere(
     assert api.Run(run.dir).history() == history
 
 
+def test_the_history_of_a_run_logged_as_csv_comes_from_its_csv_files(tmp_path, synthetic_data_dir):
+    """logger=csv: history() was empty, though csv/metrics.csv held every epoch."""
+    overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
+    words = [*overrides, "model=mlp", "logger=csv", "model.scheduler.name=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    run = api.train(*words)
+    last = run.dir / "checkpoints" / "last.ckpt"
+    resumed = api.train(*words, "trainer.max_epochs=3", f"ckpt_path={last}")  # its epoch in csv/resumed-<time>/
+    assert list((run.dir / "csv").glob("resumed-*/metrics.csv"))
+    history = resumed.history()
+    assert [row["epoch"] for row in history] == [0, 1, 2]
+    assert all(set(row) == {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"} for row in history)
+    assert history[-1]["val/acc_best"] == pytest.approx(resumed.metrics["val/acc_best"])
+    assert history[0]["val/acc"] == pytest.approx(run.metrics["val/acc_best"])  # the first run's one epoch
+
+
 def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_it_was(tmp_path):
     refusals = [
         ([["model.dropout=2"]], r"model.dropout=2 is invalid"),  # the settings as one list, too
