@@ -1134,6 +1134,53 @@ def test_an_unseeded_shuffle_is_drawn_once_for_every_ddp_process_and_kept_by_a_r
     assert {int(path.read_text()) for path in tmp_path.glob("rank*")} == {drawn["rank0"]}
 
 
+class SignalAtStep(pl.Callback):
+    """Sends `signal_name` to its own process at `step`: in every process (`ranks`=all, as a terminal's Ctrl-C or a
+    SIGTERM to the process group reaches each), or in the first alone (`ranks`=first: `kill <pid>`)."""
+
+    def __init__(self, step: int, signal_name: str, ranks: str) -> None:
+        self.step, self.signum, self.ranks = step, getattr(signal, signal_name), ranks
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and (self.ranks == "all" or trainer.global_rank == 0):
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signal_name, ranks, exit_code", [("SIGTERM", "all", 143), ("SIGINT", "first", 130)],
+                         ids=["SIGTERM to every process", "Ctrl-C to the first alone"])
+def test_a_stop_under_ddp_stops_every_process_at_the_same_batch_and_resumes_exactly(tmp_path, synthetic_data_dir,
+                                                                                     signal_name, ranks, exit_code):
+    """Both hung until killed: Lightning's SIGTERM handler broadcast from inside the signal handler (a SIGTERM to the
+    process group: twice in the second process, once in the first), and a Ctrl-C stopped the process that got it
+    while the other waited for it at the next collective. The resumed epoch's training curve counted the first
+    process's half-epoch twice (its sums, alone in the checkpoint, loaded in both)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    common = ["src.train", "trainer=ddp_cpu", f"data.data_dir={synthetic_data_dir}", "data.download=false",
+              "data.val_size=80", "data.batch_size=16", "model=mlp", "model.scheduler.name=none", "trainer.max_epochs=2",
+              "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", "test=false"]
+    straight = run_module(*common, f"hydra.run.dir={tmp_path / 'straight'}", timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    stop = [f"+callbacks.stop._target_={__name__}.SignalAtStep", "+callbacks.stop.step=14",
+            f"+callbacks.stop.signal_name={signal_name}", f"+callbacks.stop.ranks={ranks}"]
+    stopped = run_module(*common, *stop, f"hydra.run.dir={tmp_path / 'stopped'}", timeout=120)
+    assert stopped.returncode == exit_code, stopped.stderr[-3000:]
+    last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 14  # mid-epoch 1 of 10 steps per epoch
+    resumed = run_module(*common, f"hydra.run.dir={tmp_path / 'stopped'}", "ckpt_path=last", timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    def final(run: str) -> tuple:
+        weights = torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        events = EventAccumulator(str(tmp_path / run / "tensorboard"))
+        events.Reload()
+        return weights, {tag: [e.value for e in events.Scalars(tag)][-1] for tag in ("train/loss", "train/acc")}
+
+    (weights, curve), (straight_weights, straight_curve) = final("stopped"), final("straight")
+    assert all(torch.equal(weights[key], straight_weights[key]) for key in straight_weights)
+    assert curve == straight_curve
+
+
 def test_a_refusal_in_a_process_ddp_spawn_started_is_one_line(tmp_path, synthetic_data_dir, good_checkpoint):
     """Raised inside fit, where the schedule's length is known: torch handed it back as the process's traceback."""
     result = run_module("src.train", "trainer=ddp_cpu", "trainer.strategy=ddp_spawn", f"hydra.run.dir={tmp_path}",

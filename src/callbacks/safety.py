@@ -24,6 +24,7 @@ class StopRequested(Exception):
 
 
 INTERRUPTIONS = (SIGTERMException, StopRequested)
+STOP_CAUSES = ("Ctrl-C", "SIGTERM")  # the processes of a DDP run agree on the highest one's place in this list
 
 
 def aborted_by_ctrl_c(stop: BaseException) -> bool:
@@ -50,7 +51,11 @@ class ResumableCheckpoint(RunFolderCheckpoint):
 class GracefulStop(pl.Callback):
     """The first Ctrl-C asks training to stop after the current batch (a consistent, resumable state);
     a second Ctrl-C aborts at once. A job of a sweep whose jobs run in worker processes also stops so when the
-    launching process was asked to stop (src/utils/sweep_stop.py): SIGTERM sent to it alone reaches no worker."""
+    launching process was asked to stop (src/utils/sweep_stop.py): SIGTERM sent to it alone reaches no worker.
+
+    With several processes (DDP) every one stops at the same batch, whichever of them got the signal: they agree on
+    it after each training batch. SIGTERM is noted here too: Lightning's handler broadcast from inside the signal
+    handler, and a SIGTERM to the process group (forwarded once more to the other processes) hung them all."""
 
     SWEEP_CHECK_SECONDS = 1.0  # how often a worker's job looks for the launching process's stop request
 
@@ -75,6 +80,35 @@ class GracefulStop(pl.Callback):
         main_thread = threading.current_thread() is threading.main_thread()
         if main_thread and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
             self._previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+
+    def on_sanity_check_start(self, trainer, pl_module) -> None:
+        self._take_over_sigterm(trainer)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._take_over_sigterm(trainer)
+
+    def _take_over_sigterm(self, trainer) -> None:
+        """From Lightning, which installs its handler after on_fit_start (and puts back the one before the fit at its
+        end), in the processes of a multi-process run."""
+        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._note_sigterm)
+
+    def _note_sigterm(self, signum, frame) -> None:
+        log.info("SIGTERM: stopping after this batch and saving a checkpoint.")
+        self._requested, self.stopped_by = True, "SIGTERM"
+
+    def _agreed(self, trainer) -> bool:
+        """Whether any process was asked to stop: the same answer in each (SIGTERM over Ctrl-C when both came)."""
+        if trainer.world_size == 1:
+            return self._requested
+        import torch.distributed as dist
+
+        code = torch.tensor([STOP_CAUSES.index(self.stopped_by) + 1 if self._requested else 0],
+                            device=trainer.strategy.root_device)
+        dist.all_reduce(code, op=dist.ReduceOp.MAX)
+        if code.item():
+            self._requested, self.stopped_by = True, STOP_CAUSES[int(code.item()) - 1]
+        return self._requested
 
     def _request_stop(self, signum, frame) -> None:
         if self._trainer is not None and self._trainer.sanity_checking:
@@ -101,7 +135,13 @@ class GracefulStop(pl.Callback):
         return True
 
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if self._requested and trainer.sanity_checking:  # nothing trained yet, nothing to save: stop at once
+        # Nothing trained yet, nothing to save: stop at once. With several processes at its end, where all of them
+        # are: their shares of the validation set may differ by a batch.
+        if self._requested and trainer.sanity_checking and trainer.world_size == 1:
+            raise StopRequested(self.stopped_by)
+
+    def on_sanity_check_end(self, trainer, pl_module) -> None:
+        if trainer.world_size > 1 and self._agreed(trainer):
             raise StopRequested(self.stopped_by)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
@@ -110,7 +150,7 @@ class GracefulStop(pl.Callback):
         # After a NaN/inf loss the weights are broken: saving them would replace a good last.ckpt. The
         # DivergenceGuard, if there is one, stops at its next check instead, before anything is saved.
         guarded = any(isinstance(cb, DivergenceGuard) for cb in trainer.callbacks)
-        if self._requested and (_loss_is_finite(outputs) or not guarded):
+        if self._agreed(trainer) and (_loss_is_finite(outputs) or not guarded):
             if not trainer.is_last_batch:
                 raise StopRequested(self.stopped_by)
             # Stopped now, the epoch would never be validated: a resume starts with the next one. So the fit ends as

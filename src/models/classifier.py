@@ -296,6 +296,10 @@ class DigitClassifier(pl.LightningModule):
             checkpoint["command_overrides"] = overrides
         if getattr(self, "schedule_steps", None) is not None:
             checkpoint["schedule_steps"] = self.schedule_steps
+        if self._several_processes():  # in every process at once, as each takes part in saving a checkpoint
+            sums = checkpoint["state_dict"]
+            checkpoint["training_sums_by_process"] = {key: self.all_gather(sums[key]).tolist()
+                                                      for key in TRAINING_SUMS if key in sums}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Only a resumed fit continues the run; load_from_checkpoint or trainer.test(ckpt_path=...) load weights for a
@@ -306,6 +310,25 @@ class DigitClassifier(pl.LightningModule):
             restore_rng_states(checkpoint["rng_states"])  # so a resumed run continues exactly
         self._resumed_schedule_steps = checkpoint.get("schedule_steps")
         self._resumed_overrides = checkpoint.get("command_overrides")
+        _own_training_sums(checkpoint, self.trainer.global_rank, self.trainer.world_size)
+
+    def _several_processes(self) -> bool:
+        return self._trainer is not None and self._trainer.world_size > 1 and torch.distributed.is_initialized()
+
+
+# The training loss and accuracy of the epoch so far. Each process sums its own share of the images, and the state
+# dict of a checkpoint is the first process's alone: loaded in every process, its half-epoch was counted twice.
+TRAINING_SUMS = ("train_metrics.loss_sum", "train_metrics.correct", "train_metrics.images")
+
+
+def _own_training_sums(checkpoint: dict, rank: int, world_size: int) -> None:
+    """Each process resumes its own sums (so the curve continues bit-exact); with another number of processes, the
+    first takes all of them."""
+    state = checkpoint["state_dict"]
+    for key, by_process in (checkpoint.get("training_sums_by_process") or {}).items():
+        if key in state:
+            own = by_process[rank] if len(by_process) == world_size else sum(by_process) if rank == 0 else 0
+            state[key] = torch.tensor(own, dtype=state[key].dtype)
 
 
 def _rename_older_metric_states(module, state_dict: dict, prefix: str, *args) -> None:
