@@ -61,19 +61,37 @@ class Run:
     def _tensorboard_folder(self) -> Path:
         """Where the run's config.yaml put its TensorBoard events: inside its folder (found wherever the folder has
         been moved since), or its subfolder of a folder shared by many runs; <run dir>/tensorboard without one."""
+        logger = self._logger_config("tensorboard")
+        if not logger or not logger.get("save_dir"):
+            return self.dir / "tensorboard"
+        return self._save_dir(logger) / str(logger.get("name") or "") / str(logger.get("version") or "")
+
+    def _csv_logs(self) -> list[Path]:
+        """The CSV logger's metrics.csv, then its resumes' (csv/resumed-<time>/), in the order written."""
+        logger = self._logger_config("csv")
+        save_dir = self._save_dir(logger) if logger and logger.get("save_dir") else self.dir
+        version = str(logger.get("version") or "") if logger else ""
+        return [save_dir / "csv" / version / "metrics.csv", *sorted(save_dir.glob(f"csv/resumed-*/{version}/metrics.csv"))]
+
+    def _logger_config(self, name: str):
         from omegaconf import OmegaConf
 
         config = OmegaConf.load(self.dir / "config.yaml") if (self.dir / "config.yaml").is_file() else None
-        logger = OmegaConf.select(config, "logger.tensorboard") if config else None
-        if not logger or not logger.get("save_dir"):
-            return self.dir / "tensorboard"
+        return OmegaConf.select(config, f"logger.{name}") if config else None
+
+    def _save_dir(self, logger) -> Path:
+        """A logger's save_dir as the run's config.yaml gives it, relative to where the run was started, and inside the
+        run's folder where that has been moved since."""
+        from omegaconf import OmegaConf
+
+        config = OmegaConf.load(self.dir / "config.yaml")
         save_dir, was_here = Path(logger.save_dir).expanduser(), Path(str(OmegaConf.select(config, "paths.output_dir")))
         hydra_record = self.dir / ".hydra" / "hydra.yaml"
         if not save_dir.is_absolute() and hydra_record.is_file():  # relative to where the run was started, not to here
             save_dir = Path(str(OmegaConf.select(OmegaConf.load(hydra_record), "hydra.runtime.cwd"))) / save_dir
         if save_dir.is_relative_to(was_here):
             save_dir = self.dir / save_dir.relative_to(was_here)
-        return save_dir / str(logger.get("name") or "") / str(logger.get("version") or "")
+        return save_dir
 
     def history(self) -> list[dict[str, float | int]]:
         """One row per epoch: its number and the metrics logged once per epoch (train/loss, train/acc, val/loss,
@@ -107,11 +125,10 @@ class Run:
         return rows
 
     def _csv_rows(self) -> dict[int, dict]:
-        """From <run dir>/csv/metrics.csv, then its resumes' csv/resumed-<time>/metrics.csv, in the order written."""
         import csv
 
         rows: dict[int, dict] = {}
-        for path in [self.dir / "csv" / "metrics.csv", *sorted((self.dir / "csv").glob("resumed-*/metrics.csv"))]:
+        for path in self._csv_logs():
             with contextlib.suppress(FileNotFoundError), open(path, newline="") as file:
                 for record in csv.DictReader(file):
                     if not record.get("epoch"):

@@ -128,13 +128,17 @@ def main() -> None:
         parser.error(f"--device {args.device}: it must be cpu, cuda or cuda:N.")
     if not args.quick:  # each run would fail on its own after the others had run, with the same message
         from src.data.mnist_files import folder_above_mnist_raw, missing_files, raw_dir
+        from src.errors import UserInputError
 
         # Absolute: the runs start in the project's folder, not this one.
         args.data_dir = args.data_dir.expanduser().absolute()
-        missing = missing_files(args.data_dir)
-        if missing and folder_above_mnist_raw(args.data_dir):
-            parser.error(f"--data-dir {args.data_dir} holds the MNIST files itself: name the folder above MNIST/raw/, "
-                         f"--data-dir {folder_above_mnist_raw(args.data_dir)}.")
+        try:
+            missing, meant = missing_files(args.data_dir), folder_above_mnist_raw(args.data_dir)
+        except UserInputError as err:  # a folder this user may not enter
+            parser.error(str(err))
+        if missing and meant:
+            parser.error(f"--data-dir {args.data_dir} is the MNIST files' own folder: name the folder above MNIST/raw/, "
+                         f"--data-dir {meant}.")
         if missing:
             parser.error(f"--data-dir {args.data_dir}: {', '.join(missing)} missing in {raw_dir(args.data_dir)}/ (the "
                          "benchmark does not download). Get them with python -m src.train "

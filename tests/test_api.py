@@ -62,7 +62,7 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     root_handlers = root.handlers[:]
     request.addfinalizer(functools.partial(root.setLevel, root.level))
     root.setLevel(logging.WARNING)  # the notebook's own level: the run logs at INFO, then leaves it as it was
-    for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS"):  # the caller's seed variables: none
+    for name in ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "MNIST_SHUFFLE_SEED"):  # the caller's seed variables: none
         monkeypatch.delenv(name, raising=False)
     callers_draws = _seeded_draws(123)  # the caller's own random streams, seeded before the run
     cuda_seeds = []  # CUDA is seeded lazily, when first used: after the run, it must get the caller's seed, not the run's
@@ -99,7 +99,7 @@ def test_train_evaluate_and_predict_make_the_command_lines_run_folders(tmp_path,
     logging.getLogger("notebook").warning("after the run")
     assert "after the run" in (tmp_path / "notebook.log").read_text()  # the caller's own log still writes
     assert not HydraConfig.initialized()
-    assert "PL_GLOBAL_SEED" not in os.environ and "PL_SEED_WORKERS" not in os.environ  # the run's seed left with it
+    assert not {"PL_GLOBAL_SEED", "PL_SEED_WORKERS", "MNIST_SHUFFLE_SEED"} & set(os.environ)  # the run's seeds left with it
     assert _draws() == callers_draws  # the caller's streams go on where they were, not from the run's seed
     assert cuda_seeds[-1] == 123 and 42 in cuda_seeds  # the run seeded it with its own (seed=42) first
     assert warnings.filters == warning_filters and logging.getLogger(LIGHTNING_NOTES).filters == lightning_filters
@@ -197,11 +197,14 @@ def test_a_runs_history_is_found_in_a_relative_tensorboard_folder_from_anywhere(
     assert api.Run(run.dir).history() == history
 
 
-def test_the_history_of_a_run_logged_as_csv_comes_from_its_csv_files(tmp_path, synthetic_data_dir):
+def test_the_history_of_a_run_logged_as_csv_comes_from_its_csv_files(tmp_path, synthetic_data_dir, monkeypatch):
     """logger=csv: history() was empty, though csv/metrics.csv held every epoch."""
     overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
-    words = [*overrides, "model=mlp", "logger=csv", "model.scheduler.name=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    words = [*overrides, "model=mlp", "logger=csv", "model.scheduler.name=none", f"hydra.run.dir={tmp_path / 'run'}",
+             "data.shuffle_seed=null"]
+    monkeypatch.delenv("MNIST_SHUFFLE_SEED", raising=False)
     run = api.train(*words)
+    assert "MNIST_SHUFFLE_SEED" not in os.environ  # the run's draw left with it: it is DDP's, not the caller's
     last = run.dir / "checkpoints" / "last.ckpt"
     resumed = api.train(*words, "trainer.max_epochs=3", f"ckpt_path={last}")  # its epoch in csv/resumed-<time>/
     assert list((run.dir / "csv").glob("resumed-*/metrics.csv"))
@@ -210,6 +213,10 @@ def test_the_history_of_a_run_logged_as_csv_comes_from_its_csv_files(tmp_path, s
     assert all(set(row) == {"epoch", "train/loss", "train/acc", "val/loss", "val/acc", "val/acc_best"} for row in history)
     assert history[-1]["val/acc_best"] == pytest.approx(resumed.metrics["val/acc_best"])
     assert history[0]["val/acc"] == pytest.approx(run.metrics["val/acc_best"])  # the first run's one epoch
+    # In a folder shared by many runs, each in a subfolder of its own (logger.csv.save_dir).
+    shared = api.train(*overrides, "model=mlp", "logger=csv", f"logger.csv.save_dir={tmp_path / 'shared'}",
+                       f"hydra.run.dir={tmp_path / 'shared_run'}")
+    assert [row["epoch"] for row in shared.history()] == [0] and not (shared.dir / "csv").exists()
 
 
 def test_refused_settings_raise_one_clear_error_and_leave_the_callers_hydra_as_it_was(tmp_path):

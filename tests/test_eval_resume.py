@@ -914,6 +914,20 @@ def test_a_moved_run_folder_keeps_its_best_score_so_a_worse_epoch_cannot_become_
     assert list(callback.best_k_models) == [str(new / "epoch003.ckpt")]
 
 
+def test_a_resume_keeps_both_seeds_of_a_run_that_drew_each(tmp_path, synthetic_data_dir):
+    """seed=null data.shuffle_seed=null: the resume took the shuffle seed for the run's seed, and config.yaml lost it."""
+    from omegaconf import OmegaConf
+
+    run = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "model.scheduler.name=none", "seed=null",
+           "data.shuffle_seed=null"]
+    train(compose_config(run))
+    drawn = OmegaConf.load(tmp_path / "config.yaml")
+    assert drawn.seed != drawn.data.shuffle_seed
+    train(compose_config([*run, "trainer.max_epochs=2", f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}"]))
+    kept = OmegaConf.load(tmp_path / "config.yaml")
+    assert (kept.seed, kept.data.shuffle_seed) == (drawn.seed, drawn.data.shuffle_seed)
+
+
 def test_an_unseeded_run_draws_one_seed_and_a_resume_keeps_it(tmp_path, synthetic_data_dir, monkeypatch):
     """seed=null: the drawn seed is in config.yaml and the checkpoint, and a resume shuffles with it (not a new
     draw), so a mid-epoch resume continues the same order; DDP's other processes take rank 0's draw."""

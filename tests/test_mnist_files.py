@@ -74,16 +74,22 @@ def test_a_data_dir_naming_the_mnist_folder_gets_the_folder_above(data_dir, no_d
 
 
 def test_a_data_folder_this_user_may_not_enter_is_named_as_such(data_dir, monkeypatch):
-    """It was reported as a full or read-only disk while writing the run, with advice to put the run elsewhere."""
+    """It was reported as a full or read-only disk while writing the run, with advice to put the run elsewhere; the
+    folder to open is the first on the way that this user may not enter (here data_dir itself)."""
     from pathlib import Path
 
-    def no_entry(path):
-        raise PermissionError(13, "Permission denied", str(path))
+    stat = Path.stat
 
-    monkeypatch.setattr(Path, "is_file", no_entry)
+    def no_entry(path, *args, **kwargs):
+        if data_dir in path.parents:
+            raise PermissionError(13, "Permission denied", str(path))
+        return stat(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", no_entry)
+    monkeypatch.setattr(Path, "is_file", lambda path: no_entry(path) and False)
     folder = raw_dir(data_dir)
     with pytest.raises(MNISTDataError, match=rf"^{folder}/train-images-idx3-ubyte: cannot look for this file \(permission "
-                                             rf"denied\)\. Make the folders readable: chmod a\+rx {folder}$"):
+                                             rf"denied\)\. Make the folder on the way readable: chmod a\+rx {data_dir}$"):
         load_split(data_dir, "train")
 
 

@@ -148,7 +148,9 @@ def test_bad_optimizer_settings_are_clear_errors(config, message):
     # Below 1, onecycle started 10 times above its peak, or ended 4 times above it, without a word.
     ({"name": "onecycle", "div_factor": 0.1}, "model.scheduler.div_factor=0.1 is invalid: it must be a finite number >= 1 "
                                               "\\(it divides lr for the start\\)"),
-    ({"name": "onecycle", "final_div_factor": 0.01}, "model.scheduler.final_div_factor=0.01 is invalid"),
+    ({"name": "onecycle", "final_div_factor": 0.01}, "model.scheduler.final_div_factor=0.01 is invalid with "
+                                                     "div_factor=25.0: OneCycle would end at lr / 0.25, above its peak lr. "
+                                                     "It must be at least 1/div_factor \\(0.04\\)."),
     ({"name": "onecycle", "final_div_factor": float("inf")}, "model.scheduler.final_div_factor=inf is invalid"),
     ({"name": "cosine", "min_lr": float("nan")}, "model.scheduler.min_lr=nan is invalid"),
     # Names as written: the learning-rate monitor and the HParams table compare them so too.
@@ -158,6 +160,11 @@ def test_bad_optimizer_settings_are_clear_errors(config, message):
 def test_bad_scheduler_settings_are_clear_errors(config, message):
     with pytest.raises(UserInputError, match=message):
         check_scheduler_config(config)
+
+
+def test_a_onecycle_end_above_its_start_but_below_its_peak_is_allowed():
+    lrs = scheduled_lrs({"name": "onecycle", "div_factor": 25.0, "final_div_factor": 0.5})
+    assert lrs[0] == pytest.approx(0.1 / 25) and lrs[-1] == pytest.approx(0.1 / 12.5, rel=1e-2) and max(lrs) <= 0.1
 
 
 def test_a_cosine_min_lr_above_the_learning_rate_is_refused():

@@ -291,8 +291,13 @@ def test_the_benchmark_reads_its_data_folder_from_where_it_runs_whatever_its_nam
     with pytest.raises(SystemExit) as exited:
         src.bench.main()
     assert exited.value.code == 2
-    assert (f"holds the MNIST files itself: name the folder above MNIST/raw/, --data-dir {folder}.\n"
+    assert (f"is the MNIST files' own folder: name the folder above MNIST/raw/, --data-dir {folder}.\n"
             in capsys.readouterr().err)
+    monkeypatch.setattr(sys, "argv", ["src.bench", "--data-dir", folder.name])
+    monkeypatch.setattr(Path, "is_file", lambda path: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    with pytest.raises(SystemExit) as exited:  # a traceback
+        src.bench.main()
+    assert exited.value.code == 2 and "cannot look for this file (permission denied)" in capsys.readouterr().err
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU machine the script would run its 5 minutes")

@@ -22,7 +22,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from src import PROJECT_ROOT
+from src import CONFIG_DIR, PROJECT_ROOT
 from src.data.idx import write_idx
 from src.data.synthetic import write_synthetic_mnist
 from src.errors import RunInterrupted, TrainingDiverged, UserInputError
@@ -413,6 +413,10 @@ def test_a_config_of_ones_own_that_hydra_would_pass_over_is_refused(tmp_path):
     (tmp_path / "train.yaml").write_text("defaults:\n  - override model: mlp\n")
     assert overrides_problem(["-cd", str(tmp_path), "-cn", "train"], "train").endswith(
         "Give it a name of its own: --config-name <name>.")
+    # A top-level file is read only as the run's config: one that is not (another project's) is no matter.
+    assert overrides_problem(["-cd", str(tmp_path), "-cn", "mine"], "train") is None
+    # The project's own folder holds the same files as itself.
+    assert overrides_problem(["-cd", os.path.relpath(CONFIG_DIR), "experiment=fast"], "train") is None
 
 
 @pytest.mark.parametrize("flags, entry_point, based_on", [
@@ -530,6 +534,7 @@ def test_hydra_flags_and_deletions_are_not_taken_for_words_without_a_key():
     (["task_name=''"], "train", "task_name='' is invalid: the task name names the run's log file (<task_name>.log), so "
                                 "it cannot be empty or null or hold '/'."),
     (["task_name=null"], "eval", "task_name=null is invalid: the task name names the run's log file"),  # None.log
+    (["task_name=NULL"], "train", "task_name=NULL is invalid: the task name names the run's log file"),  # as Hydra reads
     (["trainer.max_epochs", "=", "3"], "train", "'trainer.max_epochs = 3': a setting is one word, without spaces "
                                                 "around '=': trainer.max_epochs=3."),
     (["top_k=", "3"], "predict", "'top_k= 3': a setting is one word, without spaces around '=': top_k=3."),

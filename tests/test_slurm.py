@@ -137,6 +137,21 @@ def test_a_slurm_job_must_have_a_task_for_each_training_process(tmp_path, monkey
         validate_train_config(cfg)
 
 
+@pytest.mark.parametrize("unseeded", ["seed=null", "data.shuffle_seed=null"])
+def test_a_slurm_job_of_several_processes_needs_a_seed_given(tmp_path, monkeypatch, unseeded):
+    """SLURM starts each process: each drew a seed of its own, and their shares of the training set overlapped."""
+    from src.utils.validate import validate_train_config
+
+    for key, value in {**SLURM_JOB, "SLURM_NTASKS": "2"}.items():
+        monkeypatch.setenv(key, value)
+    cfg = compose_config([f"paths.output_dir={tmp_path}", "trainer=ddp_cpu", unseeded])
+    with pytest.raises(UserInputError, match=rf"^{re.escape(unseeded)} cannot be used in a SLURM job of several training "
+                                             rf"processes: .* Give one: {unseeded[:-5]}=<number>\.$"):
+        validate_train_config(cfg)
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    validate_train_config(compose_config([f"paths.output_dir={tmp_path}", unseeded]))  # one process draws for itself
+
+
 @pytest.mark.parametrize("arguments, entry_point, requeued", [
     (["hydra.run.dir=runs/a", "ckpt_path=last"], "train", True),
     (["-m", "seed=1,2", "hydra.sweep.dir=sweeps/a", "ckpt_path=last"], "train", True),

@@ -498,6 +498,20 @@ def test_a_stop_without_the_runs_checkpoints_names_lightnings_checkpoint_of_the_
         f"own checkpoint callbacks). Lightning's own checkpoint of the last finished epoch is {kept}; resume with: ")
     assert torch.load(kept, weights_only=True)["epoch"] == 0
 
+    # Ctrl-C there aborts at once (no callback stops gracefully): "No checkpoint had been saved yet" it said.
+    def ctrl_c_in_the_second_epoch(self, outputs, batch, batch_idx):
+        trains(self, outputs, batch, batch_idx)
+        if self.trainer.current_epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(DigitClassifier, "on_train_batch_end", ctrl_c_in_the_second_epoch)
+    tiny = [word for word in tiny_run_overrides(synthetic_data_dir, tmp_path / "ctrl_c") if not word.startswith("callbacks.")]
+    with pytest.raises(RunInterrupted) as aborted:
+        train(compose_config([*tiny, "model=mlp", "callbacks=[]", "trainer.max_epochs=3"]))
+    (kept,) = (tmp_path / "ctrl_c").glob("tensorboard/**/checkpoints/*.ckpt")
+    assert str(aborted.value).startswith(f"Training aborted by Ctrl-C at epoch 1, step 11, without saving. {kept} holds "
+                                         "the last saved state; resume with: ")
+
 
 def test_a_run_that_diverges_keeps_its_row_in_the_hparams_table(tmp_path, synthetic_data_dir):
     """The row was written only at the end of a run: a sweep's diverged jobs, the ones a learning-rate sweep is run to

@@ -38,14 +38,26 @@ def find_file(folder: Path, name: str) -> Path | None:
             if candidate.is_file():
                 return candidate
         except PermissionError as err:  # a folder on the way that this user may not enter
-            raise MNISTDataError(f"{candidate}: cannot look for this file (permission denied). Make the folders "
-                                 f"readable: chmod a+rx {folder}") from err
+            raise MNISTDataError(f"{candidate}: cannot look for this file (permission denied). Make the folder on the "
+                                 f"way readable: chmod a+rx {_first_closed_folder(folder)}") from err
     return None
 
 
 def missing_files(data_dir: str | Path) -> list[str]:
     folder = raw_dir(data_dir)
     return [name for name in ALL_FILE_NAMES if find_file(folder, name) is None]
+
+
+def _first_closed_folder(folder: Path) -> Path:
+    """The first folder on the way to `folder` whose contents this user may not look into."""
+    for inside in [*reversed(folder.parents), folder]:
+        try:
+            inside.stat()
+        except PermissionError:
+            return inside.parent
+        except OSError:
+            break
+    return folder
 
 
 def folder_above_mnist_raw(folder: str | Path) -> Path | None:

@@ -88,11 +88,16 @@ def check_scheduler_config(config: Mapping | None, lr: float | None = None) -> N
     pct_start = config["pct_start"]
     _require(is_number(pct_start) and 0 < pct_start < 1, "model.scheduler.pct_start", pct_start,
              "a number in (0, 1): the share of steps spent warming up")
-    # Below 1, onecycle would start (div_factor) or end (final_div_factor) above its peak, model.optimizer.lr.
-    for key, divides in (("div_factor", "lr for the start"), ("final_div_factor", "the start's lr for the end")):
-        value = config[key]
-        _require(is_finite_number(value) and value >= 1, f"model.scheduler.{key}", value,
-                 f"a finite number >= 1 (it divides {divides})")
+    div, final_div = config["div_factor"], config["final_div_factor"]
+    # Below 1, OneCycle would start above its peak, model.optimizer.lr.
+    _require(is_finite_number(div) and div >= 1, "model.scheduler.div_factor", div,
+             "a finite number >= 1 (it divides lr for the start)")
+    _require(is_finite_number(final_div) and final_div > 0, "model.scheduler.final_div_factor", final_div,
+             "a finite number > 0")
+    if name == "onecycle" and div * final_div < 1:  # the end, lr / (div_factor × final_div_factor), above the peak
+        raise UserInputError(f"model.scheduler.final_div_factor={override_value(final_div)} is invalid with "
+                             f"div_factor={override_value(div)}: OneCycle would end at lr / {div * final_div:g}, above "
+                             f"its peak lr. It must be at least 1/div_factor ({1 / div:g}).")
     warmup = config["warmup_steps"]
     _require(is_whole(warmup) and warmup >= 0,
              "model.scheduler.warmup_steps", warmup, "a whole number >= 0")

@@ -95,7 +95,7 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
             return f"{word} would delete `{key}`, which every {entry_point} run reads: set it instead ({key}={value})."
         task_name = word.partition("=")[2]
         if word.lstrip("+").startswith("task_name=") and ("/" in task_name or not task_name.strip("'\" ")
-                                                            or task_name in ("null", "~")):  # None.log
+                                                            or task_name.lower() in ("null", "~")):  # None.log
             return (f"{word.lstrip('+')} is invalid: the task name names the run's log file (<task_name>.log), so it "
                     "cannot be empty or null or hold '/'. Use another name, e.g. task_name=my_run.")
     return None

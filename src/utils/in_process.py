@@ -152,7 +152,7 @@ def _callers_global_state() -> Iterator[None]:
     import numpy
     import torch
 
-    names = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "CUBLAS_WORKSPACE_CONFIG")
+    names = ("PL_GLOBAL_SEED", "PL_SEED_WORKERS", "CUBLAS_WORKSPACE_CONFIG", "MNIST_SHUFFLE_SEED")
     callers = {name: os.environ.get(name) for name in names}
     threads, cudnn_benchmark = torch.get_num_threads(), torch.backends.cudnn.benchmark
     deterministic = torch.are_deterministic_algorithms_enabled()

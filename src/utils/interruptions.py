@@ -42,9 +42,8 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         at = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
         written = where if where and _modified(where) != before else None
         message = _stopped(by, at, written, ckpt_path, bool(where))
-        lightnings = getattr(trainer.checkpoint_callback, "best_model_path", "")  # monitoring nothing: the latest
-        if not saved and lightnings and trainer.checkpoint_callback.monitor is None:
-            # callbacks=null: Lightning's own checkpoint callback, which saves at each epoch's end, not at a stop.
+        lightnings = None if saved else _lightnings_own_checkpoint(trainer)
+        if lightnings:
             message = (f"Training stopped by {by} {at}, without a checkpoint of this state (the run has none of its own "
                        f"checkpoint callbacks). Lightning's own checkpoint of the last finished epoch is {lightnings}; "
                        f"{resume_with(lightnings)}")
@@ -59,7 +58,9 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
     except (SystemExit, KeyboardInterrupt) as stop:  # a second Ctrl-C, or one before training began: no save
         if not aborted_by_ctrl_c(stop):
             raise
-        last = where if where and Path(where).is_file() else ckpt_path  # this run's last save, else its starting point
+        # This run's last save (Lightning's own under callbacks=null), else its starting point.
+        last = where if where and Path(where).is_file() else (None if saved else _lightnings_own_checkpoint(trainer))
+        last = last or ckpt_path
         # Nothing to say before the first step, nor in the launching process of ddp_spawn (its trainer never steps).
         at = f" at epoch {trainer.current_epoch}, step {trainer.global_step}" if trainer.global_step else ""
         raise RunInterrupted(
@@ -72,6 +73,15 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         for callback in trainer.callbacks:
             if isinstance(callback, GracefulStop):
                 callback.give_back_ctrl_c()
+
+
+def _lightnings_own_checkpoint(trainer) -> str | None:
+    """The latest save of the checkpoint callback Lightning adds itself (callbacks=null), at each epoch's end; None
+    without one, or for a callback that keeps the best by a metric, not the latest."""
+    callback = trainer.checkpoint_callback
+    if callback is None or callback.monitor is not None:
+        return None
+    return callback.best_model_path or None
 
 
 def _stopped(by: str, at: str, saved: str | None, started_from: str | None = None, saving: bool = True) -> str:

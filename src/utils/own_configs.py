@@ -32,9 +32,13 @@ def _passed_over(arguments: list[str]) -> str | None:
     if not folder:
         return None
     folder = Path(folder).expanduser()
+    if folder.resolve() == CONFIG_DIR.resolve():  # the project's own folder: the same files either way
+        return None
+    chosen = (flag_value(arguments, ("--config-name", "-cn")) or "").removesuffix(".yaml")
     for project_file in sorted(CONFIG_DIR.rglob("*.yaml")):
         name = project_file.relative_to(CONFIG_DIR)
-        if (folder / name).is_file():
+        # A top-level file is read only as the run's config (-cn); a group's option whenever it is chosen.
+        if (folder / name).is_file() and (name.parent != Path(".") or name.stem == chosen):
             group = name.parent.as_posix()
             instead = f"{group}/<name>.yaml, chosen with {group}=<name>" if group != "." else "--config-name <name>"
             return (f"{folder / name}: the project's conf/{name.as_posix()} has the same name, and Hydra reads the "

@@ -37,28 +37,32 @@ def restore_rng_states(states: dict) -> None:
 def unseeded_run_seed(resumed_checkpoint: dict | None) -> int:
     """The seed of a `seed=null` run; see seed_drawn_once. Lightning's seed_everything hands rank 0's to DDP's other
     processes."""
-    return seed_drawn_once(resumed_checkpoint, shared_by="PL_GLOBAL_SEED")
+    saved = None
+    if resumed_checkpoint:
+        saved = resumed_checkpoint.get("run_seed")
+        if saved is None:  # saved before checkpoints recorded it: the shuffle seed, which follows it by default
+            saved = (resumed_checkpoint.get("datamodule_hyper_parameters") or {}).get("shuffle_seed")
+    return seed_drawn_once(saved, shared_by="PL_GLOBAL_SEED")
 
 
 def unseeded_shuffle_seed(resumed_checkpoint: dict | None) -> int:
     """`data.shuffle_seed=null` in a run with a seed: drawn once per run as a seed=null run's is (the DataModule would
     draw one in each process, so DDP's ranks took shards of different orders, and a resume refused its new draw)."""
-    return seed_drawn_once(resumed_checkpoint, shared_by="MNIST_SHUFFLE_SEED")
+    saved = (resumed_checkpoint.get("datamodule_hyper_parameters") or {}).get("shuffle_seed") if resumed_checkpoint else None
+    return seed_drawn_once(saved, shared_by="MNIST_SHUFFLE_SEED")
 
 
-def seed_drawn_once(resumed_checkpoint: dict | None, shared_by: str) -> int:
+def seed_drawn_once(saved: int | None, shared_by: str) -> int:
     """A seed fixed once per run, so that DDP's processes shuffle alike and a resume continues the same order: the
-    resumed checkpoint's shuffle seed (its content, as read), rank 0's draw (which DDP's other processes, started
-    with its environment, find in the variable `shared_by`), or a new draw."""
+    resumed checkpoint's (`saved`), rank 0's draw (which DDP's other processes, started with its environment, find in
+    the variable `shared_by`), or a new draw."""
     import os
     import secrets
 
     from src.utils.run import is_rank_zero
 
-    if resumed_checkpoint:
-        saved = (resumed_checkpoint.get("datamodule_hyper_parameters") or {}).get("shuffle_seed")
-        if saved is not None:
-            return int(saved)
+    if saved is not None:
+        return int(saved)
     if not is_rank_zero() and shared_by in os.environ:
         return int(os.environ[shared_by])
     seed = secrets.randbits(31)

@@ -150,6 +150,11 @@ def _check_strategy(cfg: DictConfig) -> None:
 
     if in_slurm_job():
         _check_slurm_tasks(cfg.trainer)
+        unseeded = [key for key in ("seed", "data.shuffle_seed") if OmegaConf.select(cfg, key, default=0) is None]
+        if unseeded and _process_count(cfg.trainer) > 1:  # no process can hand its draw to the others
+            raise UserInputError(f"{unseeded[0]}=null cannot be used in a SLURM job of several training processes: SLURM "
+                                 "starts each of them, and each would draw a seed of its own (their shares of the data "
+                                 f"would overlap). Give one: {unseeded[0]}=<number>.")
         return  # SLURM starts every DDP process itself (srun, hydra/launcher=slurm): Lightning relaunches nothing
     from_python, sweeping = called_from_python(), in_multirun()
     if not (from_python or sweeping):  # the command line of a single run: Lightning's relaunch works
