@@ -100,7 +100,7 @@ def ensure_mnist_files(data_dir: str | Path, download: bool) -> None:
 
             MNIST(root=str(Path(data_dir).expanduser()), train=True, download=True)
         except Exception as err:  # any network/HTTP/checksum failure: the message below says what to do
-            reason = f"the download failed ({type(err).__name__}: {' '.join(str(err).split())})"  # one line per mirror
+            reason = f"the download failed ({type(err).__name__}: {' '.join(str(err).split())})"  # its lines as one
         finally:
             socket.setdefaulttimeout(previous_timeout)
         missing = missing_files(data_dir)
