@@ -43,8 +43,9 @@ def start_run(cfg: DictConfig, save: bool = True, continuing: bool = False) -> P
     spawn_as_usual_in_joblib_workers()
     if joblib_workers() > 1:  # also for one job at a time: joblib starts its workers with cores / n_jobs threads each
         torch.set_num_threads(threads_per_job())
-    if parallel_jobs() > 1:
-        log.info("%d sweep jobs run in parallel: using %s", parallel_jobs(), counted(threads_per_job(), "CPU thread"))
+        jobs = parallel_jobs()  # read from the sweep's record, once
+        if jobs > 1:
+            log.info("%d sweep jobs run in parallel: using %s", jobs, counted(torch.get_num_threads(), "CPU thread"))
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     return output_dir
