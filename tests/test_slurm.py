@@ -189,7 +189,7 @@ def test_a_run_of_several_slurm_tasks_must_be_given_its_folder(tmp_path, monkeyp
         "This SLURM job runs the command in 2 tasks (one training process each), which must share one run folder: give "
         "it on the command line, e.g. hydra.run.dir=runs/$SLURM_JOB_ID (with ckpt_path=last, a requeued job continues "
         "there).")
-    from src.utils.slurm import shared_folder_problem
+    from src.utils.launchers import shared_folder_problem
 
     for key, value in env.items():
         monkeypatch.setenv(key, value)

@@ -11,7 +11,8 @@ from src import CONFIG_DIR, config_options
 from src.utils.console_output import guard_standard_streams
 from src.utils.own_configs import own_config_problem
 from src.utils.path_overrides import is_multirun
-from src.utils.slurm import requeue_if_warned, shared_folder_problem, stop_on_slurms_warning
+from src.utils.launchers import shared_folder_problem
+from src.utils.slurm import requeue_if_warned, stop_on_slurms_warning
 
 
 CHDIR_NOT_SUPPORTED = ("hydra.job.chdir=true is not supported: every run already writes all its files into its own "

@@ -72,18 +72,3 @@ def requeue_if_warned(arguments: list[str], entry_point: str) -> None:
     else:
         log.error("Requeueing SLURM job %s failed (%s): requeue it with scontrol requeue %s, or submit the job "
                   "again.", job, failure, job)
-
-
-def shared_folder_problem(arguments: list[str]) -> str | None:
-    """Why a run that several SLURM tasks start (one DDP process each) is refused: without a folder given, each task
-    would make a run folder of its own (they start seconds apart), and only the first would hold the run."""
-    from src.utils.path_overrides import is_multirun
-
-    tasks = os.environ.get("SLURM_NTASKS", "1")
-    if not in_slurm_job() or not tasks.isdigit() or int(tasks) < 2 or is_multirun(arguments):
-        return None
-    if any(word.lstrip("+").startswith("hydra.run.dir=") for word in arguments):
-        return None
-    return (f"This SLURM job runs the command in {tasks} tasks (one training process each), which must share one run "
-            "folder: give it on the command line, e.g. hydra.run.dir=runs/$SLURM_JOB_ID (with ckpt_path=last, a "
-            "requeued job continues there).")

@@ -11,6 +11,7 @@ from src.errors import UserInputError
 from src.models.optim_config import check_optimizer_config, check_scheduler_config, optimizer_settings
 from src.utils.command_words import override_value
 from src.utils.instantiate import not_a_setting, takes_setting
+from src.utils.launchers import Launcher, external_launcher
 from src.utils.setting_checks import is_finite_number, is_number, is_whole, require_true_or_false
 
 log = logging.getLogger(__name__)
@@ -146,16 +147,16 @@ def _check_strategy(cfg: DictConfig) -> None:
     """Strategies that start this script again for each further device, where it cannot be started again."""
     from src.utils.command_words import called_from_python
     from src.utils.jobs import in_multirun
-    from src.utils.slurm import in_slurm_job
 
-    if in_slurm_job():
-        _check_slurm_tasks(cfg.trainer)
+    launcher = external_launcher()
+    if launcher:
+        _check_launched_processes(cfg.trainer, launcher)
         unseeded = [key for key in ("seed", "data.shuffle_seed") if OmegaConf.select(cfg, key, default=0) is None]
         if unseeded and _process_count(cfg.trainer) > 1:  # no process can hand its draw to the others
-            raise UserInputError(f"{unseeded[0]}=null cannot be used in a SLURM job of several training processes: SLURM "
-                                 "starts each of them, and each would draw a seed of its own (their shares of the data "
-                                 f"would overlap). Give one: {unseeded[0]}=<number>.")
-        return  # SLURM starts every DDP process itself (srun, hydra/launcher=slurm): Lightning relaunches nothing
+            raise UserInputError(f"{unseeded[0]}=null cannot be used in a {launcher.name} of several training processes: "
+                                 f"{launcher.by} starts each of them, and each would draw a seed of its own "
+                                 f"(their shares of the data would overlap). Give one: {unseeded[0]}=<number>.")
+        return  # SLURM or torchrun starts every DDP process itself: Lightning relaunches nothing
     from_python, sweeping = called_from_python(), in_multirun()
     if not (from_python or sweeping):  # the command line of a single run: Lightning's relaunch works
         return
@@ -175,25 +176,23 @@ def _check_strategy(cfg: DictConfig) -> None:
         )
 
 
-def _check_slurm_tasks(trainer: DictConfig) -> None:
-    """In a SLURM job each DDP process is one of its tasks, started by SLURM: with fewer tasks than the trainer's
-    processes Lightning would train in fewer processes without a word (more: it fails with a traceback)."""
-    import os
-
+def _check_launched_processes(trainer: DictConfig, launcher: Launcher) -> None:
+    """Under SLURM or torchrun each DDP process is one the launcher started: with fewer than the trainer's processes
+    Lightning would train in fewer without a word (SLURM), or each would train a model of its own into the same folder
+    (torchrun); with more it fails with a traceback."""
     processes, nodes = _process_count(trainer), trainer.get("num_nodes", 1)
     on_each_node = processes // nodes if isinstance(nodes, int) and nodes > 0 else processes
-    tasks, per_node = os.environ.get("SLURM_NTASKS", "1"), os.environ.get("SLURM_NTASKS_PER_NODE", "")
-    if per_node.isdigit() and int(per_node) != on_each_node:  # Lightning: a traceback
-        have = f"{per_node} task(s) per node (SLURM_NTASKS_PER_NODE)"
-    elif tasks.isdigit() and int(tasks) != processes:
-        have = f"{tasks} task(s) (SLURM_NTASKS)"
+    if launcher.per_node.isdigit() and int(launcher.per_node) != on_each_node:
+        have = f"{launcher.per_node} {launcher.unit} per node ({launcher.per_node_variable})"
+    elif launcher.processes.isdigit() and int(launcher.processes) != processes:
+        have = f"{launcher.processes} {launcher.unit} ({launcher.processes_variable})"
     else:
         return
     raise UserInputError(
-        f"This SLURM job has {have}, but trainer.devices={trainer.get('devices', 'auto')} and "
-        f"trainer.num_nodes={trainer.get('num_nodes', 1)} make {processes} training process(es): in a SLURM job SLURM "
-        "starts each of them as a task. Ask for as many tasks (--ntasks-per-node=<devices per node>, "
-        "--nodes=<num_nodes>) and start the run with srun, or set trainer.devices to the tasks there are.")
+        f"This {launcher.name} has {have}, but trainer.devices={trainer.get('devices', 'auto')} and "
+        f"trainer.num_nodes={trainer.get('num_nodes', 1)} make {processes} training process(es): in a "
+        f"{launcher.name} {launcher.by} starts each of them. To match, {launcher.ask_for}, or set "
+        "trainer.devices to the processes there are.")
 
 
 def _check_early_stopping(callbacks: DictConfig | dict) -> None:
