@@ -6,7 +6,8 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from src.data.augment import DEFAULT_AUGMENT, BatchAugment, augment_settings
+from src.data.augment import BatchAugment
+from src.data.augment_settings import DEFAULT_AUGMENT, augment_settings
 from src.data.mnist_datamodule import MNISTDataModule
 from src.data.synthetic import synthetic_digits
 from src.errors import UserInputError

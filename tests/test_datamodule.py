@@ -158,13 +158,20 @@ def test_loaders_before_setup_and_predict_batches(synthetic_data_dir, tmp_path):
     assert (probabilities.argmax(dim=1) == labels).float().mean().item() == pytest.approx(tested["test/acc"])
 
 
-def test_an_unseeded_datamodule_draws_a_shuffle_seed_and_keeps_it_with_the_hyperparameters(synthetic_data_dir):
-    """Without a seed (library use) it must still shuffle, not crash; the drawn seed is saved with the hyperparameters."""
+def test_an_unseeded_datamodule_draws_a_shuffle_seed_and_keeps_it_with_the_hyperparameters(synthetic_data_dir,
+                                                                                           monkeypatch):
+    """Without a seed (library use) it must still shuffle, not crash; the drawn seed is saved with the hyperparameters,
+    and DDP's other processes (started with the first one's environment) take the first one's draw, not one each."""
+    from pytorch_lightning.utilities import rank_zero_only
+
+    monkeypatch.setenv("MNIST_SHUFFLE_SEED", "0")  # removed again after the test
     datamodule = make_datamodule(synthetic_data_dir, shuffle_seed=None)
     seed = datamodule.hparams.shuffle_seed
     assert isinstance(seed, int)
     twin = make_datamodule(synthetic_data_dir, shuffle_seed=seed)
     assert torch.equal(all_batches(datamodule.train_dataloader())[1], all_batches(twin.train_dataloader())[1])
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    assert make_datamodule(synthetic_data_dir, shuffle_seed=None).hparams.shuffle_seed == seed
 
 
 def test_a_restored_loader_continues_its_epoch_after_the_batches_already_trained_on(synthetic_data_dir):

@@ -797,6 +797,50 @@ def test_only_a_normalization_given_other_than_the_checkpoints_is_named_as_not_u
     assert "data.mean" not in caplog.text and (cfg.data.mean, cfg.data.std) == (0.5, 0.6)
 
 
+def test_model_settings_given_to_a_test_only_run_are_named_as_not_used(monkeypatch, caplog):
+    """src.train train=false ckpt_path=<a CNN's> model=mlp model.dropout=0.9 tested the CNN, and config.yaml said
+    so, without a word about the settings given."""
+    from omegaconf import OmegaConf
+
+    from src.utils.config_io import take_the_checkpoints_settings
+
+    checkpoint = {"model_class": "src.models.cnn.CNN", "hyper_parameters": {"dropout": 0.1, "optimizer": {"lr": 0.003}},
+                  "datamodule_hyper_parameters": {"mean": 0.5, "std": 0.6}}
+    given = ["model=mlp", "model.dropout=0.9", "model.optimizer.lr=0.003", "train=false"]
+    monkeypatch.setattr("src.utils.command_words.command_overrides", lambda: given)
+    cfg = OmegaConf.create({"data": {"mean": 0.5, "std": 0.6},
+                            "model": {"_target_": "src.models.mlp.MLP", "dropout": 0.9, "optimizer": {"lr": 0.003}}})
+    with caplog.at_level(logging.WARNING):
+        take_the_checkpoints_settings(cfg, checkpoint)
+    assert ("Not used: the network src.models.mlp.MLP (the checkpoint's: src.models.cnn.CNN); model.dropout=0.9 (the "
+            "checkpoint's: 0.1). The checkpoint's network is tested") in caplog.text
+    assert cfg.model == {"_target_": "src.models.cnn.CNN", "dropout": 0.1, "optimizer": {"lr": 0.003}}
+    caplog.clear()
+    given[:] = ["model=cnn", "model.dropout=0.1"]  # the training's own settings: nothing to warn about
+    cfg.model = {"_target_": "src.models.cnn.CNN", "dropout": 0.1, "optimizer": {"lr": 0.003}}
+    take_the_checkpoints_settings(cfg, checkpoint)
+    assert "Not used" not in caplog.text
+
+
+def test_saving_a_checkpoint_does_not_start_an_unused_cuda(monkeypatch):
+    """A CPU run on a GPU machine read CUDA's random state into each checkpoint, which started CUDA: a notebook could
+    not use ddp_fork/ddp_notebook afterwards."""
+    import torch
+
+    from src.utils.rng import capture_rng_states
+
+    def started(*args):
+        raise AssertionError("CUDA started")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", started)
+    assert "cuda" not in capture_rng_states()
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # in use: its state goes with the others
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(16, dtype=torch.uint8)])
+    assert capture_rng_states()["cuda"][0].shape == (16,)
+
+
 def test_a_resume_in_the_same_folder_keeps_the_first_runs_csv_log(tmp_path, synthetic_data_dir):
     """Lightning's CSV logger deletes an existing metrics.csv; the resume writes its rows beside it instead."""
     run_dir = tmp_path / "run"

@@ -154,10 +154,14 @@ CONFIG_CASES = {
     "log interval as text": (["trainer.log_every_n_steps=abc"], "trainer.log_every_n_steps=abc is invalid: it must be an integer >= 0"),
     "summary depth as text": (["callbacks.model_summary.max_depth=abc"], "callbacks.model_summary.max_depth=abc is invalid"),
     "logger setting typo": (["+logger.tensorboard.nme=x"], "logger.tensorboard.nme is not a setting of logger.tensorboard"),
+    "logger setting typo, the logger by its module's name": (
+        ["logger.tensorboard._target_=pytorch_lightning.loggers.tensorboard.TensorBoardLogger", "+logger.tensorboard.nme=x"],
+        "logger.tensorboard.nme is not a setting of logger.tensorboard"),
     "sanity steps as text": (["++trainer.num_sanity_val_steps=abc"], "trainer.num_sanity_val_steps=abc is invalid: it must be an integer >= -1"),
     "batch limit as text": (["++trainer.limit_train_batches=abc"], "trainer.limit_train_batches=abc is invalid: it must be a whole number"),
     "batch fraction over 1": (["++trainer.limit_val_batches=1.5"], "trainer.limit_val_batches=1.5 is invalid: it must be a whole number"),
     "deterministic as text": (["trainer.deterministic=yes"], "trainer.deterministic=yes is invalid: it must be true, false or warn"),
+    "deterministic as a number": (["trainer.deterministic=1"], "trainer.deterministic=1 is invalid: it must be true, false or warn"),
     "ema decay 1": (["callbacks=[default,ema]", "callbacks.ema.decay=1"], "callbacks.ema.decay=1 is invalid: it must be a number in (0, 1)"),
     "ema decay 0": (["callbacks=[default,ema]", "callbacks.ema.decay=0"], "callbacks.ema.decay=0 is invalid: it must be a number in (0, 1)"),
     "betas of three": (["+model.optimizer.betas=[0.9,0.99,0.5]"], "model.optimizer.betas=[0.9, 0.99, 0.5] is invalid"),
@@ -303,8 +307,12 @@ from src import CONFIG_DIR
 from src.errors import UserInputError
 from src.train import train
 
+# The data's settings, and callbacks without the checkpoints, were refused only once Lightning was imported (14 s);
+# the warning of epochs left unvalidated imported it before the settings after it were checked.
 for words in (["seed=-1"], ["trainer.max_epochs=0"], ["model.batch_norm=maybe"], ["data.batch_size=1"],
-              ["trainer.log_every_n_steps=-1"], ["ckpt_path=nope.ckpt"]):
+              ["trainer.log_every_n_steps=-1"], ["ckpt_path=nope.ckpt"], ["data.batch_size=0"],
+              ["data.augment.degrees=-1"], ["data.shuffle_seed=-1"], ["callbacks=early_stopping"],
+              ["trainer.max_epochs=3", "trainer.check_val_every_n_epoch=2", "callbacks=early_stopping"]):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", [r"paths.output_dir={tmp_path}", *words])
     try:
@@ -314,7 +322,7 @@ for words in (["seed=-1"], ["trainer.max_epochs=0"], ["model.batch_norm=maybe"],
 """
     result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("refused:") == 6 and "torch imported: True" not in result.stdout, result.stdout
+    assert result.stdout.count("refused:") == 11 and "torch imported: True" not in result.stdout, result.stdout
     # A setting the model has, out of range: no need to import the model to tell it from a typo. (The command line
     # itself: composed without Hydra's record of the overrides, as above, a +setting could not be told apart.)
     for setting in ("model.dropout=1.5", "model.label_smoothing=2"):
@@ -324,6 +332,19 @@ for words in (["seed=-1"], ["trainer.max_epochs=0"], ["model.batch_norm=maybe"],
     typo = run_module("src.train", "model=mlp", "+model.conv_dropout=1.5")  # added with +: a typo is told as one
     assert typo.returncode == 1 and "model.conv_dropout is not a setting of model (src.models.mlp.MLP), a typo?" in (
         typo.stdout + typo.stderr)
+
+
+def test_the_callbacks_told_apart_from_checkpoints_without_importing_them_are_not_checkpoints():
+    from hydra.utils import get_class
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from src.utils.validate import NOT_CHECKPOINTS
+
+    assert not [target for target in NOT_CHECKPOINTS if issubclass(get_class(target), ModelCheckpoint)]
+    configured = {line.split("_target_:")[1].split()[0] for path in (PROJECT_ROOT / "conf" / "callbacks").glob("*.yaml")
+                  for line in path.read_text().splitlines() if "_target_:" in line}
+    assert configured - NOT_CHECKPOINTS == {"src.callbacks.checkpoint.RunFolderCheckpoint",
+                                            "src.callbacks.safety.ResumableCheckpoint"}
 
 
 def test_a_test_limit_that_leaves_no_batch_is_refused_before_training(tmp_path, synthetic_data_dir, caplog):

@@ -707,6 +707,14 @@ def test_hparams_tell_augmentation_off_and_an_unaveraged_checkpoint_apart(tmp_pa
     assert trained_settings({"current_model_state": {}})["callbacks/ema_decay"] == -1.0  # averaged, decay unrecorded
 
 
+def test_a_tested_checkpoints_seed_in_hparams_is_its_runs_not_its_shuffle_seed():
+    """src.eval of a `seed=1 data.shuffle_seed=7` run showed 7 in the seed column."""
+    from src.utils.hparams import trained_settings
+
+    assert trained_settings({"run_seed": 1, "datamodule_hyper_parameters": {"shuffle_seed": 7}})["seed"] == 1
+    assert trained_settings({"datamodule_hyper_parameters": {"shuffle_seed": 7}})["seed"] == 7  # saved before run_seed
+
+
 def test_a_stop_request_a_killed_launcher_left_is_cleared_when_the_sweep_starts_again(tmp_path):
     """It is ignored only while its process id differs; in a container the next launcher often has the same one."""
     from src.utils.sweep_stop import MARKER, requested_exit_code

@@ -1,11 +1,10 @@
-"""Checks of the `data` settings, run by the DataModule's constructor before any file is read."""
+"""Checks of the `data` settings, run by the DataModule's constructor before any file is read (and by the commands
+before they import torch or Lightning: src/utils/validate.py)."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-
-import torch
 
 from src.errors import UserInputError
 from src.utils.command_words import override_value
@@ -47,11 +46,13 @@ def check_data_settings(data_dir, download, batch_size, eval_batch_size, val_siz
 DEVICE_CHOICES = "auto, cpu, cuda or cuda:N"
 
 
-def check_device_setting(device: str) -> None:
+def check_device_setting(device: object) -> None:
     """Reject a `data.device` that names no device, or a CUDA device this machine does not have."""
     if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or _is_cuda_index(device)):
         raise UserInputError(f"data.device={override_value(device)} is invalid: it must be {DEVICE_CHOICES}.")
     if device.startswith("cuda"):
+        import torch
+
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = int(device.partition(":")[2] or 0)
         if index >= count:

@@ -7,18 +7,19 @@ copy per step. Training batches can be augmented on their device (`augment`, see
 from __future__ import annotations
 
 import inspect
-import secrets
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 
-from src.data.augment import BatchAugment, augment_settings
+from src.data.augment import BatchAugment
+from src.data.augment_settings import augment_settings
 from src.data.batches import EpochBatches, TensorBatchLoader, validation_split
 from src.data.data_settings import check_data_settings
 from src.data.mnist_files import MNISTDataError, ensure_mnist_files, labels_record, load_split
 from src.errors import UserInputError
 from src.utils.command_words import counted
+from src.utils.rng import seed_drawn_once
 from src.utils.setting_checks import save_plain_hyperparameters
 
 
@@ -47,8 +48,8 @@ class MNISTDataModule(pl.LightningDataModule):
         super().__init__()
         check_data_settings(data_dir, download, batch_size, eval_batch_size, val_size, split_seed, shuffle_seed,
                             mean, std, drop_last, device)
-        if shuffle_seed is None:  # seed=null, an unseeded run: draw one; it is saved with the hyperparameters
-            shuffle_seed = secrets.randbits(31)
+        if shuffle_seed is None:  # built outside src.train (which draws it first): drawn once per run, as there
+            shuffle_seed = seed_drawn_once(None, shared_by="MNIST_SHUFFLE_SEED")
         # Rebinding the argument before save_hyperparameters stores the validated plain dict, defaults filled in.
         augment = augment_settings(augment)
         save_plain_hyperparameters(self, inspect.currentframe())

@@ -290,7 +290,7 @@ class DigitClassifier(pl.LightningModule):
         if self._graphed_step is not None and checkpoint.get("optimizer_states"):
             self._graphed_step.plain_optimizer_state(checkpoint["optimizer_states"][0])
         checkpoint["rng_states"] = capture_rng_states()
-        if os.environ.get("PL_GLOBAL_SEED", "").isdigit():  # seed_everything's: a seed=null run's draw, for its resume
+        if os.environ.get("PL_GLOBAL_SEED", "").isdigit():  # seed_everything's (a seed=null run's draw, for its resume)
             checkpoint["run_seed"] = int(os.environ["PL_GLOBAL_SEED"])
         if self.device.type == "cpu":  # CPU sums depend on it: a resume on the CPU takes the same
             checkpoint["cpu_threads"] = torch.get_num_threads()

@@ -133,13 +133,13 @@ def resume_command(overrides, ckpt_path) -> str:
     return command("train", [*words, ckpt_path_override(str(ckpt_path))])
 
 
-def resume_with(checkpoint) -> str:
-    """The words "resume with: <command>" for this run, from `checkpoint`; a sweep job's say that they resume this job
-    on its own (the sweep's closing message has the command that finishes the whole sweep)."""
+def resume_with(checkpoint_path) -> str:
+    """The words "resume with: <command>" for this run, from `checkpoint_path`; a sweep job's say that they resume this
+    job on its own (the sweep's closing message has the command that finishes the whole sweep)."""
     from src.utils.jobs import in_multirun
 
     alone = " this job on its own" if in_multirun() else ""
-    return f"resume{alone} with: {resume_command(original_overrides(), checkpoint)}"
+    return f"resume{alone} with: {resume_command(original_overrides(), checkpoint_path)}"
 
 
 def without_ckpt_path(overrides) -> list[str]:

@@ -26,8 +26,8 @@ def print_config_tree(cfg: DictConfig) -> None:
 
 def take_the_checkpoints_settings(cfg: DictConfig, checkpoint: dict) -> None:
     """Testing a checkpoint uses its own network and input normalization, whatever `model` and `data.mean/std` say:
-    write those into `cfg`, so the config shown and saved is the one the run used. A normalization set otherwise on
-    the command line is named in a warning."""
+    write those into `cfg`, so the config shown and saved is the one the run used. A network or normalization set
+    otherwise on the command line (src.train train=false) is named in a warning."""
     import logging
 
     from omegaconf import open_dict
@@ -37,16 +37,34 @@ def take_the_checkpoints_settings(cfg: DictConfig, checkpoint: dict) -> None:
     from src.utils.run import is_rank_zero
 
     mean, std = normalization(checkpoint)
-    overridden = {word.lstrip("+").partition("=")[0] for word in command_overrides() or []}
+    checkpoints_model = {"_target_": checkpoint.get("model_class"), **(checkpoint.get("hyper_parameters") or {})}
+    overridden = [word.lstrip("+").partition("=")[0] for word in command_overrides() or []]
     ignored = [f"data.{key}={cfg.data[key]} (the checkpoint's: {value})" for key, value in (("mean", mean), ("std", std))
                if f"data.{key}" in overridden and cfg.data[key] != value]
+    if "model" in cfg:
+        ignored += _model_settings_not_used(cfg.model, checkpoints_model, overridden)
     if ignored and is_rank_zero():
-        logging.getLogger(__name__).warning("Not used: %s. The checkpoint's network is tested on images normalized as "
+        logging.getLogger(__name__).warning("Not used: %s. The checkpoint's network is tested, on images normalized as "
                                             "in its training.", "; ".join(ignored))
     with open_dict(cfg):
         cfg.data.mean, cfg.data.std = mean, std
         if "model" in cfg:
-            cfg.model = {"_target_": checkpoint["model_class"], **checkpoint["hyper_parameters"]}
+            cfg.model = checkpoints_model
+
+
+def _model_settings_not_used(model: DictConfig, checkpoints_model: dict, overridden: list[str]) -> list[str]:
+    """The command line's model settings (`model=mlp`, `model.dropout=0.9`) that differ from the checkpoint's."""
+    saved = OmegaConf.create(checkpoints_model)
+    named = []
+    for key in overridden:
+        if key == "model" and model.get("_target_") != saved.get("_target_"):
+            named.append(f"the network {model.get('_target_')} (the checkpoint's: {saved.get('_target_')})")
+        elif key.startswith("model."):
+            given = OmegaConf.select(model, key[len("model."):], default=None)
+            kept = OmegaConf.select(saved, key[len("model."):], default=None)
+            if given != kept:
+                named.append(f"{key}={given} (the checkpoint's: {kept})")
+    return named
 
 
 def save_config(cfg: DictConfig, output_dir: Path) -> Path:

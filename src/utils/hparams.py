@@ -17,13 +17,13 @@ _SHARED_MODEL_KEYS = (
 
 
 def run_hparams(
-    cfg: DictConfig, num_parameters: int, model: DictConfig | dict | None = None, actual: dict | None = None
-) -> dict[str, str | float | int | bool]:
+    cfg: DictConfig, num_parameters: int, model_config: DictConfig | dict | None = None, actual: dict | None = None
+) -> dict[str, str | float | int | None]:
     """Flat, plain values under a fixed set of keys, whatever the model: architecture-specific sizes
-    are folded into one `model/arch` string so MLP and CNN runs share the same columns. `model`: when a checkpoint
-    is tested, its model settings; `actual`: values under these keys that replace the config's (what Lightning ran
-    with; a tested checkpoint's `trained_settings`)."""
-    model = cfg.model if model is None else model
+    are folded into one `model/arch` string so MLP and CNN runs share the same columns. `model_config`: when a
+    checkpoint is tested, its model settings; `actual`: values under these keys that replace the config's (what
+    Lightning ran with; a tested checkpoint's `trained_settings`)."""
+    model = cfg.model if model_config is None else model_config
     model = OmegaConf.to_container(model, resolve=True) if isinstance(model, DictConfig) else dict(model)
     optimizer = optimizer_settings(model.get("optimizer") or {})  # settings left out at their defaults
     scheduler = scheduler_settings(model.get("scheduler"))
@@ -89,13 +89,14 @@ def trained_settings(checkpoint: dict) -> dict:
         "data/augment": _describe_augment(data["augment"]) if "augment" in data else None,
         "trainer/max_epochs": checkpoint["epoch"] + 1 if "epoch" in checkpoint else None,
         "callbacks/ema_decay": ema_decay,
-        "seed": data.get("shuffle_seed"),
+        # Checkpoints saved before they recorded the run's seed: the shuffle seed, which follows it by default.
+        "seed": checkpoint.get("run_seed", data.get("shuffle_seed")),
     }
 
 
 def _describe_augment(augment: dict) -> str:
     """The same text for the same settings, whether from a config (degrees: 8) or a checkpoint (degrees: 8.0)."""
-    from src.data.augment import augment_settings
+    from src.data.augment_settings import augment_settings
 
     augment = augment_settings(augment)
     if not augment["enabled"]:

@@ -16,8 +16,8 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
 
     from src.callbacks.safety import INTERRUPTIONS, GracefulStop, ResumableCheckpoint, aborted_by_ctrl_c
 
-    saved = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
-    where = f"{saved[0].dirpath}/{saved[0].filename}{saved[0].FILE_EXTENSION}" if saved else None
+    resumable = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
+    where = f"{resumable[0].dirpath}/{resumable[0].filename}{resumable[0].FILE_EXTENSION}" if resumable else None
     before = _modified(where)
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)

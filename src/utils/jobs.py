@@ -56,9 +56,10 @@ def sweep_batch_size() -> int | None:
     return max((len(batch) for batch in batches), default=None)
 
 
-def threads_per_job() -> int:
-    """Split the CPU cores between parallel jobs: two jobs with all cores each just fight for them."""
-    return max(1, usable_cpus() // parallel_jobs())
+def threads_per_job(jobs: int | None = None) -> int:
+    """Split the CPU cores between `jobs` parallel jobs (parallel_jobs() if not given): two jobs with all cores each
+    just fight for them."""
+    return max(1, usable_cpus() // (jobs or parallel_jobs()))
 
 
 def usable_cpus() -> int:

@@ -96,9 +96,8 @@ def writes_into_another_run(cfg: DictConfig, made: Path) -> str | None:
     figures and TensorBoard run this one would overwrite or mix with its own. A config.yaml copied from a run and used
     as a config of one's own does that: it records that run's folders as written-out paths. A folder elsewhere (a
     shared TensorBoard folder) is taken."""
-    from src.utils.run_folders import LATEST, holds_a_run, is_run_folder
-
     from src.utils.continue_run import last_checkpoint_file
+    from src.utils.run_folders import LATEST, holds_a_run, is_run_folder
 
     ckpt_path = cfg.get("ckpt_path")
     continued = last_checkpoint_file(cfg) if ckpt_path == LATEST else Path(str(ckpt_path)) if ckpt_path else None

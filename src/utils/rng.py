@@ -18,7 +18,9 @@ def capture_rng_states() -> dict:
                   "has_gauss": int(has_gauss), "cached_gauss": float(cached_gauss)},
         "python": {"version": version, "state": list(python_state), "gauss_next": gauss_next},
     }
-    if torch.cuda.is_available():
+    # Only a CUDA in use (a CPU run's has drawn nothing): reading its state would start it, which ddp_fork (in a
+    # notebook) refuses afterwards. Restoring queues the states until CUDA starts.
+    if torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
 

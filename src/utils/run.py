@@ -42,8 +42,8 @@ def start_run(cfg: DictConfig, save: bool = True, continuing: bool = False) -> P
             save_config(cfg, output_dir)
     spawn_as_usual_in_joblib_workers()
     if joblib_workers() > 1:  # also for one job at a time: joblib starts its workers with cores / n_jobs threads each
-        torch.set_num_threads(threads_per_job())
         jobs = parallel_jobs()  # read from the sweep's record, once
+        torch.set_num_threads(threads_per_job(jobs))
         if jobs > 1:
             log.info("%d sweep jobs run in parallel: using %s", jobs, counted(torch.get_num_threads(), "CPU thread"))
     if cfg.get("seed") is not None:
@@ -169,11 +169,10 @@ def interrupted_outside_training(by: str = "Ctrl-C", cfg: DictConfig | None = No
     (stopped after it, before the results were written), resuming from it, which tests the best checkpoint again; in a
     sweep, the job on its own (the sweep's folder is taken); else the same command."""
     from src.utils.command_words import command, command_overrides, resume_with, run_it_again
+    from src.utils.continue_run import last_checkpoint_file
     from src.utils.jobs import in_multirun
 
     stopped = f"Stopped by {by} outside training and testing: nothing was saved at that moment."
-    from src.utils.continue_run import last_checkpoint_file
-
     training = cfg is not None and cfg.get("train")
     last = last_checkpoint_file(cfg) if training and OmegaConf.select(cfg, "callbacks.last_checkpoint") else None
     if last is not None and last.is_file():

@@ -108,7 +108,7 @@ def _check_tensorboard_settings(loggers: DictConfig | None) -> None:
     from torch.utils.tensorboard import SummaryWriter
 
     for name, entry in (loggers or {}).items():
-        if not isinstance(entry, DictConfig) or entry.get("_target_") != "pytorch_lightning.loggers.TensorBoardLogger":
+        if not isinstance(entry, DictConfig) or not _builds_a_tensorboard_logger(entry.get("_target_")):
             continue
         known = set(inspect.signature(TensorBoardLogger).parameters) | set(inspect.signature(SummaryWriter).parameters)
         known -= {"self", "kwargs", "log_dir"}  # log_dir: TensorBoardLogger passes its own
@@ -116,6 +116,18 @@ def _check_tensorboard_settings(loggers: DictConfig | None) -> None:
         if unknown:
             raise UserInputError(f"logger.{name}.{unknown[0]} is not a setting of logger.{name} (TensorBoardLogger and "
                                  f"the SummaryWriter it makes), a typo? Its settings are: {', '.join(sorted(known))}.")
+
+
+def _builds_a_tensorboard_logger(target: object) -> bool:
+    """TensorBoardLogger under any of its names, or a subclass of it."""
+    from hydra.utils import get_class
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    try:
+        found = get_class(str(target))
+    except Exception:  # reported when the loggers are built
+        return False
+    return isinstance(found, type) and issubclass(found, TensorBoardLogger)
 
 
 def _learning_rate_not_charted(cfg: DictConfig, loggers: list) -> str | None:

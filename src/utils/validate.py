@@ -1,5 +1,5 @@
-"""Checks of the composed training config that must run before any work starts. Data sizes are checked
-by the DataModule's constructor, which runs before any data is read."""
+"""Checks of the composed training config that must run before any work starts, and before torch and Lightning are
+imported where they can."""
 
 from __future__ import annotations
 
@@ -26,11 +26,13 @@ BATCH_LIMITS = ("trainer.limit_train_batches", "trainer.limit_val_batches", "tra
 
 
 def check_run_settings(cfg: DictConfig) -> None:
-    """The settings that src.train and src.eval both read: the seed and the trainer's numbers and switches."""
+    """The settings that src.train and src.eval both read: the seed, the data's, and the trainer's numbers and
+    switches."""
     seed = cfg.get("seed")
     if seed is not None and (not is_whole(seed) or not 0 <= seed < 2**32):
         raise UserInputError(f"seed={override_value(seed)} is invalid: "
                              "it must be an integer from 0 to 2**32-1, or null for an unseeded run.")
+    _check_data(cfg)  # after the seed, which data.shuffle_seed follows
     for key, low in WHOLE_NUMBER_SETTINGS.items():
         value = OmegaConf.select(cfg, key, default=None)  # null: Lightning's default, or the callback left out
         if value is not None and (not is_whole(value) or value < low):
@@ -51,9 +53,28 @@ def check_run_settings(cfg: DictConfig) -> None:
     if clip is not None and not (is_finite_number(clip) and clip >= 0):
         raise UserInputError(f"trainer.gradient_clip_val={override_value(clip)} is invalid: "
                              "it must be a finite number > 0, or 0 or null for no clipping.")
-    if cfg.trainer.get("deterministic") not in (None, True, False, "warn"):  # Lightning half applies a text switch
+    deterministic = cfg.trainer.get("deterministic")
+    # Lightning half applies a text switch or a number (1 == True in Python, but not to Lightning's `is True`)
+    if not (deterministic is None or isinstance(deterministic, bool) or deterministic == "warn"):
         raise UserInputError(f"trainer.deterministic={override_value(cfg.trainer.deterministic)} is invalid: "
                              "it must be true, false or warn.")
+
+
+def _check_data(cfg: DictConfig) -> None:
+    """This project's DataModule checks its settings itself, but only once Lightning is imported to build it."""
+    import inspect
+
+    from src.data.augment_settings import augment_settings
+    from src.data.data_settings import check_data_settings
+
+    data = cfg.get("data")
+    if not isinstance(data, DictConfig) or data.get("_target_") != "src.data.mnist_datamodule.MNISTDataModule":
+        return
+    settings = OmegaConf.to_container(data, resolve=True)
+    checked = inspect.signature(check_data_settings).parameters
+    if all(name in settings for name in checked):  # else the constructor's defaults fill in, and it checks
+        check_data_settings(**{name: settings[name] for name in checked})
+    augment_settings(settings.get("augment"))
 
 
 def validate_train_config(cfg: DictConfig) -> None:
@@ -68,6 +89,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     _check_fractions(cfg, model)
     _check_callbacks(cfg)
     _check_strategy(cfg)
+    _warn_of_unvalidated_epochs(cfg)
 
 
 def _check_switches(cfg: DictConfig, model: dict) -> None:
@@ -100,7 +122,11 @@ def _check_epochs(cfg: DictConfig) -> None:
     if is_whole(interval) and interval < 1:  # 0 batches: a ZeroDivisionError once training runs
         raise UserInputError(f"trainer.val_check_interval={override_value(interval)} is invalid: "
                              "it must be a number of training batches >= 1, or a fraction of an epoch such as 0.25.")
-    every = cfg.trainer.get("check_val_every_n_epoch") or 1
+
+
+def _warn_of_unvalidated_epochs(cfg: DictConfig) -> None:
+    """After the checks: finding the process's rank imports Lightning, which a refusal should not wait for."""
+    max_epochs, every = cfg.trainer.max_epochs, cfg.trainer.get("check_val_every_n_epoch") or 1
     if cfg.get("train") and max_epochs % every and _rank_zero():
         unvalidated = "no epoch is" if max_epochs < every else f"the last {max_epochs % every} epoch(s) are never"
         log.warning("trainer.max_epochs=%d with trainer.check_val_every_n_epoch=%d: %s validated, so the weights tested "
@@ -230,8 +256,18 @@ def _is_subclass(entry, class_path: str) -> bool:
     return isinstance(target, type) and issubclass(target, get_class(class_path))
 
 
+# conf/callbacks/'s other classes, told apart from a checkpoint without importing them (and Lightning): so
+# callbacks=early_stopping is refused at once.
+NOT_CHECKPOINTS = {EARLY_STOPPING, "pytorch_lightning.callbacks.LearningRateMonitor",
+                   "pytorch_lightning.callbacks.TQDMProgressBar", "src.callbacks.figures.DiagnosticFigures",
+                   "src.callbacks.safety.GracefulStop", "src.callbacks.safety.DivergenceGuard",
+                   "src.callbacks.network_summary.NetworkSummary", "src.callbacks.weight_averaging.WeightEMA"}
+
+
 def _has_checkpoint_callback(callbacks: DictConfig | None) -> bool:
-    return any(_is_subclass(entry, "pytorch_lightning.callbacks.ModelCheckpoint") for entry in (callbacks or {}).values())
+    entries = [entry for entry in (callbacks or {}).values()
+               if not (isinstance(entry, DictConfig) and entry.get("_target_") in NOT_CHECKPOINTS)]
+    return any(_is_subclass(entry, "pytorch_lightning.callbacks.ModelCheckpoint") for entry in entries)
 
 
 def _chosen_callbacks() -> str | None:
