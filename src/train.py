@@ -22,7 +22,7 @@ from src import CONFIG_DIR
 from src.errors import RunInterrupted, TrainingDiverged
 from src.utils.command_line import run_command_line
 from src.utils.command_words import ckpt_path_override, command, eval_overrides, original_overrides, run_it_again
-from src.utils.run_folders import resumed_job_dir
+from src.utils.run_folders import made_here, resumed_job_dir
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,9 @@ def train(cfg: DictConfig) -> dict:
         check_trainable(model, cfg.model._target_)
     datamodule = build_group(cfg, "data", "src.data.mnist_datamodule.MNISTDataModule")
     trainer, loggers = build_trainer(cfg)
-    if continuation == "start" and trainer.is_global_zero:
+    # A folder given again (hydra.run.dir) after an attempt that saved no last.ckpt (it failed, or was killed): that
+    # attempt's curves are set apart, not drawn on as one run with this one's.
+    if (continuation == "start" or not (resuming or made_here(output_dir))) and trainer.is_global_zero:
         from src.utils.continue_run import set_aside_earlier_attempt
 
         set_aside_earlier_attempt(loggers)

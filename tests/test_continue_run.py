@@ -69,13 +69,15 @@ def test_ckpt_path_last_starts_a_run_stopped_before_it_saved_anything(tmp_path, 
     assert metrics["status"] == "ok" and "resumed_from" not in metrics and "earlier_run" not in metrics
 
 
-def test_ckpt_path_last_keeps_a_killed_attempts_curves_apart_from_the_new_ones(tmp_path, synthetic_data_dir, caplog):
+@pytest.mark.parametrize("again", [["ckpt_path=last"], []], ids=["ckpt_path=last", "the same folder given again"])
+def test_a_killed_attempts_curves_are_kept_apart_from_the_new_ones(tmp_path, synthetic_data_dir, caplog, again):
     """A job killed outright (SIGKILL, the OOM killer) before its first save leaves events but no record and no
-    last.ckpt: its requeued command starts over in the folder, and TensorBoard must not draw both attempts as one run."""
+    last.ckpt: its requeued command starts over in the folder, and TensorBoard must not draw both attempts as one run.
+    So does a run that failed before its first save, given its folder again (hydra.run.dir) once the cause is fixed."""
     from src.api import Run
 
     folder = tmp_path / "run"
-    run = [*tiny_run_overrides(synthetic_data_dir, folder), "model=mlp", "trainer.max_epochs=2", "ckpt_path=last"]
+    run = [*tiny_run_overrides(synthetic_data_dir, folder), "model=mlp", "trainer.max_epochs=2", *again]
     train(compose_config(run))
     for killed in (folder / "metrics.json", folder / "checkpoints"):  # what a kill before the first save leaves
         shutil.rmtree(killed) if killed.is_dir() else killed.unlink()
@@ -88,7 +90,7 @@ def test_ckpt_path_last_keeps_a_killed_attempts_curves_apart_from_the_new_ones(t
     assert attempt.name.startswith("attempt-") and sorted(path.name for path in attempt.iterdir()) == killed_events
     assert not {path.name for path in tensorboard.glob("events.out.tfevents.*")} & set(killed_events)
     assert [row["epoch"] for row in Run(folder).history()] == [0, 1]  # this attempt's two epochs, each once
-    assert f"earlier attempt, which saved no checkpoint, were moved to {attempt}" in caplog.text
+    assert f"earlier attempt in this folder, which saved no checkpoint, were moved to {attempt}" in caplog.text
 
 
 def test_ckpt_path_last_finds_a_last_checkpoint_saved_elsewhere_in_the_run_folder(tmp_path, synthetic_data_dir):

@@ -266,6 +266,10 @@ def test_a_validation_set_smaller_than_the_number_of_processes_is_a_clear_error(
     datamodule.trainer = SimpleNamespace(global_rank=0, world_size=2, max_epochs=1)  # as trainer=ddp_cpu gives each rank
     with pytest.raises(UserInputError, match="data.val_size=1 is invalid with 2 processes: .* at least 2"):
         datamodule.setup("fit")
+    datamodule = MNISTDataModule(str(synthetic_data_dir), download=False, val_size=2)  # one image each: enough
+    datamodule.trainer = SimpleNamespace(global_rank=0, world_size=2, max_epochs=1,
+                                         strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    datamodule.setup("fit")
 
 
 def test_a_training_split_too_small_for_each_process_is_a_clear_error(synthetic_data_dir):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import ast
 import csv
+import errno
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -230,6 +232,29 @@ class InterruptAtStep(pl.Callback):
         if trainer.global_step == self.step - 1:
             (graceful_stop,) = [cb for cb in trainer.callbacks if isinstance(cb, GracefulStop)]
             graceful_stop._request_stop(signal.SIGINT, None)
+
+
+def test_a_stop_whose_save_fails_is_still_a_stop_naming_the_last_saved_state(tmp_path, synthetic_data_dir, monkeypatch):
+    """A full disk at the stop's save made it an ordinary failure (exit 1; in a sweep, the next job started)."""
+    from src.utils import checkpoint_io
+
+    saving = checkpoint_io._save
+
+    def full_at_the_stop(checkpoint, path):
+        if checkpoint["global_step"] == 13:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        saving(checkpoint, path)
+
+    monkeypatch.setattr(checkpoint_io, "_save", full_at_the_stop)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    with pytest.raises(RunInterrupted) as stopped:
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), "model=mlp", "trainer.max_epochs=2",
+                              f"+callbacks.stop._target_={__name__}.InterruptAtStep", "+callbacks.stop.step=13"]))
+    assert stopped.value.exit_code == 130
+    assert str(stopped.value).startswith(
+        "Training stopped by Ctrl-C at epoch 1, step 13, but saving its state failed ([Errno 28] No space left on "
+        f"device: '{last}'). {last} holds the last saved state; resume with: ")
+    assert torch.load(last, weights_only=True)["global_step"] == 10  # the end of epoch 0, whole
 
 
 class InterruptDuringLastValidation(pl.Callback):
@@ -568,6 +593,8 @@ def test_a_refused_resume_names_the_model_settings_that_differ_and_speed_switche
     assert _model_changes(_in_effect({"optimizer": {"name": "Adam", "lr": 0.1}, "scheduler": {"name": "OneCycle"}}),
                           _in_effect({"optimizer": {"name": "adam", "lr": 0.1}, "scheduler": {"name": "onecycle"}})) == []
     assert _model_changes({"fc": (120, 84)}, {"fc": [120, 84]}) == []  # a class's default against the config's list
+    speed_only = {"cuda_graph": "auto", "compile": True, "channels_last": True}
+    assert _model_changes(_in_effect({key: False for key in speed_only}), _in_effect(speed_only)) == []
 
     resume = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "data.mean=0.5", "data.std=0.6",
               f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"]
@@ -839,6 +866,22 @@ def test_saving_a_checkpoint_does_not_start_an_unused_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)  # in use: its state goes with the others
     monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [torch.zeros(16, dtype=torch.uint8)])
     assert capture_rng_states()["cuda"][0].shape == (16,)
+
+
+def test_a_checkpoint_naming_a_class_outside_the_projects_models_imports_nothing(monkeypatch):
+    """A checkpoint's model class is imported to build the network: only a module of src.models may be."""
+    import importlib
+
+    from src.models.checkpoint_file import CheckpointError
+    from src.models.loading import model_class
+
+    imported = []
+    monkeypatch.setattr(importlib, "import_module", lambda name, *args: imported.append(name))
+    for class_path in ("torch.nn.Linear", "os.system", "tests.conftest.Anything"):
+        with pytest.raises(CheckpointError, match=rf"names model class '{re.escape(class_path)}', which is not one of "
+                                                  r"src\.models\.$"):
+            model_class(class_path)
+    assert imported == []
 
 
 def test_a_resume_in_the_same_folder_keeps_the_first_runs_csv_log(tmp_path, synthetic_data_dir):

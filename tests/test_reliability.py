@@ -169,6 +169,8 @@ CONFIG_CASES = {
     # It trained into nan at once, then advised a lower learning rate, which could not help.
     "float16 weights with adam": (["trainer.precision=16-true"], "trainer.precision=16-true cannot train with "
                                   "model.optimizer.name=adam: its running averages underflow in float16"),
+    "float16 weights with adamw": (["trainer.precision=16-true", "model.optimizer.name=adamw"], "trainer.precision=16-true "
+                                   "cannot train with model.optimizer.name=adamw: its running averages underflow"),
     "tensorboard log_dir": (["+logger.tensorboard.log_dir=x"], "logger.tensorboard.log_dir is not a setting of logger.tensorboard"),
     "diverging lr": (
         ["model.batch_norm=false", "model.optimizer.name=sgd", "model.optimizer.lr=1e30", "model.scheduler.name=none"],
@@ -980,6 +982,29 @@ def test_a_disk_error_under_a_later_one_is_still_reported_as_one_line():
     assert disk_problem(ours) is None
 
 
+def test_a_disk_error_after_a_saved_training_state_advises_going_on_from_it(tmp_path, monkeypatch):
+    """It advised putting the run elsewhere (starting over) although last.ckpt held the training so far, and named a
+    sweep's setting in a single run; EIO (a failing disk, a network filesystem gone) was a traceback."""
+    from src.utils.disk_errors import disk_problem
+
+    monkeypatch.setattr("src.utils.command_words.command_overrides", lambda: ["model=mlp"])
+    cfg = compose_config([f"paths.output_dir={tmp_path}", "model=mlp"])
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "checkpoints" / "last.ckpt"))
+    assert str(disk_problem(full, cfg)) == (
+        f"{tmp_path / 'checkpoints' / 'last.ckpt'}: no space left on the disk. Free some space or fix the folder's "
+        "permissions, or put the run elsewhere (hydra.run.dir=<folder>). Files written before are intact.")
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"the state of epoch 0")
+    figure = OSError(errno.EIO, os.strerror(errno.EIO), str(tmp_path / "confusion_matrix.png"))
+    assert str(disk_problem(figure, cfg)) == (
+        f"{tmp_path / 'confusion_matrix.png'}: input/output error (a failing disk, or a network filesystem that went "
+        f"away). Free some space or fix the folder's permissions, then go on from {tmp_path / 'checkpoints' / 'last.ckpt'}"
+        ", the last state saved (intact, as is everything written before); resume with: python -m src.train model=mlp "
+        f"ckpt_path={tmp_path / 'checkpoints' / 'last.ckpt'}")
+    tested_alone = compose_config([f"paths.output_dir={tmp_path}", "train=false"])  # nothing of its own to go on from
+    assert "put the run elsewhere" in str(disk_problem(full, tested_alone))
+
+
 def test_a_folder_that_cannot_be_written_to_is_refused_in_one_line(tmp_path, monkeypatch):
     """The tests run as root, for whom every folder is writable: the check asks os.access."""
     from src.utils import output_folders
@@ -988,6 +1013,23 @@ def test_a_folder_that_cannot_be_written_to_is_refused_in_one_line(tmp_path, mon
     monkeypatch.setattr(output_folders.os, "access", lambda path, mode: not mode & os.W_OK)
     assert (f"Cannot make the folder {tmp_path / 'new' / 'run'}: {tmp_path} cannot be written to (no permission, or a "
             "read-only file system)") in output_folders.folder_problem(tmp_path / "new" / "run", "hydra.run.dir")
+
+
+
+def test_a_folder_on_a_full_disk_is_refused_in_one_line_before_hydra_writes_into_it(tmp_path, monkeypatch):
+    """Hydra's first write (the command's record) failed with its traceback, leaving a half-made run folder."""
+    import tempfile
+
+    from src.utils import output_folders
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    assert output_folders.folder_problem(tmp_path / "run", "hydra.run.dir") == (
+        f"Cannot make the folder {tmp_path / 'run'}: {tmp_path} cannot be written to (No space left on device). Give a "
+        "folder you can write to: paths.log_dir=<folder> (where dated run folders are made) or hydra.run.dir=<folder>.")
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_used_folder_without_a_checkpoint_is_refused_without_resume_advice(tmp_path):
@@ -1393,12 +1435,33 @@ def test_callbacks_without_the_usual_checkpoint_are_allowed_when_chosen_delibera
     ["train=false", "callbacks=[early_stopping]"],  # testing only: no checkpoint callback needed
     ["trainer.precision=16-true", "model.optimizer.name=sgd"],  # float16 weights train with SGD
     ["trainer.precision=16-true", "train=false"],  # and test with any optimizer's checkpoint
+    # The accepted ends of each documented range.
+    ["++trainer.gradient_clip_val=0"], ["seed=0"], ["seed=4294967295"], ["++trainer.num_sanity_val_steps=-1"],
+    ["callbacks.model_summary.max_depth=-1"], ["+trainer.val_check_interval=1"], ["data.augment.degrees=180"],
+    ["data.augment.translate=1"], ["trainer.deterministic=true"],
 ], ids=["no step logging", "deterministic warn", "testing batch norm on batches of 1", "all validation batches",
-        "patience 0", "early stopping when only testing", "float16 with sgd", "float16 testing"])
+        "patience 0", "early stopping when only testing", "float16 with sgd", "float16 testing", "no clipping", "seed 0",
+        "largest seed", "every sanity batch", "whole summary", "validation every batch", "any rotation",
+        "any translation", "deterministic"])
 def test_edge_values_that_are_valid_are_accepted(tmp_path, overrides):
     from src.utils.validate import validate_train_config
 
     validate_train_config(compose_config([*overrides, f"paths.output_dir={tmp_path}"]))
+
+
+@pytest.mark.parametrize("strategy, refused", [("ddp_fork", False), ("ddp_notebook", False), ("ddp_spawn", False),
+                                               ("ddp", True)])
+def test_from_python_only_strategies_that_start_this_script_again_are_refused(tmp_path, monkeypatch, strategy, refused):
+    from src.utils.validate import validate_train_config
+
+    monkeypatch.setattr("src.utils.command_words.called_from_python", lambda: True)
+    cfg = compose_config([f"paths.output_dir={tmp_path}", "trainer=ddp_cpu", f"trainer.strategy={strategy}"])
+    if not refused:
+        validate_train_config(cfg)
+        return
+    with pytest.raises(UserInputError, match=r"^trainer\.strategy=ddp with trainer\.devices=2 would start this script "
+                                             r"again for each further device"):
+        validate_train_config(cfg)
 
 
 def test_a_ctrl_c_that_ends_a_run_gives_ctrl_c_back_to_python():

@@ -4,7 +4,9 @@ and the joblib / submitit launchers. Each test runs `python -m src.train -m ...`
 from __future__ import annotations
 
 import csv
+import errno
 import json
+import logging
 import os
 import re
 import shlex
@@ -781,6 +783,87 @@ def test_a_stopped_sweep_ends_with_advice_for_the_jobs_it_has(tmp_path, caplog, 
         SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
     assert exited.value.code == 143
     assert f"The sweep was stopped (SIGTERM){advice}" in caplog.text  # no "0 not run"
+
+
+@pytest.mark.parametrize("statuses, exit_code", [(["failed", "failed"], 1), (["ok", "ok"], 1)])
+def test_a_summary_that_cannot_be_written_is_printed_and_the_sweep_exits_non_zero(tmp_path, caplog, monkeypatch,
+                                                                                    statuses, exit_code):
+    """Hydra turns a callback's exception into a warning: a full disk at the summary ended the sweep with exit 0 and
+    no table, even when every job had failed."""
+    from src.utils.sweep_summary import SweepSummary
+
+    for number, status in enumerate(statuses):
+        job = tmp_path / f"{number}_seed={number}"
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(f"- seed={number}\n")
+        (job / "metrics.json").write_text(json.dumps({"status": status, "error": "ValueError: x" * (status != "ok")}))
+
+    def disk_full(path, text):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr("src.utils.atomic_files.write_text_atomically", disk_full)
+    with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exited:
+        SweepSummary().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}}))
+    assert exited.value.code == exit_code
+    assert f"| 1_seed=1 | seed=1 | {statuses[1]} |" in caplog.text  # the table, printed all the same
+    assert (f"Could not write the sweep's summary files into {tmp_path} (OSError: [Errno 28] No space left on device: "
+            f"'{tmp_path / 'summary.csv'}'). The jobs' own folders are intact.") in caplog.text
+    assert not (tmp_path / "summary.csv").exists()
+
+
+def test_a_damaged_record_of_a_jobs_overrides_does_not_cost_the_summary(tmp_path):
+    for job, record in (("0_seed=1", "- seed=1\n"), ("1_seed=2", "[seed=2\n"), ("2_seed=3", "seed: 3\n")):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(record)
+        (tmp_path / job / "metrics.json").write_text('{"status": "ok"}')
+    rows = write_summary(tmp_path)
+    assert [row["status"] for row in rows] == ["ok", "ok", "ok"] and rows[0]["overrides"] == "seed=1"
+    assert rows[1]["error"].startswith("1_seed=2/.hydra/overrides.yaml cannot be read (")
+    assert rows[2]["error"] == "2_seed=3/.hydra/overrides.yaml is not a list of overrides"
+
+
+def test_a_command_that_ran_no_job_is_not_a_sweep_whose_every_job_failed(tmp_path, caplog):
+    """The earlier command's failed jobs are not this command's: it ran none, so none of its failed."""
+    from src.utils.sweep_summary import SweepSummary
+
+    job = tmp_path / "0_seed=0"
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
+    (job / "metrics.json").write_text(json.dumps({"status": "failed", "error": "ValueError: x"}))
+    summary = SweepSummary()
+    summary._started = time.time() + 10  # this command started after every file in the folder was written
+    summary.on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path)}}, "logger": {}}))
+    assert "Every job" not in caplog.text
+
+
+def test_the_summary_picks_a_best_job_only_among_several_finished_ones_and_ckpt_path_last_is_not_a_setting(tmp_path):
+    for job, overrides, status in (("0_seed=1", "- seed=1\n", "ok"), ("1_seed=2", "- seed=2\n- ckpt_path=last\n", "failed")):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(overrides)
+        (tmp_path / job / "metrics.json").write_text(json.dumps({"status": status, "val/acc_best": 0.9}))
+    rows = collect_jobs(tmp_path)
+    assert [row["varied"] for row in rows] == ["seed=1", "seed=2"]  # a resumed job differs only in where it went on
+    assert "Best by validation" not in summary_text(rows)  # one finished job: nothing to choose between
+
+
+def test_a_job_whose_record_cannot_be_written_still_reports_its_own_failure(tmp_path, monkeypatch, caplog):
+    """A disk that fails the job fails its metrics.json too: the sweep ended in a chain of tracebacks."""
+    from src.utils import run
+
+    def failing(cfg):
+        raise ValueError("the job's own error")
+
+    def disk_full(path, record):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(run, "write_json_atomically", disk_full)
+    monkeypatch.setattr("src.utils.jobs.in_multirun", lambda: True)
+    monkeypatch.setattr("src.utils.sweep_stop.sweep_stop_code", lambda: None)
+    cfg = compose_config([f"paths.output_dir={tmp_path}"])
+    with caplog.at_level(logging.INFO):
+        assert run.run_reporting_failures(failing, cfg) is None  # the sweep goes on to its next job
+    assert f"Could not record the job's end in {tmp_path / 'metrics.json'} ([Errno 28] No space left on device" in caplog.text
+    assert "This job failed" in caplog.text and "the job's own error" in caplog.text
 
 
 def test_a_stop_one_worker_notes_is_the_launchers_for_every_job(tmp_path, monkeypatch):

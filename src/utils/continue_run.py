@@ -56,8 +56,8 @@ def say_the_sweep_folder_is_new(config: DictConfig) -> None:
 
 
 def set_aside_earlier_attempt(loggers: list) -> None:
-    """For a run that ckpt_path=last starts in a folder where an earlier attempt stopped before saving anything (killed
-    outright, say): that attempt's TensorBoard events go into a folder of their own beside this attempt's, named by the
+    """For a run that starts in a folder where an earlier attempt stopped before saving anything (failed, or killed
+    outright, and given again by hydra.run.dir or ckpt_path=last): that attempt's TensorBoard events go into a folder of their own beside this attempt's, named by the
     time it started, so TensorBoard shows it as a run apart instead of drawing both attempts' curves as one."""
     import time
 
@@ -73,8 +73,8 @@ def set_aside_earlier_attempt(loggers: list) -> None:
         folder.mkdir(exist_ok=True)
         for path in earlier:
             path.rename(folder / path.name)
-        log.info("ckpt_path=last: the TensorBoard events of the earlier attempt, which saved no checkpoint, were "
-                 "moved to %s", folder)
+        log.info("The TensorBoard events of an earlier attempt in this folder, which saved no checkpoint, were moved "
+                 "to %s", folder)
 
 
 def _event_file_time(path: Path) -> float:

@@ -7,12 +7,16 @@ import errno
 import logging
 import os
 
+from omegaconf import DictConfig
+
 from src.errors import ReportedError, UserInputError
 
 log = logging.getLogger(__name__)
 
 _DISK_PROBLEMS = {errno.ENOSPC: "no space left on the disk", errno.EDQUOT: "disk quota exceeded",
-                  errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "not permitted"}
+                  errno.EROFS: "read-only filesystem", errno.EACCES: "permission denied", errno.EPERM: "not permitted",
+                  errno.EIO: "input/output error (a failing disk, or a network filesystem that went away)",
+                  errno.EFBIG: "file too large for this filesystem", errno.ESTALE: "stale network file handle"}
 
 
 def one_line_for_disk_errors_in_threads() -> None:
@@ -34,10 +38,10 @@ def one_line_for_disk_errors_in_threads() -> None:
     threading.excepthook = report
 
 
-def disk_problem(failure: Exception) -> UserInputError | None:
+def disk_problem(failure: Exception, cfg: DictConfig | None = None) -> UserInputError | None:
     """The one-line error for a disk problem in `failure`'s chain; None when there is none. It may sit further down:
     Lightning's clean-up after a failed checkpoint (the logger's last flush) can fail on the same full disk and raise
-    its own error on top."""
+    its own error on top. `cfg`: the run's config, for what to do next."""
     if isinstance(failure, ReportedError):
         return None
     chain, seen = [], failure
@@ -49,10 +53,26 @@ def disk_problem(failure: Exception) -> UserInputError | None:
         return None
     err = next((e for e in disk_errors if e.filename), disk_errors[0])
     filename = os.fsdecode(err.filename) if err.filename else "Writing a file of the run"  # TensorBoard's are bytes
-    problem = UserInputError(
-        f"{filename}: {_DISK_PROBLEMS[err.errno]}. Free some space or fix the "
-        "folder's permissions, or put the run elsewhere (hydra.run.dir=<folder>; hydra.sweep.dir=<folder> for a sweep). Checkpoints and "
-        "metrics.json written before are intact."
-    )
+    problem = UserInputError(f"{filename}: {_DISK_PROBLEMS[err.errno]}. {_what_to_do(cfg)}")
     problem.__cause__ = err
     return problem
+
+
+def _what_to_do(cfg: DictConfig | None) -> str:
+    """Go on from the last training state saved, if there is one (starting over elsewhere would throw the training
+    away); else run again, here or elsewhere. Files are written whole or not at all: those written before are intact."""
+    from omegaconf import OmegaConf
+
+    from src.utils.command_words import resume_with
+    from src.utils.continue_run import last_checkpoint_file
+    from src.utils.jobs import in_multirun
+
+    elsewhere = "hydra.sweep.dir=<folder> for the sweep" if in_multirun() else "hydra.run.dir=<folder>"
+    last = None
+    if cfg is not None and cfg.get("train") and OmegaConf.select(cfg, "callbacks.last_checkpoint"):
+        last = last_checkpoint_file(cfg)
+    if last is not None and last.is_file():
+        return (f"Free some space or fix the folder's permissions, then go on from {last}, the last state saved (intact, "
+                f"as is everything written before); {resume_with(last)}")
+    return (f"Free some space or fix the folder's permissions, or put the run elsewhere ({elsewhere}). Files written "
+            "before are intact.")

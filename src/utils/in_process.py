@@ -128,7 +128,7 @@ def _reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig, run_
         except KeyboardInterrupt as stop:
             raise interrupted_outside_training(cfg=cfg) from stop
     except Exception as failure:
-        reported = disk_problem(failure) or raised_in_a_spawned_process(failure) or failure
+        reported = disk_problem(failure, cfg) or raised_in_a_spawned_process(failure) or failure
         if isinstance(reported, ReportedError) and run_log is not None:
             run_log.handle(logging.makeLogRecord({"name": __name__, "levelno": logging.ERROR, "levelname": "ERROR",
                                                   "msg": str(reported)}))

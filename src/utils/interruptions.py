@@ -42,12 +42,24 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         at = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
         written = where if where and _modified(where) != before else None
         message = _stopped(by, at, written, ckpt_path, bool(where))
-        lightnings = None if saved else _lightnings_own_checkpoint(trainer)
+        lightnings = None if resumable else _lightnings_own_checkpoint(trainer)
         if lightnings:
             message = (f"Training stopped by {by} {at}, without a checkpoint of this state (the run has none of its own "
                        f"checkpoint callbacks). Lightning's own checkpoint of the last finished epoch is {lightnings}; "
                        f"{resume_with(lightnings)}")
         raise RunInterrupted(message, exit_code=STOP_EXIT_CODES[by]) from stop
+    except OSError as err:  # saving the state at a stop failed (a full disk): still a stop, not a failed run
+        stop = next((cause for cause in _chain(err) if isinstance(cause, INTERRUPTIONS)), None)
+        if stop is None:
+            raise
+        by = "Ctrl-C" if "Ctrl-C" in str(stop) else "SIGTERM"
+        last = where if where and Path(where).is_file() else ckpt_path
+        raise RunInterrupted(
+            f"Training stopped by {by} at epoch {trainer.current_epoch}, step {trainer.global_step}, but saving its "
+            f"state failed ({' '.join(str(err).split())}). "
+            + (f"{last} holds the last saved state; {resume_with(last)}" if last else "No checkpoint had been saved yet."),
+            exit_code=STOP_EXIT_CODES[by],
+        ) from err
     except (RuntimeError, MisconfigurationException) as err:
         # A callback's `monitor` that no metric has (callbacks.early_stopping.monitor=val/los): Lightning finds out at
         # the end of the first validation, and its message lists the metrics there are.
@@ -59,7 +71,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         if not aborted_by_ctrl_c(stop):
             raise
         # This run's last save (Lightning's own under callbacks=null), else its starting point.
-        last = where if where and Path(where).is_file() else (None if saved else _lightnings_own_checkpoint(trainer))
+        last = where if where and Path(where).is_file() else (None if resumable else _lightnings_own_checkpoint(trainer))
         last = last or ckpt_path
         # Nothing to say before the first step, nor in the launching process of ddp_spawn (its trainer never steps).
         at = f" at epoch {trainer.current_epoch}, step {trainer.global_step}" if trainer.global_step else ""
@@ -73,6 +85,15 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         for callback in trainer.callbacks:
             if isinstance(callback, GracefulStop):
                 callback.give_back_ctrl_c()
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """`err` and the exceptions it was raised from or while handling."""
+    chain = []
+    while err is not None and len(chain) < 20:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
 
 
 def _lightnings_own_checkpoint(trainer) -> str | None:

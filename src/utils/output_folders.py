@@ -39,9 +39,25 @@ def folder_problem(folder: Path, setting: str) -> str | None:
     elif not os.access(existing, os.W_OK | os.X_OK):
         why = f"{existing} cannot be written to (no permission, or a read-only file system)"
     else:
-        return None
+        why = _write_problem(existing)
+        if why is None:
+            return None
     return (f"Cannot make the folder {folder}: {why}. Give a folder you can write to: paths.log_dir=<folder> (where "
             f"dated run folders are made) or {setting}=<folder>.")
+
+
+def _write_problem(folder: Path) -> str | None:
+    """Why a few kilobytes cannot be written into `folder` (a full disk, a quota), or None: Hydra's first files (the
+    command's record) would otherwise fail with its traceback."""
+    import tempfile
+
+    try:
+        with tempfile.TemporaryFile(dir=folder) as probe:
+            probe.write(bytes(64 * 1024))
+            probe.flush()
+    except OSError as err:
+        return f"{folder} cannot be written to ({err.strerror or err})"
+    return None
 
 
 def refuse_a_used_folder(output_dir: Path, resumable: bool) -> None:

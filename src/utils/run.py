@@ -121,7 +121,7 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         except Terminated as stop:
             raise interrupted_outside_training(by="SIGTERM", cfg=cfg) from stop
     except Exception as failure:
-        err = disk_problem(failure) or raised_in_a_spawned_process(failure) or failure
+        err = disk_problem(failure, cfg) or raised_in_a_spawned_process(failure) or failure
         reported = isinstance(err, ReportedError)
         sweep_closing = None  # an interrupted sweep's last words, after the job's own
         if in_multirun() and not isinstance(err, ResumeRefused):
@@ -194,4 +194,8 @@ def _record_job(cfg: DictConfig, record: dict) -> None:
     kept = earlier if earlier.get("status") == "ok" else earlier.get("earlier_run")  # a second failure keeps it too
     if kept:
         record["earlier_run"] = kept
-    write_json_atomically(metrics_file, record)
+    try:
+        write_json_atomically(metrics_file, record)
+    except OSError as err:  # the disk that failed the job, say: its own one-line report must still come
+        log.warning("Could not record the job's end in %s (%s): the sweep's summary shows it as not finished.",
+                    metrics_file, " ".join(str(err).split()))

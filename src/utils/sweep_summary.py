@@ -36,21 +36,34 @@ def collect_jobs(sweep_dir: Path) -> list[dict]:
     for overrides_file in sweep_dir.glob("*/.hydra/overrides.yaml"):
         job_dir = overrides_file.parent.parent
         metrics = read_metrics(job_dir / "metrics.json")
+        overrides, unreadable = _read_overrides(overrides_file)
         rows.append(
             {
                 "job": job_dir.name,
-                "overrides": list(OmegaConf.load(overrides_file)),
+                "overrides": overrides,
                 "status": metrics.get("status", "did not finish"),
                 "val/acc_best": metrics.get("val/acc_best"),
                 "test/acc": metrics.get("test/acc"),
                 "test/loss": metrics.get("test/loss"),
                 "wall_seconds": metrics.get("wall_seconds"),
-                "error": metrics.get("error", ""),
+                "error": "; ".join(text for text in (metrics.get("error", ""), unreadable) if text),
             }
         )
     rows.sort(key=lambda row: (int(row["job"].split("_", 1)[0]) if row["job"].split("_", 1)[0].isdigit() else 0, row["job"]))
     _mark_varied(rows)
     return rows
+
+
+def _read_overrides(path: Path) -> tuple[list[str], str]:
+    """The job's overrides as Hydra recorded them, and why they could not be read ("" if they could): one damaged
+    record must not cost the summary of every other job."""
+    try:
+        overrides = OmegaConf.to_container(OmegaConf.load(path))
+    except Exception as err:  # YAML's parser errors, a folder in its place, a file this user may not read
+        return [], f"{path.relative_to(path.parent.parent.parent)} cannot be read ({type(err).__name__})"
+    if not isinstance(overrides, list):
+        return [], f"{path.relative_to(path.parent.parent.parent)} is not a list of overrides"
+    return [str(word) for word in overrides], ""
 
 
 def read_metrics(path: Path) -> dict:
@@ -133,10 +146,16 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_summary(sweep_dir: Path) -> list[dict]:
+    """The jobs' rows, written as summary.csv, .md and .png."""
+    rows = collect_jobs(sweep_dir)
+    write_summary_files(sweep_dir, rows)
+    return rows
+
+
+def write_summary_files(sweep_dir: Path, rows: list[dict]) -> None:
     """summary.csv, .md and .png, each replaced whole: a resubmitted job rewrites them."""
     from src.utils.atomic_files import write_atomically, write_text_atomically
 
-    rows = collect_jobs(sweep_dir)
     table = io.StringIO(newline="")
     writer = csv.DictWriter(table, fieldnames=COLUMNS, extrasaction="ignore")
     writer.writeheader()
@@ -148,7 +167,6 @@ def write_summary(sweep_dir: Path) -> list[dict]:
 
         figure = sweep_figure(rows)
         write_atomically(sweep_dir / "summary.png", lambda partial: figure.savefig(partial, format="png", dpi=110))
-    return rows
 
 
 def keep_earlier_sweep_record(sweep_dir: Path) -> None:
@@ -181,13 +199,25 @@ class SweepSummary(Callback):
         from src.utils.sweep_stop import clear_stop_request, requested_exit_code
 
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = write_summary(sweep_dir)
+        rows = collect_jobs(sweep_dir)
+        # Hydra reports a callback's exception as a mere warning and exits 0: the table and the exit code come first.
+        try:
+            write_summary_files(sweep_dir, rows)
+            not_written, files = None, f" ({sweep_dir}/summary.{{csv,md,png}})"
+        except Exception as err:
+            not_written, files = f"{type(err).__name__}: {' '.join(str(err).split())}", ""
         counts = Counter(row["status"] for row in rows)  # ok, failed, interrupted, not run, ...
         log.info(
-            "Sweep summary: %s (%s/summary.{csv,md,png}):\n%s",
-            ", ".join(f"{count} {status}" for status, count in counts.most_common()) or "no jobs", sweep_dir,
+            "Sweep summary: %s%s:\n%s",
+            ", ".join(f"{count} {status}" for status, count in counts.most_common()) or "no jobs", files,
             summary_text(rows),
         )
+        if not_written:
+            rewrite = f"from pathlib import Path; from src.utils.sweep_summary import write_summary; " \
+                      f"write_summary(Path({str(sweep_dir.resolve())!r}))"
+            log.error("Could not write the sweep's summary files into %s (%s). The jobs' own folders are intact. Free "
+                      "some space or fix the folder, then write them from the jobs' folders: python -c %s", sweep_dir,
+                      not_written, shlex.quote(rewrite))
         if _logs_to_tensorboard(config):  # logger=csv or logger=[]: the command would open an empty TensorBoard
             log.info("TensorBoard for the whole sweep: tensorboard --logdir %s",
                      shlex.quote(str(_tensorboard_folder(config, sweep_dir) or sweep_dir)))
@@ -209,6 +239,8 @@ class SweepSummary(Callback):
         if ran and all(row["status"] != "ok" for row in ran):
             which = "the sweep that this command ran" if len(ran) < len(rows) else "the sweep"
             log.error("Every job of %s failed; see the error column above.", which)
+            raise SystemExit(1)
+        if not_written:
             raise SystemExit(1)
 
 
