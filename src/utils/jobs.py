@@ -37,23 +37,33 @@ def parallel_jobs() -> int:
 def sweep_batch_size() -> int | None:
     """How many jobs Hydra's basic sweeper launches at once (all of them, unless hydra.sweeper.max_batch_size), from
     the sweep's record (multirun.yaml, written before its first job starts); None where that cannot be told."""
+    try:
+        batches = recorded_sweep_batches(Path(HydraConfig.get().sweep.dir))
+    except Exception:  # no record (a job run by other means): count joblib's workers
+        return None
+    return max((len(batch) for batch in batches), default=None) if batches is not None else None
+
+
+def recorded_sweep_batches(sweep_dir: Path, in_batches: bool = True) -> list[list[list[str]]] | None:
+    """The jobs of the sweep that `sweep_dir`/multirun.yaml records, each as its overrides, in the batches Hydra's
+    basic sweeper launches them (`in_batches` false: one batch of all); None for another sweeper, which chooses its
+    jobs as it goes. Raises what reading the record raises."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    try:
-        record = OmegaConf.load(Path(HydraConfig.get().sweep.dir) / "multirun.yaml").hydra
-        if not str(record.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
-            return None
-        settings = [f"{key}={value}" for key, value in (record.sweeper.get("params") or {}).items()]
-        # A glob over a config group's options needs the config loader to list them.
-        loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
-        overrides = OverridesParser.create(config_loader=loader).parse_overrides(settings + list(record.overrides.task))
-        batches = BasicSweeper.split_arguments(overrides, record.sweeper.get("max_batch_size"))
-    except Exception:  # no record (a job run by other means), another sweeper's settings: count joblib's workers
+    # An override may hold ${...}: kept as written.
+    record = OmegaConf.to_container(OmegaConf.load(sweep_dir / "multirun.yaml").hydra, resolve=False)
+    sweeper = record["sweeper"]
+    if not str(sweeper.get("_target_", "")).endswith(".BasicSweeper"):
         return None
-    return max((len(batch) for batch in batches), default=None)
+    # In the basic sweeper's order: its params, then the command line's overrides (glob() needs the config loader).
+    settings = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+    hydras = GlobalHydra.instance()
+    parser = OverridesParser.create(config_loader=hydras.config_loader() if hydras.is_initialized() else None)
+    overrides = parser.parse_overrides([*settings, *record["overrides"]["task"]])
+    return BasicSweeper.split_arguments(overrides, sweeper.get("max_batch_size") if in_batches else None)
 
 
 def threads_per_job(jobs: int | None = None) -> int:

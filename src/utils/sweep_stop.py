@@ -128,26 +128,18 @@ def record_jobs_not_started(sweep_dir: Path, exit_code: int, cfg: DictConfig) ->
     sweep. Left out: jobs given a checkpoint file (a resume's folder is the checkpoint's run's), folders that exist, and
     every job when this one's folder is not where this project's naming puts it (hydra.sweep.subdir set). `cfg`: this
     job's config. Returns how many jobs did not start."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from src.utils.atomic_files import write_json_atomically
+    from src.utils.jobs import recorded_sweep_batches
     from src.utils.run_folders import (LATEST, asks_for_last, job_dirname, job_folder_in_sweep, names_a_checkpoint_file,
                                        resume_job_subdir, swept_keys)
 
     hydra = HydraConfig.get()
-    record = OmegaConf.load(sweep_dir / "multirun.yaml").hydra
-    if not str(record.sweeper.get("_target_", "")).endswith(".BasicSweeper"):
+    batches = recorded_sweep_batches(sweep_dir, in_batches=False)
+    if batches is None:
         return 0  # another sweeper chooses its jobs as it goes
-    # In the basic sweeper's order: its params, then the command line's overrides (glob() needs the config loader).
-    written = OmegaConf.to_container(record, resolve=False)  # an override may hold ${...}: kept as written
-    lines = [f"{key}={value}" for key, value in (written["sweeper"].get("params") or {}).items()]
-    hydras = GlobalHydra.instance()
-    parser = OverridesParser.create(config_loader=hydras.config_loader() if hydras.is_initialized() else None)
-    parsed = parser.parse_overrides([*lines, *written["overrides"]["task"]])
-    jobs = [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+    jobs = [job for batch in batches for job in batch]
     later = jobs[hydra.job.num + 1:]
     swept, exclude = swept_keys(str(sweep_dir)), hydra.job.config.override_dirname.exclude_keys
     # With ckpt_path=last, cfg.ckpt_path is now the file it found, or null: the folder was chosen for "last".
