@@ -928,6 +928,40 @@ def test_metrics_files_are_strict_json_even_after_a_nan(tmp_path):
     assert json.loads(path.read_text(), parse_constant=refuse) == {"test/loss": None, "curve": [1.0, None], "test/acc": 0.5}
 
 
+def test_a_written_file_reaches_the_disk_before_it_is_renamed_into_place(tmp_path, monkeypatch):
+    """Without the fsync before the rename, a power cut can leave an empty last.ckpt (XFS, NFS, ext4 noauto_da_alloc);
+    the folder's fsync after it keeps the rename. A folder that cannot be fsynced (some filesystems) is no error."""
+    import stat
+
+    from src.utils import atomic_files
+
+    steps = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def recorded_fsync(descriptor):
+        status = os.fstat(descriptor)
+        steps.append("folder" if stat.S_ISDIR(status.st_mode) else f"file of {status.st_size} bytes")
+        real_fsync(descriptor)
+
+    def recorded_replace(source, target):
+        steps.append("rename")
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(os, "replace", recorded_replace)
+    atomic_files.write_text_atomically(tmp_path / "metrics.json", "{}\n")
+    assert steps == ["file of 3 bytes", "rename", "folder"]
+
+    def no_folder_fsync(descriptor):
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", no_folder_fsync)
+    atomic_files.write_text_atomically(tmp_path / "metrics.json", "{}\n")
+    assert (tmp_path / "metrics.json").read_text() == "{}\n"
+
+
 def test_a_killed_writers_temporary_file_is_removed_by_the_next_write(tmp_path):
     """SIGKILL while a checkpoint is written leaves its temporary file; the next write of that file removes it once it
     is old and its process is gone, and leaves alone a live process's, a recent one, and another file's."""

@@ -1,7 +1,9 @@
 """Result files written whole or not at all: a crash or a full disk never leaves half a file in place of a good one.
 
 Each file is written under a temporary name in its own folder, then renamed over the target. The rename is atomic
-only within one filesystem, which is why the temporary file never goes to $TMPDIR."""
+only within one filesystem, which is why the temporary file never goes to $TMPDIR. The file's bytes are flushed to disk
+before the rename and the folder's entry after it: otherwise a power cut can leave the renamed file empty (XFS, NFS, ext4
+mounted noauto_da_alloc write the rename before the data)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,9 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(partial)
+        _flush_to_disk(partial)
         os.replace(partial, path)
+        _flush_folder_to_disk(path.parent)
         _remove_stale_partial_files(path)
     except BaseException as err:
         with contextlib.suppress(OSError):  # on a read-only filesystem this fails too, and must not hide `err`
@@ -32,6 +36,21 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         if isinstance(err, OSError) and err.errno and err.filename in (None, str(partial)):
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise
+
+
+def _flush_to_disk(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _flush_folder_to_disk(folder: Path) -> None:
+    """The rename made durable. Some systems cannot open or fsync a folder (Windows, some network filesystems): the
+    file is whole there anyway, only its rename may be lost in a power cut."""
+    with contextlib.suppress(OSError):
+        _flush_to_disk(folder)
 
 
 def _remove_stale_partial_files(path: Path) -> None:
