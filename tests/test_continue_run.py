@@ -116,6 +116,34 @@ def test_ckpt_path_last_finds_a_last_checkpoint_saved_elsewhere_in_the_run_folde
     assert resume_subdir(None, True, str(tmp_path / "new"), "T", ".hydra") == ".hydra"
 
 
+def test_a_damaged_last_checkpoint_is_refused_naming_the_others_beside_it(tmp_path, synthetic_data_dir):
+    """A truncated last.ckpt (a power cut, a full disk on a filesystem that wrote it in place): the advice names the
+    run's other checkpoints, newest first, and the command that goes on from the newest; never the damaged file."""
+    import os
+    import shlex
+
+    from tests.conftest import run_module
+
+    folder = tmp_path / "run"
+    run = [*tiny_run_overrides(synthetic_data_dir, folder), "model=mlp", "trainer.max_epochs=2", "ckpt_path=last"]
+    train(compose_config(run))
+    checkpoints = folder / "checkpoints"
+    (best,) = checkpoints.glob("epoch*.ckpt")
+    older = checkpoints / "kept-by-hand.ckpt"
+    shutil.copy(best, older)
+    os.utime(older, (best.stat().st_mtime - 60,) * 2)
+    (checkpoints / "last.ckpt").write_bytes((checkpoints / "last.ckpt").read_bytes()[:1000])
+    failed = run_module("src.train", *run, f"hydra.run.dir={folder}")
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    (message,) = [line for line in (failed.stdout + failed.stderr).splitlines() if "[ERROR]" in line]
+    advice = message.split("cannot be read as a checkpoint", 1)[1]
+    assert f"beside it (newest first): {best}, {older}; e.g. python -m src.train " in advice
+    assert "last.ckpt" not in advice
+    again = run_module("src.train", *shlex.split(advice.split("; e.g. ", 1)[1])[3:])  # what it says to run
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert json.loads((folder / "metrics.json").read_text())["resumed_from"] == str(best.resolve())
+
+
 def test_ckpt_path_last_is_refused_for_testing_alone(tmp_path, synthetic_data_dir):
     with pytest.raises(UserInputError, match="ckpt_path=last resumes training in this run's folder; with train=false "
                                              "name the checkpoint to test"):

@@ -3,6 +3,7 @@ paths that only read one, and a mistyped ckpt_path, do not pay for importing it)
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def read_checkpoint(path: str | Path | int | float) -> dict:
     except pickle.UnpicklingError as err:
         if "Unsupported global" not in str(err):  # torch's wording when the file names a Python class or function
             raise CheckpointError(f"ckpt_path={path}: cannot be read as a checkpoint (not a torch file, or truncated or "
-                                  "corrupt). Use another checkpoint, e.g. <run dir>/checkpoints/last.ckpt.") from err
+                                  f"corrupt). {_use_another(path)}") from err
         raise CheckpointError(
             f"ckpt_path={path}: holds pickled Python objects, which are not loaded here because loading them could run "
             "code from the file (torch.load(weights_only=True)). This project's checkpoints hold only tensors and plain "
@@ -55,19 +56,36 @@ def read_checkpoint(path: str | Path | int | float) -> dict:
     except Exception as err:  # arbitrary bytes can make the unpickler raise anything (KeyError, ValueError...)
         raise CheckpointError(
             f"ckpt_path={path}: cannot be read as a checkpoint (not a torch file, or truncated or corrupt: {_what(err)}). "
-            "Use another checkpoint, e.g. <run dir>/checkpoints/last.ckpt."
+            f"{_use_another(path)}"
         ) from err
     damaged = _record_failing_its_checksum(path)
     if damaged:
         raise CheckpointError(f"ckpt_path={path}: is damaged: its part {damaged} does not match its checksum (a disk "
-                              "error, or a faulty copy). Use another checkpoint, e.g. <run dir>/checkpoints/"
-                              "epochNNN.ckpt, or copy this one again.")
+                              f"error, or a faulty copy). {_use_another(path)}")
     if not isinstance(checkpoint, dict) or not {"model_class", "state_dict", "hyper_parameters"} <= checkpoint.keys():
         raise CheckpointError(
             f"ckpt_path={path}: not a checkpoint of this project (it lacks model_class/state_dict/hyper_parameters). "
             "Use a .ckpt written by `python -m src.train`."
         )
     return checkpoint
+
+
+def _use_another(damaged: Path) -> str:
+    """What to do instead of reading a damaged checkpoint: the others in its folder (a run's last.ckpt, its best
+    epoch's epochNNN.ckpt), newest first, with the command that takes the newest; never the damaged file."""
+    others = []
+    with contextlib.suppress(OSError):  # an unreadable folder: no names rather than a second error
+        for other in damaged.parent.glob("*.ckpt"):
+            if not other.name.startswith(".") and other.is_file() and not other.samefile(damaged):
+                others.append((other.stat().st_mtime, other.name, other))
+    if not others:
+        return "No other checkpoint is beside it: copy this one again from where it came, or train anew."
+    newest_first = [other for _, _, other in sorted(others, reverse=True)]
+    names = ", ".join(str(other) for other in newest_first[:3]) + (", ..." if len(newest_first) > 3 else "")
+    from src.utils.command_words import this_command_with
+
+    again = this_command_with(newest_first[0])
+    return f"Use another checkpoint beside it (newest first): {names}" + (f"; e.g. {again}" if again else ".")
 
 
 def _record_failing_its_checksum(path: Path) -> str | None:

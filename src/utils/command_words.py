@@ -133,6 +133,22 @@ def resume_command(overrides, ckpt_path) -> str:
     return command("train", [*words, ckpt_path_override(str(ckpt_path))])
 
 
+def this_command_with(ckpt_path) -> str | None:
+    """This run's own command (in a run of src.api, the call) with ckpt_path=<ckpt_path> in place of its own, which
+    named another file (ckpt_path=last: the folder's last.ckpt); None outside a run of src.train, src.eval or
+    src.predict."""
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = command_overrides()
+    entry_point = HydraConfig.get().job.name if overrides is not None else None
+    if entry_point not in _API_FUNCTIONS:
+        return None
+    words = without_ckpt_path(overrides)
+    if entry_point == "train" and any(word.lstrip("+").startswith("sweep=") for word in words):
+        words.append("hydra.mode=RUN")  # a ready-made sweep's job: this one run of it
+    return command(entry_point, [*words, ckpt_path_override(str(ckpt_path))])
+
+
 def resume_with(checkpoint_path) -> str:
     """The words "resume with: <command>" for this run, from `checkpoint_path`; a sweep job's say that they resume this
     job on its own (the sweep's closing message has the command that finishes the whole sweep)."""
