@@ -1187,6 +1187,43 @@ def test_a_full_disk_in_a_notebook_run_is_the_same_one_line_error(tmp_path, synt
                   f"+callbacks.disk_full._target_={__name__}.DiskFullAfterEpoch", "+callbacks.disk_full.epoch=1")
 
 
+class FullDisk:
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def close(self) -> None:
+        self.flush()
+
+
+def test_a_full_disk_stops_the_log_file_with_one_line_not_a_traceback_a_message(tmp_path, capsys):
+    """logging.FileHandler prints an 80-line "--- Logging error ---" for every message once the disk is full, burying
+    the run's one-line error. The log file of the command line (Hydra builds it with logging.config.dictConfig from
+    conf/hydra/job_logging/run_log.yaml) and of src.api's runs says so once, and stops."""
+    import logging.config
+
+    from omegaconf import OmegaConf
+
+    from src.utils.in_process import _run_handlers
+
+    run_log = OmegaConf.to_container(OmegaConf.load(CONFIG_DIR / "hydra" / "job_logging" / "run_log.yaml"))
+    run_log["handlers"]["file"]["filename"] = str(tmp_path / "train.log")
+    command_line_log = logging.config.DictConfigurator({}).resolve(run_log["handlers"]["file"]["class"])
+    (notebook_log,) = _run_handlers(run_log, ["file"])
+    for handler in (command_line_log(tmp_path / "train.log"), notebook_log):
+        handler.handle(logging.makeLogRecord({"msg": "epoch 0 done"}))
+        handler.stream = FullDisk()
+        for message in ("no space left to save last.ckpt", "the run stopped", "test accuracy"):
+            handler.handle(logging.makeLogRecord({"msg": message}))
+        handler.close()
+        assert capsys.readouterr().err.splitlines() == [
+            f"Warning: cannot write the log file {tmp_path / 'train.log'} (No space left on device): it gets no more "
+            "messages; the console still shows them."]
+    assert [line.endswith("epoch 0 done") for line in (tmp_path / "train.log").read_text().splitlines()] == [True] * 2
+
+
 @pytest.mark.parametrize("strategy, extra", [("ddp", []), ("ddp_spawn", ["callbacks=[default,ema]", "callbacks.ema.decay=0.9"])],
                          ids=["ddp", "ddp_spawn with weight averaging"])
 def test_ddp_on_two_cpu_processes(tmp_path, synthetic_data_dir, strategy, extra):

@@ -20,6 +20,7 @@ from src import CONFIG_DIR
 from src.errors import ReportedError, UserInputError, raised_in_a_spawned_process
 from src.utils.command_line import config_dir_problem, names_a_setting, overrides_problem, prepared_overrides
 from src.utils.command_words import advice_as_calls, command
+from src.utils.log_file import RunLogFile
 
 
 def run_in_this_process(work: Callable[[DictConfig], Any], config_name: str,
@@ -250,7 +251,7 @@ def _run_handlers(log_config: dict, names: list[str]) -> list[logging.Handler]:
     for name in names:
         spec = log_config["handlers"][name]
         if "filename" in spec:
-            handler = logging.FileHandler(spec["filename"])
+            handler = RunLogFile(spec["filename"])
         elif printing:
             continue
         else:
