@@ -129,9 +129,11 @@ def predict(cfg: DictConfig) -> list[dict]:
     results = [by_path.get(path) or {"path": str(path), "digit": None, "confidence": None, "probs": None,
                                      "skipped": skipped[path]} for path in paths]  # every input, in order
 
+    # The answers before any file is written: a full disk there must not take them with it.
+    log.info("\n".join(["", prediction_table(predictions, cfg.top_k), "",
+                        f"classified    : {len(predictions)} of {len(paths)} file(s) with {cfg.ckpt_path}"]))
     output_dir = Path(cfg.paths.output_dir)
-    lines = ["", prediction_table(predictions, cfg.top_k), ""]
-    lines.append(f"classified    : {len(predictions)} of {len(paths)} file(s) with {cfg.ckpt_path}")
+    lines = [""]
     if cfg.output:
         json_path = Path(cfg.output).expanduser().resolve()
         write_predictions(json_path, results)
@@ -149,7 +151,8 @@ def write_predictions(path: Path, predictions: list[dict]) -> None:
     try:
         write_json_atomically(path, predictions)
     except OSError as err:
-        raise UserInputError(f"output={path}: cannot be written ({err.strerror or err}). Choose another path.") from err
+        raise UserInputError(f"output={path}: cannot be written ({err.strerror or err}). The predictions are in the "
+                             "table above; to have the file, choose another path.") from err
 
 
 def save_preview(batch, predictions: list[dict], output_dir: Path) -> Path:
@@ -166,7 +169,12 @@ def save_preview(batch, predictions: list[dict], output_dir: Path) -> Path:
     flagged = [p["confidence"] < LOW_CONFIDENCE for p in predictions]
     figure = digit_sheet(batch, captions, flagged, title=title)
     path = output_dir / "predictions.png"
-    write_atomically(path, lambda partial: figure.savefig(partial, format="png", dpi=120))
+    try:
+        write_atomically(path, lambda partial: figure.savefig(partial, format="png", dpi=120))
+    except OSError as err:  # said here: the run-wide message for a full disk speaks of checkpoints and sweeps
+        raise UserInputError(f"{path}: cannot be written ({err.strerror or err}). The predictions are in the table "
+                             "above; to have the preview, free some space or put the run elsewhere "
+                             "(hydra.run.dir=<folder>).") from err
     return path
 
 

@@ -576,6 +576,34 @@ def test_an_unwritable_output_is_one_clear_error_and_keeps_the_earlier_file(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["predictions.json", "six.png"]  # no partial file left
 
 
+def test_a_file_that_cannot_be_written_leaves_the_predictions_in_the_log(tmp_path, synthetic_checkpoint, monkeypatch,
+                                                                        caplog):
+    """The table is logged before the JSON and the preview are written: a full disk fails the run in one line, with
+    the answers already on the console; and that line speaks of the preview, not of checkpoints and sweeps."""
+    from matplotlib.figure import Figure
+
+    save(draw_six(), tmp_path / "six.png")
+    caplog.set_level("INFO", logger="src.predict")
+
+    def disk_full(figure, target, **options):
+        Path(target).write_bytes(b"\x89PNG")  # the first bytes, then the failure (Pillow's error names no file)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Figure, "savefig", disk_full)
+    json_path = tmp_path / "predictions.json"
+    with pytest.raises(UserInputError) as raised:
+        predict(predict_config(synthetic_checkpoint, tmp_path / "six.png", tmp_path / "run", f"output='{json_path}'",
+                               "save_preview=true"))
+    preview = tmp_path / "run" / "predictions.png"
+    assert str(raised.value) == (f"{preview}: cannot be written (No space left on device). The predictions are in the "
+                                 "table above; to have the preview, free some space or put the run elsewhere "
+                                 "(hydra.run.dir=<folder>).")
+    assert f"{tmp_path / 'six.png'}  " in caplog.text and "classified    : 1 of 1 file(s)" in caplog.text
+    assert not preview.exists() and not list((tmp_path / "run").glob(".*.partial"))
+    (written,) = json.loads(json_path.read_text())  # written before the preview, and kept
+    assert f"{tmp_path / 'six.png'}  {written['digit']:>5}" in caplog.text
+
+
 def test_the_preview_of_many_images_shows_the_first_ones(tmp_path, synthetic_checkpoint, monkeypatch):
     """A preview of every image could pass the PNG size limit (thousands of images); the JSON keeps them all."""
     import src.predict
