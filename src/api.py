@@ -13,6 +13,7 @@ from the command line.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class Run:
     dir: Path                                          # the run's folder, as the command line would have made it
     metrics: dict = field(default_factory=dict)        # train and evaluate: what metrics.json holds
     predictions: list = field(default_factory=list)    # predict: one dict per input file (src.predict)
+    _config_problem: str | None = field(default=None, init=False, repr=False, compare=False)  # see _config
 
     def __post_init__(self) -> None:
         self.dir = Path(self.dir).expanduser()
@@ -50,9 +52,7 @@ class Run:
                                  f"or read all of them as a table from {self.dir / 'summary.csv'} (csv.DictReader, "
                                  "or pandas.read_csv where pandas is installed).")
         if not self.metrics and (self.dir / "metrics.json").is_file():
-            import json
-
-            self.metrics = json.loads((self.dir / "metrics.json").read_text())
+            self.metrics = _read_metrics(self.dir / "metrics.json")
 
     @property
     def figures(self) -> list[Path]:
@@ -73,10 +73,31 @@ class Run:
         version = str(logger.get("version") or "") if logger else ""
         return [save_dir / "csv" / version / "metrics.csv", *sorted(save_dir.glob(f"csv/resumed-*/{version}/metrics.csv"))]
 
+    def _config(self):
+        """The run's config.yaml, which says where its loggers wrote; None without one, or where it cannot be read
+        (`_config_problem` then says why): the logs are looked for where they go by default, in the run's folder."""
+        from omegaconf import DictConfig, OmegaConf
+
+        path = self.dir / "config.yaml"
+        if not path.is_file():
+            return None
+        try:
+            config = OmegaConf.load(path)
+        except Exception as err:  # yaml's ParserError or ScannerError, bytes that are not text
+            mark = getattr(err, "problem_mark", None)  # yaml's: where in the file
+            problem = (f"{type(err).__name__}: {getattr(err, 'problem', None) or (str(err).splitlines() or [''])[0]}"
+                       + (f", line {mark.line + 1}" if mark else ""))
+        else:
+            if isinstance(config, DictConfig):
+                return config
+            problem = "not a mapping of settings"
+        self._config_problem = f"{path} cannot be read ({problem})"
+        return None
+
     def _logger_config(self, name: str):
         from omegaconf import OmegaConf
 
-        config = OmegaConf.load(self.dir / "config.yaml") if (self.dir / "config.yaml").is_file() else None
+        config = self._config()
         return OmegaConf.select(config, f"logger.{name}") if config else None
 
     def _save_dir(self, logger) -> Path:
@@ -84,7 +105,7 @@ class Run:
         run's folder where that has been moved since."""
         from omegaconf import OmegaConf
 
-        config = OmegaConf.load(self.dir / "config.yaml")
+        config = self._config()
         save_dir, was_here = Path(logger.save_dir).expanduser(), Path(str(OmegaConf.select(config, "paths.output_dir")))
         hydra_record = self.dir / ".hydra" / "hydra.yaml"
         if not save_dir.is_absolute() and hydra_record.is_file():  # relative to where the run was started, not to here
@@ -98,7 +119,15 @@ class Run:
         val/acc, val/acc_best), read from the run's TensorBoard events, or without them its CSV log (logger=csv); none
         without either (logger=[], or nothing trained). `pandas.DataFrame(run.history())` is a table,
         `[row.get("val/acc") for row in run.history()]` a curve (an epoch without validation has no val/ entries)."""
+        self._config_problem = None
         rows = self._tensorboard_rows() or self._csv_rows()
+        if self._config_problem and not rows:  # the logs may be elsewhere, where only config.yaml says
+            raise UserInputError(f"{self._config_problem}: it says where the run's TensorBoard and CSV logs are, and "
+                                 f"there are none in {self.dir}, where they go by default. Restore config.yaml from a "
+                                 "copy.")
+        if self._config_problem:
+            warnings.warn(f"{self._config_problem}: the history was read from the logs in the run's folder, where they "
+                          "go by default.", stacklevel=2)
         # Not a checkpoint's best validation accuracy alone, which a test of it logs: no epoch trained there.
         return [rows[epoch] for epoch in sorted(rows) if set(rows[epoch]) != {"epoch", "val/acc_best"}]
 
@@ -110,6 +139,11 @@ class Run:
             return {}
         events = EventAccumulator(str(folder), size_guidance={SCALARS: 0})  # 0: every value
         events.Reload()
+        for path in sorted(folder.glob("*tfevents*")):  # TensorBoard skips what it cannot read without a word
+            read, size = _readable_bytes(path), path.stat().st_size
+            if read < size:
+                warnings.warn(f"{path}: {size - read} of its {size} bytes cannot be read (damaged, cut short, or still "
+                              "being written); the history lacks what they held.", stacklevel=3)
         tags = events.Tags()[SCALARS]
         if "epoch" not in tags:
             return {}
@@ -151,6 +185,24 @@ class Run:
                 display(Image(filename=str(path)))
         else:
             print("\n".join(str(path) for path in self.figures))
+
+
+def _read_metrics(path: Path) -> dict:
+    from src.utils.sweep_summary import read_metrics
+
+    metrics = read_metrics(path)
+    if metrics.get("status") == "unreadable metrics.json":
+        raise UserInputError(f"{path} cannot be read ({metrics.get('error')}): cut short or edited. Restore it from a copy, "
+                             "or remove it to open the run without its metrics (its figures and history() stay readable).")
+    return metrics
+
+
+def _readable_bytes(event_file: Path) -> int:
+    """How much of an event file holds whole records, each checked against its checksum, from its start."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+
+    # A record on disk: its length (8 bytes), the length's CRC (4), the record, its CRC (4).
+    return sum(8 + 4 + len(record) + 4 for record in RawEventFileLoader(str(event_file)).Load())
 
 
 def _in_a_notebook() -> bool:

@@ -314,6 +314,41 @@ def test_history_reads_the_events_where_the_runs_config_put_them(tmp_path, save_
     assert api.Run(run)._tensorboard_folder() == Path(expected.format(run=run))
 
 
+def test_a_runs_damaged_files_are_named_not_a_parsers_traceback_or_an_empty_history(tmp_path):
+    """A run folder copied half-way, edited, or written on a full disk: metrics.json is refused naming it and what to
+    do; a config.yaml that cannot be read keeps history() from nothing it does not need (the logs in the run's
+    folder), and an event file TensorBoard cannot read is named, not skipped without a word."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "run"
+    writer = SummaryWriter(run / "tensorboard")
+    for tag, value in (("train/loss", 0.5), ("epoch", 0)):
+        writer.add_scalar(tag, value, 4)
+    writer.close()
+    for damaged, problem in (('{\n  "status": "ok",\n  "test/a', "JSONDecodeError: "), ("[1, 2]", "not a JSON object")):
+        (run / "metrics.json").write_text(damaged)
+        with pytest.raises(UserInputError, match=rf"^{run / 'metrics.json'} cannot be read \({problem}.*\): cut short or "
+                                                 r"edited\. Restore it from a copy, or remove it to open the run"):
+            api.Run(run)
+    (run / "metrics.json").unlink()
+
+    (run / "config.yaml").write_text("logger:\n  tensorboard: [\n")
+    with pytest.warns(UserWarning, match=rf"{run / 'config.yaml'} cannot be read \(ParserError: .*, line 3\): the "
+                                         "history was read from the logs in the run's folder"):
+        assert api.Run(run).history() == [{"epoch": 0, "train/loss": 0.5}]
+    shutil.move(run / "tensorboard", tmp_path / "elsewhere")
+    with pytest.raises(UserInputError, match=r"config.yaml cannot be read .* it says where the run's TensorBoard and CSV "
+                                             r"logs are, and there are none in .*Restore config.yaml from a copy\."):
+        api.Run(run).history()
+    (run / "config.yaml").unlink()
+
+    shutil.move(tmp_path / "elsewhere", run / "tensorboard")
+    garbage = run / "tensorboard" / "events.out.tfevents.1796450026.host.1.0"
+    garbage.write_bytes(bytes(range(256)) * 4)
+    with pytest.warns(UserWarning, match=rf"{garbage}: 1024 of its 1024 bytes cannot be read \(damaged, cut short"):
+        assert api.Run(run).history() == [{"epoch": 0, "train/loss": 0.5}]
+
+
 def test_history_has_the_per_epoch_metrics_and_never_the_learning_rate(tmp_path):
     """The learning rate logged every 5 steps falls on the last step of every other 5-step epoch, as it would with
     trainer.log_every_n_steps=10 and 5 batches per epoch: it must not fill half the rows."""
