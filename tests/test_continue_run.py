@@ -144,6 +144,22 @@ def test_a_damaged_last_checkpoint_is_refused_naming_the_others_beside_it(tmp_pa
     assert json.loads((folder / "metrics.json").read_text())["resumed_from"] == str(best.resolve())
 
 
+def test_a_resumed_run_whose_best_checkpoint_was_deleted_says_so_in_one_line(tmp_path, synthetic_data_dir):
+    """Its last.ckpt still names the best checkpoint, which the resume tests: Lightning's FileNotFoundError was a
+    traceback."""
+    folder = tmp_path / "run"
+    run = [*tiny_run_overrides(synthetic_data_dir, folder), "model=mlp", "ckpt_path=last"]
+    best = Path(train(compose_config(run))["best_model_path"])
+    best.unlink()
+    last = folder / "checkpoints" / "last.ckpt"
+    with pytest.raises(UserInputError) as raised:
+        train(compose_config(run))
+    assert str(raised.value) == (
+        f"{best}: the run's best checkpoint, which it recorded, is missing (deleted or moved since it was saved): nothing "
+        f"was tested. Put it back and run the same command again, or test another checkpoint of the run (newest first: "
+        f"{last}; last.ckpt holds the latest weights, not the best), e.g. python -m src.eval ckpt_path={last}")
+
+
 def test_ckpt_path_last_is_refused_for_testing_alone(tmp_path, synthetic_data_dir):
     with pytest.raises(UserInputError, match="ckpt_path=last resumes training in this run's folder; with train=false "
                                              "name the checkpoint to test"):

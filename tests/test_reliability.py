@@ -1128,6 +1128,41 @@ class DiskFullAfterEpoch(pl.Callback):
             checkpoint_io.open = FillingDisk
 
 
+class KilledBeforeLastCheckpoint(pl.Callback):
+    """SIGKILL (the OOM killer, a power cut) in epoch `epoch` after its new best checkpoint was saved, while last.ckpt
+    is being made (every checkpoint made calls this hook)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint) -> None:
+        best = Path(trainer.checkpoint_callback.dirpath) / f"epoch{self.epoch:03d}.ckpt"
+        if trainer.current_epoch == self.epoch and best.is_file():
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_run_killed_between_its_best_and_last_checkpoints_resumes_without_a_second_best(tmp_path, synthetic_data_dir):
+    """The resume trains that epoch again and saves its best checkpoint under the same name: Lightning's version counter
+    would add epoch001-v1.ckpt beside the killed attempt's epoch001.ckpt, which no record names any more."""
+    run_dir = tmp_path / "run"
+    run = [f"hydra.run.dir={run_dir}", f"data.data_dir={synthetic_data_dir}", "data.download=false", "data.val_size=80",
+           "data.batch_size=32", "data.eval_batch_size=50", "trainer=cpu", "model=mlp", "trainer.max_epochs=2",
+           "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", "ckpt_path=last"]
+    killed = run_module("src.train", *run, f"+callbacks.kill._target_={__name__}.KilledBeforeLastCheckpoint",
+                        "+callbacks.kill.epoch=1")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    checkpoints = run_dir / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["epoch"] == 0
+    assert (checkpoints / "epoch001.ckpt").is_file()  # validation accuracy rises on the synthetic digits
+    resumed = run_module("src.train", *run)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["epoch001.ckpt", "last.ckpt"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["best_model_path"] == str(checkpoints / "epoch001.ckpt")
+    best, last = (torch.load(checkpoints / name, weights_only=True) for name in ("epoch001.ckpt", "last.ckpt"))
+    assert best["epoch"] == last["epoch"] == 1 and best["global_step"] == last["global_step"]
+
+
 def test_a_full_disk_is_one_message_and_keeps_the_last_good_checkpoint(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
     result = run_module("src.train", f"hydra.run.dir={run_dir}", f"data.data_dir={synthetic_data_dir}", "data.download=false",

@@ -28,6 +28,12 @@ class RunFolderCheckpoint(ModelCheckpoint):
         if old_dir and self.dirpath and old_dir != self.dirpath and best and (Path(self.dirpath) / Path(best).name).is_file():
             state_dict = _moved(state_dict, Path(old_dir), Path(self.dirpath))
         super().load_state_dict(state_dict)
+        if self.dirpath and state_dict.get("dirpath") == self.dirpath:
+            # A resume in its run's folder: a checkpoint there under the name this run saves next is the run's own, left
+            # by an attempt killed after saving it and before saving last.ckpt. Versioned, the new one would go beside
+            # it (epoch001-v1.ckpt), which no record names. A new run keeps the counter: a folder holding checkpoints
+            # alone is not refused as a used one, and they may be another run's.
+            self._enable_version_counter = False
 
 
 def _moved(state_dict: dict[str, Any], old_dir: Path, new_dir: Path) -> dict[str, Any]:

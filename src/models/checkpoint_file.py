@@ -70,22 +70,30 @@ def read_checkpoint(path: str | Path | int | float) -> dict:
     return checkpoint
 
 
-def _use_another(damaged: Path) -> str:
-    """What to do instead of reading a damaged checkpoint: the others in its folder (a run's last.ckpt, its best
-    epoch's epochNNN.ckpt), newest first, with the command that takes the newest; never the damaged file."""
+def checkpoints_beside(path: Path) -> list[Path]:
+    """The other checkpoints in `path`'s folder (a run's last.ckpt, its best epoch's epochNNN.ckpt), newest first;
+    `path` itself (damaged, or missing) never."""
     others = []
     with contextlib.suppress(OSError):  # an unreadable folder: no names rather than a second error
-        for other in damaged.parent.glob("*.ckpt"):
-            if not other.name.startswith(".") and other.is_file() and not other.samefile(damaged):
+        for other in path.parent.glob("*.ckpt"):
+            if not other.name.startswith(".") and other.is_file() and other.resolve() != path.resolve():
                 others.append((other.stat().st_mtime, other.name, other))
+    return [other for _, _, other in sorted(others, reverse=True)]
+
+
+def listed(paths: list[Path]) -> str:
+    return ", ".join(str(path) for path in paths[:3]) + (", ..." if len(paths) > 3 else "")
+
+
+def _use_another(damaged: Path) -> str:
+    """What to do instead of reading a damaged checkpoint: another beside it, with the command that takes the newest."""
+    others = checkpoints_beside(damaged)
     if not others:
         return "No other checkpoint is beside it: copy this one again from where it came, or train anew."
-    newest_first = [other for _, _, other in sorted(others, reverse=True)]
-    names = ", ".join(str(other) for other in newest_first[:3]) + (", ..." if len(newest_first) > 3 else "")
     from src.utils.command_words import this_command_with
 
-    again = this_command_with(newest_first[0])
-    return f"Use another checkpoint beside it (newest first): {names}" + (f"; e.g. {again}" if again else ".")
+    again = this_command_with(others[0])
+    return f"Use another checkpoint beside it (newest first): {listed(others)}" + (f"; e.g. {again}" if again else ".")
 
 
 def _record_failing_its_checksum(path: Path) -> str | None:

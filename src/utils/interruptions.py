@@ -127,6 +127,21 @@ def _modified(path: str | None) -> int | None:
         return None
 
 
+def _best_checkpoint_missing(path: Path) -> str:
+    """The best checkpoint a run recorded (its last.ckpt holds the record), deleted or moved since: Lightning's
+    FileNotFoundError would end the run in a traceback."""
+    from src.models.checkpoint_file import checkpoints_beside, listed
+    from src.utils.command_words import ckpt_path_override, command, eval_overrides
+
+    problem = (f"{path}: the run's best checkpoint, which it recorded, is missing (deleted or moved since it was saved): "
+               "nothing was tested. Put it back and run the same command again")
+    others = checkpoints_beside(path)
+    if not others:
+        return f"{problem}."
+    return (f"{problem}, or test another checkpoint of the run (newest first: {listed(others)}; last.ckpt holds the "
+            f"latest weights, not the best), e.g. {command('eval', [*eval_overrides(), ckpt_path_override(str(others[0]))])}")
+
+
 def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None, advice: str) -> dict:
     """trainer.test's results. After SIGTERM Lightning ends the test pass with a SystemExit that would exit 0 as if
     all went well, and after Ctrl-C with exit code 1; here each becomes one message, with `advice` on what to run
@@ -135,6 +150,8 @@ def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | Non
 
     from src.callbacks.safety import INTERRUPTIONS, aborted_by_ctrl_c
 
+    if ckpt_path and not Path(ckpt_path).is_file():
+        raise UserInputError(_best_checkpoint_missing(Path(ckpt_path)))
     try:
         (results,) = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path)
     except MisconfigurationException as err:  # limit_test_batches=0.05 leaving no batch of the test set, say
