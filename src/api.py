@@ -192,8 +192,9 @@ def _read_metrics(path: Path) -> dict:
 
     metrics = read_metrics(path)
     if metrics.get("status") == "unreadable metrics.json":
-        raise UserInputError(f"{path} cannot be read ({metrics.get('error')}): cut short or edited. Restore it from a copy, "
-                             "or remove it to open the run without its metrics (its figures and history() stay readable).")
+        raise UserInputError(f"{path} cannot be read ({metrics.get('error')}): cut short or edited. Restore it from a "
+                             "copy, or remove it to open the run without its metrics (its figures and history() stay "
+                             "readable).")
     return metrics
 
 

@@ -327,8 +327,8 @@ def test_a_runs_damaged_files_are_named_not_a_parsers_traceback_or_an_empty_hist
     writer.close()
     for damaged, problem in (('{\n  "status": "ok",\n  "test/a', "JSONDecodeError: "), ("[1, 2]", "not a JSON object")):
         (run / "metrics.json").write_text(damaged)
-        with pytest.raises(UserInputError, match=rf"^{run / 'metrics.json'} cannot be read \({problem}.*\): cut short or "
-                                                 r"edited\. Restore it from a copy, or remove it to open the run"):
+        with pytest.raises(UserInputError, match=rf"^{run / 'metrics.json'} cannot be read \({problem}.*\): cut short "
+                                                 r"or edited\. Restore it from a copy, or remove it to open the run"):
             api.Run(run)
     (run / "metrics.json").unlink()
 
@@ -337,8 +337,9 @@ def test_a_runs_damaged_files_are_named_not_a_parsers_traceback_or_an_empty_hist
                                          "history was read from the logs in the run's folder"):
         assert api.Run(run).history() == [{"epoch": 0, "train/loss": 0.5}]
     shutil.move(run / "tensorboard", tmp_path / "elsewhere")
-    with pytest.raises(UserInputError, match=r"config.yaml cannot be read .* it says where the run's TensorBoard and CSV "
-                                             r"logs are, and there are none in .*Restore config.yaml from a copy\."):
+    with pytest.raises(UserInputError, match=r"config.yaml cannot be read .* it says where the run's TensorBoard "
+                                             r"and CSV logs are, and there are none in .*Restore config.yaml from a "
+                                             r"copy\."):
         api.Run(run).history()
     (run / "config.yaml").unlink()
 

@@ -155,9 +155,10 @@ def test_a_resumed_run_whose_best_checkpoint_was_deleted_says_so_in_one_line(tmp
     with pytest.raises(UserInputError) as raised:
         train(compose_config(run))
     assert str(raised.value) == (
-        f"{best}: the run's best checkpoint, which it recorded, is missing (deleted or moved since it was saved): nothing "
-        f"was tested. Put it back and run the same command again, or test another checkpoint of the run (newest first: "
-        f"{last}; last.ckpt holds the latest weights, not the best), e.g. python -m src.eval ckpt_path={last}")
+        f"{best}: the run's best checkpoint, which it recorded, is missing (deleted or moved since it was saved): "
+        "nothing was tested. Put it back and run the same command again, or test another checkpoint of the run "
+        f"(newest first: {last}; last.ckpt holds the latest weights, not the best), e.g. python -m src.eval "
+        f"ckpt_path={last}")
 
 
 def test_ckpt_path_last_is_refused_for_testing_alone(tmp_path, synthetic_data_dir):

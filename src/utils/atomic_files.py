@@ -1,9 +1,9 @@
 """Result files written whole or not at all: a crash or a full disk never leaves half a file in place of a good one.
 
 Each file is written under a temporary name in its own folder, then renamed over the target. The rename is atomic
-only within one filesystem, which is why the temporary file never goes to $TMPDIR. The file's bytes are flushed to disk
-before the rename and the folder's entry after it: otherwise a power cut can leave the renamed file empty (XFS, NFS, ext4
-mounted noauto_da_alloc write the rename before the data)."""
+only within one filesystem, which is why the temporary file never goes to $TMPDIR. The file's bytes are flushed to
+disk before the rename and the folder's entry after it: otherwise a power cut can leave the renamed file empty (XFS,
+NFS, ext4 mounted noauto_da_alloc write the rename before the data)."""
 
 from __future__ import annotations
 

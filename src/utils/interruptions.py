@@ -133,13 +133,14 @@ def _best_checkpoint_missing(path: Path) -> str:
     from src.models.checkpoint_file import checkpoints_beside, listed
     from src.utils.command_words import ckpt_path_override, command, eval_overrides
 
-    problem = (f"{path}: the run's best checkpoint, which it recorded, is missing (deleted or moved since it was saved): "
-               "nothing was tested. Put it back and run the same command again")
+    problem = (f"{path}: the run's best checkpoint, which it recorded, is missing (deleted or moved since it was "
+               "saved): nothing was tested. Put it back and run the same command again")
     others = checkpoints_beside(path)
     if not others:
         return f"{problem}."
+    test_newest = command("eval", [*eval_overrides(), ckpt_path_override(str(others[0]))])
     return (f"{problem}, or test another checkpoint of the run (newest first: {listed(others)}; last.ckpt holds the "
-            f"latest weights, not the best), e.g. {command('eval', [*eval_overrides(), ckpt_path_override(str(others[0]))])}")
+            f"latest weights, not the best), e.g. {test_newest}")
 
 
 def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None, advice: str) -> dict:

@@ -32,5 +32,5 @@ class RunLogFile(logging.FileHandler):
             if stream is not None:
                 stream.close()
         reason = failure.strerror or type(failure).__name__
-        print(f"Warning: cannot write the log file {self.baseFilename} ({reason}): it gets no more messages; the console "
-              "still shows them.", file=sys.stderr, flush=True)
+        print(f"Warning: cannot write the log file {self.baseFilename} ({reason}): it gets no more messages; the "
+              "console still shows them.", file=sys.stderr, flush=True)
