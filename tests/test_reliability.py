@@ -1163,6 +1163,39 @@ def test_a_run_killed_between_its_best_and_last_checkpoints_resumes_without_a_se
     assert best["epoch"] == last["epoch"] == 1 and best["global_step"] == last["global_step"]
 
 
+def test_only_the_first_best_checkpoint_after_a_resume_replaces_one_of_its_name(tmp_path):
+    """Later saves in the same epoch (validation within epochs, save_top_k > 1) are versioned as Lightning does:
+    replacing one in place could remove the file another top-k entry names."""
+    from types import SimpleNamespace
+
+    from src.callbacks.checkpoint import RunFolderCheckpoint
+
+    callback = RunFolderCheckpoint(dirpath=str(tmp_path), filename="epoch{epoch:03d}", save_top_k=2, monitor="val/acc")
+    callback.load_state_dict({"dirpath": str(tmp_path), "best_model_path": "", "best_model_score": None})
+    trainer = SimpleNamespace(save_checkpoint=lambda path, weights_only: Path(path).write_bytes(b"weights"),
+                              global_step=13, is_global_zero=True, loggers=[])
+    assert callback._enable_version_counter is False  # the killed attempt's file of this name: replaced
+    callback._save_checkpoint(trainer, str(tmp_path / "epoch001.ckpt"))
+    assert callback._enable_version_counter is True
+    another = RunFolderCheckpoint(dirpath=str(tmp_path / "new"), filename="epoch{epoch:03d}")
+    another.load_state_dict({"dirpath": str(tmp_path / "elsewhere"), "best_model_path": ""})  # not its run's folder
+    assert another._enable_version_counter is True
+
+
+def test_a_run_folders_other_file_given_as_the_checkpoint_names_the_runs_checkpoints(tmp_path):
+    from src.models.checkpoint_file import CheckpointError, read_checkpoint
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")
+    (tmp_path / "config.yaml").write_text("seed: 42\n")
+    with pytest.raises(CheckpointError, match=rf"Use another checkpoint beside it \(newest first\): "
+                                              rf"{re.escape(str(tmp_path / 'checkpoints' / 'last.ckpt'))}"):
+        read_checkpoint(tmp_path / "config.yaml")
+    (tmp_path / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(CheckpointError, match=r"Give a checkpoint: <run dir>/checkpoints/last\.ckpt or epochNNN\.ckpt\.$"):
+        read_checkpoint(tmp_path / "config.yaml")  # not "copy this one again": it is no checkpoint
+
+
 def test_a_full_disk_is_one_message_and_keeps_the_last_good_checkpoint(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
     result = run_module("src.train", f"hydra.run.dir={run_dir}", f"data.data_dir={synthetic_data_dir}", "data.download=false",

@@ -61,6 +61,19 @@ def test_torchrun_must_be_given_the_run_folder_and_runs_no_sweep(in_torchrun):
         "++trainer.strategy=ddp_spawn.")
 
 
+def test_torchrun_started_by_a_slurm_jobs_one_task_per_node_is_a_torchrun_run(tmp_path, in_torchrun, monkeypatch):
+    """torchrun is often started by a SLURM job's task on each node: its processes are torchrun's, as Lightning takes
+    them (SLURM's one task was refused for the trainer's two processes)."""
+    from src.utils.launchers import shared_folder_problem
+    from src.utils.validate import validate_train_config
+
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_NTASKS_PER_NODE": "1", "SLURM_JOB_NAME": "train.sbatch",
+                       "SLURM_JOB_ID": "7"}.items():
+        monkeypatch.setenv(key, value)
+    validate_train_config(compose_config([f"paths.output_dir={tmp_path}", "trainer=ddp_cpu"]))
+    assert shared_folder_problem(["trainer=ddp_cpu"]).startswith("This torchrun run runs the command in 2 processes")
+
+
 def test_two_torchrun_processes_train_one_run(tmp_path, synthetic_data_dir):
     run_dir = tmp_path / "run"
     words = ["trainer=ddp_cpu", "model=mlp", f"data.data_dir={synthetic_data_dir}", "data.download=false",

@@ -32,8 +32,15 @@ class RunFolderCheckpoint(ModelCheckpoint):
             # A resume in its run's folder: a checkpoint there under the name this run saves next is the run's own, left
             # by an attempt killed after saving it and before saving last.ckpt. Versioned, the new one would go beside
             # it (epoch001-v1.ckpt), which no record names. A new run keeps the counter: a folder holding checkpoints
-            # alone is not refused as a used one, and they may be another run's.
-            self._enable_version_counter = False
+            # alone is not refused as a used one, and they may be another run's. Only for that first save: later ones
+            # in the same epoch (validation within epochs) are versioned as usual.
+            self._counter_after_first_save, self._enable_version_counter = self._enable_version_counter, False
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        super()._save_checkpoint(trainer, filepath)
+        if hasattr(self, "_counter_after_first_save"):
+            self._enable_version_counter = self._counter_after_first_save
+            del self._counter_after_first_save
 
 
 def _moved(state_dict: dict[str, Any], old_dir: Path, new_dir: Path) -> dict[str, Any]:

@@ -71,11 +71,12 @@ def read_checkpoint(path: str | Path | int | float) -> dict:
 
 
 def checkpoints_beside(path: Path) -> list[Path]:
-    """The other checkpoints in `path`'s folder (a run's last.ckpt, its best epoch's epochNNN.ckpt), newest first;
-    `path` itself (damaged, or missing) never."""
+    """The other checkpoints in `path`'s folder (a run's last.ckpt, its best epoch's epochNNN.ckpt), or in the
+    checkpoints/ folder beside it (a run folder's other file given by mistake), newest first; `path` itself (damaged,
+    or missing) never."""
     others = []
     with contextlib.suppress(OSError):  # an unreadable folder: no names rather than a second error
-        for other in path.parent.glob("*.ckpt"):
+        for other in [*path.parent.glob("*.ckpt"), *(path.parent / "checkpoints").glob("*.ckpt")]:
             if not other.name.startswith(".") and other.is_file() and other.resolve() != path.resolve():
                 others.append((other.stat().st_mtime, other.name, other))
     return [other for _, _, other in sorted(others, reverse=True)]
@@ -88,8 +89,10 @@ def listed(paths: list[Path]) -> str:
 def _use_another(damaged: Path) -> str:
     """What to do instead of reading a damaged checkpoint: another beside it, with the command that takes the newest."""
     others = checkpoints_beside(damaged)
-    if not others:
+    if not others and damaged.suffix == ".ckpt":
         return "No other checkpoint is beside it: copy this one again from where it came, or train anew."
+    if not others:
+        return "Give a checkpoint: <run dir>/checkpoints/last.ckpt or epochNNN.ckpt."
     from src.utils.command_words import this_command_with
 
     again = this_command_with(others[0])

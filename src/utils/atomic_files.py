@@ -38,8 +38,9 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
-def _flush_to_disk(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
+def _flush_to_disk(path: Path, flags: int = os.O_RDWR) -> None:
+    """fsync `path`: a file through a handle that may write (Windows fsyncs no other), a folder read-only."""
+    descriptor = os.open(path, flags)
     try:
         os.fsync(descriptor)
     finally:
@@ -50,7 +51,7 @@ def _flush_folder_to_disk(folder: Path) -> None:
     """The rename made durable. Some systems cannot open or fsync a folder (Windows, some network filesystems): the
     file is whole there anyway, only its rename may be lost in a power cut."""
     with contextlib.suppress(OSError):
-        _flush_to_disk(folder)
+        _flush_to_disk(folder, os.O_RDONLY)
 
 
 def _remove_stale_partial_files(path: Path) -> None:

@@ -27,6 +27,13 @@ class Launcher:
 def external_launcher() -> Launcher | None:
     from src.utils.slurm import in_slurm_job
 
+    # torchrun first, as Lightning takes it: it is often started by a SLURM job's one task per node.
+    if "TORCHELASTIC_RUN_ID" in os.environ:
+        return Launcher(
+            name="torchrun run", by="torchrun", unit="process(es)", processes=os.environ.get("WORLD_SIZE", "1"), runs_as="processes",
+            per_node=os.environ.get("LOCAL_WORLD_SIZE", ""), processes_variable="WORLD_SIZE",
+            per_node_variable="LOCAL_WORLD_SIZE", ask_for="start torchrun with --nproc_per_node=<devices per node> "
+            "--nnodes=<num_nodes>", job_folder="runs/<name>", started_again="the command run again")
     if in_slurm_job():
         return Launcher(
             name="SLURM job", by="SLURM", unit="task(s)", processes=os.environ.get("SLURM_NTASKS", "1"), runs_as="tasks (one training process each)",
@@ -34,12 +41,6 @@ def external_launcher() -> Launcher | None:
             per_node_variable="SLURM_NTASKS_PER_NODE", ask_for="ask for as many tasks (--ntasks-per-node=<devices per "
             "node>, --nodes=<num_nodes>) and start the run with srun", job_folder="runs/$SLURM_JOB_ID",
             started_again="a requeued job")
-    if "TORCHELASTIC_RUN_ID" in os.environ:
-        return Launcher(
-            name="torchrun run", by="torchrun", unit="process(es)", processes=os.environ.get("WORLD_SIZE", "1"), runs_as="processes",
-            per_node=os.environ.get("LOCAL_WORLD_SIZE", ""), processes_variable="WORLD_SIZE",
-            per_node_variable="LOCAL_WORLD_SIZE", ask_for="start torchrun with --nproc_per_node=<devices per node> "
-            "--nnodes=<num_nodes>", job_folder="runs/<name>", started_again="the command run again")
     return None
 
 
