@@ -255,6 +255,16 @@ def test_a_stop_whose_save_fails_is_still_a_stop_naming_the_last_saved_state(tmp
         "Training stopped by Ctrl-C at epoch 1, step 13, but saving its state failed ([Errno 28] No space left on "
         f"device: '{last}'). {last} holds the last saved state; resume with: ")
     assert torch.load(last, weights_only=True)["global_step"] == 10  # the end of epoch 0, whole
+    # Saved, and then Lightning's closing of the loggers failed on the same full disk: the state of the stop is there.
+    monkeypatch.setattr(checkpoint_io, "_save", saving)
+    monkeypatch.setattr("pytorch_lightning.loggers.TensorBoardLogger.finalize", lambda self, status: full_at_the_stop(
+        {"global_step": 13}, tmp_path / "tensorboard" / "events"))
+    with pytest.raises(RunInterrupted) as stopped:
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "again"), "model=mlp",
+                              "trainer.max_epochs=2", f"+callbacks.stop._target_={__name__}.InterruptAtStep",
+                              "+callbacks.stop.step=13"]))
+    assert "Training stopped by Ctrl-C at epoch 1, step 13, and saved its state, but then failed" in str(stopped.value)
+    assert torch.load(tmp_path / "again" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 13
 
 
 class InterruptDuringLastValidation(pl.Callback):

@@ -43,9 +43,12 @@ class ResumableCheckpoint(RunFolderCheckpoint):
     """A ModelCheckpoint that also saves when training is interrupted, and only then: after any other
     exception (say a NaN loss) the weights may be broken and the previous checkpoint must stay."""
 
+    saved_at_stop = False  # whether the save at an interruption went through (what fails after it is another matter)
+
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, INTERRUPTIONS):
             super().on_exception(trainer, pl_module, exception)
+            self.saved_at_stop = True
 
 
 class GracefulStop(pl.Callback):

@@ -55,9 +55,10 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         by = "Ctrl-C" if "Ctrl-C" in str(stop) else "SIGTERM"
         last = where if where and Path(where).is_file() else ckpt_path
         # The save itself, or what Lightning does after it (the loggers' last write), may be what failed.
-        saved = "saved its state, but then" if where and _modified(where) != before else "saving its state"
+        failed = "and saved its state, but then failed" if any(cb.saved_at_stop for cb in resumable) else (
+            "but saving its state failed")
         raise RunInterrupted(
-            f"Training stopped by {by} at epoch {trainer.current_epoch}, step {trainer.global_step}, but {saved} failed "
+            f"Training stopped by {by} at epoch {trainer.current_epoch}, step {trainer.global_step}, {failed} "
             f"({' '.join(str(err).split())}). "
             + (f"{last} holds the last saved state; {resume_with(last)}" if last else "No checkpoint had been saved yet."),
             exit_code=STOP_EXIT_CODES[by],
