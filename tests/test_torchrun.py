@@ -30,8 +30,8 @@ def test_torchrun_must_start_a_process_for_each_training_process(tmp_path, in_to
     from src.utils.validate import validate_train_config
 
     with pytest.raises(UserInputError, match=re.escape(
-            "This torchrun run has 2 process(es) per node (LOCAL_WORLD_SIZE), but trainer.devices=1 and "
-            "trainer.num_nodes=1 make 1 training process(es): in a torchrun run torchrun starts each of them. To match, "
+            "This torchrun launch has 2 process(es) per node (LOCAL_WORLD_SIZE), but trainer.devices=1 and "
+            "trainer.num_nodes=1 make 1 training process(es): in a torchrun launch torchrun starts each of them. To match, "
             "start torchrun with --nproc_per_node=<devices per node> --nnodes=<num_nodes>, or set trainer.devices to the "
             "processes there are.")):
         validate_train_config(compose_config([f"paths.output_dir={tmp_path}", "trainer=cpu"]))
@@ -43,7 +43,7 @@ def test_torchrun_of_several_processes_needs_a_seed_given(tmp_path, in_torchrun,
     from src.utils.validate import validate_train_config
 
     cfg = compose_config([f"paths.output_dir={tmp_path}", "trainer=ddp_cpu", unseeded])
-    with pytest.raises(UserInputError, match=rf"^{re.escape(unseeded)} cannot be used in a torchrun run of several "
+    with pytest.raises(UserInputError, match=rf"^{re.escape(unseeded)} cannot be used in a torchrun launch of several "
                                              rf"training processes: torchrun starts each of them, .* Give one: "
                                              rf"{unseeded[:-5]}=<number>\.$"):
         validate_train_config(cfg)
@@ -53,7 +53,7 @@ def test_torchrun_must_be_given_the_run_folder_and_runs_no_sweep(in_torchrun):
     from src.utils.launchers import shared_folder_problem
 
     assert shared_folder_problem(["trainer=ddp_cpu"]) == (
-        "This torchrun run runs the command in 2 processes, which must share one run folder: give it on the command "
+        "This torchrun launch runs the command in 2 processes, which must share one run folder: give it on the command "
         "line, e.g. hydra.run.dir=runs/<name> (with ckpt_path=last, the command run again continues there).")
     assert shared_folder_problem(["trainer=ddp_cpu", "hydra.run.dir=runs/1"]) is None
     assert shared_folder_problem(["-m", "trainer=ddp_cpu", "seed=1,2", "hydra.sweep.dir=s"]).endswith(
@@ -71,7 +71,7 @@ def test_torchrun_started_by_a_slurm_jobs_one_task_per_node_is_a_torchrun_run(tm
                        "SLURM_JOB_ID": "7"}.items():
         monkeypatch.setenv(key, value)
     validate_train_config(compose_config([f"paths.output_dir={tmp_path}", "trainer=ddp_cpu"]))
-    assert shared_folder_problem(["trainer=ddp_cpu"]).startswith("This torchrun run runs the command in 2 processes")
+    assert shared_folder_problem(["trainer=ddp_cpu"]).startswith("This torchrun launch runs the command in 2 processes")
 
 
 def test_two_torchrun_processes_train_one_run(tmp_path, synthetic_data_dir):

@@ -30,14 +30,16 @@ def external_launcher() -> Launcher | None:
     # torchrun first, as Lightning takes it: it is often started by a SLURM job's one task per node.
     if "TORCHELASTIC_RUN_ID" in os.environ:
         return Launcher(
-            name="torchrun run", by="torchrun", unit="process(es)", processes=os.environ.get("WORLD_SIZE", "1"), runs_as="processes",
-            per_node=os.environ.get("LOCAL_WORLD_SIZE", ""), processes_variable="WORLD_SIZE",
+            name="torchrun launch", by="torchrun", unit="process(es)", runs_as="processes",
+            processes=os.environ.get("WORLD_SIZE", "1"), processes_variable="WORLD_SIZE",
+            per_node=os.environ.get("LOCAL_WORLD_SIZE", ""),
             per_node_variable="LOCAL_WORLD_SIZE", ask_for="start torchrun with --nproc_per_node=<devices per node> "
             "--nnodes=<num_nodes>", job_folder="runs/<name>", started_again="the command run again")
     if in_slurm_job():
         return Launcher(
-            name="SLURM job", by="SLURM", unit="task(s)", processes=os.environ.get("SLURM_NTASKS", "1"), runs_as="tasks (one training process each)",
-            per_node=os.environ.get("SLURM_NTASKS_PER_NODE", ""), processes_variable="SLURM_NTASKS",
+            name="SLURM job", by="SLURM", unit="task(s)", runs_as="tasks (one training process each)",
+            processes=os.environ.get("SLURM_NTASKS", "1"), processes_variable="SLURM_NTASKS",
+            per_node=os.environ.get("SLURM_NTASKS_PER_NODE", ""),
             per_node_variable="SLURM_NTASKS_PER_NODE", ask_for="ask for as many tasks (--ntasks-per-node=<devices per "
             "node>, --nodes=<num_nodes>) and start the run with srun", job_folder="runs/$SLURM_JOB_ID",
             started_again="a requeued job")
