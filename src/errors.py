@@ -17,6 +17,15 @@ def what_stopped(exit_code: int) -> str:
     return "Ctrl-C" if exit_code == STOP_EXIT_CODES["Ctrl-C"] else "SIGTERM"
 
 
+def exception_chain(err: BaseException | None) -> list[BaseException]:
+    """`err` and the exceptions it was raised from or while handling (at most 20: a cycle must not loop forever)."""
+    chain = []
+    while err is not None and len(chain) < 20:
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    return chain
+
+
 class ReportedError(RuntimeError):
     exit_code = 1
     status = "failed"  # what a sweep summary calls the job

@@ -91,6 +91,15 @@ def last_checkpoint_file(cfg: DictConfig) -> Path:
     return Path(str(folder)) / f"{saved.get('filename') or 'last'}.ckpt"
 
 
+def saved_training_state(cfg: DictConfig | None) -> Path | None:
+    """This training run's last.ckpt where it has saved one (None: not training, no last-checkpoint callback, or
+    nothing saved yet)."""
+    if cfg is None or not cfg.get("train") or not OmegaConf.select(cfg, "callbacks.last_checkpoint"):
+        return None
+    last = last_checkpoint_file(cfg)
+    return last if last.is_file() else None
+
+
 def continue_sweep_command(sweep_dir: Path, record: str = "multirun.yaml") -> str | None:
     """The command that finishes a stopped sweep in its folder: the sweep's own command line (from its `record`, which
     Hydra wrote) with ckpt_path=last. None where that would not do it: a sweep that resumed checkpoints of its own

@@ -9,7 +9,7 @@ import os
 
 from omegaconf import DictConfig
 
-from src.errors import ReportedError, UserInputError
+from src.errors import ReportedError, UserInputError, exception_chain
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,7 @@ def disk_problem(failure: Exception, cfg: DictConfig | None = None) -> UserInput
     its own error on top. `cfg`: the run's config, for what to do next."""
     if isinstance(failure, ReportedError):
         return None
-    chain, seen = [], failure
-    while seen is not None and len(chain) < 20:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    disk_errors = [e for e in chain if isinstance(e, OSError) and e.errno in _DISK_PROBLEMS]
+    disk_errors = [e for e in exception_chain(failure) if isinstance(e, OSError) and e.errno in _DISK_PROBLEMS]
     if not disk_errors:
         return None
     err = next((e for e in disk_errors if e.filename), disk_errors[0])
@@ -61,17 +57,13 @@ def disk_problem(failure: Exception, cfg: DictConfig | None = None) -> UserInput
 def _what_to_do(cfg: DictConfig | None) -> str:
     """Go on from the last training state saved, if there is one (starting over elsewhere would throw the training
     away); else run again, here or elsewhere. Files are written whole or not at all: those written before are intact."""
-    from omegaconf import OmegaConf
-
     from src.utils.command_words import resume_with
-    from src.utils.continue_run import last_checkpoint_file
+    from src.utils.continue_run import saved_training_state
     from src.utils.jobs import in_multirun
 
     elsewhere = "hydra.sweep.dir=<folder> for the sweep" if in_multirun() else "hydra.run.dir=<folder>"
-    last = None
-    if cfg is not None and cfg.get("train") and OmegaConf.select(cfg, "callbacks.last_checkpoint"):
-        last = last_checkpoint_file(cfg)
-    if last is not None and last.is_file():
+    last = saved_training_state(cfg)
+    if last is not None:
         return (f"Free some space or fix the folder's permissions, then go on from {last}, the last state saved (intact, "
                 f"as is everything written before); {resume_with(last)}")
     return (f"Free some space or fix the folder's permissions, or put the run elsewhere ({elsewhere}). Files written "

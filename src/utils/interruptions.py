@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from src.errors import STOP_EXIT_CODES, RunInterrupted, UserInputError
+from src.errors import STOP_EXIT_CODES, RunInterrupted, UserInputError, exception_chain
 from src.utils.command_words import resume_with, run_it_again
 
 
@@ -49,7 +49,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
                        f"{resume_with(lightnings)}")
         raise RunInterrupted(message, exit_code=STOP_EXIT_CODES[by]) from stop
     except OSError as err:  # saving the state at a stop failed (a full disk): still a stop, not a failed run
-        stop = next((cause for cause in _chain(err) if isinstance(cause, INTERRUPTIONS)), None)
+        stop = next((cause for cause in exception_chain(err) if isinstance(cause, INTERRUPTIONS)), None)
         if stop is None:
             raise
         by = "Ctrl-C" if "Ctrl-C" in str(stop) else "SIGTERM"
@@ -88,15 +88,6 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         for callback in trainer.callbacks:
             if isinstance(callback, GracefulStop):
                 callback.give_back_ctrl_c()
-
-
-def _chain(err: BaseException) -> list[BaseException]:
-    """`err` and the exceptions it was raised from or while handling."""
-    chain = []
-    while err is not None and len(chain) < 20:
-        chain.append(err)
-        err = err.__cause__ or err.__context__
-    return chain
 
 
 def _lightnings_own_checkpoint(trainer) -> str | None:

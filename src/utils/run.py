@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from src.errors import (STOP_EXIT_CODES, ReportedError, ResumeRefused, RunInterrupted, UserInputError,
                         raised_in_a_spawned_process)
@@ -169,13 +169,12 @@ def interrupted_outside_training(by: str = "Ctrl-C", cfg: DictConfig | None = No
     (stopped after it, before the results were written), resuming from it, which tests the best checkpoint again; in a
     sweep, the job on its own (the sweep's folder is taken); else the same command."""
     from src.utils.command_words import command, command_overrides, resume_with, run_it_again
-    from src.utils.continue_run import last_checkpoint_file
+    from src.utils.continue_run import saved_training_state
     from src.utils.jobs import in_multirun
 
     stopped = f"Stopped by {by} outside training and testing: nothing was saved at that moment."
-    training = cfg is not None and cfg.get("train")
-    last = last_checkpoint_file(cfg) if training and OmegaConf.select(cfg, "callbacks.last_checkpoint") else None
-    if last is not None and last.is_file():
+    last = saved_training_state(cfg)
+    if last is not None:
         advice = f"{last} holds the latest training state; {resume_with(last)}"
     elif cfg is not None and in_multirun():
         advice = f"Run this job again on its own: {command('train' if 'train' in cfg else 'eval', command_overrides())}"
