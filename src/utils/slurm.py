@@ -15,7 +15,7 @@ import threading
 
 log = logging.getLogger(__name__)
 
-WARNING_SIGNAL = signal.SIGUSR1
+WARNING_SIGNAL = getattr(signal, "SIGUSR1", None)  # None on Windows (no SLURM there): every command imports this
 _warned = threading.Event()  # SIGUSR1 came in this process
 
 
@@ -26,7 +26,7 @@ def in_slurm_job() -> bool:
 
 def stop_on_slurms_warning() -> None:
     """In a SLURM job, take SIGUSR1 for SIGTERM from now on (calling it again changes nothing)."""
-    if not in_slurm_job() or threading.current_thread() is not threading.main_thread():
+    if WARNING_SIGNAL is None or not in_slurm_job() or threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(WARNING_SIGNAL) is _stop_as_for_sigterm:
         return
