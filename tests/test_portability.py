@@ -57,3 +57,24 @@ def test_every_module_imports_where_posix_only_names_are_missing():
     print("imported")
     """)
     assert result.returncode == 0 and result.stdout.strip() == "imported", result.stderr[-3000:]
+
+
+def test_a_killed_writers_temporary_file_is_found_without_signalling_on_windows(tmp_path, monkeypatch):
+    """os.kill(pid, 0), POSIX's question whether a process runs, sends Ctrl-C on Windows (signal 0 is CTRL_C_EVENT):
+    each write beside a killed writer's temporary file interrupted the run. There the file's age decides alone."""
+    import os
+    import time
+
+    from src.utils.atomic_files import STALE_AFTER_SECONDS, write_text_atomically
+
+    def ctrl_c(pid, signum):
+        raise AssertionError(f"os.kill({pid}, {signum}): Ctrl-C on Windows")
+
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setattr(os, "kill", ctrl_c)
+    old = time.time() - STALE_AFTER_SECONDS - 60
+    for name, modified in ((".last.ckpt.123.partial", old), (".last.ckpt.456.partial", time.time())):
+        (tmp_path / name).write_text("half a checkpoint")
+        os.utime(tmp_path / name, (modified, modified))
+    write_text_atomically(tmp_path / "last.ckpt", "a checkpoint")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".last.ckpt.456.partial", "last.ckpt"]

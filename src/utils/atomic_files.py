@@ -12,6 +12,7 @@ import glob
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,11 @@ def _remove_stale_partial_files(path: Path) -> None:
 
 
 def _process_exists(pid: int) -> bool:
+    """False on Windows, where it cannot be asked so: os.kill(pid, 0) there sends Ctrl-C (signal 0 is CTRL_C_EVENT) to
+    the processes of a console, this run's included. The file's age decides alone, and Windows refuses to remove a
+    file that a live writer holds open."""
+    if sys.platform == "win32":
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
