@@ -78,3 +78,35 @@ def test_a_killed_writers_temporary_file_is_found_without_signalling_on_windows(
         os.utime(tmp_path / name, (modified, modified))
     write_text_atomically(tmp_path / "last.ckpt", "a checkpoint")
     assert sorted(path.name for path in tmp_path.iterdir()) == [".last.ckpt.456.partial", "last.ckpt"]
+
+
+# A locale whose encoding lacks the characters written (Windows' cp1252 lacks ≥ and many letters, cp1251 ×): here
+# ASCII, Python's own in the C locale when neither its UTF-8 mode nor locale coercion steps in.
+ASCII_LOCALE = {"PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "LC_ALL": "C", "LANG": "C"}
+
+
+def test_files_are_written_in_utf8_whatever_the_locale(tmp_path):
+    """open() without an encoding writes in the locale's (cp1252 on Windows): config.yaml with a path's letters could
+    not be read back (YAML is read as UTF-8), summary.md's ± failed the sweep's summary files where the locale lacks
+    it, and a log message with × was a "--- Logging error ---" traceback in place of its line."""
+    folder, summary, message = "/home/Jörg/données", "val/acc_best 0.9856 ± 0.0012\n", "expected 28×28"
+    result = run_python(f"""
+    import locale, logging
+    from pathlib import Path
+    from omegaconf import OmegaConf
+    from src.utils.atomic_files import write_text_atomically
+    from src.utils.config_io import save_config
+    from src.utils.log_file import RunLogFile
+    assert locale.getpreferredencoding(False) != "UTF-8"
+    run_dir = Path({str(tmp_path)!a})
+    saved = save_config(OmegaConf.create({{"data": {{"data_dir": {folder!a}}}}}), run_dir)
+    assert OmegaConf.load(saved).data.data_dir == {folder!a}
+    write_text_atomically(run_dir / "summary.md", {summary!a})
+    log_file = RunLogFile(run_dir / "train.log")
+    log_file.handle(logging.makeLogRecord({{"msg": {message!a}}}))
+    log_file.close()
+    print("written")
+    """, extra_env=ASCII_LOCALE)
+    assert result.returncode == 0 and result.stdout == "written\n" and not result.stderr, result.stderr[-3000:]
+    assert (tmp_path / "summary.md").read_text(encoding="utf-8") == summary
+    assert (tmp_path / "train.log").read_text(encoding="utf-8") == message + "\n"

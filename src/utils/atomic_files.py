@@ -81,7 +81,9 @@ def _process_exists(pid: int) -> bool:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    write_atomically(path, lambda partial: partial.write_text(text))
+    """In UTF-8, as YAML and Markdown are read: the locale's encoding (Windows' cp1252) cannot hold every character
+    (the summary's ±, a path's letters), and a config.yaml written in it could not be read back."""
+    write_atomically(path, lambda partial: partial.write_text(text, encoding="utf-8"))
 
 
 def write_json_atomically(path: Path, data) -> None:

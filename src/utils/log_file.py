@@ -14,6 +14,9 @@ class RunLogFile(logging.FileHandler):
     stderr and writes nothing more to its file; the console still shows every message."""
 
     def __init__(self, *args, **kwargs) -> None:
+        # In UTF-8: the locale's encoding (Windows' cp1252) lacks characters of messages (×, a file name's letters),
+        # and each such message was a "--- Logging error ---" traceback instead of a line.
+        kwargs.setdefault("encoding", "utf-8")
         super().__init__(*args, **kwargs)
         self.failed = False
 

@@ -67,7 +67,8 @@ def _extends(folder: str | None, name: str) -> str | None:
     if not folder:
         return None
     try:
-        defaults = (yaml.safe_load((Path(folder).expanduser() / f"{name}.yaml").read_text()) or {}).get("defaults")
+        text = (Path(folder).expanduser() / f"{name}.yaml").read_text(encoding="utf-8")  # as Hydra reads it
+        defaults = (yaml.safe_load(text) or {}).get("defaults")
     except (OSError, UnicodeDecodeError, yaml.YAMLError, AttributeError):
         return None  # Hydra says what is wrong with it
     bases = {entry for entry in defaults or [] if isinstance(entry, str) and entry in ENTRY_POINTS}

@@ -43,7 +43,7 @@ def requested_exit_code(sweep_dir: Path) -> int | None:
     """The exit code a stop was requested with by this command; None if none was. A marker that another command
     left behind (one whose launcher was killed) is ignored, so a later resubmission into the folder still runs."""
     try:
-        exit_code, launcher = (sweep_dir / MARKER).read_text().split()
+        exit_code, launcher = (sweep_dir / MARKER).read_text(encoding="utf-8").split()
         return int(exit_code) if launcher == _launcher_pid() else None
     except (OSError, ValueError):
         return None

@@ -72,7 +72,7 @@ def read_metrics(path: Path) -> dict:
     if not path.exists():
         return {}
     try:
-        metrics = json.loads(path.read_text())
+        metrics = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         return {"status": "unreadable metrics.json", "error": f"{type(err).__name__}: {err}"}
     return metrics if isinstance(metrics, dict) else {"status": "unreadable metrics.json", "error": "not a JSON object"}
