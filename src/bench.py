@@ -32,6 +32,7 @@ from pathlib import Path
 from src import CONFIG_DIR, PROJECT_ROOT
 from src.bench_loops import interleaved_fits, plain_training, synchronize
 from src.utils.command_line import require_config_dir
+from src.utils.console_output import guard_standard_streams
 from src.utils.path_overrides import quoted_path
 
 
@@ -116,6 +117,7 @@ def main() -> None:
                         help="both loops replay each training step as a CUDA graph (model.cuda_graph=true)")
     parser.add_argument("--plain-process", action="store_true", help=argparse.SUPPRESS)  # the plain script of item 3
     args = parser.parse_args()
+    guard_standard_streams()  # the table's × on a console without it
     require_config_dir()
     if args.repeats < 1:
         parser.error(f"--repeats {args.repeats}: it must be 1 or more (the median of that many interleaved runs).")

@@ -110,3 +110,20 @@ def test_files_are_written_in_utf8_whatever_the_locale(tmp_path):
     assert result.returncode == 0 and result.stdout == "written\n" and not result.stderr, result.stderr[-3000:]
     assert (tmp_path / "summary.md").read_text(encoding="utf-8") == summary
     assert (tmp_path / "train.log").read_text(encoding="utf-8") == message + "\n"
+
+
+def test_a_console_that_cannot_show_a_character_shows_it_escaped():
+    """Output redirected on Windows is in the code page's encoding (cp1251 lacks ×, cp1252 ≥): an error message such
+    as "shrinks the 28×28 image to nothing" was a "--- Logging error ---" traceback in its place, and print() of the
+    benchmark's table (its ×) ended the command after its minutes of measuring."""
+    for environment in ({"PYTHONIOENCODING": "cp1251"}, ASCII_LOCALE):
+        result = run_python("""
+        import logging, sys
+        from src.utils.console_output import guard_standard_streams
+        guard_standard_streams()
+        logging.basicConfig(stream=sys.stdout, format="%(message)s")
+        logging.error("expected 28\\u00d728")
+        print("132\\u00d7 faster, \\u2265 99%")
+        """, extra_env=environment)
+        assert result.returncode == 0 and not result.stderr, result.stderr[-3000:]
+        assert result.stdout == "expected 28\\xd728\n132\\xd7 faster, \\u2265 99%\n"

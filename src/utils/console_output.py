@@ -3,10 +3,15 @@
 Python raises BrokenPipeError on every later write to such a pipe: logging would print a traceback per message, and
 the progress bar or rich (the config tree, the model summary) would end the process in the middle of training. The
 command line's standard streams are wrapped so that the first failed write points the closed output at the null
-device instead, and nothing later fails."""
+device instead, and nothing later fails.
+
+A console whose encoding lacks a character of a message (Windows' code pages, for output redirected to a file:
+cp1252 has no ≥, cp1251 no ×; a file's name) shows it escaped, `\\xd7`, as Python's stderr does: it raised
+UnicodeEncodeError, which logging printed as a traceback in place of the message, and print() ended the command."""
 
 from __future__ import annotations
 
+import codecs
 import os
 import select
 import sys
@@ -36,6 +41,10 @@ class ReaderProofStream:
 
 
 def guard_standard_streams() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        encoding = getattr(stream, "encoding", None)
+        if encoding and not codecs.lookup(encoding).name.startswith("utf") and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if not isinstance(sys.stdout, ReaderProofStream):
         sys.stdout, sys.stderr = ReaderProofStream(sys.stdout), ReaderProofStream(sys.stderr)
 
