@@ -127,3 +127,14 @@ def test_a_console_that_cannot_show_a_character_shows_it_escaped():
         """, extra_env=environment)
         assert result.returncode == 0 and not result.stderr, result.stderr[-3000:]
         assert result.stdout == "expected 28\\xd728\n132\\xd7 faster, \\u2265 99%\n"
+
+
+def test_sweep_job_folders_have_names_windows_allows():
+    """A job folder is named after its overrides: `data.device=cuda:0`, a quoted value or a Windows path held
+    characters Windows forbids in a name (a colon there even names a stream of a file), so the job could not start, and
+    a sweep's folder copied from a cluster could not be unpacked."""
+    from src.utils.run_folders import job_dirname
+
+    name = job_dirname(1, ["data.device=cuda:0", 'task_name="a <b>?"', r"+callbacks.x.dirpath=C:\runs|*"])
+    assert name == "1_+callbacks.x.dirpath=C--runs--,data.device=cuda-0,task_name=-a -b---"
+    assert not set(name) & set('/\\:*?"<>|')

@@ -9,18 +9,23 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+# Path separators, and what else Windows forbids in a file name: a job folder named after data.device=cuda:0 or a
+# quoted value could not be made there, nor copied there from a cluster's disk.
+_NOT_IN_A_NAME = str.maketrans(dict.fromkeys('/\\:*?"<>|', "-"))
+
 
 def job_dirname(job_num: int, overrides: Sequence[str], swept: set[str] | frozenset[str] = frozenset(),
                 exclude: Sequence[str] = (), max_length: int = 120) -> str:
     """A sweep job's folder name: its number and overrides, as Hydra's override_dirname but with the swept keys
-    first, so a name cut short still says what the job is; no path separators. A name cut short ends with `,~` and a
-    hash of the whole name (keeping it unique) after the last override that fits whole, never inside a value."""
+    first, so a name cut short still says what the job is; no path separators, nor other characters Windows forbids
+    (each is a `-`). A name cut short ends with `,~` and a hash of the whole name (keeping it unique) after the last
+    override that fits whole, never inside a value."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = [override for override in OverridesParser.create().parse_overrides(list(overrides))
               if override.key_or_group not in exclude]
     lines = sorted((override.key_or_group not in swept, override.input_line) for override in parsed)
-    name = f"{job_num}_{','.join(line for _, line in lines)}".replace("/", "-") if lines else str(job_num)
+    name = f"{job_num}_{','.join(line for _, line in lines)}".translate(_NOT_IN_A_NAME) if lines else str(job_num)
     if len(name) > max_length:
         digest = hashlib.sha1(name.encode()).hexdigest()[:8]
         kept = name[: max_length - 10]
