@@ -3,6 +3,7 @@ console's code page, Windows' rules for files that are open)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -12,8 +13,6 @@ from src import PROJECT_ROOT
 
 def run_python(code: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
     """`python -c <code>` from the project root."""
-    import os
-
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=PROJECT_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -62,7 +61,6 @@ def test_every_module_imports_where_posix_only_names_are_missing():
 def test_a_killed_writers_temporary_file_is_found_without_signalling_on_windows(tmp_path, monkeypatch):
     """os.kill(pid, 0), POSIX's question whether a process runs, sends Ctrl-C on Windows (signal 0 is CTRL_C_EVENT):
     each write beside a killed writer's temporary file interrupted the run. There the file's age decides alone."""
-    import os
     import time
 
     from src.utils.atomic_files import STALE_AFTER_SECONDS, write_text_atomically
@@ -138,3 +136,27 @@ def test_sweep_job_folders_have_names_windows_allows():
     name = job_dirname(1, ["data.device=cuda:0", 'task_name="a <b>?"', r"+callbacks.x.dirpath=C:\runs|*"])
     assert name == "1_+callbacks.x.dirpath=C--runs--,data.device=cuda-0,task_name=-a -b---"
     assert not set(name) & set('/\\:*?"<>|')
+
+
+def test_windows_paths_reach_hydra_as_typed(monkeypatch):
+    """Paths are quoted for Hydra where its grammar would refuse them, but not one holding a backslash, taken for
+    Hydra's escape: on Windows every path, so the resume command the project prints for a sweep job
+    (ckpt_path=C:\\...\\1_model=cnn,seed=2\\...) and a path with letters beyond ASCII failed with a parse error."""
+    import pytest
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from src.utils import path_overrides
+
+    parser = OverridesParser.create()
+    monkeypatch.setattr(path_overrides, "BACKSLASH_SEPARATES", True)
+    for path in (r"C:\Users\José\runs\1_model=cnn,seed=2\checkpoints\last.ckpt", "D:\\datasets\\",
+                 r"\\server\share\mnist", r"C:\Users\me\data", r"~\datasets"):
+        expanded = os.path.expanduser(path)
+        for key in ("ckpt_path", "data.data_dir", "hydra.run.dir"):
+            (argument,) = path_overrides.quote_paths([f"{key}={path}"])
+            assert parser.parse_override(argument).value() == expanded, argument
+    # Elsewhere a backslash is Hydra's escape, as the user typed it.
+    monkeypatch.setattr(path_overrides, "BACKSLASH_SEPARATES", False)
+    assert path_overrides.quote_paths([r"ckpt_path=runs/a\,b.ckpt"]) == [r"ckpt_path=runs/a\,b.ckpt"]
+    with pytest.raises(Exception):  # what Windows users got
+        parser.parse_override(r"ckpt_path=C:\runs\1_model=cnn,seed=2\last.ckpt")

@@ -12,6 +12,8 @@ from pathlib import Path
 PATH_KEYS = ("ckpt_path", "inputs", "output", "data.data_dir", "hydra.run.dir", "hydra.sweep.dir")  # and paths.*
 HYDRA_UNQUOTED = re.compile(r"[A-Za-z0-9_$%*+\-./:?@| ]*")  # the characters Hydra reads in an unquoted value
 SWEEP_FUNCTION = re.compile(r"\w+\(.*\)")  # choice(...), glob(...): Hydra's own syntax, left as typed
+# A backslash typed in a path: Hydra's escape, left as typed; on Windows it separates folders (C:\runs\1_model=cnn).
+BACKSLASH_SEPARATES = os.sep == "\\"
 
 
 def quote_paths(arguments: list[str]) -> list[str]:
@@ -35,7 +37,8 @@ def _quoted_argument(argument: str, sweeping: bool) -> str:
     key, equals, value = argument.partition("=")
     bare_key = key.lstrip("+~")
     is_path = bare_key in PATH_KEYS or bare_key.startswith("paths.")
-    typed_as_syntax = value[:1] in ("'", '"') or "${" in value or "\\" in value or SWEEP_FUNCTION.fullmatch(value)
+    escaped = "\\" in value and not BACKSLASH_SEPARATES
+    typed_as_syntax = value[:1] in ("'", '"') or "${" in value or escaped or SWEEP_FUNCTION.fullmatch(value)
     if not equals or not is_path or typed_as_syntax:
         return argument
     if value.startswith("[") and value.endswith("]"):  # a list of paths (predict's inputs)
@@ -50,7 +53,12 @@ def quoted_path(path: str) -> str:
     path = os.path.expanduser(path)
     # Hydra would drop spaces at either end, and read a folder named 2024 as a number.
     plain = HYDRA_UNQUOTED.fullmatch(path) and path == path.strip() and not reads_as_number(path)
-    return path if plain else '"' + path.replace('"', '\\"') + '"'
+    if plain:
+        return path
+    # In quotes Hydra reads backslashes before a quote as escapes: those are doubled (a Windows folder's last one,
+    # D:\data\ before the closing quote), and a quote in a name is escaped.
+    escaped = re.sub(r'(\\+)\Z', r"\1\1", re.sub(r'(\\*)"', r'\1\1\\"', path))
+    return f'"{escaped}"'
 
 
 def reads_as_number(word: str) -> bool:
