@@ -160,3 +160,37 @@ def test_windows_paths_reach_hydra_as_typed(monkeypatch):
     assert path_overrides.quote_paths([r"ckpt_path=runs/a\,b.ckpt"]) == [r"ckpt_path=runs/a\,b.ckpt"]
     with pytest.raises(Exception):  # what Windows users got
         parser.parse_override(r"ckpt_path=C:\runs\1_model=cnn,seed=2\last.ckpt")
+
+
+# shutil.rmtree as on Windows, where a file that is open cannot be removed (Python opens files without sharing that).
+WINDOWS_RMTREE = """
+    import os, shutil
+    real_rmtree = shutil.rmtree
+
+    def windows_rmtree(path, *args, **kwargs):
+        inside = os.path.realpath(path) + os.sep
+        for descriptor in os.listdir("/proc/self/fd"):
+            try:
+                target = os.readlink(f"/proc/self/fd/{descriptor}")
+            except OSError:
+                continue
+            if target.startswith(inside):
+                raise PermissionError(13, "The process cannot access the file because it is being used by another "
+                                      "process", target)
+        return real_rmtree(path, *args, **kwargs)
+
+    shutil.rmtree = windows_rmtree
+"""
+
+
+def test_a_refused_command_leaves_no_run_folder_behind_on_windows(tmp_path):
+    """A refused command's dated folder is removed; Hydra's handler still held the log file open then, which Windows
+    cannot remove: the folder stayed, holding the log (and what rmtree had not reached)."""
+    log_dir = tmp_path / "outputs"
+    result = run_python(WINDOWS_RMTREE + f"""
+    import runpy, sys
+    sys.argv = ["src/train.py", "model.optimizer.lr=-1", {f"paths.log_dir={log_dir}"!a}]
+    runpy.run_module("src.train", run_name="__main__")
+    """)
+    assert result.returncode == 1 and "model.optimizer.lr=-1 is invalid" in result.stdout, result.stderr[-3000:]
+    assert not log_dir.exists(), sorted(log_dir.rglob("*"))

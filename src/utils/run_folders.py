@@ -128,6 +128,7 @@ def discard_unused_folder(folder: Path, record_dir: str | None) -> bool:
             inside.parent == Path(".") and (path.suffix == ".log" or path.name == "config.yaml"))
         if not (record or empty_event_file(path)):
             return False
+    _close_log_files_in(folder)
     try:
         shutil.rmtree(folder)
         for above in folder.parents:
@@ -137,6 +138,18 @@ def discard_unused_folder(folder: Path, record_dir: str | None) -> bool:
     except OSError:
         pass
     return not folder.exists()
+
+
+def _close_log_files_in(folder: Path) -> None:
+    """Windows removes no file that is open: the refused run's log file, which Hydra's handler holds open until the
+    process ends, is closed first (the console has shown the refusal)."""
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).resolve().is_relative_to(folder):
+            root.removeHandler(handler)
+            handler.close()
 
 
 def discard_refused_run(folder: Path, record_dir: str | None, cfg: DictConfig) -> None:
