@@ -86,19 +86,25 @@ def data_path(cfg, device: str, max_batches: int) -> tuple[float, float]:
     return ours, samples / (time.perf_counter() - started)
 
 
-def whole_process(command: list[str], log: Path) -> tuple[float, float]:
-    """(wall seconds, peak resident memory in MiB) of one child process, start to exit. Call it before this
-    process grows: Linux counts the parent's memory high-water mark at exec in the child's ru_maxrss."""
+def whole_process(command: list[str], log: Path) -> tuple[float, float | None]:
+    """(wall seconds, peak resident memory in MiB) of one child process, start to exit; the memory is None on Windows,
+    which has no os.wait4. Call it before this process grows: Linux counts the parent's memory high-water mark at exec
+    in the child's ru_maxrss."""
     started = time.perf_counter()
     with open(log, "w") as output:
         child = subprocess.Popen(command, cwd=PROJECT_ROOT, stdout=output, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)
+        if hasattr(os, "wait4"):
+            _, status, usage = os.wait4(child.pid, 0)
+            exit_code = os.waitstatus_to_exitcode(status)
+            peak = usage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)  # bytes on macOS, else KiB
+        else:
+            exit_code, peak = child.wait(), None
     wall = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
+    if exit_code != 0:
         lines = log.read_text().splitlines()
         errors = [line.split("[ERROR] - ", 1)[1] for line in lines if "[ERROR] - " in line]  # the run's own message
         raise BenchFailed(f"{' '.join(command)} failed: " + (errors[-1] if errors else "\n" + "\n".join(lines[-20:])))
-    return wall, usage.ru_maxrss / 1024
+    return wall, peak
 
 
 class BenchFailed(Exception):
@@ -199,9 +205,11 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, s
         processes["train"].append((wall, rss, json.loads((run_dir / "metrics.json").read_text())["test/acc"]))
         wall, rss = whole_process(plain_cmd, plain_log)
         processes["plain"].append((wall, rss, json.loads(plain_log.read_text().strip().splitlines()[-1])["test_acc"]))
-    # Medians of the times, the highest memory and the lowest accuracy: "yes" means every run reached 99%.
+    # Medians of the times, the highest memory (None where not reported: Windows) and the lowest accuracy: "yes" means
+    # every run reached 99%.
     (train_wall, train_rss, train_acc), (plain_wall, plain_rss, plain_acc) = (
-        (statistics.median(run[0] for run in runs), max(run[1] for run in runs), min(run[2] for run in runs))
+        (statistics.median(run[0] for run in runs), None if runs[0][1] is None else max(run[1] for run in runs),
+         min(run[2] for run in runs))
         for runs in processes.values())
     process_ratio = statistics.median(train[0] / plain[0] for train, plain in zip(*processes.values()))
 
@@ -222,7 +230,8 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, s
                  f"{lightning_ms - plain_ms:+.3f} ms"))
     rows.append(("3. whole process, start to exit, s", f"{train_wall:.1f}", f"{plain_wall:.1f} (plain script)", f"{process_ratio:.2f}×"))
     rows.append(("   test accuracy (>= 99%?)", f"{train_acc:.2%} ({'yes' if train_acc >= 0.99 else 'NO'})", f"{plain_acc:.2%} (plain script)", ""))
-    rows.append(("   peak memory (RSS), MiB", f"{train_rss:.0f}", f"{plain_rss:.0f} (plain script)", ""))
+    if train_rss is not None:
+        rows.append(("   peak memory (RSS), MiB", f"{train_rss:.0f}", f"{plain_rss:.0f} (plain script)", ""))
     return rows
 
 

@@ -194,3 +194,28 @@ def test_a_refused_command_leaves_no_run_folder_behind_on_windows(tmp_path):
     """)
     assert result.returncode == 1 and "model.optimizer.lr=-1 is invalid" in result.stdout, result.stderr[-3000:]
     assert not log_dir.exists(), sorted(log_dir.rglob("*"))
+
+
+def test_the_benchmarks_whole_processes_are_measured_on_macos_and_windows(tmp_path, monkeypatch):
+    """src.bench timed its whole processes with os.wait4, which Windows lacks (the benchmark failed at its first
+    process), and read ru_maxrss as KiB, which macOS gives in bytes (1024 times the memory)."""
+    import types
+
+    from src.bench import whole_process
+
+    command = [sys.executable, "-c", "print('done')"]
+    _, linux = whole_process(command, tmp_path / "linux.log")
+    real_wait4 = os.wait4
+
+    def macos_wait4(pid, options):
+        pid, status, usage = real_wait4(pid, options)
+        return pid, status, types.SimpleNamespace(ru_maxrss=usage.ru_maxrss * 1024)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(sys, "platform", "darwin")
+        patched.setattr(os, "wait4", macos_wait4)
+        _, macos = whole_process(command, tmp_path / "macos.log")
+    assert 0.5 < macos / linux < 2, (macos, linux)
+    monkeypatch.delattr(os, "wait4")
+    wall, peak = whole_process(command, tmp_path / "windows.log")
+    assert wall > 0 and peak is None and (tmp_path / "windows.log").read_text() == "done\n"
