@@ -878,6 +878,23 @@ def test_saving_a_checkpoint_does_not_start_an_unused_cuda(monkeypatch):
     assert capture_rng_states()["cuda"][0].shape == (16,)
 
 
+def test_an_apple_gpus_random_state_is_saved_and_restored(monkeypatch):
+    """On a Mac the MPS device draws dropout masks and augmentations from a generator of its own: without its state in
+    the checkpoint a resumed run drew other ones than an uninterrupted run."""
+    import torch
+
+    from src.utils.rng import capture_rng_states, restore_rng_states
+
+    generator = {"state": torch.arange(8, dtype=torch.uint8)}
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    monkeypatch.setattr(torch.mps, "get_rng_state", lambda: generator["state"].clone())
+    monkeypatch.setattr(torch.mps, "set_rng_state", lambda state: generator.update(state=state))
+    states = capture_rng_states()
+    generator["state"] = torch.zeros(8, dtype=torch.uint8)  # drawn from since
+    restore_rng_states(states)
+    assert torch.equal(generator["state"], torch.arange(8, dtype=torch.uint8))
+
+
 def test_a_checkpoint_naming_a_class_outside_the_projects_models_imports_nothing(monkeypatch):
     """A checkpoint's model class is imported to build the network: only a module of src.models may be."""
     import importlib

@@ -22,6 +22,8 @@ def capture_rng_states() -> dict:
     # notebook) refuses afterwards. Restoring queues the states until CUDA starts.
     if torch.cuda.is_initialized():
         states["cuda"] = torch.cuda.get_rng_state_all()
+    if torch.backends.mps.is_available():  # an Apple GPU's dropout and augmentation draw from its own generator
+        states["mps"] = torch.mps.get_rng_state()
     return states
 
 
@@ -34,6 +36,8 @@ def restore_rng_states(states: dict) -> None:
     random.setstate((python_state["version"], tuple(python_state["state"]), python_state["gauss_next"]))
     if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(states["cuda"])
+    if "mps" in states and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(states["mps"])
 
 
 def unseeded_run_seed(resumed_checkpoint: dict | None) -> int:
