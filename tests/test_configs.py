@@ -80,6 +80,20 @@ def test_trainer_options_build(tmp_path, option):
     assert isinstance(trainer, pl.Trainer)
 
 
+def test_trainer_gpu_is_not_refused_on_a_mac(tmp_path, monkeypatch):
+    """On a Mac, Lightning's accelerator=gpu is the Apple GPU (MPS): trainer=gpu was refused there as "no CUDA GPU"."""
+    from src.errors import UserInputError
+    from src.utils.trainer_setup import build_trainer
+
+    cfg = compose_config(["trainer=gpu", f"paths.output_dir={tmp_path}"])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    with pytest.raises(UserInputError) as refusal:
+        build_trainer(cfg)
+    # Lightning's own MPS accelerator finds this machine is no Mac; this project's check let it try.
+    assert "Trainer refused these settings" in str(refusal.value)
+
+
 # What the README says of each recipe, as the built objects hold it: (model, its optimizer, epochs, augmentation).
 RECIPES = {"fast": ("CNN", "adam", 1, False), "best": ("CNN", "adamw", 30, True), "quickcheck": ("MLP", "adam", 1, True),
            "cnn_sgd": ("CNN", "sgd", 8, True)}

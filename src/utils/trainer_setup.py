@@ -30,7 +30,8 @@ def build_trainer(cfg: DictConfig):
     if accelerator in ("gpu", "cuda"):
         import torch
 
-        if not torch.cuda.is_available():
+        # Lightning's `gpu` is also a Mac's Apple GPU (MPS); `cuda` is not.
+        if not torch.cuda.is_available() and not (accelerator == "gpu" and torch.backends.mps.is_available()):
             raise UserInputError(
                 f"trainer.accelerator={accelerator} (trainer=gpu or trainer=ddp), but torch finds no CUDA GPU here. "
                 "Use the default trainer (it picks the GPU when there is one) or trainer=cpu."
