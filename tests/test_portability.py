@@ -8,6 +8,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from src import PROJECT_ROOT
 
 
@@ -219,3 +221,40 @@ def test_the_benchmarks_whole_processes_are_measured_on_macos_and_windows(tmp_pa
     monkeypatch.delattr(os, "wait4")
     wall, peak = whole_process(command, tmp_path / "windows.log")
     assert wall > 0 and peak is None and (tmp_path / "windows.log").read_text() == "done\n"
+
+
+def test_hydras_parser_builds_under_python_314s_help_check(monkeypatch):
+    """Python 3.14's argparse checks each option's help as it is added; Hydra's --shell-completion help is an object,
+    not a string, and every command failed there before reading a word. Older Pythons play 3.14's check here."""
+    import argparse
+
+    from hydra._internal.utils import get_args_parser
+
+    from src.utils.command_line import allow_hydras_lazy_help
+
+    def check_as_python_314_does(parser, action):
+        if action.help and hasattr(parser, "_get_formatter"):
+            try:
+                parser._get_formatter()._expand_help(action)
+            except (ValueError, TypeError, KeyError) as err:
+                raise ValueError("badly formed help string") from err
+
+    if not hasattr(argparse.ArgumentParser, "_check_help"):  # before 3.14: add_argument checks nothing
+        add_argument = argparse._ActionsContainer.add_argument
+
+        def add_and_check(container, *args, **kwargs):
+            action = add_argument(container, *args, **kwargs)
+            container._check_help(action)
+            return action
+
+        monkeypatch.setattr(argparse._ActionsContainer, "add_argument", add_and_check)
+        monkeypatch.setattr(argparse._ActionsContainer, "_check_help", lambda container, action: None, raising=False)
+        monkeypatch.setattr(argparse.ArgumentParser, "_check_help", check_as_python_314_does, raising=False)
+    with pytest.raises(ValueError, match="badly formed help"):
+        get_args_parser()  # what Hydra 1.3.8 does on 3.14
+
+    allow_hydras_lazy_help()
+    allow_hydras_lazy_help()  # a second call wraps nothing twice
+    assert get_args_parser().parse_args(["model=mlp"]).overrides == ["model=mlp"]
+    with pytest.raises(ValueError, match="badly formed help"):  # help given as a string is still checked
+        argparse.ArgumentParser().add_argument("--x", help="%(nonsense)s")

@@ -33,10 +33,29 @@ def run_command_line(main) -> None:
     if problem:
         sys.exit(problem)
     stop_on_slurms_warning()
+    allow_hydras_lazy_help()
     try:
         main()
     finally:
         requeue_if_warned(sys.argv[1:], Path(sys.argv[0]).stem)
+
+
+def allow_hydras_lazy_help() -> None:
+    """Python 3.14's argparse checks each option's help as the option is added, and Hydra 1.3's help of
+    --shell-completion is an object that renders later, not a string: every command failed with a TypeError in Hydra's
+    parser, before reading a word (Hydra issue #3121, not fixed in 1.3.8). The check is skipped for such help only."""
+    import argparse
+
+    check = getattr(argparse.ArgumentParser, "_check_help", None)  # new in 3.14
+    if check is None or getattr(check, "skips_lazy_help", False):
+        return
+
+    def check_string_help(parser, action):
+        if action.help is None or isinstance(action.help, str):
+            check(parser, action)
+
+    check_string_help.skips_lazy_help = True
+    argparse.ArgumentParser._check_help = check_string_help
 
 
 def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
