@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -196,6 +197,15 @@ def test_the_resolved_config_is_shown_without_a_run_folder():
     assert result.returncode == 0, result.stderr[-2000:]
     shown = yaml.safe_load(result.stdout)["logger"]
     assert shown["csv"]["name"] == "csv" and shown["csv"]["version"] == shown["tensorboard"]["version"] == ""
+
+
+def test_printing_the_resolved_config_makes_no_run_or_sweep_folder(tmp_path):
+    """`--cfg all --resolve` shows the folders a run and a sweep would get, and makes neither: it runs nothing."""
+    result = run_module("src.train", "--cfg", "all", "--resolve", f"paths.log_dir={tmp_path}", timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    shown = yaml.safe_load(result.stdout)["hydra"]
+    assert Path(shown["run"]["dir"]).parent.parent == tmp_path and Path(shown["sweep"]["dir"]).is_relative_to(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("path", ["/data/Fotos, März/*.png", "/data/Photos (1)/a.png", "/data/Müller's/a.png",

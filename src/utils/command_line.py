@@ -29,6 +29,10 @@ def run_command_line(main) -> None:
     if problem:
         sys.exit(problem)
     sys.argv[1:] = prepared_overrides(sys.argv[1:])
+    if prints_only(sys.argv[1:]):
+        from src.utils.run_folders import name_folders_only
+
+        name_folders_only()
     problem = shared_folder_problem(sys.argv[1:])
     if problem:
         sys.exit(problem)
@@ -56,6 +60,11 @@ def allow_hydras_lazy_help() -> None:
 
     check_string_help.skips_lazy_help = True
     argparse.ArgumentParser._check_help = check_string_help
+
+
+def prints_only(arguments: list[str]) -> bool:
+    """Whether Hydra is to print the config or its own information (--cfg, --info), not run the command."""
+    return bool({"--cfg", "-c", "--info", "-i"} & {argument.partition("=")[0] for argument in arguments})
 
 
 def overrides_problem(arguments: list[str], entry_point: str) -> str | None:

@@ -82,12 +82,25 @@ def resume_run_dir(ckpt_path: str | None, training: bool, new_run_dir: str) -> s
 # The folders new_folder made in this process (a run's, and those above it that were new too: the date folder,
 # paths.log_dir): the only ones discard_unused_folder may remove.
 _MADE_HERE: set[Path] = set()
+_NAMED_ONLY = False  # --cfg and --info: the config is printed, nothing runs in its folders
+
+
+def name_folders_only() -> None:
+    """From now on new_folder names a run's or sweep's new folder without making it: `--cfg all --resolve` resolves
+    hydra.run.dir and hydra.sweep.dir to print them, and left two empty dated folders behind."""
+    global _NAMED_ONLY
+    _NAMED_ONLY = True
 
 
 def new_folder(folder: Path) -> Path:
     """`folder`, or if it exists, the first of folder-2, folder-3, ... that does not, made here. Made exclusively, so
     runs that start within the same second (in parallel, or one after another) never share a folder."""
     candidate, number = folder, 1
+    while _NAMED_ONLY:
+        if not candidate.exists():
+            return candidate
+        number += 1
+        candidate = folder.with_name(f"{folder.name}-{number}")
     while True:
         try:
             missing = [above for above in candidate.resolve().parents if not above.is_dir()]
