@@ -222,6 +222,19 @@ def test_a_stopped_sweep_is_finished_by_its_own_command_with_ckpt_path_last(tmp_
     assert continue_sweep_command(tmp_path / "no record") is None
 
 
+def test_the_commands_a_run_prints_repeat_its_search_path(tmp_path):
+    """hydra.searchpath (a folder of one's own, for model=narrow) is among Hydra's own overrides, not the task's: a
+    resume command without it failed on the option it could not find."""
+    from src.utils.command_words import config_flags
+    from src.utils.continue_run import continue_sweep_command
+
+    search = "hydra.searchpath=[file:///work/myconf]"
+    sweep = _sweep_record(tmp_path / "sweep", ["model=narrow", "seed=1,2"], [search, "hydra.mode=MULTIRUN"])
+    assert config_flags(OmegaConf.load(sweep / "multirun.yaml").hydra) == [search]
+    assert continue_sweep_command(sweep) == (  # once
+        f"python -m src.train -m '{search}' model=narrow seed=1,2 hydra.sweep.dir={sweep} ckpt_path=last")
+
+
 @pytest.mark.parametrize("override, word", [
     ("ckpt_path=last", "last"), ("++ckpt_path=last", "last"), ("ckpt_path='last'", "last"), ('+ckpt_path="a b"', "a b"),
     ("ckpt_path=Null", "null"), ("~ckpt_path", ""), ("ckpt_path_x=1", None), ("seed=1", None),

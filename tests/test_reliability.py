@@ -442,6 +442,21 @@ def test_a_config_of_ones_own_that_hydra_would_pass_over_is_refused(tmp_path):
     assert overrides_problem(["-cd", os.path.relpath(CONFIG_DIR), "experiment=fast"], "train") is None
 
 
+def test_a_search_path_folder_is_a_config_folder_of_ones_own(tmp_path):
+    """hydra.searchpath=[file://<folder>] (lightning-hydra-template's way) adds a folder as --config-dir does: its
+    groups of its own were refused as unknown settings, and a file named as one of the project's was passed over."""
+    from src.utils.command_line import overrides_problem
+
+    (tmp_path / "extra").mkdir()
+    (tmp_path / "extra" / "two.yaml").write_text("# @package _global_\ntrainer:\n  max_epochs: 2\n")
+    search = f"hydra.searchpath=[pkg://elsewhere,file://{tmp_path}]"
+    assert overrides_problem([search, "+extra=two"], "train") is None
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "mlp.yaml").write_text("hidden_sizes: [64]\n")
+    assert overrides_problem([search, "model=mlp"], "train").startswith(
+        f"{tmp_path}/model/mlp.yaml: the project's conf/model/mlp.yaml has the same name")
+
+
 @pytest.mark.parametrize("flags, entry_point, based_on", [
     (["--config-name", "eval"], "train", "eval"),  # a traceback: Key 'model' is not in struct
     (["-cn", "predict"], "eval", "predict"),

@@ -161,14 +161,15 @@ _OWN_CONFIG_FLAGS = {"--config-path", "-cp", "--config-name", "-cn", "--config-d
 
 
 def _uses_own_config(arguments: list[str]) -> bool:
-    """-cd x, --config-dir=x and the like."""
-    return any(argument.partition("=")[0] in _OWN_CONFIG_FLAGS for argument in arguments)
+    """-cd x, --config-dir=x and the like, or hydra.searchpath=[file://x] (its folder may hold groups of its own)."""
+    return any(argument.partition("=")[0] in _OWN_CONFIG_FLAGS or argument.lstrip("+").startswith("hydra.searchpath=")
+               for argument in arguments)
 
 
 def _unknown_setting(arguments: list[str], entry_point: str) -> str | None:
     """A word whose key starts with neither a setting nor a config group of the entry point: `+modle=mlp`, which Hydra
     suggests for a mistyped `modle=mlp` and then adds to the config, where nothing reads it. Not checked with a config
-    of one's own (-cd/-cn), which may have keys of its own."""
+    of one's own (-cd/-cn, hydra.searchpath), which may have keys of its own."""
     if _uses_own_config(arguments):
         return None
     settings, groups = _top_level_settings(entry_point), _config_groups(entry_point)

@@ -85,10 +85,12 @@ def command_overrides() -> list[str] | None:
 
 
 def config_flags(hydra) -> list[str]:
-    """The flags that chose a config of one's own (--config-dir, --config-name), from Hydra's config of a run (its
-    `hydra` node, also as a sweep's multirun.yaml records it)."""
+    """The flags that chose a config of one's own (--config-dir, --config-name, and hydra.searchpath, which Hydra
+    records among its own overrides), from Hydra's config of a run (its `hydra` node, also as a sweep's multirun.yaml
+    records it)."""
     flags = [f"--config-dir={Path(hydra.runtime.cwd, source.path)}" for source in hydra.runtime.config_sources
              if source.provider == "command-line"]
+    flags += [word for word in hydra.overrides.hydra if word.lstrip("+").startswith("hydra.searchpath=")]
     if hydra.job.config_name not in _API_FUNCTIONS:  # each entry point's own config is its name
         flags.append(f"--config-name={hydra.job.config_name}")
     return flags

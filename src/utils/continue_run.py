@@ -117,7 +117,7 @@ def continue_sweep_command(sweep_dir: Path, record: str = "multirun.yaml") -> st
     if any(names_a_checkpoint_file(override) for override in task):
         return None
     kept = [override for override in hydra_overrides
-            if not override.lstrip("+~").startswith(("hydra.sweep.dir=", "hydra.mode="))]
+            if not override.lstrip("+~").startswith(("hydra.sweep.dir=", "hydra.mode=", "hydra.searchpath="))]
     return command("train", ["-m", *flags, *kept, *without_ckpt_path(task),
                              f"hydra.sweep.dir={quoted_path(str(sweep_dir))}", f"ckpt_path={LATEST}"])
 

@@ -27,11 +27,34 @@ def flag_value(arguments: list[str], names: tuple[str, ...]) -> str | None:
     return value
 
 
-def _passed_over(arguments: list[str]) -> str | None:
+def own_config_folders(arguments: list[str]) -> list[Path]:
+    """The folders of configs of one's own: --config-dir's, and hydra.searchpath's (as lightning-hydra-template adds
+    them; its pkg:// entries aside), which Hydra searches after the project's conf/ too."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
     folder = flag_value(arguments, ("--config-dir", "-cd"))
-    if not folder:
-        return None
-    folder = Path(folder).expanduser()
+    folders = [Path(folder).expanduser()] if folder else []
+    for word in arguments:
+        if word.lstrip("+").partition("=")[0] != "hydra.searchpath":
+            continue
+        try:
+            entries = OverridesParser.create().parse_override(word).value()
+        except Exception:  # Hydra says what is wrong with it
+            continue
+        entries = entries if isinstance(entries, list) else []
+        folders += [Path(entry[len("file://"):]).expanduser() for entry in map(str, entries) if entry.startswith("file://")]
+    return folders
+
+
+def _passed_over(arguments: list[str]) -> str | None:
+    for folder in own_config_folders(arguments):
+        problem = _passed_over_in(folder, arguments)
+        if problem:
+            return problem
+    return None
+
+
+def _passed_over_in(folder: Path, arguments: list[str]) -> str | None:
     if folder.resolve() == CONFIG_DIR.resolve():  # the project's own folder: the same files either way
         return None
     chosen = (flag_value(arguments, ("--config-name", "-cn")) or "").removesuffix(".yaml")
