@@ -345,6 +345,26 @@ def test_a_sweep_run_again_into_its_folder_is_refused_and_keeps_its_results(tmp_
     assert "ckpt_path=last" not in again.stdout + again.stderr
 
 
+@pytest.mark.parametrize("overrides, message", [
+    # The summary lists the jobs by their .hydra/overrides.yaml: it said "no jobs" and exited 0.
+    (["hydra.output_subdir=null", "seed=1,2"], "hydra.output_subdir=null leaves the sweep's jobs without Hydra's record"),
+    (["hydra.output_subdir=meta", "seed=1,2"], "hydra.output_subdir=meta leaves the sweep's jobs without Hydra's record"),
+    # A config file's sweep (the command line's is refused before Hydra starts): the basic sweeper's traceback.
+    (["hydra.searchpath=[file://{own}]", "sweep=lr_range"], "model.optimizer.lr: interval(0.001,0.01) in "
+     "hydra.sweeper.params is a continuous range, which only an optimizing sweeper (such as Optuna's) can sample"),
+])
+def test_a_sweep_its_summary_or_sweeper_cannot_handle_is_refused_before_its_folder_is_made(tmp_path, synthetic_data_dir,
+                                                                                         overrides, message):
+    (tmp_path / "own" / "sweep").mkdir(parents=True)
+    (tmp_path / "own" / "sweep" / "lr_range.yaml").write_text(
+        "# @package _global_\nhydra:\n  sweeper:\n    params:\n      model.optimizer.lr: interval(0.001,0.01)\n")
+    overrides = [override.format(own=tmp_path / "own") for override in overrides]
+    result = multirun(None, synthetic_data_dir, f"paths.log_dir={tmp_path / 'out'}", *overrides)
+    assert result.returncode == 1 and result.stderr.strip().startswith(message), result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_sweep_given_ckpt_path_last_from_the_start_is_stopped_and_finished_like_any(tmp_path, synthetic_data_dir):
     """A cluster array requeued with ckpt_path=last: a stop records its later jobs as not run; its continuation goes
     past a job that had failed without a last.ckpt, leaving its record as it is."""

@@ -89,11 +89,8 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
     own_sweeper = any(a.lstrip("+").startswith("hydra/sweeper=") for a in arguments)
     for word in arguments if multirun and not own_sweeper else []:
         key, _, value = word.partition("=")
-        if value.replace(" ", "").startswith(("interval(", "tag(")) and "interval(" in value:
-            # Hydra's basic sweeper fails on it with a traceback that names no fix.
-            return (f"{word} is a continuous range, which only an optimizing sweeper (such as Optuna's) can sample; "
-                    f"Hydra's basic sweeper, used here, runs the values listed: {key.lstrip('+')}=<value>,<value>,... "
-                    "(or range(start,stop,step) for evenly spaced ones).")
+        if continuous_range_problem(word, key, value):
+            return continuous_range_problem(word, key, value)
     unknown = _unknown_setting(arguments, entry_point) or own_config_problem(arguments, entry_point)
     if unknown:
         return unknown
@@ -128,6 +125,16 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
             return (f"{word.lstrip('+')} is invalid: the task name names the run's log file (<task_name>.log), so it "
                     "cannot be empty or null or hold '/'. Use another name, e.g. task_name=my_run.")
     return None
+
+
+def continuous_range_problem(given: str, key: str, value: str) -> str | None:
+    """Why `key`'s `value` (as `given`) is refused for Hydra's basic sweeper: a continuous range (interval(...), tagged
+    too), on which it fails with a traceback that names no fix."""
+    if not (value.replace(" ", "").startswith(("interval(", "tag(")) and "interval(" in value):
+        return None
+    return (f"{given} is a continuous range, which only an optimizing sweeper (such as Optuna's) can sample; "
+            f"Hydra's basic sweeper, used here, runs the values listed: {key.lstrip('+')}=<value>,<value>,... "
+            "(or range(start,stop,step) for evenly spaced ones).")
 
 
 def _names_a_folder(key: str) -> bool:

@@ -15,12 +15,18 @@ from src.errors import RunFolderTaken
 
 class FolderCheck(Callback):
     """A run or sweep folder that cannot be made (a read-only place, a file in the way) is one line and exit code 1,
-    not the traceback of Hydra's attempt to make it (resolving a new run's dated folder tries first: run_folders.py)."""
+    not the traceback of Hydra's attempt to make it (resolving a new run's dated folder tries first: run_folders.py).
+    So is a sweep refused as a whole (sweep_summary.sweep_problem), before its folder is made."""
 
     def on_run_start(self, config: DictConfig, **kwargs) -> None:
         _exit_if_unusable(config, "hydra.run.dir")
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from src.utils.sweep_summary import sweep_problem
+
+        problem = sweep_problem(config)
+        if problem:
+            sys.exit(problem)
         _exit_if_unusable(config, "hydra.sweep.dir")
 
 

@@ -169,6 +169,25 @@ def write_summary_files(sweep_dir: Path, rows: list[dict]) -> None:
         write_atomically(sweep_dir / "summary.png", lambda partial: figure.savefig(partial, format="png", dpi=110))
 
 
+def sweep_problem(config: DictConfig) -> str | None:
+    """Why a sweep is refused before it starts: jobs that keep no Hydra record (hydra.output_subdir=null, or another
+    folder), by which the summary lists them and ckpt_path=last finds them again (the summary said "no jobs"); or a
+    continuous range in hydra.sweeper.params of a config file for the basic sweeper (the command line's is refused
+    before Hydra starts)."""
+    from src.utils.command_line import continuous_range_problem
+
+    record = OmegaConf.select(config, "hydra.output_subdir")
+    if record is None or str(record).split("/")[0] != ".hydra":
+        return (f"hydra.output_subdir={'null' if record is None else record} leaves the sweep's jobs without Hydra's record in <job>/.hydra/, which "
+                "the sweep's summary lists them by and ckpt_path=last finds them by: leave hydra.output_subdir out in a "
+                "sweep (a single run may set it).")
+    if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith(".BasicSweeper"):
+        return None
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    return next(filter(None, (continuous_range_problem(f"{key}: {value} in hydra.sweeper.params", key, str(value))
+                              for key, value in params.items())), None)
+
+
 def keep_earlier_sweep_record(sweep_dir: Path) -> None:
     """Hydra is about to write this command's multirun.yaml; a resubmitted job's would replace the sweep's own."""
     record = sweep_dir / "multirun.yaml"
