@@ -68,6 +68,25 @@ class RunInterrupted(ReportedError):
         self.exit_code = exit_code
 
 
+def unresolved_interpolation(failure: BaseException) -> UserInputError | None:
+    """A setting whose ${...} cannot be resolved (`${oc.env:NAME}` with NAME unset, a key that is not there) in
+    `failure`'s chain, as one line naming the setting; None for any other failure. Hydra printed its traceback (one
+    of a hundred lines with a failed callback's warning, for a run folder's)."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    err = next((e for e in exception_chain(failure) if isinstance(e, InterpolationResolutionError)), None)
+    if err is None:
+        return None
+    reason = (getattr(err, "msg", None) or str(err)).splitlines()[0]
+    unset = re.search(r"Environment variable '(\w+)' not found", reason)
+    if unset:
+        reason = (f"the environment variable {unset[1]} is not set: set it, or give a default: "
+                  f"${{oc.env:{unset[1]},<default>}}")
+    problem = UserInputError(f"{getattr(err, 'full_key', None) or 'A setting'} cannot be resolved: {reason}.")
+    problem.__cause__ = err
+    return problem
+
+
 def raised_in_a_spawned_process(failure: BaseException) -> ReportedError | None:
     """The error a process started by `trainer.strategy=ddp_spawn` reported (a refused resume, bad data), which torch
     hands back as a ProcessRaisedException holding that process's traceback as text; None for any other failure."""

@@ -482,6 +482,24 @@ def test_an_empty_run_folder_is_refused_before_hydra_writes_into_the_current_fol
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_setting_that_cannot_be_resolved_is_one_line_naming_it(tmp_path):
+    """`${oc.env:NAME}` with NAME unset: a run folder's ended in a hundred lines (a failed callback's warning, Hydra's
+    failed exception formatting, a traceback), any other setting's in Hydra's traceback, with a dated folder left."""
+    unset = ("cannot be resolved: the environment variable MNIST_UNSET_VARIABLE is not set: set it, or give a default: "
+             "${oc.env:MNIST_UNSET_VARIABLE,<default>}.")
+    for words, expected in (([f"paths.log_dir={tmp_path}/" "${oc.env:MNIST_UNSET_VARIABLE}"], f"hydra.run.dir {unset}"),
+                            (["-m", "seed=1,2", "hydra.sweep.dir=${oc.env:MNIST_UNSET_VARIABLE}"], f"hydra.sweep.dir {unset}"),
+                            ([f"paths.log_dir={tmp_path}", "data.data_dir=${oc.env:MNIST_UNSET_VARIABLE}"],
+                             f"data.data_dir {unset}"),
+                            ([f"paths.log_dir={tmp_path}", "data.data_dir=${paths.data_dri}"],
+                             "data.data_dir cannot be resolved: Interpolation key 'paths.data_dri' not found.")):
+        result = run_module("src.train", *words, timeout=120)
+        output = result.stdout + result.stderr
+        assert result.returncode == 1 and output.strip().splitlines()[-1].endswith(expected), output[-2000:]
+        assert "Traceback" not in output and "UserWarning" not in output
+    assert list(tmp_path.iterdir()) == []  # the refused runs' dated folders are gone
+
+
 def test_a_stop_without_a_checkpoint_callback_says_nothing_was_saved():
     from src.utils.interruptions import _stopped
 

@@ -31,7 +31,15 @@ class FolderCheck(Callback):
 
 
 def _exit_if_unusable(config: DictConfig, setting: str) -> None:
-    problem = folder_problem(Path(str(OmegaConf.select(config, setting))), setting)  # resolved once: this run's
+    from omegaconf.errors import InterpolationResolutionError
+
+    from src.errors import unresolved_interpolation
+
+    try:
+        folder = OmegaConf.select(config, setting)  # resolved once: this run's
+    except InterpolationResolutionError as err:  # paths.log_dir=${oc.env:NAME} with NAME unset
+        sys.exit(str(unresolved_interpolation(err)))
+    problem = folder_problem(Path(str(folder)), setting)
     if problem:
         sys.exit(problem)
 

@@ -16,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from src.errors import (STOP_EXIT_CODES, ReportedError, ResumeRefused, RunInterrupted, UserInputError,
-                        raised_in_a_spawned_process)
+                        raised_in_a_spawned_process, unresolved_interpolation)
 from src.utils.atomic_files import write_json_atomically
 
 log = logging.getLogger(__name__)
@@ -121,7 +121,8 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         except Terminated as stop:
             raise interrupted_outside_training(by="SIGTERM", cfg=cfg) from stop
     except Exception as failure:
-        err = disk_problem(failure, cfg) or raised_in_a_spawned_process(failure) or failure
+        err = disk_problem(failure, cfg) or raised_in_a_spawned_process(failure) or unresolved_interpolation(failure) or \
+            failure
         reported = isinstance(err, ReportedError)
         sweep_closing = None  # an interrupted sweep's last words, after the job's own
         if in_multirun() and not isinstance(err, ResumeRefused):
