@@ -178,9 +178,10 @@ def sweep_problem(config: DictConfig) -> str | None:
 
     record = OmegaConf.select(config, "hydra.output_subdir")
     if record is None or str(record).split("/")[0] != ".hydra":
-        return (f"hydra.output_subdir={'null' if record is None else record} leaves the sweep's jobs without Hydra's record in <job>/.hydra/, which "
-                "the sweep's summary lists them by and ckpt_path=last finds them by: leave hydra.output_subdir out in a "
-                "sweep (a single run may set it).")
+        given = "null" if record is None else record
+        return (f"hydra.output_subdir={given} leaves the sweep's jobs without Hydra's record in <job>/.hydra/, which "
+                "the sweep's summary lists them by and ckpt_path=last finds them by: leave hydra.output_subdir out in "
+                "a sweep (a single run may set it).")
     if not str(OmegaConf.select(config, "hydra.sweeper._target_", default="")).endswith(".BasicSweeper"):
         return None
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
