@@ -88,6 +88,7 @@ def test_trainer_gpu_is_not_refused_on_a_mac(tmp_path, monkeypatch):
 
     cfg = compose_config(["trainer=gpu", f"paths.output_dir={tmp_path}"])
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # Lightning counts CUDA GPUs so: on a GPU machine too
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     with pytest.raises(UserInputError) as refusal:
         build_trainer(cfg)
