@@ -89,8 +89,9 @@ def overrides_problem(arguments: list[str], entry_point: str) -> str | None:
     own_sweeper = any(a.lstrip("+").startswith("hydra/sweeper=") for a in arguments)
     for word in arguments if multirun and not own_sweeper else []:
         key, _, value = word.partition("=")
-        if continuous_range_problem(word, key, value):
-            return continuous_range_problem(word, key, value)
+        problem = continuous_range_problem(word, key, value)
+        if problem:
+            return problem
     unknown = _unknown_setting(arguments, entry_point) or own_config_problem(arguments, entry_point)
     if unknown:
         return unknown
