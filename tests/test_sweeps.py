@@ -257,13 +257,17 @@ class SignalOnceBothJobsTrain(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         both_training = len(list(self.armed.parent.glob("training-*"))) >= 2
-        if trainer.global_step >= self.step and both_training and self.armed.exists():
-            self.armed.unlink()
-            if self.launcher_only:
-                os.kill(int(os.environ["MNIST_SWEEP_LAUNCHER_PID"]), self.signum)
-            else:
-                os.killpg(os.getpgid(0), self.signum)
-            time.sleep(0.5)  # the graceful-stop handler runs (at the latest) when the signal interrupts this sleep
+        if trainer.global_step < self.step or not both_training:
+            return
+        try:
+            self.armed.unlink()  # the claim itself: both jobs can get here at the same moment, and one unlink wins
+        except FileNotFoundError:
+            return
+        if self.launcher_only:
+            os.kill(int(os.environ["MNIST_SWEEP_LAUNCHER_PID"]), self.signum)
+        else:
+            os.killpg(os.getpgid(0), self.signum)
+        time.sleep(0.5)  # the graceful-stop handler runs (at the latest) when the signal interrupts this sleep
 
 
 def parallel_sweep_signalled(tmp_path, synthetic_data_dir, *callback_args: str) -> tuple[Path, Path, str, int]:
