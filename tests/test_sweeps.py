@@ -244,9 +244,10 @@ def test_sigterm_outside_training_is_reported_and_stops_the_sweep_with_its_summa
 
 
 class SignalOnceBothJobsTrain(pl.Callback):
-    """From training step `step` on, once both parallel jobs are training, send `signal_name`: to every process of
-    the group (what Ctrl-C in a terminal does) or to the launching process alone (`kill <pid>`). Only once per sweep:
-    the first job to get there removes the `armed` file."""
+    """At training step `step`, once both parallel jobs are training, send `signal_name`: to every process of the group
+    (what Ctrl-C in a terminal does) or to the launching process alone (`kill <pid>`). Only once per sweep: the first
+    job to get there removes the `armed` file. A job at that step waits for the other to start training: on a loaded
+    machine one job can finish its few steps while the other is still importing."""
 
     def __init__(self, step: int, armed: str, signal_name: str = "SIGINT", launcher_only: bool = False) -> None:
         self.step, self.armed = step, Path(armed)
@@ -256,9 +257,11 @@ class SignalOnceBothJobsTrain(pl.Callback):
         (self.armed.parent / f"training-{os.getpid()}").touch()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        both_training = len(list(self.armed.parent.glob("training-*"))) >= 2
-        if trainer.global_step < self.step or not both_training:
+        if trainer.global_step < self.step:
             return
+        deadline = time.monotonic() + 300
+        while len(list(self.armed.parent.glob("training-*"))) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         try:
             self.armed.unlink()  # the claim itself: both jobs can get here at the same moment, and one unlink wins
         except FileNotFoundError:
