@@ -411,7 +411,10 @@ def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synt
     assert sweep_dir.name.endswith("-2") and sweep_dir.with_name(sweep_dir.name[:-2]) in taken
     assert all([path.name for path in folder.iterdir()] == ["multirun.yaml"] for folder in taken)
     assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok", "ok"]
-    threads = max(1, (os.cpu_count() or 1) // min(2, os.cpu_count() or 1))
+    # The cores this process may run on (taskset, a container's cpuset), as the jobs count them: not os.cpu_count().
+    from src.utils.jobs import usable_cpus
+
+    threads = max(1, usable_cpus() // min(2, usable_cpus()))
     logs = sorted(sweep_dir.glob("*/train.log"))
     assert len(logs) == 2
     for log_file in logs:
