@@ -684,14 +684,15 @@ def test_runs_starting_in_the_same_second_each_get_a_folder_of_their_own(tmp_pat
     assert sorted(claimed) == sorted([dated, *(dated.with_name(f"16-29-43-{n}") for n in range(2, 13))])
 
     # On the command line: a dated folder already made (even empty, as a run starting an instant earlier leaves it)
-    # for this second and the next few is not taken over.
-    log_dir = tmp_path / "runs"
+    # for this second and the next ones is not taken over. Made for every second the command may name its folder in,
+    # up to its timeout: a loaded machine can take longer than a few seconds to start Python and Hydra.
+    log_dir, timeout = tmp_path / "runs", 300
     now = datetime.now()
-    taken = [log_dir / f"{now + timedelta(seconds=s):%Y-%m-%d/%H-%M-%S}" for s in range(8)]
+    taken = [log_dir / f"{now + timedelta(seconds=s):%Y-%m-%d/%H-%M-%S}" for s in range(timeout + 60)]
     for folder in taken:
         folder.mkdir(parents=True)
     overrides = [o for o in tiny_run_overrides(synthetic_data_dir, tmp_path) if not o.startswith("paths.output_dir")]
-    result = run_module("src.train", *overrides, "model=mlp", f"paths.log_dir={log_dir}")
+    result = run_module("src.train", *overrides, "model=mlp", f"paths.log_dir={log_dir}", timeout=timeout)
     assert result.returncode == 0, result.stderr[-2000:]
     [run_dir] = [folder for folder in log_dir.glob("*/*") if folder not in taken]
     assert run_dir.name.endswith("-2") and (run_dir / "metrics.json").is_file()
