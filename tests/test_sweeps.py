@@ -397,10 +397,11 @@ def test_a_sweep_given_ckpt_path_last_from_the_start_is_stopped_and_finished_lik
 
 def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synthetic_data_dir):
     # Other sweeps started in this second and the next ones hold their dated folders: this sweep gets a folder of its
-    # own, and its jobs, in processes of their own, all find it.
+    # own, and its jobs, in processes of their own, all find it. Every second the sweep may name its folder in, up to
+    # multirun()'s timeout, is taken: a loaded machine can take many seconds to start Python and Hydra.
     log_dir = tmp_path / "outputs"
     now = datetime.now()
-    taken = [log_dir / "multirun" / f"{now + timedelta(seconds=s):%Y-%m-%d/%H-%M-%S}" for s in range(20)]
+    taken = [log_dir / "multirun" / f"{now + timedelta(seconds=s):%Y-%m-%d/%H-%M-%S}" for s in range(600 + 60)]
     for folder in taken:
         folder.mkdir(parents=True)
         (folder / "multirun.yaml").write_text("{}\n")
