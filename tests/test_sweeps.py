@@ -274,12 +274,14 @@ class SignalOnceBothJobsTrain(pl.Callback):
 
 
 def parallel_sweep_signalled(tmp_path, synthetic_data_dir, *callback_args: str) -> tuple[Path, Path, str, int]:
-    """Three 3-epoch jobs, two at a time with joblib; the signal comes from SignalOnceBothJobsTrain at step 25."""
+    """Three jobs, two at a time with joblib; the signal comes from SignalOnceBothJobsTrain at step 25 (epoch 1 of 20).
+    The epochs the jobs never reach leave time: a job stopped through the launcher sees the launcher's note at its next
+    check (once a second), and with 3 epochs a launcher slow to write it (a loaded machine) let the job finish first."""
     sweep_dir, armed = tmp_path / "sweep", tmp_path / "armed"
     armed.touch()
     command = [sys.executable, "-m", "src.train", "-m", f"hydra.sweep.dir={sweep_dir}", f"data.data_dir={synthetic_data_dir}",
                "data.download=false", "data.val_size=80", "data.batch_size=16", "model=mlp", "model.scheduler.name=none",
-               "trainer.max_epochs=3", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", "seed=1,2,3",
+               "trainer.max_epochs=20", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", "seed=1,2,3",
                "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", f"+callbacks.signal._target_={__name__}.SignalOnceBothJobsTrain",
                "+callbacks.signal.step=25", f"+callbacks.signal.armed={armed}", *callback_args]
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
