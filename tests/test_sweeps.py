@@ -28,6 +28,7 @@ from src import CONFIG_DIR, PROJECT_ROOT
 from src.callbacks.safety import GracefulStop
 from src.utils.run_folders import job_dirname, swept_keys
 from src.utils.hparams import HPARAM_METRICS, run_hparams
+from src.utils.jobs import usable_cpus
 from src.utils.sweep_summary import (
     best_by_validation,
     collect_jobs,
@@ -415,8 +416,6 @@ def test_joblib_launcher_runs_jobs_in_parallel_with_split_threads(tmp_path, synt
     assert all([path.name for path in folder.iterdir()] == ["multirun.yaml"] for folder in taken)
     assert [row["status"] for row in summary_rows(sweep_dir)] == ["ok", "ok"]
     # The cores this process may run on (taskset, a container's cpuset), as the jobs count them: not os.cpu_count().
-    from src.utils.jobs import usable_cpus
-
     threads = max(1, usable_cpus() // min(2, usable_cpus()))
     logs = sorted(sweep_dir.glob("*/train.log"))
     assert len(logs) == 2
