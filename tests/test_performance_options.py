@@ -214,7 +214,7 @@ def test_the_benchmark_with_cuda_graph_runs_every_loop_with_it(tmp_path, synthet
     monkeypatch.setattr(src.bench, "whole_process", whole_process)
     monkeypatch.setattr(src.bench, "data_path", lambda cfg, device, max_batches: (1.0, 1.0))
     monkeypatch.setattr(src.bench, "interleaved_fits", interleaved_fits)
-    monkeypatch.delenv("BENCH_PLAIN_CONFIG", raising=False)
+    monkeypatch.setenv("BENCH_PLAIN_CONFIG", "")  # so that what measure() sets is taken away after the test
     args = argparse.Namespace(quick=False, data_dir=synthetic_data_dir, device="cuda", repeats=1, cuda_graph=True)
     src.bench.measure(args, tmp_path)
     train_command, plain_command = commands
