@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,9 @@ import pytorch_lightning as pl
 import torch
 import yaml
 from hydra import compose, initialize_config_dir
+from hydra.core.utils import setup_globals
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from src import CONFIG_DIR, PROJECT_ROOT
 from src.models.classifier import DigitClassifier
@@ -281,3 +284,18 @@ def test_a_ready_made_sweeps_job_is_resumed_on_its_own_as_one_run():
     assert command.startswith("python -m src.train sweep=seeds seed=1 hydra.mode=RUN ")
     assert is_multirun(["sweep=seeds", "seed=1"]) and not is_multirun(["sweep=seeds", "seed=1", "hydra.mode=RUN"])
     assert resume_command(["seed=1"], "/runs/a/last.ckpt") == "python -m src.train seed=1 ckpt_path=/runs/a/last.ckpt"
+
+
+def test_a_run_starting_at_midnight_is_named_by_one_instant(tmp_path):
+    """The date and the time of a new run's or sweep's folder come from one reading of the clock: read twice, a run
+    starting at midnight was filed under the day before with the new day's 00-00-00."""
+    readings = iter([datetime(2026, 12, 5, 23, 59, 59, 999000)] + [datetime(2026, 12, 6)] * 10)
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"paths.log_dir={tmp_path}"], return_hydra_config=True)
+    OmegaConf.register_new_resolver("now", lambda pattern: next(readings).strftime(pattern), replace=True)
+    try:
+        run_dir, sweep_dir = Path(cfg.hydra.run.dir), Path(cfg.hydra.sweep.dir)
+    finally:
+        setup_globals()  # Hydra's own `now` again
+    assert run_dir.relative_to(tmp_path).as_posix() == "2026-12-05/23-59-59"
+    assert sweep_dir.relative_to(tmp_path).as_posix() == "multirun/2026-12-06/00-00-00"
