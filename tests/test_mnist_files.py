@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -133,19 +134,63 @@ def test_a_failed_download_is_one_line_and_a_stalled_one_times_out(tmp_path, mon
         "error timed out>).")
 
 
-def test_download_is_used_when_files_are_missing(tmp_path, monkeypatch):
+def fake_torchvision_download(monkeypatch, during=lambda root: None) -> list[str]:
+    """torchvision's MNIST replaced by one that writes small files (plain and .gz, as torchvision leaves them) into
+    `root`/MNIST/raw/ and then calls `during(root)`; returns the roots it was given."""
     import torchvision.datasets
 
-    calls = []
+    roots = []
 
     def fake_download(root, train, download):
-        calls.append(root)
-        write_synthetic_mnist(tmp_path, train_count=20, test_count=10, gz=False)
+        roots.append(root)
+        write_synthetic_mnist(Path(root), train_count=20, test_count=10, gz=False)
+        write_synthetic_mnist(Path(root), train_count=20, test_count=10, gz=True)
+        during(root)
 
     monkeypatch.setattr(torchvision.datasets, "MNIST", fake_download)
+    return roots
+
+
+def test_download_is_used_when_files_are_missing(tmp_path, monkeypatch):
+    roots = fake_torchvision_download(monkeypatch)
     ensure_mnist_files(tmp_path, download=True)
-    assert calls == [str(tmp_path)]
-    assert len(load_split(tmp_path, "test")[0]) == 10
+    assert len(roots) == 1 and len(load_split(tmp_path, "test")[0]) == 10
+    # The files moved into MNIST/raw/; the folder the download went to is gone, with torchvision's archives.
+    assert sorted(path.name for path in raw_dir(tmp_path).iterdir()) == sorted(ALL_FILE_NAMES)
+    assert list((tmp_path / "MNIST").iterdir()) == [raw_dir(tmp_path)]
+
+
+def test_a_download_shows_no_file_before_it_is_whole(tmp_path, monkeypatch):
+    """torchvision wrote into MNIST/raw/ in place: a sweep's parallel jobs, downloading at once on a fresh machine,
+    read files another job was still writing."""
+    seen_while_downloading = []
+    fake_torchvision_download(monkeypatch, during=lambda root: seen_while_downloading.append(list(
+        raw_dir(tmp_path).iterdir())))
+    ensure_mnist_files(tmp_path, download=True)
+    assert seen_while_downloading == [[]]
+
+
+def test_a_download_stopped_half_way_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C during the download left a truncated file, which the next run took for MNIST."""
+    def stopped(root):
+        raise KeyboardInterrupt
+
+    fake_torchvision_download(monkeypatch, during=stopped)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_mnist_files(tmp_path, download=True)
+    assert list((tmp_path / "MNIST").iterdir()) == [raw_dir(tmp_path)] and not any(raw_dir(tmp_path).iterdir())
+
+
+def test_files_another_job_downloaded_meanwhile_are_kept(tmp_path, monkeypatch):
+    other_jobs = write_synthetic_mnist(tmp_path / "other", train_count=30, test_count=10, gz=False)
+
+    def another_job_finishes_first(root):
+        for name in ALL_FILE_NAMES:
+            shutil.copy(raw_dir(other_jobs) / name, raw_dir(tmp_path) / name)
+
+    fake_torchvision_download(monkeypatch, during=another_job_finishes_first)
+    ensure_mnist_files(tmp_path, download=True)
+    assert len(load_split(tmp_path, "train")[0]) == 30 and list((tmp_path / "MNIST").iterdir()) == [raw_dir(tmp_path)]
 
 
 def test_truncated_gzip_names_the_file(data_dir):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 
 import torch
@@ -96,9 +99,7 @@ def ensure_mnist_files(data_dir: str | Path, download: bool) -> None:
         previous_timeout = socket.getdefaulttimeout()
         socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_SECONDS)  # torchvision sets none: a stalled connection waited forever
         try:
-            from torchvision.datasets import MNIST
-
-            MNIST(root=str(Path(data_dir).expanduser()), train=True, download=True)
+            _download(data_dir)
         except Exception as err:  # any network/HTTP/checksum failure: the message below says what to do
             reason = f"the download failed ({type(err).__name__}: {' '.join(str(err).split())})"  # its lines as one
         finally:
@@ -114,6 +115,30 @@ def ensure_mnist_files(data_dir: str | Path, download: bool) -> None:
         + "".join(f"    {name}[.gz]\n" for name in ALL_FILE_NAMES)
         + "  or point data.data_dir=<dir> at a folder that has MNIST/raw/ with them."
     )
+
+
+def _download(data_dir: str | Path) -> None:
+    """torchvision's download into a folder of this process's own, then each file moved into MNIST/raw/ whole.
+    torchvision writes and unpacks in place: the parallel jobs of a sweep on a fresh machine, all downloading at once,
+    read files another job was still writing, and a download stopped half-way left a truncated file behind."""
+    from torchvision.datasets import MNIST
+
+    folder = raw_dir(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder.parent))
+    try:
+        MNIST(root=str(staging), train=True, download=True)
+        for name in ALL_FILE_NAMES:
+            fetched = staging / "MNIST" / "raw" / name
+            if not fetched.is_file() or find_file(folder, name):
+                continue  # a job beside this one put it there meanwhile
+            try:
+                os.replace(fetched, folder / name)
+            except OSError:
+                if not find_file(folder, name):  # else another job's copy, open on Windows, refused the replace
+                    raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def labels_record(labels: torch.Tensor) -> dict:
