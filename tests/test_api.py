@@ -452,7 +452,8 @@ def test_a_ctrl_c_outside_training_is_reported_and_logged_as_on_the_command_line
     assert getattr(hooks_during_the_run[0], "reports_disk_errors", False) and threading.excepthook is callers_hook
     [folder] = tmp_path.glob("*/*")
     assert "[ERROR] - Stopped by Ctrl-C" in (folder / "train.log").read_text()
-    assert [path.name for path in folder.iterdir()] == ["train.log"]  # hydra.output_subdir=null: no record kept
+    # hydra.output_subdir=null: no record kept (the lock file, empty, is no record: src/utils/run_lock.py)
+    assert sorted(path.name for path in folder.iterdir()) == [".run.lock", "train.log"]
     assert api.Run(folder).history() == []  # nothing trained, no TensorBoard events
 
     def interrupted_after_training(cfg):  # last.ckpt saved, the results not written yet

@@ -64,6 +64,7 @@ def _run_in(folder: Path, work: Callable[[DictConfig], Any], cfg: DictConfig) ->
     from hydra.types import RunMode
 
     from src.utils.output_folders import output_dir_problem
+    from src.utils.run_lock import holding_run_folder
 
     with read_write(cfg.hydra), open_dict(cfg.hydra):
         cfg.hydra.run.dir = cfg.hydra.runtime.output_dir = str(folder)
@@ -75,6 +76,11 @@ def _run_in(folder: Path, work: Callable[[DictConfig], Any], cfg: DictConfig) ->
     problem = output_dir_problem(task_cfg, sweeps=False)
     if problem:
         raise UserInputError(problem)
+    with holding_run_folder(folder):  # before the record: another process's run there keeps its own
+        return _record_and_run(folder, work, cfg, task_cfg)
+
+
+def _record_and_run(folder: Path, work: Callable[[DictConfig], Any], cfg: DictConfig, task_cfg: DictConfig) -> Any:
     if cfg.hydra.output_subdir is not None:  # Hydra's record, as it keeps one for the command line
         record = folder / str(cfg.hydra.output_subdir)
         record.mkdir(parents=True, exist_ok=True)

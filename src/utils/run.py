@@ -112,9 +112,12 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
         if run_status(Path(cfg.paths.output_dir)) in (None, "not run"):  # a job continued there keeps its record
             _record_job(cfg, not_run_record(stop_code))
         return None
+    from src.utils.run_lock import holding_run_folder
+
+    folder_setting = "hydra.sweep.dir" if in_multirun() else "hydra.run.dir"
     try:
         try:
-            with sigterm_raises():
+            with sigterm_raises(), holding_run_folder(Path(cfg.paths.output_dir), folder_setting):
                 return work(cfg)
         except KeyboardInterrupt as stop:  # outside training and testing, which report their own (imports, data loading)
             raise interrupted_outside_training(cfg=cfg) from stop

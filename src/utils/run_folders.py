@@ -130,6 +130,8 @@ def discard_unused_folder(folder: Path, record_dir: str | None) -> bool:
     above it (the date's) go too when empty. Returns whether the folder was removed."""
     import shutil
 
+    from src.utils.run_lock import LOCK_NAME
+
     folder = folder.resolve()
     if folder not in _MADE_HERE or not folder.is_dir():
         return False
@@ -138,7 +140,7 @@ def discard_unused_folder(folder: Path, record_dir: str | None) -> bool:
             continue
         inside = path.relative_to(folder)
         record = (record_dir is not None and inside.is_relative_to(record_dir)) or (
-            inside.parent == Path(".") and (path.suffix == ".log" or path.name == "config.yaml"))
+            inside.parent == Path(".") and (path.suffix == ".log" or path.name in ("config.yaml", LOCK_NAME)))
         if not (record or empty_event_file(path)):
             return False
     _close_log_files_in(folder)
@@ -263,12 +265,16 @@ def resume_subdir(ckpt_path: str | None, training: bool, output_dir: str | None,
     A resume in the checkpoint's own folder writes its own beside the original's, never over it: a refused resume
     prints the original overrides, and the first run's metrics.csv would be lost. So does a new run pointed at a
     folder that holds a run, which is then refused. Resolved without a run folder (--cfg job --resolve): `base`."""
+    from src.utils.run_lock import another_process_holds
+
     if not output_dir:
         return base
     resumed_here = resumed_job_dir(ckpt_path, training) == Path(output_dir).resolve()
     recorded = any((Path(output_dir) / name).is_file() for name in (".hydra/config.yaml", "config.yaml"))
     continued = ckpt_path == LATEST and recorded  # a run there, wherever it kept its checkpoints (callbacks.*.dirpath)
-    return f"{base}/resumed-{timestamp}" if resumed_here or continued or holds_a_run(Path(output_dir)) else base
+    # A run still in its first epoch there has saved nothing yet, and this command will be refused (run_lock.py).
+    used = holds_a_run(Path(output_dir)) or another_process_holds(Path(output_dir))
+    return f"{base}/resumed-{timestamp}" if resumed_here or continued or used else base
 
 
 def _resumed_sweep_job(ckpt_path: str | None, training: bool) -> Path | None:

@@ -1,0 +1,109 @@
+"""Several processes at once: two commands given the same run folder, a run's folder while another process works in
+it."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytorch_lightning as pl
+import pytest
+
+from src import PROJECT_ROOT
+from src.errors import RunFolderTaken
+from src.utils.run_lock import LOCK_NAME, another_process_holds, holding_run_folder
+from tests.conftest import ctrl_c_as_in_a_terminal, run_module
+
+
+class PauseUntilReleased(pl.Callback):
+    """Holds training at its first batch (in the first epoch: nothing saved yet) until the file `release` exists,
+    having written `paused` on arrival."""
+
+    def __init__(self, paused: str, release: str) -> None:
+        self.paused, self.release = Path(paused), Path(release)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == 0:
+            self.paused.touch()
+            deadline = time.monotonic() + 120
+            while not self.release.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+
+
+def test_a_second_command_in_a_run_folder_is_refused_while_the_first_still_trains(tmp_path, synthetic_data_dir):
+    """Until its first epoch saved last.ckpt, nothing showed that a folder given by hydra.run.dir held a run: a second
+    command there trained too, replaced the first's .hydra record and config.yaml, set its TensorBoard events aside as
+    an earlier attempt's, and left its own best checkpoint beside the first's."""
+    run_dir = tmp_path / "run"
+    settings = [f"data.data_dir={synthetic_data_dir}", "data.download=false", "data.batch_size=32", "data.val_size=80",
+                "trainer=cpu", "trainer.max_epochs=1", "model=mlp", "callbacks.figures=null",
+                "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", f"hydra.run.dir={run_dir}"]
+    paused, release = tmp_path / "paused", tmp_path / "release"
+    pause = [f"+callbacks.pause._target_={__name__}.PauseUntilReleased", f"+callbacks.pause.paused={paused}",
+             f"+callbacks.pause.release={release}"]
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    first = subprocess.Popen([sys.executable, "-m", "src.train", *settings, *pause, "model.optimizer.lr=0.001"],
+                             cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             preexec_fn=ctrl_c_as_in_a_terminal)
+    try:
+        deadline = time.monotonic() + 240
+        while not paused.exists() and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert paused.exists(), first.communicate()[0][-3000:]
+        record = (run_dir / ".hydra" / "overrides.yaml").read_text()
+        for again in ([], ["ckpt_path=last"]):  # the same command typed twice; a requeued job's, started early
+            second = run_module("src.train", *settings, "model.optimizer.lr=0.01", *again, timeout=240)
+            output = second.stdout + second.stderr
+            assert second.returncode == 1 and "Traceback" not in output, output[-3000:]
+            assert f"{run_dir} is in use by another process (process {first.pid} on " in output
+            assert "Wait for it to end, or choose another hydra.run.dir." in output
+        assert (run_dir / ".hydra" / "overrides.yaml").read_text() == record
+    finally:
+        release.touch()
+        output = first.communicate(timeout=240)[0]
+    assert first.returncode == 0, output[-3000:]
+    assert "lr: 0.001" in (run_dir / "config.yaml").read_text()
+    assert sorted(path.name for path in (run_dir / "checkpoints").iterdir()) == ["epoch000.ckpt", "last.ckpt"]
+    assert not list((run_dir / "tensorboard").glob("attempt-*"))
+    assert json.loads((run_dir / "metrics.json").read_text())["epochs"] == 1
+    assert (run_dir / LOCK_NAME).read_bytes() == b""  # released: the folder as a finished run leaves it
+
+
+def test_a_ddp_runs_other_processes_work_in_the_folder_their_first_holds(tmp_path, monkeypatch):
+    with holding_run_folder(tmp_path):
+        descriptor = os.open(tmp_path / LOCK_NAME, os.O_RDONLY)
+        with pytest.raises(BlockingIOError):  # what another process sees
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        os.close(descriptor)
+        assert not another_process_holds(tmp_path)  # this one does
+        monkeypatch.setenv("LOCAL_RANK", "1")  # as Lightning relaunches the script for its second process
+        with holding_run_folder(tmp_path / "other"):
+            assert not (tmp_path / "other").exists()
+    monkeypatch.delenv("LOCAL_RANK")
+    with holding_run_folder(tmp_path):  # released: taken again
+        pass
+
+
+def test_a_folder_held_by_another_process_is_refused_naming_it(tmp_path):
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from src.utils.run_lock import holding_run_folder\n"
+                               f"with holding_run_folder(Path({str(tmp_path)!r})):\n"
+                               "    print('held', flush=True); time.sleep(60)"],
+                              cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert another_process_holds(tmp_path)
+        with pytest.raises(RunFolderTaken, match=rf"^{tmp_path} is in use by another process \(process {holder.pid} "
+                                                 r"on .*\), whose .* choose another hydra.sweep.dir\.$"):
+            with holding_run_folder(tmp_path, "hydra.sweep.dir"):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not another_process_holds(tmp_path)  # the kernel dropped a killed process's lock
+
