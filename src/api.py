@@ -154,8 +154,11 @@ class Run:
             # the rows of the epochs whose last step it fell on and not in the others.
             if tag.startswith(("train/", "val/")):
                 for event in events.Scalars(tag):
-                    epoch = epoch_at_step[event.step]
-                    rows.setdefault(epoch, {"epoch": epoch})[tag] = event.value
+                    # Lightning writes a step's `epoch` after its metrics: in the events of a run still being
+                    # written, the last step's may not be there yet (its row comes with the next call).
+                    if event.step in epoch_at_step:
+                        epoch = epoch_at_step[event.step]
+                        rows.setdefault(epoch, {"epoch": epoch})[tag] = event.value
         return rows
 
     def _csv_rows(self) -> dict[int, dict]:

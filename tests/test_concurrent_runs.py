@@ -107,3 +107,35 @@ def test_a_folder_held_by_another_process_is_refused_naming_it(tmp_path):
         holder.wait()
     assert not another_process_holds(tmp_path)  # the kernel dropped a killed process's lock
 
+
+def test_the_history_of_a_run_still_writing_its_events_reads_what_is_there(tmp_path, synthetic_data_dir):
+    """Lightning writes a step's `epoch` after its metrics, and TensorBoard's writer puts its buffer out at any point:
+    Run(...).history() of a run in progress (a notebook plotting a sweep's curves) raised KeyError for the step whose
+    metrics were in the file and its epoch not yet."""
+    import shutil
+    import warnings
+
+    from src.api import Run
+    from src.train import train
+    from tests.conftest import compose_config, tiny_run_overrides
+
+    run_dir = tmp_path / "run"
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, run_dir), "model=mlp", "trainer.max_epochs=2",
+                          "callbacks.figures=null", "test=false"]))
+    whole = Run(run_dir).history()
+    [fit_events] = [path for path in (run_dir / "tensorboard").glob("events.out.tfevents.*") if path.suffix == ".0"]
+    events = fit_events.read_bytes()
+    live = tmp_path / "live"
+    shutil.copytree(run_dir, live)
+    (live / "metrics.json").unlink()
+    written, cut_points = 0, []
+    while written < len(events):  # a record: its length (8 bytes), the length's checksum (4), the data, its checksum
+        written += 8 + 4 + int.from_bytes(events[written:written + 8], "little") + 4
+        cut_points.append(written)
+    for cut in cut_points:
+        (live / "tensorboard" / fit_events.name).write_bytes(events[:cut])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # TensorBoard's about a file it reads to its end
+            history = Run(live).history()
+        assert all(row.items() <= whole[row["epoch"]].items() for row in history), cut
+    assert history == whole
