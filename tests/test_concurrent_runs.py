@@ -6,8 +6,10 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -30,7 +32,7 @@ class PauseUntilReleased(pl.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if trainer.global_step == 0:
             self.paused.touch()
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + 600  # past the refused commands' timeouts: the test releases it at the end
             while not self.release.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
 
@@ -84,7 +86,11 @@ def test_a_ddp_runs_other_processes_work_in_the_folder_their_first_holds(tmp_pat
         monkeypatch.setenv("LOCAL_RANK", "1")  # as Lightning relaunches the script for its second process
         with holding_run_folder(tmp_path / "other"):
             assert not (tmp_path / "other").exists()
-    monkeypatch.delenv("LOCAL_RANK")
+        monkeypatch.delenv("LOCAL_RANK")
+        monkeypatch.setenv("NODE_RANK", "1")  # another machine's first process, in a multi-node run started by hand
+        with holding_run_folder(tmp_path / "other"):
+            assert not (tmp_path / "other").exists()
+    monkeypatch.delenv("NODE_RANK")
     with holding_run_folder(tmp_path):  # released: taken again
         pass
 
@@ -99,13 +105,44 @@ def test_a_folder_held_by_another_process_is_refused_naming_it(tmp_path):
         assert holder.stdout.readline() == "held\n"
         assert another_process_holds(tmp_path)
         with pytest.raises(RunFolderTaken, match=rf"^{tmp_path} is in use by another process \(process {holder.pid} "
-                                                 r"on .*\), whose .* choose another hydra.sweep.dir\.$"):
+                                                 r"on .*\), whose .* choose another hydra.sweep.dir\. If that process "
+                                                 rf"no longer runs .*, remove {tmp_path / LOCK_NAME} and run again\.$"):
             with holding_run_folder(tmp_path, "hydra.sweep.dir"):
                 pass
     finally:
         holder.kill()
         holder.wait()
     assert not another_process_holds(tmp_path)  # the kernel dropped a killed process's lock
+
+
+def test_a_lock_another_command_only_looks_at_does_not_refuse_the_run(tmp_path):
+    """A command starting beside the run looks at the lock (another_process_holds, when it names its record's folder)
+    for an instant: the run, taking it in that instant, was refused although nothing held the folder."""
+    (tmp_path / LOCK_NAME).touch()
+    looking = os.open(tmp_path / LOCK_NAME, os.O_RDONLY)
+    fcntl.flock(looking, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    threading.Timer(0.3, os.close, [looking]).start()
+    with holding_run_folder(tmp_path):
+        pass
+
+
+def test_a_forked_child_does_not_keep_the_folder_held(tmp_path):
+    """A forked child (ddp_fork, a fork-based pool) shares its parent's lock: a child still alive kept the folder held
+    after the run had ended, and the resume was refused."""
+    started, tell_started = os.pipe()
+    with holding_run_folder(tmp_path):
+        child = os.fork()
+        if child == 0:
+            os.write(tell_started, b"1")  # Python's after-fork handlers have run by now
+            time.sleep(30)
+            os._exit(0)
+    try:
+        assert os.read(started, 1) == b"1"
+        assert not another_process_holds(tmp_path)
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(started), os.close(tell_started)
 
 
 def test_the_history_of_a_run_still_writing_its_events_reads_what_is_there(tmp_path, synthetic_data_dir):
