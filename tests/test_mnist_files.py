@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 from pathlib import Path
 
@@ -157,17 +158,29 @@ def test_download_is_used_when_files_are_missing(tmp_path, monkeypatch):
     assert len(roots) == 1 and len(load_split(tmp_path, "test")[0]) == 10
     # The files moved into MNIST/raw/; the folder the download went to is gone, with torchvision's archives.
     assert sorted(path.name for path in raw_dir(tmp_path).iterdir()) == sorted(ALL_FILE_NAMES)
-    assert list((tmp_path / "MNIST").iterdir()) == [raw_dir(tmp_path)]
 
 
 def test_a_download_shows_no_file_before_it_is_whole(tmp_path, monkeypatch):
     """torchvision wrote into MNIST/raw/ in place: a sweep's parallel jobs, downloading at once on a fresh machine,
     read files another job was still writing."""
     seen_while_downloading = []
-    fake_torchvision_download(monkeypatch, during=lambda root: seen_while_downloading.append(list(
-        raw_dir(tmp_path).iterdir())))
+    roots = fake_torchvision_download(monkeypatch, during=lambda root: seen_while_downloading.append(
+        [path.name for path in raw_dir(tmp_path).iterdir() if path.is_file()]))
     ensure_mnist_files(tmp_path, download=True)
     assert seen_while_downloading == [[]]
+    # Downloaded inside MNIST/raw/: the files are moved on its filesystem, were it a link to another disk.
+    assert Path(roots[0]).parent == raw_dir(tmp_path)
+
+
+def test_a_killed_downloads_folder_is_removed_by_the_next_download(tmp_path, monkeypatch):
+    """A download killed outright (SIGKILL, out of memory) cannot remove its folder: 65 MB left for good."""
+    old, recent = raw_dir(tmp_path) / ".download-old", raw_dir(tmp_path) / ".download-recent"
+    for folder in (old, recent):
+        (folder / "MNIST" / "raw").mkdir(parents=True)
+    os.utime(old, (0, 0))
+    fake_torchvision_download(monkeypatch)
+    ensure_mnist_files(tmp_path, download=True)
+    assert not old.exists() and recent.is_dir()  # the recent one may be another job's, still downloading
 
 
 def test_a_download_stopped_half_way_leaves_nothing(tmp_path, monkeypatch):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -24,6 +26,7 @@ MNIST_FILES = {
 }
 ALL_FILE_NAMES = [name for pair in MNIST_FILES.values() for name in pair]
 DOWNLOAD_TIMEOUT_SECONDS = 60  # without a byte from the server, per connection and read
+STALE_DOWNLOAD_SECONDS = 24 * 3600  # a download folder older than this was left by a killed run
 
 
 class MNISTDataError(UserInputError):
@@ -125,7 +128,12 @@ def _download(data_dir: str | Path) -> None:
 
     folder = raw_dir(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder.parent))
+    for left in folder.glob(".download-*"):  # a killed download's (SIGKILL, out of memory): 65 MB each
+        with contextlib.suppress(OSError):
+            if time.time() - left.stat().st_mtime > STALE_DOWNLOAD_SECONDS:
+                shutil.rmtree(left)
+    # Inside MNIST/raw/, so the moves stay on its filesystem (MNIST/raw/ may be a link to another disk).
+    staging = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
     try:
         MNIST(root=str(staging), train=True, download=True)
         for name in ALL_FILE_NAMES:
