@@ -6,6 +6,7 @@ import argparse
 import ast
 import csv
 import errno
+import io
 import json
 import logging
 import os
@@ -163,6 +164,33 @@ def test_checkpoints_saved_without_checksums_are_not_taken_for_damaged(tmp_path,
     torch.save(content, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
     for name in ("no_checksums.ckpt", "legacy.ckpt"):
         assert read_checkpoint(tmp_path / name)["model_class"] == content["model_class"]
+
+
+def test_a_checkpoint_replaced_while_it_is_read_is_checked_as_it_was_loaded(tmp_path, trained_run, monkeypatch):
+    """A run saves last.ckpt by renaming a new file over it: a read at that moment checks the bytes it loaded, not the
+    file that took their place (damaged weights then passed the check, or good ones failed it)."""
+    from src.models.checkpoint_file import read_checkpoint
+
+    good = (trained_run / "checkpoints" / "last.ckpt").read_bytes()
+    damaged = bytearray(good)
+    damaged[len(good) // 2:len(good) // 2 + 1000] = bytes(1000)  # a weight tensor's bytes zeroed
+    checkpoint = tmp_path / "last.ckpt"
+    load = torch.load
+    for read, saved_meanwhile in ((damaged, good), (good, damaged)):
+        checkpoint.write_bytes(read)
+
+        def load_as_a_save_lands(source, *args, **kwargs):
+            loaded = load(source, *args, **kwargs)
+            checkpoint.write_bytes(saved_meanwhile)
+            return loaded
+
+        monkeypatch.setattr(torch, "load", load_as_a_save_lands)
+        if read is damaged:
+            with pytest.raises(CheckpointError, match="is damaged: its part archive/data/"):
+                read_checkpoint(checkpoint)
+        else:
+            assert read_checkpoint(checkpoint)["state_dict"].keys() == load(io.BytesIO(good), weights_only=True)[
+                "state_dict"].keys()
 
 
 def test_a_resume_from_an_earlier_checkpoint_of_the_run_is_refused_and_keeps_last(tmp_path, synthetic_data_dir, caplog):

@@ -40,10 +40,18 @@ def existing_checkpoint(path: str | Path | int | float) -> Path:
 def read_checkpoint(path: str | Path | int | float) -> dict:
     """The checkpoint dict, read with `weights_only=True` (no arbitrary code can run)."""
     path = existing_checkpoint(path)
+    import io
+
     import torch  # here, after the cheap check: a mistyped path fails at once
 
+    # The bytes read once, then loaded and checked: read twice, a file replaced in between (a run saving last.ckpt)
+    # would have its successor checked in place of what was loaded. A checkpoint here is a few MB.
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        content = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"ckpt_path={path}: cannot be read ({_what(err)}); check its permissions.") from err
+    try:
+        checkpoint = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "Unsupported global" not in str(err):  # torch's wording when the file names a Python class or function
             raise CheckpointError(f"ckpt_path={path}: cannot be read as a checkpoint (not a torch file, or truncated or "
@@ -58,7 +66,7 @@ def read_checkpoint(path: str | Path | int | float) -> dict:
             f"ckpt_path={path}: cannot be read as a checkpoint (not a torch file, or truncated or corrupt: {_what(err)}). "
             f"{_use_another(path)}"
         ) from err
-    damaged = _record_failing_its_checksum(path)
+    damaged = _record_failing_its_checksum(content)
     if damaged:
         raise CheckpointError(f"ckpt_path={path}: is damaged: its part {damaged} does not match its checksum (a disk "
                               f"error, or a faulty copy). {_use_another(path)}")
@@ -99,15 +107,17 @@ def _use_another(damaged: Path) -> str:
     return f"Use another checkpoint beside it (newest first): {listed(others)}" + (f"; e.g. {again}" if again else ".")
 
 
-def _record_failing_its_checksum(path: Path) -> str | None:
+def _record_failing_its_checksum(content: bytes) -> str | None:
     """The first record of a checkpoint (a zip archive) whose bytes do not match its CRC: torch.load does not check
     them, so damaged weights would load and give wrong results (NaN, or a few points less accuracy) without a word."""
+    import io
     import zipfile
 
-    if not zipfile.is_zipfile(path):  # torch's legacy format (_use_new_zipfile_serialization=False) has no checksums
+    archive_bytes = io.BytesIO(content)
+    if not zipfile.is_zipfile(archive_bytes):  # torch's legacy format (_use_new_zipfile_serialization=False): no CRCs
         return None
     try:
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(archive_bytes) as archive:
             for record in archive.infolist():
                 if record.CRC == 0 and record.file_size:  # saved without (torch.serialization.set_crc32_options)
                     continue
@@ -117,7 +127,7 @@ def _record_failing_its_checksum(path: Path) -> str | None:
                             pass
                 except zipfile.BadZipFile:
                     return record.filename
-    except (zipfile.BadZipFile, OSError, EOFError) as err:  # torch read it, so this is damage too
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:  # torch read it, so this is damage too
         return f"(the archive itself: {_what(err)})"
     return None
 
