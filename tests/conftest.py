@@ -91,3 +91,16 @@ def hparams_values(run_dir: Path, events_dir: Path | None = None) -> dict[str, o
     content = accumulator.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     start = HParamsPluginData.FromString(content).session_start_info
     return {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
+
+
+def held_open_for(attempts: int, real):
+    """`real` (os.replace, Path.unlink) refused as Windows refuses a file that another process has open, `attempts`
+    times (every time: -1); the calls made are counted in `.calls`."""
+    def refused_while_held(*args, **kwargs):
+        refused_while_held.calls += 1
+        if attempts < 0 or refused_while_held.calls <= attempts:
+            raise PermissionError(13, "Access is denied", str(args[0]))
+        return real(*args, **kwargs)
+
+    refused_while_held.calls = 0
+    return refused_while_held

@@ -14,6 +14,7 @@ import torch
 from src.data.idx import IdxFormatError, idx_bytes, read_idx, write_idx
 from src.data.mnist_files import ALL_FILE_NAMES, MNISTDataError, ensure_mnist_files, load_split, raw_dir
 from src.data.synthetic import write_synthetic_mnist
+from tests.conftest import held_open_for
 
 
 @pytest.fixture
@@ -204,6 +205,18 @@ def test_files_another_job_downloaded_meanwhile_are_kept(tmp_path, monkeypatch):
     fake_torchvision_download(monkeypatch, during=another_job_finishes_first)
     ensure_mnist_files(tmp_path, download=True)
     assert len(load_split(tmp_path, "train")[0]) == 30 and list((tmp_path / "MNIST").iterdir()) == [raw_dir(tmp_path)]
+
+
+def test_downloaded_files_a_scanner_holds_open_on_windows_are_moved_once_let_go(tmp_path, monkeypatch):
+    """Windows refuses to rename a file another process has open, and a virus scanner opens each new download."""
+    from src.utils import atomic_files
+
+    fake_torchvision_download(monkeypatch)
+    monkeypatch.setattr(atomic_files, "FILES_HELD_OPEN_BLOCK_RENAMES", True)
+    monkeypatch.setattr(os, "replace", held_open_for(2, os.replace))
+    ensure_mnist_files(tmp_path, download=True)
+    assert os.replace.calls == len(ALL_FILE_NAMES) + 2
+    assert sorted(path.name for path in raw_dir(tmp_path).iterdir()) == sorted(ALL_FILE_NAMES)
 
 
 def test_truncated_gzip_names_the_file(data_dir):

@@ -3,6 +3,7 @@ console's code page, Windows' rules for files that are open)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import textwrap
 import pytest
 
 from src import PROJECT_ROOT
+from tests.conftest import held_open_for
 
 
 def run_python(code: str, extra_env: dict | None = None) -> subprocess.CompletedProcess:
@@ -78,6 +80,58 @@ def test_a_killed_writers_temporary_file_is_found_without_signalling_on_windows(
         os.utime(tmp_path / name, (modified, modified))
     write_text_atomically(tmp_path / "last.ckpt", "a checkpoint")
     assert sorted(path.name for path in tmp_path.iterdir()) == [".last.ckpt.456.partial", "last.ckpt"]
+
+
+def test_a_file_held_open_for_a_moment_on_windows_is_replaced_once_let_go(tmp_path, monkeypatch):
+    """A virus scanner or indexer opens each new file for a moment, and Windows refuses to rename a file held so: the
+    save of last.ckpt ended the training with a PermissionError. Elsewhere that error is a real one, raised at once."""
+    from src.utils import atomic_files
+
+    monkeypatch.setattr(atomic_files, "FILES_HELD_OPEN_BLOCK_RENAMES", True)
+    monkeypatch.setattr(os, "replace", held_open_for(3, os.replace))
+    atomic_files.write_text_atomically(tmp_path / "last.ckpt", "the new state")
+    assert os.replace.calls == 4 and [path.name for path in tmp_path.iterdir()] == ["last.ckpt"]
+
+    # Held past the retries: the error names the file, and the earlier one is kept whole.
+    monkeypatch.setattr(atomic_files, "HELD_FILE_RETRY_SECONDS", 0.2)
+    monkeypatch.setattr(os, "replace", held_open_for(-1, os.replace))
+    with pytest.raises(PermissionError, match=r"Access is denied: .*last\.ckpt"):
+        atomic_files.write_text_atomically(tmp_path / "last.ckpt", "a later state")
+    assert os.replace.calls > 1 and (tmp_path / "last.ckpt").read_text() == "the new state"
+    assert [path.name for path in tmp_path.iterdir()] == ["last.ckpt"]
+
+    monkeypatch.setattr(atomic_files, "FILES_HELD_OPEN_BLOCK_RENAMES", False)  # Linux, macOS
+    monkeypatch.setattr(os, "replace", held_open_for(1, os.replace))
+    with pytest.raises(PermissionError):
+        atomic_files.write_text_atomically(tmp_path / "last.ckpt", "a later state")
+    assert os.replace.calls == 1
+
+
+def test_an_earlier_best_checkpoint_held_open_on_windows_is_removed_when_free_or_left_with_a_warning(
+        tmp_path, monkeypatch, caplog):
+    """Lightning removes the earlier best checkpoint when a better one is saved; held open (a scanner, a notebook
+    loading it), Windows refused that and the training ended. It now waits a moment, and then goes on without it."""
+    from pathlib import Path
+
+    from src.utils import atomic_files
+    from src.utils.checkpoint_io import AtomicCheckpointIO
+
+    earlier = tmp_path / "epoch003.ckpt"
+    unlink = Path.unlink
+    monkeypatch.setattr(atomic_files, "FILES_HELD_OPEN_BLOCK_RENAMES", True)
+    monkeypatch.setattr(atomic_files, "HELD_FILE_RETRY_SECONDS", 0.2)
+    for attempts, removed in ((2, True), (-1, False)):
+        earlier.write_text("weights")
+        monkeypatch.setattr(Path, "unlink", held_open_for(attempts, unlink))
+        with caplog.at_level(logging.WARNING):
+            AtomicCheckpointIO().remove_checkpoint(str(earlier))
+        assert earlier.exists() is not removed
+    assert f"Could not remove the earlier checkpoint {earlier} (Access is denied): another program has it open" \
+        in caplog.text
+
+    monkeypatch.setattr(atomic_files, "FILES_HELD_OPEN_BLOCK_RENAMES", False)
+    with pytest.raises(PermissionError):
+        AtomicCheckpointIO().remove_checkpoint(str(earlier))
 
 
 # A locale whose encoding lacks the characters written (Windows' cp1252 lacks ≥ and many letters, cp1251 ×): here

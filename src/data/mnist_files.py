@@ -16,6 +16,7 @@ import torch
 
 from src.data.idx import IdxFormatError, read_idx
 from src.errors import UserInputError
+from src.utils.atomic_files import retried_while_held_open
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def _download(data_dir: str | Path) -> None:
             if not fetched.is_file() or find_file(folder, name):
                 continue  # a job beside this one put it there meanwhile
             try:
-                os.replace(fetched, folder / name)
+                retried_while_held_open(lambda: os.replace(fetched, folder / name))  # a scanner checks new files
             except OSError:
                 if not find_file(folder, name):  # else another job's copy, open on Windows, refused the replace
                     raise

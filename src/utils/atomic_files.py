@@ -18,6 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 STALE_AFTER_SECONDS = 600  # far longer than any write here; on a shared disk, another machine's process ids mean nothing
+# Windows refuses to rename or remove a file that another process has open (a virus scanner checking a new checkpoint,
+# an indexer, a notebook reading last.ckpt); such holds end within a second, so the move is tried again until then.
+FILES_HELD_OPEN_BLOCK_RENAMES = sys.platform == "win32"
+HELD_FILE_RETRY_SECONDS = 2.0
 
 
 def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
@@ -28,7 +32,7 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write(partial)
         _flush_to_disk(partial)
-        os.replace(partial, path)
+        retried_while_held_open(lambda: os.replace(partial, path))
         _flush_folder_to_disk(path.parent)
         _remove_stale_partial_files(path)
     except BaseException as err:
@@ -37,6 +41,21 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         if isinstance(err, OSError) and err.errno and err.filename in (None, str(partial)):
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise
+
+
+def retried_while_held_open(action: Callable[[], None]) -> None:
+    """`action` (a rename, a removal), tried again for up to HELD_FILE_RETRY_SECONDS while Windows refuses it
+    (PermissionError) because another process has the file open. Elsewhere a PermissionError is a real one: raised at
+    once."""
+    deadline = time.monotonic() + HELD_FILE_RETRY_SECONDS
+    while True:
+        try:
+            action()
+            return
+        except PermissionError:
+            if not FILES_HELD_OPEN_BLOCK_RENAMES or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _flush_to_disk(path: Path, flags: int = os.O_RDWR) -> None:

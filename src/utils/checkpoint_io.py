@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from src.utils.atomic_files import write_atomically
+from src.utils import atomic_files
+
+log = logging.getLogger(__name__)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -24,7 +27,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options.")
-        write_atomically(Path(path), lambda partial: _save(checkpoint, partial))
+        atomic_files.write_atomically(Path(path), lambda partial: _save(checkpoint, partial))
+
+    def remove_checkpoint(self, path) -> None:
+        """An earlier best checkpoint, replaced by a better one. One that another program holds open past the retries
+        (Windows) stays, with a warning: not worth ending the training for."""
+        if "://" in str(path):
+            super().remove_checkpoint(path)
+            return
+        try:
+            atomic_files.retried_while_held_open(lambda: Path(path).unlink(missing_ok=True))
+        except PermissionError as err:
+            if not atomic_files.FILES_HELD_OPEN_BLOCK_RENAMES:
+                raise
+            log.warning("Could not remove the earlier checkpoint %s (%s): another program has it open. Training goes "
+                        "on; remove that file when it is free.", path, err.strerror)
 
 
 def _save(checkpoint: dict[str, Any], path: Path) -> None:
