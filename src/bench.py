@@ -107,6 +107,11 @@ def whole_process(command: list[str], log: Path) -> tuple[float, float | None]:
     return wall, peak
 
 
+def progress(line: str) -> None:
+    """What is being measured, on stderr: the whole benchmark takes minutes, and the table comes only at the end."""
+    print(line, file=sys.stderr, flush=True)
+
+
 class BenchFailed(Exception):
     """A run the benchmark started failed: its message, without this process's traceback."""
 
@@ -191,6 +196,7 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, s
                  "data": OmegaConf.to_container(cfg.data, resolve=True), "seed": cfg.seed}
     rows = []
 
+    progress(f"3. whole processes (measured first, while this process is small): {args.repeats} pairs")
     # 3 first, while this process is still small (see whole_process); alternating, as in item 2. src.train quotes the
     # paths on its command line itself.
     accelerator = "gpu" if args.device.startswith("cuda") else "cpu"  # as in item 2: the device asked for, not auto
@@ -205,6 +211,8 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, s
         processes["train"].append((wall, rss, json.loads((run_dir / "metrics.json").read_text())["test/acc"]))
         wall, rss = whole_process(plain_cmd, plain_log)
         processes["plain"].append((wall, rss, json.loads(plain_log.read_text().strip().splitlines()[-1])["test_acc"]))
+        progress(f"3. whole processes, pair {repeat + 1} of {args.repeats}: {processes['train'][-1][0]:.1f} s "
+                 f"(python -m src.train experiment=fast) and {wall:.1f} s (plain script)")
     # Medians of the times, the highest memory (None where not reported: Windows) and the lowest accuracy: "yes" means
     # every run reached 99%.
     (train_wall, train_rss, train_acc), (plain_wall, plain_rss, plain_acc) = (
@@ -213,16 +221,19 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, s
         for runs in processes.values())
     process_ratio = statistics.median(train[0] / plain[0] for train, plain in zip(*processes.values()))
 
+    progress("1. data path")
     ours, per_sample = data_path(cfg, args.device, max_batches=5 if args.quick else 40)
     speedup = ours / per_sample
     rows.append(("1. data path, samples/s", f"{ours:,.0f}", f"{per_sample:,.0f} (torchvision per-sample)",
                  f"{speedup:,.0f}×" if speedup >= 10 else f"{speedup:.2f}×"))
 
+    progress(f"2. fast recipe fit: {args.repeats} in Lightning and {args.repeats} in the plain loop, alternating")
     lightning, plain = interleaved_fits(cfg, args.data_dir, args.device, args.repeats)
     ratio = statistics.median(lt["fit_seconds"] / pt["fit_seconds"] for lt, pt in zip(lightning, plain))
     rows.append(("2. fast recipe fit (1 epoch + val), s", f"{statistics.median(r['fit_seconds'] for r in lightning):.2f}",
                  f"{statistics.median(r['fit_seconds'] for r in plain):.2f} (plain loop)", f"{ratio:.2f}×"))
     tiny_cfg = fast_config(args.data_dir, args.device, work / "run", [*TINY_STEP_OVERRIDES, *recipe])
+    progress(f"2b. tiny CNN, batch 32: {args.repeats} fits in each loop, alternating")
     lightning, plain = interleaved_fits(tiny_cfg, args.data_dir, args.device, args.repeats)
     lightning_ms, plain_ms = (1000 * statistics.median(r["step_seconds"] for r in runs) / plain[0]["steps"]
                               for runs in (lightning, plain))

@@ -3,6 +3,7 @@ training by hand (tensors, a permutation per epoch, no framework) on the same ne
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
@@ -87,6 +88,13 @@ def lightning_training(cfg) -> dict:
     the seconds from the first training step's start to the last one's end."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
+
+    from src.utils.quiet_lightning import quiet_lightning
+
+    # Its notes on each fit ("GPU available: False", "`Trainer.fit` stopped: ...") said nothing here and buried the
+    # benchmark's progress lines; its warnings still show. Set after the import, which sets the level to INFO.
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    quiet_lightning()
 
     class StepClock(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
