@@ -196,7 +196,8 @@ def measure(args: argparse.Namespace, work: Path) -> list[tuple[str, str, str, s
                  "data": OmegaConf.to_container(cfg.data, resolve=True), "seed": cfg.seed}
     rows = []
 
-    progress(f"3. whole processes (measured first, while this process is small): {args.repeats} pairs")
+    progress(f"3. whole processes (measured first, while this process is small): {args.repeats} "
+             f"pair{'s' if args.repeats > 1 else ''}")
     # 3 first, while this process is still small (see whole_process); alternating, as in item 2. src.train quotes the
     # paths on its command line itself.
     accelerator = "gpu" if args.device.startswith("cuda") else "cpu"  # as in item 2: the device asked for, not auto

@@ -91,11 +91,6 @@ def lightning_training(cfg) -> dict:
 
     from src.utils.quiet_lightning import quiet_lightning
 
-    # Its notes on each fit ("GPU available: False", "`Trainer.fit` stopped: ...") said nothing here and buried the
-    # benchmark's progress lines; its warnings still show. Set after the import, which sets the level to INFO.
-    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    quiet_lightning()
-
     class StepClock(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
             if batch_idx == 0:
@@ -106,17 +101,27 @@ def lightning_training(cfg) -> dict:
                 synchronize(pl_module.device)
                 self.seconds = time.perf_counter() - self.started
 
-    pl.seed_everything(cfg.seed, verbose=False)
-    datamodule = instantiate(cfg.data, _convert_="all")
-    model = instantiate(cfg.model, _convert_="all")
-    clock = StepClock()
-    trainer = pl.Trainer(accelerator="gpu" if cfg.data.device.startswith("cuda") else "cpu", devices=1, max_epochs=1,
-                         logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         num_sanity_val_steps=0, use_distributed_sampler=False, callbacks=[clock])
-    datamodule.trainer = trainer
-    datamodule.setup("fit")  # loading is the same work for both loops: time training only
-    started = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    quiet_lightning()
+    # Its notes on each fit ("GPU available: False", "`Trainer.fit` stopped: ...") said nothing here and buried the
+    # benchmark's progress lines; its warnings still show.
+    lightning_log = logging.getLogger("pytorch_lightning")
+    level = lightning_log.level
+    lightning_log.setLevel(logging.WARNING)
+    try:
+        pl.seed_everything(cfg.seed, verbose=False)
+        datamodule = instantiate(cfg.data, _convert_="all")
+        model = instantiate(cfg.model, _convert_="all")
+        clock = StepClock()
+        trainer = pl.Trainer(accelerator="gpu" if cfg.data.device.startswith("cuda") else "cpu", devices=1,
+                             max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0, use_distributed_sampler=False,
+                             callbacks=[clock])
+        datamodule.trainer = trainer
+        datamodule.setup("fit")  # loading is the same work for both loops: time training only
+        started = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule)
+    finally:
+        lightning_log.setLevel(level)
     return {"fit_seconds": time.perf_counter() - started, "step_seconds": clock.seconds}
 
 

@@ -193,6 +193,26 @@ def test_a_checkpoint_replaced_while_it_is_read_is_checked_as_it_was_loaded(tmp_
                 "state_dict"].keys()
 
 
+@pytest.mark.parametrize("error, message", [
+    (PermissionError(errno.EACCES, "Permission denied"), "this user may not read it (Permission denied); check the "
+                                                         "file's permissions"),
+    (OSError(errno.EIO, "Input/output error"), "cannot be read (Input/output error): a disk or network error. Use "
+                                               "another checkpoint beside it"),
+], ids=["forbidden", "disk error"])
+def test_a_checkpoint_that_cannot_be_read_is_named_with_the_cause(tmp_path, trained_run, monkeypatch, error, message):
+    """Not "cannot be read as a checkpoint (not a torch file, or truncated or corrupt)": the file may be fine."""
+    from src.models.checkpoint_file import read_checkpoint
+
+    checkpoints = shutil.copytree(trained_run / "checkpoints", tmp_path / "checkpoints")
+
+    def refused(path):
+        raise error
+
+    monkeypatch.setattr(Path, "read_bytes", refused)
+    with pytest.raises(CheckpointError, match=re.escape(f"ckpt_path={checkpoints / 'last.ckpt'}: {message}")):
+        read_checkpoint(checkpoints / "last.ckpt")
+
+
 def test_a_resume_from_an_earlier_checkpoint_of_the_run_is_refused_and_keeps_last(tmp_path, synthetic_data_dir, caplog):
     """The best epoch's checkpoint, which a run's summary prints, resumed in its run folder would train the later
     epochs again and replace last.ckpt; a copy of it, resumed elsewhere, starts a new run folder."""

@@ -111,27 +111,31 @@ def test_an_earlier_best_checkpoint_held_open_on_windows_is_removed_when_free_or
         tmp_path, monkeypatch, caplog):
     """Lightning removes the earlier best checkpoint when a better one is saved; held open (a scanner, a notebook
     loading it), Windows refused that and the training ended. It now waits a moment, and then goes on without it."""
-    from pathlib import Path
-
     from src.utils import atomic_files
     from src.utils.checkpoint_io import AtomicCheckpointIO
 
     earlier = tmp_path / "epoch003.ckpt"
-    unlink = Path.unlink
+    remove = os.remove
     monkeypatch.setattr(atomic_files, "FILES_HELD_OPEN_BLOCK_RENAMES", True)
     monkeypatch.setattr(atomic_files, "HELD_FILE_RETRY_SECONDS", 0.2)
     for attempts, removed in ((2, True), (-1, False)):
         earlier.write_text("weights")
-        monkeypatch.setattr(Path, "unlink", held_open_for(attempts, unlink))
+        monkeypatch.setattr(os, "remove", held_open_for(attempts, remove))
         with caplog.at_level(logging.WARNING):
             AtomicCheckpointIO().remove_checkpoint(str(earlier))
         assert earlier.exists() is not removed
-    assert f"Could not remove the earlier checkpoint {earlier} (Access is denied): another program has it open" \
-        in caplog.text
+    assert (f"Could not remove the earlier checkpoint {earlier} (Access is denied): another program probably has it "
+            "open") in caplog.text
 
     monkeypatch.setattr(atomic_files, "FILES_HELD_OPEN_BLOCK_RENAMES", False)
     with pytest.raises(PermissionError):
         AtomicCheckpointIO().remove_checkpoint(str(earlier))
+    # Lightning's own removal, folders included (sharded checkpoints are folders).
+    monkeypatch.setattr(os, "remove", remove)
+    sharded = tmp_path / "epoch004.ckpt"
+    (sharded / "shards").mkdir(parents=True)
+    AtomicCheckpointIO().remove_checkpoint(str(sharded))
+    assert not sharded.exists()
 
 
 # A locale whose encoding lacks the characters written (Windows' cp1252 lacks ≥ and many letters, cp1251 ×): here

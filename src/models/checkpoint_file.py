@@ -4,7 +4,9 @@ paths that only read one, and a mistyped ckpt_path, do not pay for importing it)
 from __future__ import annotations
 
 import contextlib
+import io
 import pickle
+import zipfile
 from pathlib import Path
 
 from src.errors import UserInputError
@@ -40,16 +42,18 @@ def existing_checkpoint(path: str | Path | int | float) -> Path:
 def read_checkpoint(path: str | Path | int | float) -> dict:
     """The checkpoint dict, read with `weights_only=True` (no arbitrary code can run)."""
     path = existing_checkpoint(path)
-    import io
-
     import torch  # here, after the cheap check: a mistyped path fails at once
 
     # The bytes read once, then loaded and checked: read twice, a file replaced in between (a run saving last.ckpt)
-    # would have its successor checked in place of what was loaded. A checkpoint here is a few MB.
+    # would have its successor checked in place of what was loaded. A checkpoint here is tens of MB at most.
     try:
         content = path.read_bytes()
-    except OSError as err:
-        raise CheckpointError(f"ckpt_path={path}: cannot be read ({_what(err)}); check its permissions.") from err
+    except PermissionError as err:
+        raise CheckpointError(f"ckpt_path={path}: this user may not read it ({err.strerror}); check the file's "
+                              "permissions, or copy it somewhere readable.") from err
+    except OSError as err:  # a failing disk, a network filesystem gone
+        raise CheckpointError(f"ckpt_path={path}: cannot be read ({err.strerror or _what(err)}): a disk or network "
+                              f"error. {_use_another(path)}") from err
     try:
         checkpoint = torch.load(io.BytesIO(content), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
@@ -110,24 +114,21 @@ def _use_another(damaged: Path) -> str:
 def _record_failing_its_checksum(content: bytes) -> str | None:
     """The first record of a checkpoint (a zip archive) whose bytes do not match its CRC: torch.load does not check
     them, so damaged weights would load and give wrong results (NaN, or a few points less accuracy) without a word."""
-    import io
-    import zipfile
-
     archive_bytes = io.BytesIO(content)
-    if not zipfile.is_zipfile(archive_bytes):  # torch's legacy format (_use_new_zipfile_serialization=False): no CRCs
-        return None
     try:
+        if not zipfile.is_zipfile(archive_bytes):  # torch's legacy format (_use_new_zipfile_serialization=False)
+            return None
         with zipfile.ZipFile(archive_bytes) as archive:
             for record in archive.infolist():
                 if record.CRC == 0 and record.file_size:  # saved without (torch.serialization.set_crc32_options)
                     continue
                 try:
-                    with archive.open(record) as content:  # reading to the end compares the checksum
-                        while content.read(1 << 24):
+                    with archive.open(record) as stream:  # reading to the end compares the checksum
+                        while stream.read(1 << 24):
                             pass
                 except zipfile.BadZipFile:
                     return record.filename
-    except (zipfile.BadZipFile, OSError, ValueError, EOFError) as err:  # torch read it, so this is damage too
+    except Exception as err:  # torch read it, so any other failure here is damage too (BadZipFile, EOFError, ...)
         return f"(the archive itself: {_what(err)})"
     return None
 

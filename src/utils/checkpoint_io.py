@@ -30,18 +30,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_files.write_atomically(Path(path), lambda partial: _save(checkpoint, partial))
 
     def remove_checkpoint(self, path) -> None:
-        """An earlier best checkpoint, replaced by a better one. One that another program holds open past the retries
-        (Windows) stays, with a warning: not worth ending the training for."""
-        if "://" in str(path):
-            super().remove_checkpoint(path)
-            return
+        """Lightning's removal (of an earlier best checkpoint, say), tried again while Windows refuses it. One still
+        refused after that is left in place with a warning: not worth ending the training for."""
+        remove = super().remove_checkpoint
         try:
-            atomic_files.retried_while_held_open(lambda: Path(path).unlink(missing_ok=True))
+            atomic_files.retried_while_held_open(lambda: remove(path))
         except PermissionError as err:
             if not atomic_files.FILES_HELD_OPEN_BLOCK_RENAMES:
                 raise
-            log.warning("Could not remove the earlier checkpoint %s (%s): another program has it open. Training goes "
-                        "on; remove that file when it is free.", path, err.strerror)
+            log.warning("Could not remove the earlier checkpoint %s (%s): another program probably has it open. "
+                        "Training goes on; remove that file when it is free.", path, err.strerror)
 
 
 def _save(checkpoint: dict[str, Any], path: Path) -> None:
