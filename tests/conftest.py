@@ -94,7 +94,7 @@ def hparams_values(run_dir: Path, events_dir: Path | None = None) -> dict[str, o
 
 
 def held_open_for(attempts: int, real):
-    """`real` (os.replace, Path.unlink) refused as Windows refuses a file that another process has open, `attempts`
+    """`real` (os.replace, os.remove) refused as Windows refuses a file that another process has open, `attempts`
     times (every time: -1); the calls made are counted in `.calls`."""
     def refused_while_held(*args, **kwargs):
         refused_while_held.calls += 1
