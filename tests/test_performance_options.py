@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.utilities.model_summary import ModelSummary
 
 from src.models.cnn import CNN
@@ -151,6 +152,24 @@ def test_recipes_compose_with_the_promised_settings(tmp_path):
     assert best.data.augment.enabled and best.callbacks.model_checkpoint.monitor == "val/acc"  # chosen by validation
     assert fast.model.channels_last and best.model.channels_last  # the faster layout on CPUs as well as GPUs
 
+
+
+@pytest.mark.parametrize("choice, figures", [(None, False), ("callbacks=[default]", True),
+                                             ("callbacks=[default,early_stopping]", True), ("callbacks=[]", False)])
+def test_fast_recipe_leaves_out_the_figures_and_takes_other_callbacks(tmp_path, choice, figures):
+    """Its callbacks are `default`'s but the figures; a choice of the callbacks group replaces them (callbacks=null,
+    which the command line reads as [], was refused as leaving out the checkpoints, and nothing brought the figures
+    back)."""
+    from src.callbacks.figures import DiagnosticFigures
+    from src.utils.trainer_setup import build_trainer
+    from src.utils.validate import validate_train_config
+
+    cfg = compose_config(["experiment=fast", f"paths.output_dir={tmp_path}"] + ([choice] if choice else []))
+    validate_train_config(cfg)
+    trainer, _ = build_trainer(cfg)
+    assert any(isinstance(cb, DiagnosticFigures) for cb in trainer.callbacks) == figures
+    checkpoints = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+    assert len(checkpoints) == (1 if choice == "callbacks=[]" else 2)  # with none: Lightning's own, of the last epoch
 
 def test_bench_quick_runs_prints_the_table_and_leaves_no_files(tmp_path, monkeypatch):
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # where the benchmark's runs go

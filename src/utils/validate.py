@@ -164,7 +164,8 @@ def _check_callbacks(cfg: DictConfig) -> None:
         options = chosen[1:-1] if chosen.startswith("[") else chosen
         raise UserInputError(
             f"callbacks={chosen} leaves out the checkpoint callbacks, which come with `default`: training could neither "
-            f"test its best epoch nor be resumed. Keep the defaults and add to them: callbacks=[default,{options}]."
+            f"test its best epoch nor be resumed. Keep the defaults and add to them: "
+            f"callbacks=[default{',' + options if options else ''}]."
         )
     _check_early_stopping(callbacks)
 
