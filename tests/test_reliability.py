@@ -86,6 +86,10 @@ CONFIG_CASES = {
     # nan never compares as an improvement: the run stopped after `patience` epochs however well it trained.
     "early stopping min_delta nan": (["callbacks=[default,early_stopping]", "callbacks.early_stopping.min_delta=nan"],
                                      "callbacks.early_stopping.min_delta=nan is invalid: it must be a finite number."),
+    # Lightning looked for val/acc after the first epoch's training and failed before last.ckpt was saved.
+    "early stopping without validation": (["callbacks=[default,early_stopping]", "++trainer.limit_val_batches=0"],
+                                          "callbacks.early_stopping stops on val/acc, but trainer.limit_val_batches=0 "
+                                          "turns validation off, so there is none to watch."),
     "early stopping threshold as text": (["callbacks=[default,early_stopping]", "+callbacks.early_stopping.stopping_threshold=x"],
                                          "callbacks.early_stopping.stopping_threshold=x is invalid: it must be a finite number, or null"),
     # Replaced by the logger and callbacks groups' objects without a word (TensorBoard wrote its events all the same).

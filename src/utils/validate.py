@@ -167,7 +167,7 @@ def _check_callbacks(cfg: DictConfig) -> None:
             f"test its best epoch nor be resumed. Keep the defaults and add to them: "
             f"callbacks=[default{',' + options if options else ''}]."
         )
-    _check_early_stopping(callbacks)
+    _check_early_stopping(callbacks, OmegaConf.select(cfg, "trainer.limit_val_batches", default=None))
 
 
 def _check_strategy(cfg: DictConfig) -> None:
@@ -222,13 +222,20 @@ def _check_launched_processes(trainer: DictConfig, launcher: Launcher) -> None:
         "trainer.devices to the processes there are.")
 
 
-def _check_early_stopping(callbacks: DictConfig | dict) -> None:
+def _check_early_stopping(callbacks: DictConfig | dict, limit_val_batches) -> None:
     """EarlyStopping takes any value and compares it only at the end of an epoch: patience=abc failed with a
-    traceback after the first validation's training. The values first: finding an entry's class imports Lightning,
-    which a refusal of another setting should not wait for."""
+    traceback after the first validation's training, and without validation it fails then (before last.ckpt is
+    saved: the epoch is lost) on a validation metric it cannot find. The values first: finding an entry's class
+    imports Lightning, which a refusal of another setting should not wait for."""
     for name, entry in callbacks.items():
         if not isinstance(entry, DictConfig):  # null: left out; no entry of another kind builds a callback
             continue
+        monitor = entry.get("monitor")
+        if limit_val_batches == 0 and str(monitor).startswith("val/") and _is_subclass(entry, EARLY_STOPPING):
+            raise UserInputError(f"callbacks.{name} stops on {monitor}, but trainer.limit_val_batches="
+                                 f"{override_value(limit_val_batches)} turns validation "
+                                 f"off, so there is none to watch. Validate (leave trainer.limit_val_batches out), or "
+                                 f"leave early stopping out.")
         patience = entry.get("patience", 3)
         if (not is_whole(patience) or patience < 0) and _is_subclass(entry, EARLY_STOPPING):
             raise UserInputError(f"callbacks.{name}.patience={override_value(patience)} is invalid: "
