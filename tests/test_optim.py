@@ -9,7 +9,13 @@ import torch
 
 from src.errors import UserInputError
 from src.models.optim import build_optimizer, build_scheduler
-from src.models.optim_config import OPTIMIZERS, SCHEDULERS, check_optimizer_config, check_scheduler_config
+from src.models.optim_config import (
+    OPTIMIZERS,
+    SCHEDULERS,
+    check_momentum_is_used,
+    check_optimizer_config,
+    check_scheduler_config,
+)
 
 
 def params():
@@ -156,6 +162,7 @@ def test_bad_optimizer_settings_are_clear_errors(config, message):
     # Names as written: the learning-rate monitor and the HParams table compare them so too.
     ({"name": "OneCycle"}, "model.scheduler.name=OneCycle is unknown: choose one of none, onecycle, cosine"),
     ({"name": None}, "model.scheduler.name=None is unknown"),
+    ({"name": "onecycle", "cycle_momentum": "no"}, "model.scheduler.cycle_momentum=no is invalid: it must be true or false"),
 ])
 def test_bad_scheduler_settings_are_clear_errors(config, message):
     with pytest.raises(UserInputError, match=message):
@@ -197,3 +204,34 @@ def test_a_onecycle_warm_up_of_exactly_one_step_is_a_clear_error():
         for _ in range(total_steps):
             optimizer.step()
             scheduler.step()
+
+
+def momenta(optimizer_config: dict, scheduler_config: dict, steps: int = 20) -> list[float]:
+    """SGD's momentum, or Adam's beta1, at each step of a schedule."""
+    optimizer = build_optimizer(params(), {"lr": 0.1, **optimizer_config})
+    scheduler = build_scheduler(optimizer, scheduler_config, total_steps=steps)["scheduler"]
+    key = "momentum" if optimizer_config["name"] == "sgd" else "betas"
+    seen = []
+    for _ in range(steps):
+        value = optimizer.param_groups[0][key]
+        seen.append(value if key == "momentum" else value[0])
+        optimizer.step()
+        scheduler.step()
+    return seen
+
+
+@pytest.mark.parametrize("optimizer", [{"name": "sgd", "momentum": 0.0, "nesterov": False}, {"name": "adam", "betas": [0.5, 0.99]}])
+def test_onecycle_keeps_the_momentum_given_only_when_told_to(optimizer):
+    """torch's OneCycleLR sets the momentum (beta1) at every step; with momentum 0 SGD trained with 0.85-0.95 all the
+    same, and the HParams row said 0."""
+    key, value = ("momentum", 0.0) if optimizer["name"] == "sgd" else ("betas", [0.5, 0.99])
+    with pytest.raises(UserInputError, match=rf"model.optimizer.{key}=.* has no effect with model.scheduler.name=onecycle.*"
+                                             r"Add \+\+model.scheduler.cycle_momentum=false to keep yours throughout"):
+        check_momentum_is_used(optimizer, {"name": "onecycle"})
+    kept = {"name": "onecycle", "cycle_momentum": False}
+    check_momentum_is_used(optimizer, kept)
+    assert set(momenta(optimizer, kept)) == {0.0 if key == "momentum" else 0.5}
+    cycled = momenta({**optimizer, key: 0.9 if key == "momentum" else [0.9, 0.99]}, {"name": "onecycle"})
+    assert cycled[0] == pytest.approx(0.95) and min(cycled) == pytest.approx(0.85, abs=0.01)  # the recipes' schedule
+    check_momentum_is_used(optimizer, {"name": "cosine"})  # schedules that leave the momentum alone
+    check_momentum_is_used(optimizer, {"name": "none"})

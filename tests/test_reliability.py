@@ -86,6 +86,9 @@ CONFIG_CASES = {
     # nan never compares as an improvement: the run stopped after `patience` epochs however well it trained.
     "early stopping min_delta nan": (["callbacks=[default,early_stopping]", "callbacks.early_stopping.min_delta=nan"],
                                      "callbacks.early_stopping.min_delta=nan is invalid: it must be a finite number."),
+    # OneCycle set the momentum to 0.85-0.95 at every step, and the HParams row said 0.
+    "momentum onecycle replaces": (["model.optimizer.name=sgd", "++model.optimizer.momentum=0", "++model.optimizer.nesterov=false"],
+                                   "model.optimizer.momentum=0 has no effect with model.scheduler.name=onecycle"),
     # Lightning looked for val/acc after the first epoch's training and failed before last.ckpt was saved.
     "early stopping without validation": (["callbacks=[default,early_stopping]", "++trainer.limit_val_batches=0"],
                                           "callbacks.early_stopping stops on val/acc, but trainer.limit_val_batches=0 "

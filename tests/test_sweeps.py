@@ -559,7 +559,7 @@ def test_hparams_show_the_settings_a_run_used_whether_written_or_left_at_their_d
                                            "+model.scheduler.div_factor=25", "+model.optimizer.betas=[0.5,0.6]"]), 1)
     assert implicit == explicit  # betas: not read by SGD
     assert implicit["optimizer/settings"] == "decay_norm_and_bias=true, momentum=0.9, nesterov=true"
-    assert implicit["scheduler/settings"] == "div_factor=25, final_div_factor=10000, pct_start=0.25"
+    assert implicit["scheduler/settings"] == "cycle_momentum=true, div_factor=25, final_div_factor=10000, pct_start=0.25"
     adam = run_hparams(compose_config([*base[:2], "+model.optimizer.betas=[0.8,0.999]"]), num_parameters=1)
     assert adam["optimizer/settings"] == "betas=[0.8, 0.999], decay_norm_and_bias=true"
 

@@ -20,7 +20,7 @@ from src.models.cuda_graph import GraphedTrainingStep, cuda_graph_blockers
 from src.models.epoch_metrics import BestAccuracy, LossAndAccuracy
 from src.models.networks import IMAGE_SIDE, NUM_CLASSES
 from src.models.optim import build_optimizer, build_scheduler
-from src.models.optim_config import optimizer_settings
+from src.models.optim_config import check_momentum_is_used, optimizer_settings
 from src.utils.command_words import command_overrides, override_value
 from src.utils.resume_check import check_schedule_length
 from src.utils.rng import capture_rng_states, restore_rng_states
@@ -281,6 +281,7 @@ class DigitClassifier(pl.LightningModule):
                 raise UserInputError("model.scheduler needs a finite run: set trainer.max_epochs or max_steps.")
             total_steps = 0
         scheduler = build_scheduler(optimizer, self.hparams.scheduler, int(total_steps))
+        check_momentum_is_used(self.hparams.optimizer, self.hparams.scheduler)  # here too for models built in Python
         if scheduler is None:
             return optimizer
         if self.trainer.ckpt_path:  # a resume (a fit of its own after an earlier resume of this model is not)

@@ -9,6 +9,7 @@ import torch
 
 from src.errors import UserInputError
 from src.models.optim_config import (
+    ONECYCLE_MOMENTUM,
     check_optimizer_config,
     check_scheduler_config,
     optimizer_settings,
@@ -47,7 +48,8 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], config: dict) -> torch
 def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total_steps: int) -> dict | None:
     """A Lightning `lr_scheduler` dict stepping every batch, or None for a constant LR.
 
-    config: {name: none|onecycle|cosine, pct_start (onecycle), warmup_steps (cosine), min_lr (cosine)}.
+    config: {name: none|onecycle|cosine, pct_start, div_factor, final_div_factor, cycle_momentum (onecycle),
+    warmup_steps, min_lr (cosine)}.
     """
     base_lr = optimizer.param_groups[0]["lr"]
     check_scheduler_config(config, lr=base_lr)
@@ -72,6 +74,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config: dict | None, total
             pct_start=pct_start,
             div_factor=config["div_factor"],
             final_div_factor=config["final_div_factor"],
+            cycle_momentum=config["cycle_momentum"],
+            max_momentum=ONECYCLE_MOMENTUM[0],
+            base_momentum=ONECYCLE_MOMENTUM[1],
         )
     else:  # cosine
         warmup = min(int(config["warmup_steps"]), total_steps - 1)

@@ -17,14 +17,17 @@ SCHEDULERS = ("none", "onecycle", "cosine")
 OPTIMIZER_DEFAULTS = {"name": "adam", "weight_decay": 0.0, "decay_norm_and_bias": True, "betas": (0.9, 0.999),
                       "momentum": 0.9, "nesterov": True}
 SCHEDULER_DEFAULTS = {"name": "none", "pct_start": 0.25, "div_factor": 25.0, "final_div_factor": 1e4,
-                      "warmup_steps": 0, "min_lr": 0.0}
+                      "cycle_momentum": True, "warmup_steps": 0, "min_lr": 0.0}
+# OneCycle's momentum (SGD's, or Adam's beta1) while it cycles: torch's defaults, falling as the lr rises.
+ONECYCLE_MOMENTUM = (0.95, 0.85)
 OPTIMIZER_KEYS = {"lr", *OPTIMIZER_DEFAULTS}
 SCHEDULER_KEYS = set(SCHEDULER_DEFAULTS)
 # The settings each choice reads (besides name, lr and weight_decay); the others are ignored (see above).
 SETTINGS_READ_BY = {
     "adam": {"betas", "decay_norm_and_bias"}, "adamw": {"betas", "decay_norm_and_bias"},
     "sgd": {"momentum", "nesterov", "decay_norm_and_bias"},
-    "none": set(), "onecycle": {"pct_start", "div_factor", "final_div_factor"}, "cosine": {"warmup_steps", "min_lr"},
+    "none": set(), "onecycle": {"pct_start", "div_factor", "final_div_factor", "cycle_momentum"},
+    "cosine": {"warmup_steps", "min_lr"},
 }
 
 
@@ -98,6 +101,8 @@ def check_scheduler_config(config: Mapping | None, lr: float | None = None) -> N
         raise UserInputError(f"model.scheduler.final_div_factor={override_value(final_div)} is invalid with "
                              f"div_factor={override_value(div)}: OneCycle would end at lr / {div * final_div:g}, above "
                              f"its peak lr. It must be at least 1/div_factor ({1 / div:g}).")
+    _require(isinstance(config["cycle_momentum"], bool), "model.scheduler.cycle_momentum", config["cycle_momentum"],
+             "true or false")
     warmup = config["warmup_steps"]
     _require(is_whole(warmup) and warmup >= 0,
              "model.scheduler.warmup_steps", warmup, "a whole number >= 0")
@@ -107,3 +112,24 @@ def check_scheduler_config(config: Mapping | None, lr: float | None = None) -> N
         raise UserInputError(f"model.scheduler.min_lr={override_value(min_lr)} is invalid with model.optimizer.lr="
                              f"{override_value(lr)}: the cosine schedule falls from lr to min_lr, so it must be at most "
                              "lr.")
+
+
+def check_momentum_is_used(optimizer: Mapping, scheduler: Mapping | None) -> None:
+    """A momentum (or Adam's beta1) other than the default would be replaced at every step by OneCycle's own cycle,
+    without a word. Both configs are checked already."""
+    optimizer, scheduler = optimizer_settings(optimizer), scheduler_settings(scheduler)
+    if str(scheduler["name"]) != "onecycle" or not scheduler["cycle_momentum"]:
+        return
+    name = str(optimizer["name"])
+    key, value = ("momentum", optimizer["momentum"]) if name == "sgd" else ("betas", optimizer["betas"])
+    default = OPTIMIZER_DEFAULTS[key]
+    if (value if key == "momentum" else value[0]) == (default if key == "momentum" else default[0]):
+        return
+    setting = f"model.optimizer.{key}={override_value(value)}" + ("" if key == "momentum" else ": its beta1")
+    what = "the momentum" if key == "momentum" else "beta1 (Adam's momentum)"
+    high, low = ONECYCLE_MOMENTUM
+    raise UserInputError(
+        f"{setting} has no effect with model.scheduler.name=onecycle, which sets "
+        f"{what} itself at every step ({high} down to {low} while the learning rate rises, and back). Add "
+        f"++model.scheduler.cycle_momentum=false to keep yours throughout, or choose another model.scheduler.name."
+    )

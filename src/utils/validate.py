@@ -8,7 +8,12 @@ import logging
 from omegaconf import DictConfig, OmegaConf
 
 from src.errors import UserInputError
-from src.models.optim_config import check_optimizer_config, check_scheduler_config, optimizer_settings
+from src.models.optim_config import (
+    check_momentum_is_used,
+    check_optimizer_config,
+    check_scheduler_config,
+    optimizer_settings,
+)
 from src.utils.command_words import override_value
 from src.utils.instantiate import not_a_setting, takes_setting
 from src.utils.launchers import Launcher, external_launcher
@@ -82,6 +87,7 @@ def validate_train_config(cfg: DictConfig) -> None:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     check_optimizer_config(model.get("optimizer") or {})
     check_scheduler_config(model.get("scheduler"), lr=(model.get("optimizer") or {}).get("lr"))
+    check_momentum_is_used(model.get("optimizer") or {}, model.get("scheduler"))
     _check_switches(cfg, model)
     _check_precision(cfg, model)
     check_run_settings(cfg)
