@@ -511,7 +511,8 @@ def test_a_stop_without_a_checkpoint_callback_says_nothing_was_saved():
     from src.utils.interruptions import _stopped
 
     assert _stopped("SIGTERM", "at epoch 2, step 40", None, saving=False) == (
-        "Training stopped by SIGTERM at epoch 2, step 40. No checkpoint callback was configured, so nothing was saved.")
+        "Training stopped by SIGTERM at epoch 2, step 40. Nothing was saved: the run has no checkpoint callback that "
+        "saves at a stop (callbacks.last_checkpoint).")
 
 
 def test_a_run_folder_that_cannot_be_made_is_one_line_before_any_work(tmp_path):

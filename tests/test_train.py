@@ -438,6 +438,29 @@ def test_an_interruption_during_ema_validation_saves_raw_and_averaged_weights_in
         assert torch.equal(checkpoint["current_model_state"][key], stop.raw[key]), key
 
 
+
+class SigtermInSecondEpoch(pl.Callback):
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if trainer.current_epoch == 1:
+            raise SIGTERMException()
+
+
+def test_a_stop_without_last_checkpoints_names_the_best_epochs(tmp_path, synthetic_data_dir):
+    """With callbacks.last_checkpoint=null the message said no checkpoint callback was configured and nothing was
+    saved, while the best epoch's checkpoint was there."""
+    from src.errors import RunInterrupted
+
+    stop = ["model=mlp", "trainer.max_epochs=2", "callbacks.last_checkpoint=null",
+            f"+callbacks.stop._target_={__name__}.SigtermInSecondEpoch"]
+    with pytest.raises(RunInterrupted) as stopped:
+        train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), *stop]))
+    best = tmp_path / "checkpoints" / "epoch000.ckpt"
+    assert best.is_file() and str(stopped.value).startswith(
+        f"Training stopped by SIGTERM at epoch 1, step 11, without a checkpoint of this state (callbacks.last_checkpoint "
+        f"is off). The best epoch's checkpoint so far is {best}; to train on from there, resume with: ")
+
 class SigtermInSanityCheck(pl.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         from pytorch_lightning.utilities.exceptions import SIGTERMException

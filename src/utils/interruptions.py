@@ -43,10 +43,15 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
         written = where if where and _modified(where) != before else None
         message = _stopped(by, at, written, ckpt_path, bool(where))
         lightnings = None if resumable else _lightnings_own_checkpoint(trainer)
+        best = None if resumable else _best_checkpoint(trainer)
         if lightnings:
             message = (f"Training stopped by {by} {at}, without a checkpoint of this state (the run has none of its own "
                        f"checkpoint callbacks). Lightning's own checkpoint of the last finished epoch is {lightnings}; "
                        f"{resume_with(lightnings)}")
+        elif best:  # callbacks.last_checkpoint=null: the best epoch's checkpoint is the latest state there is
+            message = (f"Training stopped by {by} {at}, without a checkpoint of this state (callbacks.last_checkpoint "
+                       f"is off). The best epoch's checkpoint so far is {best}; to train on from there, "
+                       f"{resume_with(best)}")
         raise RunInterrupted(message, exit_code=STOP_EXIT_CODES[by]) from stop
     except OSError as err:  # saving the state at a stop failed (a full disk): still a stop, not a failed run
         stop = next((cause for cause in exception_chain(err) if isinstance(cause, INTERRUPTIONS)), None)
@@ -99,13 +104,22 @@ def _lightnings_own_checkpoint(trainer) -> str | None:
     return callback.best_model_path or None
 
 
+def _best_checkpoint(trainer) -> str | None:
+    """The best epoch's checkpoint saved so far by a checkpoint callback that keeps the best by a metric."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    return next((cb.best_model_path for cb in trainer.callbacks
+                 if isinstance(cb, ModelCheckpoint) and cb.monitor and cb.best_model_path), None)
+
+
 def _stopped(by: str, at: str, saved: str | None, started_from: str | None = None, saving: bool = True) -> str:
     """What was saved when training stopped, and how to go on. `saved`: the checkpoint written now; `started_from`:
     this run's ckpt_path; `saving`: whether a checkpoint callback could have saved."""
     if saved:
         return f"Training stopped by {by} {at}. Saved {saved}; {resume_with(saved)}"
     if not saving:
-        return f"Training stopped by {by} {at}. No checkpoint callback was configured, so nothing was saved."
+        return (f"Training stopped by {by} {at}. Nothing was saved: the run has no checkpoint callback that saves at a "
+                f"stop (callbacks.last_checkpoint).")
     # Stopped before its first training step (in the sanity check, whose epoch and step Lightning has not restored).
     if started_from:
         return (f"Training stopped by {by} before its first step, so nothing was saved: {started_from} is still the "
