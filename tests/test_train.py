@@ -257,6 +257,26 @@ def test_entry_point_respects_hydra_run_dir(tmp_path, synthetic_data_dir):
         assert noise not in console, noise
 
 
+
+def test_lightning_warnings_no_user_can_act_on_are_silenced():
+    """In every run with trainer=ddp_cpu (Lightning's all_gather) or a mixed precision (whose weights are float32, the
+    size the summary assumes); a true half precision's warning stays."""
+    import warnings
+
+    from src.utils.quiet_lightning import quiet_lightning
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_lightning()
+        for message in ("torch.distributed.nn.functional.all_gather is deprecated, use "
+                        "torch.distributed._functional_collectives.all_gather_single instead.",
+                        "Precision bf16-mixed is not supported by the model summary.  Estimated model size in MB will "
+                        "not be accurate. Using 32 bits instead.",
+                        "Precision transformer-engine is not supported by the model summary.  Estimated model size in "
+                        "MB will not be accurate. Using 32 bits instead."):
+            warnings.warn(message, UserWarning)
+    assert [str(warning.message).split(".")[0] for warning in caught] == ["Precision transformer-engine is not supported by the model summary"]
+
 def test_part_of_the_test_set_is_reported_as_such(tmp_path, synthetic_data_dir, monkeypatch):
     """Three test images: the figure is not titled the official 10k test set, and digits without a test image get
     no per-class accuracy (it was 0.0)."""
