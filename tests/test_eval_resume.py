@@ -394,6 +394,56 @@ def test_resume_from_the_middle_of_an_epoch_is_exact(tmp_path, synthetic_data_di
     assert curves[0] == curves[1] and len(curves[0]) == 2
 
 
+class StopDuringBatch(pl.Callback):
+    """Ctrl-C (through the run's own GracefulStop) or a real SIGTERM to this process during training batch `batch`,
+    counted from 1 across epochs: unlike optimizer steps, batches count the ones of an accumulation too."""
+
+    def __init__(self, batch: int, signal_name: str) -> None:
+        self.batch, self.signum = batch, getattr(signal, signal_name)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.current_epoch * trainer.num_training_batches + batch_idx + 1 != self.batch:
+            return
+        if self.signum == signal.SIGINT:
+            (graceful_stop,) = [cb for cb in trainer.callbacks if isinstance(cb, GracefulStop)]
+            graceful_stop._request_stop(signal.SIGINT, None)
+        else:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.parametrize("signal_name, by", [("SIGINT", "Ctrl-C"), ("SIGTERM", "SIGTERM")])
+def test_a_stop_half_way_through_a_gradient_accumulation_waits_for_its_end_and_resumes_exactly(
+        tmp_path, synthetic_data_dir, caplog, signal_name, by):
+    """With trainer.accumulate_grad_batches=2, a stop after an odd batch saved the state between an accumulation's
+    two batches: the first one's gradient, in no checkpoint, was lost, and the resumed run's next step used the second
+    batch's alone."""
+    common = ["model=mlp", "trainer.max_epochs=2", "model.dropout=0.3", "++trainer.accumulate_grad_batches=2"]
+    straight = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "straight"), *common]))
+
+    run = [*tiny_run_overrides(synthetic_data_dir, tmp_path / "first"), *common]
+    stop = [f"+callbacks.stop._target_={__name__}.StopDuringBatch", "+callbacks.stop.batch=13",  # epoch 1's third
+            f"+callbacks.stop.signal_name={signal_name}"]
+    with pytest.raises(RunInterrupted, match=rf"^Training stopped by {by} at epoch 1, step 7\. Saved ") as stopped:
+        train(compose_config([*run, *stop]))
+    assert stopped.value.exit_code == {"Ctrl-C": 130, "SIGTERM": 143}[by]
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 7  # after batch 14, which ends the accumulation
+    assert f"{by}: the stop waits for the end of this gradient accumulation" in caplog.text
+    resumed = train(compose_config([*run, f"ckpt_path={last}"]))
+
+    for key in ("val/acc_best", "test/acc", "test/loss"):
+        assert resumed[key] == straight[key], key
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (tmp_path / "straight", tmp_path / "first")]
+    assert weights[0]["global_step"] == weights[1]["global_step"] == 10
+    for name, tensor in weights[0]["state_dict"].items():
+        assert torch.equal(tensor, weights[1]["state_dict"][name]), name
+    optimizers = [w["optimizer_states"][0]["state"] for w in weights]
+    assert optimizers[0].keys() == optimizers[1].keys()
+    for param, state in optimizers[0].items():
+        for name, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(optimizers[1][param][name])), (param, name)
+
+
 def test_a_ctrl_c_in_an_epochs_last_batch_stops_after_its_validation_and_resumes_exactly(tmp_path, synthetic_data_dir):
     """Stopped at once, that epoch would never be validated (a resume starts with the next): no epoch000.ckpt, and
     another checkpoint tested."""

@@ -1,6 +1,6 @@
 """Stopping safely: on SIGTERM (what SLURM sends before pre-emption) or Ctrl-C, training stops at the next
-batch boundary and last.ckpt is saved; on a NaN/inf loss (training: one step later at most; validation: before the
-epoch's checkpoints) it stops and last.ckpt is left alone."""
+batch boundary (with gradient accumulation, the next optimizer step's) and last.ckpt is saved; on a NaN/inf loss
+(training: one step later at most; validation: before the epoch's checkpoints) it stops and last.ckpt is left alone."""
 
 from __future__ import annotations
 
@@ -58,7 +58,12 @@ class GracefulStop(pl.Callback):
 
     With several processes (DDP) every one stops at the same batch, whichever of them got the signal: they agree on
     it after each training batch. SIGTERM is noted here too: Lightning's handler broadcast from inside the signal
-    handler, and a SIGTERM to the process group (forwarded once more to the other processes) hung them all."""
+    handler, and a SIGTERM to the process group (forwarded once more to the other processes) hung them all.
+
+    With gradient accumulation a stop asked for half-way through an accumulation waits for its last batch, where the
+    optimizer steps (or the epoch's last): the gradients summed so far are in no checkpoint, so a resume from between
+    them would step on the remaining batches' alone. SIGTERM is noted here then too: Lightning's stops after any
+    batch."""
 
     SWEEP_CHECK_SECONDS = 1.0  # how often a worker's job looks for the launching process's stop request
 
@@ -68,16 +73,17 @@ class GracefulStop(pl.Callback):
         self._previous_handler = None
         self._sweep_checked_at = 0.0
         self._trainer: pl.Trainer | None = None
+        self._said_stop_waits = False
 
     @property
     def stop_requested(self) -> bool:
         """A Ctrl-C (or the sweep's stop) came during this fit. If the fit returned all the same, it came in an
-        epoch's last batch or in the last validation: the caller must report the stop (the epoch's checkpoints were
-        saved as usual)."""
+        epoch's last batch (or its last gradient accumulation) or in the last validation: the caller must report the
+        stop (the epoch's checkpoints were saved as usual)."""
         return self._requested
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        self._requested, self.stopped_by, self._trainer = False, "Ctrl-C", trainer
+        self._requested, self.stopped_by, self._trainer, self._said_stop_waits = False, "Ctrl-C", trainer, False
         # Signals can only be caught in the main thread. An ignored Ctrl-C stays ignored: a script's background job
         # (`python -m src.train &`) shares the terminal's Ctrl-C with the script, which its shell keeps from it.
         main_thread = threading.current_thread() is threading.main_thread()
@@ -90,10 +96,15 @@ class GracefulStop(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._take_over_sigterm(trainer)
 
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._take_over_sigterm(trainer)  # a GradientAccumulationScheduler may start accumulating in a later epoch
+
     def _take_over_sigterm(self, trainer) -> None:
         """From Lightning, which installs its handler after on_fit_start (and puts back the one before the fit at its
-        end), in the processes of a multi-process run."""
-        if trainer.world_size > 1 and threading.current_thread() is threading.main_thread():
+        end), in the processes of a multi-process run, and in a run that accumulates gradients (Lightning would stop
+        half-way through an accumulation). A single process without accumulation keeps Lightning's handling."""
+        taken_over = trainer.world_size > 1 or trainer.accumulate_grad_batches > 1
+        if taken_over and threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, self._note_sigterm)
 
     def _note_sigterm(self, signum, frame) -> None:
@@ -154,11 +165,24 @@ class GracefulStop(pl.Callback):
         # DivergenceGuard, if there is one, stops at its next check instead, before anything is saved.
         guarded = any(isinstance(cb, DivergenceGuard) for cb in trainer.callbacks)
         if self._agreed(trainer) and (_loss_is_finite(outputs) or not guarded):
+            if not _optimizer_stepped(trainer, batch_idx):
+                self._say_stop_waits(trainer, batch_idx)
+                return
             if not trainer.is_last_batch:
                 raise StopRequested(self.stopped_by)
             # Stopped now, the epoch would never be validated: a resume starts with the next one. So the fit ends as
             # an early stop does, after this epoch's validation and checkpoints; the caller reports the stop.
             trainer.should_stop = True
+
+    def _say_stop_waits(self, trainer, batch_idx: int) -> None:
+        if self._said_stop_waits or not trainer.is_global_zero:
+            return
+        self._said_stop_waits = True
+        every = trainer.accumulate_grad_batches
+        stops_after = min((batch_idx // every + 1) * every, trainer.num_training_batches)
+        log.warning("%s: the stop waits for the end of this gradient accumulation (batch %d of the epoch's %s), where "
+                    "the optimizer steps: a checkpoint before it would lose the gradients summed so far.",
+                    self.stopped_by, stops_after, trainer.num_training_batches)
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
         self.give_back_ctrl_c()
@@ -171,6 +195,14 @@ class GracefulStop(pl.Callback):
         if self._previous_handler is not None:
             signal.signal(signal.SIGINT, self._previous_handler)
             self._previous_handler = None
+
+
+def _optimizer_stepped(trainer, batch_idx: int) -> bool:
+    """Whether the optimizer stepped in this batch: the last of a gradient accumulation, or of the epoch. The test
+    Lightning's training epoch loop makes (`_accumulated_batches_reached`, `_num_ready_batches_reached`) is private;
+    this reads the same counts from public values: `batch_idx` counts this epoch's batches from 0, a resumed epoch's
+    too, as Lightning's own checks do."""
+    return trainer.is_last_batch or (batch_idx + 1) % trainer.accumulate_grad_batches == 0
 
 
 def _loss(outputs) -> torch.Tensor | None:

@@ -22,7 +22,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
     try:
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         graceful = next((cb for cb in trainer.callbacks if isinstance(cb, GracefulStop) and cb.stop_requested), None)
-        if graceful:  # asked for in the last batch of an epoch, which Lightning ends as usual
+        if graceful:  # asked for in an epoch's last batch or last accumulation, which Lightning ends as usual
             at = f"at the end of epoch {trainer.current_epoch - 1}, step {trainer.global_step}"
             if 0 <= (trainer.max_epochs or -1) <= trainer.current_epoch or 0 <= trainer.max_steps <= trainer.global_step:
                 at = f"after its last epoch ({trainer.current_epoch - 1}) had trained" + (", before testing" if tests else "")
