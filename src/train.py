@@ -97,13 +97,15 @@ def train(cfg: DictConfig) -> dict:
         resumed_at_step = None
         if resuming:
             from src.utils.resume_check import check_resumable, follow_the_checkpoints_threads
+            from src.utils.run import is_rank_zero
 
             check_resumable(ckpt_path, checkpoint, model, datamodule, trainer.callbacks)
             follow_the_checkpoints_threads(checkpoint, trainer)
             resumed_at_step = checkpoint.get("global_step")
             checkpoint = None  # not held through the fit: Lightning reads the file itself
             metrics["resumed_from"] = str(Path(ckpt_path).expanduser().resolve())
-            log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
+            if is_rank_zero():  # once, not once per DDP process
+                log.info("Resuming from %s (epoch, optimizer, scheduler and RNG state)", ckpt_path)
         with _row_kept_if_stopped(cfg, trainer, model, None):
             ckpt_path = _fit(cfg, trainer, model, datamodule, ckpt_path, resumed_at_step, resuming_in_place, output_dir,
                              metrics)

@@ -1418,6 +1418,9 @@ def test_a_stop_under_ddp_stops_every_process_at_the_same_batch_and_resumes_exac
     assert torch.load(last, weights_only=True)["global_step"] == 14  # mid-epoch 1 of 10 steps per epoch
     resumed = run_module(*common, f"hydra.run.dir={tmp_path / 'stopped'}", "ckpt_path=last", timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    # Said once, by the first process (each process said both).
+    assert (stopped.stdout + stopped.stderr).count("Training stopped by") == 1, stopped.stderr[-3000:]
+    assert (resumed.stdout + resumed.stderr).count("Resuming from") == 1, resumed.stderr[-3000:]
 
     def final(run: str) -> tuple:
         weights = torch.load(tmp_path / run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
