@@ -376,6 +376,20 @@ def test_ema_keeps_float64_weights_whole_under_64_true(tmp_path, synthetic_data_
     assert all(value.dtype == torch.float64 for value in averaged if value.is_floating_point())
 
 
+def test_ema_keeps_its_float32_average_whole_under_bf16_true(tmp_path, synthetic_data_dir):
+    """Lightning's swaps around each validation copied the float32 average into the bfloat16 module and back: every
+    averaged weight came back rounded to bfloat16."""
+    ema = ["model=mlp", "callbacks=[default,ema]", "callbacks.ema.decay=0.9", "trainer.precision=bf16-true",
+           "+trainer.val_check_interval=5"]  # two validations in the epoch, each a swap there and back
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), *ema]))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    raw = [value for key, value in checkpoint["current_model_state"].items() if key.startswith("net.")]
+    assert all(value.dtype == torch.bfloat16 for value in raw if value.is_floating_point())
+    averaged = [value for key, value in checkpoint["state_dict"].items() if key.startswith("net.")]
+    assert all(value.dtype == torch.float32 for value in averaged if value.is_floating_point())
+    assert all(not torch.equal(value, value.bfloat16().float()) for value in averaged if value.is_floating_point())
+
+
 def test_ema_weights_are_the_ones_saved_and_tested(tmp_path, synthetic_data_dir):
     ema = ["model=mlp", "callbacks=[default,ema]", "callbacks.ema.decay=0.9", "trainer.max_epochs=2"]
     trained = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "a"), *ema]))
@@ -432,13 +446,14 @@ class SigtermInSecondValidation(pl.Callback):
     def __init__(self) -> None:
         SigtermInSecondValidation.last = self
 
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.raw = {k: v.clone() for k, v in pl_module.state_dict().items()}  # the last batch's: what validation sets aside
+
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         from pytorch_lightning.utilities.exceptions import SIGTERMException
 
         if trainer.current_epoch == 1 and not trainer.sanity_checking:
-            (ema,) = [cb for cb in trainer.callbacks if type(cb).__name__ == "WeightEMA"]
             self.averaged = {k: v.clone() for k, v in pl_module.state_dict().items()}
-            self.raw = {k: v.clone() for k, v in ema._average_model.module.state_dict().items()}
             raise SIGTERMException()
 
 

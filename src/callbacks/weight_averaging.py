@@ -67,14 +67,16 @@ def update_average(average: AveragedModel, model: torch.nn.Module, first: bool) 
 
 class WeightEMA(WeightAveraging):
     """EMA of the weights (and batch-norm statistics), updated after every optimizer step; a range check on
-    `decay`, a warm-up of the decay (`ema_with_warmup`) and three fixes to Lightning's weight averaging:
+    `decay`, a warm-up of the decay (`ema_with_warmup`) and four fixes to Lightning's weight averaging:
 
     - the average lives on the training device: Lightning builds it in `setup`, before the model is moved to
       the GPU, which would copy every weight to the host after every step;
     - `trainer.test(ckpt_path=...)` after `fit` tests the averaged weights the checkpoint holds: Lightning's
       hook would reload the raw weights saved next to them, as it does to resume training;
     - an interruption during validation, while the averaged weights are in the module, swaps them back before
-      last.ckpt is saved (checkpoint callbacks run last): it would otherwise store the two the wrong way round.
+      last.ckpt is saved (checkpoint callbacks run last): it would otherwise store the two the wrong way round;
+    - the swaps around each validation leave the average as it was (`_swap_models`): Lightning's copied it into the
+      module and back, which under bf16-true/16-true rounded the float32 average to the module's dtype each time.
 
     And its update (`update_average`) reads nothing back from the GPU.
     """
@@ -87,24 +89,31 @@ class WeightEMA(WeightAveraging):
             )
         super().__init__(multi_avg_fn=ema_with_warmup(decay))
         self.decay = decay
-        self._average_in_module = False
+        self._raw_weights: list[torch.Tensor] | None = None  # the module's own, set aside while it holds the average
         self._updates_counted: int | None = None  # the average's update counter, mirrored on the host once read
 
     def state_dict(self) -> dict:
         return {**super().state_dict(), "decay": self.decay}  # so a run that only tests the checkpoint can show it
 
-    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_validation_epoch_start(trainer, pl_module)
-        self._average_in_module = self._average_model is not None
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_validation_epoch_end(trainer, pl_module)
-        self._average_in_module = False
-
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if self._average_in_module:
+        if self._raw_weights is not None:  # the average is in the module
             self._swap_models(pl_module)
-            self._average_in_module = False
+
+    @torch.no_grad()
+    def _swap_models(self, pl_module: pl.LightningModule) -> None:
+        """Puts the average into the module, or the module's own weights back (Lightning calls it at each
+        validation's start and end). The average is only read: its float32 values cannot pass through a bf16 module
+        and come back whole, so the module's own weights wait aside in their dtype instead."""
+        current = [*pl_module.parameters(), *pl_module.buffers()]
+        if self._raw_weights is None:
+            self._raw_weights = [tensor.detach().clone() for tensor in current]
+            averages = [*self._average_model.module.parameters(), *self._average_model.module.buffers()]
+            for tensor, averaged in zip(current, averages, strict=True):
+                tensor.copy_(averaged)  # rounded to the module's dtype: what validation uses
+        else:
+            for tensor, raw in zip(current, self._raw_weights, strict=True):
+                tensor.copy_(raw)
+            self._raw_weights = None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._average_model is not None:
