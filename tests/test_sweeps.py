@@ -37,7 +37,7 @@ from src.utils.sweep_summary import (
     summary_text,
     write_summary,
 )
-from tests.conftest import compose_config, ctrl_c_as_in_a_terminal, run_module
+from tests.conftest import compose_config, ctrl_c_as_in_a_terminal, run_module, tiny_run_overrides
 
 
 def multirun(sweep_dir: Path | None, data_dir: Path, *overrides: str, extra_env: dict | None = None
@@ -540,14 +540,17 @@ def test_hparams_show_the_runs_own_settings(tmp_path):
                           "model.optimizer.weight_decay=0.002", "+model.optimizer.momentum=0.8", "model.scheduler.name=cosine",
                           "+model.scheduler.warmup_steps=30", "model.dropout=0.3", "data.val_size=800",
                           "model.label_smoothing=0.05", "model.batch_norm=false", "data.batch_size=48",
-                          "trainer.max_epochs=7", "++trainer.precision=bf16-mixed", "seed=11"])
+                          "trainer.max_epochs=7", "++trainer.precision=bf16-mixed", "seed=11", "model.compile=true",
+                          "++trainer.accumulate_grad_batches=3", "++trainer.gradient_clip_val=0.5"])
     assert run_hparams(cfg, num_parameters=1234) | {"model/arch": "", "data/augment": ""} == {
         "model": "MLP", "model/arch": "", "model/parameters": 1234, "model/dropout": 0.3, "model/conv_dropout": 0.0,
-        "model/batch_norm": "false", "model/label_smoothing": 0.05, "optimizer/name": "sgd", "optimizer/lr": 0.07, "optimizer/weight_decay": 0.002,
+        "model/batch_norm": "false", "model/label_smoothing": 0.05, "model/compile": "true", "model/channels_last": "false",
+        "model/cuda_graph": "false", "optimizer/name": "sgd", "optimizer/lr": 0.07, "optimizer/weight_decay": 0.002,
         "optimizer/settings": "decay_norm_and_bias=true, momentum=0.8, nesterov=true", "scheduler": "cosine",
         "scheduler/settings": "min_lr=0, warmup_steps=30",
         "callbacks/ema_decay": 0.0, "data/batch_size": 48, "data/val_size": 800, "data/augment": "",
-        "trainer/max_epochs": 7, "trainer/precision": "bf16-mixed", "seed": 11,
+        "trainer/max_epochs": 7, "trainer/precision": "bf16-mixed", "trainer/accumulate_grad_batches": 3,
+        "trainer/gradient_clip_val": 0.5, "seed": 11,
     }
 
 
@@ -740,6 +743,20 @@ def test_hparams_tell_augmentation_off_and_an_unaveraged_checkpoint_apart(tmp_pa
     assert trained_settings({})["callbacks/ema_decay"] == 0.0  # trained without weight averaging
     assert trained_settings({"current_model_state": {}})["callbacks/ema_decay"] == -1.0  # averaged, decay unrecorded
 
+
+
+def test_a_tested_checkpoints_hparams_show_the_accumulation_and_clipping_it_was_trained_with(tmp_path, synthetic_data_dir):
+    """Checkpoints record them: `train=false` tests showed this run's settings (the defaults) instead."""
+    from src.train import train
+    from src.utils.hparams import trained_settings
+
+    trained = ["model=mlp", "++trainer.accumulate_grad_batches=2", "++trainer.gradient_clip_val=0.5"]
+    train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path), *trained]))
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    settings = trained_settings(checkpoint)
+    assert (settings["trainer/accumulate_grad_batches"], settings["trainer/gradient_clip_val"]) == (2, 0.5)
+    older = trained_settings({})  # saved before checkpoints recorded them
+    assert (older["trainer/accumulate_grad_batches"], older["trainer/gradient_clip_val"]) == (-1, -1)
 
 def test_a_tested_checkpoints_seed_in_hparams_is_its_runs_not_its_shuffle_seed():
     """src.eval of a `seed=1 data.shuffle_seed=7` run showed 7 in the seed column."""

@@ -310,6 +310,9 @@ class DigitClassifier(pl.LightningModule):
             checkpoint["command_overrides"] = overrides
         if getattr(self, "schedule_steps", None) is not None:
             checkpoint["schedule_steps"] = self.schedule_steps
+        if self._trainer is not None:  # the HParams row of a checkpoint tested alone shows them
+            checkpoint["trainer_settings"] = {"accumulate_grad_batches": int(self.trainer.accumulate_grad_batches),
+                                              "gradient_clip_val": float(self.trainer.gradient_clip_val or 0.0)}
         if self._several_processes():  # in every process at once, as each takes part in saving a checkpoint
             sums = checkpoint["state_dict"]
             checkpoint["training_sums_by_process"] = {key: self.all_gather(sums[key]).tolist()

@@ -37,6 +37,10 @@ def run_hparams(
         "model/conv_dropout": float(model.get("conv_dropout", 0.0)),  # a CNN's; 0 for other models, as for one without
         "model/batch_norm": "true" if model.get("batch_norm", False) else "false",  # a bool would show as 1.0/0.0
         "model/label_smoothing": float(model.get("label_smoothing", 0.0)),
+        # Speed switches, yet compiled or channels-last kernels sum in another order: a sweep over one differs a little.
+        "model/compile": "true" if model.get("compile", False) else "false",
+        "model/channels_last": "true" if model.get("channels_last", False) else "false",
+        "model/cuda_graph": str(model.get("cuda_graph", False)).lower(),
         "optimizer/name": str(optimizer["name"]),
         "optimizer/lr": float(optimizer.get("lr", 0.0)),
         "optimizer/weight_decay": float(optimizer["weight_decay"]),
@@ -49,6 +53,8 @@ def run_hparams(
         "data/augment": _describe_augment(augment),
         "trainer/max_epochs": int(cfg.trainer.max_epochs),
         "trainer/precision": str(cfg.trainer.get("precision", "32-true")),
+        "trainer/accumulate_grad_batches": int(cfg.trainer.get("accumulate_grad_batches") or 1),
+        "trainer/gradient_clip_val": float(cfg.trainer.get("gradient_clip_val") or 0.0),  # 0 = off
         "seed": int(cfg.seed) if cfg.get("seed") is not None else -1,
     }
     values.update({key: value for key, value in (actual or {}).items() if value is not None})
@@ -76,7 +82,8 @@ def _word(value) -> str:
 
 def trained_settings(checkpoint: dict) -> dict:
     """What a checkpoint records of how it was trained, under run_hparams' keys (None: not recorded). The epochs are
-    those it had trained when saved; -1: weight averaging of an unrecorded decay (a checkpoint of an older version)."""
+    those it had trained when saved; -1: weight averaging of an unrecorded decay, or a trainer setting unrecorded (a
+    checkpoint of an older version)."""
     data = checkpoint.get("datamodule_hyper_parameters") or {}
     ema_states = [state for key, state in (checkpoint.get("callbacks") or {}).items() if key.startswith("WeightEMA")]
     if ema_states:
@@ -89,6 +96,8 @@ def trained_settings(checkpoint: dict) -> dict:
         "data/augment": _describe_augment(data["augment"]) if "augment" in data else None,
         "trainer/max_epochs": checkpoint["epoch"] + 1 if "epoch" in checkpoint else None,
         "callbacks/ema_decay": ema_decay,
+        **{f"trainer/{key}": value for key, value in
+           (checkpoint.get("trainer_settings") or dict.fromkeys(("accumulate_grad_batches", "gradient_clip_val"), -1)).items()},
         # Checkpoints saved before they recorded the run's seed: the shuffle seed, which follows it by default.
         "seed": checkpoint.get("run_seed", data.get("shuffle_seed")),
     }
