@@ -116,17 +116,18 @@ def check_scheduler_config(config: Mapping | None, lr: float | None = None) -> N
 
 def check_momentum_is_used(optimizer: Mapping, scheduler: Mapping | None) -> None:
     """A momentum (or Adam's beta1) other than the default would be replaced at every step by OneCycle's own cycle,
-    without a word. Both configs are checked already."""
+    without a word. The default, 0.9, lies within the cycle, and is what the recipes leave to it. Both configs are
+    checked already."""
     optimizer, scheduler = optimizer_settings(optimizer), scheduler_settings(scheduler)
     if str(scheduler["name"]) != "onecycle" or not scheduler["cycle_momentum"]:
         return
-    name = str(optimizer["name"])
-    key, value = ("momentum", optimizer["momentum"]) if name == "sgd" else ("betas", optimizer["betas"])
-    default = OPTIMIZER_DEFAULTS[key]
-    if (value if key == "momentum" else value[0]) == (default if key == "momentum" else default[0]):
+    sgd = str(optimizer["name"]) == "sgd"
+    key = "momentum" if sgd else "betas"
+    momentum, default = (optimizer[key], OPTIMIZER_DEFAULTS[key]) if sgd else (optimizer[key][0], OPTIMIZER_DEFAULTS[key][0])
+    if momentum == default:
         return
-    setting = f"model.optimizer.{key}={override_value(value)}" + ("" if key == "momentum" else ": its beta1")
-    what = "the momentum" if key == "momentum" else "beta1 (Adam's momentum)"
+    setting = f"model.optimizer.{key}={override_value(optimizer[key])}" + ("" if sgd else ": its beta1")
+    what = "the momentum" if sgd else "beta1 (Adam's momentum)"
     high, low = ONECYCLE_MOMENTUM
     raise UserInputError(
         f"{setting} has no effect with model.scheduler.name=onecycle, which sets "

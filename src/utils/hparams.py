@@ -85,6 +85,7 @@ def trained_settings(checkpoint: dict) -> dict:
     those it had trained when saved; -1: weight averaging of an unrecorded decay, or a trainer setting unrecorded (a
     checkpoint of an older version)."""
     data = checkpoint.get("datamodule_hyper_parameters") or {}
+    trainer = checkpoint.get("trainer_settings") or {}
     ema_states = [state for key, state in (checkpoint.get("callbacks") or {}).items() if key.startswith("WeightEMA")]
     if ema_states:
         ema_decay = float(ema_states[0].get("decay", -1.0))
@@ -96,8 +97,8 @@ def trained_settings(checkpoint: dict) -> dict:
         "data/augment": _describe_augment(data["augment"]) if "augment" in data else None,
         "trainer/max_epochs": checkpoint["epoch"] + 1 if "epoch" in checkpoint else None,
         "callbacks/ema_decay": ema_decay,
-        **{f"trainer/{key}": value for key, value in
-           (checkpoint.get("trainer_settings") or dict.fromkeys(("accumulate_grad_batches", "gradient_clip_val"), -1)).items()},
+        "trainer/accumulate_grad_batches": trainer.get("accumulate_grad_batches", -1),
+        "trainer/gradient_clip_val": trainer.get("gradient_clip_val", -1.0),
         # Checkpoints saved before they recorded the run's seed: the shuffle seed, which follows it by default.
         "seed": checkpoint.get("run_seed", data.get("shuffle_seed")),
     }
