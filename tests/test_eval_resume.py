@@ -394,6 +394,29 @@ def test_resume_from_the_middle_of_an_epoch_is_exact(tmp_path, synthetic_data_di
     assert curves[0] == curves[1] and len(curves[0]) == 2
 
 
+def test_a_bf16_true_resume_from_the_middle_of_an_epoch_continues_its_float32_sums(tmp_path, synthetic_data_dir):
+    """trainer.precision=bf16-true: Lightning converts the module after loading the checkpoint, and the epoch's running
+    loss sum, float32, came back rounded to bfloat16 (92.25 as 92): epoch 1's training loss was not the straight run's."""
+    common = ["model=mlp", "trainer.max_epochs=2", "model.dropout=0.3", "trainer.precision=bf16-true"]
+    straight = train(compose_config([*tiny_run_overrides(synthetic_data_dir, tmp_path / "straight"), *common]))
+
+    run = [*tiny_run_overrides(synthetic_data_dir, tmp_path / "first"), *common]
+    with pytest.raises(RunInterrupted):
+        train(compose_config([*run, f"+callbacks.stop._target_={__name__}.InterruptAtStep", "+callbacks.stop.step=13"]))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    loss_sum = torch.load(last, weights_only=True)["state_dict"]["train_metrics.loss_sum"]
+    assert loss_sum.dtype == torch.float32 and loss_sum.bfloat16().float() != loss_sum  # else rounding would change nothing
+    resumed = train(compose_config([*run, f"ckpt_path={last}"]))
+
+    for key in ("val/acc_best", "test/acc", "test/loss"):
+        assert resumed[key] == straight[key], key
+    weights = [torch.load(d / "checkpoints" / "last.ckpt", weights_only=True) for d in (tmp_path / "straight", tmp_path / "first")]
+    for name, tensor in weights[0]["state_dict"].items():
+        assert torch.equal(tensor, weights[1]["state_dict"][name]), name
+    curves = [[state["history"] for name, state in w["callbacks"].items() if "DiagnosticFigures" in name][0] for w in weights]
+    assert curves[0] == curves[1] and len(curves[0]) == 2
+
+
 class StopDuringBatch(pl.Callback):
     """Ctrl-C (through the run's own GracefulStop) or a real SIGTERM to this process during training batch `batch`,
     counted from 1 across epochs: unlike optimizer steps, batches count the ones of an accumulation too."""

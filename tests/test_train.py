@@ -799,3 +799,16 @@ def test_metric_states_keep_float32_when_the_module_is_converted_to_16_bits():
     model.val_acc_best(torch.tensor(0.9923))
     assert model.train_metrics.loss_sum.dtype == model.val_acc_best.max_value.dtype == torch.float32
     assert model.best_val_acc() == pytest.approx(0.9923, rel=1e-7)
+
+
+def test_metric_states_loaded_before_the_module_is_converted_to_16_bits_keep_their_values():
+    """A resume loads the checkpoint before Lightning converts the module to bfloat16: the states were converted too and
+    then back to float32, rounded (an epoch's loss sum of 657 came back as 656, a best accuracy of 0.9923 as 0.9922)."""
+    from src.models.mlp import MLP
+
+    model = MLP(optimizer={"name": "adam", "lr": 1e-3}, hidden_sizes=[16])
+    model.train_metrics.loss_sum.fill_(657.0)
+    model.val_acc_best(torch.tensor(0.9923))
+    model.to(torch.bfloat16)
+    assert model.train_metrics.loss_sum.dtype == torch.float32 and float(model.train_metrics.loss_sum) == 657.0
+    assert model.best_val_acc() == pytest.approx(0.9923, rel=1e-7)

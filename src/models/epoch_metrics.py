@@ -11,18 +11,25 @@ class KeepsDtype:
     """A torchmetrics Metric whose floating states keep their dtype when the module is converted with `.to(dtype)`
     (Lightning's `trainer.precision=bf16-true` and `16-true` do), as torchmetrics keeps them for `.half()` and the
     like: a bfloat16 sum of an epoch's losses stops growing at a few thousand, and a bfloat16 accuracy moves in steps of
-    0.004 near 99%. `set_dtype` still converts them."""
+    0.004 near 99%. Nor are they converted there and back, which rounded the sums a resume had loaded. `set_dtype`
+    still converts them."""
 
     def _apply(self, fn, *args, **kwargs):
         if self._dtype_convert:  # set_dtype: a conversion asked of the metric itself
             return super()._apply(fn, *args, **kwargs)
         dtype = self.dtype
+        before = {name: (default, getattr(self, name)) for name, default in self._defaults.items()
+                  if isinstance(default, torch.Tensor) and default.is_floating_point()}
         metric = super()._apply(fn, *args, **kwargs)
         metric._dtype = dtype  # what update() casts its inputs to
-        for name, default in metric._defaults.items():
-            if isinstance(default, torch.Tensor) and default.is_floating_point():
-                metric._defaults[name] = default.to(dtype)
-                setattr(metric, name, getattr(metric, name).to(dtype))
+        # A state fn converted is taken from before, only moved: converted back, it would come back rounded to 16 bits
+        # (Lightning converts the module after loading a checkpoint, whose sums a mid-epoch resume continues).
+        for name, (default, state) in before.items():
+            if metric._defaults[name].dtype != default.dtype:
+                metric._defaults[name] = default.to(metric._defaults[name].device)
+            converted = getattr(metric, name)
+            if converted.dtype != state.dtype:
+                setattr(metric, name, state.to(converted.device))
         return metric
 
 
