@@ -66,13 +66,16 @@ def tiny_run_overrides(data_dir: Path, output_dir: Path) -> list[str]:
     ]
 
 
-def run_module(module: str, *args: str, timeout: int = 300, extra_env: dict | None = None) -> subprocess.CompletedProcess:
+def run_module(module: str, *args: str, timeout: int = 300, extra_env: dict | None = None,
+               own_process_group: bool = False) -> subprocess.CompletedProcess:
     """`python -m <module> <args>` from the project root, as a user would run it. HYDRA_FULL_ERROR is
-    removed so the one-line error messages under test are what the user sees by default."""
+    removed so the one-line error messages under test are what the user sees by default. `own_process_group`: for a
+    run that signals its whole process group, which would otherwise reach the tests too."""
     env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
     env.update(PYTHONUNBUFFERED="1", **(extra_env or {}))
     return subprocess.run([sys.executable, "-m", module, *args], cwd=PROJECT_ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout, preexec_fn=ctrl_c_as_in_a_terminal)
+                          capture_output=True, text=True, timeout=timeout, preexec_fn=ctrl_c_as_in_a_terminal,
+                          start_new_session=own_process_group)
 
 
 def ctrl_c_as_in_a_terminal() -> None:

@@ -1385,41 +1385,59 @@ def test_an_unseeded_shuffle_is_drawn_once_for_every_ddp_process_and_kept_by_a_r
 
 class SignalAtStep(pl.Callback):
     """Sends `signal_name` to its own process at `step`: in every process (`ranks`=all, as a terminal's Ctrl-C or a
-    SIGTERM to the process group reaches each), or in the first alone (`ranks`=first: `kill <pid>`)."""
+    SIGTERM to the process group reaches each), in the first or second alone (`ranks`=first, second: `kill <pid>`), or
+    from the first to its whole process group (`ranks`=group: under ddp_spawn the launching process too; the run
+    needs a process group of its own)."""
 
     def __init__(self, step: int, signal_name: str, ranks: str) -> None:
         self.step, self.signum, self.ranks = step, getattr(signal, signal_name), ranks
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.global_step == self.step and (self.ranks == "all" or trainer.global_rank == 0):
+        if trainer.global_step != self.step:
+            return
+        if self.ranks == "group":
+            if trainer.global_rank == 0:
+                os.killpg(os.getpgid(0), self.signum)
+        elif self.ranks == "all" or ["first", "second"].index(self.ranks) == trainer.global_rank:
             os.kill(os.getpid(), self.signum)
 
 
-@pytest.mark.parametrize("signal_name, ranks, exit_code", [("SIGTERM", "all", 143), ("SIGINT", "first", 130)],
-                         ids=["SIGTERM to every process", "Ctrl-C to the first alone"])
+@pytest.mark.parametrize("strategy, signal_name, ranks, exit_code", [
+    ("ddp", "SIGTERM", "all", 143), ("ddp", "SIGINT", "first", 130),
+    ("ddp_spawn", "SIGTERM", "group", 143), ("ddp_spawn", "SIGTERM", "second", 143)],
+    ids=["SIGTERM to every process", "Ctrl-C to the first alone", "ddp_spawn: SIGTERM to the process group",
+         "ddp_spawn: SIGTERM to the second process alone"])
 def test_a_stop_under_ddp_stops_every_process_at_the_same_batch_and_resumes_exactly(tmp_path, synthetic_data_dir,
-                                                                                     signal_name, ranks, exit_code):
+                                                                                     strategy, signal_name, ranks,
+                                                                                     exit_code):
     """Both hung until killed: Lightning's SIGTERM handler broadcast from inside the signal handler (a SIGTERM to the
     process group: twice in the second process, once in the first), and a Ctrl-C stopped the process that got it
     while the other waited for it at the next collective. The resumed epoch's training curve counted the first
-    process's half-epoch twice (its sums, alone in the checkpoint, loaded in both)."""
+    process's half-epoch twice (its sums, alone in the checkpoint, loaded in both). Under ddp_spawn nothing was saved
+    at the stop: the launching process, signalled with the group, said it came "outside training", and a stop in a
+    started process ended in torch's traceback, exit 1."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    common = ["src.train", "trainer=ddp_cpu", f"data.data_dir={synthetic_data_dir}", "data.download=false",
-              "data.val_size=80", "data.batch_size=16", "model=mlp", "model.scheduler.name=none", "trainer.max_epochs=2",
-              "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", "test=false"]
+    common = ["src.train", "trainer=ddp_cpu", f"++trainer.strategy={strategy}", f"data.data_dir={synthetic_data_dir}",
+              "data.download=false", "data.val_size=80", "data.batch_size=16", "model=mlp", "model.scheduler.name=none",
+              "trainer.max_epochs=2", "callbacks.progress_bar=null", "++trainer.enable_progress_bar=false", "test=false"]
     straight = run_module(*common, f"hydra.run.dir={tmp_path / 'straight'}", timeout=300)
     assert straight.returncode == 0, straight.stderr[-3000:]
     stop = [f"+callbacks.stop._target_={__name__}.SignalAtStep", "+callbacks.stop.step=14",
             f"+callbacks.stop.signal_name={signal_name}", f"+callbacks.stop.ranks={ranks}"]
-    stopped = run_module(*common, *stop, f"hydra.run.dir={tmp_path / 'stopped'}", timeout=120)
-    assert stopped.returncode == exit_code, stopped.stderr[-3000:]
+    stopped = run_module(*common, *stop, f"hydra.run.dir={tmp_path / 'stopped'}", timeout=120,
+                         own_process_group=ranks == "group")
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == exit_code, output[-3000:]
     last = tmp_path / "stopped" / "checkpoints" / "last.ckpt"
     assert torch.load(last, weights_only=True)["global_step"] == 14  # mid-epoch 1 of 10 steps per epoch
+    by = "SIGTERM" if signal_name == "SIGTERM" else "Ctrl-C"
+    assert f"Training stopped by {by} at epoch 1, step 14. Saved {last}; resume with: " in output, output[-3000:]
+    assert "Traceback" not in output and "outside training" not in output, output[-3000:]
     resumed = run_module(*common, f"hydra.run.dir={tmp_path / 'stopped'}", "ckpt_path=last", timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     # Said once, by the first process (each process said both).
-    assert (stopped.stdout + stopped.stderr).count("Training stopped by") == 1, stopped.stderr[-3000:]
+    assert output.count("Training stopped by") == 1, output[-3000:]
     assert (resumed.stdout + resumed.stderr).count("Resuming from") == 1, resumed.stderr[-3000:]
 
     def final(run: str) -> tuple:

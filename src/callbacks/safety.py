@@ -23,6 +23,12 @@ class StopRequested(Exception):
     """Raised at a batch boundary after Ctrl-C, like Lightning's SIGTERMException after SIGTERM."""
 
 
+class SpawnedProcessesStopped(Exception):
+    """The processes trainer.strategy=ddp_spawn started stopped mid-epoch (and saved, as any stop does): raised in the
+    launching process in their place. Not a StopRequested: the launching process's checkpoint callbacks would save
+    its own copy of the model, without the optimizer's state, over theirs."""
+
+
 INTERRUPTIONS = (SIGTERMException, StopRequested)
 STOP_CAUSES = ("Ctrl-C", "SIGTERM")  # the processes of a DDP run agree on the highest one's place in this list
 
@@ -123,6 +129,10 @@ class GracefulStop(pl.Callback):
         if code.item():
             self._requested, self.stopped_by = True, STOP_CAUSES[int(code.item()) - 1]
         return self._requested
+
+    def stopped_elsewhere(self, by: str) -> None:
+        """The stop came to the processes ddp_spawn started (this callback is the launching process's copy)."""
+        self._requested, self.stopped_by = True, by
 
     def _request_stop(self, signum, frame) -> None:
         if self._trainer is not None and self._trainer.sanity_checking:

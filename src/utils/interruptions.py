@@ -14,7 +14,8 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
     saved then), say how to resume. `tests`: whether the run tests after its training."""
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-    from src.callbacks.safety import INTERRUPTIONS, GracefulStop, ResumableCheckpoint, aborted_by_ctrl_c
+    from src.callbacks.safety import (INTERRUPTIONS, GracefulStop, ResumableCheckpoint, SpawnedProcessesStopped,
+                                      aborted_by_ctrl_c)
 
     resumable = [cb for cb in trainer.callbacks if isinstance(cb, ResumableCheckpoint)]
     where = f"{resumable[0].dirpath}/{resumable[0].filename}{resumable[0].FILE_EXTENSION}" if resumable else None
@@ -37,7 +38,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
             "epoch (0.25 validates four times per epoch), or add ++trainer.check_val_every_n_epoch=null to count "
             "batches across epochs."
         ) from err
-    except INTERRUPTIONS as stop:
+    except (*INTERRUPTIONS, SpawnedProcessesStopped) as stop:
         by = "Ctrl-C" if "Ctrl-C" in str(stop) else "SIGTERM"
         at = f"at epoch {trainer.current_epoch}, step {trainer.global_step}"
         written = where if where and _modified(where) != before else None
@@ -157,7 +158,7 @@ def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | Non
     next, and exit code 143 or 130. A setting Lightning refuses only now is one line too."""
     from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-    from src.callbacks.safety import INTERRUPTIONS, aborted_by_ctrl_c
+    from src.callbacks.safety import INTERRUPTIONS, SpawnedProcessesStopped, aborted_by_ctrl_c
 
     if ckpt_path and not Path(ckpt_path).is_file():
         raise UserInputError(_best_checkpoint_missing(Path(ckpt_path)))
@@ -167,7 +168,7 @@ def test_or_report_interruption(trainer, model, datamodule, ckpt_path: str | Non
         reason = " ".join(str(err).split()).rstrip(".")
         raise UserInputError(f"Testing could not start: {reason}. Nothing was tested; checkpoints written are "
                              "kept.") from err
-    except INTERRUPTIONS as stop:
+    except (*INTERRUPTIONS, SpawnedProcessesStopped) as stop:
         raise RunInterrupted(f"Testing stopped by SIGTERM: no test results were written. {advice}",
                              exit_code=STOP_EXIT_CODES["SIGTERM"]) from stop
     except (SystemExit, KeyboardInterrupt) as stop:  # Lightning's exit code 1 after Ctrl-C would read as a failure
