@@ -63,9 +63,10 @@ class RunInterrupted(ReportedError):
 
     status = "interrupted"
 
-    def __init__(self, message: str, exit_code: int) -> None:
+    def __init__(self, message: str, exit_code: int, agreed: bool = False) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+        self.agreed = agreed  # a stop in training every process of a DDP run made at the same batch, and reports alike
 
 
 def unresolved_interpolation(failure: BaseException) -> UserInputError | None:

@@ -726,6 +726,18 @@ def test_a_refused_resume_names_the_model_settings_that_differ_and_speed_switche
     assert _model_changes({"fc": (120, 84)}, {"fc": [120, 84]}) == []  # a class's default against the config's list
     speed_only = {"cuda_graph": "auto", "compile": True, "channels_last": True}
     assert _model_changes(_in_effect({key: False for key in speed_only}), _in_effect(speed_only)) == []
+    # OneCycle set the momentum (beta1) at every step: a run saved with momentum=0.8 resumes without it, now refused.
+    for cycled in ({"name": "sgd", "lr": 0.1, "momentum": 0.8}, {"name": "adam", "lr": 0.1, "betas": [0.5, 0.999]}):
+        assert _model_changes(_in_effect({"optimizer": cycled, "scheduler": {"name": "onecycle"}}),
+                              _in_effect({"optimizer": {**cycled, "momentum": 0.9, "betas": [0.9, 0.999]},
+                                          "scheduler": {"name": "onecycle"}})) == []
+    kept = {"name": "onecycle", "cycle_momentum": False}
+    assert _model_changes(_in_effect({"optimizer": {"name": "sgd", "lr": 0.1, "momentum": 0.8}, "scheduler": kept}),
+                          _in_effect({"optimizer": {"name": "sgd", "lr": 0.1}, "scheduler": kept})) == [
+        "model.optimizer.momentum=0.8 (this run: 0.9)"]
+    adam_beta2 = [_in_effect({"optimizer": {"name": "adam", "lr": 0.1, "betas": betas}, "scheduler": {"name": "onecycle"}})
+                  for betas in ([0.9, 0.999], [0.9, 0.99])]
+    assert _model_changes(*adam_beta2) == ["model.optimizer.betas=[0.9, 0.999] (this run: [0.9, 0.99])"]  # beta2 is read
 
     resume = [*tiny_run_overrides(synthetic_data_dir, tmp_path), "data.mean=0.5", "data.std=0.6",
               f"ckpt_path={trained_run / 'checkpoints' / 'last.ckpt'}"]

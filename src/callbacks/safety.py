@@ -102,8 +102,11 @@ class GracefulStop(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         self._take_over_sigterm(trainer)
 
-    def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._take_over_sigterm(trainer)  # a GradientAccumulationScheduler may start accumulating in a later epoch
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        # A GradientAccumulationScheduler may start accumulating in a later epoch, in an epoch-start hook that may run
+        # after this callback's: by the epoch's first batch it has.
+        if batch_idx == 0:
+            self._take_over_sigterm(trainer)
 
     def _take_over_sigterm(self, trainer) -> None:
         """From Lightning, which installs its handler after on_fit_start (and puts back the one before the fit at its
@@ -114,7 +117,8 @@ class GracefulStop(pl.Callback):
             signal.signal(signal.SIGTERM, self._note_sigterm)
 
     def _note_sigterm(self, signum, frame) -> None:
-        log.info("SIGTERM: stopping after this batch and saving a checkpoint.")
+        log.info("SIGTERM: stopping after this batch (with gradient accumulation, the accumulation's last) and saving "
+                 "a checkpoint.")
         self._requested, self.stopped_by = True, "SIGTERM"
 
     def _agreed(self, trainer) -> bool:

@@ -27,7 +27,8 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
             at = f"at the end of epoch {trainer.current_epoch - 1}, step {trainer.global_step}"
             if 0 <= (trainer.max_epochs or -1) <= trainer.current_epoch or 0 <= trainer.max_steps <= trainer.global_step:
                 at = f"after its last epoch ({trainer.current_epoch - 1}) had trained" + (", before testing" if tests else "")
-            raise RunInterrupted(_stopped(graceful.stopped_by, at, where), exit_code=STOP_EXIT_CODES[graceful.stopped_by])
+            raise RunInterrupted(_stopped(graceful.stopped_by, at, where), exit_code=STOP_EXIT_CODES[graceful.stopped_by],
+                                 agreed=True)
     except ValueError as err:  # Lightning checks this only once it knows the epoch's length
         if "val_check_interval" not in str(err):
             raise
@@ -53,7 +54,7 @@ def fit_or_report_interruption(trainer, model, datamodule, ckpt_path: str | None
             message = (f"Training stopped by {by} {at}, without a checkpoint of this state (callbacks.last_checkpoint "
                        f"is off). The best epoch's checkpoint so far is {best}; to train on from there, "
                        f"{resume_with(best)}")
-        raise RunInterrupted(message, exit_code=STOP_EXIT_CODES[by]) from stop
+        raise RunInterrupted(message, exit_code=STOP_EXIT_CODES[by], agreed=True) from stop  # at one batch in each process
     except OSError as err:  # saving the state at a stop failed (a full disk): still a stop, not a failed run
         stop = next((cause for cause in exception_chain(err) if isinstance(cause, INTERRUPTIONS)), None)
         if stop is None:

@@ -1,10 +1,9 @@
 """Lightning's messages that say nothing to a user of this project, printed in every run otherwise: an advertisement
-for a cloud logger, a note that the configured model summary replaces Lightning's default one, and a deprecation
-warnings about Lightning's own use of torch (nothing a user can act on), and the model summary's claim that it
-cannot size a mixed-precision model (whose weights are float32, the size it then assumes), and its advice to add
-back the early stopping a resume leaves out (this project's way to train on a run early stopping ended). Also its warning that the checkpoint folder
-is not empty, which here comes only from a resume continuing in its run's folder (a new run is refused there), and
-its note on the checkpoint saved after Ctrl-C or SIGTERM ("An StopRequested was raised with message: ..."), which
+for a cloud logger, a note that the configured model summary replaces Lightning's default one, deprecation warnings
+about Lightning's own use of torch (nothing a user can act on), and the model summary's claim that it cannot size a
+mixed-precision model (whose weights are float32, the size it then assumes). Also its warning that the checkpoint
+folder is not empty, which here comes only from a resume continuing in its run's folder (a new run is refused there),
+and its note on the checkpoint saved after Ctrl-C or SIGTERM ("An StopRequested was raised with message: ..."), which
 the run's own message says properly, with the command that resumes."""
 
 from __future__ import annotations
@@ -30,7 +29,4 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning)
     warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
     warnings.filterwarnings("ignore", message=r"Precision [a-z0-9]+-mixed is not supported by the model summary")
-    warnings.filterwarnings("ignore", message=r"Be aware that when using `ckpt_path`, callbacks used to create the "
-                            r"checkpoint need to be provided during `Trainer` instantiation\. Please add the following "
-                            r"callbacks: \[(\"EarlyStopping\{[^\"]*\}\"(, )?)+\]\.$")  # only early stopping missing
     warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")

@@ -116,7 +116,7 @@ def _in_effect(settings: dict) -> dict:
     """The model settings as training reads them: the optimizer's and the scheduler's at their defaults where left out,
     without those the chosen one ignores. A default written out (+model.scheduler.div_factor=25), or a setting of
     another choice (momentum with adam), trains the same."""
-    from src.models.optim_config import SETTINGS_READ_BY, optimizer_settings, scheduler_settings
+    from src.models.optim_config import OPTIMIZER_DEFAULTS, SETTINGS_READ_BY, optimizer_settings, scheduler_settings
 
     settings = dict(settings)
     for key, filled_in, always_read in (("optimizer", optimizer_settings, {"name", "lr", "weight_decay"}),
@@ -126,6 +126,13 @@ def _in_effect(settings: dict) -> dict:
             name = str(full["name"]).lower()  # taken in any case before; now only as written
             read = always_read | SETTINGS_READ_BY.get(name, set(full))  # a name unknown now: every setting counts
             settings[key] = {**{setting: value for setting, value in full.items() if setting in read}, "name": name}
+    scheduler, optimizer = settings.get("scheduler"), settings.get("optimizer")
+    if isinstance(scheduler, dict) and isinstance(optimizer, dict) and scheduler["name"] == "onecycle" and \
+            scheduler.get("cycle_momentum", True):
+        # OneCycle set SGD's momentum and Adam's beta1 at every step: what the config said of them trained the same.
+        optimizer.pop("momentum", None)
+        if "betas" in optimizer:
+            optimizer["betas"] = [OPTIMIZER_DEFAULTS["betas"][0], *list(optimizer["betas"])[1:]]
     return settings
 
 

@@ -144,8 +144,8 @@ def run_reporting_failures(work: Callable[[DictConfig], Any], cfg: DictConfig) -
                     log.exception("This job failed")
                 return None
         if reported:  # an exit, not an exception: Hydra would catch one and start a sweep's next job
-            if isinstance(err, RunInterrupted) and not is_rank_zero():
-                sys.exit(err.exit_code)  # the processes of a DDP run stop together: the first one says so, once
+            if isinstance(err, RunInterrupted) and err.agreed and not is_rank_zero():
+                sys.exit(err.exit_code)  # the processes of a DDP run stopped together: the first one says so, once
             if os.environ.get("HYDRA_FULL_ERROR") == "1":
                 log.exception("%s", err)
             else:

@@ -30,6 +30,7 @@ class ProgressReturningLauncher(_MultiProcessingLauncher):
     stop_raised = False  # in a started process: whether a stop ended its fit (it was saved, as under plain DDP)
     _sigterm_came = False  # in the launching process: whether SIGTERM came while the processes ran
     _stopped_by: str | None = None  # in the launching process: the stop that ended the fit of the processes it started
+    _stop_handed_back = False  # in the launching process: whether they handed a stop back (ended fit or not)
 
     def launch(self, function, *args, trainer=None, **kwargs) -> Any:
         from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
@@ -37,7 +38,8 @@ class ProgressReturningLauncher(_MultiProcessingLauncher):
         from src.callbacks.safety import SpawnedProcessesStopped
         from src.utils.sigterm import Terminated
 
-        self._sigterm_came, self._stopped_by = False, None
+        self._sigterm_came, self._stopped_by, self._stop_handed_back = False, None, False
+        self.procs = []  # Lightning keeps a finished launch's: a SIGTERM while these start must reach the new ones
         passing_on = threading.current_thread() is threading.main_thread()  # signals can only be caught there
         previous = signal.signal(signal.SIGTERM, self._pass_sigterm_on) if passing_on else None
         try:
@@ -53,6 +55,8 @@ class ProgressReturningLauncher(_MultiProcessingLauncher):
                 signal.signal(signal.SIGTERM, previous)
         if self._stopped_by:
             raise SpawnedProcessesStopped(self._stopped_by)
+        if self._sigterm_came and not self._stop_handed_back:  # before they took it over, or after they had finished
+            raise Terminated
         return results
 
     def _pass_sigterm_on(self, signum, frame) -> None:
@@ -113,6 +117,7 @@ class ProgressReturningLauncher(_MultiProcessingLauncher):
 
         super().update_main_process_results(trainer, extra)
         stop = extra.get("stop")
+        self._stop_handed_back = bool(stop)
         if stop:
             for callback in trainer.callbacks:
                 if isinstance(callback, GracefulStop):

@@ -241,7 +241,7 @@ def _check_early_stopping(callbacks: DictConfig | dict, limit_val_batches) -> No
             raise UserInputError(f"callbacks.{name} stops on {monitor}, but trainer.limit_val_batches="
                                  f"{override_value(limit_val_batches)} turns validation "
                                  f"off, so there is none to watch. Validate (leave trainer.limit_val_batches out), or "
-                                 f"leave early stopping out.")
+                                 f"leave early stopping out (callbacks=[default]).")
         patience = entry.get("patience", 3)
         if (not is_whole(patience) or patience < 0) and _is_subclass(entry, EARLY_STOPPING):
             raise UserInputError(f"callbacks.{name}.patience={override_value(patience)} is invalid: "
